@@ -1,0 +1,401 @@
+"""Deterministic synthetic e-commerce relevance data: the embedded default.
+
+For each generated query (of a sampled query type) a few products are built, each aimed at a
+sampled target tier; the label is then computed by :func:`guideline_label` from the relevance
+guideline (README, DESIGN §1) and an item is kept only if the rules give the target. Every example
+carries the gold text of the five reasoning steps and their gold conclusions (``annotations``),
+which play the role of the paper's human-annotated offline verification.
+
+Splits are query-disjoint: a query's split is a function of its text (md5), so the same query
+text never lands in two splits.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+from taosr.data.schema import Example, Item
+from taosr.data.taxonomy import BRANDS, BY_NAME, CATEGORIES, PRICE_TIERS, TIER_MULTIPLIER, Category, brand_tier, relation
+from taosr.labels import TIER_NAMES, STEP_KEYS
+
+DEFAULT_TYPE_WEIGHTS = {"category": 0.12, "brand": 0.14, "attribute": 0.14, "negation": 0.15,
+                        "alternative": 0.15, "qa": 0.15, "knowledge": 0.15}
+DEFAULT_TIER_WEIGHTS = {4: 0.25, 3: 0.25, 2: 0.25, 1: 0.25}
+ATTR_KINDS = ("color", "material", "gender")
+
+
+@dataclass
+class SynthConfig:
+    """Sizes, seed and mix of the synthetic data (all used by ``taosr data synth`` and the
+    DataModule's embedded default)."""
+    n_train: int = 3000
+    n_val: int = 200
+    n_test: int = 400
+    seed: int = 0
+    items_per_query: int = 3
+    query_type_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
+    tier_weights: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_TIER_WEIGHTS))
+    attributes_field_share: float = 0.5   # share of stated attributes also given as structured fields
+
+
+@dataclass(frozen=True)
+class Constraint:
+    kind: str   # brand, not_brand, color, material, not_material, gender, cheaper_than, feature
+    value: str
+
+    def render(self) -> str:
+        return {
+            "brand": f"brand {self.value}", "not_brand": f"brand not {self.value}",
+            "color": f"color {self.value}", "material": f"material {self.value}",
+            "not_material": f"material not {self.value}", "gender": f"gender {self.value}",
+            "cheaper_than": f"cheaper than {self.value}", "feature": f"feature {self.value}",
+        }[self.kind]
+
+
+@dataclass
+class QuerySpec:
+    text: str
+    query_type: str
+    category: str
+    constraints: tuple[Constraint, ...] = ()
+
+
+@dataclass
+class ItemSpec:
+    category: str
+    brand: str
+    color: str | None = None
+    material: str | None = None
+    gender: str | None = None
+    feature: str | None = None
+    price: float = 0.0
+    title: str = ""
+
+    @property
+    def tier(self) -> str:
+        return brand_tier(BY_NAME[self.category].group, self.brand)
+
+
+# ----------------------------------------------------------------------------- guideline rules
+_TIER_RANK = {t: i for i, t in enumerate(PRICE_TIERS)}
+
+
+def constraint_status(c: Constraint, item: ItemSpec) -> str:
+    """satisfied / unstated / violated for one query constraint on one item."""
+    if c.kind == "brand":
+        return "satisfied" if item.brand == c.value else "violated"
+    if c.kind == "not_brand":
+        return "violated" if item.brand == c.value else "satisfied"
+    if c.kind == "cheaper_than":
+        if item.brand == c.value:
+            return "violated"
+        ref = _brand_tier_anywhere(c.value)
+        return "satisfied" if _TIER_RANK[item.tier] < _TIER_RANK[ref] else "violated"
+    if c.kind == "not_material":
+        if item.material is None:
+            return "unstated"
+        return "violated" if item.material == c.value else "satisfied"
+    have = getattr(item, c.kind)
+    if have is None:
+        return "unstated"
+    return "satisfied" if have == c.value else "violated"
+
+
+def _brand_tier_anywhere(brand: str) -> str:
+    for group, brands in BRANDS.items():
+        for b, t in brands:
+            if b == brand:
+                return t
+    raise KeyError(brand)
+
+
+def attribute_status(q: QuerySpec, item: ItemSpec) -> str:
+    if relation(q.category, item.category) == "different":
+        return "n/a"
+    st = [constraint_status(c, item) for c in q.constraints]
+    if "violated" in st:
+        return "violated"
+    if "unstated" in st:
+        return "unstated"
+    return "satisfied"
+
+
+def guideline_label(q: QuerySpec, item: ItemSpec) -> int:
+    """The relevance guideline as rules (README "Relevance guideline")."""
+    rel, att = relation(q.category, item.category), attribute_status(q, item)
+    if rel == "different":
+        return 1
+    if rel == "accessory" or att == "violated":
+        return 2
+    if rel == "exact" and att == "satisfied":
+        return 4
+    return 3  # exact with an unstated constraint, or a sibling that violates nothing
+
+
+# ----------------------------------------------------------------------------- queries
+def _pick(rng: random.Random, seq):
+    return seq[rng.randrange(len(seq))]
+
+
+def _cats_with(pred) -> list[Category]:
+    return [c for c in CATEGORIES if pred(c)]
+
+
+def make_query(rng: random.Random, qtype: str) -> QuerySpec:
+    if qtype == "category":
+        c = _pick(rng, CATEGORIES)
+        t = _pick(rng, ("{c}", "buy {c}", "best {c}", "{c} sale", "cheap {c}" if False else "{c} online"))
+        return QuerySpec(t.format(c=c.name), qtype, c.name)
+    if qtype == "brand":
+        c = _pick(rng, CATEGORIES)
+        b = _pick(rng, BRANDS[c.group])[0]
+        t = _pick(rng, ("{b} {c}", "{c} by {b}", "{b} {c} new"))
+        return QuerySpec(t.format(b=b, c=c.name), qtype, c.name, (Constraint("brand", b),))
+    if qtype == "attribute":
+        c = _pick(rng, _cats_with(lambda c: c.colors or c.materials or c.genders))
+        kinds = [k for k in ATTR_KINDS if getattr(c, k + "s")]
+        chosen = rng.sample(kinds, k=min(len(kinds), 1 + (rng.random() < 0.35)))
+        cons = tuple(Constraint(k, _pick(rng, getattr(c, k + "s"))) for k in ATTR_KINDS if k in chosen)
+        words = {x.kind: x.value for x in cons}
+        pre = " ".join(words[k] for k in ("gender", "color", "material") if k in words and k != "gender")
+        text = f"{pre} {c.name}".strip()
+        if "gender" in words:
+            text = _pick(rng, ("{t} for {g}", "{g} {t}")).format(t=text, g=words["gender"])
+        return QuerySpec(text, qtype, c.name, cons)
+    if qtype == "negation":
+        c = _pick(rng, CATEGORIES)
+        if len(c.materials) >= 2 and rng.random() < 0.4:
+            m = _pick(rng, c.materials)
+            t = _pick(rng, ("{c} not {m}", "{c} without {m}", "non {m} {c}"))
+            return QuerySpec(t.format(c=c.name, m=m), qtype, c.name, (Constraint("not_material", m),))
+        b = _pick(rng, BRANDS[c.group])[0]
+        t = _pick(rng, ("{c} not {b}", "{c} no {b}", "{c} except {b}", "non {b} {c}"))
+        return QuerySpec(t.format(c=c.name, b=b), qtype, c.name, (Constraint("not_brand", b),))
+    if qtype == "alternative":
+        c = _pick(rng, _cats_with(lambda c: any(t != "budget" for _, t in BRANDS[c.group])
+                                   and any(t == "budget" for _, t in BRANDS[c.group])))
+        b = _pick(rng, [b for b, t in BRANDS[c.group] if t != "budget"])
+        t = _pick(rng, ("cheaper alternative to {b} {c}", "{b} {c} dupe", "affordable {c} like {b}",
+                        "budget {c} similar to {b}"))
+        return QuerySpec(t.format(b=b, c=c.name), qtype, c.name, (Constraint("cheaper_than", b),))
+    if qtype == "qa":
+        c = _pick(rng, _cats_with(lambda c: c.features))
+        f = _pick(rng, c.features)
+        t = _pick(rng, ("what {s} can {q}", "which {s} will {q}", "{s} that can {q}", "does any {s} {q}"))
+        return QuerySpec(t.format(s=c.short, q=_pick(rng, f.qa)), qtype, c.name, (Constraint("feature", f.name),))
+    if qtype == "knowledge":
+        c = _pick(rng, _cats_with(lambda c: c.features))
+        f = _pick(rng, c.features)
+        t = _pick(rng, ("something for {k}", "what to buy for {k}", "best product for {k}", "help with {k}",
+                        "{k} solution"))
+        return QuerySpec(t.format(k=_pick(rng, f.knowledge)), qtype, c.name, (Constraint("feature", f.name),))
+    raise ValueError(f"unknown query type {qtype!r}")
+
+
+# ----------------------------------------------------------------------------- items
+_MODEL_SYL = ("ultra", "pro", "air", "max", "flex", "core", "nova", "zen", "aero", "edge")
+
+
+def random_item(rng: random.Random, cat: Category) -> ItemSpec:
+    brand = _pick(rng, BRANDS[cat.group])[0]
+    return ItemSpec(
+        category=cat.name, brand=brand,
+        color=_pick(rng, cat.colors) if cat.colors and rng.random() < 0.8 else None,
+        material=_pick(rng, cat.materials) if cat.materials and rng.random() < 0.7 else None,
+        gender=_pick(rng, cat.genders) if cat.genders and rng.random() < 0.8 else None,
+        feature=_pick(rng, cat.features).name if cat.features and rng.random() < 0.5 else None,
+    )
+
+
+def _force(rng: random.Random, item: ItemSpec, c: Constraint, want: str) -> bool:
+    """Change ``item`` so that constraint ``c`` has status ``want``; False if impossible."""
+    cat = BY_NAME[item.category]
+    brands = [b for b, _ in BRANDS[cat.group]]
+    if c.kind in ("brand", "not_brand"):
+        hit = (want == "satisfied") == (c.kind == "brand")
+        if want == "unstated":
+            return False
+        pool = [c.value] if hit else [b for b in brands if b != c.value]
+        pool = [b for b in pool if b in brands]
+    elif c.kind == "cheaper_than":
+        if want == "unstated":
+            return False
+        ref = _TIER_RANK[_brand_tier_anywhere(c.value)]
+        pool = [b for b, t in BRANDS[cat.group] if (_TIER_RANK[t] < ref and b != c.value) == (want == "satisfied")]
+    else:
+        attr = "material" if c.kind == "not_material" else c.kind
+        values = [f.name for f in cat.features] if attr == "feature" else list(getattr(cat, attr + "s"))
+        if want == "unstated":
+            setattr(item, attr, None)
+            return True
+        hit = (want == "satisfied") == (c.kind != "not_material")
+        pool = [v for v in values if (v == c.value) == hit]
+        if not pool:
+            return False
+        setattr(item, attr, _pick(rng, pool))
+        return True
+    if not pool:
+        return False
+    item.brand = _pick(rng, pool)
+    return True
+
+
+def _item_category(rng: random.Random, q: QuerySpec, rel: str) -> Category | None:
+    pool = [c for c in CATEGORIES if relation(q.category, c.name) == rel]
+    return _pick(rng, pool) if pool else None
+
+
+def make_item_for_tier(rng: random.Random, q: QuerySpec, tier: int) -> ItemSpec | None:
+    """Try to build an item whose guideline label is ``tier``; None if this query cannot have one."""
+    cons = list(q.constraints)
+    for _ in range(8):
+        if tier == 1:
+            cat = _item_category(rng, q, "different")
+            item = random_item(rng, cat)
+        elif tier == 2:
+            options = ["accessory"] * 1 + (["violate"] * 2 if cons else [])
+            how = _pick(rng, options)
+            cat = _item_category(rng, q, "accessory") if how == "accessory" else BY_NAME[q.category]
+            if how == "violate" and rng.random() < 0.25:
+                cat = _item_category(rng, q, "sibling") or cat
+            if cat is None:
+                continue
+            item = random_item(rng, cat)
+            if how == "violate":
+                victim = _pick(rng, cons)
+                if not _force(rng, item, victim, "violated"):
+                    continue
+        elif tier == 3:
+            unstatable = [c for c in cons if c.kind not in ("brand", "not_brand", "cheaper_than")]
+            how = _pick(rng, ["sibling"] + (["unstated"] if unstatable else []))
+            cat = _item_category(rng, q, "sibling") if how == "sibling" else BY_NAME[q.category]
+            if cat is None:
+                continue
+            item = random_item(rng, cat)
+            if how == "unstated":
+                _force(rng, item, _pick(rng, unstatable), "unstated")
+            for c in cons:
+                if constraint_status(c, item) == "violated":
+                    if not (_force(rng, item, c, "satisfied") or _force(rng, item, c, "unstated")):
+                        break
+        else:
+            item = random_item(rng, BY_NAME[q.category])
+            for c in cons:
+                _force(rng, item, c, "satisfied")
+        if guideline_label(q, item) == tier:
+            return item
+    return None
+
+
+def _title(rng: random.Random, item: ItemSpec) -> str:
+    model = _pick(rng, _MODEL_SYL).title() + " " + str(rng.randrange(2, 900))
+    parts = [item.brand.title(), model]
+    if item.gender:
+        parts.append({"men": "Men's", "women": "Women's", "kids": "Kids'"}[item.gender])
+    if item.feature:
+        parts.append(item.feature.title())
+    if item.material:
+        parts.append(item.material.title())
+    parts.append(item.category.title())
+    title = " ".join(parts)
+    if item.color:
+        title += _pick(rng, (", {}", " - {}", " ({})")).format(item.color.title())
+    return title
+
+
+def _price(rng: random.Random, item: ItemSpec) -> float:
+    base = BY_NAME[item.category].base_price * TIER_MULTIPLIER[item.tier] * rng.uniform(0.85, 1.15)
+    return round(max(1.0, round(base)) - 0.01, 2)
+
+
+# ----------------------------------------------------------------------------- gold steps
+def gold_steps(q: QuerySpec, item: ItemSpec) -> tuple[dict[str, str], dict[str, str]]:
+    """(step texts, step conclusions) for one (query, item) pair."""
+    rel, att, label = relation(q.category, item.category), attribute_status(q, item), guideline_label(q, item)
+    q_concl = "; ".join([q.category] + [c.render() for c in q.constraints])
+    facts: list[str] = []
+    for c in q.constraints:
+        if c.kind in ("brand", "not_brand"):
+            facts.append(f"brand {item.brand}")
+        elif c.kind == "cheaper_than":
+            facts += [f"brand {item.brand}", f"tier {item.tier}"]
+        else:
+            attr = "material" if c.kind == "not_material" else c.kind
+            facts.append(f"{attr} {getattr(item, attr) or ('none' if attr == 'feature' else 'unknown')}")
+    i_concl = "; ".join([item.category] + list(dict.fromkeys(facts)))
+    concl = {"query": q_concl, "item": i_concl, "category": rel, "attribute": att, "judgment": TIER_NAMES[label]}
+    explain = {
+        "query": {"negation": "the user excludes something", "alternative": "the user wants a cheaper option",
+                  "qa": "a question about a product property", "knowledge": "the need implies a product",
+                  }.get(q.query_type, ""),
+        "category": "" if rel in ("exact", "different") else f"{item.category} vs {q.category}",
+        "attribute": "; ".join(("fails " if constraint_status(c, item) == "violated" else "not stated: ") + c.render()
+                               for c in q.constraints
+                               if constraint_status(c, item) != "satisfied") if att in ("violated", "unstated") else "",
+    }
+    steps = {k: concl[k] + (f" | {explain[k]}" if explain.get(k) else "") for k in STEP_KEYS}
+    return steps, concl
+
+
+# ----------------------------------------------------------------------------- driver
+def _split_of(text: str, weights: list[tuple[str, int]]) -> str:
+    h = int(hashlib.md5(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    total, acc = sum(w for _, w in weights), 0.0
+    for name, w in weights:
+        acc += w / total
+        if h <= acc:
+            return name
+    return weights[-1][0]
+
+
+def _weighted(rng: random.Random, weights: dict) -> object:
+    keys = sorted(weights, key=str)
+    return rng.choices(keys, weights=[float(weights[k]) for k in keys])[0]
+
+
+def to_example(q: QuerySpec, item: ItemSpec, rng: random.Random, attr_share: float, ex_id: str) -> Example:
+    steps, concl = gold_steps(q, item)
+    attrs = {k: getattr(item, k) for k in ("color", "material", "gender")
+             if getattr(item, k) and rng.random() < attr_share}
+    return Example(
+        query=q.text, item=Item(title=item.title, brand=item.brand, attributes=attrs, price=item.price),
+        label=guideline_label(q, item), query_type=q.query_type, id=ex_id, steps=steps, annotations=concl,
+    )
+
+
+def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
+    """Generate ``{"train": [...], "val": [...], "test": [...]}`` deterministically from ``cfg.seed``."""
+    cfg = cfg or SynthConfig()
+    for k in cfg.query_type_weights:
+        if k not in DEFAULT_TYPE_WEIGHTS:
+            raise ValueError(f"synth: unknown query type {k!r} in query_type_weights")
+    tier_w = {int(k): v for k, v in cfg.tier_weights.items()}
+    if set(tier_w) - {1, 2, 3, 4}:
+        raise ValueError(f"synth: tier_weights keys must be tiers 1-4, got {sorted(tier_w)}")
+    rng = random.Random(cfg.seed)
+    want = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+    split_w = [(k, v) for k, v in want.items() if v > 0]
+    out: dict[str, list[Example]] = {k: [] for k in want}
+    guard = 0
+    while any(len(out[k]) < want[k] for k in want):
+        guard += 1
+        if guard > 200 * (sum(want.values()) + 10):
+            raise RuntimeError("synth: could not fill the splits; check the weights")
+        q = make_query(rng, _weighted(rng, cfg.query_type_weights))
+        split = _split_of(q.text, split_w)
+        tiers_done: set[int] = set()
+        for _ in range(cfg.items_per_query):
+            if len(out[split]) >= want[split]:
+                break
+            tier = int(_weighted(rng, tier_w))
+            if tier in tiers_done and len(tiers_done) < 4 and rng.random() < 0.7:
+                continue
+            item = make_item_for_tier(rng, q, tier)
+            if item is None:
+                continue
+            item.title, item.price = _title(rng, item), 0.0
+            item.price = _price(rng, item)
+            tiers_done.add(tier)
+            out[split].append(to_example(q, item, rng, cfg.attributes_field_share, f"{split}-{len(out[split])}"))
+    return out

@@ -1,0 +1,19 @@
+"""User-facing errors: one line that names what is wrong and where."""
+from __future__ import annotations
+
+
+class TaosrError(Exception):
+    """Base class; the CLI prints ``str(err)`` on one line and exits non-zero."""
+
+
+class DataError(TaosrError):
+    """A bad row, file or field. ``where`` is ``file:line`` (or ``file:row N``)."""
+
+    def __init__(self, where: str, field: str | None, message: str):
+        self.where, self.field, self.message = where, field, message
+        field_part = f" field '{field}':" if field else ""
+        super().__init__(f"{where}:{field_part} {message}")
+
+
+class ConfigError(TaosrError):
+    pass

@@ -1,0 +1,49 @@
+"""Prompt text for the policy (query + product -> reasoning) and for the GRM judge.
+
+The policy prompt ends with a newline; the completion is the five-step reasoning and the label
+line rendered by :mod:`taosr.reasoning.format`. Tokenizers that ship a chat template (real instruct
+models) get the prompt as the user turn and the generation prompt appended.
+"""
+from __future__ import annotations
+
+from taosr.data.schema import Example
+
+INSTRUCTION = ("Judge how relevant the product is to the search query. Reason in five steps "
+               "(query understanding, item understanding, category match, attribute match, judgment), "
+               "then give the label: 4 excellent, 3 related, 2 mismatch, 1 irrelevant.")
+
+
+def item_block(ex: Example) -> str:
+    it = ex.item
+    lines = [f"Product: {it.title}"]
+    if it.brand:
+        lines.append(f"Brand: {it.brand}")
+    if it.category:
+        lines.append(f"Category: {it.category}")
+    if it.attributes:
+        lines.append("Attributes: " + "; ".join(f"{k}={v}" for k, v in sorted(it.attributes.items())))
+    if it.price is not None:
+        lines.append(f"Price: {it.price:.2f}")
+    return "\n".join(lines)
+
+
+def policy_prompt_text(ex: Example, *, instruction: bool = False) -> str:
+    head = [INSTRUCTION] if instruction else []
+    return "\n".join(head + [f"Query: {ex.query}", item_block(ex), "Reasoning:"]) + "\n"
+
+
+def apply_template(tokenizer, text: str, use_chat_template: bool | None = None) -> str:
+    """Wrap ``text`` as a user turn when the tokenizer has a chat template (or when asked)."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if use_chat_template is None:
+        use_chat_template = has
+    if not use_chat_template:
+        return text
+    return tokenizer.apply_chat_template([{"role": "user", "content": text.rstrip("\n")}],
+                                         tokenize=False, add_generation_prompt=True)
+
+
+def policy_prompt(ex: Example, tokenizer=None, use_chat_template: bool | None = None) -> str:
+    chat = use_chat_template if use_chat_template is not None else bool(getattr(tokenizer, "chat_template", None))
+    text = policy_prompt_text(ex, instruction=chat)
+    return apply_template(tokenizer, text, chat) if tokenizer is not None else text

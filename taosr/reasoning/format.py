@@ -1,0 +1,181 @@
+"""The one place that renders and parses the five-step reasoning.
+
+Text format (one line per step, then the label)::
+
+    Query understanding: running shoes; brand not nike | the user excludes one brand
+    Item understanding: running shoes; brand adidas | title names adidas running shoes
+    Category match: exact | both are running shoes
+    Attribute match: satisfied | adidas is not nike
+    Judgment: excellent
+    Label: 4
+
+Each step's *conclusion* is the text before `` | `` (the rest is free explanation). The offline
+verifier compares conclusions with gold annotations after :func:`normalize`.
+
+:func:`parse_reasoning` never raises: malformed text yields ``format_error=True`` with a reason,
+and whatever steps could be read are still returned (step rewards for the rest are zero).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from taosr.labels import STEP_HEADINGS, STEP_KEYS, TIERS
+
+SEP = " | "
+LABEL_HEADING = "Label"
+_HEADING_TO_KEY = {h.lower(): k for k, h in STEP_HEADINGS.items()}
+_LINE_RE = re.compile(r"^\s*([A-Za-z][A-Za-z ]*?)\s*:\s?(.*)$")
+
+
+def normalize(text: str) -> str:
+    """Lower-case, collapse whitespace, strip trailing punctuation."""
+    return re.sub(r"\s+", " ", text.strip().lower()).strip(" .;,")
+
+
+def conclusion(content: str) -> str:
+    """The verifiable part of a step: the text before the first `` | ``, normalised."""
+    return normalize(content.split("|", 1)[0])
+
+
+def render_step(key: str, content: str) -> str:
+    return f"{STEP_HEADINGS[key]}: {content}"
+
+
+def render_reasoning(steps: dict[str, str], label: int, *, label_first: bool = False) -> str:
+    """Render gold steps (all five keys) and the tier. ``label_first`` is TaoSR1's deployment
+    mode (label line first, then the reasoning)."""
+    missing = [k for k in STEP_KEYS if k not in steps]
+    if missing:
+        raise ValueError(f"cannot render reasoning: missing steps {missing}")
+    if int(label) not in TIERS:
+        raise ValueError(f"cannot render reasoning: label {label!r} is not a tier 1-4")
+    lines = [render_step(k, steps[k]) for k in STEP_KEYS]
+    label_line = f"{LABEL_HEADING}: {int(label)}"
+    return "\n".join([label_line, *lines] if label_first else [*lines, label_line])
+
+
+@dataclass
+class ParsedReasoning:
+    steps: dict[str, str] = field(default_factory=dict)  # key -> step content
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> char span of the line
+    label: int | None = None
+    label_span: tuple[int, int] | None = None
+    format_error: bool = False
+    error: str | None = None
+
+    @property
+    def conclusions(self) -> dict[str, str]:
+        return {k: conclusion(v) for k, v in self.steps.items()}
+
+    @property
+    def missing_steps(self) -> list[str]:
+        return [k for k in STEP_KEYS if k not in self.steps]
+
+
+def parse_reasoning(text: str, *, label_first: bool = False) -> ParsedReasoning:
+    """Parse model output into steps and label. Never raises.
+
+    A format error is flagged when a step is missing, repeated or out of order, a line is not
+    ``Heading: content``, the label is missing or not 1-4, or text follows the label line
+    (unless ``label_first``, TaoSR1's deployment mode where the label line comes first).
+    """
+    out = ParsedReasoning()
+    if not isinstance(text, str):
+        out.format_error, out.error = True, f"not text: {type(text).__name__}"
+        return out
+    errors: list[str] = []
+    pos = 0
+    order: list[str] = []
+    for raw in text.split("\n"):
+        start, end = pos, pos + len(raw)
+        pos = end + 1
+        if not raw.strip():
+            continue
+        if out.label_span is not None and not label_first:
+            errors.append("text after the label line")
+            break
+        m = _LINE_RE.match(raw)
+        if not m:
+            errors.append(f"unreadable line {raw[:40]!r}")
+            continue
+        heading, content = m.group(1).strip().lower(), m.group(2).strip()
+        if heading == LABEL_HEADING.lower():
+            if out.label_span is not None:
+                errors.append("label given twice")
+                continue
+            out.label_span = (start, end)
+            lab = content.split()[0] if content.split() else ""
+            if lab.isdigit() and int(lab) in TIERS:
+                out.label = int(lab)
+            else:
+                errors.append(f"label {content[:20]!r} is not a tier 1-4")
+            continue
+        key = _HEADING_TO_KEY.get(heading)
+        if key is None:
+            errors.append(f"unknown step heading {m.group(1)[:30]!r}")
+            continue
+        if key in out.steps:
+            errors.append(f"step {key!r} repeated")
+            continue
+        if not content:
+            errors.append(f"step {key!r} is empty")
+            continue
+        out.steps[key] = content
+        out.spans[key] = (start, end)
+        order.append(key)
+    if order != [k for k in STEP_KEYS if k in out.steps]:
+        errors.append("steps out of order")
+    if out.missing_steps:
+        errors.append(f"missing steps {out.missing_steps}")
+    if out.label_span is None:
+        errors.append("missing label line")
+    if errors:
+        out.format_error, out.error = True, "; ".join(dict.fromkeys(errors))
+    return out
+
+
+def token_char_ends(token_ids: Sequence[int], tokenizer) -> list[int]:
+    """Character offset (in the decoded completion) where each token ends.
+
+    Decodes growing prefixes, so it is exact for any tokenizer whose decode is prefix-stable
+    (byte-level BPE, SentencePiece); tokens that end inside a multi-byte character get the
+    offset of the previous complete prefix.
+    """
+    ends, prev = [], 0
+    ids = list(token_ids)
+    for i in range(len(ids)):
+        s = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
+        if s.endswith("\ufffd"):  # incomplete UTF-8 sequence: no visible progress yet
+            ends.append(prev)
+            continue
+        prev = len(s)
+        ends.append(prev)
+    return ends
+
+
+def token_step_index(token_ids: Sequence[int], tokenizer, parsed: ParsedReasoning | None = None,
+                     text: str | None = None) -> list[int]:
+    """Step position (0..4) of every completion token; 5 for tokens outside any step line
+    (label line, trailing text, separators before the first step).
+
+    A token belongs to the step whose line contains the token's last character. Steps that
+    are missing in a malformed completion simply have no tokens.
+    """
+    if text is None:
+        text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    if parsed is None:
+        parsed = parse_reasoning(text)
+    spans = [(parsed.spans[k], STEP_KEYS.index(k)) for k in STEP_KEYS if k in parsed.spans]
+    n_steps = len(STEP_KEYS)
+    out = []
+    for end in token_char_ends(token_ids, tokenizer):
+        last = end - 1  # index of the token's last character
+        idx = n_steps
+        for (s, e), k in spans:
+            if s <= last < e + 1:  # the newline that closes a line belongs to it
+                idx = k
+                break
+        out.append(idx)
+    return out
