@@ -1,0 +1,176 @@
+"""The ``taosr`` command.
+
+- ``taosr fit|validate|test|predict --config FILE [--config OVERLAY ...] [--section.key value ...]``:
+  LightningCLI (OmegaConf interpolation) over any method module and the shared DataModule;
+- ``taosr data synth|check|esci``: data commands;
+- ``taosr sample``: offline pass@N sampling from a policy export (see :mod:`taosr.sampling`);
+- ``taosr sweep FILE``: run a W&B sweep YAML locally (see :mod:`taosr.sweep`);
+- ``taosr quickstart``: SFT -> DPO -> GRPO -> SRPO on the embedded default (see :mod:`taosr.pipeline`).
+
+User errors (bad rows, missing files, bad config values) print one line and exit 2; add
+``--verbose`` for the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from taosr.errors import TaosrError
+
+HELP = """usage: taosr COMMAND [options]
+
+Train step-by-step relevance models (SFT, DPO, GRPO, SRPO) for e-commerce search.
+
+training (LightningCLI; `taosr fit --help` for every option):
+  fit        train:     taosr fit --config configs/sft.yaml [--config overlay.yaml] [--model.init_args.lr 1e-3]
+  validate   evaluate on the validation split
+  test       evaluate on the test split (writes eval/test-metrics.json and predictions)
+  predict    generate reasoning for the test split
+
+data and pipeline:
+  data       synthetic data and file checks: taosr data synth --out DIR | taosr data check FILE | taosr data esci ...
+  sample     offline pass@N sampling from a policy export (DPO pairs, rejection sampling)
+  sweep      run a W&B sweep YAML locally with the open-source `sweeps` engine
+  quickstart run SFT -> DPO -> GRPO -> SRPO on the embedded default and print a comparison table
+
+add --verbose to any command to see tracebacks for user errors.
+"""
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _kv(items: list[str] | None, what: str, cast=str) -> dict | None:
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise TaosrError(f"{what}: expected KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k] = cast(v)
+    return out
+
+
+def data_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="taosr data", description="Data commands.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("synth", help="write synthetic train/val/test JSONL")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--n", type=int, default=3000, help="training examples (default 3000)")
+    s.add_argument("--n-val", type=int, default=None, help="validation examples (default n/15)")
+    s.add_argument("--n-test", type=int, default=None, help="test examples (default n/7.5)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--items-per-query", type=int, default=3)
+    s.add_argument("--type-weight", nargs="*", metavar="TYPE=W", help="query type mix, e.g. negation=0.3")
+    s.add_argument("--tier-weight", nargs="*", metavar="TIER=W", help="tier balance, e.g. 4=0.4 1=0.1")
+    c = sub.add_parser("check", help="validate a data file and print counts per tier and query type")
+    c.add_argument("file")
+    c.add_argument("--format", choices=("jsonl", "csv", "parquet"))
+    c.add_argument("--column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. query=q item.title=name label=esci")
+    c.add_argument("--label-map", nargs="*", metavar="RAW=TIER", help="e.g. E=4 S=3 C=2 I=1")
+    c.add_argument("--label-thresholds", nargs=3, type=float, metavar=("T1", "T2", "T3"))
+    c.add_argument("--query-type", default=None)
+    c.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad rows instead of failing")
+    e = sub.add_parser("esci", help="convert Amazon Shopping Queries (ESCI) parquet files to taosr JSONL")
+    e.add_argument("--examples", required=True)
+    e.add_argument("--products", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--locale", default="us")
+    e.add_argument("--split", default="train")
+    e.add_argument("--all-versions", action="store_true", help="use the large version, not small_version only")
+    e.add_argument("--limit", type=int, default=None)
+    a = p.parse_args(argv)
+
+    if a.cmd == "synth":
+        from taosr.data.schema import write_jsonl
+        from taosr.data.synth import SynthConfig, generate
+
+        cfg = SynthConfig(n_train=a.n, n_val=a.n_val if a.n_val is not None else max(1, a.n // 15),
+                          n_test=a.n_test if a.n_test is not None else max(1, int(a.n / 7.5)), seed=a.seed,
+                          items_per_query=a.items_per_query)
+        if a.type_weight:
+            cfg.query_type_weights = _kv(a.type_weight, "--type-weight", float)
+        if a.tier_weight:
+            cfg.tier_weights = {int(k): v for k, v in _kv(a.tier_weight, "--tier-weight", float).items()}
+        for split, rows in generate(cfg).items():
+            n = write_jsonl(os.path.join(a.out, f"{split}.jsonl"), rows)
+            print(f"wrote {n:6d} examples to {os.path.join(a.out, split + '.jsonl')}")
+        return 0
+    if a.cmd == "check":
+        from taosr.data.check import check_file
+        from taosr.data.readers import ReaderSpec
+
+        spec = ReaderSpec(path=a.file, format=a.format, column_map=_kv(a.column_map, "--column-map"),
+                          label_map=_kv(a.label_map, "--label-map", int), label_thresholds=a.label_thresholds,
+                          query_type=a.query_type, on_error="skip" if a.skip_invalid else "raise")
+        print(check_file(spec))
+        return 0
+    if a.cmd == "esci":
+        from taosr.data.esci import esci_to_jsonl
+
+        res = esci_to_jsonl(a.examples, a.products, a.out, locale=a.locale, split=a.split,
+                            small_version=not a.all_versions, limit=a.limit)
+        print(f"wrote {res} examples to {a.out}" if isinstance(res, int) else res)
+        return 0
+    return 2
+
+
+def lightning_main(argv: list[str]) -> None:
+    from lightning.pytorch.cli import LightningCLI
+
+    from taosr.data.datamodule import RelevanceDataModule
+    from taosr.methods.base import RelevanceModule
+
+    sys.argv = ["taosr", *argv]  # LightningCLI reads sys.argv (passing args= too triggers a warning)
+    LightningCLI(
+        RelevanceModule,
+        RelevanceDataModule,
+        subclass_mode_model=True,
+        parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(HELP)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "data":
+            return data_main(rest)
+        if cmd == "sample":
+            from taosr.sampling import sample_main
+
+            return sample_main(rest)
+        if cmd == "sweep":
+            from taosr.sweep import sweep_main
+
+            return sweep_main(rest)
+        if cmd == "quickstart":
+            from taosr.pipeline import quickstart_main
+
+            return quickstart_main(rest)
+        if cmd in LIGHTNING_COMMANDS:
+            lightning_main(argv)
+            return 0
+        print(f"taosr: error: unknown command {cmd!r}\n\n{HELP}", file=sys.stderr)
+        return 2
+    except TaosrError as err:
+        if verbose:
+            raise
+        print(f"taosr: error: {err}", file=sys.stderr)
+        return 2
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,63 @@
+"""GRM view: training text for the generative stepwise reward model.
+
+Rows come from (a) gold reasoning with controlled corruptions — each step's conclusion is swapped
+for another example's conclusion of the same step with probability ``corrupt_prob`` (at least one
+clean and some corrupted rows per example), verdict "wrong" exactly where the conclusion changed;
+and (b) policy samples from ``data.samples_path`` labelled by the offline verifier (only steps the
+verifier covers; rows with an uncovered step are not used for training).
+"""
+from __future__ import annotations
+
+import random
+
+from taosr.labels import STEP_KEYS
+from taosr.reasoning.format import conclusion, parse_reasoning
+
+
+def corrupt_steps(ex, pool: dict[str, list[str]], rng: random.Random, corrupt_prob: float = 0.3):
+    """(steps, verdicts): a copy of the gold steps with some conclusions swapped."""
+    steps, verdicts = dict(ex.steps), {}
+    for k in STEP_KEYS:
+        if rng.random() < corrupt_prob:
+            gold = conclusion(ex.steps[k])
+            alts = [c for c in pool[k] if c != gold]
+            if alts:
+                steps[k] = rng.choice(alts)
+                verdicts[k] = False
+                continue
+        verdicts[k] = True
+    return steps, verdicts
+
+
+def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple]:
+    from taosr.rl.verifier import verify_steps
+
+    rng = random.Random(dm.seed)
+    train = [ex for ex in dm.splits["train"] if ex.steps and len(ex.steps) == 5]
+    pool = {k: sorted({conclusion(ex.steps[k]) for ex in train}) for k in STEP_KEYS}
+    rows = []
+    for ex in train:
+        rows.append((ex, dict(ex.steps), {k: True for k in STEP_KEYS}))
+        for _ in range(copies):
+            steps, verdicts = corrupt_steps(ex, pool, rng, corrupt_prob)
+            rows.append((ex, steps, verdicts))
+    if dm.samples_path:
+        from taosr.sampling import load_samples
+
+        for row in load_samples(dm.samples_path):
+            ex = row["example"]
+            for s in row["samples"]:
+                p = parse_reasoning(s["text"])
+                v = verify_steps(p, ex.annotations)
+                if all(v[k] is not None for k in STEP_KEYS) and not p.missing_steps:
+                    rows.append((ex, p.steps, {k: v[k] >= 0.5 for k in STEP_KEYS}))
+    return rows
+
+
+def collate_grm(dm, batch: list[tuple]) -> dict:
+    from taosr.data.datamodule import pad_right
+    from taosr.rl.grm import grm_prompt_text, verdict_text
+
+    dm._need_tokenizer()
+    enc = [dm.encode_pair(grm_prompt_text(ex, steps), verdict_text(v)) for ex, steps, v in batch]
+    return pad_right(enc, dm.tokenizer.pad_token_id)

@@ -1,0 +1,176 @@
+"""DataModule hooks for RL training data: offline rejection sampling, diverse sampling and a
+multi-stage curriculum. Each is switched off by one config key (``enabled: false``) and keeps
+its state (stage, statistics) in the DataModule's checkpoint state.
+
+All three read the offline pass@N results of ``taosr sample`` (``samples_path``) where they
+need difficulty; without one, difficulty falls back to the query type (long-tail types are hard).
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from taosr.labels import LONG_TAIL_TYPES, STEP_KEYS
+
+
+def _key(ex) -> tuple:
+    return (ex.query, ex.item.title)
+
+
+def _pass_rates(samples_path: str | None) -> dict[tuple, dict]:
+    if not samples_path:
+        return {}
+    from taosr.sampling import load_samples
+
+    out = {}
+    for row in load_samples(samples_path):
+        ex = row["example"]
+        patterns = {(s.get("pred"), tuple(sorted((s.get("step_verdicts") or {}).items()))) for s in row["samples"]}
+        labels = {s.get("pred") for s in row["samples"]}
+        out[_key(ex)] = {"pass_rate": row["pass_rate"], "n_patterns": len(patterns), "n_labels": len(labels)}
+    return out
+
+
+def difficulty(ex, stats: dict | None) -> float:
+    """0 (easy) .. 1 (hard): 1 - offline pass rate when sampled, else by query type."""
+    if stats is not None:
+        return 1.0 - stats["pass_rate"]
+    return 0.75 if ex.query_type in LONG_TAIL_TYPES else 0.25
+
+
+@dataclass
+class RejectionSampling:
+    """Keep prompts whose offline pass rate lies strictly between ``low`` and ``high`` (prompts
+    the policy always or never solves give GRPO groups with no reward spread)."""
+    enabled: bool = True
+    samples_path: str | None = None
+    low: float = 0.0
+    high: float = 1.0
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def filter(self, rows: list, dm) -> list:
+        if not self.enabled:
+            return rows
+        path = self.samples_path or dm.samples_path
+        if not path:
+            from taosr.errors import ConfigError
+
+            raise ConfigError("rejection sampling needs samples_path (output of `taosr sample`)")
+        rates = _pass_rates(path)
+        kept, unsampled = [], 0
+        for ex in rows:
+            s = rates.get(_key(ex))
+            if s is None:
+                unsampled += 1
+            elif self.low < s["pass_rate"] < self.high:
+                kept.append(ex)
+        self.stats = {"input": len(rows), "kept": len(kept), "unsampled": unsampled,
+                      "dropped": len(rows) - len(kept) - unsampled}
+        print(f"taosr: rejection sampling kept {len(kept)}/{len(rows)} prompts "
+              f"(pass rate in ({self.low}, {self.high}); {unsampled} never sampled were left out)")
+        if not kept:
+            from taosr.errors import ConfigError
+
+            raise ConfigError(f"rejection sampling kept no prompt: no pass rate in ({self.low}, {self.high}) in {path}")
+        return kept
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stats": dict(self.stats)}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.stats = dict(s.get("stats", {}))
+
+
+@dataclass
+class DiverseSampling:
+    """Prefer prompts whose samples disagree (several labels or step-verdict patterns) and keep
+    tiers and query types balanced: take up to ``max_prompts`` round-robin over (tier, type)
+    cells, most diverse first."""
+    enabled: bool = True
+    max_prompts: int | None = None
+    seed: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def filter(self, rows: list, dm) -> list:
+        if not self.enabled:
+            return rows
+        info = _pass_rates(dm.samples_path)
+        rng = random.Random(self.seed)
+        cells: dict[tuple, list] = defaultdict(list)
+        for ex in rows:
+            s = info.get(_key(ex))
+            score = (s["n_labels"], s["n_patterns"]) if s else (0, 0)
+            cells[(ex.label, ex.query_type)].append((score, rng.random(), ex))
+        for v in cells.values():
+            v.sort(key=lambda t: (t[0], t[1]), reverse=True)
+        limit = self.max_prompts or len(rows)
+        out, order = [], sorted(cells, key=str)
+        while len(out) < limit and any(cells[c] for c in order):
+            for c in order:
+                if cells[c] and len(out) < limit:
+                    out.append(cells[c].pop(0)[2])
+        self.stats = {"input": len(rows), "kept": len(out),
+                      "tiers": dict(Counter(ex.label for ex in out)),
+                      "types": dict(Counter(ex.query_type for ex in out))}
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stats": self.stats}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.stats = s.get("stats", {})
+
+
+@dataclass
+class CurriculumStage:
+    max_difficulty: float = 1.0
+    query_types: list[str] | None = None
+    until_step: int | None = None          # switch after this global step ...
+    until_metric: float | None = None      # ... or once the monitored metric reaches this
+
+
+@dataclass
+class Curriculum:
+    """Multi-stage curriculum by difficulty and query type. The DataModule rebuilds the training
+    pool when the stage changes (``CurriculumCallback`` drives it); stage and switch history are
+    saved in checkpoints."""
+    enabled: bool = True
+    stages: list[CurriculumStage] = field(default_factory=lambda: [
+        CurriculumStage(max_difficulty=0.5, until_step=20), CurriculumStage(max_difficulty=1.0)])
+    monitor: str = "val/macro_f1"
+    stage: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def filter(self, rows: list, dm) -> list:
+        if not self.enabled:
+            return rows
+        info = _pass_rates(dm.samples_path)
+        st = self.stages[self.stage]
+        kept = [ex for ex in rows if difficulty(ex, info.get(_key(ex))) <= st.max_difficulty
+                and (not st.query_types or ex.query_type in st.query_types)]
+        return kept or rows
+
+    def should_advance(self, step: int, metrics: dict[str, float]) -> bool:
+        if not self.enabled or self.stage >= len(self.stages) - 1:
+            return False
+        st = self.stages[self.stage]
+        if st.until_step is not None and step >= st.until_step:
+            return True
+        m = metrics.get(self.monitor)
+        return st.until_metric is not None and m is not None and float(m) >= st.until_metric
+
+    def advance(self, step: int) -> None:
+        self.stage += 1
+        self.history.append({"stage": self.stage, "step": step})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "history": list(self.history)}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.stage, self.history = int(s.get("stage", 0)), list(s.get("history", []))
+
+
+HOOKS_DOC = {"rejection_sampling": RejectionSampling, "diverse_sampling": DiverseSampling, "curriculum": Curriculum}
+_ = STEP_KEYS

@@ -1,0 +1,56 @@
+"""DPO view: preference pairs from ``taosr sample`` output.
+
+For prompts with both correct and incorrect samples: chosen = a correct sample, rejected = an
+incorrect one (``pairs_per_prompt`` pairs, distinct texts first). For prompts never answered
+correctly, the gold reasoning stands in as chosen when ``gold_as_chosen`` is on and the example
+has gold steps. Prompts answered correctly every time give no pair.
+"""
+from __future__ import annotations
+
+import random
+
+from taosr.errors import ConfigError
+from taosr.reasoning.format import render_reasoning
+
+
+def pairs_from_samples(rows: list[dict], pairs_per_prompt: int = 1, gold_as_chosen: bool = True,
+                       seed: int = 0) -> list[tuple]:
+    rng = random.Random(seed)
+    pairs = []
+    for row in rows:
+        ex = row["example"]
+        good = list(dict.fromkeys(s["text"] for s in row["samples"] if s["correct"]))
+        bad = list(dict.fromkeys(s["text"] for s in row["samples"] if not s["correct"]))
+        if not bad:
+            continue
+        if not good and gold_as_chosen and ex.steps and len(ex.steps) == 5:
+            good = [render_reasoning(ex.steps, ex.label)]
+        if not good:
+            continue
+        rng.shuffle(good)
+        rng.shuffle(bad)
+        for k in range(min(pairs_per_prompt, max(len(good), len(bad)))):
+            pairs.append((ex, good[k % len(good)], bad[k % len(bad)]))
+    return pairs
+
+
+def build_pairs(dm) -> list[tuple]:
+    from taosr.sampling import load_samples
+
+    if not dm.samples_path:
+        raise ConfigError("data.samples_path: the DPO view needs a `taosr sample` output file")
+    pairs = pairs_from_samples(load_samples(dm.samples_path), dm.pairs_per_prompt, dm.gold_as_chosen, dm.seed)
+    if not pairs:
+        raise ConfigError(f"data.samples_path: {dm.samples_path} yields no preference pairs "
+                          "(no prompt has an incorrect sample)")
+    return pairs
+
+
+def collate_dpo(dm, batch: list[tuple]) -> dict:
+    """Chosen rows first, then rejected rows, in one right-padded batch."""
+    from taosr.data.datamodule import pad_right
+
+    dm._need_tokenizer()
+    enc = [dm.encode_pair(dm.prompt_text(ex), c) for ex, c, _ in batch]
+    enc += [dm.encode_pair(dm.prompt_text(ex), r) for ex, _, r in batch]
+    return pad_right(enc, dm.tokenizer.pad_token_id)

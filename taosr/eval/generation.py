@@ -1,0 +1,84 @@
+"""Generation-based evaluation: generate reasoning for prompts, parse it, verify steps, and
+turn it into prediction records that :mod:`taosr.eval.metrics` scores."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from taosr.data.schema import Example
+from taosr.reasoning.format import parse_reasoning
+
+
+@dataclass
+class GenerationSpec:
+    """Sampling parameters for rollouts and evaluation (``do_sample=False`` is greedy)."""
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    num_return_sequences: int = 1
+
+
+@torch.no_grad()
+def generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 spec: GenerationSpec) -> torch.Tensor:
+    """Completion token ids (B * n, L), right padded with pad_token_id, prompt removed."""
+    was_training = model.training
+    model.eval()
+    kwargs: dict[str, Any] = dict(max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                  num_return_sequences=spec.num_return_sequences, use_cache=True)
+    if spec.do_sample:
+        kwargs.update(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k or None)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    if was_training:
+        model.train()
+    return out[:, input_ids.shape[1]:]
+
+
+def completion_lengths(ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    """Length of each completion including its first eos (the tokens the policy produced)."""
+    B, L = ids.shape
+    is_eos = ids == eos_id
+    first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full((B,), L))
+    if pad_id != eos_id:
+        nonpad = (ids != pad_id).sum(1)
+        first = torch.minimum(first, torch.where(is_eos.any(1), first, nonpad))
+    return first
+
+
+def decode_completions(tokenizer, ids: torch.Tensor) -> list[str]:
+    lens = completion_lengths(ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(ids, lens)]
+
+
+def make_record(ex: Example, text: str, index: int | None = None) -> dict[str, Any]:
+    """One prediction record: the example, the raw reasoning, its parse and step verdicts."""
+    from taosr.rl.verifier import verify_steps
+
+    parsed = parse_reasoning(text)
+    return {
+        "index": index, "id": ex.id, "query": ex.query, "title": ex.item.title, "query_type": ex.query_type,
+        "gold": ex.label, "pred": parsed.label, "format_error": parsed.format_error, "error": parsed.error,
+        "reasoning": text, "steps": parsed.steps,
+        "step_verdicts": verify_steps(parsed, ex.annotations),
+    }
+
+
+def write_eval_outputs(out_dir: str, tag: str, metrics: dict[str, float], records: list[dict]) -> tuple[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    mpath = os.path.join(out_dir, f"{tag}-metrics.json")
+    ppath = os.path.join(out_dir, f"{tag}-predictions.jsonl")
+    with open(mpath, "w") as fh:
+        json.dump(metrics, fh, indent=2, sort_keys=True, default=float)
+    with open(ppath, "w") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    return mpath, ppath

@@ -1,0 +1,38 @@
+"""Loggers: W&B by default, offline automatically when no credentials are configured.
+
+``AutoWandbLogger`` never prompts and never blocks: without ``WANDB_API_KEY`` (or a netrc entry
+for the W&B host) it runs offline and writes under ``save_dir/wandb`` (sync later with
+``wandb sync``). Any Lightning logger (CSVLogger, TensorBoardLogger) can be chosen instead in
+the config's ``trainer.logger``.
+"""
+from __future__ import annotations
+
+import netrc
+import os
+
+from lightning.pytorch.loggers import WandbLogger
+
+
+def wandb_credentials_present() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+class AutoWandbLogger(WandbLogger):
+    def __init__(self, project: str = "taosr", name: str | None = None, save_dir: str = "runs",
+                 offline: bool | None = None, group: str | None = None, tags: list[str] | None = None,
+                 **kwargs):
+        if offline is None:
+            offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled") or not wandb_credentials_present()
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ.setdefault("WANDB_CONSOLE", "off")
+        if offline:
+            os.environ["WANDB_MODE"] = os.environ.get("WANDB_MODE") if os.environ.get("WANDB_MODE") in ("offline", "disabled") else "offline"
+        os.makedirs(save_dir, exist_ok=True)
+        super().__init__(project=project, name=name, save_dir=save_dir, offline=offline, group=group,
+                         tags=tags, **kwargs)

@@ -1,0 +1,160 @@
+"""Shared LightningModule: model construction, optimiser, generation-based evaluation, export.
+
+Method modules (SFT, DPO, GRPO, SRPO) subclass :class:`RelevanceModule` and implement only
+``training_step`` with pure loss functions; evaluation is identical for all of them.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from taosr.eval.generation import GenerationSpec, decode_completions, generate_ids, make_record, write_eval_outputs
+from taosr.models.factory import ModelSpec, load_model_and_tokenizer, save_export
+
+MAIN_METRICS = ("macro_f1", "good_f1", "accuracy", "step_accuracy", "format_error_rate", "hallucination_rate")
+
+
+class RelevanceModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: ModelSpec | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        scheduler: str = "cosine",
+        min_lr_ratio: float = 0.1,
+        eval_generation: GenerationSpec | None = None,
+        export_dir: str | None = "auto",
+        merge_lora_on_export: bool = True,
+        table_rows: int = 32,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = model or ModelSpec()
+        self.eval_generation = eval_generation or GenerationSpec()
+        self.model = None
+        self.tokenizer = None
+        self._records: list[dict] = []
+
+    # ------------------------------------------------------------------ model
+    def setup(self, stage: str) -> None:
+        if self.model is None:
+            dm = self.trainer.datamodule
+            corpus = dm.corpus if dm is not None else None
+            self.model, self.tokenizer = load_model_and_tokenizer(self.spec, corpus=corpus)
+            self.model.train()  # from_pretrained returns eval mode
+            if getattr(self.model.config, "use_cache", None) is not None:
+                self.model.config.use_cache = False
+        if self.trainer.datamodule is not None:
+            self.trainer.datamodule.attach_tokenizer(self.tokenizer)
+
+    @property
+    def run_dir(self) -> str:
+        return self.trainer.default_root_dir
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm, kind, floor = self.hparams.warmup_steps, self.hparams.scheduler, self.hparams.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if warm and step < warm:
+                return (step + 1) / warm
+            if kind == "constant":
+                return 1.0
+            frac = min(1.0, (step - warm) / max(1, total - warm))
+            if kind == "linear":
+                return floor + (1 - floor) * (1 - frac)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict[str, Any], split: str) -> list[dict]:
+        ids = generate_ids(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.eval_generation)
+        texts = decode_completions(self.tokenizer, ids)
+        rows = self.trainer.datamodule.splits[split]
+        recs = [make_record(rows[i], t, int(i)) for i, t in zip(batch["index"].tolist(), texts)]
+        self._records.extend(recs)
+        return recs
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        return self._eval_step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._records = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def _gather_records(self) -> list[dict]:
+        recs = self._records
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, recs)
+            recs = sorted((r for p in parts for r in p), key=lambda r: r["index"])
+            seen, uniq = set(), []
+            for r in recs:  # DistributedSampler pads with repeats
+                if r["index"] not in seen:
+                    seen.add(r["index"])
+                    uniq.append(r)
+            recs = uniq
+        return recs
+
+    def _finish_eval(self, split: str) -> dict[str, float]:
+        from taosr.eval.metrics import compute_metrics
+
+        recs = self._gather_records()
+        self._records = []
+        if not recs:
+            return {}
+        metrics = compute_metrics(recs)
+        if self.trainer.sanity_checking:
+            return metrics
+        tag = split if split == "test" else f"{split}-step{self.global_step}"
+        if self.trainer.is_global_zero:
+            write_eval_outputs(os.path.join(self.run_dir, "eval"), tag, metrics, recs)
+            self._log_table(split, recs)
+        logged = {f"{split}/{k}": float(v) for k, v in metrics.items()
+                  if (k in MAIN_METRICS or k.startswith("by_type/") and k.split("/")[-1] in ("macro_f1", "step_accuracy")
+                      or k.startswith("long_tail/")) and isinstance(v, (int, float)) and not math.isnan(v)}
+        self.log_dict(logged, sync_dist=False, rank_zero_only=True)
+        return metrics
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+
+    def _log_table(self, split: str, recs: list[dict]) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        rows = recs[: self.hparams.table_rows]
+        cols = ["query", "title", "query_type", "gold", "pred", "format_error", "reasoning", "step_verdicts"]
+        data = [[str(r.get(c)) for c in cols] for r in rows]
+        for lg in self.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_table(key=f"{split}/completions_step{self.global_step}", columns=cols, data=data)
+
+    # ------------------------------------------------------------------ export
+    def export(self, out_dir: str | None = None) -> str:
+        out_dir = out_dir or os.path.join(self.run_dir, "export")
+        save_export(self.model, self.tokenizer, out_dir, merge_lora=self.hparams.merge_lora_on_export)
+        return out_dir
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            path = self.export(None if self.hparams.export_dir == "auto" else self.hparams.export_dir)
+            print(f"taosr: exported Hugging Face model to {path}")

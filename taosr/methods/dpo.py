@@ -1,0 +1,52 @@
+"""DPO (TaoSR1 stage 2): sigmoid preference loss against a reference policy.
+
+Reference = the same model with its LoRA adapter disabled when LoRA is on (no extra memory),
+else a frozen copy made at setup. Logs TRL's metric names (rewards/chosen, rewards/rejected,
+rewards/accuracies, rewards/margins).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from taosr.losses.dpo import dpo_loss, dpo_metrics
+from taosr.losses.sft import sequence_logprobs
+from taosr.methods.base import RelevanceModule
+
+
+class DPOModule(RelevanceModule):
+    def __init__(self, *args, beta: float = 0.1, label_smoothing: float = 0.0, sft_weight: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+        self.ref_model = None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.ref_model is None and not hasattr(self.model, "disable_adapter"):
+            self.ref_model = copy.deepcopy(self.model).eval()
+            for p in self.ref_model.parameters():
+                p.requires_grad_(False)
+
+    def _seq_logps(self, model, batch) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return sequence_logprobs(logits, batch["input_ids"], batch["loss_mask"])
+
+    def training_step(self, batch, batch_idx):
+        n = batch["input_ids"].shape[0] // 2
+        lp = self._seq_logps(self.model, batch)
+        with torch.no_grad():
+            if self.ref_model is not None:
+                ref = self._seq_logps(self.ref_model, batch)
+            else:
+                with self.model.disable_adapter():
+                    ref = self._seq_logps(self.model, batch)
+        losses, rc, rr = dpo_loss(lp[:n], lp[n:], ref[:n], ref[n:], beta=self.hparams.beta,
+                                  label_smoothing=self.hparams.label_smoothing)
+        loss = losses.mean()
+        if self.hparams.sft_weight:
+            toks = batch["loss_mask"][:n, 1:].sum().clamp(min=1)
+            loss = loss - self.hparams.sft_weight * lp[:n].sum() / toks
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": float(v) for k, v in dpo_metrics(rc, rr).items()}, batch_size=n)
+        return loss

@@ -1,0 +1,160 @@
+"""GRPO (TaoSR1 stage 3): group-normalised outcome advantages and the clipped policy objective.
+
+Manual optimisation: each rollout batch (prompts x G completions, attached by the
+RolloutCallback and scored by the RewardModelCallback) gets ``num_iterations`` optimiser steps;
+each step accumulates micro-batches whose losses are normalised by the whole batch's token (or
+sequence) count, so micro-batching never changes the gradient. Advantages and loss are pure
+functions (:mod:`taosr.rl.advantages`, :mod:`taosr.losses.policy`).
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from taosr.losses.policy import policy_loss
+from taosr.losses.sft import gather_logprobs
+from taosr.methods.base import RelevanceModule
+from taosr.rl.advantages import frac_zero_std, group_advantages, zero_spread_mask
+
+
+class GRPOModule(RelevanceModule):
+    needs_step_rewards = False
+
+    def __init__(self, *args, num_iterations: int = 1, micro_batch_size: int = 16, eps_low: float = 0.2,
+                 eps_high: float = 0.28, delta: float | None = None, beta: float = 0.0,
+                 loss_agg: str = "token_mean", scale_std: bool = True, dynamic_sampling: bool = True,
+                 max_grad_norm: float = 1.0, reference: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.ref_model = None
+
+    # ------------------------------------------------------------------ log-probs
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.hparams.beta > 0 and self.ref_model is None and not self._is_peft():
+            self.ref_model = copy.deepcopy(self.model).eval()
+            for p in self.ref_model.parameters():
+                p.requires_grad_(False)
+
+    def _is_peft(self) -> bool:
+        return hasattr(self.model, "disable_adapter") and self.hparams.reference in ("auto", "adapter_disabled")
+
+    def _logps(self, model, r: dict, rows: slice | torch.Tensor | None = None, entropy: bool = False):
+        sel = (lambda t: t) if rows is None else (lambda t: t[rows])
+        p_ids, p_mask, c_ids, c_mask = (sel(r[k]) for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"))
+        ids = torch.cat([p_ids, c_ids], 1)
+        att = torch.cat([p_mask, c_mask], 1)
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        P = p_ids.shape[1]
+        logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits[:, P - 1:-1].float()
+        lp = gather_logprobs(logits, c_ids)
+        if not entropy:
+            return lp
+        with torch.no_grad():
+            logp_all = torch.log_softmax(logits, -1)
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+        return lp, ent
+
+    def policy_logps(self, r: dict, grad: bool = False) -> torch.Tensor:
+        with torch.set_grad_enabled(grad):
+            outs = [self._logps(self.model, r, slice(i, i + self.hparams.micro_batch_size))
+                    for i in range(0, r["completion_ids"].shape[0], self.hparams.micro_batch_size)]
+        return torch.cat(outs, 0)
+
+    @torch.no_grad()
+    def reference_logps(self, r: dict) -> torch.Tensor | None:
+        if self.hparams.beta <= 0:
+            return None
+        mb = self.hparams.micro_batch_size
+        rng = range(0, r["completion_ids"].shape[0], mb)
+        if self.ref_model is not None:
+            return torch.cat([self._logps(self.ref_model, r, slice(i, i + mb)) for i in rng], 0)
+        with self.model.disable_adapter():
+            return torch.cat([self._logps(self.model, r, slice(i, i + mb)) for i in rng], 0)
+
+    # ------------------------------------------------------------------ advantages
+    def advantages(self, r: dict) -> torch.Tensor:
+        """(N,) sequence advantages for GRPO; SRPO overrides with (N, L) step-level ones."""
+        return group_advantages(r["reward"], r["group_size"], scale_std=self.hparams.scale_std)
+
+    def keep_mask(self, r: dict) -> torch.Tensor:
+        """Dynamic sampling: drop groups whose rewards have zero spread (no learning signal)."""
+        if not self.hparams.dynamic_sampling:
+            return torch.ones_like(r["reward"], dtype=torch.bool)
+        return ~zero_spread_mask(r["reward"], r["group_size"])
+
+    def score_steps(self, r: dict) -> None:  # SRPO fills step rewards
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ update
+    def _global(self, x: torch.Tensor) -> float:
+        """Normaliser shared by all ranks: the global count divided by the world size, because
+        DDP averages gradients over ranks."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            x = x.detach().clone().float()
+            torch.distributed.all_reduce(x)
+            return float(x) / torch.distributed.get_world_size()
+        return float(x)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        r = batch["rollout"]
+        G, hp = r["group_size"], self.hparams
+        rewards = r["reward"]
+        adv = self.advantages(r)
+        keep = self.keep_mask(r)
+        metrics = self._rollout_metrics(r, keep)
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        idx = keep.nonzero().flatten()
+        t0 = time.perf_counter()
+        if len(idx):
+            mask = r["completion_mask"].float()
+            num_tokens = self._global(mask[idx].sum())
+            num_seqs = self._global(torch.tensor(float(len(idx))))
+            L = mask.shape[1]
+            for _ in range(hp.num_iterations):
+                opt.zero_grad()
+                agg: dict[str, float] = {}
+                for s in range(0, len(idx), hp.micro_batch_size):
+                    rows = idx[s: s + hp.micro_batch_size]
+                    lp, ent = self._logps(self.model, r, rows, entropy=True)
+                    ref = r["ref_logps"][rows] if r.get("ref_logps") is not None else None
+                    loss, m = policy_loss(lp, r["old_logps"][rows], adv[rows], mask[rows], eps_low=hp.eps_low,
+                                          eps_high=hp.eps_high, delta=hp.delta, ref_logps=ref, beta=hp.beta,
+                                          loss_agg=hp.loss_agg, num_tokens=num_tokens, num_sequences=num_seqs,
+                                          max_completion_length=L)
+                    self.manual_backward(loss)
+                    w = float(mask[rows].sum()) / max(float(mask[idx].sum()), 1.0)
+                    agg["loss"] = agg.get("loss", 0.0) + float(loss)
+                    agg["entropy"] = agg.get("entropy", 0.0) + w * float((ent * mask[rows]).sum() / mask[rows].sum().clamp(min=1))
+                    for k, v in m.items():
+                        agg[k] = agg.get(k, 0.0) + w * float(v)
+                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                opt.step()
+            metrics.update(agg)
+        sched.step()
+        metrics["timing_s/update"] = time.perf_counter() - t0
+        self.log_dict({f"train/{k}": float(v) for k, v in metrics.items()}, batch_size=len(rewards))
+        return None
+
+    def _rollout_metrics(self, r: dict, keep: torch.Tensor) -> dict[str, float]:
+        G = r["group_size"]
+        rw = r["reward"]
+        m = {
+            "reward": float(rw.mean()),
+            "reward_std": float(rw.view(-1, G).std(1).mean()) if G > 1 else 0.0,
+            "frac_reward_zero_std": frac_zero_std(rw, G),
+            "rewards/correct/mean": float(r["correct"].mean()),
+            "rewards/format/mean": float(r["format"].mean()),
+            "completions/mean_length": float(r["completion_mask"].sum(1).float().mean()),
+            "completions/clipped_ratio": float(r["clipped"].float().mean()),
+            "dynamic_sampling/dropped_groups": float((~keep).sum()) / G,
+            "dynamic_sampling/kept_completions": float(keep.sum()),
+        }
+        for k in ("timing_s/rollout", "timing_s/old_logps", "timing_s/reward", "perf/rollout_tokens_per_s"):
+            if k in r:
+                m[k] = float(r[k])
+        return m

