@@ -116,14 +116,37 @@ def data_main(argv: list[str]) -> int:
     return 2
 
 
+def _fill_run_paths(cfg) -> None:
+    """Point the logger's save_dir and checkpoint dirpath at ``trainer.default_root_dir`` unless a
+    config sets them (OmegaConf resolves ``${trainer.default_root_dir}`` per file, before
+    command-line overrides, so interpolating it in YAML would ignore ``--trainer.default_root_dir``)."""
+    trainer = cfg.get("trainer")
+    root = trainer.get("default_root_dir") if trainer is not None else None
+    if not root:
+        return
+    loggers = trainer.get("logger")
+    for lg in loggers if isinstance(loggers, list) else [loggers]:
+        args = getattr(lg, "init_args", None) if lg is not None and not isinstance(lg, bool) else None
+        if args is not None and "save_dir" in args and args.get("save_dir") in (None, "runs", "."):
+            args["save_dir"] = root
+    for cb in trainer.get("callbacks") or []:
+        args = getattr(cb, "init_args", None)
+        if args is not None and "dirpath" in args and args.get("dirpath") is None:
+            args["dirpath"] = f"{root}/checkpoints"
+
+
 def lightning_main(argv: list[str]) -> None:
     from lightning.pytorch.cli import LightningCLI
+
+    class TaosrCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            _fill_run_paths(self.config[self.subcommand] if self.subcommand else self.config)
 
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.methods.base import RelevanceModule
 
     sys.argv = ["taosr", *argv]  # LightningCLI reads sys.argv (passing args= too triggers a warning)
-    LightningCLI(
+    TaosrCLI(
         RelevanceModule,
         RelevanceDataModule,
         subclass_mode_model=True,

@@ -76,7 +76,8 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--synth-n-train", type=int, default=3000)
+    p.add_argument("--synth-n-train", type=int, default=3000, help="size of the synthetic train split (as in the config)")
+    p.add_argument("--data-dir", default=".cache/taosr/data", help="cache of the synthetic data")
     a = p.parse_args(argv)
 
     from taosr.data.datamodule import RelevanceDataModule
@@ -88,7 +89,7 @@ def sample_main(argv: list[str]) -> int:
              "test": a.data if a.split == "test" else None}
     if a.split != "train":
         paths["train"] = a.data
-    dm = RelevanceDataModule(view="sft", synth=SynthConfig(n_train=a.synth_n_train), **paths)
+    dm = RelevanceDataModule(view="sft", synth=SynthConfig(n_train=a.synth_n_train), data_dir=a.data_dir, **paths)
     dm.setup("fit")
     model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=a.model), corpus=dm.corpus)
     spec = GenerationSpec(max_new_tokens=a.max_new_tokens, do_sample=True, temperature=a.temperature,

@@ -1,0 +1,37 @@
+"""`taosr data check`: validate a file and summarise it per tier and query type."""
+from __future__ import annotations
+
+from collections import Counter
+
+from taosr.data.readers import ReaderSpec, read_examples
+from taosr.labels import TIER_NAMES
+
+
+def summarize(examples) -> dict:
+    return {
+        "total": len(examples),
+        "tiers": {t: sum(e.label == t for e in examples) for t in (4, 3, 2, 1)},
+        "query_types": dict(sorted(Counter(e.query_type for e in examples).items())),
+        "with_steps": sum(bool(e.steps) for e in examples),
+        "with_annotations": sum(bool(e.annotations) for e in examples),
+        "distinct_queries": len({e.query for e in examples}),
+    }
+
+
+def format_summary(s: dict, skipped: list[str] | None = None, path: str = "") -> str:
+    lines = [f"{path}: {s['total']} examples OK, {s['distinct_queries']} distinct queries, "
+             f"{s['with_steps']} with gold steps, {s['with_annotations']} with step annotations"]
+    lines.append("tier            count   share")
+    for t, n in s["tiers"].items():
+        lines.append(f"  {t} {TIER_NAMES[t]:<11} {n:6d}  {n / max(s['total'], 1):6.1%}")
+    lines.append("query type      count   share")
+    for qt, n in s["query_types"].items():
+        lines.append(f"  {qt:<13} {n:6d}  {n / max(s['total'], 1):6.1%}")
+    if skipped:
+        lines.append(f"skipped {len(skipped)} bad rows (first: {skipped[0]})")
+    return "\n".join(lines)
+
+
+def check_file(spec: ReaderSpec) -> str:
+    res = read_examples(spec)
+    return format_summary(summarize(res.examples), res.skipped, spec.path)

@@ -1,0 +1,75 @@
+"""The clipped GRPO/PPO policy objective (pure) with named loss aggregations.
+
+Aggregations (``loss_agg``), each normalised by counts of the WHOLE accumulated batch so that
+summing micro-batch losses gives exactly the full-batch loss and gradient:
+- ``token_mean`` (default; DAPO / verl token-mean; TRL ``dapo``): sum of token losses / ``num_tokens``;
+- ``seq_mean`` (TRL ``grpo``): per-sequence token mean, summed, / ``num_sequences``;
+- ``dr_grpo`` (Dr. GRPO): sum of token losses / (``num_sequences`` x ``max_completion_length``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1."""
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1
+
+
+def _token_mean(per_token, mask, num_tokens, num_sequences, max_len):
+    denom = num_tokens if num_tokens is not None else mask.sum().clamp(min=1.0)
+    return (per_token * mask).sum() / denom
+
+
+def _seq_mean(per_token, mask, num_tokens, num_sequences, max_len):
+    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    denom = num_sequences if num_sequences is not None else per_token.shape[0]
+    return per_seq.sum() / denom
+
+
+def _dr_grpo(per_token, mask, num_tokens, num_sequences, max_len):
+    n = num_sequences if num_sequences is not None else per_token.shape[0]
+    L = max_len if max_len is not None else per_token.shape[1]
+    return (per_token * mask).sum() / (n * L)
+
+
+LOSS_AGGREGATIONS: dict[str, Callable] = {"token_mean": _token_mean, "seq_mean": _seq_mean, "dr_grpo": _dr_grpo}
+
+
+def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+                eps_low: float = 0.2, eps_high: float = 0.28, delta: float | None = None,
+                ref_logps: torch.Tensor | None = None, beta: float = 0.0, loss_agg: str = "token_mean",
+                num_tokens: float | None = None, num_sequences: float | None = None,
+                max_completion_length: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate (+ beta * k3 KL). ``advantages`` is (B,) per sequence or (B, T) per token."""
+    if loss_agg not in LOSS_AGGREGATIONS:
+        raise ValueError(f"loss_agg {loss_agg!r} is unknown; expected one of {sorted(LOSS_AGGREGATIONS)}")
+    mask = mask.to(logps.dtype)
+    adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)
+    ratio = torch.exp(logps - old_logps)
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    if delta is not None:
+        ratio = torch.clamp(ratio, max=delta)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    metrics: dict[str, float] = {}
+    if ref_logps is not None and beta > 0:
+        kl = k3_kl(logps, ref_logps)
+        per_token = per_token + beta * kl
+        metrics["kl"] = float(masked_mean(kl.detach(), mask))
+    loss = LOSS_AGGREGATIONS[loss_agg](per_token, mask, num_tokens, num_sequences, max_completion_length)
+    with torch.no_grad():
+        r = torch.exp(logps - old_logps)
+        low = (r < 1 - eps_low) & (adv < 0)
+        high = (r > 1 + eps_high) & (adv > 0)
+        metrics["clip_ratio/low_mean"] = float(masked_mean(low.to(mask.dtype), mask))
+        metrics["clip_ratio/high_mean"] = float(masked_mean(high.to(mask.dtype), mask))
+        metrics["clip_ratio/region_mean"] = float(masked_mean((low | high).to(mask.dtype), mask))
+    return loss, metrics

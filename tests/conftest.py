@@ -1,0 +1,38 @@
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """Shared cache for synthetic data and tiny models across tests of one session."""
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def small_overrides(root: str, cache: str, model: str = "micro", n_train: int = 48) -> list[str]:
+    """CLI overrides that turn any config into a few-second CPU smoke run."""
+    return [
+        "--trainer.default_root_dir", root,
+        "--trainer.max_steps", "2",
+        "--trainer.max_epochs", "1",
+        "--trainer.val_check_interval", "2",
+        "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.limit_val_batches", "1",
+        "--trainer.log_every_n_steps", "1",
+        "--model.init_args.model.name_or_path", model,
+        "--model.init_args.model.cache_dir", os.path.join(cache, "models"),
+        "--model.init_args.eval_generation.max_new_tokens", "24",
+        "--data.data_dir", os.path.join(cache, "data"),
+        "--data.synth.n_train", str(n_train),
+        "--data.synth.n_val", "6",
+        "--data.synth.n_test", "6",
+        "--data.limit_val", "4",
+        "--data.eval_batch_size", "4",
+        "--data.batch_size", "4",
+    ]

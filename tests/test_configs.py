@@ -1,0 +1,89 @@
+"""Every YAML under configs/ smoke-runs for a few steps (micro model, tiny data, CPU)."""
+import glob
+import json
+import os
+
+import pytest
+
+from taosr.cli import main
+from tests.conftest import ROOT, small_overrides
+
+CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+
+
+def fit(cfg, root, cache, *extra, overlays=()):
+    args = ["fit", "--config", os.path.join(ROOT, cfg)]
+    for o in overlays:
+        args += ["--config", os.path.join(ROOT, o)]
+    args += small_overrides(root, cache) + list(extra)
+    assert main(args) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, cache_dir):
+    root = str(tmp_path_factory.mktemp("sft"))
+    fit("configs/sft.yaml", root, cache_dir)
+    return root
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory, sft_run, cache_dir):
+    out = str(tmp_path_factory.mktemp("samples") / "samples.jsonl")
+    assert main(["sample", "--model", os.path.join(sft_run, "export"), "--out", out, "--n", "4", "--limit", "12",
+                 "--max-new-tokens", "24", "--synth-n-train", "48", "--data-dir", os.path.join(cache_dir, "data")]) == 0
+    return out
+
+
+def test_every_config_is_covered():
+    assert set(CONFIGS) == {"configs/sft.yaml", "configs/dpo.yaml", "configs/grpo.yaml", "configs/srpo.yaml",
+                            "configs/grm.yaml"}, "add a smoke test for the new config"
+
+
+def test_sft_config(sft_run):
+    assert os.path.exists(os.path.join(sft_run, "export", "config.json"))
+    assert os.path.exists(os.path.join(sft_run, "checkpoints", "last.ckpt"))
+    metrics = json.load(open(glob.glob(os.path.join(sft_run, "eval", "val-step*-metrics.json"))[0]))
+    assert {"macro_f1", "good_f1", "format_error_rate", "step_accuracy"} <= set(metrics)
+
+
+def test_sft_test_command_writes_metrics(sft_run, cache_dir):
+    args = ["test", "--config", os.path.join(ROOT, "configs/sft.yaml")] + small_overrides(sft_run, cache_dir)
+    args += ["--ckpt_path", os.path.join(sft_run, "checkpoints", "last.ckpt")]
+    assert main(args) == 0
+    assert os.path.exists(os.path.join(sft_run, "eval", "test-metrics.json"))
+    preds = [json.loads(line) for line in open(os.path.join(sft_run, "eval", "test-predictions.jsonl"))]
+    assert len(preds) == 6 and {"query", "gold", "pred", "reasoning", "steps"} <= set(preds[0])
+
+
+def test_dpo_config(tmp_path, sft_run, samples, cache_dir):
+    fit("configs/dpo.yaml", str(tmp_path), cache_dir, "--data.samples_path", samples,
+        "--model.init_args.model.name_or_path", os.path.join(sft_run, "export"))
+    assert os.path.exists(tmp_path / "export" / "config.json")
+
+
+def test_grpo_config(tmp_path, sft_run, cache_dir):
+    fit("configs/grpo.yaml", str(tmp_path), cache_dir, "--model.init_args.model.name_or_path",
+        os.path.join(sft_run, "export"))
+    assert os.path.exists(tmp_path / "export" / "config.json")
+
+
+@pytest.fixture(scope="module")
+def grm_run(tmp_path_factory, cache_dir):
+    root = str(tmp_path_factory.mktemp("grm"))
+    fit("configs/grm.yaml", root, cache_dir)
+    return root
+
+
+def test_grm_config(grm_run):
+    assert os.path.exists(os.path.join(grm_run, "export", "config.json"))
+    m = json.load(open(glob.glob(os.path.join(grm_run, "eval", "val-step*-grm-metrics.json"))[0]))
+    assert 0.0 <= m["grm/verdict_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("mode", ["verifier", "grm", "verifier_then_grm"])
+def test_srpo_config(tmp_path, sft_run, grm_run, cache_dir, mode):
+    fit("configs/srpo.yaml", str(tmp_path), cache_dir, "--model.init_args.model.name_or_path",
+        os.path.join(sft_run, "export"), "--model.init_args.grm_path", os.path.join(grm_run, "export"),
+        "--model.init_args.examiner.mode", mode)
+    assert os.path.exists(tmp_path / "export" / "config.json")
