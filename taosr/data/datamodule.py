@@ -76,7 +76,9 @@ class ResumableSampler(Sampler[int]):
                 yield i
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        # The full epoch: on a mid-epoch resume Lightning's progress already counts the skipped
+        # batches, so it expects len - done more, which is exactly what __iter__ yields.
+        return self.n
 
 
 @dataclasses.dataclass
@@ -291,7 +293,9 @@ class RelevanceDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 0
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        # A mid-epoch checkpoint is written in on_train_batch_end, after the optimizer step but before
+        # Lightning marks the batch "completed": "processed" counts the batches whose update is in it.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return done * self.batch_size
 
     def _eval_loader(self, split: str) -> DataLoader:

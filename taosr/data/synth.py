@@ -313,7 +313,10 @@ def _price(rng: random.Random, item: ItemSpec) -> float:
 def gold_steps(q: QuerySpec, item: ItemSpec) -> tuple[dict[str, str], dict[str, str]]:
     """(step texts, step conclusions) for one (query, item) pair."""
     rel, att, label = relation(q.category, item.category), attribute_status(q, item), guideline_label(q, item)
-    q_concl = "; ".join([q.category] + [c.render() for c in q.constraints])
+    def fact(c: Constraint) -> str:
+        return f"{c.render()} ({_brand_tier_anywhere(c.value)})" if c.kind == "cheaper_than" else c.render()
+
+    q_concl = "; ".join([f"{q.category} ({BY_NAME[q.category].group})"] + [fact(c) for c in q.constraints])
     facts: list[str] = []
     for c in q.constraints:
         if c.kind in ("brand", "not_brand"):
@@ -323,13 +326,10 @@ def gold_steps(q: QuerySpec, item: ItemSpec) -> tuple[dict[str, str], dict[str, 
         else:
             attr = "material" if c.kind == "not_material" else c.kind
             facts.append(f"{attr} {getattr(item, attr) or ('none' if attr == 'feature' else 'unknown')}")
-    i_concl = "; ".join([item.category] + list(dict.fromkeys(facts)))
+    i_concl = "; ".join([f"{item.category} ({BY_NAME[item.category].group})"] + list(dict.fromkeys(facts)))
     concl = {"query": q_concl, "item": i_concl, "category": rel, "attribute": att, "judgment": TIER_NAMES[label]}
     explain = {
-        "query": {"negation": "the user excludes something", "alternative": "the user wants a cheaper option",
-                  "qa": "a question about a product property", "knowledge": "the need implies a product",
-                  }.get(q.query_type, ""),
-        "category": "" if rel in ("exact", "different") else f"{item.category} vs {q.category}",
+        "category": "",
         "attribute": "; ".join(("fails " if constraint_status(c, item) == "violated" else "not stated: ") + c.render()
                                for c in q.constraints
                                if constraint_status(c, item) != "satisfied") if att in ("violated", "unstated") else "",

@@ -27,7 +27,7 @@ class Category:
     materials: tuple[str, ...] = ()
     genders: tuple[str, ...] = ()
     features: tuple[Feature, ...] = ()
-    accessories: tuple[str, ...] = ()   # names of accessory / complement categories
+    accessories: tuple[str, ...] = ()   # informative only: accessory links are group-level (ACCESSORY_GROUPS)
     short: str = ""                     # word used in Q&A queries ("what glue ...")
 
 
@@ -165,12 +165,28 @@ def brand_tier(group: str, brand: str) -> str:
     raise KeyError(f"brand {brand!r} not in group {group!r}")
 
 
+# Accessory / complement links between groups (symmetric): a shoe-care product is an accessory
+# for any footwear query and vice versa. Group-level links keep the rule stateable in one step
+# of reasoning ("running shoes (footwear)" vs "insoles (shoe care)").
+ACCESSORY_GROUPS: tuple[tuple[str, str], ...] = (
+    ("footwear", "shoe care"), ("bags", "travel accessories"), ("kitchen appliances", "kitchen supplies"),
+    ("floor cleaning", "cleaning supplies"), ("audio", "audio accessories"), ("computers", "computer accessories"),
+    ("power tools", "tool accessories"), ("pet food", "pet accessories"), ("hair care", "hair tools"),
+)
+_ACC = {frozenset(p) for p in ACCESSORY_GROUPS}
+
+
+def group_of(category: str) -> str:
+    return BY_NAME[category].group
+
+
 def relation(query_cat: str, item_cat: str) -> str:
-    """How the item's category relates to the query's: exact, sibling, accessory or different."""
+    """How the item's category relates to the query's: exact, sibling (same group), accessory
+    (linked groups, see ACCESSORY_GROUPS) or different."""
     if query_cat == item_cat:
         return "exact"
     q, i = BY_NAME[query_cat], BY_NAME[item_cat]
-    if item_cat in q.accessories or query_cat in i.accessories:
+    if frozenset((q.group, i.group)) in _ACC:
         return "accessory"
     if q.group == i.group:
         return "sibling"

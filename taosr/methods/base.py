@@ -15,6 +15,10 @@ import torch
 from taosr.eval.generation import GenerationSpec, decode_completions, generate_ids, make_record, write_eval_outputs
 from taosr.models.factory import ModelSpec, load_model_and_tokenizer, save_export
 
+from taosr.serialization import register_safe_globals
+
+register_safe_globals()
+
 MAIN_METRICS = ("macro_f1", "good_f1", "accuracy", "step_accuracy", "format_error_rate", "hallucination_rate")
 
 

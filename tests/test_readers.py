@@ -1,0 +1,106 @@
+"""Readers with column and label maps, ESCI adapter, and one-line errors naming file, row and field."""
+import json
+
+import pandas as pd
+import pytest
+
+from taosr.data.esci import read_esci
+from taosr.data.readers import ReaderSpec, read_examples
+from taosr.errors import DataError
+
+ESCI = {"E": 4, "S": 3, "C": 2, "I": 1}
+
+
+def test_csv_with_column_and_label_map(tmp_path):
+    p = tmp_path / "d.csv"
+    pd.DataFrame({"q": ["red shoes", "blue bag"], "name": ["Nike Red Shoes", "Coach Blue Bag"],
+                  "brand": ["nike", ""], "colour": ["red", "blue"], "esci": ["E", "I"],
+                  "price": ["10.5", ""]}).to_csv(p, index=False)
+    res = read_examples(ReaderSpec(path=str(p), column_map={"query": "q", "item.title": "name", "item.brand": "brand",
+                                                            "item.attributes.color": "colour", "label": "esci",
+                                                            "item.price": "price"}, label_map=ESCI))
+    a, b = res.examples
+    assert (a.query, a.item.title, a.item.brand, a.item.attributes, a.label, a.item.price) == \
+        ("red shoes", "Nike Red Shoes", "nike", {"color": "red"}, 4, 10.5)
+    assert b.item.brand is None and b.label == 1 and b.item.price is None and b.query_type == "other"
+
+
+def test_graded_thresholds_parquet(tmp_path):
+    p = tmp_path / "d.parquet"
+    pd.DataFrame({"query": ["a", "b", "c", "d"], "title": ["A", "B", "C", "D"], "score": [0.1, 1.5, 2.2, 3.0]}).to_parquet(p)
+    res = read_examples(ReaderSpec(path=str(p), column_map={"item.title": "title", "label": "score"},
+                                   label_thresholds=[1.0, 2.0, 3.0], query_type="other"))
+    assert [e.label for e in res.examples] == [1, 2, 3, 4]
+
+
+def test_unknown_label_names_file_line_field(tmp_path):
+    p = tmp_path / "d.csv"
+    pd.DataFrame({"query": ["a", "b"], "title": ["A", "B"], "esci": ["E", "X"]}).to_csv(p, index=False)
+    with pytest.raises(DataError) as e:
+        read_examples(ReaderSpec(path=str(p), column_map={"item.title": "title", "label": "esci"}, label_map=ESCI))
+    msg = str(e.value)
+    assert "d.csv:line 3" in msg and "esci" in msg and "'X'" in msg and "\n" not in msg
+
+
+def test_parquet_rows_and_skip_counts(tmp_path):
+    p = tmp_path / "d.parquet"
+    pd.DataFrame({"query": ["a", "", "c"], "title": ["A", "B", "C"], "label": [4, 3, 9]}).to_parquet(p)
+    spec = ReaderSpec(path=str(p), column_map={"item.title": "title"}, on_error="skip")
+    res = read_examples(spec)
+    assert len(res.examples) == 1 and len(res.skipped) == 2
+    assert "row 2" in res.skipped[0] and "query" in res.skipped[0]
+    assert "row 3" in res.skipped[1] and "label" in res.skipped[1]
+    with pytest.raises(DataError, match="row 2"):
+        read_examples(ReaderSpec(path=str(p), column_map={"item.title": "title"}))
+
+
+def test_missing_column_and_file(tmp_path):
+    p = tmp_path / "d.csv"
+    pd.DataFrame({"query": ["a"], "title": ["A"], "label": [4]}).to_csv(p, index=False)
+    with pytest.raises(DataError, match="'product_title'.*columns: query, title, label"):
+        read_examples(ReaderSpec(path=str(p), column_map={"item.title": "product_title"}))
+    with pytest.raises(DataError, match="file not found"):
+        read_examples(ReaderSpec(path=str(tmp_path / "nope.jsonl")))
+    xls = tmp_path / "d.xls"
+    xls.write_text("x")
+    with pytest.raises(DataError, match="unknown file type"):
+        read_examples(ReaderSpec(path=str(xls)))
+
+
+def test_jsonl_native_and_bad_fields(tmp_path):
+    p = tmp_path / "d.jsonl"
+    rows = [{"query": "q", "item": {"title": "T", "price": 3}, "label": 2, "query_type": "negation",
+             "annotations": {"category": "exact"}},
+            {"query": "q", "item": {"title": "T"}, "label": 2, "query_type": "weird"}]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(DataError, match=r"d.jsonl:2: field 'query_type'"):
+        read_examples(ReaderSpec(path=str(p)))
+    res = read_examples(ReaderSpec(path=str(p), on_error="skip"))
+    assert len(res.examples) == 1 and res.examples[0].annotations == {"category": "exact"} and len(res.skipped) == 1
+
+
+def _esci_files(tmp_path):
+    ex = pd.DataFrame({"example_id": [1, 2, 3, 4], "query": ["shoes", "shoes", "zapatos", "bag"],
+                       "query_id": [1, 1, 2, 3], "product_id": ["P1", "P2", "P1", "P9"],
+                       "product_locale": ["us", "us", "es", "us"], "esci_label": ["E", "C", "S", "I"],
+                       "small_version": [1, 1, 1, 1], "large_version": [1, 1, 1, 1],
+                       "split": ["train", "train", "train", "train"]})
+    pr = pd.DataFrame({"product_id": ["P1", "P2", "P1"], "product_title": ["Running Shoes", "Shoe Laces", "Zapatillas"],
+                       "product_description": [None] * 3, "product_bullet_point": [None] * 3,
+                       "product_brand": ["Nike", None, "Nike"], "product_color": ["Red", None, None],
+                       "product_locale": ["us", "us", "es"]})
+    ex.to_parquet(tmp_path / "examples.parquet")
+    pr.to_parquet(tmp_path / "products.parquet")
+    return str(tmp_path / "examples.parquet"), str(tmp_path / "products.parquet")
+
+
+def test_esci_adapter(tmp_path):
+    e, p = _esci_files(tmp_path)
+    with pytest.raises(DataError, match="row 4.*P9"):
+        read_esci(e, p)
+    res = read_esci(e, p, on_error="skip")
+    assert [(x.query, x.item.title, x.label) for x in res.examples] == [("shoes", "Running Shoes", 4), ("shoes", "Shoe Laces", 2)]
+    assert res.examples[0].item.brand == "Nike" and res.examples[0].item.attributes == {"color": "Red"}
+    assert len(res.skipped) == 1
+    es = read_esci(e, p, locale="es")
+    assert [x.item.title for x in es.examples] == ["Zapatillas"] and es.examples[0].label == 3
