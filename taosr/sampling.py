@@ -77,6 +77,9 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synth-n-train", type=int, default=3000, help="size of the synthetic train split (as in the config)")
+    p.add_argument("--synth-n-val", type=int, default=200)
+    p.add_argument("--synth-n-test", type=int, default=400)
+    p.add_argument("--synth-seed", type=int, default=0)
     p.add_argument("--data-dir", default=".cache/taosr/data", help="cache of the synthetic data")
     a = p.parse_args(argv)
 
@@ -89,7 +92,8 @@ def sample_main(argv: list[str]) -> int:
              "test": a.data if a.split == "test" else None}
     if a.split != "train":
         paths["train"] = a.data
-    dm = RelevanceDataModule(view="sft", synth=SynthConfig(n_train=a.synth_n_train), data_dir=a.data_dir, **paths)
+    dm = RelevanceDataModule(view="sft", synth=SynthConfig(n_train=a.synth_n_train, n_val=a.synth_n_val,
+                                                                n_test=a.synth_n_test, seed=a.synth_seed), data_dir=a.data_dir, **paths)
     dm.setup("fit")
     model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=a.model), corpus=dm.corpus)
     spec = GenerationSpec(max_new_tokens=a.max_new_tokens, do_sample=True, temperature=a.temperature,

@@ -11,9 +11,10 @@ def register_safe_globals() -> None:
     from taosr.data.synth import SynthConfig
     from taosr.eval.generation import GenerationSpec
     from taosr.models.factory import LoraSpec, ModelSpec
+    from taosr.rl.advantages import StepAdvantageSpec
     from taosr.rl.examiner import ExaminerSpec
     from taosr.rl.rewards import OutcomeRewardSpec
 
     torch.serialization.add_safe_globals([
         ModelSpec, LoraSpec, GenerationSpec, SynthConfig, ReaderOptions, Curriculum, CurriculumStage,
-        DiverseSampling, RejectionSampling, ExaminerSpec, OutcomeRewardSpec])
+        DiverseSampling, RejectionSampling, ExaminerSpec, OutcomeRewardSpec, StepAdvantageSpec])

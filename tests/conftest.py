@@ -36,3 +36,23 @@ def small_overrides(root: str, cache: str, model: str = "micro", n_train: int = 
         "--data.eval_batch_size", "4",
         "--data.batch_size", "4",
     ]
+
+
+def fit(cfg, root, cache, *extra, overlays=()):
+    """`taosr fit` in-process on a config with the smoke-run overrides."""
+    from taosr.cli import main
+
+    args = ["fit", "--config", os.path.join(ROOT, cfg)]
+    for o in overlays:
+        args += ["--config", os.path.join(ROOT, o)]
+    args += small_overrides(root, cache) + list(extra)
+    assert main(args) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory, cache_dir):
+    """A few SFT steps of the micro model: its export, checkpoint and eval files."""
+    root = str(tmp_path_factory.mktemp("sft"))
+    fit("configs/sft.yaml", root, cache_dir)
+    return root

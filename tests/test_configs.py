@@ -6,25 +6,9 @@ import os
 import pytest
 
 from taosr.cli import main
-from tests.conftest import ROOT, small_overrides
+from tests.conftest import ROOT, fit, small_overrides  # noqa: F401
 
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
-
-
-def fit(cfg, root, cache, *extra, overlays=()):
-    args = ["fit", "--config", os.path.join(ROOT, cfg)]
-    for o in overlays:
-        args += ["--config", os.path.join(ROOT, o)]
-    args += small_overrides(root, cache) + list(extra)
-    assert main(args) == 0
-    return root
-
-
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory, cache_dir):
-    root = str(tmp_path_factory.mktemp("sft"))
-    fit("configs/sft.yaml", root, cache_dir)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,10 @@ class RolloutCallback(pl.Callback):
             "perf/rollout_tokens_per_s": float(mask.sum()) / max(t_gen, 1e-9),
         }
         t1 = time.perf_counter()
-        rollout["old_logps"] = pl_module.policy_logps(rollout, grad=False)
+        # With one update per rollout batch and on-policy HF sampling the ratio is 1 at the update:
+        # old log-probs equal the update's own (detached), so the extra forward pass is skipped (as TRL).
+        need_old = pl_module.hparams.get("num_iterations", 1) > 1 or self.engine_name != "hf"
+        rollout["old_logps"] = pl_module.policy_logps(rollout, grad=False) if need_old else None
         rollout["ref_logps"] = pl_module.reference_logps(rollout)
         rollout["timing_s/old_logps"] = time.perf_counter() - t1
         batch["rollout"] = rollout

@@ -122,7 +122,8 @@ class GRPOModule(RelevanceModule):
                     rows = idx[s: s + hp.micro_batch_size]
                     lp, ent = self._logps(self.model, r, rows, entropy=True)
                     ref = r["ref_logps"][rows] if r.get("ref_logps") is not None else None
-                    loss, m = policy_loss(lp, r["old_logps"][rows], adv[rows], mask[rows], eps_low=hp.eps_low,
+                    old = r["old_logps"][rows] if r.get("old_logps") is not None else lp.detach()
+                    loss, m = policy_loss(lp, old, adv[rows], mask[rows], eps_low=hp.eps_low,
                                           eps_high=hp.eps_high, delta=hp.delta, ref_logps=ref, beta=hp.beta,
                                           loss_agg=hp.loss_agg, num_tokens=num_tokens, num_sequences=num_seqs,
                                           max_completion_length=L)

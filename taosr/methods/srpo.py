@@ -3,7 +3,7 @@
 Per rollout: the completion is split into its five steps (token spans from the reasoning-format
 module); every present step is scored by the offline verifier where a gold annotation covers it
 and by the GRM elsewhere (``examiner.mode``); the step rewards and the outcome reward go through
-the selected step-advantage estimator (``advantage`` in :data:`taosr.rl.advantages.STEP_ADVANTAGES`),
+the selected step-advantage estimator (``step_advantage.name`` in :data:`taosr.rl.advantages.STEP_ADVANTAGES`),
 which gives every token of step k of rollout i the value A(i, k).
 """
 from __future__ import annotations
@@ -13,19 +13,25 @@ import torch
 from taosr.labels import STEP_KEYS
 from taosr.methods.grpo import GRPOModule
 from taosr.reasoning.format import token_step_index
-from taosr.rl.advantages import compute_step_advantages, critical_step_mask, zero_spread_mask
+from taosr.rl.advantages import (STEP_ADVANTAGES, StepAdvantageSpec, compute_step_advantages, critical_step_mask,
+                                 zero_spread_mask)
 from taosr.rl.examiner import ExaminerSpec, combine_step_rewards, examiner_stats
 
 
 class SRPOModule(GRPOModule):
     needs_step_rewards = True
 
-    def __init__(self, *args, advantage: str = "outcome_plus_step", advantage_kwargs: dict | None = None,
-                 examiner: ExaminerSpec | None = None, grm_path: str | None = None, grm_batch_size: int = 32,
+    def __init__(self, *args, step_advantage: StepAdvantageSpec | None = None, examiner: ExaminerSpec | None = None, grm_path: str | None = None, grm_batch_size: int = 32,
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.examiner = examiner or ExaminerSpec()
+        self.step_advantage = step_advantage or StepAdvantageSpec()
+        if self.step_advantage.name not in STEP_ADVANTAGES:
+            from taosr.errors import ConfigError
+
+            raise ConfigError(f"model.step_advantage.name: {self.step_advantage.name!r} is unknown; "
+                              f"registered: {', '.join(sorted(STEP_ADVANTAGES))}")
         self.grm = None
 
     def setup(self, stage: str) -> None:
@@ -72,10 +78,10 @@ class SRPOModule(GRPOModule):
         })
 
     def advantages(self, r: dict) -> torch.Tensor:
+        spec = self.step_advantage
         return compute_step_advantages(
-            self.hparams.advantage, outcome_rewards=r["reward"], step_rewards=r["step_rewards"],
-            correct=r["correct"].bool(), token_step=r["token_step"], group_size=r["group_size"],
-            **(self.hparams.advantage_kwargs or {}))
+            spec.name, outcome_rewards=r["reward"], step_rewards=r["step_rewards"], correct=r["correct"].bool(),
+            token_step=r["token_step"], group_size=r["group_size"], **spec.kwargs())
 
     def keep_mask(self, r: dict) -> torch.Tensor:
         """Drop a group only when both its outcome rewards and its step rewards have zero spread."""

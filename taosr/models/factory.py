@@ -42,6 +42,7 @@ class ModelSpec:
     dtype: str = "float32"
     lora: LoraSpec | None = None
     attn_implementation: str = "sdpa"
+    config_overrides: dict | None = None  # tiny presets only: e.g. {num_hidden_layers: 6, hidden_size: 192}
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -68,7 +69,9 @@ def _build_tiny(spec: ModelSpec, corpus: Callable[[], Iterable[str]] | None) -> 
     if corpus is None:
         raise ConfigError(f"model preset {spec.name_or_path!r} trains its tokenizer on the data: no corpus was given")
     fp = corpus_fingerprint(corpus())
-    folder = os.path.join(spec.cache_dir, f"{spec.name_or_path}-v{spec.vocab_size}-s{spec.seed}-{fp}")
+    over = json.dumps(spec.config_overrides or {}, sort_keys=True)
+    tag = "" if not spec.config_overrides else "-" + hashlib.sha1(over.encode()).hexdigest()[:8]
+    folder = os.path.join(spec.cache_dir, f"{spec.name_or_path}-v{spec.vocab_size}-s{spec.seed}-{fp}{tag}")
     if os.path.exists(os.path.join(folder, "config.json")):
         return folder
     from transformers import LlamaForCausalLM
@@ -76,7 +79,7 @@ def _build_tiny(spec: ModelSpec, corpus: Callable[[], Iterable[str]] | None) -> 
     tmp = folder + f".tmp{os.getpid()}"
     tok = train_bpe_tokenizer(corpus(), spec.vocab_size, tmp)
     cfg = tiny_config(spec.name_or_path, vocab_size=len(tok), bos=tok.bos_token_id, eos=tok.eos_token_id,
-                      pad=tok.pad_token_id)
+                      pad=tok.pad_token_id, **(spec.config_overrides or {}))
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(tmp)

@@ -18,11 +18,12 @@ TINY_PRESETS = {
 SMOLLM2_PRESET = "smollm2-135m"
 
 
-def tiny_config(name: str, vocab_size: int, bos: int, eos: int, pad: int):
+def tiny_config(name: str, vocab_size: int, bos: int, eos: int, pad: int, **overrides):
     from transformers import LlamaConfig
 
+    kw = {**TINY_PRESETS[name], **overrides}
     return LlamaConfig(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
-                       tie_word_embeddings=True, rms_norm_eps=1e-5, **TINY_PRESETS[name])
+                       tie_word_embeddings=True, rms_norm_eps=1e-5, **kw)
 
 
 def smollm2_gguf() -> str:

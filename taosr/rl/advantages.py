@@ -8,6 +8,7 @@ step e.g. the label line, -1 = padding) and ``group_size``.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -47,6 +48,20 @@ def _broadcast(per_seq_or_step: torch.Tensor, token_step: torch.Tensor, K: int) 
     idx = token_step.clamp(min=0, max=K)
     out = per_seq_or_step.gather(1, idx)
     return out.masked_fill(token_step < 0, 0.0)
+
+
+@dataclass
+class StepAdvantageSpec:
+    """Which step-level estimator SRPO uses and its options (each estimator reads the ones it needs)."""
+    name: str = "outcome_plus_step"
+    lam: float = 0.5
+    critical_weight: float = 2.0
+    clamp: float | None = 2.0
+    outcome_weight: float = 1.0
+    scale_std: bool = True
+
+    def kwargs(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "name"}
 
 
 STEP_ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {}

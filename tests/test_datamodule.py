@@ -1,0 +1,141 @@
+"""DataModule views (SFT, eval prompts, DPO pairs, GRM rows) and the training-pool hooks."""
+import json
+import os
+
+import pytest
+
+from taosr.data.datamodule import RelevanceDataModule
+from taosr.data.hooks import Curriculum, CurriculumStage, DiverseSampling, RejectionSampling
+from taosr.data.pairs import pairs_from_samples
+from taosr.data.synth import SynthConfig
+from taosr.errors import ConfigError, DataError
+from taosr.labels import STEP_KEYS
+from taosr.models.factory import ModelSpec, load_model_and_tokenizer
+from taosr.reasoning.format import conclusion, render_reasoning
+from taosr.sampling import load_samples
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dm")
+    dm = RelevanceDataModule(synth=SynthConfig(n_train=40, n_val=6, n_test=6, seed=9), data_dir=str(d / "data"), batch_size=4)
+    dm.setup("fit")
+    _, tok = load_model_and_tokenizer(ModelSpec(name_or_path="micro", cache_dir=str(d / "models")), dm.corpus)
+    dm.attach_tokenizer(tok)
+    return dm
+
+
+def test_sft_view_masks_prompt(dm):
+    batch = dm.collate_sft(dm.splits["train"][:3])
+    tok = dm.tokenizer
+    for row in range(3):
+        ids, lm, att = batch["input_ids"][row], batch["loss_mask"][row], batch["attention_mask"][row]
+        target = tok.decode(ids[lm.bool()].tolist(), skip_special_tokens=True)
+        ex = dm.splits["train"][row]
+        assert target == render_reasoning(ex.steps, ex.label)  # exactly the reasoning (+ eos) is learned
+        assert ids[0].item() == tok.bos_token_id and lm[: 5].sum() == 0
+        assert (lm <= att).all()
+
+
+def test_eval_view_left_pads_with_index(dm):
+    loader = dm.val_dataloader()
+    b = next(iter(loader))
+    assert b["index"].tolist() == list(range(len(b["index"])))
+    assert (b["attention_mask"][:, -1] == 1).all()  # left padded: every prompt ends at the last column
+
+
+def test_seeded_order_is_reproducible(dm):
+    a = [b["input_ids"].sum().item() for b in dm.train_dataloader()]
+    b = [b["input_ids"].sum().item() for b in dm.train_dataloader()]
+    assert a == b
+
+
+def _samples_file(path, dm, rates):
+    rows = []
+    for ex, (good, bad) in zip(dm.splits["train"], rates):
+        gold = render_reasoning(ex.steps, ex.label)
+        wrong = gold.replace(f"Label: {ex.label}", f"Label: {5 - ex.label if ex.label != 2 else 1}")
+        samples = [{"text": gold, "pred": ex.label, "correct": True} for _ in range(good)]
+        samples += [{"text": wrong + " " * i, "pred": 0, "correct": False} for i in range(bad)]
+        rows.append({"index": 0, "split": "train", "pass_rate": good / (good + bad), "example": ex.to_dict(), "samples": samples})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def test_dpo_pairs(tmp_path, dm):
+    path = _samples_file(tmp_path / "s.jsonl", dm, [(2, 2), (0, 3), (3, 0)])
+    rows = load_samples(path)
+    pairs = pairs_from_samples(rows, pairs_per_prompt=2, gold_as_chosen=True)
+    # prompt 0: 2 pairs of (correct, incorrect); prompt 1: gold stands in as chosen; prompt 2: never wrong -> none
+    assert len(pairs) == 4
+    assert all(c.strip() != r.strip() for _, c, r in pairs)
+    assert len(pairs_from_samples(rows, pairs_per_prompt=2, gold_as_chosen=False)) == 2
+    dm.samples_path = path
+    from taosr.data.pairs import build_pairs, collate_dpo
+
+    batch = collate_dpo(dm, build_pairs(dm)[:2])
+    assert batch["input_ids"].shape[0] == 4  # chosen rows then rejected rows
+
+
+def test_bad_samples_files(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        load_samples(str(empty))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"samples": [], "pass_rate": 0.5, "example": {}}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1: field 'samples'"):
+        load_samples(str(bad))
+    with pytest.raises(DataError, match="not found"):
+        load_samples(str(tmp_path / "missing.jsonl"))
+
+
+def test_grm_rows_verdicts_match_corruptions(dm):
+    from taosr.data.grm import build_grm_rows, collate_grm
+
+    dm.samples_path = None
+    rows = build_grm_rows(dm)
+    assert len(rows) == 3 * len(dm.splits["train"])
+    n_wrong = 0
+    for ex, steps, verdicts in rows:
+        for k in STEP_KEYS:
+            same = conclusion(steps[k]) == conclusion(ex.steps[k])
+            assert verdicts[k] == same
+            n_wrong += not verdicts[k]
+    assert n_wrong > 0
+    batch = collate_grm(dm, rows[:4])
+    text = dm.tokenizer.decode(batch["input_ids"][0][batch["loss_mask"][0].bool()].tolist(), skip_special_tokens=True)
+    assert text.startswith("Query understanding: right")
+
+
+def test_rejection_and_diverse_sampling(tmp_path, dm):
+    path = _samples_file(tmp_path / "s.jsonl", dm, [(2, 2), (0, 3), (3, 0), (1, 3)])
+    dm.samples_path = path
+    rs = RejectionSampling(low=0.0, high=1.0)
+    kept = rs.filter(dm.splits["train"], dm)
+    assert [e.query for e in kept] == [dm.splits["train"][0].query, dm.splits["train"][3].query]
+    assert rs.stats == {"input": 40, "kept": 2, "unsampled": 36, "dropped": 2}
+    with pytest.raises(ConfigError, match="kept no prompt"):
+        RejectionSampling(low=0.9, high=1.0).filter(dm.splits["train"], dm)
+    ds = DiverseSampling(max_prompts=8)
+    out = ds.filter(dm.splits["train"], dm)
+    assert len(out) == 8 and len({(e.label, e.query_type) for e in out}) >= min(8, len({(e.label, e.query_type) for e in dm.splits["train"]}))
+    assert not RejectionSampling(enabled=False).filter(dm.splits["train"], dm) is None
+
+
+def test_curriculum_stages_filter_and_advance(dm):
+    dm.samples_path = None
+    cur = Curriculum(stages=[CurriculumStage(max_difficulty=0.5, until_step=3), CurriculumStage(max_difficulty=1.0)])
+    easy = cur.filter(dm.splits["train"], dm)
+    assert easy and all(e.query_type in ("category", "brand", "attribute") for e in easy)
+    assert not cur.should_advance(2, {}) and cur.should_advance(3, {})
+    cur.advance(3)
+    assert len(cur.filter(dm.splits["train"], dm)) == 40
+    assert cur.state_dict() == {"stage": 1, "history": [{"stage": 1, "step": 3}]}
+    by_metric = Curriculum(stages=[CurriculumStage(until_metric=0.5), CurriculumStage()])
+    assert by_metric.should_advance(0, {"val/macro_f1": 0.6}) and not by_metric.should_advance(0, {"val/macro_f1": 0.4})
+
+
+def test_unknown_view():
+    with pytest.raises(ConfigError, match="unknown view"):
+        RelevanceDataModule(view="ppo")

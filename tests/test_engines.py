@@ -1,0 +1,36 @@
+"""Rollout engines: the HF engine samples G completions per prompt; the vLLM engine's weight-name
+mapping (plain and LoRA-merged) and its clear error without vLLM installed."""
+import importlib.util
+
+import pytest
+import torch
+
+from taosr.errors import ConfigError
+from taosr.rl.engines import make_engine
+from taosr.rl.engines.vllm_engine import vllm_weight_items
+
+
+def test_plain_names_pass_through():
+    items = [("model.layers.0.self_attn.q_proj.weight", torch.zeros(1)), ("lm_head.weight", torch.zeros(1))]
+    assert [n for n, _ in vllm_weight_items(items, peft=False)] == [n for n, _ in items]
+
+
+def test_lora_merged_names_are_base_names(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2))
+    base_names = set(base.state_dict())
+    peft = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    mapped = dict(vllm_weight_items(peft.state_dict().items(), peft=True))
+    assert set(mapped) == base_names  # every base weight once, no lora_A/B, no wrapper prefixes
+    assert not any("lora_" in n or "base_layer" in n for n in mapped)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM installed")
+def test_vllm_missing_gives_clear_error():
+    with pytest.raises(ConfigError, match=r"pip install 'taosr\[vllm\]'"):
+        make_engine("vllm")
+    with pytest.raises(ConfigError, match="unknown"):
+        make_engine("trt")

@@ -1,0 +1,49 @@
+"""The notebooks run top to bottom on a tiny run's outputs (nbclient)."""
+import os
+
+import nbformat
+import pytest
+
+from tests.conftest import ROOT
+
+nbclient = pytest.importorskip("nbclient")
+
+
+def execute(name, env):
+    nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def test_inspect_run_notebook(sft_run):
+    nb = execute("inspect_run.ipynb", {"TAOSR_RUN": sft_run})
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "Query understanding" in html or "(missing)" in html
+    assert "macro_f1" in html
+
+
+def test_compare_runs_notebook(tmp_path, sft_run):
+    import json
+    import glob
+
+    from taosr.pipeline import write_report
+    from taosr.sweep import write_summary
+
+    m = json.load(open(sorted(glob.glob(os.path.join(sft_run, "eval", "val-step*-metrics.json")))[-1]))
+    write_report(str(tmp_path / "quickstart"), {"sft": m, "dpo": m})
+    assert (tmp_path / "quickstart" / "comparison.png").exists()
+    write_summary(str(tmp_path / "sweeps" / "demo"), [{"run": "run000", "lr": 1e-4, "val/macro_f1": 0.5},
+                                                      {"run": "run001", "lr": 1e-3, "val/macro_f1": 0.6}],
+                  "val/macro_f1", "maximize")
+    nb = execute("compare_runs.ipynb", {"TAOSR_RUNS": str(tmp_path)})
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "rows in" in text and "2 runs" in text
