@@ -19,10 +19,13 @@ METRICS = ("macro_f1", "good_f1", "accuracy", "step_accuracy", "format_error_rat
 STAGES = ("sft", "dpo", "grpo", "srpo")
 
 
+EXTRA: list[str] = []  # appended to every stage's command line (run(extra=...))
+
+
 def _fit(cfg: str, root: str, overrides: list[str]) -> None:
     from taosr.cli import main
 
-    rc = main(["fit", "--config", cfg, "--trainer.default_root_dir", root, *overrides])
+    rc = main(["fit", "--config", cfg, "--trainer.default_root_dir", root, *overrides, *EXTRA])
     if rc:
         raise SystemExit(f"quickstart: {cfg} failed (exit {rc})")
 
@@ -31,7 +34,7 @@ def _test(cfg: str, root: str, export: str, overrides: list[str]) -> dict:
     from taosr.cli import main
 
     rc = main(["test", "--config", cfg, "--trainer.default_root_dir", root,
-               "--model.init_args.model.name_or_path", export, *overrides])
+               *overrides, *EXTRA, "--model.init_args.model.name_or_path", export])
     if rc:
         raise SystemExit(f"quickstart: test of {export} failed (exit {rc})")
     with open(os.path.join(root, "eval", "test-metrics.json")) as fh:
@@ -47,12 +50,16 @@ def plan(small: bool) -> dict:
             "rl_steps": 24, "rl_prompts": 8, "G": 8, "grm_steps": 150, "dpo_epochs": 1}
 
 
-def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0) -> dict[str, dict]:
+def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, extra: list[str] | None = None,
+        plan_overrides: dict | None = None) -> dict[str, dict]:
+    """Run every stage; ``extra`` CLI overrides go to every fit/test, ``plan_overrides`` change budgets."""
     from taosr.cli import main
 
-    p = plan(small)
+    EXTRA[:] = list(extra or [])
+    p = {**plan(small), **(plan_overrides or {})}
     data = ["--data.synth.n_train", str(p["n_train"]), "--data.synth.n_test", str(p["n_test"]),
-            "--data.synth.seed", str(seed), "--seed_everything", str(seed)]
+            "--data.synth.seed", str(seed), "--seed_everything", str(seed),
+            "--data.data_dir", p.get("data_dir", ".cache/taosr/data")]
     cfg = lambda name: os.path.join(configs, f"{name}.yaml")  # noqa: E731
     root = lambda name: os.path.join(out, name)  # noqa: E731
     export = lambda name: os.path.join(out, name, "export")  # noqa: E731
@@ -67,7 +74,8 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0) 
     samples = os.path.join(out, "sft", "samples-train.jsonl")
     rc = main(["sample", "--model", export("sft"), "--out", samples, "--n", str(p["samples"]),
                "--limit", str(p["sample_prompts"]), "--synth-n-train", str(p["n_train"]),
-               "--synth-n-test", str(p["n_test"]), "--synth-seed", str(seed), "--seed", str(seed)])
+               "--synth-n-test", str(p["n_test"]), "--synth-seed", str(seed), "--seed", str(seed),
+               "--max-new-tokens", str(p.get("max_new_tokens", 96)), "--data-dir", p.get("data_dir", ".cache/taosr/data")])
     if rc:
         raise SystemExit("quickstart: sampling failed")
     _fit(cfg("dpo"), root("dpo"), data + ["--data.samples_path", samples, "--model.init_args.model.name_or_path",

@@ -71,3 +71,54 @@ def test_srpo_config(tmp_path, sft_run, grm_run, cache_dir, mode):
         os.path.join(sft_run, "export"), "--model.init_args.grm_path", os.path.join(grm_run, "export"),
         "--model.init_args.examiner.mode", mode)
     assert os.path.exists(tmp_path / "export" / "config.json")
+
+
+def test_sweep_runs_locally_and_summarises(tmp_path, sft_run, grm_run, cache_dir):
+    """`taosr sweep` on the ablation YAML with a 2-run budget: W&B's macro expansion, offline runs,
+    summary table and chart."""
+    import csv
+
+    from taosr.sweep import run_sweep
+
+    out = tmp_path / "sweep"
+    overrides = [a for a in small_overrides(str(tmp_path / "unused"), cache_dir) if "default_root_dir" not in a]
+    overrides = overrides[overrides.index("--trainer.max_steps"):]  # drop --trainer.default_root_dir <dir>
+    overrides += ["--model.init_args.model.name_or_path", os.path.join(sft_run, "export"),
+                  "--model.init_args.grm_path", os.path.join(grm_run, "export")]
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the sweep's command names configs/srpo.yaml relative to the repository
+    try:
+        rows = run_sweep(os.path.join(ROOT, "sweeps", "srpo_ablation.yaml"), str(out), count=2, extra=overrides)
+    finally:
+        os.chdir(cwd)
+    assert [r["exit"] for r in rows] == [0, 0]
+    assert all(r["val/macro_f1"] is not None for r in rows)
+    assert rows[0]["model.init_args.examiner.mode"] == "verifier_then_grm"
+    assert (out / "summary.md").exists() and (out / "summary.png").exists()
+    assert len(list(csv.DictReader(open(out / "summary.csv")))) == 2
+
+
+def test_sweep_yamls_expand(tmp_path):
+    from taosr.sweep import run_sweep
+
+    for name in ("srpo_ablation", "grpo_vs_srpo_seeds", "srpo_bayes_lr_lambda"):
+        rows = run_sweep(os.path.join(ROOT, "sweeps", f"{name}.yaml"), str(tmp_path / name), count=3, dry_run=True)
+        assert len(rows) == 3
+
+
+def test_quickstart_pipeline_plumbing(tmp_path, cache_dir):
+    """Every stage runs from the previous export and the comparison table, CSV and chart appear."""
+    from taosr.pipeline import run
+
+    extra = ["--model.init_args.model.cache_dir", os.path.join(cache_dir, "models"),
+             "--model.init_args.eval_generation.max_new_tokens", "24", "--data.synth.n_val", "6",
+             "--data.limit_val", "4", "--data.eval_batch_size", "6", "--trainer.limit_val_batches", "1",
+             "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "logs")]
+    plan = {"n_train": 48, "n_test": 6, "sft_epochs": 1, "sample_prompts": 8, "samples": 2, "rl_steps": 2,
+            "rl_prompts": 2, "grm_steps": 2, "dpo_epochs": 1, "max_new_tokens": 24,
+            "data_dir": os.path.join(cache_dir, "data")}
+    results = run(str(tmp_path / "qs"), configs=os.path.join(ROOT, "configs"), extra=extra, plan_overrides=plan)
+    assert set(results) == {"sft", "dpo", "grpo", "srpo"}
+    for f in ("comparison.md", "comparison.csv", "comparison.png"):
+        assert (tmp_path / "qs" / f).exists()
+    assert "| srpo | overall |" in (tmp_path / "qs" / "comparison.md").read_text()

@@ -7,6 +7,7 @@ from taosr.data.synth import (Constraint, ItemSpec, QuerySpec, SynthConfig, gene
                               make_item_for_tier, make_query)
 from taosr.data.taxonomy import BY_NAME, CATEGORIES, relation
 from taosr.labels import QUERY_TYPES, STEP_KEYS, TIER_NAMES
+from taosr.reasoning.format import conclusion
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_annotations_agree_with_label_and_steps(data):
         assert set(e.steps) == set(STEP_KEYS) == set(e.annotations)
         assert e.annotations["judgment"] == TIER_NAMES[e.label]
         for k in STEP_KEYS:
-            assert e.steps[k].split(" | ")[0] == e.annotations[k]
+            assert conclusion(e.steps[k]) == e.annotations[k]
 
 
 def _item(cat, brand, **kw):

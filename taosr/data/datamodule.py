@@ -141,7 +141,10 @@ class RelevanceDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ loading
     def synth_dir(self) -> str:
         c = self.synth
-        digest = hashlib.sha1(json.dumps(dataclasses.asdict(c), sort_keys=True, default=str).encode()).hexdigest()[:10]
+        from taosr.data.synth import SYNTH_VERSION
+
+        key = json.dumps({"v": SYNTH_VERSION, **dataclasses.asdict(c)}, sort_keys=True, default=str)
+        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         tag = f"synth-s{c.seed}-{c.n_train}-{c.n_val}-{c.n_test}-{digest}"
         return os.path.join(self.data_dir, tag)
 

@@ -19,6 +19,9 @@ from taosr.data.schema import Example, Item
 from taosr.data.taxonomy import BRANDS, BY_NAME, CATEGORIES, PRICE_TIERS, TIER_MULTIPLIER, Category, brand_tier, relation
 from taosr.labels import TIER_NAMES, STEP_KEYS
 
+# Bump when the generator's output changes: cached synthetic splits are keyed by it.
+SYNTH_VERSION = 3
+
 DEFAULT_TYPE_WEIGHTS = {"category": 0.12, "brand": 0.14, "attribute": 0.14, "negation": 0.15,
                         "alternative": 0.15, "qa": 0.15, "knowledge": 0.15}
 DEFAULT_TIER_WEIGHTS = {4: 0.25, 3: 0.25, 2: 0.25, 1: 0.25}
@@ -328,13 +331,30 @@ def gold_steps(q: QuerySpec, item: ItemSpec) -> tuple[dict[str, str], dict[str, 
             facts.append(f"{attr} {getattr(item, attr) or ('none' if attr == 'feature' else 'unknown')}")
     i_concl = "; ".join([f"{item.category} ({BY_NAME[item.category].group})"] + list(dict.fromkeys(facts)))
     concl = {"query": q_concl, "item": i_concl, "category": rel, "attribute": att, "judgment": TIER_NAMES[label]}
-    explain = {
-        "category": "",
-        "attribute": "; ".join(("fails " if constraint_status(c, item) == "violated" else "not stated: ") + c.render()
-                               for c in q.constraints
-                               if constraint_status(c, item) != "satisfied") if att in ("violated", "unstated") else "",
+    # Each decision step writes its evidence first ("A vs B => conclusion"), so the decision
+    # follows from adjacent text rather than from facts many tokens back.
+    q_grp, i_grp = BY_NAME[q.category].group, BY_NAME[item.category].group
+    if rel == "different":
+        att_evidence = "different kind of product"
+    elif q.constraints:
+        pairs = []
+        for c in q.constraints:
+            have = {"brand": f"brand {item.brand}", "not_brand": f"brand {item.brand}",
+                    "cheaper_than": f"tier {item.tier}"}.get(c.kind)
+            if have is None:
+                attr = "material" if c.kind == "not_material" else c.kind
+                have = f"{attr} {getattr(item, attr) or ('none' if attr == 'feature' else 'unknown')}"
+            pairs.append(f"{fact(c)} vs {have}")
+        att_evidence = "; ".join(pairs)
+    else:
+        att_evidence = "no constraints"
+    steps = {
+        "query": concl["query"],
+        "item": concl["item"],
+        "category": f"{q.category} vs {item.category}; {q_grp} vs {i_grp} => {rel}",
+        "attribute": f"{att_evidence} => {att}",
+        "judgment": f"{rel} + {att} => {concl['judgment']}",
     }
-    steps = {k: concl[k] + (f" | {explain[k]}" if explain.get(k) else "") for k in STEP_KEYS}
     return steps, concl
 
 

@@ -42,7 +42,6 @@ class SRPOModule(GRPOModule):
 
             dm = self.trainer.datamodule
             self.grm = GRMScorer.load(self.hparams.grm_path, self.hparams.grm_batch_size, corpus=dm.corpus)
-            self.grm.model.to(self.device)
         if needs_grm and self.grm is None and self.examiner.mode != "verifier_then_grm":
             from taosr.errors import ConfigError
 
@@ -55,7 +54,11 @@ class SRPOModule(GRPOModule):
         ver = torch.tensor([[float("nan") if v is None else v for v in (verify_steps(p, ex.annotations)[k] for k in STEP_KEYS)]
                             for p, ex in zip(parsed, examples)], dtype=torch.float32)
         present = torch.tensor([[k in p.steps for k in STEP_KEYS] for p in parsed], dtype=torch.bool)
-        grm = self.grm.score(examples, parsed) if self.grm is not None else None
+        grm = None
+        if self.grm is not None:
+            if next(self.grm.model.parameters()).device != self.device:
+                self.grm.model.to(self.device)  # the strategy moves the policy after setup; follow it
+            grm = self.grm.score(examples, parsed)
         rewards, source = combine_step_rewards(ver, grm, present, self.examiner)
         comp, mask = r["completion_ids"], r["completion_mask"]
         token_step = torch.full(comp.shape, -1, dtype=torch.long)

@@ -4,13 +4,14 @@ Text format (one line per step, then the label)::
 
     Query understanding: running shoes; brand not nike | the user excludes one brand
     Item understanding: running shoes; brand adidas | title names adidas running shoes
-    Category match: exact | both are running shoes
-    Attribute match: satisfied | adidas is not nike
-    Judgment: excellent
+    Category match: running shoes vs running shoes => exact
+    Attribute match: brand not nike vs brand adidas => satisfied
+    Judgment: exact + satisfied => excellent
     Label: 4
 
-Each step's *conclusion* is the text before `` | `` (the rest is free explanation). The offline
-verifier compares conclusions with gold annotations after :func:`normalize`.
+Each step's *conclusion* is the text before `` | `` (the rest is free explanation), and after the
+last ``=>`` when the step states its evidence first. The offline verifier compares conclusions
+with gold annotations after :func:`normalize`.
 
 :func:`parse_reasoning` never raises: malformed text yields ``format_error=True`` with a reason,
 and whatever steps could be read are still returned (step rewards for the rest are zero).
@@ -35,8 +36,12 @@ def normalize(text: str) -> str:
 
 
 def conclusion(content: str) -> str:
-    """The verifiable part of a step: the text before the first `` | ``, normalised."""
-    return normalize(content.split("|", 1)[0])
+    """The verifiable part of a step: the text before the first `` | ``; when the step writes its
+    evidence first (``evidence => conclusion``), the part after the last ``=>``. Normalised."""
+    head = content.split("|", 1)[0]
+    if "=>" in head:
+        head = head.rsplit("=>", 1)[1]
+    return normalize(head)
 
 
 def render_step(key: str, content: str) -> str:
