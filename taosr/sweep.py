@@ -111,8 +111,7 @@ def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | 
         proposal.state = sweeps.RunState.finished if rc == 0 else sweeps.RunState.failed
         proposal.name = f"run{i:03d}"
         if value is not None:
-            proposal.summary_metrics = {metric: value}
-            proposal.summaryMetrics = {metric: value}
+            proposal.summary_metrics = {metric: value}  # what bayes fits on
         runs.append(proposal)
         rows.append({"run": proposal.name, **params, **({metric: value} if metric else {}), "exit": rc,
                      "seconds": round(time.perf_counter() - t0, 1)})

@@ -15,7 +15,8 @@ def test_grpo_two_processes_gloo(tmp_path, sft_run, cache_dir):
            *small_overrides(root, cache_dir),
            "--model.init_args.model.name_or_path", os.path.join(sft_run, "export"),
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", root]
+           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", root,
+           "--model.init_args.dynamic_sampling", "false"]
     env = {**os.environ, "PL_TORCH_DISTRIBUTED_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -8,6 +8,7 @@ functions (:mod:`taosr.rl.advantages`, :mod:`taosr.losses.policy`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -90,6 +91,13 @@ class GRPOModule(RelevanceModule):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ update
+    def _no_sync(self, distributed: bool):
+        """Accumulate micro-batch gradients locally under DDP (synchronised once per update)."""
+        ddp = getattr(self.trainer.strategy, "model", None)
+        if distributed and hasattr(ddp, "no_sync"):
+            return ddp.no_sync()
+        return contextlib.nullcontext()
+
     def _global(self, x: torch.Tensor) -> float:
         """Normaliser shared by all ranks: the global count divided by the world size, because
         DDP averages gradients over ranks."""
@@ -110,10 +118,13 @@ class GRPOModule(RelevanceModule):
         sched = self.lr_schedulers()
         idx = keep.nonzero().flatten()
         t0 = time.perf_counter()
-        if len(idx):
-            mask = r["completion_mask"].float()
-            num_tokens = self._global(mask[idx].sum())
-            num_seqs = self._global(torch.tensor(float(len(idx))))
+        mask = r["completion_mask"].float()
+        # Normalisers and the decision to step are global: under DDP every rank must run the same
+        # number of synchronised backward passes whatever it kept locally.
+        num_tokens = self._global(mask[idx].sum())
+        num_seqs = self._global(torch.tensor(float(len(idx))))
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if num_seqs > 0:
             L = mask.shape[1]
             for _ in range(hp.num_iterations):
                 opt.zero_grad()
@@ -127,16 +138,19 @@ class GRPOModule(RelevanceModule):
                                           eps_high=hp.eps_high, delta=hp.delta, ref_logps=ref, beta=hp.beta,
                                           loss_agg=hp.loss_agg, num_tokens=num_tokens, num_sequences=num_seqs,
                                           max_completion_length=L)
-                    self.manual_backward(loss)
+                    with self._no_sync(distributed):
+                        self.manual_backward(loss)
                     w = float(mask[rows].sum()) / max(float(mask[idx].sum()), 1.0)
                     agg["loss"] = agg.get("loss", 0.0) + float(loss)
                     agg["entropy"] = agg.get("entropy", 0.0) + w * float((ent * mask[rows]).sum() / mask[rows].sum().clamp(min=1))
                     for k, v in m.items():
                         agg[k] = agg.get(k, 0.0) + w * float(v)
+                if distributed:  # one synchronised backward per rank: all-reduces the accumulated grads
+                    self.manual_backward(sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0)
                 self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
                 opt.step()
+            sched.step()
             metrics.update(agg)
-        sched.step()
         metrics["timing_s/update"] = time.perf_counter() - t0
         self.log_dict({f"train/{k}": float(v) for k, v in metrics.items()}, batch_size=len(rewards))
         return None
