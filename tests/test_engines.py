@@ -34,3 +34,31 @@ def test_vllm_missing_gives_clear_error():
         make_engine("vllm")
     with pytest.raises(ConfigError, match="unknown"):
         make_engine("trt")
+
+
+def test_shared_prefix_sampler_greedy_equals_generate():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from taosr.eval.generation import GenerationSpec, generate_ids
+    from taosr.rl.engines.hf import HFEngine
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2,
+                                         bos_token_id=1)).eval()
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 2
+
+    ids = torch.randint(3, 40, (3, 6))
+    att = torch.ones_like(ids)
+    att[1, :2] = 0
+    ids[1, :2] = 0
+    spec = GenerationSpec(max_new_tokens=8, do_sample=False, num_return_sequences=1)
+    ours = HFEngine(prefix_sharing=True).generate(model, Tok, ids, att, spec)
+    ref = generate_ids(model, Tok, ids, att, spec)
+    n = min(ours.shape[1], ref.shape[1])
+    assert torch.equal(ours[:, :n], ref[:, :n])
+    sampled = HFEngine().generate(model, Tok, ids, att, GenerationSpec(max_new_tokens=8, do_sample=True, top_k=5,
+                                                                      top_p=0.9, temperature=0.7, num_return_sequences=4))
+    assert sampled.shape[0] == 12

@@ -13,9 +13,10 @@ from taosr.eval.generation import GenerationSpec, completion_lengths
 
 class RolloutCallback(pl.Callback):
     def __init__(self, num_generations: int = 8, engine: str = "hf",
-                 generation: GenerationSpec | None = None, vllm: dict[str, Any] | None = None):
+                 generation: GenerationSpec | None = None, vllm: dict[str, Any] | None = None,
+                 prefix_sharing: bool = True):
         self.G = num_generations
-        self.engine_name, self.vllm_kwargs = engine, vllm or {}
+        self.engine_name, self.vllm_kwargs, self.prefix_sharing = engine, vllm or {}, prefix_sharing
         self.generation = generation or GenerationSpec(do_sample=True, temperature=1.0, max_new_tokens=96)
         self.engine = None
 
@@ -23,7 +24,8 @@ class RolloutCallback(pl.Callback):
         from taosr.rl.engines import make_engine
 
         if self.engine is None and stage == "fit":
-            self.engine = make_engine(self.engine_name, **self.vllm_kwargs)
+            kwargs = self.vllm_kwargs if self.engine_name == "vllm" else {"prefix_sharing": self.prefix_sharing}
+            self.engine = make_engine(self.engine_name, **kwargs)
 
     @torch.no_grad()
     def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:

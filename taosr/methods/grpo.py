@@ -26,7 +26,7 @@ class GRPOModule(RelevanceModule):
     def __init__(self, *args, num_iterations: int = 1, micro_batch_size: int = 16, eps_low: float = 0.2,
                  eps_high: float = 0.28, delta: float | None = None, beta: float = 0.0,
                  loss_agg: str = "token_mean", scale_std: bool = True, dynamic_sampling: bool = True,
-                 max_grad_norm: float = 1.0, reference: str = "auto", **kwargs):
+                 max_grad_norm: float = 1.0, reference: str = "auto", prefix_sharing: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -44,20 +44,47 @@ class GRPOModule(RelevanceModule):
         return hasattr(self.model, "disable_adapter") and self.hparams.reference in ("auto", "adapter_disabled")
 
     def _logps(self, model, r: dict, rows: slice | torch.Tensor | None = None, entropy: bool = False):
-        sel = (lambda t: t) if rows is None else (lambda t: t[rows])
-        p_ids, p_mask, c_ids, c_mask = (sel(r[k]) for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"))
-        ids = torch.cat([p_ids, c_ids], 1)
-        att = torch.cat([p_mask, c_mask], 1)
-        pos = (att.cumsum(-1) - 1).clamp(min=0)
-        P = p_ids.shape[1]
-        logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits[:, P - 1:-1].float()
-        lp = gather_logprobs(logits, c_ids)
+        """Per-token log-probs (and entropies) of the completions of ``rows``.
+
+        When ``rows`` are whole groups (G completions of one prompt, contiguous) the prompt is run
+        once per group and its KV cache shared by the G completions (prefix sharing): the same
+        numbers and gradients as the plain forward, with the prompt tokens computed 1/G as often.
+        """
+        n = r["completion_ids"].shape[0]
+        idx = torch.arange(n, device=r["completion_ids"].device)[rows if rows is not None else slice(None)]
+        G = r["group_size"]
+        if self.hparams.get("prefix_sharing", True) and G > 1 and len(idx) % G == 0 and len(idx) and \
+                bool((idx.view(-1, G) == idx.view(-1, G)[:, :1] + torch.arange(G, device=idx.device)).all()) and \
+                bool((idx.view(-1, G)[:, 0] % G == 0).all()):
+            logits = self._shared_prefix_logits(model, r, idx, G)
+        else:
+            p_ids, p_mask, c_ids, c_mask = (r[k][idx] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"))
+            ids = torch.cat([p_ids, c_ids], 1)
+            att = torch.cat([p_mask, c_mask], 1)
+            pos = (att.cumsum(-1) - 1).clamp(min=0)
+            L = c_ids.shape[1]
+            logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=L + 1).logits[:, :-1].float()
+        lp = gather_logprobs(logits, r["completion_ids"][idx])
         if not entropy:
             return lp
         with torch.no_grad():
             logp_all = torch.log_softmax(logits, -1)
             ent = -(logp_all.exp() * logp_all).sum(-1)
         return lp, ent
+
+    def _shared_prefix_logits(self, model, r: dict, idx: torch.Tensor, G: int) -> torch.Tensor:
+        first = idx.view(-1, G)[:, 0]
+        p_ids, p_mask = r["prompt_ids"][first], r["prompt_mask"][first]
+        c_ids, c_mask = r["completion_ids"][idx], r["completion_mask"][idx]
+        p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(G)  # differentiable: gradients flow back into the shared prompt
+        att = torch.cat([p_mask.repeat_interleave(G, 0), c_mask], 1)
+        L = c_ids.shape[1]
+        c_pos = p_pos[:, -1:].repeat_interleave(G, 0) + 1 + torch.arange(L, device=c_ids.device)[None, :]
+        out2 = model(input_ids=c_ids, attention_mask=att, position_ids=c_pos, past_key_values=cache, use_cache=True)
+        return torch.cat([out.logits[:, -1:].repeat_interleave(G, 0), out2.logits[:, :-1]], 1).float()
 
     def policy_logps(self, r: dict, grad: bool = False) -> torch.Tensor:
         with torch.set_grad_enabled(grad):

@@ -9,7 +9,7 @@ from taosr.rl.engines.hf import HFEngine
 
 def make_engine(name: str, **kwargs) -> RolloutEngine:
     if name == "hf":
-        return HFEngine()
+        return HFEngine(**kwargs)
     if name == "vllm":
         from taosr.rl.engines.vllm_engine import VLLMEngine
 
