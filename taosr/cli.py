@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from taosr.errors import TaosrError
@@ -150,10 +151,24 @@ def lightning_main(argv: list[str]) -> None:
         RelevanceModule,
         RelevanceDataModule,
         subclass_mode_model=True,
-        parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
+        parser_kwargs={"parser_mode": "omegaconf", "default_env": False, "exit_on_error": False},
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
     )
+
+
+def condense_config_error(message: str) -> str:
+    """One line from jsonargparse's multi-line report: the key it names and the most specific cause."""
+    lines = [ln.strip().lstrip("- ").strip() for ln in str(message).splitlines() if ln.strip()]
+    if not lines:
+        return "invalid configuration"
+    head = lines[0].rstrip(":")
+    causes = [ln for ln in lines[1:] if re.search(r"not accepted|unrecognized|does not exist|not a valid|unable to|"
+                                                  r"expected|invalid|no such|not found|must be", ln, re.I)
+              and "NoneType" not in ln]
+    cause = causes[0] if causes else (lines[1] if len(lines) > 1 else "")
+    text = f"{head}: {cause}" if cause and cause != head else head
+    return f"{text} (taosr fit --help lists every option)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
 
             return quickstart_main(rest)
         if cmd in LIGHTNING_COMMANDS:
-            lightning_main(argv)
+            try:
+                lightning_main(argv)
+            except argparse.ArgumentError as err:  # jsonargparse: bad key, value or config file
+                if verbose:
+                    raise
+                print(f"taosr: error: {condense_config_error(str(err))}", file=sys.stderr)
+                return 2
             return 0
         print(f"taosr: error: unknown command {cmd!r}\n\n{HELP}", file=sys.stderr)
         return 2

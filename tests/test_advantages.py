@@ -92,3 +92,28 @@ def test_registry_and_unknown_name():
     assert {"outcome", "outcome_plus_step", "process_sum"} <= set(STEP_ADVANTAGES)
     with pytest.raises(ValueError, match="unknown"):
         compute_step_advantages("nope", outcome_rewards=OUTCOME)
+
+
+def test_process_sum_ignores_missing_steps():
+    """A missing step (malformed output) takes no part in the normalisation and adds 0 to suffix sums."""
+    steps = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    present = torch.tensor([[True, True, True], [True, False, True]])
+    adv = compute_step_advantages("process_sum", outcome_rewards=torch.tensor([1.0, 0.0]), step_rewards=steps,
+                                  correct=torch.tensor([True, False]), token_step=TOKEN_STEP[:2], group_size=2,
+                                  outcome_weight=1.0, scale_std=False, step_present=present)
+    # present rewards 1,0,1,1,0 -> mean .6; row 0 [.4,-.6,.4], row 1 [.4, 0 (missing), -.6]
+    # suffix sums: row 0 [.2,-.2,.4], row 1 [-.2,-.6,-.6]; A_out = +-.5 (also the label line)
+    want = expand([[0.7, 0.3, 0.9, 0.5], [-0.7, -1.1, -1.1, -0.5]])
+    assert torch.allclose(adv, want, atol=1e-6)
+
+
+def test_process_sum_std_over_present_steps_only():
+    steps = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    present = torch.tensor([[True, True, True], [True, False, True]])
+    adv = compute_step_advantages("process_sum", outcome_rewards=torch.tensor([1.0, 1.0]), step_rewards=steps,
+                                  correct=torch.tensor([True, True]), token_step=TOKEN_STEP[:2], group_size=2,
+                                  outcome_weight=0.0, scale_std=True, eps=1e-9, step_present=present)
+    # present values 1,0,1,1,0: mean .6, unbiased std sqrt(1.2/4); step 3 of row 0 alone: .4 / std
+    std = math.sqrt((3 * 0.16 + 2 * 0.36) / 4)
+    assert adv[0, 3].item() == pytest.approx(0.4 / std, abs=1e-5)
+    assert adv[1, 2].item() == pytest.approx(-0.6 / std, abs=1e-5)  # missing step 1 adds nothing

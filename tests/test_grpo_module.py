@@ -37,3 +37,46 @@ def test_prefix_sharing_matches_plain_forward(rows):
     assert torch.allclose(ea * mask, eb * mask, atol=1e-4)
     for x, y in zip(ga, gb):
         assert torch.allclose(x, y, atol=1e-5)
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+
+
+def test_prefix_sharing_branch_is_taken(monkeypatch):
+    """Whole contiguous groups go through the shared-prefix forward; a ragged slice does not."""
+    calls = []
+    orig = GRPOModule._shared_prefix_logits
+    monkeypatch.setattr(GRPOModule, "_shared_prefix_logits", lambda self, *a: calls.append(1) or orig(self, *a))
+    mod, model, r = GRPOModule(prefix_sharing=True), _tiny(), _rollout()
+    mod._logps(model, r, slice(4, 8))
+    assert calls == [1]
+    mod._logps(model, r, slice(2, 6))  # straddles two groups: plain forward
+    assert calls == [1]
+
+
+def test_logps_follow_the_sampling_temperature():
+    """Tokens are scored under the distribution they were sampled from: log_softmax(logits / T)."""
+    model, r = _tiny(), _rollout()
+    mod = GRPOModule(prefix_sharing=False)
+    with torch.no_grad():
+        base = mod._logps(model, r)
+        hot = mod._logps(model, {**r, "temperature": 2.0})
+        ids = torch.cat([r["prompt_ids"], r["completion_ids"]], 1)
+        att = torch.cat([r["prompt_mask"], r["completion_mask"]], 1)
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        L = r["completion_ids"].shape[1]
+        logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits[:, -L - 1:-1] / 2.0
+        want = torch.log_softmax(logits, -1).gather(-1, r["completion_ids"][..., None])[..., 0]
+    assert torch.allclose(hot, want, atol=1e-5)
+    assert not torch.allclose(hot, base, atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"delta": 1.1}, "dual clip"), ({"loss_agg": "sum"}, "loss_agg")])
+def test_bad_options_are_config_errors(kwargs, match):
+    from taosr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        GRPOModule(**kwargs)

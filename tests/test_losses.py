@@ -105,3 +105,13 @@ def test_micro_batches_give_the_same_gradient(agg, beta):
         total += li.item()
     assert total == pytest.approx(loss.item(), abs=1e-6)
     assert torch.allclose(W.grad, full, atol=1e-6)
+
+
+def test_dual_clip_bounds_negative_advantage_loss():
+    """Dual clip (delta): for A < 0 a token's loss is at most delta * |A| however large the ratio."""
+    lp, old = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 0.0]])  # ratios e^2 ~ 7.39 and 1
+    adv, mask = torch.tensor([-1.0]), torch.ones(1, 2)
+    loss, _ = policy_loss(lp, old, adv, mask, eps_low=0.2, eps_high=0.28, delta=3.0)
+    assert loss.item() == pytest.approx((3.0 + 1.0) / 2)
+    loss, _ = policy_loss(lp, old, adv, mask, eps_low=0.2, eps_high=0.28)
+    assert loss.item() == pytest.approx((math.exp(2.0) + 1.0) / 2)

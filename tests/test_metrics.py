@@ -84,3 +84,12 @@ def test_per_type_long_tail_step_accuracy_and_hallucination():
     assert m["long_tail/accuracy"] == pytest.approx(2 / 3)
     table = format_table(m)
     assert "| negation | 1 |" in table and "| long tail | 3 |" in table
+
+
+def test_verifier_reduces_gold_annotation_to_its_conclusion():
+    from taosr.rl.verifier import step_matches
+
+    # user-supplied gold may carry evidence ("... => x") or a note ("x | why"): only the conclusion counts
+    assert step_matches("category", "exact | same leaf", "leaf running shoes => exact | both are shoes")
+    assert not step_matches("category", "sibling", "leaf running shoes => exact")
+    assert step_matches("query", "running shoes; colour black; brand not nike", "running shoes; brand not nike; colour black")

@@ -58,12 +58,12 @@ def test_dpo_loss_matches_trl(beta):
     assert torch.allclose(losses.mean(), trl_loss, atol=1e-6)
 
 
-def _grpo_standin(loss_type, beta, eps_low, eps_high, max_len, lp, ent):
+def _grpo_standin(loss_type, beta, eps_low, eps_high, max_len, lp, ent, delta=None):
     return SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (lp, ent, None),
         aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
         importance_sampling_level="token", beta=beta, loss_type=loss_type, epsilon_low=eps_low, epsilon_high=eps_high,
-        args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+        args=SimpleNamespace(use_bias_correction_kl=False, delta=delta, steps_per_generation=1),
         use_vllm=False, vllm_importance_sampling_correction=False, model=SimpleNamespace(training=True),
         current_gradient_accumulation_steps=1, accelerator=_Acc(), _entropy_bonus_enabled=False,
         max_completion_length=max_len, _metrics=defaultdict(lambda: defaultdict(list)))
@@ -76,11 +76,12 @@ MAPPING = [("token_mean", "dapo"), ("token_mean", "bnpo"), ("seq_mean", "grpo"),
 @pytest.mark.parametrize("ours,theirs", MAPPING)
 @pytest.mark.parametrize("beta", [0.0, 0.04])
 @pytest.mark.parametrize("adv_dim", [1, 2])
-def test_policy_loss_matches_trl_grpo(ours, theirs, beta, adv_dim):
+@pytest.mark.parametrize("delta", [None, 1.5])
+def test_policy_loss_matches_trl_grpo(ours, theirs, beta, adv_dim, delta):
     g = torch.Generator().manual_seed(1)
     B, P, T = 8, 3, 7
     lp = -torch.rand(B, T, generator=g) * 2
-    old = lp + (torch.rand(B, T, generator=g) - 0.5) * 0.8  # ratios well outside the clip range too
+    old = lp + (torch.rand(B, T, generator=g) - 0.5) * 1.6  # ratios well outside the clip (and dual clip) range
     ref = lp + (torch.rand(B, T, generator=g) - 0.5) * 0.3
     mask = (torch.rand(B, T, generator=g) > 0.25).long()
     mask[:, 0] = 1
@@ -89,10 +90,10 @@ def test_policy_loss_matches_trl_grpo(ours, theirs, beta, adv_dim):
               "completion_ids": torch.zeros(B, T, dtype=torch.long), "completion_mask": mask, "advantages": adv,
               "old_per_token_logps": old, "ref_per_token_logps": ref,
               "num_items_in_batch": mask.sum().float()}
-    standin = _grpo_standin(theirs, beta, 0.2, 0.28, T, lp, torch.zeros(B, T))
+    standin = _grpo_standin(theirs, beta, 0.2, 0.28, T, lp, torch.zeros(B, T), delta=delta)
     trl_loss = GRPOTrainer._compute_loss(standin, None, inputs)
     loss, m = policy_loss(lp, old, adv, mask, eps_low=0.2, eps_high=0.28, ref_logps=ref, beta=beta, loss_agg=ours,
-                          max_completion_length=T)
+                          max_completion_length=T, delta=delta)
     assert torch.allclose(loss, trl_loss, atol=1e-6), (float(loss), float(trl_loss))
     for k in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"):
         assert m[k] == pytest.approx(standin._metrics["train"][k][0], abs=1e-6)

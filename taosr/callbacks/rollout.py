@@ -47,6 +47,10 @@ class RolloutCallback(pl.Callback):
             "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": comp, "completion_mask": mask,
             "texts": texts, "example_index": batch["index"].repeat_interleave(G, 0), "group_size": G,
             "clipped": ~eos_hit, "timing_s/rollout": t_gen,
+            # the update scores tokens under the distribution they were sampled from (as TRL), and
+            # Dr. GRPO divides by the fixed completion budget, not this batch's padded length
+            "temperature": float(spec.temperature) if spec.do_sample and spec.temperature else 1.0,
+            "max_new_tokens": int(spec.max_new_tokens),
             "perf/rollout_tokens_per_s": float(mask.sum()) / max(t_gen, 1e-9),
         }
         t1 = time.perf_counter()

@@ -32,6 +32,13 @@ class GRPOModule(RelevanceModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.ref_model = None
+        from taosr.errors import ConfigError
+        from taosr.losses.policy import LOSS_AGGREGATIONS
+
+        if loss_agg not in LOSS_AGGREGATIONS:
+            raise ConfigError(f"model.loss_agg: {loss_agg!r} is unknown; expected one of {', '.join(LOSS_AGGREGATIONS)}")
+        if delta is not None and delta <= 1 + eps_high:
+            raise ConfigError(f"model.delta (dual clip) must exceed 1 + eps_high = {1 + eps_high:g}, got {delta:g}")
 
     # ------------------------------------------------------------------ log-probs
     def setup(self, stage: str) -> None:
@@ -65,6 +72,9 @@ class GRPOModule(RelevanceModule):
             pos = (att.cumsum(-1) - 1).clamp(min=0)
             L = c_ids.shape[1]
             logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=L + 1).logits[:, :-1].float()
+        temperature = r.get("temperature", 1.0)
+        if temperature != 1.0:
+            logits = logits / temperature
         lp = gather_logprobs(logits, r["completion_ids"][idx])
         if not entropy:
             return lp
@@ -153,7 +163,7 @@ class GRPOModule(RelevanceModule):
         num_seqs = self._global(torch.tensor(float(len(idx))))
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if num_seqs > 0:
-            L = mask.shape[1]
+            L = r.get("max_new_tokens", mask.shape[1])  # Dr. GRPO's constant: the completion budget
             for _ in range(hp.num_iterations):
                 opt.zero_grad()
                 agg: dict[str, float] = {}

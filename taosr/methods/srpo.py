@@ -84,7 +84,7 @@ class SRPOModule(GRPOModule):
         spec = self.step_advantage
         return compute_step_advantages(
             spec.name, outcome_rewards=r["reward"], step_rewards=r["step_rewards"], correct=r["correct"].bool(),
-            token_step=r["token_step"], group_size=r["group_size"], **spec.kwargs())
+            token_step=r["token_step"], group_size=r["group_size"], step_present=r["step_present"], **spec.kwargs())
 
     def keep_mask(self, r: dict) -> torch.Tensor:
         """Drop a group only when both its outcome rewards and its step rewards have zero spread."""

@@ -4,7 +4,8 @@ estimators for SRPO. Rows are grouped contiguously: N = prompts x G.
 Step-level estimators return per-token advantages (N, T) from:
 ``outcome_rewards`` (N,), ``step_rewards`` (N, K) in [0, 1] (missing steps already 0),
 ``correct`` (N,) bool, ``token_step`` (N, T) long (0..K-1 = step of the token, K = after the last
-step e.g. the label line, -1 = padding) and ``group_size``.
+step e.g. the label line, -1 = padding), ``group_size`` and optionally ``step_present`` (N, K) bool
+(steps the completion contains; all when omitted).
 """
 from __future__ import annotations
 
@@ -114,16 +115,23 @@ def outcome_plus_step(*, outcome_rewards, step_rewards, correct, token_step, gro
 
 @register_step_advantage("process_sum")
 def process_sum(*, outcome_rewards, step_rewards, correct, token_step, group_size, outcome_weight: float = 1.0,
-                clamp: float | None = None, eps: float = 1e-4, scale_std: bool = True, **_) -> torch.Tensor:
-    """DeepSeekMath process supervision: normalise all step rewards of a group together; a token's
+                clamp: float | None = None, eps: float = 1e-4, scale_std: bool = True,
+                step_present: torch.Tensor | None = None, **_) -> torch.Tensor:
+    """DeepSeekMath process supervision: normalise the rewards of all steps present in a group
+    together (missing steps of malformed output take no part and contribute 0); a token's
     advantage is the sum of normalised rewards of its step and every later step, plus
     ``outcome_weight`` x A_out (process rewards alone get hacked)."""
     N, K = step_rewards.shape
     a_out = group_advantages(outcome_rewards, group_size, scale_std, eps)
+    present = torch.ones_like(step_rewards, dtype=torch.bool) if step_present is None else step_present.bool()
     s = step_rewards.float().view(-1, group_size * K)
-    norm = s - s.mean(1, keepdim=True)
+    pm = present.view(-1, group_size * K).float()
+    cnt = pm.sum(1, keepdim=True)
+    mean = (s * pm).sum(1, keepdim=True) / cnt.clamp(min=1.0)
+    norm = (s - mean) * pm
     if scale_std:
-        norm = norm / (s.std(1, keepdim=True) + eps)
+        std = ((norm ** 2).sum(1, keepdim=True) / (cnt - 1).clamp(min=1.0)).sqrt()  # unbiased, as torch.std
+        norm = norm / (std + eps)
     norm = norm.view(N, K)
     suffix = norm.flip(1).cumsum(1).flip(1)  # sum over j >= k
     table = torch.cat([suffix, torch.zeros(N, 1, dtype=suffix.dtype, device=suffix.device)], 1) + outcome_weight * a_out.unsqueeze(1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from taosr.labels import STEP_KEYS
-from taosr.reasoning.format import ParsedReasoning, conclusion, normalize
+from taosr.reasoning.format import ParsedReasoning, conclusion
 
 FACT_STEPS = ("query", "item")
 
@@ -22,7 +22,7 @@ def _facts(text: str) -> tuple[str, frozenset]:
 
 
 def step_matches(key: str, predicted: str, gold: str) -> bool:
-    p, g = conclusion(predicted), normalize(gold)
+    p, g = conclusion(predicted), conclusion(gold)
     if key in FACT_STEPS:
         return _facts(p) == _facts(g)
     return p == g
