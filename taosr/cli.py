@@ -147,14 +147,25 @@ def lightning_main(argv: list[str]) -> None:
     from taosr.methods.base import RelevanceModule
 
     sys.argv = ["taosr", *argv]  # LightningCLI reads sys.argv (passing args= too triggers a warning)
-    TaosrCLI(
-        RelevanceModule,
-        RelevanceDataModule,
-        subclass_mode_model=True,
-        parser_kwargs={"parser_mode": "omegaconf", "default_env": False, "exit_on_error": False},
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-    )
+    try:
+        TaosrCLI(
+            RelevanceModule,
+            RelevanceDataModule,
+            subclass_mode_model=True,
+            parser_kwargs={"parser_mode": "omegaconf", "default_env": False, "exit_on_error": False},
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+        )
+    finally:
+        _finish_wandb_run()
+
+
+def _finish_wandb_run() -> None:
+    """Close this command's W&B run: Lightning's WandbLogger reuses an active run, so without this
+    every later stage of an in-process pipeline (quickstart, tests) would log into the first one."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def condense_config_error(message: str) -> str:

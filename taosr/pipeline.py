@@ -45,9 +45,11 @@ def plan(small: bool) -> dict:
     """Budgets per stage: the full run fits 15 minutes on 2 CPU cores; --small a few minutes."""
     if small:
         return {"n_train": 800, "n_test": 200, "sft_epochs": 3, "sample_prompts": 200, "samples": 4,
-                "rl_steps": 10, "rl_prompts": 4, "G": 4, "grm_steps": 60, "dpo_epochs": 1}
-    return {"n_train": 3000, "n_test": 400, "sft_epochs": 3, "sample_prompts": 600, "samples": 4,
-            "rl_steps": 24, "rl_prompts": 8, "G": 8, "grm_steps": 150, "dpo_epochs": 1}
+                "rl_steps": 10, "rl_prompts": 4, "grm_steps": 60, "dpo_epochs": 1,
+                "rejection_band": (0.0, 1.0)}
+    return {"n_train": 3000, "n_test": 400, "sft_epochs": 6, "sample_prompts": 600, "samples": 4,
+            "rl_steps": 60, "rl_prompts": 8, "grm_steps": 200, "dpo_epochs": 1,
+            "rejection_band": (0.0, 1.0)}
 
 
 def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, extra: list[str] | None = None,
@@ -83,12 +85,18 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
     timings["dpo"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _fit(cfg("grm"), root("grm"), data + ["--trainer.max_steps", str(p["grm_steps"]), "--data.samples_path", samples])
+    _fit(cfg("grm"), root("grm"), data + ["--trainer.max_steps", str(p["grm_steps"]), "--data.samples_path", samples,
+                                           "--trainer.val_check_interval", str(p["grm_steps"])])  # held-out verdict accuracy
     timings["grm"] = time.perf_counter() - t
 
+    # GRPO continues from DPO (TaoSR1's chain); SRPO starts from the same export with the same rollout
+    # budget, so the two RL methods compare on equal terms. Both train on the prompts the SFT policy
+    # neither always nor never solves (offline rejection sampling on the pass@N file).
     rl = data + ["--trainer.max_steps", str(p["rl_steps"]), "--data.batch_size", str(p["rl_prompts"]),
                  "--trainer.val_check_interval", str(p["rl_steps"]),
-                 "--model.init_args.model.name_or_path", export("sft")]
+                 "--data.samples_path", samples, "--data.rejection_sampling.low", str(p["rejection_band"][0]),
+                 "--data.rejection_sampling.high", str(p["rejection_band"][1]),
+                 "--model.init_args.model.name_or_path", export("dpo")]
     for stage in ("grpo", "srpo"):
         t = time.perf_counter()
         extra = ["--model.init_args.grm_path", export("grm")] if stage == "srpo" else []

@@ -56,3 +56,21 @@ def sft_run(tmp_path_factory, cache_dir):
     root = str(tmp_path_factory.mktemp("sft"))
     fit("configs/sft.yaml", root, cache_dir)
     return root
+
+
+@pytest.fixture(scope="session")
+def samples(tmp_path_factory, sft_run, cache_dir):
+    """`taosr sample` output of the SFT run: pass@4 on 12 training prompts."""
+    from taosr.cli import main
+
+    out = str(tmp_path_factory.mktemp("samples") / "samples.jsonl")
+    assert main(["sample", "--model", os.path.join(sft_run, "export"), "--out", out, "--n", "4", "--limit", "12",
+                 "--max-new-tokens", "24", "--synth-n-train", "48", "--data-dir", os.path.join(cache_dir, "data")]) == 0
+    return out
+
+
+def rl_samples_overrides(samples_path: str) -> list[str]:
+    """The RL configs train on rejection-sampled prompts; a micro model's pass rates are mostly 0, so
+    the smoke runs widen the band to keep every sampled prompt (the hook still runs on the file)."""
+    return ["--data.samples_path", samples_path, "--data.rejection_sampling.low", "-1",
+            "--data.rejection_sampling.high", "2"]

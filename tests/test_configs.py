@@ -7,17 +7,9 @@ import os
 import pytest
 
 from taosr.cli import main
-from tests.conftest import ROOT, fit, small_overrides  # noqa: F401
+from tests.conftest import ROOT, fit, rl_samples_overrides, small_overrides  # noqa: F401
 
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
-
-
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory, sft_run, cache_dir):
-    out = str(tmp_path_factory.mktemp("samples") / "samples.jsonl")
-    assert main(["sample", "--model", os.path.join(sft_run, "export"), "--out", out, "--n", "4", "--limit", "12",
-                 "--max-new-tokens", "24", "--synth-n-train", "48", "--data-dir", os.path.join(cache_dir, "data")]) == 0
-    return out
 
 
 def test_every_config_is_covered():
@@ -47,10 +39,21 @@ def test_dpo_config(tmp_path, sft_run, samples, cache_dir):
     assert os.path.exists(tmp_path / "export" / "config.json")
 
 
-def test_grpo_config(tmp_path, sft_run, cache_dir):
+def _wandb_tables(root) -> list[str]:
+    return glob.glob(os.path.join(str(root), "wandb", "offline-run-*", "files", "media", "table", "**", "*.table.json"),
+                     recursive=True)
+
+
+def test_grpo_config(tmp_path, sft_run, samples, cache_dir):
     fit("configs/grpo.yaml", str(tmp_path), cache_dir, "--model.init_args.model.name_or_path",
-        os.path.join(sft_run, "export"))
+        os.path.join(sft_run, "export"), *rl_samples_overrides(samples))
     assert os.path.exists(tmp_path / "export" / "config.json")
+    # W&B (offline here) gets a run of its own per command, even in-process after the SFT run, with
+    # the rollout completions table and the validation completions table
+    assert len(glob.glob(str(tmp_path / "wandb" / "offline-run-*"))) == 1
+    tables = [os.path.basename(t) for t in _wandb_tables(tmp_path)]
+    assert any(t.startswith("completions_step0_") for t in tables) and len(tables) >= 2, tables
+    assert _wandb_tables(sft_run), "the SFT run's validation completions table"
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +70,14 @@ def test_grm_config(grm_run):
 
 
 @pytest.mark.parametrize("mode", ["verifier", "grm", "verifier_then_grm"])
-def test_srpo_config(tmp_path, sft_run, grm_run, cache_dir, mode):
+def test_srpo_config(tmp_path, sft_run, grm_run, samples, cache_dir, mode):
     fit("configs/srpo.yaml", str(tmp_path), cache_dir, "--model.init_args.model.name_or_path",
         os.path.join(sft_run, "export"), "--model.init_args.grm_path", os.path.join(grm_run, "export"),
-        "--model.init_args.examiner.mode", mode)
+        "--model.init_args.examiner.mode", mode, *rl_samples_overrides(samples))
     assert os.path.exists(tmp_path / "export" / "config.json")
 
 
-def test_sweep_runs_locally_and_summarises(tmp_path, sft_run, grm_run, cache_dir):
+def test_sweep_runs_locally_and_summarises(tmp_path, sft_run, grm_run, samples, cache_dir):
     """`taosr sweep` on the ablation YAML with a 2-run budget: W&B's macro expansion, offline runs,
     summary table and chart."""
     import csv
@@ -85,7 +88,7 @@ def test_sweep_runs_locally_and_summarises(tmp_path, sft_run, grm_run, cache_dir
     overrides = [a for a in small_overrides(str(tmp_path / "unused"), cache_dir) if "default_root_dir" not in a]
     overrides = overrides[overrides.index("--trainer.max_steps"):]  # drop --trainer.default_root_dir <dir>
     overrides += ["--model.init_args.model.name_or_path", os.path.join(sft_run, "export"),
-                  "--model.init_args.grm_path", os.path.join(grm_run, "export")]
+                  "--model.init_args.grm_path", os.path.join(grm_run, "export"), *rl_samples_overrides(samples)]
     cwd = os.getcwd()
     os.chdir(ROOT)  # the sweep's command names configs/srpo.yaml relative to the repository
     try:
@@ -116,7 +119,7 @@ def test_quickstart_pipeline_plumbing(tmp_path, cache_dir):
              "--data.limit_val", "4", "--data.eval_batch_size", "6", "--trainer.limit_val_batches", "1",
              "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "logs")]
     plan = {"n_train": 48, "n_test": 6, "sft_epochs": 1, "sample_prompts": 8, "samples": 2, "rl_steps": 2,
-            "rl_prompts": 2, "grm_steps": 2, "dpo_epochs": 1, "max_new_tokens": 24,
+            "rl_prompts": 2, "grm_steps": 2, "dpo_epochs": 1, "max_new_tokens": 24, "rejection_band": (-1, 2),
             "data_dir": os.path.join(cache_dir, "data")}
     results = run(str(tmp_path / "qs"), configs=os.path.join(ROOT, "configs"), extra=extra, plan_overrides=plan)
     assert set(results) == {"sft", "dpo", "grpo", "srpo"}

@@ -6,17 +6,17 @@ import sys
 
 import torch
 
-from tests.conftest import ROOT, small_overrides
+from tests.conftest import ROOT, rl_samples_overrides, small_overrides
 
 
-def test_grpo_two_processes_gloo(tmp_path, sft_run, cache_dir):
+def test_grpo_two_processes_gloo(tmp_path, sft_run, samples, cache_dir):
     root = str(tmp_path / "ddp")
     cmd = [sys.executable, "-m", "taosr.cli", "fit", "--config", os.path.join(ROOT, "configs/grpo.yaml"),
            *small_overrides(root, cache_dir),
            "--model.init_args.model.name_or_path", os.path.join(sft_run, "export"),
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", root,
-           "--model.init_args.dynamic_sampling", "false"]
+           "--model.init_args.dynamic_sampling", "false", *rl_samples_overrides(samples)]
     env = {**os.environ, "PL_TORCH_DISTRIBUTED_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -80,3 +80,17 @@ def test_bad_options_are_config_errors(kwargs, match):
 
     with pytest.raises(ConfigError, match=match):
         GRPOModule(**kwargs)
+
+
+def test_srpo_keep_mask_with_outcome_estimator_is_grpos():
+    """Groups with flat outcomes but varying steps: kept by SRPO's step-level estimators, dropped
+    (as by GRPO) with the `outcome` estimator, so that SRPO + outcome is GRPO exactly."""
+    from taosr.methods.srpo import SRPOModule
+    from taosr.rl.advantages import StepAdvantageSpec
+
+    r = {"group_size": 2, "reward": torch.tensor([1.0, 1.0, 1.0, 0.0]),
+         "step_rewards": torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])}
+    step = SRPOModule(step_advantage=StepAdvantageSpec(name="outcome_plus_step"))
+    assert step.keep_mask(r).tolist() == [True, True, True, True]
+    outcome = SRPOModule(step_advantage=StepAdvantageSpec(name="outcome"))
+    assert outcome.keep_mask(r).tolist() == GRPOModule().keep_mask(r).tolist() == [False, False, True, True]

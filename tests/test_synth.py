@@ -44,11 +44,24 @@ def test_every_query_type_and_tier_present(data):
 
 
 def test_annotations_agree_with_label_and_steps(data):
-    for e in data["train"]:
-        assert set(e.steps) == set(STEP_KEYS) == set(e.annotations)
-        assert e.annotations["judgment"] == TIER_NAMES[e.label]
-        for k in STEP_KEYS:
-            assert conclusion(e.steps[k]) == e.annotations[k]
+    for e in data["train"] + data["test"]:
+        for k, v in (e.annotations or {}).items():
+            assert conclusion(e.steps[k]) == v
+        if e.annotations and "judgment" in e.annotations:
+            assert e.annotations["judgment"] == TIER_NAMES[e.label]
+    assert all(set(e.annotations) == set(STEP_KEYS) for e in data["test"] + data["val"])  # eval: all annotated
+
+
+def test_train_annotation_share():
+    """A share of training steps is annotated (the verifier's pool); the examples themselves do not change."""
+    full = generate(SynthConfig(n_train=400, n_val=10, n_test=10, seed=3, train_annotation_share=1.0))
+    part = generate(SynthConfig(n_train=400, n_val=10, n_test=10, seed=3, train_annotation_share=0.5))
+    assert [(e.query, e.item.title, e.steps) for e in full["train"]] == [(e.query, e.item.title, e.steps) for e in part["train"]]
+    assert all(set(e.annotations) == set(STEP_KEYS) for e in full["train"])
+    covered = sum(len(e.annotations or {}) for e in part["train"]) / (5 * 400)
+    assert 0.45 < covered < 0.55
+    with pytest.raises(ValueError, match="train_annotation_share"):
+        generate(SynthConfig(n_train=10, n_val=2, n_test=2, train_annotation_share=1.5))
 
 
 def _item(cat, brand, **kw):

@@ -20,7 +20,7 @@ from taosr.data.taxonomy import BRANDS, BY_NAME, CATEGORIES, PRICE_TIERS, TIER_M
 from taosr.labels import TIER_NAMES, STEP_KEYS
 
 # Bump when the generator's output changes: cached synthetic splits are keyed by it.
-SYNTH_VERSION = 3
+SYNTH_VERSION = 4
 
 DEFAULT_TYPE_WEIGHTS = {"category": 0.12, "brand": 0.14, "attribute": 0.14, "negation": 0.15,
                         "alternative": 0.15, "qa": 0.15, "knowledge": 0.15}
@@ -40,6 +40,10 @@ class SynthConfig:
     query_type_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
     tier_weights: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_TIER_WEIGHTS))
     attributes_field_share: float = 0.5   # share of stated attributes also given as structured fields
+    # Share of training steps with a gold annotation (each step of each training example kept with
+    # this probability), like a partly human-annotated pool: the offline verifier judges those, the
+    # GRM the rest. Validation and test keep every annotation (step accuracy is measured on them).
+    train_annotation_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -418,4 +422,11 @@ def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
             item.price = _price(rng, item)
             tiers_done.add(tier)
             out[split].append(to_example(q, item, rng, cfg.attributes_field_share, f"{split}-{len(out[split])}"))
+    if not 0.0 <= cfg.train_annotation_share <= 1.0:
+        raise ValueError(f"synth: train_annotation_share must be in [0, 1], got {cfg.train_annotation_share}")
+    if cfg.train_annotation_share < 1.0:
+        keep = random.Random(f"annotations-{cfg.seed}")  # own stream: the examples do not change
+        for ex in out["train"]:
+            ex.annotations = {k: v for k, v in (ex.annotations or {}).items()
+                              if keep.random() < cfg.train_annotation_share} or None
     return out

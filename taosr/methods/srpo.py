@@ -87,9 +87,10 @@ class SRPOModule(GRPOModule):
             token_step=r["token_step"], group_size=r["group_size"], step_present=r["step_present"], **spec.kwargs())
 
     def keep_mask(self, r: dict) -> torch.Tensor:
-        """Drop a group only when both its outcome rewards and its step rewards have zero spread."""
-        if not self.hparams.dynamic_sampling:
-            return torch.ones_like(r["reward"], dtype=torch.bool)
+        """Drop a group only when both its outcome rewards and its step rewards have zero spread
+        (with the ``outcome`` estimator step rewards carry no signal: GRPO's rule, exactly)."""
+        if not self.hparams.dynamic_sampling or self.step_advantage.name == "outcome":
+            return super().keep_mask(r)
         G = r["group_size"]
         steps = r["step_rewards"].view(-1, G, r["step_rewards"].shape[-1])
         flat_steps = (steps.max(1).values - steps.min(1).values).amax(-1) <= 1e-6
