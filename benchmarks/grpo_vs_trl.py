@@ -109,14 +109,26 @@ def run_trl(a) -> dict:
             out.append(1.0 * (p.label == g) + 0.2 * (not p.format_error))
         return out
 
-    times, toks = [], []
+    times, toks, gen = [], [], []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             self.t0 = time.perf_counter()
+            gen.append(0.0)
 
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - self.t0)
+
+    raw_generate = model.generate
+
+    def timed_generate(*args, **kwargs):  # TRL's rollout (no vLLM) calls the model's generate
+        t0 = time.perf_counter()
+        out = raw_generate(*args, **kwargs)
+        if gen:
+            gen[-1] += time.perf_counter() - t0
+        return out
+
+    model.generate = timed_generate
 
     cfg = GRPOConfig(output_dir=os.path.join(a.workdir, "trl"), per_device_train_batch_size=a.prompts * a.G,
                      gradient_accumulation_steps=1, num_generations=a.G, max_completion_length=a.max_new,
@@ -130,8 +142,9 @@ def run_trl(a) -> dict:
     hist = [h for h in trainer.state.log_history if "completions/mean_length" in h]
     t = times[a.warmup:]
     mean_len = sum(h["completions/mean_length"] for h in hist[a.warmup:]) / max(1, len(hist[a.warmup:]))
+    gen_s = sum(gen[a.warmup:len(times)])
     return {"s_per_step": sum(t) / len(t), "completion_tokens": mean_len * a.prompts * a.G,
-            "rollout_tok_s": float("nan")}
+            "rollout_tok_s": mean_len * a.prompts * a.G * len(t) / gen_s if gen_s else float("nan")}
 
 
 def child(a) -> None:
@@ -171,13 +184,14 @@ def main() -> None:
     ours, trl = results["taosr"], results["trl"]
     print(f"\nGRPO step on CPU ({os.cpu_count()} cores): preset={a.preset}, {a.prompts} prompts x G={a.G}, "
           f"max {a.max_new} new tokens, {a.steps} timed steps after {a.warmup} warm-up\n")
-    print("| framework | s / step | completion tokens / step | tokens / s (step) | peak RSS (MB) |")
-    print("|---|---|---|---|---|")
+    print("| framework | s / step | completion tokens / step | tokens / s (whole step) | rollout tokens / s | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
     for name, r in (("taosr", ours), ("TRL GRPOTrainer", trl)):
         print(f"| {name} | {r['s_per_step']:.2f} | {r['completion_tokens']:.0f} | "
-              f"{r['completion_tokens'] / r['s_per_step']:.0f} | {r['peak_rss_mb']:.0f} |")
+              f"{r['completion_tokens'] / r['s_per_step']:.0f} | {r['rollout_tok_s']:.0f} | {r['peak_rss_mb']:.0f} |")
     print(f"\nspeed-up (TRL s/step / taosr s/step): {trl['s_per_step'] / ours['s_per_step']:.2f}x; "
-          f"taosr rollout-only throughput {ours['rollout_tok_s']:.0f} tokens/s")
+          f"rollout tokens/s ratio (taosr / TRL): {ours['rollout_tok_s'] / trl['rollout_tok_s']:.2f}x; "
+          f"peak RSS ratio (taosr / TRL): {ours['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x")
 
 
 if __name__ == "__main__":

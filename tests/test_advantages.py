@@ -117,3 +117,17 @@ def test_process_sum_std_over_present_steps_only():
     std = math.sqrt((3 * 0.16 + 2 * 0.36) / 4)
     assert adv[0, 3].item() == pytest.approx(0.4 / std, abs=1e-5)
     assert adv[1, 2].item() == pytest.approx(-0.6 / std, abs=1e-5)  # missing step 1 adds nothing
+
+
+def test_outcome_plus_step_soft_scores_stay_small_without_step_std():
+    """Soft GRM scores that differ by .02 in a group move the advantage by lam * .01 by default;
+    with step_scale_std they become full-size (+-lam * 0.707) — why the default is off."""
+    steps = torch.tensor([[0.80, 1.0, 1.0], [0.82, 1.0, 1.0]])
+    kw = dict(outcome_rewards=torch.tensor([1.0, 0.0]), step_rewards=steps, correct=torch.tensor([True, False]),
+              token_step=TOKEN_STEP[:2], group_size=2, lam=0.5, critical_weight=1.0, clamp=None, scale_std=False)
+    adv = compute_step_advantages("outcome_plus_step", **kw)
+    assert adv[0, 0].item() == pytest.approx(0.5 - 0.5 * 0.01, abs=1e-6)
+    assert adv[1, 0].item() == pytest.approx(-0.5 + 0.5 * 0.01, abs=1e-6)
+    scaled = compute_step_advantages("outcome_plus_step", step_scale_std=True, eps=0.0, **kw)
+    # centred +-.01, group std (unbiased) .01414 -> +-.7071
+    assert scaled[0, 0].item() == pytest.approx(0.5 - 0.5 * math.sqrt(0.5), abs=1e-4)

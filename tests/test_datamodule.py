@@ -103,9 +103,14 @@ def test_grm_rows_verdicts_match_corruptions(dm):
             assert verdicts[k] == same
             n_wrong += not verdicts[k]
     assert n_wrong > 0
+    from taosr.rl.grm import verdict_layout
+
     batch = collate_grm(dm, rows[:4])
-    text = dm.tokenizer.decode(batch["input_ids"][0][batch["loss_mask"][0].bool()].tolist(), skip_special_tokens=True)
-    assert text.startswith("Query understanding: right")
+    assert batch["loss_mask"].sum(1).tolist() == [5, 5, 5, 5]  # one decision token per step
+    for r, (_, _, verdicts) in enumerate(rows[:4]):
+        _, _, pairs = verdict_layout(dm.tokenizer, (True,) * 5)
+        picked = batch["input_ids"][r][batch["loss_mask"][r].bool()].tolist()
+        assert picked == [pairs[i][0] if verdicts[k] else pairs[i][1] for i, k in enumerate(STEP_KEYS)]
 
 
 def test_rejection_and_diverse_sampling(tmp_path, dm):
@@ -139,3 +144,40 @@ def test_curriculum_stages_filter_and_advance(dm):
 def test_unknown_view():
     with pytest.raises(ConfigError, match="unknown view"):
         RelevanceDataModule(view="ppo")
+
+
+def test_grm_corruptions_keep_the_step_format():
+    """Corrupted GRM training steps keep their evidence and change only the conclusion; the verdict
+    is wrong exactly where the conclusion changed."""
+    import random
+
+    from taosr.data.grm import corrupt_steps
+    from taosr.data.synth import SynthConfig, generate
+    from taosr.labels import STEP_KEYS
+    from taosr.reasoning.format import conclusion
+
+    train = generate(SynthConfig(n_train=200, n_val=5, n_test=5, seed=1))["train"]
+    pool = {k: sorted({conclusion(ex.steps[k]) for ex in train}) for k in STEP_KEYS}
+    rng, wrong = random.Random(0), 0
+    for ex in train:
+        steps, verdicts = corrupt_steps(ex, pool, rng, corrupt_prob=0.5)
+        for k in STEP_KEYS:
+            changed = conclusion(steps[k]) != conclusion(ex.steps[k])
+            assert verdicts[k] == (not changed)
+            if "=>" in ex.steps[k]:
+                assert steps[k].rsplit("=>", 1)[0].strip() == ex.steps[k].rsplit("=>", 1)[0].strip()
+            wrong += changed
+    assert wrong > 200
+
+
+def test_grm_scorer_reads_the_training_tokens(dm):
+    """The scorer's teacher-forced input is the training input (all-right verdicts), and it reads
+    P(right) one position before each token the training loss is on."""
+    from taosr.data.grm import collate_grm
+    from taosr.rl.grm import GRMScorer
+
+    ex = dm.splits["train"][0]
+    batch = collate_grm(dm, [(ex, dict(ex.steps), {k: True for k in STEP_KEYS})])
+    ids, positions = GRMScorer(None, dm.tokenizer)._encode(ex, dict(ex.steps))
+    assert batch["input_ids"][0][: len(ids)].tolist() == ids
+    assert batch["loss_mask"][0].nonzero().flatten().tolist() == [p + 1 for p in positions]

@@ -90,7 +90,9 @@ def test_srpo_keep_mask_with_outcome_estimator_is_grpos():
 
     r = {"group_size": 2, "reward": torch.tensor([1.0, 1.0, 1.0, 0.0]),
          "step_rewards": torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])}
-    step = SRPOModule(step_advantage=StepAdvantageSpec(name="outcome_plus_step"))
+    step = SRPOModule(step_advantage=StepAdvantageSpec(name="outcome_plus_step"), keep_step_only_groups=True)
     assert step.keep_mask(r).tolist() == [True, True, True, True]
-    outcome = SRPOModule(step_advantage=StepAdvantageSpec(name="outcome"))
-    assert outcome.keep_mask(r).tolist() == GRPOModule().keep_mask(r).tolist() == [False, False, True, True]
+    grpo_rule = [False, False, True, True]
+    assert SRPOModule(step_advantage=StepAdvantageSpec(name="outcome_plus_step")).keep_mask(r).tolist() == grpo_rule
+    outcome = SRPOModule(step_advantage=StepAdvantageSpec(name="outcome"), keep_step_only_groups=True)
+    assert outcome.keep_mask(r).tolist() == GRPOModule().keep_mask(r).tolist() == grpo_rule

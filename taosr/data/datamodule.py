@@ -113,6 +113,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         samples_path: str | None = None,
         pairs_per_prompt: int = 1,
         gold_as_chosen: bool = True,
+        grm_corrupt_prob: float = 0.3,
         rejection_sampling: RejectionSampling | None = None,
         diverse_sampling: DiverseSampling | None = None,
         curriculum: Curriculum | None = None,
@@ -131,6 +132,9 @@ class RelevanceDataModule(pl.LightningDataModule):
         self.seed, self.num_workers = seed, num_workers
         self.use_chat_template = use_chat_template
         self.samples_path, self.pairs_per_prompt, self.gold_as_chosen = samples_path, pairs_per_prompt, gold_as_chosen
+        if not 0.0 <= grm_corrupt_prob <= 1.0:
+            raise ConfigError(f"data.grm_corrupt_prob must be in [0, 1], got {grm_corrupt_prob}")
+        self.grm_corrupt_prob = grm_corrupt_prob  # GRM view: chance that a gold step's conclusion is swapped
         self.tokenizer = None
         self.splits: dict[str, list[Example]] = {}
         self._train_sampler: ResumableSampler | None = None
@@ -281,7 +285,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         elif self.view == "grm":
             from taosr.data.grm import build_grm_rows, collate_grm
 
-            rows, collate = build_grm_rows(self), lambda b: collate_grm(self, b)
+            rows, collate = build_grm_rows(self, corrupt_prob=self.grm_corrupt_prob), lambda b: collate_grm(self, b)
         else:
             rows, collate = self.train_rows(), self.collate_sft
         self._train_rows = rows

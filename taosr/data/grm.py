@@ -14,15 +14,25 @@ from taosr.labels import STEP_KEYS
 from taosr.reasoning.format import conclusion, parse_reasoning
 
 
+def swap_conclusion(step_text: str, new_conclusion: str) -> str:
+    """The step with its conclusion replaced and its evidence kept (``evidence => conclusion``), so a
+    corrupted step looks like a policy's mistake, not like a different format."""
+    head = step_text.split(" | ", 1)[0]
+    if "=>" in head:
+        return head.rsplit("=>", 1)[0].rstrip() + " => " + new_conclusion
+    return new_conclusion
+
+
 def corrupt_steps(ex, pool: dict[str, list[str]], rng: random.Random, corrupt_prob: float = 0.3):
-    """(steps, verdicts): a copy of the gold steps with some conclusions swapped."""
+    """(steps, verdicts): a copy of the gold steps with some conclusions swapped for another
+    example's conclusion of the same step (evidence kept); verdict wrong exactly there."""
     steps, verdicts = dict(ex.steps), {}
     for k in STEP_KEYS:
         if rng.random() < corrupt_prob:
             gold = conclusion(ex.steps[k])
             alts = [c for c in pool[k] if c != gold]
             if alts:
-                steps[k] = rng.choice(alts)
+                steps[k] = swap_conclusion(ex.steps[k], rng.choice(alts))
                 verdicts[k] = False
                 continue
         verdicts[k] = True
@@ -55,9 +65,20 @@ def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple
 
 
 def collate_grm(dm, batch: list[tuple]) -> dict:
+    """Prompt + verdict lines + eos; the loss is on each step's decision token only (the headings
+    are fixed text: with them in the loss the five decisions get a small share of the gradient)."""
     from taosr.data.datamodule import pad_right
-    from taosr.rl.grm import grm_prompt_text, verdict_text
+    from taosr.rl.grm import grm_prompt_text, verdict_layout
 
     dm._need_tokenizer()
-    enc = [dm.encode_pair(grm_prompt_text(ex, steps), verdict_text(v)) for ex, steps, v in batch]
-    return pad_right(enc, dm.tokenizer.pad_token_id)
+    tok, enc = dm.tokenizer, []
+    for ex, steps, v in batch:
+        p = dm.encode_prompt(grm_prompt_text(ex, steps))
+        ids, decisions, _ = verdict_layout(tok, tuple(bool(v[k]) for k in STEP_KEYS))
+        full = (p + list(ids) + [tok.eos_token_id])[: dm.max_length]
+        mask = [0] * len(full)
+        for j in decisions:
+            if len(p) + j < len(full):
+                mask[len(p) + j] = 1
+        enc.append((full, mask))
+    return pad_right(enc, tok.pad_token_id)

@@ -21,8 +21,8 @@ from taosr.rl.examiner import ExaminerSpec, combine_step_rewards, examiner_stats
 class SRPOModule(GRPOModule):
     needs_step_rewards = True
 
-    def __init__(self, *args, step_advantage: StepAdvantageSpec | None = None, examiner: ExaminerSpec | None = None, grm_path: str | None = None, grm_batch_size: int = 32,
-                 **kwargs):
+    def __init__(self, *args, step_advantage: StepAdvantageSpec | None = None, examiner: ExaminerSpec | None = None,
+                 grm_path: str | None = None, grm_batch_size: int = 32, keep_step_only_groups: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.examiner = examiner or ExaminerSpec()
@@ -87,9 +87,13 @@ class SRPOModule(GRPOModule):
             token_step=r["token_step"], group_size=r["group_size"], step_present=r["step_present"], **spec.kwargs())
 
     def keep_mask(self, r: dict) -> torch.Tensor:
-        """Drop a group only when both its outcome rewards and its step rewards have zero spread
-        (with the ``outcome`` estimator step rewards carry no signal: GRPO's rule, exactly)."""
-        if not self.hparams.dynamic_sampling or self.step_advantage.name == "outcome":
+        """Dynamic sampling. Default (GRPO's rule): drop groups whose outcome rewards have zero spread.
+        With ``keep_step_only_groups`` a group is dropped only when its step rewards are flat too, so
+        all-correct groups with a wrong step still train on the step term — but their rows (A_out = 0)
+        join the token-mean divisor and dilute the outcome signal: on the default data verifier-only
+        SRPO reached val macro F1 0.779 with them and 0.827 without (60 steps, seed 0)."""
+        if not self.hparams.dynamic_sampling or self.step_advantage.name == "outcome" \
+                or not self.hparams.get("keep_step_only_groups", False):
             return super().keep_mask(r)
         G = r["group_size"]
         steps = r["step_rewards"].view(-1, G, r["step_rewards"].shape[-1])

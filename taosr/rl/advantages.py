@@ -59,7 +59,8 @@ class StepAdvantageSpec:
     critical_weight: float = 2.0
     clamp: float | None = 2.0
     outcome_weight: float = 1.0
-    scale_std: bool = True
+    scale_std: bool = True          # outcome advantage: divide by the group std (GRPO) or not (Dr. GRPO)
+    step_scale_std: bool = False    # outcome_plus_step: also divide step rewards by their group std
 
     def kwargs(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "name"}
@@ -93,16 +94,18 @@ def outcome_advantage(*, outcome_rewards, step_rewards, correct, token_step, gro
 @register_step_advantage("outcome_plus_step")
 def outcome_plus_step(*, outcome_rewards, step_rewards, correct, token_step, group_size, lam: float = 0.5,
                       critical_weight: float = 2.0, clamp: float | None = 2.0, scale_std: bool = True,
-                      eps: float = 1e-4, **_) -> torch.Tensor:
-    """A(i,k) = A_out(i) + lam * w(i,k) * s_hat(i,k), clamped; s_hat normalises step k's reward
-    across the group (0 where the group's rewards at k do not vary); w = critical_weight on
-    critical steps, else 1. Tokens after the last step get A_out."""
+                      step_scale_std: bool = False, eps: float = 1e-4, **_) -> torch.Tensor:
+    """A(i,k) = A_out(i) + lam * w(i,k) * s_hat(i,k), clamped; s_hat = step k's reward minus its
+    group mean at the same step (0 where the group's rewards at k do not vary), divided by the
+    group std only with ``step_scale_std`` (off by default: soft GRM scores that differ by a few
+    hundredths would otherwise become full-size advantages); w = critical_weight on critical
+    steps, else 1. Tokens after the last step get A_out."""
     N, K = step_rewards.shape
     a_out = group_advantages(outcome_rewards, group_size, scale_std, eps)
     s = step_rewards.float().view(-1, group_size, K)
     centred = s - s.mean(1, keepdim=True)
     spread = (s.max(1, keepdim=True).values - s.min(1, keepdim=True).values) > 1e-8
-    if scale_std and group_size > 1:
+    if step_scale_std and group_size > 1:
         centred = centred / (s.std(1, keepdim=True) + eps)
     s_hat = torch.where(spread, centred, torch.zeros_like(centred)).view(N, K)
     w = torch.where(critical_step_mask(step_rewards, correct), torch.full_like(s_hat, critical_weight), torch.ones_like(s_hat))

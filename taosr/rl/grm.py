@@ -6,13 +6,16 @@ It reads (query, item, candidate reasoning) and writes one verdict line per step
     Item understanding: wrong
     ...
 
-Its soft score for step k is P(right) / (P(right) + P(wrong)) at the verdict token of line k,
-read in one teacher-forced forward pass (the earlier verdict lines are filled with "right", so
-every step is judged on its own). Training is plain SFT on the ``grm`` view of the DataModule
-(:mod:`taosr.data.grm`).
+Its soft score for step k is P(right) / (P(right) + P(wrong)) at the *decision token* of line k
+— the first token where the verdict text and the same text with step k flipped tokenise
+differently (a tokenizer may split " right" into several pieces) — read in one teacher-forced
+pass over exactly the tokens training saw (earlier verdict lines filled with "right", so every
+step is judged on its own). Training is SFT on the ``grm`` view of the DataModule
+(:mod:`taosr.data.grm`) with the loss on the decision tokens.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -39,6 +42,27 @@ def verdict_text(verdicts: dict[str, bool]) -> str:
     return "\n".join(f"{STEP_HEADINGS[k]}: {RIGHT if verdicts[k] else WRONG}" for k in STEP_KEYS)
 
 
+@functools.lru_cache(maxsize=256)
+def verdict_layout(tok, pattern: tuple[bool, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """For verdicts ``pattern`` (one bool per step): the verdict text's token ids, the index of each
+    step's decision token, and each step's (right token, wrong token) at that index."""
+    def ids_of(p):
+        return tok(verdict_text(dict(zip(STEP_KEYS, p))), add_special_tokens=False).input_ids
+
+    ids = ids_of(pattern)
+    decisions, pairs = [], []
+    for i in range(len(STEP_KEYS)):
+        flipped = list(pattern)
+        flipped[i] = not flipped[i]
+        other = ids_of(tuple(flipped))
+        j = next((n for n, (a, b) in enumerate(zip(ids, other)) if a != b), None)
+        if j is None:
+            raise ValueError(f"GRM tokenizer: the verdicts {RIGHT!r} and {WRONG!r} tokenise identically")
+        decisions.append(j)
+        pairs.append((ids[j], other[j]) if pattern[i] else (other[j], ids[j]))
+    return tuple(ids), tuple(decisions), tuple(pairs)
+
+
 def parse_verdicts(text: str) -> dict[str, bool | None]:
     """Hard verdicts from generated GRM text (None where a line is missing or unreadable)."""
     out: dict[str, bool | None] = {k: None for k in STEP_KEYS}
@@ -56,11 +80,7 @@ class GRMScorer:
 
     def __init__(self, model, tokenizer, batch_size: int = 32):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
-        r = self.tok(" " + RIGHT, add_special_tokens=False).input_ids
-        w = self.tok(" " + WRONG, add_special_tokens=False).input_ids
-        if r[0] == w[0]:
-            raise ValueError("GRM tokenizer: 'right' and 'wrong' share their first token")
-        self.right_id, self.wrong_id = r[0], w[0]
+        self.verdict_ids, self.decisions, self.pairs = verdict_layout(tokenizer, (True,) * len(STEP_KEYS))
 
     @classmethod
     def load(cls, model_path: str, batch_size: int = 32, corpus=None) -> "GRMScorer":
@@ -74,18 +94,14 @@ class GRMScorer:
         return cls(model, tok, batch_size)
 
     def _encode(self, ex: Example, steps: dict[str, str]) -> tuple[list[int], list[int]]:
-        """Token ids of prompt + all-right verdicts, and the positions whose next token is a verdict."""
+        """Token ids of prompt + all-right verdicts (tokenised as in training), and the positions whose
+        next token is a step's decision token."""
         tok = self.tok
         ids = tok(grm_prompt_text(ex, steps), add_special_tokens=False).input_ids
         if tok.bos_token_id is not None and not getattr(tok, "chat_template", None):
             ids = [tok.bos_token_id] + ids
-        positions = []
-        for i, k in enumerate(STEP_KEYS):
-            head = ("\n" if i else "") + STEP_HEADINGS[k] + ":"
-            ids += tok(head, add_special_tokens=False).input_ids
-            positions.append(len(ids) - 1)
-            ids += [self.right_id]
-        return ids, positions
+        positions = [len(ids) + j - 1 for j in self.decisions]
+        return ids + list(self.verdict_ids), positions
 
     @torch.no_grad()
     def score(self, examples: Sequence[Example], parsed: Sequence[ParsedReasoning]) -> torch.Tensor:
@@ -113,8 +129,11 @@ class GRMScorer:
             for r, (i, _) in enumerate(enc):
                 ids[r, : len(i)], att[r, : len(i)] = torch.tensor(i), 1
             logits = self.model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float()
+            right = torch.tensor([p[0] for p in self.pairs], device=logits.device)
+            wrong = torch.tensor([p[1] for p in self.pairs], device=logits.device)
             for r, (_, pos) in enumerate(enc):
-                pair = logits[r, pos][:, [self.right_id, self.wrong_id]]
+                at = logits[r, pos]  # (K, V)
+                pair = torch.stack([at.gather(1, right[:, None])[:, 0], at.gather(1, wrong[:, None])[:, 0]], -1)
                 out[s + r] = torch.softmax(pair, -1)[:, 0].cpu()
         for n, st in enumerate(steps_list):
             for k, key in enumerate(STEP_KEYS):
