@@ -48,7 +48,7 @@ def plan(small: bool) -> dict:
                 "rl_steps": 10, "rl_prompts": 4, "grm_steps": 60, "dpo_epochs": 1,
                 "rejection_band": (0.0, 1.0)}
     return {"n_train": 3000, "n_test": 400, "sft_epochs": 6, "sample_prompts": 600, "samples": 4,
-            "rl_steps": 60, "rl_prompts": 8, "grm_steps": 200, "dpo_epochs": 1,
+            "rl_steps": 60, "rl_prompts": 8, "grm_steps": 300, "dpo_epochs": 1,
             "rejection_band": (0.0, 1.0)}
 
 
@@ -86,6 +86,7 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
 
     t = time.perf_counter()
     _fit(cfg("grm"), root("grm"), data + ["--trainer.max_steps", str(p["grm_steps"]), "--data.samples_path", samples,
+                                           "--model.init_args.model.name_or_path", export("sft"),
                                            "--trainer.val_check_interval", str(p["grm_steps"])])  # held-out verdict accuracy
     timings["grm"] = time.perf_counter() - t
 

@@ -65,7 +65,8 @@ def samples(tmp_path_factory, sft_run, cache_dir):
 
     out = str(tmp_path_factory.mktemp("samples") / "samples.jsonl")
     assert main(["sample", "--model", os.path.join(sft_run, "export"), "--out", out, "--n", "4", "--limit", "12",
-                 "--max-new-tokens", "24", "--synth-n-train", "48", "--data-dir", os.path.join(cache_dir, "data")]) == 0
+                 "--max-new-tokens", "24", "--synth-n-train", "48", "--synth-n-val", "6", "--synth-n-test", "6",
+                 "--data-dir", os.path.join(cache_dir, "data")]) == 0
     return out
 
 
@@ -73,4 +74,5 @@ def rl_samples_overrides(samples_path: str) -> list[str]:
     """The RL configs train on rejection-sampled prompts; a micro model's pass rates are mostly 0, so
     the smoke runs widen the band to keep every sampled prompt (the hook still runs on the file)."""
     return ["--data.samples_path", samples_path, "--data.rejection_sampling.low", "-1",
-            "--data.rejection_sampling.high", "2"]
+            "--data.rejection_sampling.high", "2", "--trainer.check_val_every_n_epoch", "null",
+            "--trainer.max_epochs", "-1"]

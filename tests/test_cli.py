@@ -1,9 +1,13 @@
 """The `taosr` command: help, data synth -> data check, one-line errors."""
 import json
+import os
 import subprocess
 import sys
 
+import pytest
+
 from taosr.cli import main
+from tests.conftest import ROOT
 
 
 def run(*args):
@@ -55,3 +59,14 @@ def test_verbose_shows_traceback(tmp_path):
 
 def test_unknown_command():
     assert main(["frobnicate"]) == 2
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model.init_args.bogus", "3"], "Option 'bogus' is not accepted"),
+    (["--data.bogus", "3"], "unrecognized arguments: --data.bogus"),
+    (["--trainer.max_steps", "x"], 'Parser key "trainer.max_steps"'),
+])
+def test_bad_config_key_or_value_gets_one_line_error(capsys, args, needle):
+    rc = main(["fit", "--config", os.path.join(ROOT, "configs", "sft.yaml"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("taosr: error: ") and needle in err[0], err

@@ -51,15 +51,16 @@ def test_grpo_config(tmp_path, sft_run, samples, cache_dir):
     # W&B (offline here) gets a run of its own per command, even in-process after the SFT run, with
     # the rollout completions table and the validation completions table
     assert len(glob.glob(str(tmp_path / "wandb" / "offline-run-*"))) == 1
-    tables = [os.path.basename(t) for t in _wandb_tables(tmp_path)]
-    assert any(t.startswith("completions_step0_") for t in tables) and len(tables) >= 2, tables
+    tables = [os.path.relpath(t, str(tmp_path)) for t in _wandb_tables(tmp_path)]
+    assert any("/table/train/completions_step" in t for t in tables), tables  # rollouts (with step rewards in SRPO)
+    assert any("/table/val/completions_step" in t for t in tables), tables    # validation generations
     assert _wandb_tables(sft_run), "the SFT run's validation completions table"
 
 
 @pytest.fixture(scope="module")
-def grm_run(tmp_path_factory, cache_dir):
+def grm_run(tmp_path_factory, cache_dir, samples):
     root = str(tmp_path_factory.mktemp("grm"))
-    fit("configs/grm.yaml", root, cache_dir)
+    fit("configs/grm.yaml", root, cache_dir, "--data.samples_path", samples)
     return root
 
 

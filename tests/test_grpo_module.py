@@ -96,3 +96,38 @@ def test_srpo_keep_mask_with_outcome_estimator_is_grpos():
     assert SRPOModule(step_advantage=StepAdvantageSpec(name="outcome_plus_step")).keep_mask(r).tolist() == grpo_rule
     outcome = SRPOModule(step_advantage=StepAdvantageSpec(name="outcome"), keep_step_only_groups=True)
     assert outcome.keep_mask(r).tolist() == GRPOModule().keep_mask(r).tolist() == grpo_rule
+
+
+def test_all_groups_dropped_still_counts_rollout_batches(tmp_path, cache_dir):
+    """Rewards with no spread anywhere: every group is dropped, no parameter moves, and the run still
+    ends at max_steps (a step = a rollout batch) even with max_epochs=-1."""
+    import os
+
+    import lightning.pytorch as pl
+
+    from taosr.callbacks.reward import RewardModelCallback
+    from taosr.callbacks.rollout import RolloutCallback
+    from taosr.data.datamodule import RelevanceDataModule
+    from taosr.data.synth import SynthConfig
+    from taosr.eval.generation import GenerationSpec
+    from taosr.models.factory import ModelSpec
+    from taosr.rl.rewards import OutcomeRewardSpec
+
+    pl.seed_everything(0)
+    dm = RelevanceDataModule(view="rl", synth=SynthConfig(n_train=8, n_val=2, n_test=2, seed=3),
+                             data_dir=os.path.join(cache_dir, "data"), batch_size=2, val=None, test=None)
+    module = GRPOModule(model=ModelSpec(name_or_path="micro", cache_dir=os.path.join(cache_dir, "models")),
+                        lr=1e-2, export_dir=None)
+    flat = RewardModelCallback(outcome=OutcomeRewardSpec(correct_weight=0.0, format_weight=0.0))
+    rollout = RolloutCallback(num_generations=2, generation=GenerationSpec(do_sample=True, max_new_tokens=4))
+    trainer = pl.Trainer(max_steps=3, max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, callbacks=[rollout, flat],
+                         default_root_dir=str(tmp_path))
+    trainer.fit(module, dm)  # would loop for ever if dropped batches did not count
+    assert trainer.global_step == 3
+    from taosr.models.factory import load_model_and_tokenizer
+
+    ref, _ = load_model_and_tokenizer(ModelSpec(name_or_path="micro", cache_dir=os.path.join(cache_dir, "models")),
+                                      corpus=dm.corpus)
+    for (n, a), (_, b) in zip(module.model.named_parameters(), ref.named_parameters()):
+        assert torch.equal(a, b), n

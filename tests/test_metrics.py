@@ -17,7 +17,7 @@ def rec(gold, pred, qt="brand", verdicts=None, fmt=False):
 
 @pytest.fixture(scope="module")
 def examples():
-    return generate(SynthConfig(n_train=50, n_val=0, n_test=0, seed=2))["train"]
+    return generate(SynthConfig(n_train=50, n_val=0, n_test=0, seed=2, train_annotation_share=1.0))["train"]
 
 
 def test_verifier_on_gold_reasoning(examples):

@@ -189,6 +189,14 @@ class GRPOModule(RelevanceModule):
                 opt.step()
             sched.step()
             metrics.update(agg)
+        else:
+            # Every group was dropped (no reward spread anywhere): the rollout batch still counts as a
+            # step — no gradient, so no parameter moves — so that max_steps bounds the rollout budget
+            # (equal for every method) and a run whose groups are all flat still ends.
+            opt.zero_grad(set_to_none=True)
+            opt.step()
+            sched.step()
+        metrics["dynamic_sampling/skipped_update"] = float(num_seqs == 0)
         metrics["timing_s/update"] = time.perf_counter() - t0
         self.log_dict({f"train/{k}": float(v) for k, v in metrics.items()}, batch_size=len(rewards))
         if hp.table_every and batch_idx % hp.table_every == 0:
