@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from taosr.data.datamodule import RelevanceDataModule
 from taosr.data.hooks import Curriculum, CurriculumStage, DiverseSampling, RejectionSampling
@@ -181,3 +182,28 @@ def test_grm_scorer_reads_the_training_tokens(dm):
     ids, positions = GRMScorer(None, dm.tokenizer)._encode(ex, dict(ex.steps))
     assert batch["input_ids"][0][: len(ids)].tolist() == ids
     assert batch["loss_mask"][0].nonzero().flatten().tolist() == [p + 1 for p in positions]
+
+
+def test_grm_scores_match_a_full_forward_per_row(dm):
+    """Batched, left-padded scoring with logits kept for the verdict window only gives the same
+    P(right) as a plain full forward of each row alone."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from taosr.rl.grm import GRMScorer
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(dm.tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=1024)).eval()
+    exs = dm.splits["train"][:3]
+    steps = [dict(ex.steps) for ex in exs]
+    steps[1]["query"] = "something much longer than the gold query step " * 3  # rows of different lengths
+    scorer = GRMScorer(model, dm.tokenizer, batch_size=8)
+    got = scorer.score_steps(exs, steps)
+    for n, (ex, st) in enumerate(zip(exs, steps)):
+        ids, pos = scorer._encode(ex, st)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, pos]
+        pair = torch.stack([logits.gather(1, scorer.right_ids[:, None])[:, 0],
+                            logits.gather(1, scorer.wrong_ids[:, None])[:, 0]], -1)
+        assert torch.allclose(got[n], torch.softmax(pair, -1)[:, 0], atol=1e-5)

@@ -81,6 +81,8 @@ class GRMScorer:
     def __init__(self, model, tokenizer, batch_size: int = 32):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
         self.verdict_ids, self.decisions, self.pairs = verdict_layout(tokenizer, (True,) * len(STEP_KEYS))
+        self.right_ids = torch.tensor([p[0] for p in self.pairs])
+        self.wrong_ids = torch.tensor([p[1] for p in self.pairs])
 
     @classmethod
     def load(cls, model_path: str, batch_size: int = 32, corpus=None) -> "GRMScorer":
@@ -123,16 +125,19 @@ class GRMScorer:
         out = torch.full((len(examples), len(STEP_KEYS)), float("nan"))
         for s in range(0, len(examples), self.batch_size):
             enc = [self._encode(ex, st) for ex, st in zip(examples[s:s + self.batch_size], steps_list[s:s + self.batch_size])]
-            T = max(len(i) for i, _ in enc)
+            # Left padding: every row ends with the same verdict tokens, so only the last `keep`
+            # positions need logits (not batch x length x vocab).
+            T, keep = max(len(i) for i, _ in enc), len(self.verdict_ids) + 1
             ids = torch.full((len(enc), T), self.tok.pad_token_id, dtype=torch.long)
             att = torch.zeros_like(ids)
             for r, (i, _) in enumerate(enc):
-                ids[r, : len(i)], att[r, : len(i)] = torch.tensor(i), 1
-            logits = self.model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float()
-            right = torch.tensor([p[0] for p in self.pairs], device=logits.device)
-            wrong = torch.tensor([p[1] for p in self.pairs], device=logits.device)
-            for r, (_, pos) in enumerate(enc):
-                at = logits[r, pos]  # (K, V)
+                ids[r, T - len(i):], att[r, T - len(i):] = torch.tensor(i), 1
+            pos_ids = (att.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos_ids.to(dev),
+                                logits_to_keep=keep).logits.float()
+            right, wrong = self.right_ids.to(logits.device), self.wrong_ids.to(logits.device)
+            for r, (i, pos) in enumerate(enc):
+                at = logits[r, [p - (len(i) - keep) for p in pos]]  # (K, V)
                 pair = torch.stack([at.gather(1, right[:, None])[:, 0], at.gather(1, wrong[:, None])[:, 0]], -1)
                 out[s + r] = torch.softmax(pair, -1)[:, 0].cpu()
         for n, st in enumerate(steps_list):
