@@ -187,7 +187,6 @@ class GRPOModule(RelevanceModule):
                     self.manual_backward(sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0)
                 self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
                 opt.step()
-            sched.step()
             metrics.update(agg)
         else:
             # Every group was dropped (no reward spread anywhere): the rollout batch still counts as a
@@ -195,7 +194,7 @@ class GRPOModule(RelevanceModule):
             # (equal for every method) and a run whose groups are all flat still ends.
             opt.zero_grad(set_to_none=True)
             opt.step()
-            sched.step()
+        sched.step()
         metrics["dynamic_sampling/skipped_update"] = float(num_seqs == 0)
         metrics["timing_s/update"] = time.perf_counter() - t0
         self.log_dict({f"train/{k}": float(v) for k, v in metrics.items()}, batch_size=len(rewards))
