@@ -56,9 +56,31 @@ def test_shared_prefix_sampler_greedy_equals_generate():
     ids[1, :2] = 0
     spec = GenerationSpec(max_new_tokens=8, do_sample=False, num_return_sequences=1)
     ours = HFEngine(prefix_sharing=True).generate(model, Tok, ids, att, spec)
+    grown = HFEngine(prefix_sharing=True, static_cache=False).generate(model, Tok, ids, att, spec)
     ref = generate_ids(model, Tok, ids, att, spec)
     n = min(ours.shape[1], ref.shape[1])
     assert torch.equal(ours[:, :n], ref[:, :n])
+    assert torch.equal(ours, grown)
+    # G copies of a prompt decode greedily to the same tokens as the prompt alone
+    rep = HFEngine().generate(model, Tok, ids, att, GenerationSpec(max_new_tokens=8, do_sample=False,
+                                                                   num_return_sequences=3))
+    assert torch.equal(rep, ours.repeat_interleave(3, 0))
     sampled = HFEngine().generate(model, Tok, ids, att, GenerationSpec(max_new_tokens=8, do_sample=True, top_k=5,
                                                                       top_p=0.9, temperature=0.7, num_return_sequences=4))
     assert sampled.shape[0] == 12
+
+
+def test_gumbel_max_sample_draws_from_softmax():
+    from taosr.rl.engines.hf import gumbel_max_sample
+
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    scores = probs.log().expand(40000, 4)  # the zero-probability entry is -inf, as after top-k/top-p
+    g = torch.Generator().manual_seed(0)
+    draws = gumbel_max_sample(scores, generator=g)
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert freq[3] == 0
+    assert torch.allclose(freq, probs, atol=0.01)
+    # temperature-scaled scores: a sharper distribution, still the softmax of what is passed
+    sharp = torch.softmax(probs.log() / 0.5, -1)
+    freq2 = torch.bincount(gumbel_max_sample(scores / 0.5, generator=g), minlength=4).float() / len(draws)
+    assert torch.allclose(freq2, sharp, atol=0.01)
