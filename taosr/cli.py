@@ -30,7 +30,7 @@ training (LightningCLI; `taosr fit --help` for every option):
   predict    generate reasoning for the test split
 
 data and pipeline:
-  data       synthetic data and file checks: taosr data synth --out DIR | taosr data check FILE | taosr data esci ...
+  data       synthetic data and file checks: taosr data synth --out DIR | taosr data heldout --out FILE | taosr data check FILE | taosr data esci ...
   sample     offline pass@N sampling from a policy export (DPO pairs, rejection sampling)
   sweep      run a W&B sweep YAML locally with the open-source `sweeps` engine
   quickstart run SFT -> DPO -> GRPO -> SRPO on the embedded default and print a comparison table
@@ -65,6 +65,10 @@ def data_main(argv: list[str]) -> int:
     s.add_argument("--items-per-query", type=int, default=3)
     s.add_argument("--type-weight", nargs="*", metavar="TYPE=W", help="query type mix, e.g. negation=0.3")
     s.add_argument("--tier-weight", nargs="*", metavar="TIER=W", help="tier balance, e.g. 4=0.4 1=0.1")
+    h = sub.add_parser("heldout", help="write extra test examples whose queries occur in no default split")
+    h.add_argument("--out", required=True, help="output JSONL file (use with: taosr test ... --data.test FILE)")
+    h.add_argument("--n", type=int, default=2000, help="examples (default 2000)")
+    h.add_argument("--seed", type=int, default=1, help="first synthetic seed to draw from (not 0, the default data's)")
     c = sub.add_parser("check", help="validate a data file and print counts per tier and query type")
     c.add_argument("file")
     c.add_argument("--format", choices=("jsonl", "csv", "parquet"))
@@ -97,6 +101,13 @@ def data_main(argv: list[str]) -> int:
         for split, rows in generate(cfg).items():
             n = write_jsonl(os.path.join(a.out, f"{split}.jsonl"), rows)
             print(f"wrote {n:6d} examples to {os.path.join(a.out, split + '.jsonl')}")
+        return 0
+    if a.cmd == "heldout":
+        from taosr.data.schema import write_jsonl
+        from taosr.data.synth import heldout
+
+        n = write_jsonl(a.out, heldout(a.n, seed=a.seed))
+        print(f"wrote {n:6d} held-out examples to {a.out}")
         return 0
     if a.cmd == "check":
         from taosr.data.check import check_file

@@ -1,9 +1,11 @@
 """``taosr quickstart``: SFT -> DPO -> GRPO -> SRPO (and the GRM) on the embedded default.
 
 Each stage is the same ``taosr fit`` a user would run with the YAML under ``configs/``, started
-from the previous stage's export, then ``taosr test`` on the same test split. At the end a
-comparison table (overall, per query type, long tail) is printed and written as Markdown and
-CSV, with a PNG chart, under ``--out`` (default ``runs/quickstart``).
+from the previous stage's export, then ``taosr test`` on the same test split and on a larger held-out set (``taosr data
+heldout``: queries in no split of the run's data; its macro F1 has about half the test split's
+noise). At the end a comparison table (overall, per query type, long tail; both sets) is printed
+and written as Markdown and CSV, with a PNG chart of the held-out set, under ``--out`` (default
+``runs/quickstart``).
 
 ``--small`` is a first-look variant (smaller data and budgets) that finishes in a few minutes.
 """
@@ -46,10 +48,10 @@ def plan(small: bool) -> dict:
     if small:
         return {"n_train": 800, "n_test": 200, "sft_epochs": 3, "sample_prompts": 200, "samples": 4,
                 "rl_steps": 10, "rl_prompts": 4, "grm_steps": 60, "dpo_epochs": 1,
-                "rejection_band": (0.0, 1.0)}
+                "rejection_band": (0.0, 1.0), "heldout": 400}
     return {"n_train": 3000, "n_test": 400, "sft_epochs": 6, "sample_prompts": 600, "samples": 4,
             "rl_steps": 60, "rl_prompts": 8, "grm_steps": 300, "dpo_epochs": 1,
-            "rejection_band": (0.0, 1.0)}
+            "rejection_band": (0.0, 1.0), "heldout": 2000}
 
 
 def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, extra: list[str] | None = None,
@@ -104,15 +106,24 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
         _fit(cfg(stage), root(stage), rl + extra)
         timings[stage] = time.perf_counter() - t
 
+    from taosr.data.schema import write_jsonl
+    from taosr.data.synth import SynthConfig, heldout
+
+    heldout_path = os.path.join(out, "data", "heldout.jsonl")
+    write_jsonl(heldout_path, heldout(p["heldout"], seed=seed + 1,
+                                      base=SynthConfig(n_train=p["n_train"], n_test=p["n_test"], seed=seed)))
+    held: dict[str, dict] = {}
     for stage in STAGES:
         t = time.perf_counter()
         results[stage] = _test(cfg("sft"), os.path.join(out, "test", stage), export(stage), data)
+        held[stage] = _test(cfg("sft"), os.path.join(out, "heldout", stage), export(stage),
+                            data + ["--data.test", heldout_path])
         timings[f"test_{stage}"] = time.perf_counter() - t
-    write_report(out, results, timings)
+    write_report(out, results, timings, heldout=held)
     return results
 
 
-def comparison_rows(results: dict[str, dict]) -> list[dict]:
+def comparison_rows(results: dict[str, dict], split: str = "test") -> list[dict]:
     """One row per (stage, slice) with the main metrics."""
     slices = ["overall", "long_tail"] + sorted({k.split("/")[1] for r in results.values() for k in r if k.startswith("by_type/")})
     rows = []
@@ -121,21 +132,24 @@ def comparison_rows(results: dict[str, dict]) -> list[dict]:
             pre = "" if sl == "overall" else ("long_tail/" if sl == "long_tail" else f"by_type/{sl}/")
             if pre + "n" not in m:
                 continue
-            rows.append({"stage": stage, "slice": sl, "n": int(m[pre + "n"]),
+            rows.append({"stage": stage, "split": split, "slice": sl, "n": int(m[pre + "n"]),
                          **{k: m.get(pre + k) for k in METRICS}})
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| stage | slice | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 3) + "|"]
+    lines = ["| stage | split | slice | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 4) + "|"]
     for r in rows:
         vals = ["—" if r[k] is None or r[k] != r[k] else f"{r[k]:.3f}" for k in METRICS]
-        lines.append(f"| {r['stage']} | {r['slice']} | {r['n']} | " + " | ".join(vals) + " |")
+        lines.append(f"| {r['stage']} | {r['split']} | {r['slice']} | {r['n']} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
-def write_report(out: str, results: dict[str, dict], timings: dict[str, float] | None = None) -> str:
-    rows = comparison_rows(results)
+def write_report(out: str, results: dict[str, dict], timings: dict[str, float] | None = None,
+                 heldout: dict[str, dict] | None = None) -> str:
+    """Table (Markdown, CSV) of the test split and, when given, the held-out set; chart of the
+    held-out set when given (lower noise), else of the test split."""
+    rows = comparison_rows(results, "test") + (comparison_rows(heldout, "heldout") if heldout else [])
     os.makedirs(out, exist_ok=True)
     md = markdown_table(rows)
     with open(os.path.join(out, "comparison.md"), "w") as fh:
@@ -143,16 +157,17 @@ def write_report(out: str, results: dict[str, dict], timings: dict[str, float] |
         if timings:
             fh.write("\n| stage | seconds |\n|---|---|\n" + "\n".join(f"| {k} | {v:.0f} |" for k, v in timings.items()) + "\n")
     with open(os.path.join(out, "comparison.csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["stage", "slice", "n", *METRICS])
+        w = csv.DictWriter(fh, fieldnames=["stage", "split", "slice", "n", *METRICS])
         w.writeheader()
         w.writerows(rows)
-    plot_comparison(rows, os.path.join(out, "comparison.png"))
+    shown = "heldout" if heldout else "test"
+    plot_comparison([r for r in rows if r["split"] == shown], os.path.join(out, "comparison.png"), shown)
     overall = [r for r in rows if r["slice"] in ("overall", "long_tail")]
     print("\n" + markdown_table(overall) + f"\n\nfull table: {out}/comparison.md (.csv, .png)")
     return md
 
 
-def plot_comparison(rows: list[dict], path: str) -> None:
+def plot_comparison(rows: list[dict], path: str, split: str = "test") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,7 +184,7 @@ def plot_comparison(rows: list[dict], path: str) -> None:
         ax.set_xticks([x + width * (len(stages) - 1) / 2 for x in range(len(slices))])
         ax.set_xticklabels(slices, rotation=30, ha="right")
         ax.set_ylim(0, 1)
-        ax.set_title(metric)
+        ax.set_title(f"{metric} ({split})")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

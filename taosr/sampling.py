@@ -19,7 +19,8 @@ import time
 import torch
 
 from taosr.data.schema import DataError, iter_jsonl, validate_row
-from taosr.eval.generation import GenerationSpec, decode_completions, generate_ids, make_record
+from taosr.eval.generation import GenerationSpec, decode_completions, make_record
+from taosr.rl.engines.hf import HFEngine
 
 
 def sample_split(model, tokenizer, dm, split: str, spec: GenerationSpec, batch_size: int = 16,
@@ -27,10 +28,11 @@ def sample_split(model, tokenizer, dm, split: str, spec: GenerationSpec, batch_s
     dm.attach_tokenizer(tokenizer)
     rows = dm.splits[split][:limit] if limit else dm.splits[split]
     out = []
+    engine = HFEngine()  # each prompt prefilled once, its N samples decoded on a preallocated cache
     for s in range(0, len(rows), batch_size):
         chunk = list(enumerate(rows[s: s + batch_size], start=s))
         batch = dm.collate_prompts(chunk)
-        ids = generate_ids(model, tokenizer, batch["input_ids"], batch["attention_mask"], spec)
+        ids = engine.generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], spec)
         texts = decode_completions(tokenizer, ids)
         n = spec.num_return_sequences
         for j, (i, ex) in enumerate(chunk):

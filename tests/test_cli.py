@@ -31,6 +31,14 @@ def test_synth_then_check(tmp_path, capsys):
     assert "60" in out and "negation" in out
 
 
+def test_heldout_then_check(tmp_path, capsys):
+    out = tmp_path / "heldout.jsonl"
+    assert main(["data", "heldout", "--out", str(out), "--n", "30"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", str(out)]) == 0
+    assert "30 examples OK" in capsys.readouterr().out
+
+
 def test_malformed_file_gets_one_line_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     good = {"query": "red shoes", "item": {"title": "Red Shoes"}, "label": 4}

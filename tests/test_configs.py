@@ -121,12 +121,13 @@ def test_quickstart_pipeline_plumbing(tmp_path, cache_dir):
              "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "logs")]
     plan = {"n_train": 48, "n_test": 6, "sft_epochs": 1, "sample_prompts": 8, "samples": 2, "rl_steps": 2,
             "rl_prompts": 2, "grm_steps": 2, "dpo_epochs": 1, "max_new_tokens": 24, "rejection_band": (-1, 2),
-            "data_dir": os.path.join(cache_dir, "data")}
+            "heldout": 6, "data_dir": os.path.join(cache_dir, "data")}
     results = run(str(tmp_path / "qs"), configs=os.path.join(ROOT, "configs"), extra=extra, plan_overrides=plan)
     assert set(results) == {"sft", "dpo", "grpo", "srpo"}
     for f in ("comparison.md", "comparison.csv", "comparison.png"):
         assert (tmp_path / "qs" / f).exists()
-    assert "| srpo | overall |" in (tmp_path / "qs" / "comparison.md").read_text()
+    table = (tmp_path / "qs" / "comparison.md").read_text()
+    assert "| srpo | test | overall | 6 |" in table and "| srpo | heldout | overall | 6 |" in table
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from taosr.data.synth import (Constraint, ItemSpec, QuerySpec, SynthConfig, generate, gold_steps, guideline_label,
-                              make_item_for_tier, make_query)
+                              heldout, make_item_for_tier, make_query)
 from taosr.data.taxonomy import BY_NAME, CATEGORIES, relation
 from taosr.labels import QUERY_TYPES, STEP_KEYS, TIER_NAMES
 from taosr.reasoning.format import conclusion
@@ -111,3 +111,16 @@ def test_generated_labels_follow_rules():
 def test_unknown_weights_rejected():
     with pytest.raises(ValueError, match="unknown query type"):
         generate(SynthConfig(n_train=5, n_val=0, n_test=0, query_type_weights={"bogus": 1.0}))
+
+
+def test_heldout_queries_occur_in_no_default_split():
+    base = SynthConfig(n_train=300, n_val=40, n_test=60, train_annotation_share=0.5)
+    rows = heldout(250, seed=0, base=base)  # seed 0 is the base's: skipped, drawn from 1, 2, ...
+    seen = {ex.query for split in generate(base).values() for ex in split}
+    assert len(rows) == 250 and len({ex.id for ex in rows}) == 250
+    assert not {ex.query for ex in rows} & seen
+    assert all(ex.annotations and set(ex.annotations) == set(STEP_KEYS) for ex in rows)  # evaluation: fully annotated
+    assert {ex.query_type for ex in rows} == set(QUERY_TYPES)
+    assert [e.to_dict() for e in rows] == [e.to_dict() for e in heldout(250, seed=0, base=base)]
+    with pytest.raises(ValueError, match="at least 1"):
+        heldout(0)
