@@ -65,6 +65,10 @@ def test_shared_prefix_sampler_greedy_equals_generate():
     rep = HFEngine().generate(model, Tok, ids, att, GenerationSpec(max_new_tokens=8, do_sample=False,
                                                                    num_return_sequences=3))
     assert torch.equal(rep, ours.repeat_interleave(3, 0))
+    # no padding at all (an all-ones mask): the static cache's unwritten slots must stay masked
+    full = torch.ones_like(ids)
+    assert torch.equal(HFEngine().generate(model, Tok, ids, full, spec),
+                       HFEngine(static_cache=False).generate(model, Tok, ids, full, spec))
     sampled = HFEngine().generate(model, Tok, ids, att, GenerationSpec(max_new_tokens=8, do_sample=True, top_k=5,
                                                                       top_p=0.9, temperature=0.7, num_return_sequences=4))
     assert sampled.shape[0] == 12
