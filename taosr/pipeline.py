@@ -1,11 +1,11 @@
 """``taosr quickstart``: SFT -> DPO -> GRPO -> SRPO (and the GRM) on the embedded default.
 
 Each stage is the same ``taosr fit`` a user would run with the YAML under ``configs/``, started
-from the previous stage's export, then ``taosr test`` on the same test split and on a larger held-out set (``taosr data
-heldout``: queries in no split of the run's data; its macro F1 has about half the test split's
-noise). At the end a comparison table (overall, per query type, long tail; both sets) is printed
-and written as Markdown and CSV, with a PNG chart of the held-out set, under ``--out`` (default
-``runs/quickstart``).
+from the previous stage's export, then ``taosr test`` on the same test split and on a larger
+held-out set (``taosr data heldout``: queries in no split of the run's data; its macro F1 has
+about half the test split's noise). At the end a comparison table (overall, per query type, long
+tail; both sets) is printed and written as Markdown and CSV, with a PNG chart of the held-out
+set, under ``--out`` (default ``runs/quickstart``).
 
 ``--small`` is a first-look variant (smaller data and budgets) that finishes in a few minutes.
 """
