@@ -81,8 +81,7 @@ class GRMScorer:
     def __init__(self, model, tokenizer, batch_size: int = 32):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
         self.verdict_ids, self.decisions, self.pairs = verdict_layout(tokenizer, (True,) * len(STEP_KEYS))
-        self.right_ids = torch.tensor([p[0] for p in self.pairs])
-        self.wrong_ids = torch.tensor([p[1] for p in self.pairs])
+        self.pair_ids = torch.tensor(self.pairs)  # (K, 2): each step's (right, wrong) decision token
 
     @classmethod
     def load(cls, model_path: str, batch_size: int = 32, corpus=None) -> "GRMScorer":
@@ -135,11 +134,10 @@ class GRMScorer:
             pos_ids = (att.cumsum(-1) - 1).clamp(min=0)
             logits = self.model(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos_ids.to(dev),
                                 logits_to_keep=keep).logits.float()
-            right, wrong = self.right_ids.to(logits.device), self.wrong_ids.to(logits.device)
+            pair_ids = self.pair_ids.to(logits.device)
             for r, (i, pos) in enumerate(enc):
                 at = logits[r, [p - (len(i) - keep) for p in pos]]  # (K, V)
-                pair = torch.stack([at.gather(1, right[:, None])[:, 0], at.gather(1, wrong[:, None])[:, 0]], -1)
-                out[s + r] = torch.softmax(pair, -1)[:, 0].cpu()
+                out[s + r] = torch.softmax(at.gather(1, pair_ids), -1)[:, 0].cpu()
         for n, st in enumerate(steps_list):
             for k, key in enumerate(STEP_KEYS):
                 if key not in st:
