@@ -67,7 +67,25 @@ def grm_run(tmp_path_factory, cache_dir, samples):
 def test_grm_config(grm_run):
     assert os.path.exists(os.path.join(grm_run, "export", "config.json"))
     m = json.load(open(glob.glob(os.path.join(grm_run, "eval", "val-step*-grm-metrics.json"))[0]))
-    assert 0.0 <= m["grm/verdict_accuracy"] <= 1.0
+    assert 0.0 <= m["grm/verdict_accuracy"] <= 1.0 and 0.0 <= m["grm/auroc"] <= 1.0
+
+
+def test_grm_export_is_checked_for_its_layout(grm_run, sft_run, tmp_path):
+    """The scorer loads a GRM export of its own layout, and refuses in one line a policy export
+    (no layout file) or an export of another layout."""
+    import shutil
+
+    from taosr.errors import ConfigError
+    from taosr.rl.grm import LAYOUT_FILE, GRMScorer
+
+    assert GRMScorer.load(os.path.join(grm_run, "export")).pair_ids.shape == (2,)
+    with pytest.raises(ConfigError, match="not a taosr GRM export"):
+        GRMScorer.load(os.path.join(sft_run, "export"))
+    old = tmp_path / "old"
+    shutil.copytree(os.path.join(grm_run, "export"), old)
+    (old / LAYOUT_FILE).write_text(json.dumps({"layout": "trailing"}))
+    with pytest.raises(ConfigError, match=r"GRM layout 'trailing'.*retrain"):
+        GRMScorer.load(str(old))
 
 
 @pytest.mark.parametrize("mode", ["verifier", "grm", "verifier_then_grm"])

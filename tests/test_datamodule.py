@@ -104,14 +104,23 @@ def test_grm_rows_verdicts_match_corruptions(dm):
             assert verdicts[k] == same
             n_wrong += not verdicts[k]
     assert n_wrong > 0
-    from taosr.rl.grm import verdict_layout
+    from taosr.rl.grm import verdict_slot
 
     batch = collate_grm(dm, rows[:4])
     assert batch["loss_mask"].sum(1).tolist() == [5, 5, 5, 5]  # one decision token per step
+    _, right, wrong = verdict_slot(dm.tokenizer)
     for r, (_, _, verdicts) in enumerate(rows[:4]):
-        _, _, pairs = verdict_layout(dm.tokenizer, (True,) * 5)
-        picked = batch["input_ids"][r][batch["loss_mask"][r].bool()].tolist()
-        assert picked == [pairs[i][0] if verdicts[k] else pairs[i][1] for i, k in enumerate(STEP_KEYS)]
+        picked = batch["targets"][r][batch["loss_mask"][r].bool()].tolist()
+        assert picked == [right if verdicts[k] else wrong for k in STEP_KEYS]
+    # Outside the decision tokens the targets are the inputs; the inputs do not depend on the verdicts.
+    off = ~batch["loss_mask"].bool()
+    assert torch.equal(batch["targets"][off], batch["input_ids"][off])
+    ex = rows[0][0]
+    pair = collate_grm(dm, [(ex, dict(ex.steps), {k: True for k in STEP_KEYS}),
+                            (ex, dict(ex.steps), {k: False for k in STEP_KEYS})])
+    assert torch.equal(pair["input_ids"][0], pair["input_ids"][1])
+    assert pair["targets"][0][pair["loss_mask"][0].bool()].tolist() == [right] * 5
+    assert pair["targets"][1][pair["loss_mask"][1].bool()].tolist() == [wrong] * 5
 
 
 def test_rejection_and_diverse_sampling(tmp_path, dm):
@@ -172,21 +181,42 @@ def test_grm_corruptions_keep_the_step_format():
 
 
 def test_grm_scorer_reads_the_training_tokens(dm):
-    """The scorer's teacher-forced input is the training input (all-right verdicts), and it reads
-    P(right) one position before each token the training loss is on."""
+    """The scorer's input is the training input (whatever the verdicts), and it reads P(right) one
+    position before each token the training loss is on."""
     from taosr.data.grm import collate_grm
     from taosr.rl.grm import GRMScorer
 
     ex = dm.splits["train"][0]
-    batch = collate_grm(dm, [(ex, dict(ex.steps), {k: True for k in STEP_KEYS})])
+    verdicts = {k: i % 2 == 0 for i, k in enumerate(STEP_KEYS)}
+    batch = collate_grm(dm, [(ex, dict(ex.steps), verdicts)])
     ids, positions = GRMScorer(None, dm.tokenizer)._encode(ex, dict(ex.steps))
     assert batch["input_ids"][0][: len(ids)].tolist() == ids
     assert batch["loss_mask"][0].nonzero().flatten().tolist() == [p + 1 for p in positions]
 
 
+def test_grm_verdict_on_a_step_reads_no_later_step(dm):
+    """Causal in the steps: changing step k+1.. leaves the scores of steps 1..k unchanged, in a batch
+    with rows of other lengths; the changed steps' scores move."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from taosr.rl.grm import GRMScorer
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(dm.tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=1024)).eval()
+    ex = dm.splits["train"][0]
+    a = dict(ex.steps)
+    b = dict(a, attribute="brand adidas vs brand puma => violated", judgment="mismatch => irrelevant")
+    c = dict(a, query=a["query"] + " and a much longer query understanding " * 3)
+    got = GRMScorer(model, dm.tokenizer, batch_size=8).score_steps([ex, ex, ex], [a, b, c])
+    assert torch.allclose(got[0, :3], got[1, :3], atol=1e-6)
+    assert not torch.allclose(got[0, 3:], got[1, 3:], atol=1e-4)
+
+
 def test_grm_scores_match_a_full_forward_per_row(dm):
-    """Batched, left-padded scoring with logits kept for the verdict window only gives the same
-    P(right) as a plain full forward of each row alone."""
+    """Batched, left-padded scoring from the decoder's hidden states at the verdict slots and the LM
+    head's two verdict rows gives the same P(right) as a plain full forward of each row alone."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from taosr.rl.grm import GRMScorer
@@ -200,9 +230,9 @@ def test_grm_scores_match_a_full_forward_per_row(dm):
     steps[1]["query"] = "something much longer than the gold query step " * 3  # rows of different lengths
     scorer = GRMScorer(model, dm.tokenizer, batch_size=8)
     got = scorer.score_steps(exs, steps)
+    right, wrong = scorer.pair_ids.tolist()
     for n, (ex, st) in enumerate(zip(exs, steps)):
         ids, pos = scorer._encode(ex, st)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, pos]
-        pair = torch.tensor([[float(logits[k, r]), float(logits[k, w])] for k, (r, w) in enumerate(scorer.pairs)])
-        assert torch.allclose(got[n], torch.softmax(pair, -1)[:, 0], atol=1e-5)
+        assert torch.allclose(got[n], torch.softmax(logits[:, [right, wrong]], -1)[:, 0], atol=1e-5)

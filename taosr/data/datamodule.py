@@ -202,6 +202,8 @@ class RelevanceDataModule(pl.LightningDataModule):
         from taosr.rl.grm import GRM_HEADER, RIGHT, WRONG
 
         yield INSTRUCTION
+        # Unchanged since the first GRM layout: the tiny tokenizer (and so every tiny run) stays the
+        # same; "Verdicts" covers the slot's "Verdict:".
         yield f"{GRM_HEADER}\nCandidate:\nVerdicts:\n {RIGHT} {WRONG} (missing)"
 
     def attach_tokenizer(self, tokenizer) -> None:

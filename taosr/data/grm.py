@@ -1,4 +1,4 @@
-"""GRM view: training text for the generative stepwise reward model.
+"""GRM view: training rows for the generative stepwise reward model (layout in :mod:`taosr.rl.grm`).
 
 Rows come from (a) gold reasoning with controlled corruptions — each step's conclusion is swapped
 for another example's conclusion of the same step with probability ``corrupt_prob`` (at least one
@@ -65,20 +65,25 @@ def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple
 
 
 def collate_grm(dm, batch: list[tuple]) -> dict:
-    """Prompt + verdict lines + eos; the loss is on each step's decision token only (the headings
-    are fixed text: with them in the loss the five decisions get a small share of the gradient)."""
+    """The GRM input of each row (:func:`taosr.rl.grm.encode_candidate`) + eos, with ``targets``:
+    the input, except that the token after each verdict slot is that step's verdict (right or
+    wrong). The loss is on those decision tokens only."""
     from taosr.data.datamodule import pad_right
-    from taosr.rl.grm import grm_prompt_text, verdict_layout
+    from taosr.rl.grm import encode_candidate, verdict_slot
 
     dm._need_tokenizer()
-    tok, enc = dm.tokenizer, []
+    tok = dm.tokenizer
+    _, right, wrong = verdict_slot(tok)
+    enc, targets = [], []
     for ex, steps, v in batch:
-        p = dm.encode_prompt(grm_prompt_text(ex, steps))
-        ids, decisions, _ = verdict_layout(tok, tuple(bool(v[k]) for k in STEP_KEYS))
-        full = (p + list(ids) + [tok.eos_token_id])[: dm.max_length]
-        mask = [0] * len(full)
-        for j in decisions:
-            if len(p) + j < len(full):
-                mask[len(p) + j] = 1
+        ids, positions = encode_candidate(tok, ex, steps)
+        full = (ids + [tok.eos_token_id])[: dm.max_length]
+        tgt, mask = list(full), [0] * len(full)
+        for k, p in zip(STEP_KEYS, positions):
+            if p + 1 < len(full):
+                tgt[p + 1], mask[p + 1] = (right if v[k] else wrong), 1
         enc.append((full, mask))
-    return pad_right(enc, tok.pad_token_id)
+        targets.append(tgt)
+    out = pad_right(enc, tok.pad_token_id)
+    out["targets"] = pad_right([(t, []) for t in targets], tok.pad_token_id)["input_ids"]
+    return out

@@ -1,7 +1,8 @@
 """GRM training: the SFT loss on the ``grm`` view; validation reports step-verdict accuracy.
 
 Validation rows are the held-out split's gold reasoning with seeded corruptions (same recipe as
-training); the GRM's soft score P(right) >= 0.5 is compared with the true verdict per step.
+training); the GRM's soft score P(right) >= 0.5 is compared with the true verdict per step, and
+the soft score's AUROC (right vs wrong steps) is reported beside it.
 """
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import os
 import random
 
 import torch
+from torchmetrics.functional.classification import binary_auroc
 
 from taosr.labels import STEP_KEYS
 from taosr.methods.sft import SFTModule
 from taosr.reasoning.format import conclusion
-from taosr.rl.grm import GRMScorer
+from taosr.rl.grm import GRMScorer, write_layout
 
 
 def grm_eval_rows(examples, seed: int = 1234, corrupt_prob: float = 0.3) -> list[tuple]:
@@ -33,12 +35,21 @@ class GRMModule(SFTModule):
         probs = scorer.score_steps([r[0] for r in rows], [r[1] for r in rows])
         truth = torch.tensor([[r[2][k] for k in STEP_KEYS] for r in rows], dtype=torch.bool)
         hit = (probs >= 0.5) == truth
+        # AUROC of the soft score: how well P(right) orders right steps above wrong ones, whatever the
+        # threshold (centred step advantages use the order, not the 0.5 cut).
         m = {"grm/verdict_accuracy": float(hit.float().mean()),
+             "grm/auroc": float(binary_auroc(probs.flatten(), truth.flatten().long()))
+             if truth.any() and (~truth).any() else float("nan"),
              "grm/wrong_step_recall": float(hit[~truth].float().mean()) if (~truth).any() else float("nan"),
              "grm/right_step_recall": float(hit[truth].float().mean())}
         for i, k in enumerate(STEP_KEYS):
             m[f"grm/verdict_accuracy/{k}"] = float(hit[:, i].float().mean())
         return m
+
+    def export(self, out_dir: str | None = None) -> str:
+        path = super().export(out_dir)
+        write_layout(path)  # the scorer checks that it reads an export of its own layout
+        return path
 
     def validation_step(self, batch, batch_idx):
         return None

@@ -1,78 +1,100 @@
 """Generative stepwise reward model (GRM): a causal LM judge.
 
-It reads (query, item, candidate reasoning) and writes one verdict line per step::
+It reads (query, item, candidate reasoning) with a verdict slot after every step::
 
-    Query understanding: right
-    Item understanding: wrong
+    Query understanding: running shoes; brand not nike | ...
+    Verdict: right
+    Item understanding: running shoes; brand adidas | ...
+    Verdict: wrong
     ...
 
-Its soft score for step k is P(right) / (P(right) + P(wrong)) at the *decision token* of line k
-— the first token where the verdict text and the same text with step k flipped tokenise
-differently (a tokenizer may split " right" into several pieces) — read in one teacher-forced
-pass over exactly the tokens training saw (earlier verdict lines filled with "right", so every
-step is judged on its own). Training is SFT on the ``grm`` view of the DataModule
-(:mod:`taosr.data.grm`) with the loss on the decision tokens.
+Its soft score for step k is P(right) / (P(right) + P(wrong)) at slot k's *decision token* — the
+first token where ``Verdict: right`` and ``Verdict: wrong`` tokenise differently (a tokenizer may
+split " right" into several pieces). The decision token itself is never part of the input: after
+slot k's prefix (``Verdict:``) the input goes straight on to step k+1, and training puts the
+verdict in the *targets* at that position. So the model is causal in the steps, like a
+process reward model that reads a tag after every step: the verdict on step k reads the query, the
+item and steps 1..k only, never a later step or another verdict. Two rollouts of one prompt that
+agree up to step k get the same score for step k, so scores centred over a group are not noise on
+shared text. One forward pass scores every step of a batch of candidates.
+
+Training is SFT on the ``grm`` view of the DataModule (:mod:`taosr.data.grm`) with the loss on the
+decision tokens only.
 """
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 from typing import Sequence
 
 import torch
 
 from taosr.data.schema import Example
-from taosr.labels import STEP_HEADINGS, STEP_KEYS
+from taosr.errors import ConfigError
+from taosr.labels import STEP_KEYS
 from taosr.prompts import item_block
 from taosr.reasoning.format import ParsedReasoning, render_step
 
 RIGHT, WRONG = "right", "wrong"
 GRM_HEADER = "Judge each reasoning step as right or wrong."
+VERDICT_HEADING = "Verdict"
+MISSING_STEP = "(missing)"
+# Written into a GRM export by GRM training; GRMScorer.load refuses an export of another layout.
+LAYOUT = "interleaved-v1"
+LAYOUT_FILE = "taosr_grm.json"
 
 
-def grm_prompt_text(ex: Example, parsed_steps: dict[str, str]) -> str:
-    """The GRM's input: the policy's view of the pair plus the candidate's steps."""
-    lines = [GRM_HEADER, f"Query: {ex.query}", item_block(ex), "Candidate:"]
-    lines += [render_step(k, parsed_steps.get(k, "(missing)")) for k in STEP_KEYS]
-    lines.append("Verdicts:")
-    return "\n".join(lines) + "\n"
+def grm_prompt_text(ex: Example) -> str:
+    """The GRM's input before the candidate's steps: the policy's view of the pair."""
+    return "\n".join([GRM_HEADER, f"Query: {ex.query}", item_block(ex), "Candidate:"]) + "\n"
 
 
-def verdict_text(verdicts: dict[str, bool]) -> str:
-    return "\n".join(f"{STEP_HEADINGS[k]}: {RIGHT if verdicts[k] else WRONG}" for k in STEP_KEYS)
+@functools.lru_cache(maxsize=16)
+def verdict_slot(tok) -> tuple[tuple[int, ...], int, int]:
+    """(slot prefix ids, right token, wrong token): the tokens of ``Verdict: right`` up to the first
+    one that differs from ``Verdict: wrong``, and the two differing tokens."""
+    r = tok(f"{VERDICT_HEADING}: {RIGHT}", add_special_tokens=False).input_ids
+    w = tok(f"{VERDICT_HEADING}: {WRONG}", add_special_tokens=False).input_ids
+    j = next((n for n, (a, b) in enumerate(zip(r, w)) if a != b), None)
+    if j is None:
+        raise ValueError(f"GRM tokenizer: the verdicts {RIGHT!r} and {WRONG!r} tokenise identically")
+    return tuple(r[:j]), r[j], w[j]
 
 
-@functools.lru_cache(maxsize=256)
-def verdict_layout(tok, pattern: tuple[bool, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...]]:
-    """For verdicts ``pattern`` (one bool per step): the verdict text's token ids, the index of each
-    step's decision token, and each step's (right token, wrong token) at that index."""
-    def ids_of(p):
-        return tok(verdict_text(dict(zip(STEP_KEYS, p))), add_special_tokens=False).input_ids
-
-    ids = ids_of(pattern)
-    decisions, pairs = [], []
-    for i in range(len(STEP_KEYS)):
-        flipped = list(pattern)
-        flipped[i] = not flipped[i]
-        other = ids_of(tuple(flipped))
-        j = next((n for n, (a, b) in enumerate(zip(ids, other)) if a != b), None)
-        if j is None:
-            raise ValueError(f"GRM tokenizer: the verdicts {RIGHT!r} and {WRONG!r} tokenise identically")
-        decisions.append(j)
-        pairs.append((ids[j], other[j]) if pattern[i] else (other[j], ids[j]))
-    return tuple(ids), tuple(decisions), tuple(pairs)
+def encode_candidate(tok, ex: Example, steps: dict[str, str]) -> tuple[list[int], list[int]]:
+    """Token ids of the GRM input for one candidate (steps missing from it read ``(missing)``), and
+    for each step the position whose next-token distribution holds the verdict. Training and
+    scoring both build their input here, piece by piece, so they see the same tokens."""
+    ids = tok(grm_prompt_text(ex), add_special_tokens=False).input_ids
+    if tok.bos_token_id is not None and not getattr(tok, "chat_template", None):
+        ids = [tok.bos_token_id] + ids
+    prefix, _, _ = verdict_slot(tok)
+    positions = []
+    for n, k in enumerate(STEP_KEYS):
+        line = ("\n" if n else "") + render_step(k, steps.get(k, MISSING_STEP)) + "\n"
+        ids += tok(line, add_special_tokens=False).input_ids + list(prefix)
+        positions.append(len(ids) - 1)
+    return ids, positions
 
 
-def parse_verdicts(text: str) -> dict[str, bool | None]:
-    """Hard verdicts from generated GRM text (None where a line is missing or unreadable)."""
-    out: dict[str, bool | None] = {k: None for k in STEP_KEYS}
-    for line in text.split("\n"):
-        for k in STEP_KEYS:
-            head = STEP_HEADINGS[k] + ":"
-            if line.strip().startswith(head):
-                word = line.split(":", 1)[1].strip().lower()
-                out[k] = True if word.startswith(RIGHT) else False if word.startswith(WRONG) else None
-    return out
+def write_layout(export_dir: str) -> None:
+    with open(os.path.join(export_dir, LAYOUT_FILE), "w") as fh:
+        json.dump({"layout": LAYOUT}, fh)
+
+
+def check_layout(model_path: str) -> None:
+    """A GRM export written by another GRM layout scores garbage here: refuse it in one line."""
+    path = os.path.join(model_path, LAYOUT_FILE)
+    if os.path.isdir(model_path) and os.path.exists(path):
+        found = json.load(open(path)).get("layout")
+        if found != LAYOUT:
+            raise ConfigError(f"{path}: GRM layout {found!r}, this taosr reads {LAYOUT!r}; "
+                             "retrain the GRM with `taosr fit --config configs/grm.yaml`")
+    elif os.path.isdir(model_path) and os.path.exists(os.path.join(model_path, "config.json")):
+        raise ConfigError(f"{model_path}: not a taosr GRM export (no {LAYOUT_FILE}); "
+                         "train one with `taosr fit --config configs/grm.yaml`")
 
 
 class GRMScorer:
@@ -80,14 +102,15 @@ class GRMScorer:
 
     def __init__(self, model, tokenizer, batch_size: int = 32):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
-        self.verdict_ids, self.decisions, self.pairs = verdict_layout(tokenizer, (True,) * len(STEP_KEYS))
-        self.pair_ids = torch.tensor(self.pairs)  # (K, 2): each step's (right, wrong) decision token
+        _, right, wrong = verdict_slot(tokenizer)
+        self.pair_ids = torch.tensor([right, wrong])
 
     @classmethod
     def load(cls, model_path: str, batch_size: int = 32, corpus=None) -> "GRMScorer":
-        """Load a frozen GRM from an export folder (or any path/preset the factory accepts)."""
+        """Load a frozen GRM from an export folder written by GRM training."""
         from taosr.models.factory import ModelSpec, load_model_and_tokenizer
 
+        check_layout(model_path)
         model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=model_path), corpus=corpus)
         model.eval()
         for p in model.parameters():
@@ -95,14 +118,7 @@ class GRMScorer:
         return cls(model, tok, batch_size)
 
     def _encode(self, ex: Example, steps: dict[str, str]) -> tuple[list[int], list[int]]:
-        """Token ids of prompt + all-right verdicts (tokenised as in training), and the positions whose
-        next token is a step's decision token."""
-        tok = self.tok
-        ids = tok(grm_prompt_text(ex, steps), add_special_tokens=False).input_ids
-        if tok.bos_token_id is not None and not getattr(tok, "chat_template", None):
-            ids = [tok.bos_token_id] + ids
-        positions = [len(ids) + j - 1 for j in self.decisions]
-        return ids + list(self.verdict_ids), positions
+        return encode_candidate(self.tok, ex, steps)
 
     @torch.no_grad()
     def score(self, examples: Sequence[Example], parsed: Sequence[ParsedReasoning]) -> torch.Tensor:
@@ -120,24 +136,28 @@ class GRMScorer:
                 self.model.train()
 
     def _score(self, examples, steps_list) -> torch.Tensor:
+        # The decoder's last hidden states at the K slot positions times the LM head's two rows (right,
+        # wrong): batch x K x 2 logits, not batch x length x vocab. (Assumes a plain linear head, as
+        # in Llama/Qwen/SmolLM; a head with logit soft-capping would need the full logits.)
         dev = next(self.model.parameters()).device
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        w = head.weight[self.pair_ids.to(head.weight.device)]
+        b = head.bias[self.pair_ids.to(head.weight.device)] if getattr(head, "bias", None) is not None else None
         out = torch.full((len(examples), len(STEP_KEYS)), float("nan"))
         for s in range(0, len(examples), self.batch_size):
             enc = [self._encode(ex, st) for ex, st in zip(examples[s:s + self.batch_size], steps_list[s:s + self.batch_size])]
-            # Left padding: every row ends with the same verdict tokens, so only the last `keep`
-            # positions need logits (not batch x length x vocab).
-            T, keep = max(len(i) for i, _ in enc), len(self.verdict_ids) + 1
+            T = max(len(i) for i, _ in enc)
             ids = torch.full((len(enc), T), self.tok.pad_token_id, dtype=torch.long)
             att = torch.zeros_like(ids)
-            for r, (i, _) in enumerate(enc):
+            at = torch.zeros((len(enc), len(STEP_KEYS)), dtype=torch.long)
+            for r, (i, pos) in enumerate(enc):  # left padding
                 ids[r, T - len(i):], att[r, T - len(i):] = torch.tensor(i), 1
+                at[r] = torch.tensor(pos) + (T - len(i))
             pos_ids = (att.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos_ids.to(dev),
-                                logits_to_keep=keep).logits.float()
-            pair_ids = self.pair_ids.to(logits.device)
-            for r, (i, pos) in enumerate(enc):
-                at = logits[r, [p - (len(i) - keep) for p in pos]]  # (K, V)
-                out[s + r] = torch.softmax(at.gather(1, pair_ids), -1)[:, 0].cpu()
+            hidden = decoder(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos_ids.to(dev)).last_hidden_state
+            h = hidden.gather(1, at.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, K, H)
+            logits = torch.nn.functional.linear(h.to(w.dtype), w, b).float()  # (B, K, 2)
+            out[s:s + len(enc)] = torch.softmax(logits, -1)[..., 0].cpu()
         for n, st in enumerate(steps_list):
             for k, key in enumerate(STEP_KEYS):
                 if key not in st:
