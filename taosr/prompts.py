@@ -47,3 +47,12 @@ def policy_prompt(ex: Example, tokenizer=None, use_chat_template: bool | None = 
     chat = use_chat_template if use_chat_template is not None else bool(getattr(tokenizer, "chat_template", None))
     text = policy_prompt_text(ex, instruction=chat)
     return apply_template(tokenizer, text, chat) if tokenizer is not None else text
+
+
+def encode_prompt(tok, text: str) -> list[int]:
+    """Token ids of a prompt: BOS first unless the tokenizer has a chat template (whose rendered
+    text already starts the sequence); no other special tokens."""
+    ids = tok(text, add_special_tokens=False).input_ids
+    if tok.bos_token_id is not None and not getattr(tok, "chat_template", None):
+        ids = [tok.bos_token_id] + ids
+    return ids

@@ -31,7 +31,7 @@ from taosr.data.hooks import Curriculum, DiverseSampling, RejectionSampling
 from taosr.data.schema import Example, load_jsonl, write_jsonl
 from taosr.data.synth import SynthConfig, generate
 from taosr.errors import ConfigError
-from taosr.prompts import policy_prompt
+from taosr.prompts import encode_prompt, policy_prompt
 from taosr.reasoning.format import render_reasoning
 
 VIEWS = ("sft", "dpo", "rl", "grm")
@@ -214,11 +214,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         return policy_prompt(ex, self.tokenizer, self.use_chat_template)
 
     def encode_prompt(self, text: str) -> list[int]:
-        tok = self.tokenizer
-        ids = tok(text, add_special_tokens=False).input_ids
-        if tok.bos_token_id is not None and not getattr(tok, "chat_template", None):
-            ids = [tok.bos_token_id] + ids
-        return ids
+        return encode_prompt(self.tokenizer, text)
 
     def encode_pair(self, prompt: str, completion: str) -> tuple[list[int], list[int]]:
         """(input_ids, loss_mask) for prompt + completion + eos, truncated to max_length."""

@@ -34,7 +34,7 @@ import torch
 from taosr.data.schema import Example
 from taosr.errors import ConfigError
 from taosr.labels import STEP_KEYS
-from taosr.prompts import item_block
+from taosr.prompts import encode_prompt, item_block
 from taosr.reasoning.format import ParsedReasoning, render_step
 
 RIGHT, WRONG = "right", "wrong"
@@ -67,9 +67,7 @@ def encode_candidate(tok, ex: Example, steps: dict[str, str]) -> tuple[list[int]
     """Token ids of the GRM input for one candidate (steps missing from it read ``(missing)``), and
     for each step the position whose next-token distribution holds the verdict. Training and
     scoring both build their input here, piece by piece, so they see the same tokens."""
-    ids = tok(grm_prompt_text(ex), add_special_tokens=False).input_ids
-    if tok.bos_token_id is not None and not getattr(tok, "chat_template", None):
-        ids = [tok.bos_token_id] + ids
+    ids = encode_prompt(tok, grm_prompt_text(ex))
     prefix, _, _ = verdict_slot(tok)
     positions = []
     for n, k in enumerate(STEP_KEYS):
@@ -141,8 +139,9 @@ class GRMScorer:
         # in Llama/Qwen/SmolLM; a head with logit soft-capping would need the full logits.)
         dev = next(self.model.parameters()).device
         decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
-        w = head.weight[self.pair_ids.to(head.weight.device)]
-        b = head.bias[self.pair_ids.to(head.weight.device)] if getattr(head, "bias", None) is not None else None
+        pair = self.pair_ids.to(head.weight.device)
+        w = head.weight[pair]
+        b = head.bias[pair] if getattr(head, "bias", None) is not None else None
         out = torch.full((len(examples), len(STEP_KEYS)), float("nan"))
         for s in range(0, len(examples), self.batch_size):
             enc = [self._encode(ex, st) for ex, st in zip(examples[s:s + self.batch_size], steps_list[s:s + self.batch_size])]
