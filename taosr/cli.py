@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
 from taosr.errors import TaosrError
+from taosr.launcher import LIGHTNING_COMMANDS, run_lightning
 
 HELP = """usage: taosr COMMAND [options]
 
@@ -37,9 +37,6 @@ data and pipeline:
 
 add --verbose to any command to see tracebacks for user errors.
 """
-
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-
 
 def _kv(items: list[str] | None, what: str, cast=str) -> dict | None:
     if not items:
@@ -88,7 +85,7 @@ def data_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
 
     if a.cmd == "synth":
-        from taosr.data.schema import write_jsonl
+        from taosr.schema import write_jsonl
         from taosr.data.synth import SynthConfig, generate
 
         cfg = SynthConfig(n_train=a.n, n_val=a.n_val if a.n_val is not None else max(1, a.n // 15),
@@ -103,7 +100,7 @@ def data_main(argv: list[str]) -> int:
             print(f"wrote {n:6d} examples to {os.path.join(a.out, split + '.jsonl')}")
         return 0
     if a.cmd == "heldout":
-        from taosr.data.schema import write_jsonl
+        from taosr.schema import write_jsonl
         from taosr.data.synth import heldout
 
         n = write_jsonl(a.out, heldout(a.n, seed=a.seed))
@@ -126,71 +123,6 @@ def data_main(argv: list[str]) -> int:
         print(f"wrote {res} examples to {a.out}" if isinstance(res, int) else res)
         return 0
     return 2
-
-
-def _fill_run_paths(cfg) -> None:
-    """Point the logger's save_dir and checkpoint dirpath at ``trainer.default_root_dir`` unless a
-    config sets them (OmegaConf resolves ``${trainer.default_root_dir}`` per file, before
-    command-line overrides, so interpolating it in YAML would ignore ``--trainer.default_root_dir``)."""
-    trainer = cfg.get("trainer")
-    root = trainer.get("default_root_dir") if trainer is not None else None
-    if not root:
-        return
-    loggers = trainer.get("logger")
-    for lg in loggers if isinstance(loggers, list) else [loggers]:
-        args = getattr(lg, "init_args", None) if lg is not None and not isinstance(lg, bool) else None
-        if args is not None and "save_dir" in args and args.get("save_dir") in (None, "runs", "."):
-            args["save_dir"] = root
-    for cb in trainer.get("callbacks") or []:
-        args = getattr(cb, "init_args", None)
-        if args is not None and "dirpath" in args and args.get("dirpath") is None:
-            args["dirpath"] = f"{root}/checkpoints"
-
-
-def lightning_main(argv: list[str]) -> None:
-    from lightning.pytorch.cli import LightningCLI
-
-    class TaosrCLI(LightningCLI):
-        def before_instantiate_classes(self) -> None:
-            _fill_run_paths(self.config[self.subcommand] if self.subcommand else self.config)
-
-    from taosr.data.datamodule import RelevanceDataModule
-    from taosr.methods.base import RelevanceModule
-
-    sys.argv = ["taosr", *argv]  # LightningCLI reads sys.argv (passing args= too triggers a warning)
-    try:
-        TaosrCLI(
-            RelevanceModule,
-            RelevanceDataModule,
-            subclass_mode_model=True,
-            parser_kwargs={"parser_mode": "omegaconf", "default_env": False, "exit_on_error": False},
-            save_config_kwargs={"overwrite": True},
-            seed_everything_default=0,
-        )
-    finally:
-        _finish_wandb_run()
-
-
-def _finish_wandb_run() -> None:
-    """Close this command's W&B run: Lightning's WandbLogger reuses an active run, so without this
-    every later stage of an in-process pipeline (quickstart, tests) would log into the first one."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
-
-
-def condense_config_error(message: str) -> str:
-    """One line from jsonargparse's multi-line report: the key it names and the most specific cause."""
-    lines = [ln.strip().lstrip("- ").strip() for ln in str(message).splitlines() if ln.strip()]
-    if not lines:
-        return "invalid configuration"
-    head = lines[0].rstrip(":")
-    causes = [ln for ln in lines[1:] if re.search(r"not accepted|unrecognized|does not exist|not a valid|unable to|"
-                                                  r"expected|invalid|no such|not found|must be", ln, re.I)
-              and "NoneType" not in ln]
-    cause = causes[0] if causes else (lines[1] if len(lines) > 1 else "")
-    text = f"{head}: {cause}" if cause and cause != head else head
-    return f"{text} (taosr fit --help lists every option)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,14 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return quickstart_main(rest)
         if cmd in LIGHTNING_COMMANDS:
-            try:
-                lightning_main(argv)
-            except argparse.ArgumentError as err:  # jsonargparse: bad key, value or config file
-                if verbose:
-                    raise
-                print(f"taosr: error: {condense_config_error(str(err))}", file=sys.stderr)
-                return 2
-            return 0
+            return run_lightning(argv, verbose)
         print(f"taosr: error: unknown command {cmd!r}\n\n{HELP}", file=sys.stderr)
         return 2
     except TaosrError as err:
@@ -234,9 +159,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def entrypoint() -> None:
-    sys.exit(main())
-
-
 if __name__ == "__main__":
-    entrypoint()
+    sys.exit(main())

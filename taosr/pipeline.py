@@ -17,26 +17,24 @@ import json
 import os
 import time
 
+from taosr.data.synth import SynthConfig, heldout
+from taosr.launcher import run_lightning
+from taosr.sampling import sample_main
+from taosr.schema import write_jsonl
+
 METRICS = ("macro_f1", "good_f1", "accuracy", "step_accuracy", "format_error_rate")
 STAGES = ("sft", "dpo", "grpo", "srpo")
 
 
-EXTRA: list[str] = []  # appended to every stage's command line (run(extra=...))
-
-
-def _fit(cfg: str, root: str, overrides: list[str]) -> None:
-    from taosr.cli import main
-
-    rc = main(["fit", "--config", cfg, "--trainer.default_root_dir", root, *overrides, *EXTRA])
+def _fit(cfg: str, root: str, overrides: list[str], extra: list[str]) -> None:
+    rc = run_lightning(["fit", "--config", cfg, "--trainer.default_root_dir", root, *overrides, *extra])
     if rc:
         raise SystemExit(f"quickstart: {cfg} failed (exit {rc})")
 
 
-def _test(cfg: str, root: str, export: str, overrides: list[str]) -> dict:
-    from taosr.cli import main
-
-    rc = main(["test", "--config", cfg, "--trainer.default_root_dir", root,
-               *overrides, *EXTRA, "--model.init_args.model.name_or_path", export])
+def _test(cfg: str, root: str, export: str, overrides: list[str], extra: list[str]) -> dict:
+    rc = run_lightning(["test", "--config", cfg, "--trainer.default_root_dir", root,
+                        *overrides, *extra, "--model.init_args.model.name_or_path", export])
     if rc:
         raise SystemExit(f"quickstart: test of {export} failed (exit {rc})")
     with open(os.path.join(root, "eval", "test-metrics.json")) as fh:
@@ -57,9 +55,7 @@ def plan(small: bool) -> dict:
 def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, extra: list[str] | None = None,
         plan_overrides: dict | None = None) -> dict[str, dict]:
     """Run every stage; ``extra`` CLI overrides go to every fit/test, ``plan_overrides`` change budgets."""
-    from taosr.cli import main
-
-    EXTRA[:] = list(extra or [])
+    extra = list(extra or [])
     p = {**plan(small), **(plan_overrides or {})}
     data = ["--data.synth.n_train", str(p["n_train"]), "--data.synth.n_test", str(p["n_test"]),
             "--data.synth.seed", str(seed), "--seed_everything", str(seed),
@@ -71,25 +67,25 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
 
     t = time.perf_counter()
     _fit(cfg("sft"), root("sft"), data + ["--trainer.max_epochs", str(p["sft_epochs"]),
-                                           "--trainer.check_val_every_n_epoch", str(p["sft_epochs"])])
+                                           "--trainer.check_val_every_n_epoch", str(p["sft_epochs"])], extra)
     timings["sft"] = time.perf_counter() - t
 
     t = time.perf_counter()
     samples = os.path.join(out, "sft", "samples-train.jsonl")
-    rc = main(["sample", "--model", export("sft"), "--out", samples, "--n", str(p["samples"]),
+    rc = sample_main(["--model", export("sft"), "--out", samples, "--n", str(p["samples"]),
                "--limit", str(p["sample_prompts"]), "--synth-n-train", str(p["n_train"]),
                "--synth-n-test", str(p["n_test"]), "--synth-seed", str(seed), "--seed", str(seed),
                "--max-new-tokens", str(p.get("max_new_tokens", 96)), "--data-dir", p.get("data_dir", ".cache/taosr/data")])
     if rc:
         raise SystemExit("quickstart: sampling failed")
     _fit(cfg("dpo"), root("dpo"), data + ["--data.samples_path", samples, "--model.init_args.model.name_or_path",
-                                           export("sft"), "--trainer.max_epochs", str(p["dpo_epochs"])])
+                                           export("sft"), "--trainer.max_epochs", str(p["dpo_epochs"])], extra)
     timings["dpo"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _fit(cfg("grm"), root("grm"), data + ["--trainer.max_steps", str(p["grm_steps"]), "--data.samples_path", samples,
                                            "--model.init_args.model.name_or_path", export("sft"),
-                                           "--trainer.val_check_interval", str(p["grm_steps"])])  # held-out verdict accuracy
+                                           "--trainer.val_check_interval", str(p["grm_steps"])], extra)  # held-out verdict accuracy
     timings["grm"] = time.perf_counter() - t
 
     # GRPO continues from DPO (TaoSR1's chain); SRPO starts from the same export with the same rollout
@@ -102,12 +98,9 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
                  "--model.init_args.model.name_or_path", export("dpo")]
     for stage in ("grpo", "srpo"):
         t = time.perf_counter()
-        extra = ["--model.init_args.grm_path", export("grm")] if stage == "srpo" else []
-        _fit(cfg(stage), root(stage), rl + extra)
+        grm = ["--model.init_args.grm_path", export("grm")] if stage == "srpo" else []
+        _fit(cfg(stage), root(stage), rl + grm, extra)
         timings[stage] = time.perf_counter() - t
-
-    from taosr.data.schema import write_jsonl
-    from taosr.data.synth import SynthConfig, heldout
 
     heldout_path = os.path.join(out, "data", "heldout.jsonl")
     write_jsonl(heldout_path, heldout(p["heldout"], seed=seed + 1,
@@ -115,9 +108,9 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
     held: dict[str, dict] = {}
     for stage in STAGES:
         t = time.perf_counter()
-        results[stage] = _test(cfg("sft"), os.path.join(out, "test", stage), export(stage), data)
+        results[stage] = _test(cfg("sft"), os.path.join(out, "test", stage), export(stage), data, extra)
         held[stage] = _test(cfg("sft"), os.path.join(out, "heldout", stage), export(stage),
-                            data + ["--data.test", heldout_path])
+                            data + ["--data.test", heldout_path], extra)
         timings[f"test_{stage}"] = time.perf_counter() - t
     write_report(out, results, timings, heldout=held)
     return results

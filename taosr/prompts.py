@@ -6,7 +6,7 @@ models) get the prompt as the user turn and the generation prompt appended.
 """
 from __future__ import annotations
 
-from taosr.data.schema import Example
+from taosr.schema import Example
 
 INSTRUCTION = ("Judge how relevant the product is to the search query. Reason in five steps "
                "(query understanding, item understanding, category match, attribute match, judgment), "

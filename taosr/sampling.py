@@ -18,7 +18,6 @@ import time
 
 import torch
 
-from taosr.data.schema import DataError, iter_jsonl, validate_row
 from taosr.eval.generation import GenerationSpec, decode_completions, make_record
 from taosr.rl.engines.hf import HFEngine
 
@@ -42,27 +41,6 @@ def sample_split(model, tokenizer, dm, split: str, spec: GenerationSpec, batch_s
             out.append({"index": i, "split": split, "pass_rate": sum(x["correct"] for x in samples) / n,
                         "example": ex.to_dict(), "samples": samples})
     return out
-
-
-def load_samples(path: str) -> list[dict]:
-    """Read a ``taosr sample`` file, validating every line; malformed or empty files raise DataError."""
-    rows = []
-    for where, row in iter_jsonl(path):
-        if not isinstance(row, dict):
-            raise DataError(where, None, "sample line must be a JSON object")
-        for key in ("example", "samples", "pass_rate"):
-            if key not in row:
-                raise DataError(where, key, "is missing (is this a `taosr sample` output?)")
-        if not isinstance(row["samples"], list) or not row["samples"]:
-            raise DataError(where, "samples", "must be a non-empty list")
-        for j, s in enumerate(row["samples"]):
-            if not isinstance(s, dict) or "text" not in s or "correct" not in s:
-                raise DataError(where, f"samples[{j}]", "needs 'text' and 'correct'")
-        row["example"] = validate_row(row["example"], f"{where} (example)")
-        rows.append(row)
-    if not rows:
-        raise DataError(path, None, "no samples in file (empty)")
-    return rows
 
 
 def sample_main(argv: list[str]) -> int:

@@ -13,7 +13,7 @@ from taosr.errors import ConfigError, DataError
 from taosr.labels import STEP_KEYS
 from taosr.models.factory import ModelSpec, load_model_and_tokenizer
 from taosr.reasoning.format import conclusion, render_reasoning
-from taosr.sampling import load_samples
+from taosr.data.samples import load_samples
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_grm_rows_verdicts_match_corruptions(dm):
             assert verdicts[k] == same
             n_wrong += not verdicts[k]
     assert n_wrong > 0
-    from taosr.rl.grm import verdict_slot
+    from taosr.reasoning.grm_layout import verdict_slot
 
     batch = collate_grm(dm, rows[:4])
     assert batch["loss_mask"].sum(1).tolist() == [5, 5, 5, 5]  # one decision token per step

@@ -6,7 +6,7 @@ import pytest
 from taosr.data.synth import SynthConfig, generate
 from taosr.eval.metrics import compute_metrics, confusion_matrix, format_table
 from taosr.reasoning.format import parse_reasoning, render_reasoning
-from taosr.rl.verifier import step_verdicts_to_tensor, verifier_coverage, verify_steps
+from taosr.reasoning.verifier import step_verdicts_to_tensor, verifier_coverage, verify_steps
 
 ALL_RIGHT = {"query": 1.0, "item": 1.0, "category": 1.0, "attribute": 1.0, "judgment": 1.0}
 
@@ -87,7 +87,7 @@ def test_per_type_long_tail_step_accuracy_and_hallucination():
 
 
 def test_verifier_reduces_gold_annotation_to_its_conclusion():
-    from taosr.rl.verifier import step_matches
+    from taosr.reasoning.verifier import step_matches
 
     # user-supplied gold may carry evidence ("... => x") or a note ("x | why"): only the conclusion counts
     assert step_matches("category", "exact | same leaf", "leaf running shoes => exact | both are shoes")

@@ -27,12 +27,13 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from taosr.data.collate import pad_left, pad_right
 from taosr.data.hooks import Curriculum, DiverseSampling, RejectionSampling
-from taosr.data.schema import Example, load_jsonl, write_jsonl
 from taosr.data.synth import SynthConfig, generate
 from taosr.errors import ConfigError
 from taosr.prompts import encode_prompt, policy_prompt
 from taosr.reasoning.format import render_reasoning
+from taosr.schema import Example, load_jsonl, write_jsonl
 
 VIEWS = ("sft", "dpo", "rl", "grm")
 
@@ -199,7 +200,7 @@ class RelevanceDataModule(pl.LightningDataModule):
             if ex.steps and len(ex.steps) == 5:
                 yield render_reasoning(ex.steps, ex.label)
         from taosr.prompts import INSTRUCTION
-        from taosr.rl.grm import GRM_HEADER, RIGHT, WRONG
+        from taosr.reasoning.grm_layout import GRM_HEADER, RIGHT, WRONG
 
         yield INSTRUCTION
         # Unchanged since the first GRM layout: the tiny tokenizer (and so every tiny run) stays the
@@ -326,25 +327,3 @@ class RelevanceDataModule(pl.LightningDataModule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for h, s in zip(self.hooks, state.get("hooks", [])):
             h.load_state_dict(s)
-
-
-def pad_right(enc: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    T = max(len(i) for i, _ in enc)
-    ids = torch.full((len(enc), T), pad_id, dtype=torch.long)
-    att = torch.zeros((len(enc), T), dtype=torch.long)
-    lm = torch.zeros((len(enc), T), dtype=torch.long)
-    for r, (i, m) in enumerate(enc):
-        ids[r, : len(i)] = torch.tensor(i)
-        att[r, : len(i)] = 1
-        lm[r, : len(m)] = torch.tensor(m)
-    return {"input_ids": ids, "attention_mask": att, "loss_mask": lm}
-
-
-def pad_left(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), T), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, T - len(s):] = torch.tensor(s)
-        att[r, T - len(s):] = 1
-    return {"input_ids": ids, "attention_mask": att}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from taosr.data.readers import ReadResult, _missing
-from taosr.data.schema import validate_row, write_jsonl
+from taosr.schema import validate_row, write_jsonl
 from taosr.errors import DataError
 
 ESCI_LABEL_MAP = {"E": 4, "S": 3, "C": 2, "I": 1}

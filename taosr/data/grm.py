@@ -40,7 +40,7 @@ def corrupt_steps(ex, pool: dict[str, list[str]], rng: random.Random, corrupt_pr
 
 
 def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple]:
-    from taosr.rl.verifier import verify_steps
+    from taosr.reasoning.verifier import verify_steps
 
     rng = random.Random(dm.seed)
     train = [ex for ex in dm.splits["train"] if ex.steps and len(ex.steps) == 5]
@@ -52,7 +52,7 @@ def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple
             steps, verdicts = corrupt_steps(ex, pool, rng, corrupt_prob)
             rows.append((ex, steps, verdicts))
     if dm.samples_path:
-        from taosr.sampling import load_samples
+        from taosr.data.samples import load_samples
 
         for row in load_samples(dm.samples_path):
             ex = row["example"]
@@ -68,8 +68,8 @@ def collate_grm(dm, batch: list[tuple]) -> dict:
     """The GRM input of each row (:func:`taosr.rl.grm.encode_candidate`) + eos, with ``targets``:
     the input, except that the token after each verdict slot is that step's verdict (right or
     wrong). The loss is on those decision tokens only."""
-    from taosr.data.datamodule import pad_right
-    from taosr.rl.grm import encode_candidate, verdict_slot
+    from taosr.data.collate import pad_right
+    from taosr.reasoning.grm_layout import encode_candidate, verdict_slot
 
     dm._need_tokenizer()
     tok = dm.tokenizer

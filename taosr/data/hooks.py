@@ -22,7 +22,7 @@ def _key(ex) -> tuple:
 def _pass_rates(samples_path: str | None) -> dict[tuple, dict]:
     if not samples_path:
         return {}
-    from taosr.sampling import load_samples
+    from taosr.data.samples import load_samples
 
     out = {}
     for row in load_samples(samples_path):

@@ -35,7 +35,7 @@ def pairs_from_samples(rows: list[dict], pairs_per_prompt: int = 1, gold_as_chos
 
 
 def build_pairs(dm) -> list[tuple]:
-    from taosr.sampling import load_samples
+    from taosr.data.samples import load_samples
 
     if not dm.samples_path:
         raise ConfigError("data.samples_path: the DPO view needs a `taosr sample` output file")
@@ -48,7 +48,7 @@ def build_pairs(dm) -> list[tuple]:
 
 def collate_dpo(dm, batch: list[tuple]) -> dict:
     """Chosen rows first, then rejected rows, in one right-padded batch."""
-    from taosr.data.datamodule import pad_right
+    from taosr.data.collate import pad_right
 
     dm._need_tokenizer()
     enc = [dm.encode_pair(dm.prompt_text(ex), c) for ex, c, _ in batch]

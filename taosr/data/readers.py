@@ -1,7 +1,7 @@
 """Readers for JSONL / CSV / Parquet with a column map and a label map.
 
 Flat rows are mapped into the nested schema (``item.title``, ``item.attributes.color`` ...) and
-validated by :func:`taosr.data.schema.validate_row`, so every format reports errors the same way:
+validated by :func:`taosr.schema.validate_row`, so every format reports errors the same way:
 ``file:line N`` (JSONL, CSV with the header as line 1) or ``file:row N`` (Parquet), the field and
 what is wrong. With ``on_error="skip"`` bad rows are skipped and every skip is recorded.
 """
@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from taosr.data.schema import Example, iter_jsonl, validate_row
+from taosr.schema import Example, iter_jsonl, validate_row
 from taosr.errors import DataError
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}

@@ -15,7 +15,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field, replace
 
-from taosr.data.schema import Example, Item
+from taosr.schema import Example, Item
 from taosr.data.taxonomy import BRANDS, BY_NAME, CATEGORIES, PRICE_TIERS, TIER_MULTIPLIER, Category, brand_tier, relation
 from taosr.labels import TIER_NAMES, STEP_KEYS
 

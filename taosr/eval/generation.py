@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from taosr.data.schema import Example
+from taosr.schema import Example
 from taosr.reasoning.format import parse_reasoning
 
 
@@ -61,7 +61,7 @@ def decode_completions(tokenizer, ids: torch.Tensor) -> list[str]:
 
 def make_record(ex: Example, text: str, index: int | None = None) -> dict[str, Any]:
     """One prediction record: the example, the raw reasoning, its parse and step verdicts."""
-    from taosr.rl.verifier import verify_steps
+    from taosr.reasoning.verifier import verify_steps
 
     parsed = parse_reasoning(text)
     return {

@@ -16,7 +16,8 @@ from torchmetrics.functional.classification import binary_auroc
 from taosr.labels import STEP_KEYS
 from taosr.methods.sft import SFTModule
 from taosr.reasoning.format import conclusion
-from taosr.rl.grm import GRMScorer, write_layout
+from taosr.reasoning.grm_layout import write_layout
+from taosr.rl.grm import GRMScorer
 
 
 def grm_eval_rows(examples, seed: int = 1234, corrupt_prob: float = 0.3) -> list[tuple]:

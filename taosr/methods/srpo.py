@@ -48,7 +48,7 @@ class SRPOModule(GRPOModule):
             raise ConfigError(f"model.examiner.mode={self.examiner.mode!r} needs model.grm_path (a GRM export)")
 
     def score_steps(self, r: dict) -> None:
-        from taosr.rl.verifier import verify_steps
+        from taosr.reasoning.verifier import verify_steps
 
         parsed, examples = r["parsed"], r["examples"]
         ver = torch.tensor([[float("nan") if v is None else v for v in (verify_steps(p, ex.annotations)[k] for k in STEP_KEYS)]

@@ -1,0 +1,28 @@
+"""The samples file written by ``taosr sample`` (offline pass@N results), read by DPO pairs,
+rejection / diverse sampling and the GRM view: one JSON object per prompt with ``example``,
+``samples`` (each ``text``, ``correct``, ...) and ``pass_rate``."""
+from __future__ import annotations
+
+from taosr.errors import DataError
+from taosr.schema import iter_jsonl, validate_row
+
+
+def load_samples(path: str) -> list[dict]:
+    """Read a ``taosr sample`` file, validating every line; malformed or empty files raise DataError."""
+    rows = []
+    for where, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise DataError(where, None, "sample line must be a JSON object")
+        for key in ("example", "samples", "pass_rate"):
+            if key not in row:
+                raise DataError(where, key, "is missing (is this a `taosr sample` output?)")
+        if not isinstance(row["samples"], list) or not row["samples"]:
+            raise DataError(where, "samples", "must be a non-empty list")
+        for j, s in enumerate(row["samples"]):
+            if not isinstance(s, dict) or "text" not in s or "correct" not in s:
+                raise DataError(where, f"samples[{j}]", "needs 'text' and 'correct'")
+        row["example"] = validate_row(row["example"], f"{where} (example)")
+        rows.append(row)
+    if not rows:
+        raise DataError(path, None, "no samples in file (empty)")
+    return rows
