@@ -1,0 +1,442 @@
+"""``taosr compare SPEC.yaml``: methods x seeds from one shared start, scored on one held-out set,
+reported as mean ± standard error per method and as differences paired by seed.
+
+A spec names the shared start (a policy export, and the samples file and GRM export the RL
+configs read), the arms (a config plus overrides each), the seeds, the evaluation set and the
+pairs to report::
+
+    name: srpo_vs_grpo
+    start: {model: runs/quickstart/dpo/export, samples: runs/quickstart/sft/samples-train.jsonl,
+            grm: runs/quickstart/grm/export}
+    seeds: [0, 1, 2]
+    set: {trainer.max_steps: 60}                 # every arm
+    arms:
+      grpo: {config: configs/grpo.yaml}
+      srpo: {config: configs/srpo.yaml, set: {model.init_args.grm_path: "${start.grm}"}}
+    eval: {heldout: 2000}                        # or {test: data/my-test.jsonl}
+    pairs: [[srpo, grpo], [grpo, start]]         # "start" = the start export, scored once
+
+Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <seed>`` from the
+start (so all arms have the same rollout budget), then ``taosr test`` on the evaluation set. Runs
+live under ``--out/<arm>/seed<S>``; a run whose evaluation file exists is skipped and a fit whose
+export exists is only evaluated, so an interrupted comparison continues where it stopped. Each
+fit logs to W&B in the group ``name`` (job type = arm). The report (``summary.md``, ``.csv``,
+``pairs.csv``, ``summary.png``) covers overall, long-tail and per-query-type figures.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+from taosr.errors import ConfigError
+from taosr.eval.stats import mean_se, paired_difference
+
+METRICS = ("macro_f1", "step_accuracy", "good_f1", "accuracy", "format_error_rate")
+PAIR_METRICS = ("macro_f1", "step_accuracy")
+START = "start"
+SPEC_KEYS = {"name", "start", "seeds", "set", "arms", "eval", "pairs"}
+ARM_KEYS = {"config", "set"}
+EVAL_KEYS = {"heldout", "heldout_seed", "test", "config", "set"}
+START_KEYS = {"model", "samples", "grm"}
+
+
+@dataclass
+class Arm:
+    name: str
+    config: str
+    overrides: list[str]
+
+
+@dataclass
+class CompareSpec:
+    name: str
+    start: dict[str, str]
+    seeds: list[int]
+    arms: list[Arm]
+    pairs: list[tuple[str, str]]
+    overrides: list[str] = field(default_factory=list)
+    eval_config: str = "configs/sft.yaml"
+    eval_overrides: list[str] = field(default_factory=list)
+    heldout: int = 2000
+    heldout_seed: int = 1
+    test: str | None = None
+
+    @property
+    def needs_start_eval(self) -> bool:
+        return any(START in p for p in self.pairs)
+
+
+def _flag_value(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _overrides(d, where: str) -> list[str]:
+    if d is None:
+        return []
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys to values, got {type(d).__name__}")
+    out: list[str] = []
+    for k, v in d.items():
+        out += [f"--{k}", _flag_value(v)]
+    return out
+
+
+def _check_keys(d: dict, allowed: set[str], where: str) -> None:
+    bad = sorted(set(d) - allowed)
+    if bad:
+        raise ConfigError(f"{where}.{bad[0]}: unknown key; expected one of {', '.join(sorted(allowed))}")
+
+
+def load_spec(path: str, seeds: list[int] | None = None) -> CompareSpec:
+    """Read and validate a comparison spec (OmegaConf: ``${start.grm}`` interpolation works)."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: comparison spec not found")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        raise ConfigError(f"{path}:{mark.line + 1}: YAML syntax error: {err.problem}") from None
+    except (OmegaConfBaseException, ValueError) as err:  # bad interpolations
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{path}: {msg}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a comparison spec is a mapping with 'arms', 'seeds' and 'start'")
+    _check_keys(raw, SPEC_KEYS, path)
+    for key in ("arms", "start"):
+        if not raw.get(key):
+            raise ConfigError(f"{path}: '{key}' is missing")
+    start = raw["start"]
+    if isinstance(start, str):
+        start = {"model": start}
+    if not isinstance(start, dict) or "model" not in start:
+        raise ConfigError(f"{path}: start.model is missing (the export every arm starts from)")
+    _check_keys(start, START_KEYS, f"{path}: start")
+    arms = []
+    if not isinstance(raw["arms"], dict):
+        raise ConfigError(f"{path}: arms must map arm names to {{config, set}}")
+    for name, a in raw["arms"].items():
+        if name == START:
+            raise ConfigError(f"{path}: arms.{START}: the name is reserved for the shared start")
+        a = a or {}
+        if not isinstance(a, dict) or "config" not in a:
+            raise ConfigError(f"{path}: arms.{name}.config is missing")
+        _check_keys(a, ARM_KEYS, f"{path}: arms.{name}")
+        arms.append(Arm(str(name), str(a["config"]), _overrides(a.get("set"), f"{path}: arms.{name}.set")))
+    seeds = list(seeds if seeds else raw.get("seeds") or [0])
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: seeds must be distinct integers, got {seeds}")
+    names = {a.name for a in arms} | {START}
+    pairs = []
+    for p in raw.get("pairs") or []:
+        if not isinstance(p, (list, tuple)) or len(p) != 2 or not set(p) <= names or p[0] == p[1] or p[0] == START:
+            raise ConfigError(f"{path}: pairs: {p!r} is not [arm, other arm or {START!r}] with arms {sorted(names - {START})}")
+        pairs.append((str(p[0]), str(p[1])))
+    ev = raw.get("eval") or {}
+    _check_keys(ev, EVAL_KEYS, f"{path}: eval")
+    heldout = int(ev.get("heldout", 2000))
+    if ev.get("test") is None and heldout < 1:
+        raise ConfigError(f"{path}: eval.heldout must be at least 1, got {heldout}")
+    return CompareSpec(
+        name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]), start=dict(start), seeds=seeds,
+        arms=arms, pairs=pairs, overrides=_overrides(raw.get("set"), f"{path}: set"),
+        eval_config=str(ev.get("config", "configs/sft.yaml")), eval_overrides=_overrides(ev.get("set"), f"{path}: eval.set"),
+        heldout=heldout, heldout_seed=int(ev.get("heldout_seed", 1)), test=ev.get("test"))
+
+
+# ---------------------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    arm: str
+    seed: int | None          # None: the start, scored once
+    root: str
+
+    @property
+    def export(self) -> str:
+        return os.path.join(self.root, "export")
+
+    @property
+    def eval_root(self) -> str:
+        return os.path.join(self.root, "heldout")
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.eval_root, "eval", "test-metrics.json")
+
+    @property
+    def fitted(self) -> bool:
+        return os.path.isfile(os.path.join(self.export, "config.json"))
+
+    @property
+    def done(self) -> bool:
+        return os.path.isfile(self.metrics_path)
+
+
+def plan_runs(spec: CompareSpec, out: str) -> list[Run]:
+    runs = [Run(START, None, os.path.join(out, START))] if spec.needs_start_eval else []
+    runs += [Run(a.name, s, os.path.join(out, a.name, f"seed{s}")) for s in spec.seeds for a in spec.arms]
+    return runs
+
+
+def fit_args(spec: CompareSpec, arm: Arm, run: Run, extra: list[str]) -> list[str]:
+    args = ["fit", "--config", arm.config, "--trainer.default_root_dir", run.root, "--seed_everything", str(run.seed),
+            "--model.init_args.model.name_or_path", spec.start["model"]]
+    if spec.start.get("samples"):
+        args += ["--data.samples_path", spec.start["samples"]]
+    ckpt = os.path.join(run.root, "checkpoints", "last.ckpt")
+    if os.path.isfile(ckpt):  # an interrupted fit continues from its checkpoint
+        args += ["--ckpt_path", ckpt]
+    return args + spec.overrides + arm.overrides + list(extra)
+
+
+def eval_args(spec: CompareSpec, run: Run, test_file: str, model: str) -> list[str]:
+    return ["test", "--config", spec.eval_config, "--trainer.default_root_dir", run.eval_root,
+            "--model.init_args.model.name_or_path", model, "--data.test", test_file, *spec.eval_overrides]
+
+
+def evaluation_file(spec: CompareSpec, out: str) -> str:
+    """The shared evaluation set: the spec's file, or ``heldout`` synthetic examples whose queries
+    occur in no split of the default data (written once under ``out/data``)."""
+    if spec.test:
+        if not os.path.isfile(spec.test):
+            raise ConfigError(f"eval.test: {spec.test} not found")
+        return spec.test
+    path = os.path.join(out, "data", f"heldout-{spec.heldout}-s{spec.heldout_seed}.jsonl")
+    if not os.path.isfile(path):
+        from taosr.data.synth import heldout
+        from taosr.schema import write_jsonl
+
+        tmp = path + ".tmp"
+        write_jsonl(tmp, heldout(spec.heldout, seed=spec.heldout_seed))
+        os.replace(tmp, path)
+    return path
+
+
+def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry_run: bool = False) -> dict:
+    """Fit and score every run not done yet; return {arm: {seed: metrics}} (start under seed None)."""
+    from taosr.launcher import run_lightning
+
+    extra = list(extra or [])
+    missing = [f"start.{k}: {v}" for k, v in spec.start.items() if v and not os.path.exists(v)]
+    if missing and not dry_run:
+        raise ConfigError(f"{missing[0]} not found (run `taosr quickstart` first, or point the spec at your exports)")
+    test_file = evaluation_file(spec, out) if not dry_run else (spec.test or "<heldout>")
+    arms = {a.name: a for a in spec.arms}
+    runs = plan_runs(spec, out)
+    for i, run in enumerate(runs, 1):
+        tag = f"[{spec.name} {i}/{len(runs)}] {run.arm}" + ("" if run.seed is None else f" seed {run.seed}")
+        if run.done:
+            print(f"{tag}: done, skipped", flush=True)
+            continue
+        steps = []
+        if run.seed is not None and not run.fitted:
+            steps.append(fit_args(spec, arms[run.arm], run, extra))
+        steps.append(eval_args(spec, run, test_file, spec.start["model"] if run.seed is None else run.export))
+        for args in steps:
+            print(f"{tag}: taosr " + " ".join(args), flush=True)
+            if dry_run:
+                continue
+            t0 = time.perf_counter()
+            env = {"WANDB_RUN_GROUP": spec.name, "WANDB_JOB_TYPE": run.arm}
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                rc = run_lightning(args)
+            finally:
+                for k, v in saved.items():
+                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            if rc:
+                raise ConfigError(f"compare: {run.arm} seed {run.seed}: `taosr {args[0]}` failed (exit {rc}); "
+                                  f"fix it and re-run: finished runs are kept")
+            print(f"{tag}: {args[0]} took {time.perf_counter() - t0:.0f}s", flush=True)
+    return collect(runs)
+
+
+def collect(runs: list[Run]) -> dict:
+    results: dict[str, dict] = {}
+    for run in runs:
+        if run.done:
+            with open(run.metrics_path) as fh:
+                results.setdefault(run.arm, {})[run.seed] = json.load(fh)
+    return results
+
+
+# ---------------------------------------------------------------------------------------- report
+def slices(results: dict) -> list[str]:
+    types = sorted({k.split("/")[1] for per in results.values() for m in per.values() for k in m
+                    if k.startswith("by_type/")})
+    return ["overall", "long_tail"] + types
+
+
+def _key(sl: str, metric: str) -> str:
+    return metric if sl == "overall" else (f"long_tail/{metric}" if sl == "long_tail" else f"by_type/{sl}/{metric}")
+
+
+def _value(m: dict, key: str) -> float:
+    v = m.get(key)
+    return float("nan") if v is None else float(v)
+
+
+def arm_rows(results: dict) -> list[dict]:
+    """One row per (arm, slice): mean and standard error over seeds of every metric."""
+    rows = []
+    for arm, per in results.items():
+        for sl in slices(results):
+            if not any(_key(sl, "n") in m for m in per.values()):
+                continue
+            row = {"arm": arm, "slice": sl, "seeds": len(per),
+                   "n": int(max(_value(m, _key(sl, "n")) for m in per.values() if _key(sl, "n") in m))}
+            for metric in METRICS:
+                s = mean_se(_value(m, _key(sl, metric)) for m in per.values())
+                row[metric], row[f"{metric}_se"] = s.mean, s.se
+            rows.append(row)
+    return rows
+
+
+def pair_rows(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
+    """One row per (pair, slice, metric): the difference a - b paired by seed."""
+    rows = []
+    for a, b in pairs:
+        if a not in results or b not in results:
+            continue
+        for sl in slices(results):
+            for metric in PAIR_METRICS:
+                k = _key(sl, metric)
+                va = {s: _value(m, k) for s, m in results[a].items()}
+                vb = _value(results[b][None], k) if b == START else {s: _value(m, k) for s, m in results[b].items()}
+                p = paired_difference(va, vb)
+                if p.diff.n == 0:
+                    continue
+                rows.append({"pair": f"{a} - {b}", "slice": sl, "metric": metric, "mean": p.diff.mean,
+                             "se": p.diff.se, "z": p.z, "wins": p.wins, "seeds": p.diff.n,
+                             "per_seed": " ".join(f"{d:+.3f}" for d in p.diffs)})
+    return rows
+
+
+def _pm(mean: float, se: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.{digits}f}" if math.isnan(se) else f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def markdown(arms: list[dict], pairs: list[dict], title: str, all_slices: bool = True) -> str:
+    keep = lambda sl: all_slices or sl in ("overall", "long_tail")  # noqa: E731
+    lines = [f"## {title}: mean ± standard error over seeds", "",
+             "| arm | slice | seeds | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 4) + "|"]
+    for r in arms:
+        if keep(r["slice"]):
+            lines.append(f"| {r['arm']} | {r['slice']} | {r['seeds']} | {r['n']} | "
+                         + " | ".join(_pm(r[m], r[f"{m}_se"]) for m in METRICS) + " |")
+    if pairs:
+        lines += ["", "## Paired differences (a − b over the same seeds)", "",
+                  "| pair | slice | metric | mean ± s.e. | mean / s.e. | a > b | per seed |", "|---" * 7 + "|"]
+        for r in pairs:
+            if keep(r["slice"]):
+                z = "—" if math.isnan(r["z"]) else f"{r['z']:+.1f}"
+                lines.append(f"| {r['pair']} | {r['slice']} | {r['metric']} | {_pm(r['mean'], r['se'])} | {z} | "
+                             f"{r['wins']}/{r['seeds']} | {r['per_seed']} |")
+    return "\n".join(lines)
+
+
+def write_report(out: str, results: dict, pairs: list[tuple[str, str]], title: str) -> str:
+    arms, prs = arm_rows(results), pair_rows(results, pairs)
+    os.makedirs(out, exist_ok=True)
+    md = markdown(arms, prs, title)
+    with open(os.path.join(out, "summary.md"), "w") as fh:
+        fh.write(md + "\n")
+    for name, rows in (("summary.csv", arms), ("pairs.csv", prs)):
+        with open(os.path.join(out, name), "w", newline="") as fh:
+            if rows:
+                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+    plot(arms, prs, os.path.join(out, "summary.png"), title)
+    print("\n" + markdown(arms, prs, title, all_slices=False) + f"\n\nfull tables: {out}/summary.md (.csv, pairs.csv, .png)")
+    return md
+
+
+def plot(arms: list[dict], pairs: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["arm"] for r in arms))
+    sls = ["overall", "long_tail"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.8 / max(1, len(names))
+    for i, a in enumerate(names):
+        rs = [next((r for r in arms if r["arm"] == a and r["slice"] == sl), None) for sl in sls]
+        axes[0].bar([x + i * width for x in range(len(sls))], [r["macro_f1"] if r else 0 for r in rs], width,
+                    yerr=[0 if not r or math.isnan(r["macro_f1_se"]) else r["macro_f1_se"] for r in rs],
+                    capsize=3, label=a)
+    axes[0].set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(sls))], sls)
+    lo = min((r["macro_f1"] for r in arms if r["slice"] in sls and not math.isnan(r["macro_f1"])), default=0)
+    axes[0].set_ylim(max(0.0, lo - 0.1), 1.0)
+    axes[0].set_title(f"{title}: macro F1 (mean ± s.e.)")
+    axes[0].legend(fontsize=8)
+    pr = [r for r in pairs if r["metric"] == "macro_f1" and r["slice"] in sls]
+    labels = [f"{r['pair']}\n{r['slice']}" for r in pr]
+    axes[1].bar(range(len(pr)), [r["mean"] for r in pr],
+                yerr=[0 if math.isnan(r["se"]) else r["se"] for r in pr], capsize=3, color="tab:gray")
+    axes[1].axhline(0, color="black", lw=0.8)
+    axes[1].set_xticks(range(len(pr)), labels, fontsize=7)
+    axes[1].set_title("paired difference in macro F1 (mean ± s.e.)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def log_to_wandb(out: str, spec: CompareSpec) -> None:
+    """The summary tables as one W&B run in the comparison's group (offline without credentials)."""
+    import wandb
+
+    from taosr.loggers import wandb_credentials_present
+
+    mode = "online" if wandb_credentials_present() and os.environ.get("WANDB_MODE") not in ("offline", "disabled") \
+        else ("disabled" if os.environ.get("WANDB_MODE") == "disabled" else "offline")
+    run = wandb.init(project="taosr", group=spec.name, job_type="summary", name=f"{spec.name}-summary",
+                     dir=out, mode=mode, reinit="finish_previous")
+    for name in ("summary", "pairs"):
+        path = os.path.join(out, f"{name}.csv")
+        if os.path.getsize(path):
+            with open(path) as fh:
+                rows = list(csv.reader(fh))
+            run.log({f"compare/{name}": wandb.Table(columns=rows[0], data=rows[1:])})
+    run.log({"compare/chart": wandb.Image(os.path.join(out, "summary.png"))})
+    run.finish()
+
+
+def compare_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="taosr compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("spec", help="comparison YAML (see comparisons/)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the spec's seeds")
+    p.add_argument("--out", default=None, help="default runs/compare/<name>")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
+    a, extra = p.parse_known_args(argv)
+    spec = load_spec(a.spec, a.seeds)
+    out = a.out or os.path.join("runs", "compare", spec.name)
+    t0 = time.perf_counter()
+    results = run_compare(spec, out, extra, a.dry_run)
+    if a.dry_run:
+        return 0
+    write_report(out, results, spec.pairs, spec.name)
+    if not a.no_wandb:
+        log_to_wandb(out, spec)
+    print(f"compare finished in {time.perf_counter() - t0:.0f}s")
+    return 0

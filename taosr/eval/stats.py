@@ -1,0 +1,68 @@
+"""Statistics over seeds (pure): mean with its standard error, and paired differences.
+
+A figure from one run is an anecdote: comparisons report the mean over seeds with its standard
+error (sample standard deviation / sqrt(n)), and method differences *paired by seed* (both
+methods start from the same export with the same seed), which removes the noise the two runs
+share.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: float
+    se: float          # standard error of the mean; nan with fewer than two values
+    n: int
+
+    def fmt(self, digits: int = 3) -> str:
+        if self.n == 0:
+            return "—"
+        if self.n == 1 or math.isnan(self.se):
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.se:.{digits}f}"
+
+
+def mean_se(values) -> Summary:
+    """Mean and standard error of the finite values (NaN and None are left out)."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    n = len(xs)
+    if n == 0:
+        return Summary(float("nan"), float("nan"), 0)
+    m = sum(xs) / n
+    if n < 2:
+        return Summary(m, float("nan"), n)
+    var = sum((x - m) ** 2 for x in xs) / (n - 1)
+    return Summary(m, math.sqrt(var / n), n)
+
+
+@dataclass(frozen=True)
+class Paired:
+    diff: Summary      # mean and standard error of a - b over the seeds both have
+    wins: int          # seeds where a > b
+    seeds: tuple       # the seeds used, in order
+    diffs: tuple       # a - b per seed
+
+    @property
+    def z(self) -> float:
+        """Mean difference in standard errors (nan when undefined)."""
+        d = self.diff
+        return d.mean / d.se if d.n > 1 and d.se > 0 else float("nan")
+
+
+def paired_difference(a: Mapping, b: Mapping | float) -> Paired:
+    """``a`` minus ``b`` seed by seed. ``a`` maps seed -> value; ``b`` too, or is one number (a
+    deterministic baseline such as the shared start, scored once). Seeds missing on either side
+    or with a NaN value are left out."""
+    seeds, diffs = [], []
+    for s in sorted(a, key=str):
+        va = a[s]
+        vb = b if not isinstance(b, Mapping) else b.get(s)
+        if va is None or vb is None or math.isnan(float(va)) or math.isnan(float(vb)):
+            continue
+        seeds.append(s)
+        diffs.append(float(va) - float(vb))
+    return Paired(mean_se(diffs), sum(d > 0 for d in diffs), tuple(seeds), tuple(diffs))

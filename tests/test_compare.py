@@ -1,0 +1,101 @@
+import math
+import os
+
+import pytest
+
+from taosr.compare import START, arm_rows, load_spec, markdown, pair_rows, plan_runs
+from taosr.errors import ConfigError
+from taosr.eval.stats import mean_se, paired_difference
+
+
+def test_mean_se_by_hand():
+    s = mean_se([0.70, 0.72, 0.74, 0.76])
+    assert s.mean == pytest.approx(0.73)
+    # sample std = sqrt(((.03)^2 + (.01)^2 + (.01)^2 + (.03)^2) / 3) = 0.025820
+    assert s.se == pytest.approx(0.025820 / 2, abs=1e-6) and s.n == 4
+    assert s.fmt() == "0.730 ± 0.013"
+    one = mean_se([0.5, float("nan"), None])
+    assert one.n == 1 and one.mean == 0.5 and math.isnan(one.se) and one.fmt() == "0.500"
+    assert mean_se([]).n == 0 and mean_se([]).fmt() == "—"
+
+
+def test_paired_difference_pairs_by_seed_and_against_a_constant():
+    a = {0: 0.80, 1: 0.78, 2: 0.81, 3: 0.79}
+    b = {0: 0.78, 1: 0.77, 2: 0.80, 4: 0.99}          # seed 3 and 4 unpaired: left out
+    p = paired_difference(a, b)
+    assert p.seeds == (0, 1, 2) and p.diffs == pytest.approx((0.02, 0.01, 0.01)) and p.wins == 3
+    assert p.diff.mean == pytest.approx(0.04 / 3)
+    assert p.diff.se == pytest.approx(mean_se([0.02, 0.01, 0.01]).se)
+    assert p.z == pytest.approx(p.diff.mean / p.diff.se)
+    c = paired_difference(a, 0.80)                   # a deterministic start scored once
+    assert c.diffs == pytest.approx((0.0, -0.02, 0.01, -0.01)) and c.wins == 1
+    # pairing removes the shared noise: same spread of seeds, constant lead
+    noisy = {s: 0.7 + 0.05 * ((-1) ** s) * s for s in range(6)}
+    lead = paired_difference({s: v + 0.01 for s, v in noisy.items()}, noisy)
+    assert lead.diff.mean == pytest.approx(0.01) and lead.diff.se == pytest.approx(0.0, abs=1e-12)
+
+
+def _spec(tmp_path, text):
+    p = tmp_path / "spec.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+GOOD = """
+name: t
+start: {model: m/export, samples: s.jsonl, grm: g/export}
+seeds: [0, 1]
+set: {trainer.max_steps: 5}
+arms:
+  grpo: {config: configs/grpo.yaml}
+  srpo: {config: configs/srpo.yaml, set: {model.init_args.grm_path: "${start.grm}", model.init_args.step_advantage.lam: 0.0}}
+eval: {heldout: 10}
+pairs: [[srpo, grpo], [grpo, start]]
+"""
+
+
+def test_spec_resolves_interpolation_and_plans_runs(tmp_path):
+    spec = load_spec(_spec(tmp_path, GOOD))
+    assert [a.name for a in spec.arms] == ["grpo", "srpo"] and spec.seeds == [0, 1]
+    assert spec.arms[1].overrides == ["--model.init_args.grm_path", "g/export", "--model.init_args.step_advantage.lam", "0.0"]
+    assert spec.overrides == ["--trainer.max_steps", "5"] and spec.pairs == [("srpo", "grpo"), ("grpo", START)]
+    runs = plan_runs(spec, "out")
+    assert [(r.arm, r.seed) for r in runs] == [(START, None), ("grpo", 0), ("srpo", 0), ("grpo", 1), ("srpo", 1)]
+    assert runs[2].root == os.path.join("out", "srpo", "seed0")
+    assert load_spec(_spec(tmp_path, GOOD), seeds=[7]).seeds == [7]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds must be distinct integers"),
+    (("pairs: [[srpo, grpo], [grpo, start]]", "pairs: [[srpo, dpo]]"), "pairs: ['srpo', 'dpo'] is not"),
+    (("pairs: [[srpo, grpo], [grpo, start]]", "pairs: [[start, grpo]]"), "is not [arm, other arm or 'start']"),
+    (("eval: {heldout: 10}", "eval: {heldout: 10, tset: x}"), "eval.tset: unknown key"),
+    (("arms:", "armz: {}\narms:"), "armz: unknown key"),
+    (("  grpo: {config: configs/grpo.yaml}", "  grpo: {confg: configs/grpo.yaml}"), "arms.grpo.config is missing"),
+    (("${start.grm}", "${start.gmr}"), "start.gmr"),
+    (("seeds: [0, 1]", "seeds: [0, 1"), "spec.yaml:5: YAML syntax error"),
+])
+def test_bad_specs_get_one_line(tmp_path, edit, message):
+    with pytest.raises(ConfigError) as err:
+        load_spec(_spec(tmp_path, GOOD.replace(*edit)))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_report_rows_and_table():
+    def m(f1, lt, step):
+        return {"n": 100, "macro_f1": f1, "step_accuracy": step, "long_tail/n": 60, "long_tail/macro_f1": lt,
+                "long_tail/step_accuracy": step, "by_type/negation/n": 20, "by_type/negation/macro_f1": lt}
+    results = {START: {None: m(0.70, 0.68, 0.80)},
+               "grpo": {0: m(0.72, 0.70, 0.81), 1: m(0.74, 0.71, 0.82)},
+               "srpo": {0: m(0.73, 0.72, 0.82), 1: m(0.76, 0.74, 0.83)}}
+    arms = arm_rows(results)
+    g = next(r for r in arms if r["arm"] == "grpo" and r["slice"] == "overall")
+    assert g["macro_f1"] == pytest.approx(0.73) and g["macro_f1_se"] == pytest.approx(0.01) and g["seeds"] == 2
+    assert {r["slice"] for r in arms} == {"overall", "long_tail", "negation"}
+    pairs = pair_rows(results, [("srpo", "grpo"), ("grpo", START)])
+    sg = next(r for r in pairs if r["pair"] == "srpo - grpo" and r["slice"] == "long_tail" and r["metric"] == "macro_f1")
+    assert sg["mean"] == pytest.approx(0.025) and sg["wins"] == 2 and sg["per_seed"] == "+0.020 +0.030"
+    gs = next(r for r in pairs if r["pair"] == "grpo - start" and r["slice"] == "overall" and r["metric"] == "macro_f1")
+    assert gs["mean"] == pytest.approx(0.03)
+    md = markdown(arms, pairs, "t")
+    assert "| grpo | overall | 2 | 100 | 0.730 ± 0.010 |" in md and "| srpo - grpo | long_tail | macro_f1 | 0.025 ± 0.005 |" in md
