@@ -349,3 +349,23 @@ def test_completion_lengths_stay_on_the_ids_device():
     meta = torch.empty(3, 4, dtype=torch.long, device="meta")  # any device mismatch raises on meta
     assert completion_lengths(meta, 2, 0).device.type == "meta"
     assert completion_lengths(meta, 0, 0).device.type == "meta"
+
+
+def test_decode_step_traces_as_one_graph_without_host_syncs():
+    """What a CUDA graph needs of the step (forward, warpers, Gumbel-max, bookkeeping): no data-dependent
+    Python (`.item()`, `bool(tensor)`, shape-changing ops). Dynamo traces it into one graph with no break."""
+    from taosr.eval.generation import GenerationSpec
+
+    model = _tiny_llama()
+    d = _graph_decoder(warmup=1)
+    steps = []
+    d._capture = lambda step, pool: steps.append(step) or _Replayer(step)
+    ids, att = _prompts()
+    d.generate(model, _Tok, ids, att, GenerationSpec(max_new_tokens=4, do_sample=True, temperature=0.7, top_k=5,
+                                                     top_p=0.9))
+    try:
+        with torch.no_grad():
+            ex = torch._dynamo.explain(steps[0])()
+    finally:
+        torch._dynamo.reset()
+    assert ex.graph_count == 1 and ex.graph_break_count == 0, [str(b.reason)[:200] for b in ex.break_reasons]
