@@ -88,3 +88,284 @@ def test_gumbel_max_sample_draws_from_softmax():
     sharp = torch.softmax(probs.log() / 0.5, -1)
     freq2 = torch.bincount(gumbel_max_sample(scores / 0.5, generator=g), minlength=4).float() / len(draws)
     assert torch.allclose(freq2, sharp, atol=0.01)
+
+
+# ---------------------------------------------------------------------------- the static decoder
+
+class _Tok:
+    pad_token_id, eos_token_id = 0, 2
+
+
+def _tiny_llama(seed: int = 0, layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2,
+                                        bos_token_id=1)).eval()
+
+
+def _prompts(B: int = 3, P: int = 6, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 40, (B, P), generator=g)
+    att = torch.ones_like(ids)
+    att[1 % B, :2] = 0
+    ids[1 % B, :2] = 0
+    return ids, att
+
+
+class _Replayer:
+    """Stands in for a captured CUDA graph on CPU: capture records nothing and runs nothing (as a real
+    capture), replay runs the step eagerly on the same static buffers (as a real replay)."""
+
+    def __init__(self, step):
+        self.step, self.replays = step, 0
+
+    def replay(self):
+        self.replays += 1
+        self.step()
+
+
+def _graph_decoder(**kw):
+    from taosr.rl.engines.graph import StaticDecoder
+
+    d = StaticDecoder(**kw)
+    d._graph_devices = ("cpu",)  # take the CUDA branch (buckets, rounded cache, capture, sparse sync) on CPU
+    d._capture = lambda step, pool: _Replayer(step)
+    return d
+
+
+def _greedy(T=10, G=1):
+    from taosr.eval.generation import GenerationSpec
+
+    return GenerationSpec(max_new_tokens=T, do_sample=False, num_return_sequences=G)
+
+
+def _same_tokens(a, b):
+    n = min(a.shape[1], b.shape[1])
+    return torch.equal(a[:, :n], b[:, :n])
+
+
+def test_graph_path_greedy_equals_generate_with_buckets_and_reuse():
+    """The CUDA code path minus the capture itself: the batch padded to a bucket (5 rows -> 6), the cache
+    rounded to 128 positions, warm-up steps, capture, replays with the all-finished check every 4 tokens;
+    the graph is reused by later calls (other prompt lengths, other prompts) and greedy output stays
+    `generate`'s."""
+    from taosr.eval.generation import hf_generate_ids
+
+    model = _tiny_llama()
+    d = _graph_decoder(sync_every=4, warmup=2)
+    ids, att = _prompts(B=5, P=6)
+    ref = hf_generate_ids(model, _Tok, ids, att, _greedy())
+    out = d.generate(model, _Tok, ids, att, _greedy())
+    assert _same_tokens(out, ref) and out.shape[0] == 5
+    (slot,) = d.slots.values()
+    assert slot.batch == 6 and slot.cache_len == 128 and d.captures == 1
+    graph = next(iter(slot.graphs.values()))
+    assert graph.replays == 10 - 1 - 2  # first token from the prefill, 2 warm-up steps, the rest replayed
+    # a second call, longer prompts within the same cache bucket: no new capture, every step replayed
+    ids2, att2 = _prompts(B=6, P=9, seed=3)
+    out2 = d.generate(model, _Tok, ids2, att2, _greedy())
+    assert d.captures == 1 and graph.replays == 7 + 9 and len(d.slots) == 1
+    assert _same_tokens(out2, hf_generate_ids(model, _Tok, ids2, att2, _greedy()))
+    # G copies of each prompt decode greedily to the prompt's own tokens
+    rep = d.generate(model, _Tok, ids, att, _greedy(G=3))
+    assert torch.equal(rep, out.repeat_interleave(3, 0)[:, :rep.shape[1]]) and rep.shape[1] == out.shape[1]
+
+
+def test_graph_path_output_length_and_padding_match_the_eager_path():
+    """Both paths return the same tensor (columns up to the last row's eos) for greedy and for seeded sampling."""
+    from taosr.eval.generation import GenerationSpec
+    from taosr.rl.engines.graph import StaticDecoder
+
+    model = _tiny_llama(seed=4)
+    with torch.no_grad():  # make eos likely so rows finish at different steps
+        model.lm_head.weight[2] += 0.6 * model.lm_head.weight.std() * torch.randn(32).sign()
+    ids, att = _prompts(B=3, P=5, seed=7)
+    for spec in (_greedy(T=24, G=2), GenerationSpec(max_new_tokens=24, do_sample=True, temperature=0.8, top_k=6,
+                                                    top_p=0.9, num_return_sequences=2)):
+        torch.manual_seed(0)
+        eager = StaticDecoder().generate(model, _Tok, ids, att, spec)
+        torch.manual_seed(0)
+        graphed = _graph_decoder(sync_every=8).generate(model, _Tok, ids, att, spec)
+        if not spec.do_sample:
+            assert torch.equal(eager, graphed)
+        else:  # padding rows draw noise too, so the draws differ; shape rules and eos/pad layout still hold
+            assert graphed.shape[0] == eager.shape[0] == 6
+        for out in (eager, graphed):
+            ended = (out == 2).any(1)
+            first = torch.where(ended, (out == 2).float().argmax(1), torch.full((6,), out.shape[1]))
+            after = torch.arange(out.shape[1])[None] > first[:, None]
+            assert (out[after] == 0).all()  # pad after each row's eos
+            assert ended.all() or out.shape[1] == 24  # trimmed to the last eos unless a row ran to the budget
+            assert not ended.all() or (first.max() == out.shape[1] - 1)
+
+
+def test_graphs_see_in_place_updates_and_recapture_when_weights_are_replaced():
+    from taosr.eval.generation import hf_generate_ids
+
+    model = _tiny_llama(seed=2)
+    d = _graph_decoder(sync_every=2)
+    ids, att = _prompts()
+    d.generate(model, _Tok, ids, att, _greedy())
+    assert d.captures == 1
+    with torch.no_grad():  # what the optimizer does: in place, same storage
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = d.generate(model, _Tok, ids, att, _greedy())
+    assert d.captures == 1  # reused...
+    assert _same_tokens(out, hf_generate_ids(model, _Tok, ids, att, _greedy()))  # ...and decoding the new weights
+    model.model.embed_tokens.weight.data = model.model.embed_tokens.weight.data.clone()  # a replaced tensor
+    d.generate(model, _Tok, ids, att, _greedy())
+    assert d.captures == 2
+    # another sampling rule is another graph on the same slot
+    from taosr.eval.generation import GenerationSpec
+    d.generate(model, _Tok, ids, att, GenerationSpec(max_new_tokens=10, do_sample=True, temperature=0.7))
+    assert d.captures == 3 and len(next(iter(d.slots.values())).graphs) == 2
+
+
+def test_weights_signature_sees_lora_merge_and_disabled_adapters():
+    from peft import LoraConfig, get_peft_model
+
+    from taosr.rl.engines.graph import weights_signature
+
+    model = get_peft_model(_tiny_llama(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    sig = weights_signature(model)
+    assert weights_signature(model) == sig
+    with model.disable_adapter():
+        assert weights_signature(model) != sig
+    assert weights_signature(model) == sig
+    model.merge_adapter()
+    assert weights_signature(model) != sig
+    model.unmerge_adapter()
+    assert weights_signature(model) == sig
+    model.to(torch.float64)  # replaces every parameter tensor
+    assert weights_signature(model)[0] != sig[0]
+
+
+def test_capture_failure_falls_back_with_one_warning():
+    from taosr.eval.generation import hf_generate_ids
+
+    model = _tiny_llama()
+    d = _graph_decoder(warmup=1)
+
+    def broken(step, pool):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    d._capture = broken
+    ids, att = _prompts()
+    with pytest.warns(RuntimeWarning, match=r"capture failed \(RuntimeError: operation not permitted") as rec:
+        out = d.generate(model, _Tok, ids, att, _greedy())
+    mine = [w for w in rec if issubclass(w.category, RuntimeWarning)]
+    assert len(mine) == 1 and "\n" not in str(mine[0].message)
+    assert d.capture_failed and _same_tokens(out, hf_generate_ids(model, _Tok, ids, att, _greedy()))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no second attempt, no second warning
+        again = d.generate(model, _Tok, ids, att, _greedy())
+    assert torch.equal(again[:, :out.shape[1]], out[:, :again.shape[1]])
+
+
+def test_cuda_graphs_off_keeps_the_eager_path():
+    from taosr.eval.generation import GenerationSpec
+
+    model = _tiny_llama()
+    d = _graph_decoder()
+    ids, att = _prompts()
+    off = GenerationSpec(max_new_tokens=8, cuda_graphs=False)
+    d.generate(model, _Tok, ids, att, off)
+    d.generate(model, _Tok, ids, att, _greedy(), cuda_graphs=False)
+    assert d.captures == 0 and next(iter(d.slots.values())).batch == 3  # exact sizes, no capture
+
+
+def test_batch_buckets():
+    from taosr.rl.engines.graph import batch_bucket
+
+    assert [batch_bucket(n) for n in (1, 2, 3, 4, 5, 7, 9, 13, 64, 65, 100, 200, 256)] == \
+        [1, 2, 3, 4, 6, 8, 12, 16, 64, 96, 128, 256, 256]
+    assert all(batch_bucket(n) >= n for n in range(1, 600))
+    assert all(batch_bucket(n) < 1.5 * n + 1 for n in range(1, 600))
+
+
+def test_decoder_is_shared_per_model():
+    from taosr.rl.engines.graph import decoder_for
+
+    a, b = _tiny_llama(), _tiny_llama()
+    assert decoder_for(a) is decoder_for(a) and decoder_for(a) is not decoder_for(b)
+
+
+# ---------------------------------------------------------------------------- temperature 0, spec checks
+
+def test_temperature_zero_is_greedy_everywhere():
+    from taosr.eval.generation import GenerationSpec, generate_ids
+    from taosr.rl.engines.hf import HFEngine, warpers
+
+    model = _tiny_llama()
+    ids, att = _prompts()
+    cold = GenerationSpec(max_new_tokens=8, do_sample=True, temperature=0.0, num_return_sequences=2)
+    assert not cold.sampling and len(warpers(cold)) == 0
+    greedy = HFEngine().generate(model, _Tok, ids, att, _greedy(T=8, G=2))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        assert torch.equal(HFEngine().generate(model, _Tok, ids, att, cold), greedy)
+    assert torch.equal(HFEngine(static_cache=False).generate(model, _Tok, ids, att, cold), greedy)
+    assert _same_tokens(generate_ids(model, _Tok, ids, att, cold), greedy)  # model.generate refuses do_sample at 0
+    # and a positive temperature does sample (the draws differ between seeds)
+    hot = GenerationSpec(max_new_tokens=8, do_sample=True, temperature=1.5, num_return_sequences=4)
+    torch.manual_seed(0)
+    x = HFEngine().generate(model, _Tok, ids, att, hot)
+    torch.manual_seed(1)
+    assert not torch.equal(x, HFEngine().generate(model, _Tok, ids, att, hot))
+
+
+@pytest.mark.parametrize("field,value,rule", [
+    ("max_new_tokens", 0, ">= 1"), ("max_new_tokens", -3, ">= 1"), ("max_new_tokens", 1.5, "an integer"),
+    ("temperature", -0.1, ">= 0"), ("temperature", float("nan"), "a finite number"),
+    ("top_p", 0.0, r"in \(0, 1\]"), ("top_p", 1.2, r"in \(0, 1\]"),
+    ("top_k", -1, ">= 0"), ("num_return_sequences", 0, ">= 1"),
+])
+def test_generation_spec_refuses_bad_values(field, value, rule):
+    from taosr.eval.generation import GenerationSpec
+
+    with pytest.raises(ConfigError, match=rf"^generation\.{field} must be {rule}[^,]*, got ") as e:
+        GenerationSpec(**{field: value})
+    assert "\n" not in str(e.value) and "eval_generation" in str(e.value)
+
+
+def test_generation_spec_accepts_edges():
+    from taosr.eval.generation import GenerationSpec
+
+    GenerationSpec(max_new_tokens=1, temperature=0, top_p=1, top_k=0)
+    GenerationSpec(temperature=2, top_p=1e-3, top_k=50, num_return_sequences=16)
+
+
+def test_completion_lengths_stay_on_the_ids_device():
+    """The lengths are made on the device of the ids (the quick start crashed on CUDA with a CPU tensor here)."""
+    from taosr.eval.generation import completion_lengths
+
+    ids = torch.tensor([[5, 2, 0], [5, 6, 7], [5, 0, 0]])
+    assert completion_lengths(ids, 2, 0).tolist() == [2, 3, 1]
+    assert completion_lengths(ids, 0, 0).tolist() == [3, 3, 2]
+    meta = torch.empty(3, 4, dtype=torch.long, device="meta")  # any device mismatch raises on meta
+    assert completion_lengths(meta, 2, 0).device.type == "meta"
+    assert completion_lengths(meta, 0, 0).device.type == "meta"
+
+
+def test_decode_step_traces_as_one_graph_without_host_syncs():
+    """What a CUDA graph needs of the step (forward, warpers, Gumbel-max, bookkeeping): no data-dependent
+    Python (`.item()`, `bool(tensor)`, shape-changing ops). Dynamo traces it into one graph with no break."""
+    from taosr.eval.generation import GenerationSpec
+
+    model = _tiny_llama()
+    d = _graph_decoder(warmup=1)
+    steps = []
+    d._capture = lambda step, pool: steps.append(step) or _Replayer(step)
+    ids, att = _prompts()
+    d.generate(model, _Tok, ids, att, GenerationSpec(max_new_tokens=4, do_sample=True, temperature=0.7, top_k=5,
+                                                     top_p=0.9))
+    try:
+        with torch.no_grad():
+            ex = torch._dynamo.explain(steps[0])()
+    finally:
+        torch._dynamo.reset()
+    assert ex.graph_count == 1 and ex.graph_break_count == 0, [str(b.reason)[:200] for b in ex.break_reasons]

@@ -3,51 +3,105 @@ turn it into prediction records that :mod:`taosr.eval.metrics` scores."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from taosr.errors import ConfigError
 from taosr.schema import Example
 from taosr.reasoning.format import parse_reasoning
 
 
 @dataclass
 class GenerationSpec:
-    """Sampling parameters for rollouts and evaluation (``do_sample=False`` is greedy)."""
+    """Sampling parameters for rollouts and evaluation (``do_sample=False`` or ``temperature: 0`` is greedy).
+
+    Built from YAML under ``model.init_args.eval_generation`` and the rollout callback's
+    ``generation``; a value out of range is refused with a ConfigError naming the option.
+    ``cuda_graphs``: on CUDA, decode with the step captured as a CUDA graph (off: eager steps)."""
     max_new_tokens: int = 128
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     num_return_sequences: int = 1
+    cuda_graphs: bool = True
+
+    def __post_init__(self):
+        def bad(name: str, rule: str):
+            raise ConfigError(f"generation.{name} must be {rule}, got {getattr(self, name)!r} "
+                              "(model.init_args.eval_generation or the rollout callback's generation)")
+
+        def number(name: str, kind=(int, float)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, kind) or (isinstance(v, float) and not math.isfinite(v)):
+                bad(name, "a finite number" if kind != int else "an integer")
+            return v
+
+        if number("max_new_tokens", int) < 1:
+            bad("max_new_tokens", ">= 1")
+        if number("temperature") < 0:
+            bad("temperature", ">= 0 (0 is greedy)")
+        top_p = number("top_p")
+        if not 0 < top_p <= 1:
+            bad("top_p", "in (0, 1]")
+        if number("top_k", int) < 0:
+            bad("top_k", ">= 0 (0 is off)")
+        if number("num_return_sequences", int) < 1:
+            bad("num_return_sequences", ">= 1")
+
+    @property
+    def sampling(self) -> bool:
+        """Whether tokens are drawn (do_sample at a positive temperature) rather than argmax."""
+        return bool(self.do_sample) and self.temperature > 0
+
+
+@torch.no_grad()
+def hf_generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    spec: GenerationSpec) -> torch.Tensor:
+    """``model.generate``: completion token ids (B * n, L), right padded with pad_token_id, prompt removed."""
+    was_training = model.training
+    model.eval()
+    # greedy copies are identical: decode once (generate refuses num_return_sequences > 1 without sampling)
+    n = spec.num_return_sequences if spec.sampling else 1
+    kwargs: dict[str, Any] = dict(max_new_tokens=spec.max_new_tokens, do_sample=spec.sampling,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                  num_return_sequences=n, use_cache=True)
+    if spec.sampling:
+        kwargs.update(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k or None)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    try:
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    finally:
+        if was_training:
+            model.train()
+    out = out[:, input_ids.shape[1]:]
+    return out if n == spec.num_return_sequences else out.repeat_interleave(spec.num_return_sequences, 0)
 
 
 @torch.no_grad()
 def generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  spec: GenerationSpec) -> torch.Tensor:
-    """Completion token ids (B * n, L), right padded with pad_token_id, prompt removed."""
-    was_training = model.training
-    model.eval()
-    kwargs: dict[str, Any] = dict(max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                  num_return_sequences=spec.num_return_sequences, use_cache=True)
-    if spec.do_sample:
-        kwargs.update(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k or None)
-    else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    if was_training:
-        model.train()
-    return out[:, input_ids.shape[1]:]
+    """Completion token ids (B * n, L), right padded with pad_token_id, prompt removed.
+
+    On CUDA (unless ``spec.cuda_graphs`` is off) the model's static-cache decoder with its captured
+    decode step (:mod:`taosr.rl.engines.graph`); elsewhere ``model.generate``. Greedy output is the same."""
+    if input_ids.device.type == "cuda" and spec.cuda_graphs:
+        from taosr.rl.engines.graph import decoder_for
+
+        return decoder_for(model).generate(model, tokenizer, input_ids, attention_mask, spec)
+    return hf_generate_ids(model, tokenizer, input_ids, attention_mask, spec)
 
 
 def completion_lengths(ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
     """Length of each completion including its first eos (the tokens the policy produced)."""
     B, L = ids.shape
     is_eos = ids == eos_id
-    first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full((B,), L))
+    first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full((B,), L, device=ids.device))
     if pad_id != eos_id:
         nonpad = (ids != pad_id).sum(1)
         first = torch.minimum(first, torch.where(is_eos.any(1), first, nonpad))

@@ -1,0 +1,309 @@
+"""Decoding on a preallocated static cache, the one-token step captured as a CUDA graph on CUDA.
+
+:class:`StaticDecoder` owns, per batch-size bucket (a :class:`_Slot`), a transformers
+``StaticCache``, the static input/output buffers of the decode step and one CUDA graph per
+sampling rule. A call prefills each prompt once, copies its keys and values G times into the
+slot's cache, samples the first token from the prefill's logits, then runs the step
+(forward of the last token -> logits warpers -> Gumbel-max or argmax -> write the token,
+advance position, done flags) until every row has finished or ``max_new_tokens`` is reached.
+
+- **CPU** (or ``cuda_graphs=False``): the step runs eagerly with exact batch and cache sizes and
+  the all-finished check after every token: the same code path as the graph, minus capture.
+- **CUDA**: the batch is padded to a bucket (powers of 2 and 1.5x powers of 2; padding rows are
+  copies of the first prompt, marked finished from the start), the cache length is rounded up
+  to a multiple of 128 and only grows, so one slot serves every prompt length up to it. The
+  first ``warmup`` steps of a new (slot, sampling rule) run eagerly on a side stream (real
+  steps, their tokens are kept), the next one is captured and replayed from then on, across
+  calls. The host synchronises only every ``sync_every`` tokens (the all-finished check) and
+  once at the end (the output length).
+
+Graphs read the live parameter storage, so optimizer updates (in place) are seen without
+re-capture. Anything that *replaces* a parameter tensor (``.to()``, ``load_state_dict`` with
+assign, re-wrapping) or changes which kernels run (LoRA merge/unmerge, adapters disabled or
+switched) would leave a graph computing with stale weights: before each call a signature of
+parameter data pointers and LoRA flags is compared with the one at capture, and every graph is
+dropped (re-captured on use) when it changed. A capture that fails falls back to eager steps for
+the rest of this decoder's life with a one-line warning.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+CACHE_ROUND = 128   # cache-length granularity of a CUDA slot
+
+
+def warpers(spec):
+    """transformers' logits warpers for ``spec`` (temperature, top-k, top-p); empty when greedy."""
+    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+
+    procs = LogitsProcessorList()
+    if is_sampling(spec):
+        if spec.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(spec.temperature))
+        if spec.top_k:
+            procs.append(TopKLogitsWarper(spec.top_k))
+        if spec.top_p is not None and spec.top_p < 1.0:
+            procs.append(TopPLogitsWarper(spec.top_p))
+    return procs
+
+
+def is_sampling(spec) -> bool:
+    """``do_sample`` at a positive temperature; temperature 0 is greedy."""
+    return bool(spec.do_sample) and float(spec.temperature) > 0
+
+
+def gumbel_max_sample(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row drawn from softmax(scores): argmax(scores + G), G ~ Gumbel(0, 1) i.i.d.
+    Masked entries (-inf) are never drawn."""
+    u = torch.rand(scores.shape, dtype=scores.dtype, device=scores.device, generator=generator)
+    return (scores - u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_()).argmax(-1)
+
+
+def make_sampler(spec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """logits (N, V) -> next tokens (N,), on the logits' device, without host synchronisation."""
+    procs = warpers(spec)
+    if is_sampling(spec):
+        return lambda logits: gumbel_max_sample(procs(None, logits.float()))
+    return lambda logits: logits.float().argmax(-1)
+
+
+def sampling_key(spec) -> tuple:
+    """What a captured step bakes in as constants: a new key means a new graph."""
+    if not is_sampling(spec):
+        return ("greedy",)
+    return ("sample", float(spec.temperature), int(spec.top_k or 0), float(spec.top_p if spec.top_p is not None else 1.0))
+
+
+def batch_bucket(n: int) -> int:
+    """Smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of 2 and 1.5x powers of 2) >= n."""
+    p = 1 << max(0, (n - 1).bit_length() - 1)  # largest power of 2 < n (1 for n <= 2)
+    for b in (p, p * 3 // 2 if p >= 2 else p, 2 * p):
+        if b >= n:
+            return b
+    return 2 * p
+
+
+def weights_signature(model) -> tuple:
+    """Parameter data pointers and LoRA state: what a captured graph depends on besides its buffers."""
+    ptrs = tuple(p.data_ptr() for p in model.parameters())
+    lora = tuple((bool(getattr(m, "merged", False)), bool(getattr(m, "disable_adapters", False)),
+                  tuple(getattr(m, "active_adapters", ()) or ()))
+                 for m in model.modules() if hasattr(m, "merged_adapters"))
+    return ptrs, lora
+
+
+def _cuda_capture(step: Callable[[], None], pool) -> Any:
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, pool=pool):
+        step()
+    return g
+
+
+@dataclass
+class _Slot:
+    """One batch-size bucket: its static cache and the static buffers the decode step reads and writes."""
+    batch: int
+    cache_len: int
+    cache: Any
+    dtype: torch.dtype
+    tok: torch.Tensor      # (Nb,) the token fed at the next step
+    pos: torch.Tensor      # (Nb, 1) its position id
+    att: torch.Tensor      # (Nb, L) attention mask over the cache
+    done: torch.Tensor     # (Nb,) finished rows (padding rows from the start)
+    length: torch.Tensor   # (Nb,) tokens up to and including eos, set when a row finishes
+    t: torch.Tensor        # (1,) tokens written so far
+    out: torch.Tensor      # (Nb, L) the completion tokens
+    graphs: dict = field(default_factory=dict)
+
+
+class StaticDecoder:
+    """Prefill once, decode on a static cache; the step is a CUDA graph per batch bucket on CUDA."""
+
+    def __init__(self, cuda_graphs: bool = True, sync_every: int = 8, warmup: int = 2):
+        self.cuda_graphs, self.sync_every, self.warmup = cuda_graphs, max(1, int(sync_every)), max(1, int(warmup))
+        self.slots: dict[tuple, _Slot] = {}
+        self.capture_failed = False
+        self.captures = 0            # graphs captured so far (re-captures included)
+        self.capture_s = 0.0         # seconds spent warming up and capturing
+        self._signature = None
+        self._pool = None
+        self._capture = _cuda_capture   # (step, pool) -> an object with .replay(); tests swap in a stand-in
+        self._graph_devices = ("cuda",)
+
+    # ------------------------------------------------------------------ slots
+    def _graphs_on(self, device: torch.device, cuda_graphs: bool = True) -> bool:
+        return cuda_graphs and self.cuda_graphs and not self.capture_failed and device.type in self._graph_devices
+
+    def _slot(self, model, device, n: int, need_len: int, kv_dtype: torch.dtype, amp, graphs: bool) -> _Slot:
+        from transformers import StaticCache
+
+        nb = batch_bucket(n) if graphs else n
+        key = (device, nb, amp)
+        s = self.slots.get(key)
+        fits = s is not None and s.dtype == kv_dtype and (
+            s.cache_len >= need_len if graphs else s.cache_len == need_len)
+        if not fits:
+            if s is not None:
+                need_len = max(need_len, s.cache_len) if graphs else need_len
+            L = CACHE_ROUND * math.ceil(need_len / CACHE_ROUND) if graphs else need_len
+            s = _Slot(batch=nb, cache_len=L, cache=StaticCache(config=model.config, max_cache_len=L), dtype=kv_dtype,
+                      tok=torch.zeros(nb, dtype=torch.long, device=device),
+                      pos=torch.zeros(nb, 1, dtype=torch.long, device=device),
+                      att=torch.ones(nb, L, dtype=torch.long, device=device),
+                      done=torch.zeros(nb, dtype=torch.bool, device=device),
+                      length=torch.zeros(nb, dtype=torch.long, device=device),
+                      t=torch.zeros(1, dtype=torch.long, device=device),
+                      out=torch.zeros(nb, L, dtype=torch.long, device=device))
+            self.slots[key] = s  # replaces the bucket's smaller slot (and its graphs)
+        return s
+
+    def _check_weights(self, model) -> None:
+        sig = weights_signature(model)
+        if sig != self._signature:
+            for s in self.slots.values():  # graphs would read replaced tensors or run the wrong kernels
+                s.graphs.clear()
+            self._signature = sig
+
+    # ------------------------------------------------------------------ the step
+    @staticmethod
+    def _advance(s: _Slot, nt: torch.Tensor, eos: int, pad: int) -> None:
+        """Write the sampled tokens at column t and update the done flags and lengths, in place."""
+        nt = nt.masked_fill(s.done, pad)
+        s.out.scatter_(1, s.t.view(1, 1).expand(s.batch, 1), nt[:, None])
+        s.t.add_(1)
+        newly = (nt == eos) & ~s.done
+        s.length.copy_(torch.where(newly, s.t.expand(s.batch), s.length))
+        s.done.logical_or_(newly)
+        s.tok.copy_(nt)
+
+    def _step_fn(self, model, s: _Slot, sampler, eos: int, pad: int) -> Callable[[], None]:
+        def step() -> None:
+            out = model(input_ids=s.tok[:, None], attention_mask=s.att, position_ids=s.pos, past_key_values=s.cache,
+                        use_cache=True)
+            s.pos.add_(1)
+            self._advance(s, sampler(out.logits[:, -1]), eos, pad)
+        return step
+
+    def _graph(self, s: _Slot, key: tuple, step: Callable[[], None]):
+        """Capture ``step`` (after ``warmup`` eager runs have been made on this slot); None on failure."""
+        import time
+
+        t0 = time.perf_counter()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle() if self._capture is _cuda_capture else None
+        try:
+            g = self._capture(step, self._pool)
+        except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager steps
+            self.capture_failed = True
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            warnings.warn(f"rollout engine: CUDA graph capture failed ({type(e).__name__}: {first}); "
+                          "decoding without graphs (set cuda_graphs: false to silence)", RuntimeWarning, stacklevel=3)
+            return None
+        self.captures += 1
+        self.capture_s += time.perf_counter() - t0
+        s.graphs[key] = g
+        return g
+
+    # ------------------------------------------------------------------ generate
+    @torch.no_grad()
+    def generate(self, model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, spec,
+                 cuda_graphs: bool = True) -> torch.Tensor:
+        """Completion ids (B * G, n), right padded with pad_token_id, the G completions of a prompt contiguous.
+        Graphs are used on CUDA unless this decoder, ``cuda_graphs`` or ``spec.cuda_graphs`` turns them off."""
+        G = max(1, int(spec.num_return_sequences))
+        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        P, T = input_ids.shape[1], int(spec.max_new_tokens)
+        device = input_ids.device
+        was_training = model.training
+        model.eval()
+        amp = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        # inside graphs autocast must not cache casted weights (they would live in the graph's pool)
+        ctx = torch.autocast(device.type, dtype=amp, cache_enabled=False) if amp is not None else contextlib.nullcontext()
+        try:
+            with ctx:
+                graphs = self._graphs_on(device, cuda_graphs and getattr(spec, "cuda_graphs", True))
+                return self._generate(model, input_ids, attention_mask, G, P, T, eos, pad, spec, amp, graphs)
+        finally:
+            if was_training:
+                model.train()
+
+    def _generate(self, model, input_ids, attention_mask, G, P, T, eos, pad, spec, amp, graphs) -> torch.Tensor:
+        device = input_ids.device
+        pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        pre = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=True,
+                    logits_to_keep=1)
+        N = input_ids.shape[0] * G
+        if graphs:
+            self._check_weights(model)
+        layers = pre.past_key_values.layers
+        s = self._slot(model, device, N, P + T, layers[0].keys.dtype, amp, graphs)
+        nb = s.batch
+
+        def rows(x: torch.Tensor) -> torch.Tensor:  # prompt rows -> G copies each, then padding rows
+            x = x.repeat_interleave(G, 0)
+            return torch.cat([x, x[:1].expand(nb - N, *x.shape[1:])]) if nb > N else x
+
+        s.cache.reset()
+        for dst, src in zip(s.cache.layers, layers):
+            dst.update(rows(src.keys), rows(src.values))
+        s.att[:, :P].copy_(rows(attention_mask))
+        s.att[:, P:].fill_(1)  # every generated position is attended; causality hides those not written yet
+        s.pos.copy_(rows(pos[:, -1:]) + 1)
+        s.done.fill_(False)
+        s.done[N:] = True
+        s.length.zero_()
+        s.t.zero_()
+        sampler = make_sampler(spec)
+        self._advance(s, sampler(rows(pre.logits[:, -1])), eos, pad)
+        del pre, layers
+
+        step = self._step_fn(model, s, sampler, eos, pad)
+        key = sampling_key(spec)
+        g = s.graphs.get(key) if graphs else None
+        every = self.sync_every if graphs else 1
+        # warm-up steps before a capture run on a side stream, as capture needs (they are real steps)
+        side = torch.cuda.Stream(device) if graphs and g is None and device.type == "cuda" else None
+        warm, n = 0, 1
+        for t in range(1, T):
+            if t % every == 0 and bool(s.done.all()):
+                break
+            if g is None and graphs and warm >= self.warmup and not self.capture_failed:
+                if side is not None:
+                    torch.cuda.current_stream(device).wait_stream(side)
+                    side = None
+                g = self._graph(s, key, step)  # records the step; the replay below runs it
+            if g is not None:
+                g.replay()
+            elif side is not None:
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    step()
+                warm += 1
+            else:
+                step()
+                warm += 1
+            n = t + 1
+        if side is not None:
+            torch.cuda.current_stream(device).wait_stream(side)
+        done, length = s.done[:N], s.length[:N]
+        n = int(torch.where(done, length, torch.full_like(length, n)).max()) if N else n
+        return s.out[:N, :max(n, 1)].clone()
+
+
+_DECODERS: "weakref.WeakKeyDictionary[Any, StaticDecoder]" = weakref.WeakKeyDictionary()
+
+
+def decoder_for(model) -> StaticDecoder:
+    """The decoder (with its caches and graphs) of ``model``, shared by rollouts, sampling and evaluation."""
+    d = _DECODERS.get(model)
+    if d is None:
+        d = _DECODERS[model] = StaticDecoder()
+    return d
