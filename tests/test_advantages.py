@@ -90,7 +90,9 @@ def test_outcome_estimator_equals_grpo():
 
 def test_registry_and_unknown_name():
     assert {"outcome", "outcome_plus_step", "process_sum"} <= set(STEP_ADVANTAGES)
-    with pytest.raises(ValueError, match="unknown"):
+    from taosr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model.init_args.step_advantage.name: 'nope' is unknown"):
         compute_step_advantages("nope", outcome_rewards=OUTCOME)
 
 
