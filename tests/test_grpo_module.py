@@ -259,6 +259,7 @@ def test_options_are_checked_at_construction(kwargs, match):
     ({"num_generations": 1}, r"num_generations: group methods need at least 2 completions per prompt, got 1$"),
     ({"generation": GenerationSpec(max_new_tokens=0)}, r"generation.max_new_tokens: must be >= 1, got 0$"),
     ({"engine": "trt"}, r"engine: 'trt' is unknown; expected one of hf, vllm$"),
+    ({"engine": "vllm", "vllm": {"gpu_mem": 0.3}}, r"vllm.gpu_mem: not an option of rollout engine VLLMEngine"),
 ])
 def test_rollout_callback_refuses_runs_that_train_nothing(kwargs, match):
     """G < 2 (every group dropped) or a zero completion budget used to exit 0 having trained

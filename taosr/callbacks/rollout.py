@@ -33,13 +33,16 @@ class RolloutCallback(pl.Callback):
         if int(self.generation.max_new_tokens) < 1:
             raise ConfigError(f"{KEY}.generation.max_new_tokens: must be >= 1, got {self.generation.max_new_tokens}")
         self.engine_entry = ENGINES.get(engine, ENGINE_KEY)
+        self.engine_entry.check(self._engine_options(), key=f"{KEY}.vllm" if engine == "vllm" else KEY)
         self.spec = replace(self.generation, num_return_sequences=self.G)
         self.engine = None
 
+    def _engine_options(self) -> dict[str, Any]:
+        return dict(self.vllm_kwargs) if self.engine_name == "vllm" else {"prefix_sharing": self.prefix_sharing}
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.engine is None and stage == "fit":
-            kwargs = self.vllm_kwargs if self.engine_name == "vllm" else {"prefix_sharing": self.prefix_sharing}
-            self.engine = self.engine_entry.build(**kwargs)
+            self.engine = self.engine_entry.build(**self._engine_options())
 
     @torch.no_grad()
     def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:

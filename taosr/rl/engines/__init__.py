@@ -20,15 +20,22 @@ class EngineEntry:
     cls: str
     on_policy: bool        # samples from the trainer's model object itself (its log-probs are the update's)
 
+    def engine_class(self):
+        return getattr(importlib.import_module(self.module), self.cls)  # the engine's own deps load when built
+
+    def check(self, options: dict, key: str = ENGINE_KEY) -> None:
+        """Refuse an option the engine's constructor does not take (``key`` names where it is set)."""
+        params = inspect.signature(self.engine_class().__init__).parameters
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            return
+        unknown = [k for k in options if k not in params or k == "self"]
+        if unknown:
+            takes = ", ".join(k for k in params if k != "self")
+            raise ConfigError(f"{key}.{unknown[0]}: not an option of rollout engine {self.cls} (it takes {takes})")
+
     def build(self, **kwargs) -> RolloutEngine:
-        cls = getattr(importlib.import_module(self.module), self.cls)
-        params = inspect.signature(cls.__init__).parameters
-        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            unknown = [k for k in kwargs if k not in params or k == "self"]
-            if unknown:
-                takes = ", ".join(k for k in params if k != "self")
-                raise ConfigError(f"{ENGINE_KEY}: {unknown[0]!r} is not an option of engine {self.cls} (it takes {takes})")
-        return cls(**kwargs)
+        self.check(kwargs)
+        return self.engine_class()(**kwargs)
 
 
 ENGINES: Registry[EngineEntry] = Registry("rollout engine", ENGINE_KEY)
