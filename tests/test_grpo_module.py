@@ -308,3 +308,24 @@ def test_srpo_outcome_and_lam0_are_grpo_end_to_end(tmp_path, cache_dir):
                                                  examiner=ExaminerSpec(mode="verifier"))
         assert mod.step_scorer is not None and mod.step_scorer.grm is None
         assert (got_losses, got_sum) == (losses, param_sum), spec
+
+
+@pytest.mark.parametrize("scale_std", [True, False])
+def test_srpo_outcome_advantage_uses_the_modules_scale_std(scale_std):
+    """One source of truth: SRPO's outcome advantage follows model.init_args.scale_std like GRPO's
+    (StepAdvantageSpec.scale_std used to win silently)."""
+    from taosr.methods.srpo import SRPOModule
+    from taosr.rl.advantages import StepAdvantageSpec, group_advantages
+    from taosr.rl.rollout import StepScores
+
+    sr = torch.ones(8, 5)
+    token_step = torch.tensor([[0, 1, 2, 3, 4, 5]] * 8)
+    r = _rollout(reward=torch.tensor([1.2, 0.2, 0.2, 0.2, 1.2, 1.2, 0.2, 0.0]),
+                 correct=torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0]),
+                 steps=StepScores(rewards=sr, source=torch.ones_like(sr).long(), present=torch.ones_like(sr).bool(),
+                                  verdict=sr, token_step=token_step))
+    for name in ("outcome", "outcome_plus_step", "process_sum"):
+        mod = SRPOModule(step_advantage=StepAdvantageSpec(name=name), scale_std=scale_std)
+        want = group_advantages(r.reward, 4, scale_std=scale_std)
+        assert torch.equal(mod.advantages(r), want[:, None].expand(-1, 6)), name
+        assert torch.equal(GRPOModule(scale_std=scale_std).advantages(r), want)
