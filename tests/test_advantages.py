@@ -90,7 +90,9 @@ def test_outcome_estimator_equals_grpo():
 
 def test_registry_and_unknown_name():
     assert {"outcome", "outcome_plus_step", "process_sum"} <= set(STEP_ADVANTAGES)
-    with pytest.raises(ValueError, match="unknown"):
+    from taosr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model.init_args.step_advantage.name: 'nope' is unknown"):
         compute_step_advantages("nope", outcome_rewards=OUTCOME)
 
 
@@ -131,3 +133,86 @@ def test_outcome_plus_step_soft_scores_stay_small_without_step_std():
     scaled = compute_step_advantages("outcome_plus_step", step_scale_std=True, eps=0.0, **kw)
     # centred +-.01, group std (unbiased) .01414 -> +-.7071
     assert scaled[0, 0].item() == pytest.approx(0.5 - 0.5 * math.sqrt(0.5), abs=1e-4)
+
+
+def _outlier_group(G=8):
+    """One group of G=8 with a lone correct completion: |A_out| = 7/sqrt(8) = 2.47 > clamp 2.0."""
+    outcome = torch.tensor([1.2] + [0.2] * (G - 1))
+    correct = torch.tensor([True] + [False] * (G - 1))
+    g = torch.Generator().manual_seed(0)
+    steps = (torch.rand(G, 3, generator=g) > 0.5).float()
+    return dict(outcome_rewards=outcome, step_rewards=steps, correct=correct,
+                token_step=torch.tensor([[0, 0, 1, 2, 3, -1]] * G), group_size=G)
+
+
+@pytest.mark.parametrize("scale_std", [True, False])
+def test_lam0_and_outcome_estimator_are_grpo_exactly_with_an_outlier(scale_std):
+    """SRPO with lam = 0 (clamp 2.0 as in configs/srpo.yaml) and with the `outcome` estimator give
+    GRPO's advantages exactly; the clamp used to cut the lone outlier's +2.47 to +2.00."""
+    kw = _outlier_group()
+    grpo = group_advantages(kw["outcome_rewards"], 8, scale_std=scale_std)
+    if scale_std:
+        assert grpo[0].item() == pytest.approx(7 / math.sqrt(8), abs=1e-3)
+    want = torch.where(kw["token_step"] >= 0, grpo[:, None].expand(-1, 6), torch.zeros(8, 6))
+    lam0 = compute_step_advantages("outcome_plus_step", lam=0.0, clamp=2.0, scale_std=scale_std, **kw)
+    outcome = compute_step_advantages("outcome", scale_std=scale_std, **kw)
+    assert torch.equal(lam0, want) and torch.equal(outcome, want)
+    # process_sum with flat step rewards is GRPO too, clamp or not
+    flat = {**kw, "step_rewards": torch.ones(8, 3)}
+    assert torch.equal(compute_step_advantages("process_sum", clamp=2.0, scale_std=scale_std, **flat), want)
+
+
+def test_clamp_bounds_the_step_term_never_the_outcome():
+    kw = _outlier_group()
+    a_out = group_advantages(kw["outcome_rewards"], 8)[0].item()  # 2.47
+    adv = compute_step_advantages("outcome_plus_step", lam=10.0, clamp=2.0, critical_weight=1.0, **kw)
+    # the outlier's rows lie within [-2, 2.47]: a step penalty may lower them, nothing raises them above A_out
+    assert adv[0].max().item() == pytest.approx(a_out) and adv[0].min().item() >= -2.0
+    assert adv[1:].abs().max().item() <= 2.0 + 1e-6
+
+
+def test_critical_steps_use_hard_verdicts_and_the_sign_of_the_centred_score():
+    """The issue's case: inside a wrong answer, a step the GRM scores 0.6 (judged right) but below its
+    group's mean must not have its penalty doubled; a right step above the mean keeps its bonus doubled."""
+    # one group of 3 (all wrong answers so A_out = 0), one step: GRM scores .6, .9, .9 (mean .8)
+    steps = torch.tensor([[0.6], [0.9], [0.9]])
+    verdict = (steps >= 0.5).float()
+    kw = dict(outcome_rewards=torch.zeros(3), step_rewards=steps, correct=torch.zeros(3, dtype=torch.bool),
+              token_step=torch.tensor([[0, 1]] * 3), group_size=3, lam=1.0, critical_weight=2.0, clamp=None,
+              step_verdict=verdict)
+    adv = compute_step_advantages("outcome_plus_step", **kw)
+    assert adv[0, 0].item() == pytest.approx(0.6 - 0.8)              # weight 1: not doubled (was -0.4)
+    assert adv[1, 0].item() == pytest.approx(2 * (0.9 - 0.8))        # right step above the mean: doubled
+    centred = steps - steps.mean(0, keepdim=True)
+    assert critical_step_mask(verdict, kw["correct"], centred).tolist() == [[False], [True], [True]]
+    # no verdict (NaN: uncovered step in verifier mode) is never critical
+    assert critical_step_mask(torch.tensor([[float("nan")]]), torch.tensor([True])).tolist() == [[False]]
+
+
+def test_process_sum_follows_the_completions_own_step_order():
+    """A completion that writes its steps out of order (malformed, still parsed): a token's advantage
+    sums its own step and the steps that come AFTER it in that completion, not in canonical order."""
+    steps = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    kw = dict(outcome_rewards=torch.tensor([1.0, 0.0]), step_rewards=steps, correct=torch.tensor([True, False]),
+              group_size=2, outcome_weight=0.0, scale_std=False, clamp=None)
+    canonical = compute_step_advantages("process_sum", token_step=torch.tensor([[0, 1, 2, 3]] * 2), **kw)
+    # row 0 writes step 2 first, then 0, then 1: token order [2, 0, 1, label]
+    permuted = compute_step_advantages("process_sum", token_step=torch.tensor([[2, 0, 1, 3], [0, 1, 2, 3]]), **kw)
+    # group mean .5: row 0 normalised [.5, -.5, .5]; in its own order 2, 0, 1 the suffix sums are
+    # step 2: .5 + .5 - .5 = .5, step 0: .5 - .5 = 0, step 1: -.5
+    assert permuted[0].tolist() == pytest.approx([0.5, 0.0, -0.5, 0.0])
+    assert torch.equal(permuted[1], canonical[1])
+    assert canonical[0].tolist() == pytest.approx([0.5, 0.0, 0.5, 0.0])  # canonical order: [.5, 0, .5]
+
+
+def test_step_advantage_spec_passes_only_the_options_it_sets():
+    from taosr.errors import ConfigError
+    from taosr.rl.advantages import StepAdvantageSpec
+
+    assert StepAdvantageSpec().options() == {}
+    assert StepAdvantageSpec(name="outcome_plus_step", lam=0.0, clamp=2.0).options() == {"lam": 0.0, "clamp": 2.0}
+    assert StepAdvantageSpec(name="process_sum", outcome_weight=0.5).check() is STEP_ADVANTAGES.get("process_sum")
+    with pytest.raises(ConfigError, match=r"^model.init_args.step_advantage.critical_weight: not an option"):
+        StepAdvantageSpec(name="process_sum", critical_weight=2.0).check()
+    with pytest.raises(ConfigError, match=r"^model.init_args.step_advantage.name: 'x' is unknown"):
+        StepAdvantageSpec(name="x").check()

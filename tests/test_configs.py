@@ -88,12 +88,79 @@ def test_grm_export_is_checked_for_its_layout(grm_run, sft_run, tmp_path):
         GRMScorer.load(str(old))
 
 
+def _train_metrics(save_dir) -> list[dict[str, float]]:
+    """Rows of the CSV logger's metrics.csv that hold train/steps metrics."""
+    import csv
+
+    rows = []
+    for path in glob.glob(os.path.join(str(save_dir), "**", "metrics.csv"), recursive=True):
+        for row in csv.DictReader(open(path)):
+            vals = {k: float(v) for k, v in row.items() if v not in ("", None)}
+            if "train/steps/verifier_share" in vals:
+                rows.append(vals)
+    return rows
+
+
+def _write_reasoning_rollouts(monkeypatch):
+    """The 2-step micro policy writes no reasoning steps, so every step share would be 0 whatever
+    the examiner: replace each sampled completion by its example's gold reasoning, with one step
+    conclusion (and the label) changed in every other completion, so that the examiner sees five
+    steps, right and wrong ones. Everything after sampling (parsing, rewards, examiner, advantages,
+    update) runs as configured."""
+    import torch
+
+    from taosr.callbacks.rollout import RolloutCallback
+    from taosr.labels import STEP_KEYS
+    from taosr.reasoning.format import render_reasoning
+
+    sample = RolloutCallback.on_train_batch_start
+
+    def with_reasoning(self, trainer, pl_module, batch, batch_idx):
+        sample(self, trainer, pl_module, batch, batch_idx)
+        r, tok = batch["rollout"], pl_module.tokenizer
+        rows = trainer.datamodule.train_rows_cache
+        texts = []
+        for n, i in enumerate(r.example_index.tolist()):
+            ex = rows[int(i)]
+            steps = dict(ex.steps)
+            if n % 2:
+                k = STEP_KEYS[n % len(STEP_KEYS)]
+                steps[k] = "something else | wrong"
+            texts.append(render_reasoning(steps, ex.label if n % 2 == 0 else 1 + ex.label % 4))
+        ids = [tok.encode(t, add_special_tokens=False) + [tok.eos_token_id] for t in texts]
+        T = max(map(len, ids))
+        r.completion_ids = torch.tensor([x + [tok.pad_token_id] * (T - len(x)) for x in ids])
+        r.completion_mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x in ids])
+        r.texts, r.clipped = [tok.decode(x, skip_special_tokens=True) for x in ids], torch.zeros(len(ids), dtype=torch.bool)
+
+    monkeypatch.setattr(RolloutCallback, "on_train_batch_start", with_reasoning)
+
+
 @pytest.mark.parametrize("mode", ["verifier", "grm", "verifier_then_grm"])
-def test_srpo_config(tmp_path, sft_run, grm_run, samples, cache_dir, mode):
+def test_srpo_config(tmp_path, sft_run, grm_run, samples, cache_dir, mode, monkeypatch):
+    """Each examiner mode runs and logs its own shares: verifier only judges exactly the steps the
+    annotations cover and the GRM none; GRM only judges every present step; the hybrid splits the
+    present steps between the two (the verifier where it covers a step) and reports disagreement."""
+    _write_reasoning_rollouts(monkeypatch)
+    logs = tmp_path / "logs"
     fit("configs/srpo.yaml", str(tmp_path), cache_dir, "--model.init_args.model.name_or_path",
         os.path.join(sft_run, "export"), "--model.init_args.grm_path", os.path.join(grm_run, "export"),
-        "--model.init_args.examiner.mode", mode, *rl_samples_overrides(samples))
+        "--model.init_args.examiner.mode", mode, *rl_samples_overrides(samples),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.save_dir", str(logs))
     assert os.path.exists(tmp_path / "export" / "config.json")
+    rows = _train_metrics(logs)
+    assert len(rows) == 2, rows  # one per rollout batch (max_steps 2, logged every step)
+    for m in rows:
+        share_v, share_g, cover = m["train/steps/verifier_share"], m["train/steps/grm_share"], m["train/steps/verifier_coverage"]
+        assert m["train/steps/per_response"] == 5.0, m
+        if mode == "verifier":
+            assert share_g == 0.0 and share_v == pytest.approx(cover) and 0.0 < cover <= 1.0
+            assert "train/steps/disagreement" not in m
+        elif mode == "grm":
+            assert share_v == 0.0 and share_g == pytest.approx(1.0)
+        else:
+            assert share_v == pytest.approx(cover) and share_g == pytest.approx(1.0 - cover) and 0.0 < share_g
+            assert 0.0 <= m["train/steps/disagreement"] <= 1.0
 
 
 def test_sweep_runs_locally_and_summarises(tmp_path, sft_run, grm_run, samples, cache_dir):

@@ -1,11 +1,10 @@
 """Hybrid examination: hand-computed combinations of verifier and GRM step scores."""
-import math
-
 import pytest
 import torch
 
-from taosr.rl.examiner import (SOURCE_BOTH, SOURCE_GRM, SOURCE_MISSING, SOURCE_NONE, SOURCE_VERIFIER, ExaminerSpec,
-                               combine_step_rewards, examiner_stats)
+from taosr.errors import ConfigError
+from taosr.rl.examiner import (EXAMINER_MODES, SOURCE_BOTH, SOURCE_GRM, SOURCE_MISSING, SOURCE_NONE, SOURCE_VERIFIER,
+                               ExaminerSpec, combine_step_rewards, examiner_stats, hard_verdicts)
 
 N = float("nan")
 # two completions x 3 steps; verifier covers some steps (NaN = no annotation)
@@ -47,8 +46,34 @@ def test_stats_shares_and_disagreement():
 
 
 def test_bad_modes():
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ConfigError, match=r"^model.init_args.examiner.mode: 'vote' is unknown; expected one of "
+                                          r"verifier_then_grm, grm, verifier, weighted$"):
         combine_step_rewards(VER, GRM, PRESENT, ExaminerSpec("vote"))
+    with pytest.raises(ConfigError, match="'vote' is unknown"):
+        ExaminerSpec("vote").check()
     with pytest.raises(ValueError, match="needs a GRM"):
         combine_step_rewards(VER, None, PRESENT, ExaminerSpec("grm"))
-    assert math.isnan(N)
+    with pytest.raises(ValueError, match="needs a GRM"):
+        combine_step_rewards(VER, None, PRESENT, ExaminerSpec("weighted"))
+    assert [m for m in EXAMINER_MODES if EXAMINER_MODES.get(m).needs_grm] == ["grm", "weighted"]
+    assert [m for m in EXAMINER_MODES if not EXAMINER_MODES.get(m).uses_grm] == ["verifier"]
+
+
+def test_unscored_inputs_stay_unscored():
+    """NaN inputs (no annotation, no GRM score) never leak into rewards: every reward is a number,
+    uncovered steps get ``uncovered_value`` and keep source NONE."""
+    for mode in ("verifier_then_grm", "grm", "verifier", "weighted"):
+        r, src = combine_step_rewards(VER, GRM, PRESENT, ExaminerSpec(mode, uncovered_value=0.25))
+        assert not torch.isnan(r).any(), mode
+        assert r[1, 1].item() == 0.25 and src[1, 1].item() == SOURCE_NONE, mode  # nobody scored (1, 1)
+
+
+def test_hard_verdicts():
+    """Verifier 1/0 as is, soft scores thresholded at 0.5, no verdict where nobody judged."""
+    r, src = combine_step_rewards(VER, GRM, PRESENT, ExaminerSpec("verifier_then_grm"))
+    v = hard_verdicts(r, src)
+    # row 0: verifier 1 | GRM .9 -> 1 | verifier 0 ; row 1: GRM .7 -> 1 | nobody | missing
+    assert v[0].tolist() == [1.0, 1.0, 0.0]
+    assert v[1, 0].item() == 1.0 and torch.isnan(v[1, 1:]).all()
+    r, src = combine_step_rewards(VER, GRM, PRESENT, ExaminerSpec("weighted", verifier_weight=0.75))
+    assert hard_verdicts(r, src)[0].tolist() == [1.0, 1.0, 0.0]  # .8, .9 (GRM only), .15

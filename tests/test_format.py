@@ -81,3 +81,77 @@ def test_token_step_index_missing_steps():
     text = "Query understanding: a\nJudgment: excellent\nLabel: 4"
     idx = token_step_index([ord(c) for c in text], CharTokenizer())
     assert set(idx) == {0, 4, 5}
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory, examples):
+    """The presets' byte-level BPE tokenizer, trained on rendered reasoning (as the micro preset)."""
+    from taosr.models.tokenizer import train_bpe_tokenizer
+
+    texts = [f"{ex.query} {ex.item.title}\n" + render_reasoning(ex.steps, ex.label) for ex in examples]
+    return train_bpe_tokenizer(texts, 400, str(tmp_path_factory.mktemp("bpe")))
+
+
+class CountingDecodes:
+    """Wraps a tokenizer and counts decode calls (the old algorithm decodes every prefix)."""
+
+    def __init__(self, tok):
+        self.tok, self.calls = tok, 0
+
+    def decode(self, *a, **kw):
+        self.calls += 1
+        return self.tok.decode(*a, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def _byte_piece_id(tok, byte: int) -> int:
+    from taosr.reasoning.format import _byte_level_alphabet
+
+    char = {b: c for c, b in _byte_level_alphabet().items()}[byte]
+    return tok.convert_tokens_to_ids(char)
+
+
+def test_token_char_ends_offsets_equal_prefix_decoding(bpe, examples):
+    """The linear byte-offset path gives what decoding every prefix gives, on gold reasoning,
+    random token sequences (specials, stray bytes, invalid UTF-8), multi-byte characters and a
+    character split over two byte tokens."""
+    import random
+
+    from taosr.reasoning.format import _token_char_ends_by_prefix, token_char_ends
+
+    rng = random.Random(0)
+    cases = [bpe.encode(render_reasoning(ex.steps, ex.label), add_special_tokens=False) for ex in examples[:40]]
+    cases += [[rng.randrange(len(bpe)) for _ in range(rng.randrange(1, 60))] for _ in range(40)]
+    cases += [bpe.encode("Query understanding: café ☕ naïve | ok\nLabel: 4", add_special_tokens=False) + [bpe.eos_token_id]]
+    a = bpe.encode("Judgment: a", add_special_tokens=False)
+    split = a + [_byte_piece_id(bpe, 0xC3), _byte_piece_id(bpe, 0xA9)] + bpe.encode("b", add_special_tokens=False)
+    cases.append(split)  # "é" as two byte tokens: the first ends inside the character
+    for ids in cases:
+        assert token_char_ends(ids, bpe) == _token_char_ends_by_prefix(ids, bpe), ids
+    ends = token_char_ends(split, bpe)
+    assert ends[-3:] == [ends[-4], ends[-4] + 1, ends[-4] + 2]  # mid-character: no progress yet
+    # the step map is unchanged too (old path: prefix decoding)
+    for ex in examples[:10]:
+        text = render_reasoning(ex.steps, ex.label)
+        ids = bpe.encode(text, add_special_tokens=False)
+        old = [(lambda last: next((STEP_KEYS.index(k) for k in STEP_KEYS if k in p.spans and
+                                   p.spans[k][0] <= last < p.spans[k][1] + 1), len(STEP_KEYS)))(e - 1)
+               for p in [parse_reasoning(text)] for e in _token_char_ends_by_prefix(ids, bpe)]
+        assert token_step_index(ids, bpe) == old
+
+
+def test_token_step_index_is_linear_for_byte_level_bpe(bpe, examples):
+    """One decode for the whole completion instead of one per token."""
+    text = "\n".join(render_reasoning(ex.steps, ex.label) for ex in examples[:5])
+    ids = bpe.encode(text, add_special_tokens=False)
+    assert len(ids) > 200
+    counting = CountingDecodes(bpe)
+    token_step_index(ids, counting, parse_reasoning(text), text)
+    assert counting.calls == 1
+    fallback = CountingDecodes(bpe)
+    from taosr.reasoning.format import _token_char_ends_by_prefix
+
+    _token_char_ends_by_prefix(ids, fallback)
+    assert fallback.calls == len(ids)

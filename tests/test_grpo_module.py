@@ -1,12 +1,18 @@
-"""GRPO module internals: prefix sharing gives the plain forward's log-probs and gradients."""
+"""GRPO module internals: prefix sharing gives the plain forward's log-probs and gradients; a GRPO
+run's numbers are those of the code before the typed Rollout; a global step is one rollout batch."""
+import dataclasses
+import os
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from taosr.eval.generation import GenerationSpec
 from taosr.methods.grpo import GRPOModule
+from taosr.rl.rollout import Rollout
 
 
-def _rollout(G=4, n_prompts=2, P=7, L=6, V=50, seed=0):
+def _rollout(G=4, n_prompts=2, P=7, L=6, V=50, seed=0, temperature=1.0, **fields):
     g = torch.Generator().manual_seed(seed)
     prompt_ids = torch.randint(3, V, (n_prompts, P), generator=g)
     prompt_mask = torch.ones(n_prompts, P, dtype=torch.long)
@@ -14,8 +20,11 @@ def _rollout(G=4, n_prompts=2, P=7, L=6, V=50, seed=0):
     comp = torch.randint(3, V, (n_prompts * G, L), generator=g)
     cmask = torch.ones_like(comp)
     cmask[1, 4:] = 0  # a completion that ended early (right padded)
-    return {"prompt_ids": prompt_ids.repeat_interleave(G, 0), "prompt_mask": prompt_mask.repeat_interleave(G, 0),
-            "completion_ids": comp, "completion_mask": cmask, "group_size": G}
+    spec = GenerationSpec(max_new_tokens=L, do_sample=True, temperature=temperature, num_return_sequences=G)
+    return Rollout(spec=spec, prompt_ids=prompt_ids.repeat_interleave(G, 0),
+                   prompt_mask=prompt_mask.repeat_interleave(G, 0), completion_ids=comp, completion_mask=cmask,
+                   texts=[""] * len(comp), example_index=torch.arange(n_prompts).repeat_interleave(G),
+                   clipped=torch.zeros(len(comp), dtype=torch.bool), **fields)
 
 
 @pytest.mark.parametrize("rows", [None, slice(4, 8)])
@@ -24,7 +33,7 @@ def test_prefix_sharing_matches_plain_forward(rows):
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
     r = _rollout()
-    mask = r["completion_mask"][rows if rows is not None else slice(None)].float()
+    mask = r.completion_mask[rows if rows is not None else slice(None)].float()
     results = []
     for sharing in (True, False):
         mod = GRPOModule(prefix_sharing=sharing)
@@ -63,13 +72,15 @@ def test_logps_follow_the_sampling_temperature():
     mod = GRPOModule(prefix_sharing=False)
     with torch.no_grad():
         base = mod._logps(model, r)
-        hot = mod._logps(model, {**r, "temperature": 2.0})
-        ids = torch.cat([r["prompt_ids"], r["completion_ids"]], 1)
-        att = torch.cat([r["prompt_mask"], r["completion_mask"]], 1)
+        hot = mod._logps(model, _rollout(temperature=2.0))
+        greedy = mod._logps(model, dataclasses.replace(r, spec=GenerationSpec(do_sample=False)))
+        ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+        att = torch.cat([r.prompt_mask, r.completion_mask], 1)
         pos = (att.cumsum(-1) - 1).clamp(min=0)
-        L = r["completion_ids"].shape[1]
+        L = r.completion_ids.shape[1]
         logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits[:, -L - 1:-1] / 2.0
-        want = torch.log_softmax(logits, -1).gather(-1, r["completion_ids"][..., None])[..., 0]
+        want = torch.log_softmax(logits, -1).gather(-1, r.completion_ids[..., None])[..., 0]
+    assert torch.equal(greedy, base)  # greedy tokens are scored at temperature 1
     assert torch.allclose(hot, want, atol=1e-5)
     assert not torch.allclose(hot, base, atol=1e-3)
 
@@ -88,8 +99,12 @@ def test_srpo_keep_mask_with_outcome_estimator_is_grpos():
     from taosr.methods.srpo import SRPOModule
     from taosr.rl.advantages import StepAdvantageSpec
 
-    r = {"group_size": 2, "reward": torch.tensor([1.0, 1.0, 1.0, 0.0]),
-         "step_rewards": torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])}
+    from taosr.rl.rollout import StepScores
+
+    sr = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    r = _rollout(G=2, reward=torch.tensor([1.0, 1.0, 1.0, 0.0]),
+                 steps=StepScores(rewards=sr, source=torch.ones_like(sr).long(), present=torch.ones_like(sr).bool(),
+                                  verdict=sr, token_step=torch.zeros(4, 6).long()))
     step = SRPOModule(step_advantage=StepAdvantageSpec(name="outcome_plus_step"), keep_step_only_groups=True)
     assert step.keep_mask(r).tolist() == [True, True, True, True]
     grpo_rule = [False, False, True, True]
@@ -131,3 +146,186 @@ def test_all_groups_dropped_still_counts_rollout_batches(tmp_path, cache_dir):
                                       corpus=dm.corpus)
     for (n, a), (_, b) in zip(module.model.named_parameters(), ref.named_parameters()):
         assert torch.equal(a, b), n
+
+
+def _fit_micro(tmp_path, cache_dir, max_steps=2, inject=True, extra_callbacks=(), module_cls=GRPOModule,
+               G=4, **kw):
+    """A few rollout batches of the micro model (2 prompts x G, 24 new tokens at temperature 1.3).
+    The micro model writes no valid answer, so ``inject`` replaces the outcome rewards with a
+    deterministic function of each sampled text (reward spread, hence updates)."""
+    import lightning.pytorch as pl
+
+    from taosr.callbacks.reward import RewardModelCallback
+    from taosr.callbacks.rollout import RolloutCallback
+    from taosr.data.datamodule import RelevanceDataModule
+    from taosr.data.synth import SynthConfig
+    from taosr.models.factory import ModelSpec, load_model_and_tokenizer
+
+    class Inject(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            r = batch["rollout"]
+            c = torch.tensor([float(len(t) % 3 == 0) for t in r.texts], device=r.device)
+            r.correct, r.reward = c, c + 0.2 * torch.tensor([float(len(t) % 2) for t in r.texts], device=r.device)
+
+    dm = RelevanceDataModule(view="rl", synth=SynthConfig(n_train=16, n_val=2, n_test=2, seed=3),
+                             data_dir=os.path.join(cache_dir, "data"), batch_size=2, val=None, test=None)
+    spec = ModelSpec(name_or_path="micro", cache_dir=os.path.join(cache_dir, "models"))
+    load_model_and_tokenizer(spec, corpus=dm.corpus)  # build and cache it first: building draws random numbers
+    pl.seed_everything(0)
+    module = module_cls(model=spec, lr=1e-2, export_dir=None, micro_batch_size=3, table_every=0, **kw)
+    rollout = RolloutCallback(num_generations=G, generation=GenerationSpec(do_sample=True, temperature=1.3,
+                                                                           max_new_tokens=24))
+    callbacks = [rollout, RewardModelCallback(), *([Inject()] if inject else []), *extra_callbacks]
+    losses = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(trainer.callback_metrics.get("train/loss", float("nan"))))
+
+    trainer = pl.Trainer(max_steps=max_steps, max_epochs=-1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=[*callbacks, Record()], default_root_dir=str(tmp_path))
+    trainer.fit(module, dm)
+    param_sum = sum(float(p.detach().double().sum()) for p in module.model.parameters())
+    return trainer, module, losses, param_sum
+
+
+# Recorded from the code before the typed Rollout (commit 4e265b2, /tmp recording script replaying
+# this very setup): the refactor must leave GRPO's numbers bit-identical on the same machine.
+# "iters2" ran 2 updates on one rollout batch (max_steps=2 then, since each update counted a step;
+# max_steps=1 now).
+GRPO_BEFORE = {
+    "default": ({}, 2, [-0.009114757180213928, -0.0032983943819999695], 245.86120794998715),
+    "kl_seq_mean": ({"beta": 0.04, "loss_agg": "seq_mean", "scale_std": False}, 2,
+                    [0.0, 0.00047077611088752747], 248.32276809681207),
+    "iters2": ({"num_iterations": 2, "loss_agg": "dr_grpo"}, 1, [-0.12222607433795929], 243.0090736868151),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRPO_BEFORE))
+def test_grpo_numbers_unchanged(tmp_path, cache_dir, case):
+    kw, steps, losses, param_sum = GRPO_BEFORE[case]
+    trainer, _, got_losses, got_sum = _fit_micro(tmp_path, cache_dir, max_steps=steps, **kw)
+    assert trainer.global_step == steps
+    assert got_losses == losses
+    assert got_sum == param_sum
+
+
+def test_a_global_step_is_one_rollout_batch(tmp_path, cache_dir):
+    """max_steps=3 with num_iterations=2: exactly 3 rollout batches and 6 optimizer updates (each
+    update used to count as a global step, so the run stopped after 2 batches), and the curriculum
+    sees the step of the rollout batch."""
+    import lightning.pytorch as pl
+
+    seen = {"batches": 0, "updates": 0, "steps": []}
+
+    class Count(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            opt = trainer.optimizers[0]
+            opt.register_step_post_hook(lambda *a: seen.__setitem__("updates", seen["updates"] + 1))
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["batches"] += 1
+            seen["steps"].append(trainer.global_step)
+
+    trainer, *_ = _fit_micro(tmp_path, cache_dir, max_steps=3, num_iterations=2, extra_callbacks=[Count()])
+    assert trainer.global_step == 3
+    assert seen == {"batches": 3, "updates": 6, "steps": [0, 1, 2]}
+
+
+def test_all_dropped_batch_counts_one_step_with_iterations(tmp_path, cache_dir):
+    """A rollout batch whose groups are all dropped is one global step too, whatever num_iterations."""
+    trainer, *_ = _fit_micro(tmp_path, cache_dir, max_steps=2, inject=False, num_iterations=3)
+    assert trainer.global_step == 2
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"lr": 0.0}, r"^model.init_args.lr: must be > 0, got 0.0$"),
+    ({"weight_decay": -0.1}, r"^model.init_args.weight_decay: must be >= 0"),
+    ({"warmup_steps": -1}, r"^model.init_args.warmup_steps: must be >= 0"),
+    ({"scheduler": "cosin"}, r"^model.init_args.scheduler: 'cosin' is unknown; expected one of constant, linear, cosine$"),
+    ({"num_iterations": 0}, r"^model.init_args.num_iterations: must be >= 1"),
+    ({"reference": "frozen"}, r"^model.init_args.reference: 'frozen' is unknown"),
+    ({"loss_agg": "sum"}, r"^model.init_args.loss_agg: 'sum' is unknown; expected one of token_mean, seq_mean, dr_grpo$"),
+])
+def test_options_are_checked_at_construction(kwargs, match):
+    from taosr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        GRPOModule(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_generations": 1}, r"num_generations: group methods need at least 2 completions per prompt, got 1$"),
+    ({"generation": GenerationSpec(max_new_tokens=0)}, r"generation.max_new_tokens: must be >= 1, got 0$"),
+    ({"engine": "trt"}, r"engine: 'trt' is unknown; expected one of hf, vllm$"),
+    ({"engine": "vllm", "vllm": {"gpu_mem": 0.3}}, r"vllm.gpu_mem: not an option of rollout engine VLLMEngine"),
+])
+def test_rollout_callback_refuses_runs_that_train_nothing(kwargs, match):
+    """G < 2 (every group dropped) or a zero completion budget used to exit 0 having trained
+    nothing; now refused when the callback is built, before any work starts."""
+    from taosr.callbacks.rollout import RolloutCallback
+    from taosr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^trainer.callbacks\[RolloutCallback\].init_args." + match):
+        RolloutCallback(**kwargs)
+
+
+def test_srpo_options_checked_at_construction():
+    from taosr.errors import ConfigError
+    from taosr.methods.srpo import SRPOModule
+    from taosr.rl.advantages import StepAdvantageSpec
+    from taosr.rl.examiner import ExaminerSpec
+
+    with pytest.raises(ConfigError, match=r"^model.init_args.step_advantage.name: 'pcs' is unknown"):
+        SRPOModule(step_advantage=StepAdvantageSpec(name="pcs"))
+    # an option the chosen estimator does not take is refused, not ignored
+    with pytest.raises(ConfigError, match=r"^model.init_args.step_advantage.lam: not an option of step advantage "
+                                          r"estimator 'process_sum' \(it takes clamp, outcome_weight\)$"):
+        SRPOModule(step_advantage=StepAdvantageSpec(name="process_sum", lam=0.3))
+    with pytest.raises(ConfigError, match=r"^model.init_args.step_advantage.clamp: not an option of .* 'outcome' "
+                                          r"\(it takes no options\)$"):
+        SRPOModule(step_advantage=StepAdvantageSpec(name="outcome", clamp=2.0))
+    with pytest.raises(ConfigError, match=r"^model.init_args.examiner.mode: 'vote' is unknown"):
+        SRPOModule(examiner=ExaminerSpec(mode="vote"))
+    with pytest.raises(ConfigError, match=r"^model.init_args.examiner.mode='grm' needs model.init_args.grm_path"):
+        SRPOModule(examiner=ExaminerSpec(mode="grm"))
+    with pytest.raises(ConfigError, match=r"^model.init_args.examiner.verifier_weight: must be in \[0, 1\]"):
+        SRPOModule(examiner=ExaminerSpec(mode="verifier", verifier_weight=1.5))
+    SRPOModule(step_advantage=StepAdvantageSpec(name="process_sum", clamp=1.0, outcome_weight=0.5))  # accepted
+
+
+def test_srpo_outcome_and_lam0_are_grpo_end_to_end(tmp_path, cache_dir):
+    """SRPO (verifier-only examiner, no GRM) with the `outcome` estimator or with lam = 0 trains
+    exactly like GRPO: same losses and weights (the clamp never touches the outcome advantage)."""
+    from taosr.methods.srpo import SRPOModule
+    from taosr.rl.advantages import StepAdvantageSpec
+    from taosr.rl.examiner import ExaminerSpec
+
+    _, _, losses, param_sum = _fit_micro(tmp_path, cache_dir, **GRPO_BEFORE["default"][0])
+    for spec in (StepAdvantageSpec(name="outcome"), StepAdvantageSpec(name="outcome_plus_step", lam=0.0, clamp=0.5)):
+        _, mod, got_losses, got_sum = _fit_micro(tmp_path, cache_dir, module_cls=SRPOModule, step_advantage=spec,
+                                                 examiner=ExaminerSpec(mode="verifier"))
+        assert mod.step_scorer is not None and mod.step_scorer.grm is None
+        assert (got_losses, got_sum) == (losses, param_sum), spec
+
+
+@pytest.mark.parametrize("scale_std", [True, False])
+def test_srpo_outcome_advantage_uses_the_modules_scale_std(scale_std):
+    """One source of truth: SRPO's outcome advantage follows model.init_args.scale_std like GRPO's
+    (StepAdvantageSpec.scale_std used to win silently)."""
+    from taosr.methods.srpo import SRPOModule
+    from taosr.rl.advantages import StepAdvantageSpec, group_advantages
+    from taosr.rl.rollout import StepScores
+
+    sr = torch.ones(8, 5)
+    token_step = torch.tensor([[0, 1, 2, 3, 4, 5]] * 8)
+    r = _rollout(reward=torch.tensor([1.2, 0.2, 0.2, 0.2, 1.2, 1.2, 0.2, 0.0]),
+                 correct=torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0]),
+                 steps=StepScores(rewards=sr, source=torch.ones_like(sr).long(), present=torch.ones_like(sr).bool(),
+                                  verdict=sr, token_step=token_step))
+    for name in ("outcome", "outcome_plus_step", "process_sum"):
+        mod = SRPOModule(step_advantage=StepAdvantageSpec(name=name), scale_std=scale_std)
+        want = group_advantages(r.reward, 4, scale_std=scale_std)
+        assert torch.equal(mod.advantages(r), want[:, None].expand(-1, 6)), name
+        assert torch.equal(GRPOModule(scale_std=scale_std).advantages(r), want)

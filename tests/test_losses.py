@@ -66,7 +66,9 @@ def test_k3_kl_zero_at_equal_and_positive():
 
 
 def test_unknown_aggregation():
-    with pytest.raises(ValueError, match="loss_agg"):
+    from taosr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model.init_args.loss_agg: 'bogus' is unknown"):
         policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1), torch.ones(1, 2), loss_agg="bogus")
 
 

@@ -1,4 +1,6 @@
-"""CurriculumCallback: advances the DataModule's curriculum stage by step count or metric."""
+"""CurriculumCallback: advances the DataModule's curriculum stage by step count or metric.
+
+Steps are global steps: in GRPO/SRPO one rollout batch, whatever ``num_iterations`` is."""
 from __future__ import annotations
 
 import lightning.pytorch as pl

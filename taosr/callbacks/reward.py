@@ -1,17 +1,19 @@
-"""RewardModelCallback: scores the rollouts the RolloutCallback attached, before ``training_step``.
+"""RewardModelCallback: scores the Rollout the RolloutCallback attached, before ``training_step``
+(step 2 of the order documented in :mod:`taosr.rl.rollout`).
 
-Outcome reward for every completion (label correct, format valid). When the module asks for
-step rewards (SRPO), the hybrid examiner scores every step as well (see :mod:`taosr.rl.examiner`).
+First the outcome reward of every completion (label correct, format valid); then, when the module
+has a step scorer (SRPO: ``pl_module.step_scorer``, a :class:`~taosr.rl.step_scorer.StepScorer`),
+the hybrid examiner's step scores (see :mod:`taosr.rl.examiner`).
 """
 from __future__ import annotations
 
 import time
 
 import lightning.pytorch as pl
-import torch
 
 from taosr.reasoning.format import parse_reasoning
 from taosr.rl.rewards import OutcomeRewardSpec, outcome_rewards
+from taosr.rl.rollout import Rollout
 
 
 class RewardModelCallback(pl.Callback):
@@ -19,17 +21,16 @@ class RewardModelCallback(pl.Callback):
         self.outcome = outcome or OutcomeRewardSpec()
 
     def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:
-        r = batch.get("rollout")
+        r: Rollout | None = batch.get("rollout")
         if r is None:
             raise RuntimeError("RewardModelCallback needs rollouts: list RolloutCallback before it in trainer.callbacks")
         t0 = time.perf_counter()
         rows = trainer.datamodule.train_rows_cache
-        examples = [rows[int(i)] for i in r["example_index"].tolist()]
-        parsed = [parse_reasoning(t) for t in r["texts"]]
-        out = outcome_rewards(parsed, [ex.label for ex in examples], self.outcome)
-        dev = r["completion_ids"].device
-        r["parsed"], r["examples"] = parsed, examples
-        r.update({k: v.to(dev) for k, v in out.items()})
-        if getattr(pl_module, "needs_step_rewards", False):
-            pl_module.score_steps(r)
-        r["timing_s/reward"] = time.perf_counter() - t0
+        r.examples = [rows[int(i)] for i in r.example_index.tolist()]
+        r.parsed = [parse_reasoning(t) for t in r.texts]
+        out = outcome_rewards(r.parsed, [ex.label for ex in r.examples], self.outcome, device=r.device)
+        r.reward, r.correct, r.format = out["reward"], out["correct"], out["format"]
+        scorer = getattr(pl_module, "step_scorer", None)
+        if scorer is not None:
+            r.steps = scorer(r, pl_module.tokenizer)
+        r.timings["reward"] = time.perf_counter() - t0

@@ -1,14 +1,21 @@
-"""RolloutCallback: before ``training_step``, sample G completions per prompt of the batch and
-attach tokens, masks and old log-probs (and reference log-probs when the module uses a KL term)."""
+"""RolloutCallback: before ``training_step``, sample G completions per prompt of the batch with the
+configured engine and attach a :class:`~taosr.rl.rollout.Rollout` as ``batch["rollout"]`` (step 1 of
+the order documented in :mod:`taosr.rl.rollout`; the reward callback comes next)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
+from taosr.errors import ConfigError
 from taosr.eval.generation import GenerationSpec, completion_lengths
+from taosr.rl.engines import ENGINE_KEY, ENGINES
+from taosr.rl.rollout import Rollout
+
+KEY = "trainer.callbacks[RolloutCallback].init_args"
 
 
 class RolloutCallback(pl.Callback):
@@ -18,46 +25,40 @@ class RolloutCallback(pl.Callback):
         self.G = num_generations
         self.engine_name, self.vllm_kwargs, self.prefix_sharing = engine, vllm or {}, prefix_sharing
         self.generation = generation or GenerationSpec(do_sample=True, temperature=1.0, max_new_tokens=96)
+        # refused before any work starts: a group of one has no spread (every group would be
+        # dropped) and a zero budget samples nothing, so the run would train nothing and exit 0
+        if int(num_generations) < 2:
+            raise ConfigError(f"{KEY}.num_generations: group methods need at least 2 completions per prompt, "
+                              f"got {num_generations}")
+        if int(self.generation.max_new_tokens) < 1:
+            raise ConfigError(f"{KEY}.generation.max_new_tokens: must be >= 1, got {self.generation.max_new_tokens}")
+        self.engine_entry = ENGINES.get(engine, ENGINE_KEY)
+        self.engine_entry.check(self._engine_options(), key=f"{KEY}.vllm" if engine == "vllm" else KEY)
+        self.spec = replace(self.generation, num_return_sequences=self.G)
         self.engine = None
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        from taosr.rl.engines import make_engine
+    def _engine_options(self) -> dict[str, Any]:
+        return dict(self.vllm_kwargs) if self.engine_name == "vllm" else {"prefix_sharing": self.prefix_sharing}
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
         if self.engine is None and stage == "fit":
-            kwargs = self.vllm_kwargs if self.engine_name == "vllm" else {"prefix_sharing": self.prefix_sharing}
-            self.engine = make_engine(self.engine_name, **kwargs)
+            self.engine = self.engine_entry.build(**self._engine_options())
 
     @torch.no_grad()
     def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:
-        tok, G = pl_module.tokenizer, self.G
-        spec = GenerationSpec(**{**self.generation.__dict__, "num_return_sequences": G})
+        tok, G, spec = pl_module.tokenizer, self.G, self.spec
         t0 = time.perf_counter()
         self.engine.sync_weights(pl_module.model)
         comp = self.engine.generate(pl_module.model, tok, batch["input_ids"], batch["attention_mask"], spec)
         t_gen = time.perf_counter() - t0
-        lens = completion_lengths(comp, tok.eos_token_id, tok.pad_token_id)
+        lens = completion_lengths(comp, tok.eos_token_id, tok.pad_token_id).to(comp.device)
         L = comp.shape[1]
         mask = (torch.arange(L, device=comp.device)[None, :] < lens[:, None]).long()
         comp = comp.masked_fill(mask == 0, tok.pad_token_id)
-        prompt_ids = batch["input_ids"].repeat_interleave(G, 0)
-        prompt_mask = batch["attention_mask"].repeat_interleave(G, 0)
-        texts = [tok.decode(r[:n].tolist(), skip_special_tokens=True) for r, n in zip(comp, lens)]
-        eos_hit = (comp == tok.eos_token_id).any(1)
-        rollout = {
-            "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": comp, "completion_mask": mask,
-            "texts": texts, "example_index": batch["index"].repeat_interleave(G, 0), "group_size": G,
-            "clipped": ~eos_hit, "timing_s/rollout": t_gen,
-            # the update scores tokens under the distribution they were sampled from (as TRL), and
-            # Dr. GRPO divides by the fixed completion budget, not this batch's padded length
-            "temperature": float(spec.temperature) if spec.do_sample and spec.temperature else 1.0,
-            "max_new_tokens": int(spec.max_new_tokens),
-            "perf/rollout_tokens_per_s": float(mask.sum()) / max(t_gen, 1e-9),
-        }
-        t1 = time.perf_counter()
-        # With one update per rollout batch and on-policy HF sampling the ratio is 1 at the update:
-        # old log-probs equal the update's own (detached), so the extra forward pass is skipped (as TRL).
-        need_old = pl_module.hparams.get("num_iterations", 1) > 1 or self.engine_name != "hf"
-        rollout["old_logps"] = pl_module.policy_logps(rollout, grad=False) if need_old else None
-        rollout["ref_logps"] = pl_module.reference_logps(rollout)
-        rollout["timing_s/old_logps"] = time.perf_counter() - t1
-        batch["rollout"] = rollout
+        texts = [tok.decode(r[:n], skip_special_tokens=True) for r, n in zip(comp.tolist(), lens.tolist())]
+        batch["rollout"] = Rollout(
+            spec=spec, prompt_ids=batch["input_ids"].repeat_interleave(G, 0),
+            prompt_mask=batch["attention_mask"].repeat_interleave(G, 0), completion_ids=comp, completion_mask=mask,
+            texts=texts, example_index=batch["index"].repeat_interleave(G, 0).to(comp.device),
+            clipped=~(comp == tok.eos_token_id).any(1), on_policy=self.engine_entry.on_policy,
+            timings={"rollout": t_gen}, perf_tokens_per_s=float(mask.sum()) / max(t_gen, 1e-9))

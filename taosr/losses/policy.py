@@ -12,6 +12,10 @@ from typing import Callable
 
 import torch
 
+from taosr.registry import Registry
+
+LOSS_AGGREGATIONS: Registry[Callable] = Registry("loss aggregation", "model.init_args.loss_agg")
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(x.dtype)
@@ -24,24 +28,24 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
+@LOSS_AGGREGATIONS.register("token_mean", options=())
 def _token_mean(per_token, mask, num_tokens, num_sequences, max_len):
     denom = num_tokens if num_tokens is not None else mask.sum().clamp(min=1.0)
     return (per_token * mask).sum() / denom
 
 
+@LOSS_AGGREGATIONS.register("seq_mean", options=())
 def _seq_mean(per_token, mask, num_tokens, num_sequences, max_len):
     per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     denom = num_sequences if num_sequences is not None else per_token.shape[0]
     return per_seq.sum() / denom
 
 
+@LOSS_AGGREGATIONS.register("dr_grpo", options=())
 def _dr_grpo(per_token, mask, num_tokens, num_sequences, max_len):
     n = num_sequences if num_sequences is not None else per_token.shape[0]
     L = max_len if max_len is not None else per_token.shape[1]
     return (per_token * mask).sum() / (n * L)
-
-
-LOSS_AGGREGATIONS: dict[str, Callable] = {"token_mean": _token_mean, "seq_mean": _seq_mean, "dr_grpo": _dr_grpo}
 
 
 def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
@@ -49,9 +53,9 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
                 ref_logps: torch.Tensor | None = None, beta: float = 0.0, loss_agg: str = "token_mean",
                 num_tokens: float | None = None, num_sequences: float | None = None,
                 max_completion_length: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate (+ beta * k3 KL). ``advantages`` is (B,) per sequence or (B, T) per token."""
-    if loss_agg not in LOSS_AGGREGATIONS:
-        raise ValueError(f"loss_agg {loss_agg!r} is unknown; expected one of {sorted(LOSS_AGGREGATIONS)}")
+    """Clipped surrogate (+ beta * k3 KL). ``advantages`` is (B,) per sequence or (B, T) per token.
+    ``loss_agg`` names a registered aggregation (an unknown name is a ConfigError from the registry)."""
+    aggregate = LOSS_AGGREGATIONS.get(loss_agg)
     mask = mask.to(logps.dtype)
     adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)
     ratio = torch.exp(logps - old_logps)
@@ -64,7 +68,7 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
         kl = k3_kl(logps, ref_logps)
         per_token = per_token + beta * kl
         metrics["kl"] = float(masked_mean(kl.detach(), mask))
-    loss = LOSS_AGGREGATIONS[loss_agg](per_token, mask, num_tokens, num_sequences, max_completion_length)
+    loss = aggregate(per_token, mask, num_tokens, num_sequences, max_completion_length)
     with torch.no_grad():
         r = torch.exp(logps - old_logps)
         low = (r < 1 - eps_low) & (adv < 0)

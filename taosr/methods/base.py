@@ -12,12 +12,19 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from taosr.errors import ConfigError
 from taosr.eval.generation import GenerationSpec, decode_completions, generate_ids, make_record, write_eval_outputs
 from taosr.models.factory import ModelSpec, load_model_and_tokenizer, save_export
-
+from taosr.registry import Registry
 from taosr.serialization import register_safe_globals
 
 register_safe_globals()
+
+# LR schedules after the linear warm-up: factor(frac, floor) with frac in [0, 1] of the steps after it
+SCHEDULERS: Registry = Registry("scheduler", "model.init_args.scheduler")
+SCHEDULERS.register("constant", lambda frac, floor: 1.0)
+SCHEDULERS.register("linear", lambda frac, floor: floor + (1 - floor) * (1 - frac))
+SCHEDULERS.register("cosine", lambda frac, floor: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 MAIN_METRICS = ("macro_f1", "good_f1", "accuracy", "step_accuracy", "format_error_rate", "hallucination_rate")
 
@@ -38,6 +45,12 @@ class RelevanceModule(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        self._schedule = SCHEDULERS.get(scheduler)
+        for name, value, ok, rule in (("lr", lr, lr > 0, "> 0"), ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+                                      ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
+                                      ("min_lr_ratio", min_lr_ratio, 0 <= min_lr_ratio <= 1, "in [0, 1]")):
+            if not ok:
+                raise ConfigError(f"model.init_args.{name}: must be {rule}, got {value}")
         self.spec = model or ModelSpec()
         self.eval_generation = eval_generation or GenerationSpec()
         self.model = None
@@ -64,17 +77,12 @@ class RelevanceModule(pl.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm, kind, floor = self.hparams.warmup_steps, self.hparams.scheduler, self.hparams.min_lr_ratio
+        warm, schedule, floor = self.hparams.warmup_steps, self._schedule, self.hparams.min_lr_ratio
 
         def factor(step: int) -> float:
             if warm and step < warm:
                 return (step + 1) / warm
-            if kind == "constant":
-                return 1.0
-            frac = min(1.0, (step - warm) / max(1, total - warm))
-            if kind == "linear":
-                return floor + (1 - floor) * (1 - frac)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+            return schedule(min(1.0, (step - warm) / max(1, total - warm)), floor)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

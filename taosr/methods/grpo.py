@@ -1,10 +1,12 @@
 """GRPO (TaoSR1 stage 3): group-normalised outcome advantages and the clipped policy objective.
 
-Manual optimisation: each rollout batch (prompts x G completions, attached by the
-RolloutCallback and scored by the RewardModelCallback) gets ``num_iterations`` optimiser steps;
-each step accumulates micro-batches whose losses are normalised by the whole batch's token (or
-sequence) count, so micro-batching never changes the gradient. Advantages and loss are pure
-functions (:mod:`taosr.rl.advantages`, :mod:`taosr.losses.policy`).
+Manual optimisation: each rollout batch (prompts x G completions: a :class:`~taosr.rl.rollout.Rollout`
+built by the RolloutCallback and scored by the RewardModelCallback) gets ``num_iterations``
+optimiser updates but counts as ONE global step, so ``max_steps``, the equal rollout budget and
+the curriculum's ``until_step`` count rollout batches whatever ``num_iterations`` is (a batch whose
+groups were all dropped counts one too). Each update accumulates micro-batches whose losses are
+normalised by the whole batch's token (or sequence) count, so micro-batching never changes the
+gradient. Advantages and loss are pure functions (:mod:`taosr.rl.advantages`, :mod:`taosr.losses.policy`).
 """
 from __future__ import annotations
 
@@ -14,15 +16,18 @@ import time
 
 import torch
 
-from taosr.losses.policy import policy_loss
+from taosr.errors import ConfigError
+from taosr.losses.policy import LOSS_AGGREGATIONS, policy_loss
 from taosr.losses.sft import gather_logprobs
 from taosr.methods.base import RelevanceModule
 from taosr.rl.advantages import frac_zero_std, group_advantages, zero_spread_mask
+from taosr.rl.rollout import Rollout
+
+KEY = "model.init_args"
+REFERENCES = ("auto", "adapter_disabled", "copy")
 
 
 class GRPOModule(RelevanceModule):
-    needs_step_rewards = False
-
     def __init__(self, *args, num_iterations: int = 1, micro_batch_size: int = 16, eps_low: float = 0.2,
                  eps_high: float = 0.28, delta: float | None = None, beta: float = 0.0,
                  loss_agg: str = "token_mean", scale_std: bool = True, dynamic_sampling: bool = True,
@@ -32,13 +37,14 @@ class GRPOModule(RelevanceModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.ref_model = None
-        from taosr.errors import ConfigError
-        from taosr.losses.policy import LOSS_AGGREGATIONS
-
-        if loss_agg not in LOSS_AGGREGATIONS:
-            raise ConfigError(f"model.loss_agg: {loss_agg!r} is unknown; expected one of {', '.join(LOSS_AGGREGATIONS)}")
+        LOSS_AGGREGATIONS.check(loss_agg, key=f"{KEY}.loss_agg")
         if delta is not None and delta <= 1 + eps_high:
-            raise ConfigError(f"model.delta (dual clip) must exceed 1 + eps_high = {1 + eps_high:g}, got {delta:g}")
+            raise ConfigError(f"{KEY}.delta (dual clip) must exceed 1 + eps_high = {1 + eps_high:g}, got {delta:g}")
+        for name, v, lo in (("num_iterations", num_iterations, 1), ("micro_batch_size", micro_batch_size, 1)):
+            if int(v) < lo:
+                raise ConfigError(f"{KEY}.{name}: must be >= {lo}, got {v}")
+        if reference not in REFERENCES:
+            raise ConfigError(f"{KEY}.reference: {reference!r} is unknown; expected one of {', '.join(REFERENCES)}")
 
     # ------------------------------------------------------------------ log-probs
     def setup(self, stage: str) -> None:
@@ -51,31 +57,32 @@ class GRPOModule(RelevanceModule):
     def _is_peft(self) -> bool:
         return hasattr(self.model, "disable_adapter") and self.hparams.reference in ("auto", "adapter_disabled")
 
-    def _logps(self, model, r: dict, rows: slice | torch.Tensor | None = None, entropy: bool = False):
-        """Per-token log-probs (and entropies) of the completions of ``rows``.
+    def _logps(self, model, r: Rollout, rows: slice | torch.Tensor | None = None, entropy: bool = False):
+        """Per-token log-probs (and entropies) of the completions of ``rows``, at the temperature
+        the tokens were sampled at (``r.temperature``, from the rollout's generation spec).
 
         When ``rows`` are whole groups (G completions of one prompt, contiguous) the prompt is run
         once per group and its KV cache shared by the G completions (prefix sharing): the same
         numbers and gradients as the plain forward, with the prompt tokens computed 1/G as often.
         """
-        n = r["completion_ids"].shape[0]
-        idx = torch.arange(n, device=r["completion_ids"].device)[rows if rows is not None else slice(None)]
-        G = r["group_size"]
+        n = len(r)
+        idx = torch.arange(n, device=r.device)[rows if rows is not None else slice(None)]
+        G = r.group_size
         if self.hparams.get("prefix_sharing", True) and G > 1 and len(idx) % G == 0 and len(idx) and \
                 bool((idx.view(-1, G) == idx.view(-1, G)[:, :1] + torch.arange(G, device=idx.device)).all()) and \
                 bool((idx.view(-1, G)[:, 0] % G == 0).all()):
             logits = self._shared_prefix_logits(model, r, idx, G)
         else:
-            p_ids, p_mask, c_ids, c_mask = (r[k][idx] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"))
+            p_ids, p_mask, c_ids, c_mask = r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx]
             ids = torch.cat([p_ids, c_ids], 1)
             att = torch.cat([p_mask, c_mask], 1)
             pos = (att.cumsum(-1) - 1).clamp(min=0)
             L = c_ids.shape[1]
             logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=L + 1).logits[:, :-1].float()
-        temperature = r.get("temperature", 1.0)
+        temperature = r.temperature
         if temperature != 1.0:
             logits = logits / temperature
-        lp = gather_logprobs(logits, r["completion_ids"][idx])
+        lp = gather_logprobs(logits, r.completion_ids[idx])
         if not entropy:
             return lp
         with torch.no_grad():
@@ -83,10 +90,10 @@ class GRPOModule(RelevanceModule):
             ent = -(logp_all.exp() * logp_all).sum(-1)
         return lp, ent
 
-    def _shared_prefix_logits(self, model, r: dict, idx: torch.Tensor, G: int) -> torch.Tensor:
+    def _shared_prefix_logits(self, model, r: Rollout, idx: torch.Tensor, G: int) -> torch.Tensor:
         first = idx.view(-1, G)[:, 0]
-        p_ids, p_mask = r["prompt_ids"][first], r["prompt_mask"][first]
-        c_ids, c_mask = r["completion_ids"][idx], r["completion_mask"][idx]
+        p_ids, p_mask = r.prompt_ids[first], r.prompt_mask[first]
+        c_ids, c_mask = r.completion_ids[idx], r.completion_mask[idx]
         p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
@@ -97,36 +104,43 @@ class GRPOModule(RelevanceModule):
         out2 = model(input_ids=c_ids, attention_mask=att, position_ids=c_pos, past_key_values=cache, use_cache=True)
         return torch.cat([out.logits[:, -1:].repeat_interleave(G, 0), out2.logits[:, :-1]], 1).float()
 
-    def policy_logps(self, r: dict, grad: bool = False) -> torch.Tensor:
-        with torch.set_grad_enabled(grad):
-            outs = [self._logps(self.model, r, slice(i, i + self.hparams.micro_batch_size))
-                    for i in range(0, r["completion_ids"].shape[0], self.hparams.micro_batch_size)]
-        return torch.cat(outs, 0)
+    @torch.no_grad()
+    def policy_logps(self, r: Rollout) -> torch.Tensor:
+        mb = self.hparams.micro_batch_size
+        return torch.cat([self._logps(self.model, r, slice(i, i + mb)) for i in range(0, len(r), mb)], 0)
 
     @torch.no_grad()
-    def reference_logps(self, r: dict) -> torch.Tensor | None:
+    def reference_logps(self, r: Rollout) -> torch.Tensor | None:
         if self.hparams.beta <= 0:
             return None
         mb = self.hparams.micro_batch_size
-        rng = range(0, r["completion_ids"].shape[0], mb)
+        rng = range(0, len(r), mb)
         if self.ref_model is not None:
             return torch.cat([self._logps(self.ref_model, r, slice(i, i + mb)) for i in rng], 0)
         with self.model.disable_adapter():
             return torch.cat([self._logps(self.model, r, slice(i, i + mb)) for i in rng], 0)
 
-    # ------------------------------------------------------------------ advantages
-    def advantages(self, r: dict) -> torch.Tensor:
-        """(N,) sequence advantages for GRPO; SRPO overrides with (N, L) step-level ones."""
-        return group_advantages(r["reward"], r["group_size"], scale_std=self.hparams.scale_std)
+    def fill_logps(self, r: Rollout) -> None:
+        """Step 3 of the rollout order: the log-probs the objective compares against, from the
+        weights the rollout was sampled with (before any update of this batch). With one update per
+        rollout batch and on-policy sampling the ratio is 1 at the update: old log-probs equal the
+        update's own (detached), so that forward pass is skipped (as TRL)."""
+        t1 = time.perf_counter()
+        need_old = self.hparams.num_iterations > 1 or not r.on_policy
+        r.old_logps = self.policy_logps(r) if need_old else None
+        r.ref_logps = self.reference_logps(r)
+        r.timings["old_logps"] = time.perf_counter() - t1
 
-    def keep_mask(self, r: dict) -> torch.Tensor:
+    # ------------------------------------------------------------------ advantages
+    def advantages(self, r: Rollout) -> torch.Tensor:
+        """(N,) sequence advantages for GRPO; SRPO overrides with (N, L) step-level ones."""
+        return group_advantages(r.reward, r.group_size, scale_std=self.hparams.scale_std)
+
+    def keep_mask(self, r: Rollout) -> torch.Tensor:
         """Dynamic sampling: drop groups whose rewards have zero spread (no learning signal)."""
         if not self.hparams.dynamic_sampling:
-            return torch.ones_like(r["reward"], dtype=torch.bool)
-        return ~zero_spread_mask(r["reward"], r["group_size"])
-
-    def score_steps(self, r: dict) -> None:  # SRPO fills step rewards
-        raise NotImplementedError
+            return torch.ones_like(r.reward, dtype=torch.bool)
+        return ~zero_spread_mask(r.reward, r.group_size)
 
     # ------------------------------------------------------------------ update
     def _no_sync(self, distributed: bool):
@@ -145,10 +159,20 @@ class GRPOModule(RelevanceModule):
             return float(x) / torch.distributed.get_world_size()
         return float(x)
 
+    def _optimizer_step(self, opt, count: bool) -> None:
+        """One parameter update. Only the update that ``count``s goes through Lightning's optimizer
+        wrapper (which counts it as a global step); the others call the strategy's optimizer step
+        directly (same precision / strategy handling, not counted), so one rollout batch is one
+        global step however many updates it gets."""
+        if count:
+            opt.step()
+        else:
+            self.trainer.strategy.optimizer_step(opt.optimizer, lambda: None)
+
     def training_step(self, batch: dict, batch_idx: int):
-        r = batch["rollout"]
-        G, hp = r["group_size"], self.hparams
-        rewards = r["reward"]
+        r: Rollout = batch["rollout"]
+        hp = self.hparams
+        self.fill_logps(r)
         adv = self.advantages(r)
         keep = self.keep_mask(r)
         metrics = self._rollout_metrics(r, keep)
@@ -156,22 +180,22 @@ class GRPOModule(RelevanceModule):
         sched = self.lr_schedulers()
         idx = keep.nonzero().flatten()
         t0 = time.perf_counter()
-        mask = r["completion_mask"].float()
+        mask = r.completion_mask.float()
         # Normalisers and the decision to step are global: under DDP every rank must run the same
         # number of synchronised backward passes whatever it kept locally.
         num_tokens = self._global(mask[idx].sum())
-        num_seqs = self._global(torch.tensor(float(len(idx))))
+        num_seqs = self._global(torch.tensor(float(len(idx)), device=mask.device))
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if num_seqs > 0:
-            L = r.get("max_new_tokens", mask.shape[1])  # Dr. GRPO's constant: the completion budget
-            for _ in range(hp.num_iterations):
+            L = r.max_new_tokens  # Dr. GRPO's constant: the completion budget
+            for it in range(hp.num_iterations):
                 opt.zero_grad()
                 agg: dict[str, float] = {}
                 for s in range(0, len(idx), hp.micro_batch_size):
                     rows = idx[s: s + hp.micro_batch_size]
                     lp, ent = self._logps(self.model, r, rows, entropy=True)
-                    ref = r["ref_logps"][rows] if r.get("ref_logps") is not None else None
-                    old = r["old_logps"][rows] if r.get("old_logps") is not None else lp.detach()
+                    ref = r.ref_logps[rows] if r.ref_logps is not None else None
+                    old = r.old_logps[rows] if r.old_logps is not None else lp.detach()
                     loss, m = policy_loss(lp, old, adv[rows], mask[rows], eps_low=hp.eps_low,
                                           eps_high=hp.eps_high, delta=hp.delta, ref_logps=ref, beta=hp.beta,
                                           loss_agg=hp.loss_agg, num_tokens=num_tokens, num_sequences=num_seqs,
@@ -186,7 +210,7 @@ class GRPOModule(RelevanceModule):
                 if distributed:  # one synchronised backward per rank: all-reduces the accumulated grads
                     self.manual_backward(sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0)
                 self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-                opt.step()
+                self._optimizer_step(opt, count=it == hp.num_iterations - 1)
             metrics.update(agg)
         else:
             # Every group was dropped (no reward spread anywhere): the rollout batch still counts as a
@@ -197,12 +221,12 @@ class GRPOModule(RelevanceModule):
         sched.step()
         metrics["dynamic_sampling/skipped_update"] = float(num_seqs == 0)
         metrics["timing_s/update"] = time.perf_counter() - t0
-        self.log_dict({f"train/{k}": float(v) for k, v in metrics.items()}, batch_size=len(rewards))
+        self.log_dict({f"train/{k}": float(v) for k, v in metrics.items()}, batch_size=len(r))
         if hp.table_every and batch_idx % hp.table_every == 0:
             self._log_rollout_table(r)
         return None
 
-    def _log_rollout_table(self, r: dict) -> None:
+    def _log_rollout_table(self, r: Rollout) -> None:
         """W&B completions table of this rollout batch (with step rewards for SRPO)."""
         from lightning.pytorch.loggers import WandbLogger
 
@@ -210,32 +234,32 @@ class GRPOModule(RelevanceModule):
         if not loggers or not self.trainer.is_global_zero:
             return
         cols = ["query", "title", "gold", "completion", "reward", "correct", "step_rewards", "step_source"]
-        n = min(len(r["texts"]), self.hparams.table_rows)
+        n = min(len(r.texts), self.hparams.table_rows)
+        st = r.steps
         data = []
         for i in range(n):
-            ex = r["examples"][i]
-            sr = r.get("step_rewards")
-            data.append([ex.query, ex.item.title, ex.label, r["texts"][i], float(r["reward"][i]), bool(r["correct"][i]),
-                         "" if sr is None else str([round(float(x), 2) for x in sr[i]]),
-                         "" if r.get("step_source") is None else str(r["step_source"][i].tolist())])
+            ex = r.examples[i]
+            data.append([ex.query, ex.item.title, ex.label, r.texts[i], float(r.reward[i]), bool(r.correct[i]),
+                         "" if st is None else str([round(float(x), 2) for x in st.rewards[i]]),
+                         "" if st is None else str(st.source[i].tolist())])
         for lg in loggers:
             lg.log_table(key=f"train/completions_step{self.global_step}", columns=cols, data=data)
 
-    def _rollout_metrics(self, r: dict, keep: torch.Tensor) -> dict[str, float]:
-        G = r["group_size"]
-        rw = r["reward"]
+    def _rollout_metrics(self, r: Rollout, keep: torch.Tensor) -> dict[str, float]:
+        G = r.group_size
+        rw = r.reward
         m = {
             "reward": float(rw.mean()),
             "reward_std": float(rw.view(-1, G).std(1).mean()) if G > 1 else 0.0,
             "frac_reward_zero_std": frac_zero_std(rw, G),
-            "rewards/correct/mean": float(r["correct"].mean()),
-            "rewards/format/mean": float(r["format"].mean()),
-            "completions/mean_length": float(r["completion_mask"].sum(1).float().mean()),
-            "completions/clipped_ratio": float(r["clipped"].float().mean()),
+            "rewards/correct/mean": float(r.correct.mean()),
+            "rewards/format/mean": float(r.format.mean()),
+            "completions/mean_length": float(r.completion_mask.sum(1).float().mean()),
+            "completions/clipped_ratio": float(r.clipped.float().mean()),
             "dynamic_sampling/dropped_groups": float((~keep).sum()) / G,
             "dynamic_sampling/kept_completions": float(keep.sum()),
         }
-        for k in ("timing_s/rollout", "timing_s/old_logps", "timing_s/reward", "perf/rollout_tokens_per_s"):
-            if k in r:
-                m[k] = float(r[k])
+        m.update({f"timing_s/{k}": float(v) for k, v in r.timings.items()})
+        if r.perf_tokens_per_s is not None:
+            m["perf/rollout_tokens_per_s"] = r.perf_tokens_per_s
         return m

@@ -141,15 +141,53 @@ def parse_reasoning(text: str, *, label_first: bool = False) -> ParsedReasoning:
     return out
 
 
-def token_char_ends(token_ids: Sequence[int], tokenizer) -> list[int]:
-    """Character offset (in the decoded completion) where each token ends.
+def _byte_level_alphabet() -> dict[str, int]:
+    """The byte-level BPE alphabet, inverted: the printable character that stands for each byte ->
+    the byte. Printable Latin-1 bytes stand for themselves; the other 68 bytes take the characters
+    from U+0100 upwards, in byte order."""
+    own = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    shifted = [b for b in range(256) if b not in own]
+    table = {chr(b): b for b in own}
+    table.update({chr(256 + n): b for n, b in enumerate(shifted)})
+    return table
 
-    Decodes growing prefixes, so it is exact for any tokenizer whose decode is prefix-stable
-    (byte-level BPE, SentencePiece); tokens that end inside a multi-byte character get the
-    offset of the previous complete prefix.
-    """
+
+_BYTE_OF: dict[str, int] | None = None
+
+
+def _token_bytes(token_ids: list[int], tokenizer) -> list[bytes] | None:
+    """The bytes each token contributes to ``decode(ids, skip_special_tokens=True)`` for a fast
+    tokenizer with a byte-level decoder; None when the tokenizer is of another kind."""
+    global _BYTE_OF
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return None
+    try:
+        from tokenizers import decoders
+    except ImportError:  # pragma: no cover - tokenizers ships with transformers
+        return None
+    if not isinstance(backend.decoder, decoders.ByteLevel):
+        return None
+    if _BYTE_OF is None:
+        _BYTE_OF = _byte_level_alphabet()
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    added = {i: t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
+    out = []
+    for i, piece in zip(token_ids, tokenizer.convert_ids_to_tokens(token_ids)):
+        if i in special:
+            out.append(b"")
+        elif i in added:
+            out.append(added[i].encode("utf-8"))
+        elif piece is None or any(c not in _BYTE_OF for c in piece):
+            return None
+        else:
+            out.append(bytes(_BYTE_OF[c] for c in piece))
+    return out
+
+
+def _token_char_ends_by_prefix(ids: list[int], tokenizer) -> list[int]:
+    """Reference algorithm (any tokenizer, quadratic): decode every growing prefix."""
     ends, prev = [], 0
-    ids = list(token_ids)
     for i in range(len(ids)):
         s = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
         if s.endswith("\ufffd"):  # incomplete UTF-8 sequence: no visible progress yet
@@ -158,6 +196,41 @@ def token_char_ends(token_ids: Sequence[int], tokenizer) -> list[int]:
         prev = len(s)
         ends.append(prev)
     return ends
+
+
+def token_char_ends(token_ids: Sequence[int], tokenizer) -> list[int]:
+    """Character offset (in the decoded completion) where each token ends; a token that ends inside
+    a multi-byte character gets the offset of the previous token that ended on a character boundary.
+
+    Byte-level BPE tokenizers (fast, ByteLevel decoder, no clean-up of spaces; the presets and
+    SmolLM2/GPT-2/Llama-3 style models) take a linear path: every token's bytes from the byte-level
+    alphabet, their running sum mapped to character offsets of the UTF-8 text. It is used only when
+    the bytes decode to exactly what ``tokenizer.decode`` gives (valid UTF-8, no U+FFFD); otherwise,
+    and for other tokenizers, every prefix is decoded (exact for any prefix-stable decode, quadratic).
+    """
+    ids = [int(i) for i in token_ids]
+    pieces = _token_bytes(ids, tokenizer)
+    if pieces is not None:
+        data = b"".join(pieces)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and "\ufffd" not in text and text == tokenizer.decode(ids, skip_special_tokens=True):
+            # chars_before[b]: characters that start before byte b; b is a boundary when it starts one
+            chars_before, n = [], 0
+            for byte in data:
+                chars_before.append(n)
+                n += (byte & 0xC0) != 0x80  # not a continuation byte: a character starts here
+            chars_before.append(n)
+            ends, prev, pos = [], 0, 0
+            for piece in pieces:
+                pos += len(piece)
+                if pos == len(data) or data[pos] & 0xC0 != 0x80:
+                    prev = chars_before[pos]
+                ends.append(prev)
+            return ends
+    return _token_char_ends_by_prefix(ids, tokenizer)
 
 
 def token_step_index(token_ids: Sequence[int], tokenizer, parsed: ParsedReasoning | None = None,
