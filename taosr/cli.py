@@ -51,7 +51,9 @@ def _kv(items: list[str] | None, what: str, cast=str) -> dict | None:
 
 
 def data_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="taosr data", description="Data commands.")
+    from taosr.cliargs import ArgumentParser
+
+    p = ArgumentParser(prog="taosr data", description="Data commands.")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth", help="write synthetic train/val/test JSONL")
     s.add_argument("--out", required=True, help="output directory")
