@@ -193,8 +193,9 @@ def resolve_encoding(path: str, encoding: str | None) -> str:
     return detect_encoding(path) if enc == AUTO_ENCODING else enc
 
 
-def decode_error(path: str, encoding: str, err: UnicodeDecodeError) -> DataError:
-    """A one-line DataError for bytes that are not ``encoding``, naming the first bad line."""
+def decode_error(path: str, encoding: str, err: UnicodeDecodeError, line_prefix: str = "") -> DataError:
+    """A one-line DataError for bytes that are not ``encoding``, naming the first bad line
+    (``file:N``, or ``file:line N`` with ``line_prefix="line "`` as CSV rows are named)."""
     line = None
     try:
         with open(path, "rb") as fh:
@@ -206,7 +207,7 @@ def decode_error(path: str, encoding: str, err: UnicodeDecodeError) -> DataError
                     break
     except OSError:
         pass
-    where = f"{path}:{line}" if line else path
+    where = f"{path}:{line_prefix}{line}" if line else path
     return DataError(where, None, f"not valid {encoding} text ({err.reason} at byte {err.start}); "
                                   "set the encoding (data.reader.encoding or --encoding: auto, utf-8, latin-1, utf-16)")
 

@@ -92,7 +92,7 @@ REFUSED = [
             ("q.csv", "CSV")),
     Refused("explicit-utf8-on-latin1", lambda t: ["data", "check", _latin1_csv(t), "--encoding", "utf-8",
                                                   "--column-map", "item.title=title"],
-            ("l.csv:2", "not valid utf-8", "encoding")),
+            ("l.csv:line 2", "not valid utf-8", "encoding")),
     Refused("unknown-encoding", lambda t: ["data", "check", jsonl(t, "d.jsonl", [ROW]), "--encoding", "klingon"],
             ("--encoding", "klingon")),
     # --- grades and labels
@@ -272,6 +272,12 @@ HANDLED = [
     Handled("latin1-jsonl", lambda t: ["data", "check", text(t, "l.jsonl", json.dumps(
         {"query": "caf\xe9", "item": {"title": "Caf\xe9 Chair"}, "label": 4}, ensure_ascii=False) + "\n", "latin-1")],
         lambda out, t: True, ("1 examples OK",)),
+    Handled("utf16-jsonl-bom", lambda t: ["data", "check", text(t, "u.jsonl", json.dumps(
+        {"query": "caf\xe9", "item": {"title": "Caf\xe9 \u2615 Mug"}, "label": 3}, ensure_ascii=False) + "\n", "utf-16")],
+        lambda out, t: True, ("1 examples OK",)),
+    Handled("tsv-latin1", lambda t: ["data", "check", text(t, "d.tsv", "query\ttitle\tlabel\nna\xefve\tNa\xefve Tea\t2\n", "latin-1"),
+                                     "--column-map", "item.title=title"],
+            lambda out, t: _read_titles(str(t / "d.tsv")) == ["Na\xefve Tea"], ("1 examples OK",)),
     Handled("nan-grade-skipped-and-counted", lambda t: ["data", "check", graded_csv(t, ["2.5", "NaN", "0.5"]), *GRADED,
                                                         "--skip-invalid"],
             # the NaN row is skipped (counted), never tier 1: one tier-3 and one tier-1 (the 0.5) row remain

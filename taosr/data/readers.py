@@ -196,7 +196,7 @@ def _read_csv(path: str, encoding: str):
     try:
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
     except UnicodeDecodeError as e:
-        raise decode_error(path, encoding, e) from None
+        raise decode_error(path, encoding, e, "line ") from None
     except pd.errors.EmptyDataError:
         raise DataError(path, None, "empty file: no header line and no rows") from None
     except pd.errors.ParserError as e:
