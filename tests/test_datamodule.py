@@ -356,3 +356,17 @@ def test_reader_options_reach_the_files(tmp_path):
     from taosr.data.datamodule import ReaderOptions
 
     assert ReaderOptions is ReaderSpec  # the old name is the same type
+
+
+def test_grm_rows_cut_short_are_counted(tmp_path, dm, capsys):
+    """A GRM row whose verdict slots fall beyond max_length trains on fewer verdicts: counted, said once."""
+    from taosr.data.grm import collate_grm
+
+    d = RelevanceDataModule(synth=SynthConfig(n_train=40, n_val=6, n_test=6, seed=9), data_dir=dm.data_dir, max_length=40)
+    d.setup("fit")
+    d.attach_tokenizer(dm.tokenizer)
+    rows = [(ex, dict(ex.steps), {k: True for k in STEP_KEYS}) for ex in d.splits["train"][:3]]
+    batch = collate_grm(d, rows)
+    assert batch["input_ids"].shape[1] <= 40 and (batch["loss_mask"].sum(1) < 5).all()
+    assert len(d.targets_cut["train"]) == 3
+    assert capsys.readouterr().out.count("GRM verdicts beyond the budget") == 1

@@ -159,6 +159,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         self.truncated: dict[str, set] = defaultdict(set)
         self.targets_cut: dict[str, set] = defaultdict(set)
         self._fitted: dict[tuple[int, int], tuple[Example, Example]] = {}  # (id, budget) -> (example, shortened)
+        self._split_ids: tuple[tuple[int, ...], dict[int, str]] | None = None  # (split sizes, id(example) -> split)
         # Training-pool hooks (each off when None or enabled=false); their state is checkpointed.
         self.rejection_sampling, self.diverse_sampling, self.curriculum = rejection_sampling, diverse_sampling, curriculum
         self.hooks: list = [h for h in (rejection_sampling, diverse_sampling, curriculum) if h is not None]
@@ -239,12 +240,13 @@ class RelevanceDataModule(pl.LightningDataModule):
 
     def _split_of(self, ex: Example) -> str:
         """The split an example belongs to (rows built from other files, e.g. DPO pairs, count as train)."""
-        for split, rows in self.splits.items():
-            if any(r is ex for r in rows):
-                return split
-        return "train"
+        sizes = tuple(len(rows) for rows in self.splits.values())
+        if self._split_ids is None or self._split_ids[0] != sizes:
+            self._split_ids = (sizes, {id(r): split for split, rows in self.splits.items() for r in rows})
+        return self._split_ids[1].get(id(ex), "train")
 
-    def _note_cut(self, kind: dict[str, set], ex: Example, what: str) -> None:
+    def note_cut(self, kind: dict[str, set], ex: Example, what: str) -> None:
+        """Count ``ex`` as cut (``kind``: :attr:`truncated` or :attr:`targets_cut`); say so at a split's first cut."""
         split = self._split_of(ex)
         first = not kind[split]
         kind[split].add(id(ex))
@@ -264,7 +266,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         if key not in self._fitted or self._fitted[key][0] is not ex:
             short, _ = fit_example(ex, lambda e: len(self.encode_prompt(self.prompt_text(e))), budget)
             self._fitted[key] = (ex, short)
-        self._note_cut(self.truncated, ex, "the prompt's item fields are cut")
+        self.note_cut(self.truncated, ex, "the prompt's item fields are cut")
         return self.encode_prompt(self.prompt_text(self._fitted[key][1]))
 
     def encode_example(self, ex: Example, completions: list[str]) -> list[tuple[list[int], list[int]]]:
@@ -277,7 +279,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         out = []
         for c in comps:
             if len(p) + len(c) > self.max_length:
-                self._note_cut(self.targets_cut, ex, "the target is cut at its end")
+                self.note_cut(self.targets_cut, ex, "the target is cut at its end")
             ids = (p + c)[: self.max_length]
             mask = ([0] * len(p) + [1] * len(c))[: self.max_length]
             out.append((ids, mask))

@@ -170,4 +170,3 @@ class Curriculum:
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.stage, self.history = int(s.get("stage", 0)), list(s.get("history", []))
-
