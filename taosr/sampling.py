@@ -7,11 +7,15 @@ sampling and diverse sampling can read it without the original data::
 
     {"index": 0, "split": "train", "pass_rate": 0.5, "example": {...},
      "samples": [{"text": "...", "pred": 3, "correct": true, "format_error": false,
-                  "step_verdicts": {"query": 1.0, ...}}, ...]}
+                  "step_verdicts": {"query": 1.0, ...}}, ...],
+     "sampler": {"model": "...", "model_fingerprint": "...", "n": 8, "temperature": 1.0, ...}}
+
+The output is written as it goes and a re-run continues where it stopped (:data:`RESUME_RULE`).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -29,9 +33,11 @@ from taosr.rl.engines.hf import HFEngine
 
 def sample_split(model, tokenizer, dm, split: str, spec: GenerationSpec, batch_size: int = 16,
                  limit: int | None = None, skip: Collection[int] = (),
-                 on_batch: Callable[[list[dict]], None] | None = None) -> list[dict]:
+                 on_batch: Callable[[list[dict]], None] | None = None, extra: dict | None = None) -> list[dict]:
     """Sample every prompt of ``split`` (the first ``limit``) except the indices in ``skip``;
-    ``on_batch`` receives each batch's rows as soon as they are done (to write them as it goes)."""
+    ``on_batch`` receives each batch's rows as soon as they are done (to write them as it goes);
+    ``extra`` keys are added to every row (``taosr sample`` records its settings under ``sampler``)."""
+    extra = extra or {}
     dm.attach_tokenizer(tokenizer)
     rows = dm.splits[split][:limit] if limit else dm.splits[split]
     todo = [i for i in range(len(rows)) if i not in skip]
@@ -49,7 +55,7 @@ def sample_split(model, tokenizer, dm, split: str, spec: GenerationSpec, batch_s
             samples = [{"text": r["reasoning"], "pred": r["pred"], "correct": r["pred"] == ex.label,
                         "format_error": r["format_error"], "step_verdicts": r["step_verdicts"]} for r in recs]
             done.append({"index": i, "split": split, "pass_rate": sum(x["correct"] for x in samples) / n,
-                         "example": ex.to_dict(), "samples": samples})
+                         "example": ex.to_dict(), "samples": samples, **extra})
         out += done
         if on_batch is not None:
             on_batch(done)
@@ -87,17 +93,32 @@ def read_sample_lines(path: str) -> dict[int, dict]:
     return rows
 
 
-def check_resumed(path: str, done: dict[int, dict], rows: list, split: str, n: int) -> None:
-    """Rows already in the file must be the same prompts, split and --n as this run."""
-    for i, row in done.items():
-        where = f"{path} (prompt {i})"
-        if row.get("split") != split or len(row.get("samples") or []) != n:
-            raise DataError(where, None, f"was sampled with other settings (split {row.get('split')!r}, "
-                                         f"n {len(row.get('samples') or [])}; now {split!r}, n {n}); "
-                                         "use another --out or delete the file")
+def model_fingerprint(name_or_path: str) -> str:
+    """What identifies the policy: for a folder, its files' names, sizes and modification times (a
+    re-export changes it); otherwise the hub id or preset name."""
+    if not os.path.isdir(name_or_path):
+        return name_or_path
+    h = hashlib.sha1()
+    for root, _, files in sorted(os.walk(name_or_path)):
+        for f in sorted(files):
+            st = os.stat(os.path.join(root, f))
+            h.update(f"{os.path.relpath(os.path.join(root, f), name_or_path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def resume_mismatch(done: dict[int, dict], rows: list, split: str, sampler: dict) -> str | None:
+    """Why rows already in the file cannot be kept for this run (None: they can): another model or
+    sampling settings, another split, or another prompt at an index (other data)."""
+    for i, row in sorted(done.items()):
+        if row.get("sampler") != sampler:
+            theirs = row.get("sampler") or {}
+            diff = [k for k in sampler if theirs.get(k) != sampler[k]]
+            return f"prompt {i} was sampled with other settings ({', '.join(diff) or 'unrecorded'})"
+        if row.get("split") != split:
+            return f"prompt {i} is from split {row.get('split')!r}, not {split!r}"
         if i >= len(rows) or row.get("example") != rows[i].to_dict():
-            raise DataError(where, "example", "is not this data's prompt at that index (other --data or synth "
-                                              "settings); use another --out or delete the file")
+            return f"prompt {i} is not this data's prompt at that index (other --data or synth settings)"
+    return None
 
 
 def _write_lines(fh, rows: list[dict]) -> None:
@@ -132,11 +153,13 @@ def _restore_rng(path: str, n_rows: int) -> bool:
 RESUME_RULE = """\
 Output is written as it goes: one JSON line per prompt, appended to OUT.partial batch by batch
 (each batch in one write, flushed to disk), and renamed to OUT when every prompt is done. A re-run
-with the same --out continues: prompts already in OUT or OUT.partial are kept and not sampled again
-(their split, --n and example must match this run, else it stops), a line cut short by a crash is
-dropped, and the random state saved after each batch is restored, so an interrupted run ends with
-the same file as an uninterrupted one. When OUT already holds every prompt asked for, nothing is
-recomputed."""
+with the same --out continues: prompts already in OUT or OUT.partial are kept and not sampled again,
+a line cut short by a crash is dropped, and the random state saved after each batch is restored, so
+an interrupted run ends with the same file as an uninterrupted one. When OUT already holds every
+prompt asked for, nothing is recomputed. Rows are kept only if they were sampled by the same model
+(same export files), with the same --n, --temperature, --top-p, --max-new-tokens and --seed, from
+the same prompts; otherwise the command says so and samples again from the start (OUT is replaced
+only when the new file is complete)."""
 
 
 def sample_main(argv: list[str]) -> int:
@@ -193,10 +216,15 @@ def sample_main(argv: list[str]) -> int:
         raise TaosrError(f"--split {a.split}: no prompts to sample in {a.data}")
 
     part, rng_path = partial_path(a.out), partial_path(a.out) + ".rng"
+    sampler = {"model": a.model, "model_fingerprint": model_fingerprint(a.model), "n": a.n,
+               "temperature": a.temperature, "top_p": a.top_p, "max_new_tokens": a.max_new_tokens, "seed": a.seed}
     final = read_sample_lines(a.out)
     partial = read_sample_lines(part)
     done = {**final, **partial}
-    check_resumed(a.out if not partial else part, done, rows, a.split, a.n)
+    why = resume_mismatch(done, rows, a.split, sampler)
+    if why:
+        print(f"taosr: {a.out if not partial else part}: {why}; sampling again from the start")
+        final, partial, done = {}, {}, {}
     todo = [i for i in range(len(rows)) if i not in done]
     if not todo:
         if partial or len(final) != len(done):
@@ -228,7 +256,8 @@ def sample_main(argv: list[str]) -> int:
             _save_rng(rng_path, len(done) + len(new))
 
         try:
-            sample_split(model, tok, dm, a.split, spec, a.batch_size, a.limit, skip=set(done), on_batch=keep)
+            sample_split(model, tok, dm, a.split, spec, a.batch_size, a.limit, skip=set(done), on_batch=keep,
+                         extra={"sampler": sampler})
         except KeyboardInterrupt:
             print(f"taosr: interrupted: {len(done) + len(new)} of {len(rows)} prompts kept in {part}; "
                   "run the same command again to continue", file=sys.stderr)

@@ -430,10 +430,17 @@ def test_sample_interrupted_then_resumed_equals_uninterrupted(tmp_path, sft_run,
     monkeypatch.setattr(factory, "load_model_and_tokenizer", no_model)
     assert main(_sample_args(sft_run, cache_dir, out)) == 0
     assert "nothing to sample" in capsys.readouterr().out and out.read_bytes() == whole.read_bytes()
-    # ... and a run with other settings refuses it in one line instead of mixing two kinds of rows.
+    # ... while a run with other settings (or another model) samples again, saying so, and replaces it whole.
+    monkeypatch.undo()
     other = _sample_args(sft_run, cache_dir, out)
     other[other.index("--n") + 1] = "3"
-    assert main(other) == 2
+    assert main(other) == 0
+    assert "sampling again from the start" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and all(len(r["samples"]) == 3 and r["sampler"]["n"] == 3 for r in rows)
+    # A file that is not `taosr sample` output is never overwritten.
+    foreign = tmp_path / "notes.jsonl"
+    foreign.write_text("my notes\nmore notes\n")
+    assert main(_sample_args(sft_run, cache_dir, foreign)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "other settings" in err[0] and "s.jsonl" in err[0]
-    assert out.read_bytes() == whole.read_bytes()
+    assert len(err) == 1 and "notes.jsonl:1" in err[0] and foreign.read_text() == "my notes\nmore notes\n"
