@@ -420,6 +420,9 @@ def test_sample_interrupted_then_resumed_equals_uninterrupted(tmp_path, sft_run,
     assert "continuing" in capsys.readouterr().out
     assert out.read_bytes() == whole.read_bytes()
     assert not part.exists() and not _leftovers(tmp_path)
+    from taosr.data.samples import load_samples
+
+    assert len(load_samples(str(out))) == 6  # the readers of sample files (DPO pairs, hooks, GRM) take it
 
     # A complete file is not recomputed (the model is not even loaded) ...
     def no_model(*a, **k):
