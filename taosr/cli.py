@@ -51,7 +51,9 @@ def _kv(items: list[str] | None, what: str, cast=str) -> dict | None:
 
 
 def data_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="taosr data", description="Data commands.")
+    from taosr.cliargs import ArgumentParser
+
+    p = ArgumentParser(prog="taosr data", description="Data commands.")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth", help="write synthetic train/val/test JSONL")
     s.add_argument("--out", required=True, help="output directory")
@@ -62,6 +64,8 @@ def data_main(argv: list[str]) -> int:
     s.add_argument("--items-per-query", type=int, default=3)
     s.add_argument("--type-weight", nargs="*", metavar="TYPE=W", help="query type mix, e.g. negation=0.3")
     s.add_argument("--tier-weight", nargs="*", metavar="TIER=W", help="tier balance, e.g. 4=0.4 1=0.1")
+    s.add_argument("--annotation-regime", default="shared", choices=("shared", "heldout"),
+                   help="heldout: only the annotated share of training queries keeps gold steps (see data.synth)")
     h = sub.add_parser("heldout", help="write extra test examples whose queries occur in no default split")
     h.add_argument("--out", required=True, help="output JSONL file (use with: taosr test ... --data.test FILE)")
     h.add_argument("--n", type=int, default=2000, help="examples (default 2000)")
@@ -69,6 +73,7 @@ def data_main(argv: list[str]) -> int:
     c = sub.add_parser("check", help="validate a data file and print counts per tier and query type")
     c.add_argument("file")
     c.add_argument("--format", choices=("jsonl", "csv", "parquet"))
+    c.add_argument("--encoding", default="auto", help="auto (BOM, else UTF-8, else latin-1), utf-8, utf-8-sig, latin-1, utf-16")
     c.add_argument("--column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. query=q item.title=name label=esci")
     c.add_argument("--label-map", nargs="*", metavar="RAW=TIER", help="e.g. E=4 S=3 C=2 I=1")
     c.add_argument("--label-thresholds", nargs=3, type=float, metavar=("T1", "T2", "T3"))
@@ -82,19 +87,50 @@ def data_main(argv: list[str]) -> int:
     e.add_argument("--split", default="train")
     e.add_argument("--all-versions", action="store_true", help="use the large version, not small_version only")
     e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad rows instead of failing")
     a = p.parse_args(argv)
+
+    def kv(items: list[str] | None, flag: str, value=str, key=str) -> dict | None:
+        """KEY=VALUE pairs of ``flag``; a malformed pair is one line naming the flag."""
+        if not items:
+            return None
+        out = {}
+        for it in items:
+            k, sep, v = it.partition("=")
+            if not sep or not k:
+                raise TaosrError(f"{flag}: expected KEY=VALUE, got {it!r}")
+            try:
+                out[key(k)] = value(v)
+            except ValueError:
+                bad = k if key is not str else v
+                raise TaosrError(f"{flag}: {it!r}: {bad!r} is not a number") from None
+        return out
+
+    def at_least(flag: str, v: int | None, low: int) -> None:
+        if v is not None and v < low:
+            raise TaosrError(f"{flag}: must be at least {low}, got {v}")
+
+    def writable_file(flag: str, path: str) -> None:
+        if os.path.isdir(path):
+            raise TaosrError(f"{flag}: {path} is a directory; give a file path")
 
     if a.cmd == "synth":
         from taosr.schema import write_jsonl
         from taosr.data.synth import SynthConfig, generate
 
+        at_least("--n", a.n, 1)
+        at_least("--n-val", a.n_val, 0)
+        at_least("--n-test", a.n_test, 0)
+        at_least("--items-per-query", a.items_per_query, 1)
+        if os.path.exists(a.out) and not os.path.isdir(a.out):
+            raise TaosrError(f"--out: {a.out} is a file; give a directory")
         cfg = SynthConfig(n_train=a.n, n_val=a.n_val if a.n_val is not None else max(1, a.n // 15),
                           n_test=a.n_test if a.n_test is not None else max(1, int(a.n / 7.5)), seed=a.seed,
-                          items_per_query=a.items_per_query)
+                          items_per_query=a.items_per_query, annotation_regime=a.annotation_regime)
         if a.type_weight:
-            cfg.query_type_weights = _kv(a.type_weight, "--type-weight", float)
+            cfg.query_type_weights = kv(a.type_weight, "--type-weight", float)
         if a.tier_weight:
-            cfg.tier_weights = {int(k): v for k, v in _kv(a.tier_weight, "--tier-weight", float).items()}
+            cfg.tier_weights = kv(a.tier_weight, "--tier-weight", float, int)
         for split, rows in generate(cfg).items():
             n = write_jsonl(os.path.join(a.out, f"{split}.jsonl"), rows)
             print(f"wrote {n:6d} examples to {os.path.join(a.out, split + '.jsonl')}")
@@ -103,6 +139,8 @@ def data_main(argv: list[str]) -> int:
         from taosr.schema import write_jsonl
         from taosr.data.synth import heldout
 
+        at_least("--n", a.n, 1)
+        writable_file("--out", a.out)
         n = write_jsonl(a.out, heldout(a.n, seed=a.seed))
         print(f"wrote {n:6d} held-out examples to {a.out}")
         return 0
@@ -110,17 +148,22 @@ def data_main(argv: list[str]) -> int:
         from taosr.data.check import check_file
         from taosr.data.readers import ReaderSpec
 
-        spec = ReaderSpec(path=a.file, format=a.format, column_map=_kv(a.column_map, "--column-map"),
-                          label_map=_kv(a.label_map, "--label-map", int), label_thresholds=a.label_thresholds,
-                          query_type=a.query_type, on_error="skip" if a.skip_invalid else "raise")
+        spec = ReaderSpec(path=a.file, format=a.format, encoding=a.encoding,
+                          column_map=kv(a.column_map, "--column-map"), label_map=kv(a.label_map, "--label-map"),
+                          label_thresholds=a.label_thresholds, query_type=a.query_type,
+                          on_error="skip" if a.skip_invalid else "raise")
+        spec.validate(lambda name: "--" + name.replace("_", "-"))
         print(check_file(spec))
         return 0
     if a.cmd == "esci":
         from taosr.data.esci import esci_to_jsonl
 
+        at_least("--limit", a.limit, 1)
+        writable_file("--out", a.out)
         res = esci_to_jsonl(a.examples, a.products, a.out, locale=a.locale, split=a.split,
-                            small_version=not a.all_versions, limit=a.limit)
-        print(f"wrote {res} examples to {a.out}" if isinstance(res, int) else res)
+                            small_version=not a.all_versions, limit=a.limit,
+                            on_error="skip" if a.skip_invalid else "raise")
+        print(res)
         return 0
     return 2
 

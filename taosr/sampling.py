@@ -7,46 +7,166 @@ sampling and diverse sampling can read it without the original data::
 
     {"index": 0, "split": "train", "pass_rate": 0.5, "example": {...},
      "samples": [{"text": "...", "pred": 3, "correct": true, "format_error": false,
-                  "step_verdicts": {"query": 1.0, ...}}, ...]}
+                  "step_verdicts": {"query": 1.0, ...}}, ...],
+     "sampler": {"model": "...", "model_fingerprint": "...", "n": 8, "temperature": 1.0, ...}}
+
+The output is written as it goes and a re-run continues where it stopped (:data:`RESUME_RULE`).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import os
+import sys
 import time
+from typing import Callable, Collection
 
 import torch
 
+from taosr.cliargs import ArgumentParser
+from taosr.errors import DataError, TaosrError
 from taosr.eval.generation import GenerationSpec, decode_completions, make_record
 from taosr.rl.engines.hf import HFEngine
 
 
 def sample_split(model, tokenizer, dm, split: str, spec: GenerationSpec, batch_size: int = 16,
-                 limit: int | None = None) -> list[dict]:
+                 limit: int | None = None, skip: Collection[int] = (),
+                 on_batch: Callable[[list[dict]], None] | None = None, extra: dict | None = None) -> list[dict]:
+    """Sample every prompt of ``split`` (the first ``limit``) except the indices in ``skip``;
+    ``on_batch`` receives each batch's rows as soon as they are done (to write them as it goes);
+    ``extra`` keys are added to every row (``taosr sample`` records its settings under ``sampler``)."""
+    extra = extra or {}
     dm.attach_tokenizer(tokenizer)
     rows = dm.splits[split][:limit] if limit else dm.splits[split]
+    todo = [i for i in range(len(rows)) if i not in skip]
     out = []
     engine = HFEngine()  # each prompt prefilled once, its N samples decoded on a preallocated cache
-    for s in range(0, len(rows), batch_size):
-        chunk = list(enumerate(rows[s: s + batch_size], start=s))
+    for s in range(0, len(todo), batch_size):
+        chunk = [(i, rows[i]) for i in todo[s: s + batch_size]]
         batch = dm.collate_prompts(chunk)
         ids = engine.generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], spec)
         texts = decode_completions(tokenizer, ids)
         n = spec.num_return_sequences
+        done = []
         for j, (i, ex) in enumerate(chunk):
             recs = [make_record(ex, t, i) for t in texts[j * n:(j + 1) * n]]
             samples = [{"text": r["reasoning"], "pred": r["pred"], "correct": r["pred"] == ex.label,
                         "format_error": r["format_error"], "step_verdicts": r["step_verdicts"]} for r in recs]
-            out.append({"index": i, "split": split, "pass_rate": sum(x["correct"] for x in samples) / n,
-                        "example": ex.to_dict(), "samples": samples})
+            done.append({"index": i, "split": split, "pass_rate": sum(x["correct"] for x in samples) / n,
+                         "example": ex.to_dict(), "samples": samples, **extra})
+        out += done
+        if on_batch is not None:
+            on_batch(done)
     return out
 
 
+# ----------------------------------------------------------------------------- resumable output
+def partial_path(out: str) -> str:
+    return out + ".partial"
+
+
+def read_sample_lines(path: str) -> dict[int, dict]:
+    """Rows of a samples file (final or partial) by prompt index. A last line cut short by a crash
+    (no newline, or not JSON) is dropped; a bad line before it is an error naming the line."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, "rb") as fh:
+        lines = fh.read().split(b"\n")
+    rows: dict[int, dict] = {}
+    for n, raw in enumerate(lines, 1):
+        last = n == len(lines)  # text after the final newline: a torn line (or nothing)
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            if not isinstance(row, dict) or not isinstance(row.get("index"), int) or "samples" not in row:
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            if last:
+                continue
+            raise DataError(f"{path}:{n}", None, "not a `taosr sample` line; use another --out or delete the file") from None
+        if last:
+            continue
+        rows[row["index"]] = row
+    return rows
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """What identifies the policy: for a folder, its files' names, sizes and modification times (a
+    re-export changes it); otherwise the hub id or preset name."""
+    if not os.path.isdir(name_or_path):
+        return name_or_path
+    h = hashlib.sha1()
+    for root, _, files in sorted(os.walk(name_or_path)):
+        for f in sorted(files):
+            st = os.stat(os.path.join(root, f))
+            h.update(f"{os.path.relpath(os.path.join(root, f), name_or_path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def resume_mismatch(done: dict[int, dict], rows: list, split: str, sampler: dict) -> str | None:
+    """Why rows already in the file cannot be kept for this run (None: they can): another model or
+    sampling settings, another split, or another prompt at an index (other data)."""
+    for i, row in sorted(done.items()):
+        if row.get("sampler") != sampler:
+            theirs = row.get("sampler") or {}
+            diff = [k for k in sampler if theirs.get(k) != sampler[k]]
+            return f"prompt {i} was sampled with other settings ({', '.join(diff) or 'unrecorded'})"
+        if row.get("split") != split:
+            return f"prompt {i} is from split {row.get('split')!r}, not {split!r}"
+        if i >= len(rows) or row.get("example") != rows[i].to_dict():
+            return f"prompt {i} is not this data's prompt at that index (other --data or synth settings)"
+    return None
+
+
+def _write_lines(fh, rows: list[dict]) -> None:
+    fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _save_rng(path: str, n_rows: int) -> None:
+    state = {"rows": n_rows, "cpu": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _restore_rng(path: str, n_rows: int) -> bool:
+    if not os.path.exists(path):
+        return False
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception:  # a torn state file: resume without it
+        return False
+    if state.get("rows") != n_rows:
+        return False
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    return True
+
+
+RESUME_RULE = """\
+Output is written as it goes: one JSON line per prompt, appended to OUT.partial batch by batch
+(each batch in one write, flushed to disk), and renamed to OUT when every prompt is done. A re-run
+with the same --out continues: prompts already in OUT or OUT.partial are kept and not sampled again,
+a line cut short by a crash is dropped, and the random state saved after each batch is restored, so
+an interrupted run ends with the same file as an uninterrupted one. When OUT already holds every
+prompt asked for, nothing is recomputed. Rows are kept only if they were sampled by the same model
+(same export files), with the same --n, --temperature, --top-p, --max-new-tokens and --seed, from
+the same prompts; otherwise the command says so and samples again from the start (OUT is replaced
+only when the new file is complete)."""
+
+
 def sample_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="taosr sample", description="Offline pass@N sampling from a policy export.")
+    p = ArgumentParser(prog="taosr sample", description="Offline pass@N sampling from a policy export.",
+                                epilog=RESUME_RULE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="policy export folder (or HF id / preset)")
-    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--out", required=True, help="output JSONL (resumable: see below)")
     p.add_argument("--data", default="synth", help="'synth' (embedded default) or a data file")
     p.add_argument("--split", default="train", choices=("train", "val", "test"))
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
@@ -63,11 +183,27 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--data-dir", default=".cache/taosr/data", help="cache of the synthetic data")
     a = p.parse_args(argv)
 
+    # Every value is checked before any work (data, model, sampling).
+    for flag, v, low in (("--n", a.n, 1), ("--batch-size", a.batch_size, 1), ("--max-new-tokens", a.max_new_tokens, 1),
+                         ("--limit", a.limit, 1), ("--synth-n-train", a.synth_n_train, 1),
+                         ("--synth-n-val", a.synth_n_val, 0), ("--synth-n-test", a.synth_n_test, 0)):
+        if v is not None and v < low:
+            raise TaosrError(f"{flag}: must be at least {low}, got {v}")
+    if not (math.isfinite(a.temperature) and a.temperature >= 0):
+        raise TaosrError(f"--temperature: must be a number >= 0, got {a.temperature}")
+    if not (0 < a.top_p <= 1):
+        raise TaosrError(f"--top-p: must be in (0, 1], got {a.top_p}")
+    for path in (a.out, partial_path(a.out)):
+        if os.path.isdir(path):
+            raise TaosrError(f"--out: {path} is a directory; give a file path")
+    parent = os.path.dirname(os.path.abspath(a.out))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise TaosrError(f"--out: {parent} is a file, not a directory")
+
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.data.synth import SynthConfig
     from taosr.models.factory import ModelSpec, load_model_and_tokenizer
 
-    torch.manual_seed(a.seed)
     paths = {"train": a.data if a.split == "train" else None, "val": a.data if a.split == "val" else None,
              "test": a.data if a.split == "test" else None}
     if a.split != "train":
@@ -75,19 +211,81 @@ def sample_main(argv: list[str]) -> int:
     dm = RelevanceDataModule(view="sft", synth=SynthConfig(n_train=a.synth_n_train, n_val=a.synth_n_val,
                                                                 n_test=a.synth_n_test, seed=a.synth_seed), data_dir=a.data_dir, **paths)
     dm.setup("fit")
+    rows = dm.splits[a.split][:a.limit] if a.limit else dm.splits[a.split]
+    if not rows:
+        raise TaosrError(f"--split {a.split}: no prompts to sample in {a.data}")
+
+    part, rng_path = partial_path(a.out), partial_path(a.out) + ".rng"
+    sampler = {"model": a.model, "model_fingerprint": model_fingerprint(a.model), "n": a.n,
+               "temperature": a.temperature, "top_p": a.top_p, "max_new_tokens": a.max_new_tokens, "seed": a.seed}
+    final = read_sample_lines(a.out)
+    partial = read_sample_lines(part)
+    done = {**final, **partial}
+    why = resume_mismatch(done, rows, a.split, sampler)
+    if why:
+        print(f"taosr: {a.out if not partial else part}: {why}; sampling again from the start")
+        final, partial, done = {}, {}, {}
+    todo = [i for i in range(len(rows)) if i not in done]
+    if not todo:
+        if partial or len(final) != len(done):
+            _write_all(a.out, done)
+        for path in (part, rng_path):
+            if os.path.exists(path):
+                os.remove(path)
+        print(f"{a.out}: already holds all {len(rows)} prompts x {a.n}; nothing to sample")
+        _summary(list(done.values()), a.n, a.out)
+        return 0
+
+    os.makedirs(parent, exist_ok=True)
+    _write_all(part, done)  # a clean base: what is done, without a torn last line
+    torch.manual_seed(a.seed)
     model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=a.model), corpus=dm.corpus)
+    if done:
+        print(f"taosr: continuing {a.out}: {len(done)} of {len(rows)} prompts already sampled")
+        if not _restore_rng(rng_path, len(done)):
+            print(f"taosr: {part}: no saved random state for {len(done)} prompts; the remaining samples are drawn "
+                  f"from --seed {a.seed} (they differ from an uninterrupted run's)")
     spec = GenerationSpec(max_new_tokens=a.max_new_tokens, do_sample=True, temperature=a.temperature,
                           top_p=a.top_p, num_return_sequences=a.n)
     t0 = time.perf_counter()
-    rows = sample_split(model, tok, dm, a.split, spec, a.batch_size, a.limit)
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as fh:
-        for r in rows:
-            r = dict(r)
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    new: list[dict] = []
+    with open(part, "a", encoding="utf-8") as fh:
+        def keep(batch_rows: list[dict]) -> None:
+            _write_lines(fh, batch_rows)
+            new.extend(batch_rows)
+            _save_rng(rng_path, len(done) + len(new))
+
+        try:
+            sample_split(model, tok, dm, a.split, spec, a.batch_size, a.limit, skip=set(done), on_batch=keep,
+                         extra={"sampler": sampler})
+        except KeyboardInterrupt:
+            print(f"taosr: interrupted: {len(done) + len(new)} of {len(rows)} prompts kept in {part}; "
+                  "run the same command again to continue", file=sys.stderr)
+            return 130
+    everything = {**done, **{r["index"]: r for r in new}}
+    _write_all(a.out, everything)
+    for path in (part, rng_path):
+        if os.path.exists(path):
+            os.remove(path)
+    print(f"sampled {len(new)} prompts x {a.n} in {time.perf_counter() - t0:.1f}s -> {a.out}")
+    _summary(list(everything.values()), a.n, a.out)
+    return 0
+
+
+def _write_all(path: str, rows: dict[int, dict]) -> None:
+    """All rows by index, to a temporary name renamed over ``path`` (never half-written)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            _write_lines(fh, [rows[i] for i in sorted(rows)])
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _summary(rows: list[dict], n: int, out: str) -> None:
     rates = [r["pass_rate"] for r in rows]
     mixed = sum(0 < x < 1 for x in rates)
-    print(f"sampled {len(rows)} prompts x {a.n} in {time.perf_counter() - t0:.1f}s -> {a.out}\n"
-          f"mean pass@1 {sum(rates) / len(rates):.3f}; prompts with mixed outcomes {mixed}; "
-          f"never correct {sum(x == 0 for x in rates)}; always correct {sum(x == 1 for x in rates)}")
-    return 0
+    print(f"{out}: {len(rows)} prompts x {n}; mean pass@1 {sum(rates) / len(rates):.3f}; prompts with mixed outcomes "
+          f"{mixed}; never correct {sum(x == 0 for x in rates)}; always correct {sum(x == 1 for x in rates)}")

@@ -14,12 +14,14 @@ naming the place and the field.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
-from taosr.errors import DataError
+from taosr.errors import ConfigError, DataError
 from taosr.labels import QUERY_TYPES, STEP_KEYS, TIERS
 
 ALLOWED_QUERY_TYPES = QUERY_TYPES + ("other",)
@@ -121,8 +123,8 @@ def validate_row(row: Any, where: str) -> Example:
         attrs[str(k)] = str(v)
     price = item_raw.get("price")
     if price is not None:
-        if isinstance(price, bool) or not isinstance(price, (int, float)) or math.isnan(price) or price < 0:
-            raise DataError(where, "item.price", f"must be a non-negative number, got {price!r}")
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price < 0:
+            raise DataError(where, "item.price", f"must be a finite non-negative number, got {price!r}")
         price = float(price)
     extra = set(item_raw) - {"title", "brand", "category", "attributes", "price"}
     if extra:
@@ -149,35 +151,138 @@ def validate_row(row: Any, where: str) -> Example:
     )
 
 
-def iter_jsonl(path: str) -> Iterator[tuple[str, Any]]:
-    """Yield (``path:line``, parsed JSON) for every non-blank line; bad JSON raises DataError."""
-    import os
+# ----------------------------------------------------------------------------- text files
+AUTO_ENCODING = "auto"
 
+
+def check_encoding(encoding: str | None, key: str = "encoding") -> str:
+    """``auto`` or a codec Python knows; a bad name is a one-line ConfigError naming ``key``."""
+    enc = encoding or AUTO_ENCODING
+    if enc == AUTO_ENCODING:
+        return enc
+    try:
+        codecs.lookup(enc)
+    except LookupError:
+        raise ConfigError(f"{key}: unknown encoding {enc!r}; use auto, utf-8, utf-8-sig, latin-1 or utf-16") from None
+    return enc
+
+
+def detect_encoding(path: str) -> str:
+    """The encoding of a text file: ``utf-8-sig`` / ``utf-16`` by their byte-order mark, else
+    ``utf-8`` when the whole file decodes as UTF-8, else ``latin-1`` (which decodes any bytes; public
+    relevance sets often ship in it)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        if head.startswith(codecs.BOM_UTF8):
+            return "utf-8-sig"
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return "utf-16"
+        fh.seek(0)
+        dec = codecs.getincrementaldecoder("utf-8")()
+        try:
+            while chunk := fh.read(1 << 20):
+                dec.decode(chunk)
+            dec.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return "latin-1"
+    return "utf-8"
+
+
+def resolve_encoding(path: str, encoding: str | None) -> str:
+    enc = check_encoding(encoding)
+    return detect_encoding(path) if enc == AUTO_ENCODING else enc
+
+
+def decode_error(path: str, encoding: str, err: UnicodeDecodeError, line_prefix: str = "") -> DataError:
+    """A one-line DataError for bytes that are not ``encoding``, naming the first bad line
+    (``file:N``, or ``file:line N`` with ``line_prefix="line "`` as CSV rows are named)."""
+    line = None
+    try:
+        with open(path, "rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                try:
+                    raw.decode(encoding)
+                except UnicodeDecodeError:
+                    line = n
+                    break
+    except OSError:
+        pass
+    where = f"{path}:{line_prefix}{line}" if line else path
+    return DataError(where, None, f"not valid {encoding} text ({err.reason} at byte {err.start}); "
+                                  "set the encoding (data.reader.encoding or --encoding: auto, utf-8, latin-1, utf-16)")
+
+
+def check_data_file(path: str) -> None:
+    """A path that can be read as one data file: it exists and is not a directory."""
     if not os.path.exists(path):
         raise DataError(path, None, "file not found")
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(where, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+    if os.path.isdir(path):
+        raise DataError(path, None, "is a directory, not a data file")
+
+
+def iter_jsonl_lines(path: str, encoding: str | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield (``path:line``, parsed JSON or a :class:`DataError`) for every non-blank line: a line
+    that is not JSON yields its error, so a reader that skips bad rows can go on after it."""
+    check_data_file(path)
+    enc = resolve_encoding(path, encoding)
+    n = 0
+    try:
+        with open(path, encoding=enc) as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{n}"
+                try:
+                    yield where, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield where, DataError(where, None, f"invalid JSON ({e.msg} at column {e.colno})")
+    except UnicodeDecodeError as e:
+        raise decode_error(path, enc, e) from None
+
+
+def iter_jsonl(path: str, encoding: str | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield (``path:line``, parsed JSON) for every non-blank line; bad JSON raises DataError."""
+    for where, row in iter_jsonl_lines(path, encoding):
+        if isinstance(row, DataError):
+            raise row
+        yield where, row
+
+
+def check_unique_id(ex: Example, where: str, seen: dict[str, str]) -> None:
+    """Refuse an id already used in the file, naming both places (``seen``: id -> where)."""
+    if ex.id is None:
+        return
+    if ex.id in seen:
+        raise DataError(where, "id", f"duplicate id {ex.id!r} (first at {seen[ex.id]})")
+    seen[ex.id] = where
 
 
 def load_jsonl(path: str) -> list[Example]:
-    return [validate_row(row, where) for where, row in iter_jsonl(path)]
+    seen: dict[str, str] = {}
+    out = []
+    for where, row in iter_jsonl(path):
+        ex = validate_row(row, where)
+        check_unique_id(ex, where, seen)
+        out.append(ex)
+    return out
 
 
 def write_jsonl(path: str, rows: Iterable[Example | dict]) -> int:
-    import os
-
+    """Write rows as JSON lines to a temporary name beside ``path``, then rename: a failed or
+    interrupted write never leaves a half-written ``path``."""
+    if os.path.isdir(path):
+        raise DataError(path, None, "is a directory; give a file path to write")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
     n = 0
-    with open(path, "w", encoding="utf-8") as fh:
-        for r in rows:
-            d = r.to_dict() if isinstance(r, Example) else r
-            fh.write(json.dumps(d, ensure_ascii=False) + "\n")
-            n += 1
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for r in rows:
+                d = r.to_dict() if isinstance(r, Example) else r
+                fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return n

@@ -236,3 +236,137 @@ def test_grm_scores_match_a_full_forward_per_row(dm):
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, pos]
         assert torch.allclose(got[n], torch.softmax(logits[:, [right, wrong]], -1)[:, 0], atol=1e-5)
+
+
+def _long_rows_file(tmp_path, dm):
+    """Four training rows: one with a 100,000-character title, one with a 5,000-character query."""
+    rows = [ex.to_dict() for ex in dm.splits["train"][:4]]
+    rows[1]["item"]["title"] = "Extra Long Title " * 6000
+    rows[2]["query"] = "a very long query " * 280
+    p = tmp_path / "long.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(p)
+
+
+def test_long_prompts_are_cut_by_rule_and_counted(tmp_path, dm, capsys):
+    """A row longer than max_length keeps its whole target (the prompt's item fields, then its query,
+    are cut); evaluation prompts are capped too; every cut row is counted and reported."""
+    path = _long_rows_file(tmp_path, dm)
+    d = RelevanceDataModule(train=path, val=None, test=path, batch_size=2, max_length=dm.max_length)
+    d.setup("fit")
+    d.attach_tokenizer(dm.tokenizer)
+    tok = dm.tokenizer
+    batch = d.collate_sft(d.splits["train"])
+    assert batch["input_ids"].shape[1] <= d.max_length
+    for row, ex in enumerate(d.splits["train"]):
+        lm = batch["loss_mask"][row].bool()
+        assert tok.decode(batch["input_ids"][row][lm].tolist(), skip_special_tokens=True) == render_reasoning(ex.steps, ex.label)
+    prompt1 = tok.decode(batch["input_ids"][1][~batch["loss_mask"][1].bool() & batch["attention_mask"][1].bool()].tolist(),
+                         skip_special_tokens=True)
+    assert "Extra Long Title" in prompt1 and "..." in prompt1 and d.splits["train"][1].query in prompt1
+    # rows that fit are encoded exactly as before
+    same = dm.collate_sft([dm.splits["train"][0], dm.splits["train"][3]])
+    again = d.collate_sft([d.splits["train"][0], d.splits["train"][3]])
+    assert torch.equal(same["input_ids"], again["input_ids"]) and torch.equal(same["loss_mask"], again["loss_mask"])
+    assert len(d.truncated["train"]) == 2 and not d.targets_cut["train"]
+    first = capsys.readouterr().out
+    assert first.count("does not fit data.max_length") == 1 and "item fields are cut" in first  # once per split
+    # evaluation prompts are capped (no prompt of 100,000 characters reaches generate)
+    ev = d.collate_prompts(list(enumerate(d.splits["test"])))
+    assert ev["input_ids"].shape[1] <= d.max_length and len(d.truncated["test"]) == 2
+    d.teardown("fit")
+    report = capsys.readouterr().out
+    assert "train: 2 of 4 prompts shortened, 0 targets cut" in report and "test: 2 of 4 prompts shortened" in report
+    # a budget smaller than the target: the target is cut at its end, counted
+    small = RelevanceDataModule(train=path, val=None, test=None, max_length=48)
+    small.setup("fit")
+    small.attach_tokenizer(tok)
+    b = small.collate_sft(small.splits["train"])
+    assert b["input_ids"].shape[1] <= 48 and len(small.targets_cut["train"]) == 4
+
+
+def test_dpo_chosen_and_rejected_share_a_cut_prompt(tmp_path, dm):
+    from taosr.data.pairs import collate_dpo
+
+    path = _long_rows_file(tmp_path, dm)
+    d = RelevanceDataModule(train=path, val=None, test=None, max_length=dm.max_length)
+    d.setup("fit")
+    d.attach_tokenizer(dm.tokenizer)
+    ex = d.splits["train"][1]
+    gold = render_reasoning(ex.steps, ex.label)
+    batch = collate_dpo(d, [(ex, gold, gold + " and a much longer rejected tail" * 5)])
+    prompts = [batch["input_ids"][r][~batch["loss_mask"][r].bool() & batch["attention_mask"][r].bool()].tolist() for r in (0, 1)]
+    assert prompts[0] == prompts[1] and batch["input_ids"].shape[1] <= d.max_length
+
+
+def test_views_are_a_registry():
+    from taosr.data.views import VIEWS
+
+    assert VIEWS.names() == ["sft", "dpo", "rl", "grm"]
+    with pytest.raises(ValueError, match="already registered"):
+        VIEWS.register("sft", lambda dm: None)
+
+
+def test_default_synth_cache_key_is_unchanged(tmp_path):
+    """The annotation regime added to SynthConfig does not move the default data's cache folder."""
+    import dataclasses
+    import hashlib
+
+    from taosr.data.synth import SYNTH_VERSION
+
+    c = SynthConfig()
+    old = {k: v for k, v in dataclasses.asdict(c).items() if k != "annotation_regime"}
+    digest = hashlib.sha1(json.dumps({"v": SYNTH_VERSION, **old}, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    assert RelevanceDataModule(data_dir=str(tmp_path)).synth_dir().endswith(digest)
+    held = RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(annotation_regime="heldout"))
+    assert held.synth_dir() != RelevanceDataModule(data_dir=str(tmp_path)).synth_dir()
+
+
+def test_heldout_regime_views(tmp_path, dm, capsys):
+    """Heldout regime: SFT and the GRM learn only from annotated examples; RL prompts include the
+    unannotated ones (no annotations: the GRM judges all their steps)."""
+    synth = SynthConfig(n_train=60, n_val=6, n_test=6, seed=9, annotation_regime="heldout")
+    d = RelevanceDataModule(view="sft", synth=synth, data_dir=str(tmp_path / "data"), batch_size=4)
+    d.setup("fit")
+    d.attach_tokenizer(dm.tokenizer)
+    annotated = [ex for ex in d.splits["train"] if ex.steps]
+    assert 0 < len(annotated) < 60
+    rows = d.train_dataloader().dataset.rows
+    assert rows == annotated and "SFT trains on the" in capsys.readouterr().out
+    next(iter(d.train_dataloader()))  # collates: no step-less example reaches SFT
+    d.view = "grm"
+    grm_rows = d.train_dataloader().dataset.rows
+    assert {id(ex) for ex, _, _ in grm_rows} == {id(ex) for ex in annotated}
+    d.view = "rl"
+    rl = d.train_dataloader().dataset.rows
+    assert len(rl) == 60 and sum(ex.annotations is None for _, ex in rl) == 60 - len(annotated)
+
+
+def test_reader_options_reach_the_files(tmp_path):
+    """data.reader (one ReaderSpec) reads a latin-1 CSV with a column and label map."""
+    p = tmp_path / "d.csv"
+    p.write_bytes("q,name,esci\ncaf\xe9 chair,Caf\xe9 Chair,E\nsofa,Sofa,I\n".encode("latin-1"))
+    from taosr.data.readers import ReaderSpec
+
+    d = RelevanceDataModule(train=str(p), val=None, test=None,
+                            reader=ReaderSpec(column_map={"query": "q", "item.title": "name", "label": "esci"},
+                                              label_map={"E": 4, "I": 1}))
+    d.setup("fit")
+    assert [(e.query, e.item.title, e.label) for e in d.splits["train"]] == [("caf\xe9 chair", "Caf\xe9 Chair", 4), ("sofa", "Sofa", 1)]
+    from taosr.data.datamodule import ReaderOptions
+
+    assert ReaderOptions is ReaderSpec  # the old name is the same type
+
+
+def test_grm_rows_cut_short_are_counted(tmp_path, dm, capsys):
+    """A GRM row whose verdict slots fall beyond max_length trains on fewer verdicts: counted, said once."""
+    from taosr.data.grm import collate_grm
+
+    d = RelevanceDataModule(synth=SynthConfig(n_train=40, n_val=6, n_test=6, seed=9), data_dir=dm.data_dir, max_length=40)
+    d.setup("fit")
+    d.attach_tokenizer(dm.tokenizer)
+    rows = [(ex, dict(ex.steps), {k: True for k in STEP_KEYS}) for ex in d.splits["train"][:3]]
+    batch = collate_grm(d, rows)
+    assert batch["input_ids"].shape[1] <= 40 and (batch["loss_mask"].sum(1) < 5).all()
+    assert len(d.targets_cut["train"]) == 3
+    assert capsys.readouterr().out.count("GRM verdicts beyond the budget") == 1

@@ -124,3 +124,66 @@ def test_heldout_queries_occur_in_no_default_split():
     assert [e.to_dict() for e in rows] == [e.to_dict() for e in heldout(250, seed=0, base=base)]
     with pytest.raises(ValueError, match="at least 1"):
         heldout(0)
+
+
+def _digest(out: dict) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        for ex in out[split]:
+            h.update((split + json.dumps(ex.to_dict(), sort_keys=True, ensure_ascii=False) + "\n").encode())
+    return h.hexdigest()
+
+
+def test_default_data_is_unchanged():
+    """The embedded default (and so every README figure) is byte-for-byte what it was before the
+    query-type registry, the dead-code removal and the annotation regimes (hashes taken before)."""
+    assert _digest(generate(SynthConfig())) == "215087e1aa415bf3a1d78faa873c701e4eccd81867f09c9b6e9bc56c140983cd"
+    assert _digest(generate(SynthConfig(seed=7, n_train=300, n_val=30, n_test=30, train_annotation_share=0.3))) == \
+        "56f4403d702b675e4d608b3bf0370585fe6a35d5f80b514ffd4b81fe6a75532c"
+
+
+def test_query_types_are_a_registry():
+    from taosr.data.synth import QUERY_MAKERS
+    from taosr.errors import ConfigError
+
+    assert set(QUERY_MAKERS.names()) == set(QUERY_TYPES)
+    with pytest.raises(ValueError, match="already registered"):
+        QUERY_MAKERS.register("qa", lambda rng: None)
+    with pytest.raises(ConfigError, match="data.synth.query_type_weights: 'bogus' is unknown"):
+        make_query(random.Random(0), "bogus")
+    for qt in QUERY_TYPES:
+        assert make_query(random.Random(1), qt).query_type == qt
+
+
+def test_bad_settings_refused_naming_the_key():
+    from taosr.errors import ConfigError
+
+    for cfg, key in ((SynthConfig(n_train=-5), "data.synth.n_train"), (SynthConfig(items_per_query=0), "items_per_query"),
+                     (SynthConfig(tier_weights={1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0}), "tier_weights"),
+                     (SynthConfig(query_type_weights={"qa": float("nan")}), "query_type_weights.qa"),
+                     (SynthConfig(annotation_regime="hidden"), "annotation_regime"),
+                     (SynthConfig(n_train=0, n_val=0, n_test=0), "all 0")):
+        with pytest.raises(ConfigError, match=key):
+            generate(cfg)
+
+
+def test_heldout_annotation_regime():
+    """Heldout regime: a query-disjoint part of the training split keeps full gold steps and
+    annotations (SFT, GRM, verifier); the rest has neither (RL prompts only). Nothing else changes."""
+    kw = dict(n_train=600, n_val=40, n_test=40, seed=3, train_annotation_share=0.5)
+    shared, held = generate(SynthConfig(**kw)), generate(SynthConfig(**kw, annotation_regime="heldout"))
+    assert [(e.query, e.item.title, e.label) for e in shared["train"]] == [(e.query, e.item.title, e.label) for e in held["train"]]
+    assert [e.to_dict() for e in shared["test"]] == [e.to_dict() for e in held["test"]]
+    annotated = [e for e in held["train"] if e.steps]
+    hidden = [e for e in held["train"] if not e.steps]
+    assert all(set(e.annotations) == set(STEP_KEYS) and set(e.steps) == set(STEP_KEYS) for e in annotated)
+    assert all(e.annotations is None for e in hidden)
+    assert 0.4 < len(annotated) / 600 < 0.6
+    assert not {e.query for e in annotated} & {e.query for e in hidden}  # split by query
+    none = generate(SynthConfig(**{**kw, "train_annotation_share": 0.0}, annotation_regime="heldout"))
+    assert not any(e.steps or e.annotations for e in none["train"])
+    full = generate(SynthConfig(**{**kw, "train_annotation_share": 1.0}, annotation_regime="heldout"))
+    assert all(e.steps and len(e.annotations) == 5 for e in full["train"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 
 from taosr.data.readers import ReaderSpec, read_examples
+from taosr.errors import DataError
 from taosr.labels import TIER_NAMES
 
 
@@ -34,4 +35,9 @@ def format_summary(s: dict, skipped: list[str] | None = None, path: str = "") ->
 
 def check_file(spec: ReaderSpec) -> str:
     res = read_examples(spec)
+    if not res.examples:
+        if res.skipped:
+            raise DataError(spec.path, None, f"no valid examples: all {len(res.skipped)} rows were skipped "
+                                             f"(first: {res.skipped[0]})")
+        raise DataError(spec.path, None, "no examples (the file is empty or holds only a header)")
     return format_summary(summarize(res.examples), res.skipped, spec.path)

@@ -7,10 +7,8 @@ ESCI has no query types or gold steps: query_type is ``other``.
 """
 from __future__ import annotations
 
-import os
-
-from taosr.data.readers import ReadResult, _missing
-from taosr.schema import validate_row, write_jsonl
+from taosr.data.readers import ReadResult, _missing, read_parquet
+from taosr.schema import check_data_file, check_unique_id, validate_row, write_jsonl
 from taosr.errors import DataError
 
 ESCI_LABEL_MAP = {"E": 4, "S": 3, "C": 2, "I": 1}
@@ -19,11 +17,8 @@ PRODUCT_COLUMNS = ("product_id", "product_title", "product_brand", "product_colo
 
 
 def _read(path: str, needed: tuple[str, ...]):
-    import pandas as pd
-
-    if not os.path.exists(path):
-        raise DataError(path, None, "file not found")
-    df = pd.read_parquet(path)
+    check_data_file(path)
+    df = read_parquet(path)
     for c in needed:
         if c not in df.columns:
             raise DataError(path, c, f"column missing; columns: {', '.join(map(str, df.columns))}")
@@ -40,8 +35,21 @@ def read_esci(examples_path: str, products_path: str, *, locale: str = "us", spl
     if small_version and "small_version" in ex.columns:
         sel &= ex["small_version"] == 1
     ex = ex[sel]
-    products = {(r["product_id"], r["product_locale"]): r for r in pr.to_dict(orient="records")}
+    if on_error not in ("raise", "skip"):
+        raise DataError(examples_path, "on_error", f"must be 'raise' or 'skip', got {on_error!r}")
+    products, keyless = {}, 0
+    for n, r in enumerate(pr.to_dict(orient="records"), 1):
+        if _missing(r["product_id"]) or _missing(r["product_locale"]):
+            keyless += 1  # a product row without its key joins no example: counted, reported
+            if on_error == "raise":
+                raise DataError(f"{products_path}:row {n}", "product_id" if _missing(r["product_id"]) else "product_locale",
+                                "is missing (the join key of the products file)")
+            continue
+        products[(r["product_id"], r["product_locale"])] = r
     res = ReadResult(path=examples_path)
+    if keyless:
+        res.notes.append(f"ignored {keyless} product rows of {products_path} without product_id/product_locale")
+    ids: dict[str, str] = {}
     for r in ex.to_dict(orient="records"):
         if limit and len(res.examples) >= limit:
             break
@@ -60,7 +68,9 @@ def read_esci(examples_path: str, products_path: str, *, locale: str = "us", spl
                 item["attributes"] = {"color": str(p["product_color"])}
             row = {"id": str(r["example_id"]), "query": r["query"], "item": item,
                    "label": ESCI_LABEL_MAP[lab], "query_type": "other"}
-            res.examples.append(validate_row(row, where))
+            example = validate_row(row, where)
+            check_unique_id(example, where, ids)
+            res.examples.append(example)
         except DataError as e:
             if on_error == "raise":
                 raise
@@ -74,4 +84,6 @@ def esci_to_jsonl(examples_path: str, products_path: str, out_path: str, **kwarg
     msg = f"wrote {n} examples to {out_path}"
     if res.skipped:
         msg += f"; skipped {len(res.skipped)} (first: {res.skipped[0]})"
+    for note in res.notes:
+        msg += f"; {note}"
     return msg

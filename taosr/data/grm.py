@@ -82,6 +82,8 @@ def collate_grm(dm, batch: list[tuple]) -> dict:
         for k, p in zip(STEP_KEYS, positions):
             if p + 1 < len(full):
                 tgt[p + 1], mask[p + 1] = (right if v[k] else wrong), 1
+        if sum(mask) < len(STEP_KEYS):  # a verdict slot fell beyond max_length: counted, reported
+            dm.note_cut(dm.targets_cut, ex, "GRM verdicts beyond the budget are not trained on")
         enc.append((full, mask))
         targets.append(tgt)
     out = pad_right(enc, tok.pad_token_id)

@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from taosr.labels import LONG_TAIL_TYPES, STEP_KEYS
+from taosr.labels import LONG_TAIL_TYPES
 
 
 def _key(ex) -> tuple:
@@ -170,7 +170,3 @@ class Curriculum:
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.stage, self.history = int(s.get("stage", 0)), list(s.get("history", []))
-
-
-HOOKS_DOC = {"rejection_sampling": RejectionSampling, "diverse_sampling": DiverseSampling, "curriculum": Curriculum}
-_ = STEP_KEYS

@@ -51,6 +51,6 @@ def collate_dpo(dm, batch: list[tuple]) -> dict:
     from taosr.data.collate import pad_right
 
     dm._need_tokenizer()
-    enc = [dm.encode_pair(dm.prompt_text(ex), c) for ex, c, _ in batch]
-    enc += [dm.encode_pair(dm.prompt_text(ex), r) for ex, _, r in batch]
-    return pad_right(enc, dm.tokenizer.pad_token_id)
+    # One prompt per pair (fitted for the longer of the two), so chosen and rejected share it.
+    both = [dm.encode_example(ex, [c, r]) for ex, c, r in batch]
+    return pad_right([b[0] for b in both] + [b[1] for b in both], dm.tokenizer.pad_token_id)

@@ -3,26 +3,39 @@
 Flat rows are mapped into the nested schema (``item.title``, ``item.attributes.color`` ...) and
 validated by :func:`taosr.schema.validate_row`, so every format reports errors the same way:
 ``file:line N`` (JSONL, CSV with the header as line 1) or ``file:row N`` (Parquet), the field and
-what is wrong. With ``on_error="skip"`` bad rows are skipped and every skip is recorded.
+what is wrong. With ``on_error="skip"`` bad rows (a bad value, a line that is not JSON, a duplicate
+id) are skipped and every skip is recorded; errors about the file or the options still stop.
+
+Text files are read in ``encoding`` (default ``auto``: UTF-8 / UTF-16 by their byte-order mark,
+UTF-8 when the file decodes as UTF-8, else latin-1).
+
+:class:`ReaderSpec` is the one type for reader options: ``taosr data check`` fills it from its
+flags, the DataModule's ``data.reader`` section is one (its ``path`` comes from
+``data.train`` / ``data.val`` / ``data.test``).
 """
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from taosr.schema import Example, iter_jsonl, validate_row
-from taosr.errors import DataError
+from taosr.errors import ConfigError, DataError
+from taosr.labels import TIERS
+from taosr.schema import (ALLOWED_QUERY_TYPES, Example, check_data_file, check_encoding, check_unique_id,
+                          decode_error, iter_jsonl_lines, resolve_encoding, validate_row)
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 TARGETS = ("id", "query", "label", "query_type", "item.title", "item.brand", "item.category", "item.price")
+ATTRIBUTE_PREFIX = "item.attributes."
 
 
 @dataclass
 class ReaderSpec:
-    path: str
+    """How a data file is read. ``path`` is the file (the DataModule sets it per split)."""
+    path: str | None = None
     format: str | None = None
+    encoding: str = "auto"
     column_map: dict[str, str] | None = None
     label_map: dict[str, int] | None = None
     label_thresholds: list[float] | None = None
@@ -30,12 +43,61 @@ class ReaderSpec:
     on_error: str = "raise"
     limit: int | None = None
 
+    def validate(self, option: Callable[[str], str] = lambda name: name) -> "ReaderSpec":
+        """Check every option before any row is read; ``option(field)`` names it in errors (a
+        config key such as ``data.reader.label_map`` or a flag such as ``--label-map``)."""
+        if self.format is not None and self.format not in ("jsonl", "csv", "parquet"):
+            raise ConfigError(f"{option('format')}: {self.format!r} is unknown; expected jsonl, csv or parquet")
+        check_encoding(self.encoding, option("encoding"))
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"{option('on_error')}: must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+            raise ConfigError(f"{option('limit')}: must be at least 1 (or unset), got {self.limit!r}")
+        if self.query_type is not None and self.query_type not in ALLOWED_QUERY_TYPES:
+            raise ConfigError(f"{option('query_type')}: unknown query type {self.query_type!r}; "
+                              f"expected one of {', '.join(ALLOWED_QUERY_TYPES)}")
+        for target, col in (self.column_map or {}).items():
+            if target not in TARGETS and not (target.startswith(ATTRIBUTE_PREFIX) and len(target) > len(ATTRIBUTE_PREFIX)):
+                raise ConfigError(f"{option('column_map')}: {target!r} is not a field; expected one of "
+                                  f"{', '.join(TARGETS)} or {ATTRIBUTE_PREFIX}NAME (FIELD=COLUMN)")
+            if not isinstance(col, str) or not col.strip():
+                raise ConfigError(f"{option('column_map')}: {target!r} maps to no column")
+        if self.label_map is not None and self.label_thresholds is not None:
+            raise ConfigError(f"{option('label_map')}: set a label map or label thresholds, not both")
+        if self.label_map is not None:
+            if not self.label_map:
+                raise ConfigError(f"{option('label_map')}: is empty")
+            fixed = {}
+            for raw, tier in self.label_map.items():
+                fixed[str(raw)] = _tier(tier, f"{option('label_map')}: {raw}={tier}")
+            self.label_map = fixed
+        if self.label_thresholds is not None:
+            t = list(self.label_thresholds)
+            if len(t) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in t) \
+                    or not t[0] < t[1] < t[2]:
+                raise ConfigError(f"{option('label_thresholds')}: need three ascending finite thresholds t1 < t2 < t3, "
+                                  f"got {self.label_thresholds!r}")
+            self.label_thresholds = [float(x) for x in t]
+        return self
+
+
+def _tier(value: Any, what: str) -> int:
+    """A tier 1-4 from an int or a numeric string ("4"); anything else is a ConfigError."""
+    try:
+        f = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not math.isfinite(f) or not f.is_integer() or int(f) not in TIERS:
+        raise ConfigError(f"{what}: a tier must be 1, 2, 3 or 4")
+    return int(f)
+
 
 @dataclass
 class ReadResult:
     path: str
     examples: list[Example] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # other things counted and reported (not rows skipped)
 
 
 def infer_format(path: str) -> str:
@@ -57,19 +119,19 @@ def map_label(raw: Any, spec: ReaderSpec, where: str, column: str) -> Any:
         if key not in spec.label_map:
             try:  # numeric cells read as floats: 1.0 -> "1"
                 key = str(int(float(key))) if float(key).is_integer() else key
-            except ValueError:
+            except (ValueError, OverflowError):
                 pass
         if key not in spec.label_map:
             raise DataError(where, column, f"unknown label {raw!r}; label_map knows {sorted(spec.label_map)}")
         return spec.label_map[key]
     if spec.label_thresholds:
         t = spec.label_thresholds
-        if len(t) != 3 or not (t[0] < t[1] < t[2]):
-            raise DataError(spec.path, "label_thresholds", "need three ascending thresholds t1 < t2 < t3")
         try:
             x = float(raw)
         except (TypeError, ValueError):
             raise DataError(where, column, f"graded label {raw!r} is not a number") from None
+        if not math.isfinite(x):  # "NaN" is an unlabelled pair, never tier 1
+            raise DataError(where, column, f"graded label {raw!r} is missing or not a finite number")
         return 4 if x >= t[2] else 3 if x >= t[1] else 2 if x >= t[0] else 1
     return raw
 
@@ -92,10 +154,10 @@ def flat_to_row(flat: dict[str, Any], spec: ReaderSpec, where: str) -> dict[str,
             row[target] = v
     attrs = {}
     for target, col in cmap.items():
-        if target.startswith("item.attributes."):
+        if target.startswith(ATTRIBUTE_PREFIX):
             v = flat.get(col)
             if not _missing(v):
-                attrs[target[len("item.attributes."):]] = v
+                attrs[target[len(ATTRIBUTE_PREFIX):]] = v
     if attrs:
         item["attributes"] = attrs
     if "price" in item:
@@ -116,37 +178,79 @@ def _check_columns(columns: list[str], spec: ReaderSpec) -> None:
             raise DataError(spec.path, col, f"column mapped to {target!r} is not in the file; columns: {', '.join(map(str, columns))}")
 
 
-def _iter_flat(spec: ReaderSpec, fmt: str) -> Iterator[tuple[str, Any]]:
-    if fmt == "jsonl":
-        yield from iter_jsonl(spec.path)
-        return
+def read_parquet(path: str):
+    """``pandas.read_parquet`` with one-line errors for a file that is not Parquet."""
     import pandas as pd
 
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, ImportError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(path, None, f"not a readable Parquet file ({first[:160]})") from None
+
+
+def _read_csv(path: str, encoding: str):
+    import pandas as pd
+
+    sep = "\t" if path.lower().endswith(".tsv") else ","
+    try:
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise decode_error(path, encoding, e, "line ") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(path, None, "empty file: no header line and no rows") from None
+    except pd.errors.ParserError as e:
+        first = str(e).strip().splitlines()[0]
+        raise DataError(path, None, f"not valid CSV ({first[:160]})") from None
+
+
+def _iter_flat(spec: ReaderSpec, fmt: str) -> Iterator[tuple[str, Any]]:
+    if fmt == "jsonl":
+        yield from iter_jsonl_lines(spec.path, spec.encoding)
+        return
     if fmt == "csv":
-        sep = "\t" if spec.path.lower().endswith(".tsv") else ","
-        df = pd.read_csv(spec.path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+        df = _read_csv(spec.path, resolve_encoding(spec.path, spec.encoding))
         base, label = 2, "line"
     else:
-        df = pd.read_parquet(spec.path)
+        df = read_parquet(spec.path)
         base, label = 1, "row"
     _check_columns(list(df.columns), spec)
     for n, rec in enumerate(df.to_dict(orient="records")):
         yield f"{spec.path}:{label} {n + base}", rec
 
 
+def _label_kind(v: Any) -> str | None:
+    if _missing(v):
+        return None
+    try:
+        float(v)
+        return "numeric"
+    except (TypeError, ValueError):
+        return "text"
+
+
 def read_examples(spec: ReaderSpec) -> ReadResult:
-    if spec.on_error not in ("raise", "skip"):
-        raise DataError(spec.path, "on_error", f"must be 'raise' or 'skip', got {spec.on_error!r}")
-    if not os.path.exists(spec.path):
-        raise DataError(spec.path, None, "file not found")
+    spec.validate()
+    if spec.path is None:
+        raise ConfigError("reader: no path given")
+    check_data_file(spec.path)
     fmt = spec.format or infer_format(spec.path)
     res = ReadResult(path=spec.path)
     plain = fmt == "jsonl" and not spec.column_map and not spec.label_map and not spec.label_thresholds
+    label_col = (spec.column_map or {}).get("label", "label")
+    first_of_kind: dict[str, tuple[str, Any]] = {}  # numeric / text -> (where, raw label): mixed columns
+    ids: dict[str, str] = {}
     checked = False
     for where, raw in _iter_flat(spec, fmt):
         if spec.limit and len(res.examples) >= spec.limit:
             break
         try:
+            if isinstance(raw, DataError):  # a line that is not JSON
+                raise raw
+            if isinstance(raw, dict):
+                kind = _label_kind(raw.get(label_col))
+                if kind is not None:
+                    first_of_kind.setdefault(kind, (where, raw.get(label_col)))
             if plain:
                 if spec.query_type and isinstance(raw, dict) and "query_type" not in raw:
                     raw = {**raw, "query_type": spec.query_type}
@@ -158,13 +262,26 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
                     _check_columns(list(raw), spec)
                     checked = True
                 ex = validate_row(flat_to_row(raw, spec, where), where)
+            check_unique_id(ex, where, ids)
         except DataError as e:
-            if spec.on_error == "raise" or e.where == spec.path:
+            if e.where == spec.path:  # the file or its columns, not a row: skipping cannot help
                 raise
+            e = _with_mixed_hint(e, label_col, first_of_kind)
+            if spec.on_error == "raise":
+                raise e from None
             res.skipped.append(str(e))
             continue
         res.examples.append(ex)
     return res
+
+
+def _with_mixed_hint(e: DataError, label_col: str, first_of_kind: dict[str, tuple[str, Any]]) -> DataError:
+    """A label error in a column that holds both numbers and text says so."""
+    if e.field != label_col or len(first_of_kind) < 2:
+        return e
+    (w1, v1), (w2, v2) = first_of_kind["numeric"], first_of_kind["text"]
+    return DataError(e.where, e.field, f"{e.message} (the column mixes numeric and text labels: "
+                                       f"{v1!r} at {w1}, {v2!r} at {w2}; use one kind, or a label map covering both)")
 
 
 def load_examples(path_or_spec: str | ReaderSpec) -> list[Example]:

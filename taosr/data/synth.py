@@ -8,16 +8,33 @@ which play the role of the paper's human-annotated offline verification.
 
 Splits are query-disjoint: a query's split is a function of its text (md5), so the same query
 text never lands in two splits.
+
+Query types are a :class:`~taosr.registry.Registry` (``QUERY_MAKERS``): each maker draws one query
+of its type; ``query_type_weights`` names them.
+
+Annotation regimes (``annotation_regime``) say which gold reasoning of the training split exists:
+
+- ``shared`` (default): every training example keeps its gold steps (SFT and the GRM learn from
+  all of them); each step's annotation is kept with probability ``train_annotation_share``, so the
+  verifier judges those steps and the GRM the rest -- of examples whose steps it was trained on.
+- ``heldout``: the training queries are split (by a hash of the query text, so all items of one
+  query fall on one side) into an annotated share (``train_annotation_share``: full gold steps and
+  annotations, used by SFT, the GRM and as RL prompts) and an unannotated rest (no gold steps, no
+  annotations: RL prompts only). The steps the verifier cannot see are then absent from SFT and
+  GRM training too, so the GRM's judgement of them is tested, not recalled.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass, field, replace
 
+from taosr.errors import ConfigError
+from taosr.registry import Registry
 from taosr.schema import Example, Item
 from taosr.data.taxonomy import BRANDS, BY_NAME, CATEGORIES, PRICE_TIERS, TIER_MULTIPLIER, Category, brand_tier, relation
-from taosr.labels import TIER_NAMES, STEP_KEYS
+from taosr.labels import TIER_NAMES
 
 # Bump when the generator's output changes: cached synthetic splits are keyed by it.
 SYNTH_VERSION = 4
@@ -26,6 +43,11 @@ DEFAULT_TYPE_WEIGHTS = {"category": 0.12, "brand": 0.14, "attribute": 0.14, "neg
                         "alternative": 0.15, "qa": 0.15, "knowledge": 0.15}
 DEFAULT_TIER_WEIGHTS = {4: 0.25, 3: 0.25, 2: 0.25, 1: 0.25}
 ATTR_KINDS = ("color", "material", "gender")
+ANNOTATION_REGIMES = ("shared", "heldout")
+
+
+class SynthError(ConfigError, ValueError):
+    """A bad synthetic-data setting (a ConfigError for the CLI; a ValueError for older callers)."""
 
 
 @dataclass
@@ -43,7 +65,9 @@ class SynthConfig:
     # Share of training steps with a gold annotation (each step of each training example kept with
     # this probability), like a partly human-annotated pool: the offline verifier judges those, the
     # GRM the rest. Validation and test keep every annotation (step accuracy is measured on them).
+    # In the "heldout" regime: the share of training queries that are annotated (module docstring).
     train_annotation_share: float = 0.5
+    annotation_regime: str = "shared"  # shared | heldout (module docstring)
 
 
 @dataclass(frozen=True)
@@ -149,55 +173,80 @@ def _cats_with(pred) -> list[Category]:
     return [c for c in CATEGORIES if pred(c)]
 
 
+QUERY_MAKERS: Registry = Registry("synthetic query type", "data.synth.query_type_weights")
+
+
+@QUERY_MAKERS.register("category")
+def _category_query(rng: random.Random) -> QuerySpec:
+    c = _pick(rng, CATEGORIES)
+    t = _pick(rng, ("{c}", "buy {c}", "best {c}", "{c} sale", "{c} online"))
+    return QuerySpec(t.format(c=c.name), "category", c.name)
+
+
+@QUERY_MAKERS.register("brand")
+def _brand_query(rng: random.Random) -> QuerySpec:
+    c = _pick(rng, CATEGORIES)
+    b = _pick(rng, BRANDS[c.group])[0]
+    t = _pick(rng, ("{b} {c}", "{c} by {b}", "{b} {c} new"))
+    return QuerySpec(t.format(b=b, c=c.name), "brand", c.name, (Constraint("brand", b),))
+
+
+@QUERY_MAKERS.register("attribute")
+def _attribute_query(rng: random.Random) -> QuerySpec:
+    c = _pick(rng, _cats_with(lambda c: c.colors or c.materials or c.genders))
+    kinds = [k for k in ATTR_KINDS if getattr(c, k + "s")]
+    chosen = rng.sample(kinds, k=min(len(kinds), 1 + (rng.random() < 0.35)))
+    cons = tuple(Constraint(k, _pick(rng, getattr(c, k + "s"))) for k in ATTR_KINDS if k in chosen)
+    words = {x.kind: x.value for x in cons}
+    pre = " ".join(words[k] for k in ("gender", "color", "material") if k in words and k != "gender")
+    text = f"{pre} {c.name}".strip()
+    if "gender" in words:
+        text = _pick(rng, ("{t} for {g}", "{g} {t}")).format(t=text, g=words["gender"])
+    return QuerySpec(text, "attribute", c.name, cons)
+
+
+@QUERY_MAKERS.register("negation")
+def _negation_query(rng: random.Random) -> QuerySpec:
+    c = _pick(rng, CATEGORIES)
+    if len(c.materials) >= 2 and rng.random() < 0.4:
+        m = _pick(rng, c.materials)
+        t = _pick(rng, ("{c} not {m}", "{c} without {m}", "non {m} {c}"))
+        return QuerySpec(t.format(c=c.name, m=m), "negation", c.name, (Constraint("not_material", m),))
+    b = _pick(rng, BRANDS[c.group])[0]
+    t = _pick(rng, ("{c} not {b}", "{c} no {b}", "{c} except {b}", "non {b} {c}"))
+    return QuerySpec(t.format(c=c.name, b=b), "negation", c.name, (Constraint("not_brand", b),))
+
+
+@QUERY_MAKERS.register("alternative")
+def _alternative_query(rng: random.Random) -> QuerySpec:
+    c = _pick(rng, _cats_with(lambda c: any(t != "budget" for _, t in BRANDS[c.group])
+                               and any(t == "budget" for _, t in BRANDS[c.group])))
+    b = _pick(rng, [b for b, t in BRANDS[c.group] if t != "budget"])
+    t = _pick(rng, ("cheaper alternative to {b} {c}", "{b} {c} dupe", "affordable {c} like {b}",
+                    "budget {c} similar to {b}"))
+    return QuerySpec(t.format(b=b, c=c.name), "alternative", c.name, (Constraint("cheaper_than", b),))
+
+
+@QUERY_MAKERS.register("qa")
+def _qa_query(rng: random.Random) -> QuerySpec:
+    c = _pick(rng, _cats_with(lambda c: c.features))
+    f = _pick(rng, c.features)
+    t = _pick(rng, ("what {s} can {q}", "which {s} will {q}", "{s} that can {q}", "does any {s} {q}"))
+    return QuerySpec(t.format(s=c.short, q=_pick(rng, f.qa)), "qa", c.name, (Constraint("feature", f.name),))
+
+
+@QUERY_MAKERS.register("knowledge")
+def _knowledge_query(rng: random.Random) -> QuerySpec:
+    c = _pick(rng, _cats_with(lambda c: c.features))
+    f = _pick(rng, c.features)
+    t = _pick(rng, ("something for {k}", "what to buy for {k}", "best product for {k}", "help with {k}",
+                    "{k} solution"))
+    return QuerySpec(t.format(k=_pick(rng, f.knowledge)), "knowledge", c.name, (Constraint("feature", f.name),))
+
+
 def make_query(rng: random.Random, qtype: str) -> QuerySpec:
-    if qtype == "category":
-        c = _pick(rng, CATEGORIES)
-        t = _pick(rng, ("{c}", "buy {c}", "best {c}", "{c} sale", "cheap {c}" if False else "{c} online"))
-        return QuerySpec(t.format(c=c.name), qtype, c.name)
-    if qtype == "brand":
-        c = _pick(rng, CATEGORIES)
-        b = _pick(rng, BRANDS[c.group])[0]
-        t = _pick(rng, ("{b} {c}", "{c} by {b}", "{b} {c} new"))
-        return QuerySpec(t.format(b=b, c=c.name), qtype, c.name, (Constraint("brand", b),))
-    if qtype == "attribute":
-        c = _pick(rng, _cats_with(lambda c: c.colors or c.materials or c.genders))
-        kinds = [k for k in ATTR_KINDS if getattr(c, k + "s")]
-        chosen = rng.sample(kinds, k=min(len(kinds), 1 + (rng.random() < 0.35)))
-        cons = tuple(Constraint(k, _pick(rng, getattr(c, k + "s"))) for k in ATTR_KINDS if k in chosen)
-        words = {x.kind: x.value for x in cons}
-        pre = " ".join(words[k] for k in ("gender", "color", "material") if k in words and k != "gender")
-        text = f"{pre} {c.name}".strip()
-        if "gender" in words:
-            text = _pick(rng, ("{t} for {g}", "{g} {t}")).format(t=text, g=words["gender"])
-        return QuerySpec(text, qtype, c.name, cons)
-    if qtype == "negation":
-        c = _pick(rng, CATEGORIES)
-        if len(c.materials) >= 2 and rng.random() < 0.4:
-            m = _pick(rng, c.materials)
-            t = _pick(rng, ("{c} not {m}", "{c} without {m}", "non {m} {c}"))
-            return QuerySpec(t.format(c=c.name, m=m), qtype, c.name, (Constraint("not_material", m),))
-        b = _pick(rng, BRANDS[c.group])[0]
-        t = _pick(rng, ("{c} not {b}", "{c} no {b}", "{c} except {b}", "non {b} {c}"))
-        return QuerySpec(t.format(c=c.name, b=b), qtype, c.name, (Constraint("not_brand", b),))
-    if qtype == "alternative":
-        c = _pick(rng, _cats_with(lambda c: any(t != "budget" for _, t in BRANDS[c.group])
-                                   and any(t == "budget" for _, t in BRANDS[c.group])))
-        b = _pick(rng, [b for b, t in BRANDS[c.group] if t != "budget"])
-        t = _pick(rng, ("cheaper alternative to {b} {c}", "{b} {c} dupe", "affordable {c} like {b}",
-                        "budget {c} similar to {b}"))
-        return QuerySpec(t.format(b=b, c=c.name), qtype, c.name, (Constraint("cheaper_than", b),))
-    if qtype == "qa":
-        c = _pick(rng, _cats_with(lambda c: c.features))
-        f = _pick(rng, c.features)
-        t = _pick(rng, ("what {s} can {q}", "which {s} will {q}", "{s} that can {q}", "does any {s} {q}"))
-        return QuerySpec(t.format(s=c.short, q=_pick(rng, f.qa)), qtype, c.name, (Constraint("feature", f.name),))
-    if qtype == "knowledge":
-        c = _pick(rng, _cats_with(lambda c: c.features))
-        f = _pick(rng, c.features)
-        t = _pick(rng, ("something for {k}", "what to buy for {k}", "best product for {k}", "help with {k}",
-                        "{k} solution"))
-        return QuerySpec(t.format(k=_pick(rng, f.knowledge)), qtype, c.name, (Constraint("feature", f.name),))
-    raise ValueError(f"unknown query type {qtype!r}")
+    """One query of type ``qtype`` (a name in :data:`QUERY_MAKERS`)."""
+    return QUERY_MAKERS.get(qtype)(rng)
 
 
 # ----------------------------------------------------------------------------- items
@@ -388,15 +437,56 @@ def to_example(q: QuerySpec, item: ItemSpec, rng: random.Random, attr_share: flo
     )
 
 
+def _check_weights(weights: dict, key: str) -> None:
+    for k, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise SynthError(f"{key}.{k}: a weight must be a finite non-negative number, got {w!r}")
+    if not weights or sum(weights.values()) <= 0:
+        raise SynthError(f"{key}: the weights must not all be zero")
+
+
+def check_config(cfg: SynthConfig) -> dict[int, float]:
+    """Refuse bad settings before any work, naming the ``data.synth`` key; the tier weights by int tier."""
+    for name in ("n_train", "n_val", "n_test"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise SynthError(f"data.synth.{name}: must be a whole number >= 0, got {v!r}")
+    if cfg.n_train + cfg.n_val + cfg.n_test < 1:
+        raise SynthError("data.synth: n_train, n_val and n_test are all 0")
+    if cfg.items_per_query < 1:
+        raise SynthError(f"data.synth.items_per_query: must be at least 1, got {cfg.items_per_query}")
+    for k in cfg.query_type_weights:
+        if k not in QUERY_MAKERS:
+            raise SynthError(f"data.synth.query_type_weights: unknown query type {k!r}; "
+                             f"expected one of {', '.join(QUERY_MAKERS.names())}")
+    _check_weights(cfg.query_type_weights, "data.synth.query_type_weights")
+    try:
+        tier_w = {int(k): v for k, v in cfg.tier_weights.items()}
+    except (TypeError, ValueError):
+        raise SynthError(f"data.synth.tier_weights: keys must be tiers 1-4, got {sorted(map(str, cfg.tier_weights))}") from None
+    if set(tier_w) - {1, 2, 3, 4}:
+        raise SynthError(f"data.synth.tier_weights: keys must be tiers 1-4, got {sorted(tier_w)}")
+    _check_weights(tier_w, "data.synth.tier_weights")
+    share = cfg.train_annotation_share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise SynthError(f"data.synth.train_annotation_share must be in [0, 1], got {share}")
+    if cfg.annotation_regime not in ANNOTATION_REGIMES:
+        raise SynthError(f"data.synth.annotation_regime: {cfg.annotation_regime!r} is unknown; "
+                         f"expected one of {', '.join(ANNOTATION_REGIMES)}")
+    return tier_w
+
+
+def annotated_query(query: str, cfg: SynthConfig) -> bool:
+    """Heldout regime: whether a training query is on the annotated side (a hash of its text and
+    the seed, so all items of a query fall on one side and the examples themselves do not change)."""
+    h = int(hashlib.md5(f"annotated-{cfg.seed}:{query}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return h < cfg.train_annotation_share
+
+
 def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
     """Generate ``{"train": [...], "val": [...], "test": [...]}`` deterministically from ``cfg.seed``."""
     cfg = cfg or SynthConfig()
-    for k in cfg.query_type_weights:
-        if k not in DEFAULT_TYPE_WEIGHTS:
-            raise ValueError(f"synth: unknown query type {k!r} in query_type_weights")
-    tier_w = {int(k): v for k, v in cfg.tier_weights.items()}
-    if set(tier_w) - {1, 2, 3, 4}:
-        raise ValueError(f"synth: tier_weights keys must be tiers 1-4, got {sorted(tier_w)}")
+    tier_w = check_config(cfg)
     rng = random.Random(cfg.seed)
     want = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     split_w = [(k, v) for k, v in want.items() if v > 0]
@@ -405,7 +495,7 @@ def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
     while any(len(out[k]) < want[k] for k in want):
         guard += 1
         if guard > 200 * (sum(want.values()) + 10):
-            raise RuntimeError("synth: could not fill the splits; check the weights")
+            raise SynthError("data.synth: could not fill the splits; check the query type and tier weights")
         q = make_query(rng, _weighted(rng, cfg.query_type_weights))
         split = _split_of(q.text, split_w)
         tiers_done: set[int] = set()
@@ -418,13 +508,15 @@ def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
             item = make_item_for_tier(rng, q, tier)
             if item is None:
                 continue
-            item.title, item.price = _title(rng, item), 0.0
+            item.title = _title(rng, item)
             item.price = _price(rng, item)
             tiers_done.add(tier)
             out[split].append(to_example(q, item, rng, cfg.attributes_field_share, f"{split}-{len(out[split])}"))
-    if not 0.0 <= cfg.train_annotation_share <= 1.0:
-        raise ValueError(f"synth: train_annotation_share must be in [0, 1], got {cfg.train_annotation_share}")
-    if cfg.train_annotation_share < 1.0:
+    if cfg.annotation_regime == "heldout":
+        for ex in out["train"]:
+            if not annotated_query(ex.query, cfg):
+                ex.steps, ex.annotations = None, None
+    elif cfg.train_annotation_share < 1.0:
         keep = random.Random(f"annotations-{cfg.seed}")  # own stream: the examples do not change
         for ex in out["train"]:
             ex.annotations = {k: v for k, v in (ex.annotations or {}).items()
@@ -440,7 +532,7 @@ def heldout(n: int, seed: int = 1, base: SynthConfig | None = None) -> list[Exam
     distinct queries (negation, alternative, brand), so report per-type figures next to overall."""
     base = base or SynthConfig()
     if n < 1:
-        raise ValueError(f"heldout: n must be at least 1, got {n}")
+        raise SynthError(f"heldout: n must be at least 1, got {n}")
     seen = {ex.query for rows in generate(base).values() for ex in rows}
     out: list[Example] = []
     s = seed
@@ -449,8 +541,9 @@ def heldout(n: int, seed: int = 1, base: SynthConfig | None = None) -> list[Exam
             s += 1
             continue
         if s > seed + 50:
-            raise RuntimeError(f"heldout: only {len(out)} examples with unseen queries after 50 seeds")
-        cfg = replace(base, seed=s, n_train=2 * n, n_val=0, n_test=0, train_annotation_share=1.0)
+            raise SynthError(f"heldout: only {len(out)} examples with unseen queries after 50 seeds")
+        cfg = replace(base, seed=s, n_train=2 * n, n_val=0, n_test=0, train_annotation_share=1.0,
+                      annotation_regime="shared")
         for ex in generate(cfg)["train"]:
             if ex.query not in seen and len(out) < n:
                 ex.id = f"heldout-{len(out)}"

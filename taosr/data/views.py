@@ -1,0 +1,49 @@
+"""The DataModule's training views, one registry entry each (``data.view``).
+
+A view turns the DataModule's training pool into (rows, collate function):
+
+- ``sft``: prompt -> gold reasoning + label (prompt tokens masked out of the loss);
+- ``dpo``: prompt, chosen, rejected (pairs built from ``taosr sample`` output, :mod:`taosr.data.pairs`);
+- ``rl``: (index, example) prompts with label and step annotations (rollouts come from the
+  RolloutCallback; ``dm.train_rows_cache`` holds the examples the indices point into);
+- ``grm``: GRM training text (:mod:`taosr.data.grm`).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from taosr.registry import Registry
+
+VIEWS: Registry = Registry("data view", "data.view")
+
+
+@VIEWS.register("sft")
+def sft_view(dm) -> tuple[list, Callable]:
+    rows = dm.train_rows()
+    if dm.heldout_regime():
+        # Only the annotated share of the training queries teaches the reasoning; the rest are RL prompts.
+        kept = [ex for ex in rows if ex.steps]
+        print(f"taosr: data.synth.annotation_regime=heldout: SFT trains on the {len(kept)} annotated of "
+              f"{len(rows)} training examples (the unannotated ones serve only as RL prompts)")
+        rows = kept
+    return rows, dm.collate_sft
+
+
+@VIEWS.register("dpo")
+def dpo_view(dm) -> tuple[list, Callable]:
+    from taosr.data.pairs import build_pairs, collate_dpo
+
+    return build_pairs(dm), lambda b: collate_dpo(dm, b)
+
+
+@VIEWS.register("rl")
+def rl_view(dm) -> tuple[list, Callable]:
+    dm.train_rows_cache = list(dm.train_rows())
+    return list(enumerate(dm.train_rows_cache)), dm.collate_prompts
+
+
+@VIEWS.register("grm")
+def grm_view(dm) -> tuple[list, Callable]:
+    from taosr.data.grm import build_grm_rows, collate_grm
+
+    return build_grm_rows(dm, corrupt_prob=dm.grm_corrupt_prob), lambda b: collate_grm(dm, b)
