@@ -276,6 +276,9 @@ def test_cuda_graphs_off_keeps_the_eager_path():
     d.generate(model, _Tok, ids, att, off)
     d.generate(model, _Tok, ids, att, _greedy(), cuda_graphs=False)
     assert d.captures == 0 and next(iter(d.slots.values())).batch == 3  # exact sizes, no capture
+    ids5, att5 = _prompts(B=5)
+    d.generate(model, _Tok, ids5, att5, off)
+    assert len(d.slots) == 1 and next(iter(d.slots.values())).batch == 5  # one eager slot, replaced, not piled up
 
 
 def test_batch_buckets():

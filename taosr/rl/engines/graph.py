@@ -155,9 +155,9 @@ class StaticDecoder:
         from transformers import StaticCache
 
         nb = batch_bucket(n) if graphs else n
-        key = (device, nb, amp)
+        key = (device, nb if graphs else "eager", amp)  # eager decoding keeps one slot (exact sizes) per device
         s = self.slots.get(key)
-        fits = s is not None and s.dtype == kv_dtype and (
+        fits = s is not None and s.dtype == kv_dtype and s.batch == nb and (
             s.cache_len >= need_len if graphs else s.cache_len == need_len)
         if not fits:
             if s is not None:
@@ -276,7 +276,7 @@ class StaticDecoder:
         del pre, layers
 
         step = self._step_fn(model, s, sampler, eos, pad)
-        key = sampling_key(spec)
+        key = sampling_key(spec) + (eos, pad)  # constants the captured step bakes in
         g = s.graphs.get(key) if graphs else None
         every = self.sync_every if graphs else 1
         # warm-up steps before a capture run on a side stream, as capture needs (they are real steps)
