@@ -276,6 +276,9 @@ def test_cuda_graphs_off_keeps_the_eager_path():
     d.generate(model, _Tok, ids, att, off)
     d.generate(model, _Tok, ids, att, _greedy(), cuda_graphs=False)
     assert d.captures == 0 and next(iter(d.slots.values())).batch == 3  # exact sizes, no capture
+    ids5, att5 = _prompts(B=5)
+    d.generate(model, _Tok, ids5, att5, off)
+    assert len(d.slots) == 1 and next(iter(d.slots.values())).batch == 5  # one eager slot, replaced, not piled up
 
 
 def test_batch_buckets():
@@ -369,3 +372,16 @@ def test_decode_step_traces_as_one_graph_without_host_syncs():
     finally:
         torch._dynamo.reset()
     assert ex.graph_count == 1 and ex.graph_break_count == 0, [str(b.reason)[:200] for b in ex.break_reasons]
+
+
+def test_sharded_parameters_are_never_captured():
+    from taosr.rl.engines.graph import graphable
+
+    model = _tiny_llama()
+    assert graphable(model)
+    next(model.parameters()).ds_id = 3  # what DeepSpeed ZeRO-3 puts on its partitioned parameters
+    assert not graphable(model)
+    d = _graph_decoder()
+    ids, att = _prompts()
+    d.generate(model, _Tok, ids, att, _greedy())
+    assert d.captures == 0

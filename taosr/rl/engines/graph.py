@@ -23,7 +23,8 @@ assign, re-wrapping) or changes which kernels run (LoRA merge/unmerge, adapters 
 switched) would leave a graph computing with stale weights: before each call a signature of
 parameter data pointers and LoRA flags is compared with the one at capture, and every graph is
 dropped (re-captured on use) when it changed. A capture that fails falls back to eager steps for
-the rest of this decoder's life with a one-line warning.
+the rest of this decoder's life with a one-line warning. Sharded parameters (FSDP, DTensor,
+DeepSpeed ZeRO-3) are never captured.
 """
 from __future__ import annotations
 
@@ -100,6 +101,14 @@ def weights_signature(model) -> tuple:
     return ptrs, lora
 
 
+def graphable(model) -> bool:
+    """False for sharded parameters (FSDP, DTensor, DeepSpeed ZeRO-3): their storage moves every forward
+    and the forward runs collectives, so the step is not captured there."""
+    if any(type(m).__name__.startswith(("FullyShardedDataParallel", "FSDP")) for m in model.modules()):
+        return False
+    return not any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in model.parameters())
+
+
 def _cuda_capture(step: Callable[[], None], pool) -> Any:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g, pool=pool):
@@ -146,9 +155,9 @@ class StaticDecoder:
         from transformers import StaticCache
 
         nb = batch_bucket(n) if graphs else n
-        key = (device, nb, amp)
+        key = (device, nb if graphs else "eager", amp)  # eager decoding keeps one slot (exact sizes) per device
         s = self.slots.get(key)
-        fits = s is not None and s.dtype == kv_dtype and (
+        fits = s is not None and s.dtype == kv_dtype and s.batch == nb and (
             s.cache_len >= need_len if graphs else s.cache_len == need_len)
         if not fits:
             if s is not None:
@@ -241,6 +250,7 @@ class StaticDecoder:
         pre = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=True,
                     logits_to_keep=1)
         N = input_ids.shape[0] * G
+        graphs = graphs and graphable(model)
         if graphs:
             self._check_weights(model)
         layers = pre.past_key_values.layers
@@ -266,15 +276,18 @@ class StaticDecoder:
         del pre, layers
 
         step = self._step_fn(model, s, sampler, eos, pad)
-        key = sampling_key(spec)
+        key = sampling_key(spec) + (eos, pad)  # constants the captured step bakes in
         g = s.graphs.get(key) if graphs else None
         every = self.sync_every if graphs else 1
         # warm-up steps before a capture run on a side stream, as capture needs (they are real steps)
         side = torch.cuda.Stream(device) if graphs and g is None and device.type == "cuda" else None
         warm, n = 0, 1
         for t in range(1, T):
-            if t % every == 0 and bool(s.done.all()):
-                break
+            if t % every == 0:
+                if side is not None:
+                    torch.cuda.current_stream(device).wait_stream(side)
+                if bool(s.done.all()):
+                    break
             if g is None and graphs and warm >= self.warmup and not self.capture_failed:
                 if side is not None:
                     torch.cuda.current_stream(device).wait_stream(side)
