@@ -46,7 +46,8 @@ def sample_split(model, tokenizer, dm, split: str, spec: GenerationSpec, batch_s
     for s in range(0, len(todo), batch_size):
         chunk = [(i, rows[i]) for i in todo[s: s + batch_size]]
         batch = dm.collate_prompts(chunk)
-        ids = engine.generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], spec)
+        dev = next(model.parameters()).device
+        ids = engine.generate(model, tokenizer, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), spec)
         texts = decode_completions(tokenizer, ids)
         n = spec.num_return_sequences
         done = []
@@ -240,6 +241,8 @@ def sample_main(argv: list[str]) -> int:
     _write_all(part, done)  # a clean base: what is done, without a torn last line
     torch.manual_seed(a.seed)
     model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=a.model), corpus=dm.corpus)
+    if torch.cuda.is_available():  # sample on the GPU in bf16 where there is one
+        model.to("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     if done:
         print(f"taosr: continuing {a.out}: {len(done)} of {len(rows)} prompts already sampled")
         if not _restore_rng(rng_path, len(done)):

@@ -49,7 +49,8 @@ class RolloutCallback(pl.Callback):
         tok, G, spec = pl_module.tokenizer, self.G, self.spec
         t0 = time.perf_counter()
         self.engine.sync_weights(pl_module.model)
-        comp = self.engine.generate(pl_module.model, tok, batch["input_ids"], batch["attention_mask"], spec)
+        with trainer.precision_plugin.forward_context():  # bf16-mixed / 16-mixed rollouts run in that precision
+            comp = self.engine.generate(pl_module.model, tok, batch["input_ids"], batch["attention_mask"], spec)
         t_gen = time.perf_counter() - t0
         lens = completion_lengths(comp, tok.eos_token_id, tok.pad_token_id).to(comp.device)
         L = comp.shape[1]
