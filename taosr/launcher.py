@@ -93,7 +93,7 @@ def _make_cli_classes():
         def save_config(self, trainer, pl_module, stage: str) -> None:
             fn = trainer.state.fn.value if trainer.state.fn is not None else stage
             name = "config.yaml" if fn == "fit" else f"config-{fn}.yaml"
-            log_dir = trainer.log_dir or trainer.default_root_dir
+            log_dir = trainer.default_root_dir  # <run>/config.yaml beside <run>/export, whatever the logger
             final = os.path.join(log_dir, name)
             if os.path.realpath(final) in self.inputs:
                 warnings.warn(f"taosr: not writing the resolved config to {final}: it is an input config of this command",
@@ -102,15 +102,22 @@ def _make_cli_classes():
             os.makedirs(log_dir, exist_ok=True)
             tmp = os.path.join(log_dir, f".{name}.tmp{os.getpid()}")
             self.parser.save(self.config, tmp, skip_none=False, overwrite=True, multifile=False)
-            if os.path.exists(final):  # a previous run's: replaced when this command succeeds
-                self._pending = (tmp, final)
-            else:
-                os.replace(tmp, final)
+            # a fresh folder gets it once the work starts (not when setup fails); a previous run's file
+            # is replaced only when this command succeeds
+            self._pending = (tmp, final, os.path.exists(final))
+
+        def _commit(self, trainer, finished: bool) -> None:
+            if self._pending and trainer.is_global_zero and (finished or not self._pending[2]):
+                os.replace(self._pending[0], self._pending[1])
+                self._pending = None
+
+        def _on_start(self, trainer, pl_module) -> None:
+            self._commit(trainer, finished=False)
+
+        on_train_start = on_validation_start = on_test_start = on_predict_start = _on_start
 
         def teardown(self, trainer, pl_module, stage: str) -> None:  # called only when the command finished
-            if self._pending and trainer.is_global_zero:
-                os.replace(*self._pending)
-                self._pending = None
+            self._commit(trainer, finished=True)
 
         def on_exception(self, trainer, pl_module, exception) -> None:
             if self._pending:
