@@ -214,7 +214,8 @@ def condense_config_error(message: str, argv: list[str] | None = None) -> str:
     if option:  # name the option itself ("--model.init_args.lr"), not its top-level group ("model")
         kind = re.search(r"Expected a <class '(\w+)'>", cause or head)
         what = f"expected {kind.group(1)}" if kind else (cause or head)
-        return f"option {option}: {what}, got {got.group(1).strip()!r} (taosr fit --help lists every option)"
+        key = option.lstrip("-")
+        return f'Parser key "{key}": {what}, got {got.group(1).strip()!r} (option {option}; taosr fit --help lists every option)'
     text = f"{head}: {cause}" if cause and cause != head else head
     return f"{text} (taosr fit --help lists every option)"
 

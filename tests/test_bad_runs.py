@@ -5,7 +5,8 @@ Each case runs `taosr.cli.main([...])` in-process."""
 import os
 import shutil
 
-import pytest
+import lightning.pytorch  # noqa: F401 - imported at collection: its log handler then writes to the session's
+import pytest              # stderr, not to the capsys stream of the first test that imports it (closed later)
 import torch
 
 from taosr.cli import main
