@@ -158,9 +158,10 @@ def _make_cli_classes():
 
 
 def lightning_main(argv: list[str]) -> None:
+    inputs = tuple(os.path.realpath(p) for p in config_paths(argv))  # before layered files become YAML text
     argv = expand_config_args(argv)
     TaosrCLI, RunConfig = _make_cli_classes()
-    RunConfig.inputs = tuple(os.path.realpath(p) for p in config_paths(argv))
+    RunConfig.inputs = inputs
 
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.methods.base import RelevanceModule
