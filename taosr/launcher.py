@@ -1,15 +1,32 @@
 """Run a LightningCLI command (``fit``, ``validate``, ``test``, ``predict``) in this process.
 
 The ``taosr`` command and the quick-start pipeline both call :func:`run_lightning`; it returns the
-exit status and turns a bad key, value or config file into one line (exit 2).
+exit status and turns a bad key, value, config file or checkpoint into one line (exit 2):
+
+- config files are read strictly first and layered ones (``base:``) expanded
+  (:mod:`taosr.configfiles`): a YAML error or a key set twice names file and line;
+- ``--ckpt_path`` must be a readable Lightning checkpoint of the configured method;
+- callbacks that need a logger are dropped with a warning when ``trainer.logger`` is false;
+- the resolved config is written atomically as ``<run>/config.yaml`` (``config-<command>.yaml`` for
+  validate/test/predict); where a previous run's file exists it is replaced only when the command
+  succeeds, and an input config is never overwritten;
+- Ctrl-C ends with a one-line note naming the checkpoint of the step reached (exit 130).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+import warnings
+
+from taosr.configfiles import config_paths, expand_config_args
+from taosr.errors import ConfigError, TaosrError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# callbacks that raise without a logger (LearningRateMonitor, DeviceStatsMonitor): skipped with a warning
+NEEDS_LOGGER = ("LearningRateMonitor", "DeviceStatsMonitor")
+INTERRUPTED = 130
 
 
 def _fill_run_paths(cfg) -> None:
@@ -31,12 +48,120 @@ def _fill_run_paths(cfg) -> None:
             args["dirpath"] = f"{root}/checkpoints"
 
 
-def lightning_main(argv: list[str]) -> None:
-    from lightning.pytorch.cli import LightningCLI
+def load_checkpoint_meta(path: str) -> dict:
+    """Read a Lightning checkpoint for the checks before a run; one-line ConfigError if it is not one."""
+    import torch
+
+    if not os.path.exists(path):
+        raise ConfigError(f"--ckpt_path {path}: file not found")
+    if os.path.isdir(path):
+        raise ConfigError(f"--ckpt_path {path}: is a directory, not a checkpoint file")
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception as err:  # noqa: BLE001 - truncated zip, text file, pickle of another kind
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--ckpt_path {path}: not a readable Lightning checkpoint (truncated or corrupt?): "
+                          f"{cause[:160]}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        raise ConfigError(f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict/global_step)")
+    return ckpt
+
+
+def check_checkpoint_method(path: str, ckpt: dict, class_path: str | None) -> None:
+    """A checkpoint of another method would silently run zero steps of this one: refuse it."""
+    hp = ckpt.get("hyper_parameters") or {}
+    saved = hp.get("_class_path")
+    if saved and class_path and saved != class_path:
+        raise ConfigError(f"--ckpt_path {path}: checkpoint of {saved.rsplit('.', 1)[-1]} ({saved}) but the config trains "
+                          f"{class_path.rsplit('.', 1)[-1]} ({class_path}); start from that run's export instead "
+                          "(--model.init_args.model.name_or_path <run>/export)")
+
+
+def _make_cli_classes():
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+    class RunConfig(SaveConfigCallback):
+        """Writes the resolved config atomically; keeps a finished run's file until this one succeeds."""
+
+        inputs: tuple[str, ...] = ()
+
+        def __init__(self, *args, **kwargs):
+            kwargs["save_to_log_dir"] = False
+            super().__init__(*args, **kwargs)
+            self._pending: tuple[str, str] | None = None
+
+        def save_config(self, trainer, pl_module, stage: str) -> None:
+            fn = trainer.state.fn.value if trainer.state.fn is not None else stage
+            name = "config.yaml" if fn == "fit" else f"config-{fn}.yaml"
+            log_dir = trainer.default_root_dir  # <run>/config.yaml beside <run>/export, whatever the logger
+            final = os.path.join(log_dir, name)
+            if os.path.realpath(final) in self.inputs:
+                warnings.warn(f"taosr: not writing the resolved config to {final}: it is an input config of this command",
+                              stacklevel=1)
+                return
+            os.makedirs(log_dir, exist_ok=True)
+            tmp = os.path.join(log_dir, f".{name}.tmp{os.getpid()}")
+            self.parser.save(self.config, tmp, skip_none=False, overwrite=True, multifile=False)
+            # a fresh folder gets it once the work starts (not when setup fails); a previous run's file
+            # is replaced only when this command succeeds
+            self._pending = (tmp, final, os.path.exists(final))
+
+        def _commit(self, trainer, finished: bool) -> None:
+            if self._pending and trainer.is_global_zero and (finished or not self._pending[2]):
+                os.replace(self._pending[0], self._pending[1])
+                self._pending = None
+
+        def _on_start(self, trainer, pl_module) -> None:
+            self._commit(trainer, finished=False)
+
+        on_train_start = on_validation_start = on_test_start = on_predict_start = _on_start
+
+        def teardown(self, trainer, pl_module, stage: str) -> None:  # called only when the command finished
+            self._commit(trainer, finished=True)
+
+        def on_exception(self, trainer, pl_module, exception) -> None:
+            if self._pending:
+                try:
+                    os.remove(self._pending[0])
+                except OSError:
+                    pass
+                self._pending = None
 
     class TaosrCLI(LightningCLI):
+        def _parse_ckpt_path(self) -> None:
+            sub = self.config.get("subcommand")
+            path = self.config[sub].get("ckpt_path") if sub else None
+            if path:
+                ckpt = load_checkpoint_meta(path)
+                model = self.config[sub].get("model")
+                check_checkpoint_method(path, ckpt, getattr(model, "class_path", None))
+                del ckpt
+            super()._parse_ckpt_path()
+
         def before_instantiate_classes(self) -> None:
             _fill_run_paths(self.config[self.subcommand] if self.subcommand else self.config)
+
+        def _drop_callbacks_needing_a_logger(self) -> None:
+            if self.trainer.loggers:
+                return
+            for cb in list(self.trainer.callbacks):
+                if type(cb).__name__ in NEEDS_LOGGER:
+                    self.trainer.callbacks.remove(cb)
+                    print(f"taosr: warning: trainer.logger is off: skipping {type(cb).__name__}", file=sys.stderr)
+
+        def before_fit(self) -> None:
+            self._drop_callbacks_needing_a_logger()
+
+        before_validate = before_test = before_predict = before_fit
+
+    return TaosrCLI, RunConfig
+
+
+def lightning_main(argv: list[str]) -> None:
+    inputs = tuple(os.path.realpath(p) for p in config_paths(argv))  # before layered files become YAML text
+    argv = expand_config_args(argv)
+    TaosrCLI, RunConfig = _make_cli_classes()
+    RunConfig.inputs = inputs
 
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.methods.base import RelevanceModule
@@ -48,6 +173,7 @@ def lightning_main(argv: list[str]) -> None:
             RelevanceDataModule,
             subclass_mode_model=True,
             parser_kwargs={"parser_mode": "omegaconf", "default_env": False, "exit_on_error": False},
+            save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
         )
@@ -63,7 +189,18 @@ def _finish_wandb_run() -> None:
         wandb.finish()
 
 
-def condense_config_error(message: str) -> str:
+def _option_for_value(argv: list[str], value: str) -> str | None:
+    """The command-line option whose value is ``value`` (the last one wins, as in the parser)."""
+    found = None
+    for i, a in enumerate(argv):
+        if a.startswith("--") and "=" in a and a.split("=", 1)[1] == value:
+            found = a.split("=", 1)[0]
+        elif a.startswith("--") and i + 1 < len(argv) and argv[i + 1] == value:
+            found = a
+    return found
+
+
+def condense_config_error(message: str, argv: list[str] | None = None) -> str:
     """One line from jsonargparse's multi-line report: the key it names and the most specific cause."""
     lines = [ln.strip().lstrip("- ").strip() for ln in str(message).splitlines() if ln.strip()]
     if not lines:
@@ -73,17 +210,54 @@ def condense_config_error(message: str) -> str:
                                                   r"expected|invalid|no such|not found|must be", ln, re.I)
               and "NoneType" not in ln]
     cause = causes[0] if causes else (lines[1] if len(lines) > 1 else "")
+    got = re.search(r"Got value: (.+)$", cause or head)
+    option = _option_for_value(argv or [], got.group(1).strip()) if got else None
+    if option:  # name the option itself ("--model.init_args.lr"), not its top-level group ("model")
+        kind = re.search(r"Expected a <class '(\w+)'>", cause or head)
+        what = f"expected {kind.group(1)}" if kind else (cause or head)
+        key = option.lstrip("-")
+        return f'Parser key "{key}": {what}, got {got.group(1).strip()!r} (option {option}; taosr fit --help lists every option)'
     text = f"{head}: {cause}" if cause and cause != head else head
     return f"{text} (taosr fit --help lists every option)"
 
 
+def _interrupted_note(argv: list[str]) -> str:
+    root = None
+    for i, a in enumerate(argv):
+        if a == "--trainer.default_root_dir" and i + 1 < len(argv):
+            root = argv[i + 1]
+    hint = f" (checkpoint of the step reached: {root}/checkpoints/last.ckpt)" if root else ""
+    return f"interrupted{hint}; resume with the same command plus --ckpt_path <run>/checkpoints/last.ckpt"
+
+
 def run_lightning(argv: list[str], verbose: bool = False) -> int:
-    """``argv`` starts with the subcommand; 0 on success, 2 (one line on stderr) on a config error."""
+    """``argv`` starts with the subcommand; 0 on success, 2 (one line on stderr) on a config error,
+    130 when interrupted (Ctrl-C; the checkpoint of the step reached is written first)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         lightning_main(argv)
     except argparse.ArgumentError as err:  # jsonargparse: bad key, value or config file
         if verbose:
             raise
-        print(f"taosr: error: {condense_config_error(str(err))}", file=sys.stderr)
+        print(f"taosr: error: {condense_config_error(str(err), argv)}", file=sys.stderr)
         return 2
+    except TaosrError as err:
+        if verbose:
+            raise
+        print(f"taosr: error: {err}", file=sys.stderr)
+        return 2
+    except MisconfigurationException as err:  # Lightning's own check of a setting (one line)
+        if verbose:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid trainer setting"
+        print(f"taosr: error: {first}", file=sys.stderr)
+        return 2
+    except SystemExit as err:  # Lightning exits 1 after a graceful Ctrl-C shutdown
+        if err.code in (0, None):
+            return 0
+        if err.code == 1:
+            print(f"taosr: {_interrupted_note(argv)}", file=sys.stderr)
+            return INTERRUPTED
+        raise
     return 0

@@ -20,20 +20,25 @@ import subprocess
 import sys
 import time
 
+from taosr.configfiles import load_yaml
 from taosr.errors import ConfigError
 
 ENGINE_KEYS = ("method", "metric", "parameters", "early_terminate")
 
 
-def load_sweep(path: str) -> dict:
-    import yaml
+METHODS = ("grid", "random", "bayes")
 
+
+def load_sweep(path: str) -> dict:
     if not os.path.exists(path):
         raise ConfigError(f"{path}: sweep file not found")
-    with open(path) as fh:
-        cfg = yaml.safe_load(fh)
+    cfg = load_yaml(path)  # a syntax error or a key set twice names file:line
     if not isinstance(cfg, dict) or "parameters" not in cfg or "method" not in cfg:
         raise ConfigError(f"{path}: a sweep YAML needs 'method' and 'parameters'")
+    if cfg["method"] not in METHODS:
+        raise ConfigError(f"{path}: method {cfg['method']!r} is not one of {', '.join(METHODS)}")
+    if not isinstance(cfg["parameters"], dict) or not cfg["parameters"]:
+        raise ConfigError(f"{path}: 'parameters' must map each parameter to its values")
     if "metric" not in cfg and cfg["method"] == "bayes":
         raise ConfigError(f"{path}: method 'bayes' needs a 'metric' (name, goal)")
     return cfg
@@ -91,11 +96,18 @@ def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | 
     engine_cfg = {k: cfg[k] for k in ENGINE_KEYS if k in cfg}
     metric = (cfg.get("metric") or {}).get("name")
     name = cfg.get("name") or os.path.splitext(os.path.basename(path))[0]
-    count = count or cfg.get("run_cap") or 10
+    if count is None:
+        count = cfg.get("run_cap") or 10
+    if not isinstance(count, int) or count < 1:
+        raise ConfigError(f"--count {count}: the run budget must be at least 1")
     runs: list = []
     rows: list[dict] = []
     for i in range(count):
-        proposal = sweeps.next_run(engine_cfg, runs, validate=True)
+        try:
+            proposal = sweeps.next_run(engine_cfg, runs, validate=True)
+        except Exception as err:  # noqa: BLE001 - the engine's schema check of the YAML
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{path}: invalid sweep: {first[:200]}") from None
         if proposal is None:
             break  # grid exhausted
         params = {k: _plain(v["value"]) for k, v in proposal.config.items()}
@@ -159,5 +171,11 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     a, extra = p.parse_known_args(argv)
     out = a.out or os.path.join("runs", "sweeps", os.path.splitext(os.path.basename(a.file))[0])
-    run_sweep(a.file, out, a.count, extra, a.dry_run)
+    rows = run_sweep(a.file, out, a.count, extra, a.dry_run)
+    failed = [r["run"] for r in rows if r["exit"] != 0]
+    if rows and len(failed) == len(rows):
+        raise ConfigError(f"{a.file}: every run of the sweep failed (exit {rows[0]['exit']} first); "
+                          f"see {out}/summary.md and the runs' output above")
+    if failed:
+        print(f"taosr sweep: {len(failed)} of {len(rows)} runs failed: {', '.join(failed)}", file=sys.stderr)
     return 0

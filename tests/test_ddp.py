@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import ROOT, rl_samples_overrides, small_overrides
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses / notebook kernels
 
 
 def test_grpo_two_processes_gloo(tmp_path, sft_run, samples, cache_dir):

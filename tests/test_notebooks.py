@@ -6,6 +6,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses / notebook kernels
+
 nbclient = pytest.importorskip("nbclient")
 
 

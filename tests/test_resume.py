@@ -29,6 +29,18 @@ class CrashAt(pl.Callback):
             raise Crash(f"killed at step {trainer.global_step}")
 
 
+class InterruptMidStep(pl.Callback):
+    """Ctrl-C (or any error) in the middle of step ``step + 1``: after its forward pass, before its
+    update; no periodic checkpoint covers the step reached."""
+
+    def __init__(self, step, exc=KeyboardInterrupt):
+        self.step, self.exc = step, exc
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        if trainer.global_step >= self.step:
+            raise self.exc(f"interrupted in step {trainer.global_step + 1}")
+
+
 class BatchLog(pl.Callback):
     def __init__(self):
         self.first_ids = []
@@ -37,11 +49,12 @@ class BatchLog(pl.Callback):
         self.first_ids.append(batch["input_ids"][:, :12].sum().item())
 
 
-def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000):
+def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000, dropout=0.0):
     pl.seed_everything(0)
     dm = RelevanceDataModule(synth=SynthConfig(n_train=40, n_val=4, n_test=4, seed=5), data_dir=os.path.join(cache, "data"),
                              batch_size=4, val=None, test=None, curriculum=curriculum)
-    model = SFTModule(model=ModelSpec(name_or_path="micro", cache_dir=os.path.join(cache, "models")), lr=5e-3,
+    over = {"attention_dropout": dropout} if dropout else None  # dropout: training draws random numbers
+    model = SFTModule(model=ModelSpec(name_or_path="micro", cache_dir=os.path.join(cache, "models"), config_overrides=over), lr=5e-3,
                       warmup_steps=2, export_dir=None)
     log = BatchLog()
     trainer = pl.Trainer(max_steps=max_steps, default_root_dir=root, logger=False, enable_progress_bar=False,
@@ -75,3 +88,23 @@ def test_curriculum_stage_restored(tmp_path, cache_dir):
     _, tr2, _ = run(str(tmp_path / "c"), cache_dir, 6, extra=[CurriculumCallback()], curriculum=fresh,
                     ckpt=str(tmp_path / "c" / "ckpt" / "last.ckpt"))
     assert fresh.stage == 1 and fresh.history == [{"stage": 1, "step": 2}]
+
+
+@pytest.mark.parametrize("stop,exc,dropout", [(5, KeyboardInterrupt, 0.0),  # mid first epoch, Ctrl-C
+                                              (13, Crash, 0.0),              # mid second epoch, an error
+                                              (5, KeyboardInterrupt, 0.2)])  # random numbers in every step
+def test_interrupted_run_writes_the_step_reached_and_resumes_bit_identical(tmp_path, cache_dir, stop, exc, dropout):
+    """No periodic save covers the step reached (every=1000): the on-exception last.ckpt holds it,
+    and resuming from it ends with exactly the uninterrupted run's weights (RNG states included:
+    without them the dropout case differs)."""
+    full, _, full_log = run(str(tmp_path / "full"), cache_dir, 16, dropout=dropout)
+    with pytest.raises(SystemExit if exc is KeyboardInterrupt else Crash):  # Lightning exits 1 after Ctrl-C
+        run(str(tmp_path / "part"), cache_dir, 16, extra=[InterruptMidStep(stop, exc)], dropout=dropout)
+    last = tmp_path / "part" / "ckpt" / "last.ckpt"
+    assert torch.load(str(last), map_location="cpu", weights_only=False)["global_step"] == stop
+    assert not list((tmp_path / "part" / "ckpt").glob("*.tmp"))
+    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 16, ckpt=str(last), dropout=dropout)
+    assert tr2.global_step == 16
+    assert res_log.first_ids == full_log.first_ids[stop:]
+    for (n, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(a, b), (n, (a - b).abs().max().item())

@@ -1,14 +1,116 @@
-"""ModelCheckpoint that also writes ``last.ckpt`` when training ends, so `taosr test --ckpt_path
-<run>/checkpoints/last.ckpt` works whatever the step interval was."""
+"""ModelCheckpoint for resumable runs.
+
+- ``last.ckpt`` is also written when training ends, so `taosr test --ckpt_path
+  <run>/checkpoints/last.ckpt` works whatever the step interval was;
+- on an exception or Ctrl-C during fit (``save_on_exception``, on by default) ``last.ckpt`` is
+  written at the step reached, so nothing since the last periodic save is lost; resuming from it
+  with ``--ckpt_path`` continues at the same step, optimizer state and data position;
+- the random number generators' states (torch CPU/CUDA, numpy, random) are saved and restored
+  (single process): rollouts, sampling and dropout continue as the uninterrupted run would. The
+  on-exception checkpoint keeps the states of the start of the interrupted step, whose update it
+  does not contain;
+- every checkpoint is written under a temporary name and renamed: a crash while saving never leaves
+  a truncated ``last.ckpt`` in place of the previous one.
+"""
 from __future__ import annotations
 
 import os
+from typing import Any
+from weakref import proxy
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+
+def _collect_rng_states() -> dict[str, Any]:
+    """Generator states as tensors, ints and lists only, so ``torch.load(weights_only=True)`` reads them."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class Checkpoint(ModelCheckpoint):
+    def __init__(self, *args, save_on_exception: bool = True, **kwargs):
+        super().__init__(*args, save_on_exception=save_on_exception, **kwargs)
+        self._rng_at_step_start: dict | None = None
+        self._saving_on_exception = False
+        self._rng_to_restore: dict | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._rng_to_restore is not None:
+            # restored here, not on load: the epoch's DataLoader iterator, made after the restore, draws
+            # its base seed from the global generator, which the uninterrupted run did before this step
+            _set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+        if self.save_on_exception and trainer.world_size == 1:
+            self._rng_at_step_start = _collect_rng_states()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        rng = self._rng_at_step_start if self._saving_on_exception else _collect_rng_states()
+        if rng is not None:
+            state["rng_states"] = rng
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        rng = state_dict.pop("rng_states", None)
+        super().load_state_dict(state_dict)
+        if rng is not None and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            self._rng_to_restore = rng
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.dirpath, f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        tmp = f"{filepath}.tmp"
+        trainer.save_checkpoint(tmp, self.save_weights_only)  # rank 0 writes; ends with a barrier
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        trainer.strategy.barrier("taosr.Checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Only ``last.ckpt``, only while fitting (Lightning's default also writes a named file)."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if trainer.state.fn != TrainerFn.FITTING or not self.dirpath or not self._should_save_on_exception(trainer):
+            return
+        self._saving_on_exception = True
+        try:
+            self._save_checkpoint(trainer, self.last_path)
+        finally:
+            self._saving_on_exception = False
+        rank_zero_info(f"taosr: {type(exception).__name__} at step {trainer.global_step}: saved {self.last_path}")
+
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
         if self.save_last and self.dirpath and not trainer.sanity_checking:
-            trainer.save_checkpoint(os.path.join(self.dirpath, f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"))
+            self._save_checkpoint(trainer, self.last_path)

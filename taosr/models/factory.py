@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import json
 import os
-from dataclasses import asdict, dataclass
+import shutil
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -80,8 +80,9 @@ def _build_tiny(spec: ModelSpec, corpus: Callable[[], Iterable[str]] | None) -> 
     tok = train_bpe_tokenizer(corpus(), spec.vocab_size, tmp)
     cfg = tiny_config(spec.name_or_path, vocab_size=len(tok), bos=tok.bos_token_id, eos=tok.eos_token_id,
                       pad=tok.pad_token_id, **(spec.config_overrides or {}))
-    torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(cfg)
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the run's own random stream stays untouched
+        torch.manual_seed(spec.seed)          # (a cache miss must not change what the run samples next)
+        model = LlamaForCausalLM(cfg)
     model.save_pretrained(tmp)
     try:
         os.replace(tmp, folder)
@@ -97,12 +98,27 @@ def _resolve(spec: ModelSpec, corpus) -> str:
     if name == SMOLLM2_PRESET:
         return ensure_smollm2(spec.cache_dir)
     if os.path.isdir(name):
+        _check_model_folder(name)
         return name
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not os.path.exists(os.path.dirname(name) or "/nonexistent")
     if not looks_like_hub_id:
         raise ConfigError(f"model.name_or_path: {name!r} is not a preset ({', '.join([*TINY_PRESETS, SMOLLM2_PRESET])}), "
                           "an existing folder or a Hugging Face id")
     return name
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _check_model_folder(path: str) -> None:
+    """A local folder must hold a model (or a peft adapter) and a tokenizer: one line naming what is missing."""
+    files = set(os.listdir(path))
+    if not files & {"config.json", "adapter_config.json"}:
+        raise ConfigError(f"model.name_or_path: {path!r} has no config.json: not a Hugging Face model folder "
+                          "(an export is <run>/export)")
+    if not files & set(TOKENIZER_FILES):
+        raise ConfigError(f"model.name_or_path: {path!r} has no tokenizer ({', '.join(TOKENIZER_FILES)}): "
+                          "copy the tokenizer into the folder or re-export it")
 
 
 def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]] | None = None):
@@ -120,8 +136,9 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kw)
         tok = AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        raise ConfigError(f"model.name_or_path: cannot load {path!r}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError) as e:  # missing or unreadable files, unknown model type
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"model.name_or_path: cannot load {path!r}: {first}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if model.config.pad_token_id is None:
@@ -137,18 +154,40 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
 
 def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True) -> str:
     """Write a Hugging Face folder (model + tokenizer). A peft model is saved merged (a deep copy
-    is merged so the training model keeps its adapter) or as its adapter only."""
-    os.makedirs(out_dir, exist_ok=True)
-    is_peft = hasattr(model, "peft_config")
-    if is_peft and merge_lora:
-        merged = copy.deepcopy(model).merge_and_unload()
-        merged.save_pretrained(out_dir)
-    else:
-        model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    with open(os.path.join(out_dir, "taosr_export.json"), "w") as fh:
-        json.dump({"merged_lora": bool(is_peft and merge_lora), "adapter_only": bool(is_peft and not merge_lora)}, fh)
+    is merged so the training model keeps its adapter) or as its adapter only. The folder is written
+    under a temporary name and renamed, so a reader never sees half an export and a failed write
+    leaves the previous export in place."""
+    out_dir = os.path.normpath(out_dir)
+    tmp = f"{out_dir}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        is_peft = hasattr(model, "peft_config")
+        if is_peft and merge_lora:
+            merged = copy.deepcopy(model).merge_and_unload()
+            merged.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "taosr_export.json"), "w") as fh:
+            json.dump({"merged_lora": bool(is_peft and merge_lora), "adapter_only": bool(is_peft and not merge_lora)}, fh)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out_dir)
     return out_dir
+
+
+def replace_dir(src: str, dst: str) -> None:
+    """Move the finished folder ``src`` to ``dst``; an existing ``dst`` is moved aside first and removed after."""
+    old = None
+    if os.path.exists(dst):
+        old = f"{dst}.old{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -156,5 +195,3 @@ def count_parameters(model) -> tuple[int, int]:
     train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, train
 
-
-_ = (asdict, itertools)

@@ -1,0 +1,136 @@
+"""Config files for ``taosr fit|validate|test|predict``: strict YAML loading and layered configs.
+
+A method config may start with ``base: [_base/trainer.yaml, _base/rl.yaml]`` (paths relative to the
+file). :func:`expand_config_args` replaces each ``--config FILE`` whose file (or one of its bases)
+has a ``base:`` key by ``--config <YAML text>``: the bases merged in order, then the file itself.
+Mappings merge key by key; a list or a scalar of a later file replaces the earlier one, which is
+what a later ``--config`` does in LightningCLI (jsonargparse replaces ``trainer.callbacks`` whole), so
+a file means the same whether it is a base or an overlay. Later ``--config`` files and ``--key value``
+overrides still win. Every config file is read strictly first: a YAML syntax error or a key set twice
+is a :class:`~taosr.errors.ConfigError` naming the file and line.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import yaml
+
+from taosr.errors import ConfigError
+
+BASE_KEY = "base"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key set twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is set twice (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _mark(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
+def load_yaml(path: str):
+    """Parse one YAML file strictly; errors name ``file:line:column``."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: config file not found")
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory, not a config file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.load(fh, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason})") from None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{_mark(err)}: YAML error: {problem}") from None
+
+
+def merge(base, over):
+    """``over`` merged into ``base``: mappings key by key, anything else replaced (a new object)."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = copy.deepcopy(base)
+        for k, v in over.items():
+            out[k] = merge(out[k], v) if k in out else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(over)
+
+
+def resolve_file(path: str, _stack: tuple[str, ...] = ()) -> tuple[dict, bool]:
+    """The file's content with its bases merged in (``base`` removed); True when it had bases."""
+    real = os.path.realpath(path)
+    if real in _stack:
+        raise ConfigError(f"{path}: 'base' includes itself ({' -> '.join([*_stack, real])})")
+    data = load_yaml(path)
+    if data is None:
+        return {}, False
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys, got a {type(data).__name__}")
+    if BASE_KEY not in data:
+        return data, False
+    bases = data.pop(BASE_KEY)
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: 'base' must be a list of config paths relative to the file")
+    merged: dict = {}
+    for b in bases:
+        bpath = os.path.join(os.path.dirname(path), b)
+        if not os.path.exists(bpath):
+            raise ConfigError(f"{path}: base config {b!r} not found ({bpath})")
+        part, _ = resolve_file(bpath, (*_stack, real))
+        merged = merge(merged, part)
+    return merge(merged, data), True
+
+
+def config_paths(argv: list[str]) -> list[str]:
+    """The files given as ``--config FILE`` / ``--config=FILE`` (not YAML text)."""
+    out = []
+    for i, a in enumerate(argv):
+        val = a.split("=", 1)[1] if a.startswith("--config=") else (argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
+        if val is not None and "\n" not in val and not val.lstrip().startswith("{"):
+            out.append(val)
+    return out
+
+
+def expand_config_args(argv: list[str]) -> list[str]:
+    """Check every ``--config`` file strictly and expand layered ones into YAML text (see module doc)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config" or a.startswith("--config="):
+            if a == "--config":
+                if i + 1 >= len(argv):
+                    raise ConfigError("--config: expected a file")
+                val, i = argv[i + 1], i + 2
+            else:
+                val, i = a.split("=", 1)[1], i + 1
+            if "\n" in val or val.lstrip().startswith("{"):  # YAML text, as jsonargparse allows
+                out += ["--config", val]
+                continue
+            data, layered = resolve_file(val)
+            out += ["--config", yaml.safe_dump(data, sort_keys=False) if layered else val]
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def resolved_config(path: str) -> dict:
+    """The merged content of one config file (what ``--config path`` means), for tests and tools."""
+    return resolve_file(path)[0]

@@ -1,0 +1,266 @@
+"""Bad configs, checkpoints, model folders and sweeps: one line naming the file/line/option, exit 2,
+no traceback, nothing half-written; runs that used to exit 0 with a wrong result are refused first.
+
+Each case runs `taosr.cli.main([...])` in-process."""
+import os
+import shutil
+
+import lightning.pytorch  # noqa: F401 - imported at collection: its log handler then writes to the session's
+import pytest              # stderr, not to the capsys stream of the first test that imports it (closed later)
+import torch
+
+from taosr.cli import main
+from tests.conftest import ROOT, small_overrides
+
+SFT = os.path.join(ROOT, "configs", "sft.yaml")
+DPO = os.path.join(ROOT, "configs", "dpo.yaml")
+GRM = os.path.join(ROOT, "configs", "grm.yaml")
+
+
+def taosr(capsys, *args) -> tuple[int, str]:
+    rc = main([str(a) for a in args])
+    return rc, capsys.readouterr().err
+
+
+def assert_one_line(rc, err, *needles):
+    assert "Traceback" not in err, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("taosr: error: ")]
+    assert rc == 2 and len(errors) == 1, (rc, err)
+    for n in needles:
+        assert n in errors[0], (n, errors[0])
+    return errors[0]
+
+
+def assert_nothing_written(root):
+    """A refused run leaves no export, no config and no temporary file behind."""
+    if not os.path.exists(root):
+        return
+    names = [os.path.relpath(os.path.join(d, f), root) for d, ds, fs in os.walk(root) for f in fs + ds]
+    assert not [n for n in names if n.startswith(("export", "config")) or ".tmp" in n], names
+
+
+# ---------------------------------------------------------------- config files and options (parse time)
+YAML_CASES = {
+    "syntax_error": ("model:\n  init_args:\n    lr: [1\n", ["bad.yaml:4:", "YAML error"]),
+    "key_set_twice": ("trainer:\n  max_steps: 3\n  max_steps: 4\n", ["bad.yaml:3:", "'max_steps' is set twice"]),
+    "nested_key_set_twice": ("model:\n  init_args:\n    lr: 1\n    lr: 2\n", ["bad.yaml:4:", "'lr' is set twice"]),
+    "tab_indent": ("trainer:\n\tmax_steps: 3\n", ["bad.yaml:2:", "YAML error"]),
+    "not_a_mapping": ("- a\n- b\n", ["bad.yaml", "must be a mapping"]),
+    "unknown_key": ("model:\n  init_args:\n    bogus: 3\n", ["Option 'bogus' is not accepted"]),
+    "missing_base": ("base: [nope.yaml]\n", ["bad.yaml: base config 'nope.yaml' not found"]),
+    "base_cycle": ("base: [bad.yaml]\n", ["includes itself"]),
+    "wrong_type_in_yaml": ("trainer:\n  max_steps: many\n", ["trainer.max_steps"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(YAML_CASES))
+def test_bad_overlay_file(tmp_path, capsys, case):
+    text, needles = YAML_CASES[case]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    root = tmp_path / "run"
+    rc, err = taosr(capsys, "fit", "--config", SFT, "--config", bad, "--trainer.default_root_dir", root)
+    assert_one_line(rc, err, *needles)
+    assert_nothing_written(root)
+
+
+def test_syntax_error_in_a_method_file_with_bases(tmp_path, capsys):
+    shutil.copytree(os.path.join(ROOT, "configs", "_base"), tmp_path / "_base")
+    (tmp_path / "m.yaml").write_text("base: [_base/trainer.yaml]\nmodel:\n  class_path: x\n   init_args: {}\n")
+    rc, err = taosr(capsys, "fit", "--config", tmp_path / "m.yaml")
+    assert_one_line(rc, err, "m.yaml:4:")
+
+
+def test_syntax_error_in_a_base_names_the_base(tmp_path, capsys):
+    shutil.copytree(os.path.join(ROOT, "configs", "_base"), tmp_path / "_base")
+    (tmp_path / "_base" / "trainer.yaml").write_text("trainer: {max_steps: 3\n")
+    (tmp_path / "m.yaml").write_text("base: [_base/trainer.yaml]\n")
+    rc, err = taosr(capsys, "fit", "--config", tmp_path / "m.yaml")
+    assert_one_line(rc, err, os.path.join("_base", "trainer.yaml") + ":2:")
+
+
+OPTION_CASES = {
+    "lr_not_a_number": (["--model.init_args.lr", "fast"], ["--model.init_args.lr", "float", "'fast'"]),
+    "lr_equals_form": (["--model.init_args.lr=fast"], ["--model.init_args.lr", "'fast'"]),
+    "max_steps_not_int": (["--trainer.max_steps", "x"], ["trainer.max_steps"]),
+    "unknown_model_option": (["--model.init_args.bogus", "3"], ["Option 'bogus' is not accepted"]),
+    "unknown_data_option": (["--data.bogus", "3"], ["--data.bogus"]),
+    "missing_config_file": (["--config", "/nonexistent/overlay.yaml"], ["/nonexistent/overlay.yaml", "not found"]),
+    "config_is_a_directory": (["--config", ROOT], ["is a directory"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTION_CASES))
+def test_bad_option(capsys, case):
+    args, needles = OPTION_CASES[case]
+    rc, err = taosr(capsys, "fit", "--config", SFT, *args)
+    assert_one_line(rc, err, *needles)
+    assert len(err.strip().splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def sft_ckpt(sft_run):
+    return os.path.join(sft_run, "checkpoints", "last.ckpt")
+
+
+def _truncated(src, dst):
+    data = open(src, "rb").read()
+    open(dst, "wb").write(data[: len(data) // 2])
+    return dst
+
+
+CKPT_CASES = {
+    "missing": (lambda d, c: os.path.join(d, "nope.ckpt"), ["--ckpt_path", "nope.ckpt", "not found"]),
+    "directory": (lambda d, c: d, ["is a directory"]),
+    "text_file": (lambda d, c: (open(os.path.join(d, "t.ckpt"), "w").write("hello\n"), os.path.join(d, "t.ckpt"))[1],
+                  ["t.ckpt", "not a readable Lightning checkpoint"]),
+    "truncated": (lambda d, c: _truncated(c, os.path.join(d, "half.ckpt")), ["half.ckpt", "truncated or corrupt"]),
+    "not_lightning": (lambda d, c: (torch.save({"w": torch.zeros(2)}, os.path.join(d, "w.ckpt")), os.path.join(d, "w.ckpt"))[1],
+                      ["w.ckpt", "not a Lightning checkpoint"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CKPT_CASES))
+def test_bad_checkpoint(tmp_path, capsys, cache_dir, sft_ckpt, case):
+    make, needles = CKPT_CASES[case]
+    path = make(str(tmp_path), sft_ckpt)
+    root = str(tmp_path / "run")
+    rc, err = taosr(capsys, "fit", "--config", SFT, *small_overrides(root, cache_dir), "--ckpt_path", path)
+    assert_one_line(rc, err, *needles)
+    assert_nothing_written(root)
+
+
+@pytest.mark.parametrize("config,name", [(DPO, "DPOModule"), (GRM, "GRMModule")])
+def test_checkpoint_of_another_method_is_refused_before_work(tmp_path, capsys, cache_dir, sft_run, sft_ckpt, config, name):
+    """Formerly exit 0: the SFT checkpoint made the 'DPO' run an SFT resume that ran zero DPO steps and
+    exported the SFT weights. Now refused, and nothing is trained or written."""
+    root = str(tmp_path / "run")
+    rc, err = taosr(capsys, "fit", "--config", config, *small_overrides(root, cache_dir),
+                    "--model.init_args.model.name_or_path", os.path.join(sft_run, "export"),
+                    "--data.samples_path", os.path.join(tmp_path, "unused.jsonl"), "--ckpt_path", sft_ckpt)
+    assert_one_line(rc, err, "SFTModule", name, "last.ckpt")
+    assert_nothing_written(root)
+
+
+# ---------------------------------------------------------------- model folders
+def _no_tokenizer(d, sft_run):
+    dst = os.path.join(d, "export")
+    shutil.copytree(os.path.join(sft_run, "export"), dst)
+    for f in os.listdir(dst):
+        if f.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            os.remove(os.path.join(dst, f))
+    return dst
+
+
+MODEL_CASES = {
+    "empty_dir": (lambda d, r: (os.makedirs(os.path.join(d, "empty")), os.path.join(d, "empty"))[1],
+                  ["model.name_or_path", "empty", "has no config.json"]),
+    "export_without_tokenizer": (_no_tokenizer, ["model.name_or_path", "export", "has no tokenizer"]),
+    "missing_local_path": (lambda d, r: os.path.join(d, "runs", "nope", "export"), ["model.name_or_path", "nope"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_bad_model_folder(tmp_path, capsys, cache_dir, sft_run, case):
+    make, needles = MODEL_CASES[case]
+    path = make(str(tmp_path), sft_run)
+    root = str(tmp_path / "run")
+    rc, err = taosr(capsys, "fit", "--config", SFT, *small_overrides(root, cache_dir),
+                    "--model.init_args.model.name_or_path", path)
+    assert_one_line(rc, err, *needles)
+    assert_nothing_written(root)
+
+
+# ---------------------------------------------------------------- re-runs into a finished run's folder
+@pytest.fixture
+def finished_copy(tmp_path, sft_run):
+    dst = tmp_path / "finished"
+    shutil.copytree(sft_run, dst, ignore=shutil.ignore_patterns("wandb"))
+    return dst
+
+
+def _snapshot(root):
+    return {f: open(os.path.join(root, f), "rb").read() for f in ("config.yaml", "export/model.safetensors")}
+
+
+def test_failed_rerun_keeps_the_finished_runs_files(capsys, cache_dir, finished_copy):
+    before = _snapshot(finished_copy)
+    rc, err = taosr(capsys, "fit", "--config", SFT, *small_overrides(str(finished_copy), cache_dir),
+                    "--model.init_args.model.name_or_path", str(finished_copy / "nope"))
+    assert_one_line(rc, err, "nope")
+    assert _snapshot(finished_copy) == before  # formerly: config.yaml overwritten by the failed run's
+    assert not [f for f in os.listdir(finished_copy) if ".tmp" in f]
+
+
+def test_test_command_never_overwrites_its_input_config(capsys, cache_dir, finished_copy):
+    """`taosr test --config <run>/config.yaml` into the same folder: the input stays as it is, the
+    test command's resolved config goes to config-test.yaml."""
+    before = _snapshot(finished_copy)
+    rc = main(["test", "--config", str(finished_copy / "config.yaml"), "--trainer.default_root_dir", str(finished_copy),
+               "--ckpt_path", str(finished_copy / "checkpoints" / "last.ckpt")])
+    assert rc == 0, capsys.readouterr().err
+    assert _snapshot(finished_copy) == before
+    assert (finished_copy / "config-test.yaml").exists() and (finished_copy / "eval" / "test-metrics.json").exists()
+
+
+# ---------------------------------------------------------------- logger off, mixed precision
+def test_logger_off_and_bf16_mixed_with_the_lr_monitor_config(tmp_path, capsys, cache_dir):
+    """configs/sft.yaml has a LearningRateMonitor, which raises without a logger: it is skipped with a
+    one-line warning; bf16-mixed autocast runs on CPU with every module."""
+    root = tmp_path / "run"
+    rc, err = taosr(capsys, "fit", "--config", SFT, *small_overrides(str(root), cache_dir), "--trainer.logger", "false",
+                    "--trainer.precision", "bf16-mixed")
+    assert rc == 0 and "Traceback" not in err, err
+    assert "taosr: warning: trainer.logger is off: skipping LearningRateMonitor" in err
+    assert (root / "export" / "config.json").exists() and (root / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "grm", "grpo", "srpo"])
+def test_no_config_forces_full_precision_or_a_device(method):
+    """bf16-mixed / 16-mixed must be choosable on every config: nothing pins precision, the
+    accelerator to CPU, or model weights to a dtype other than the default float32 master weights."""
+    from taosr.configfiles import resolved_config
+
+    cfg = resolved_config(os.path.join(ROOT, "configs", f"{method}.yaml"))
+    assert cfg["trainer"].get("precision") is None and cfg["trainer"]["accelerator"] == "auto"
+    assert cfg["model"]["init_args"]["model"].get("dtype", "float32") == "float32"
+
+
+# ---------------------------------------------------------------- sweeps
+SWEEP_CASES = {
+    "syntax_error": ("method: grid\nparameters: {a: {values: [1, 2]}\n", [], ["bad.yaml:3:", "YAML error"]),
+    "unknown_method": ("method: annealing\nparameters: {a: {values: [1]}}\ncommand: [x]\n", [],
+                       ["bad.yaml", "'annealing'", "grid, random, bayes"]),
+    "no_parameters": ("method: grid\n", [], ["bad.yaml", "'method' and 'parameters'"]),
+    "count_zero": ("method: grid\nparameters: {a: {values: [1]}}\ncommand: [x]\n", ["--count", "0"],
+                   ["--count 0", "at least 1"]),
+    "count_negative": ("method: grid\nparameters: {a: {values: [1]}}\ncommand: [x]\n", ["--count", "-3"],
+                       ["--count -3"]),
+    "bad_parameter_spec": ("method: grid\nparameters: {a: {valuez: [1]}}\ncommand: [x]\n", [], ["bad.yaml", "invalid sweep"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SWEEP_CASES))
+def test_bad_sweep(tmp_path, capsys, case):
+    text, args, needles = SWEEP_CASES[case]
+    (tmp_path / "bad.yaml").write_text(text)
+    out = tmp_path / "out"
+    rc, err = taosr(capsys, "sweep", tmp_path / "bad.yaml", "--out", out, *args)
+    assert_one_line(rc, err, *needles)
+    assert not out.exists()  # nothing planned or run
+
+
+def test_missing_sweep_file(tmp_path, capsys):
+    rc, err = taosr(capsys, "sweep", tmp_path / "nope.yaml")
+    assert_one_line(rc, err, "nope.yaml", "not found")
+
+
+def test_sweep_where_every_run_fails_exits_non_zero(tmp_path, capsys):
+    """Formerly exit 0."""
+    sweep = tmp_path / "fail.yaml"
+    sweep.write_text("method: grid\nparameters: {x: {values: [1, 2]}}\n"
+                     "command:\n  - ${interpreter}\n  - -c\n  - import sys; sys.exit(3)\n  - ${args}\n")
+    rc, err = taosr(capsys, "sweep", sweep, "--out", tmp_path / "out")
+    assert_one_line(rc, err, "fail.yaml", "every run of the sweep failed")
+    assert (tmp_path / "out" / "summary.csv").exists()
