@@ -5,7 +5,8 @@
 - ``taosr data synth|check|esci``: data commands;
 - ``taosr sample``: offline pass@N sampling from a policy export (see :mod:`taosr.sampling`);
 - ``taosr sweep FILE``: run a W&B sweep YAML locally (see :mod:`taosr.sweep`);
-- ``taosr quickstart``: SFT -> DPO -> GRPO -> SRPO on the embedded default (see :mod:`taosr.pipeline`).
+- ``taosr quickstart``: SFT -> DPO -> GRPO -> SRPO on the embedded default (see :mod:`taosr.pipeline`);
+- ``taosr compare SPEC``: methods x seeds from one shared start, mean ± s.e. (see :mod:`taosr.compare`).
 
 User errors (bad rows, missing files, bad config values) print one line and exit 2; add
 ``--verbose`` for the traceback.
@@ -34,21 +35,10 @@ data and pipeline:
   sample     offline pass@N sampling from a policy export (DPO pairs, rejection sampling)
   sweep      run a W&B sweep YAML locally with the open-source `sweeps` engine
   quickstart run SFT -> DPO -> GRPO -> SRPO on the embedded default and print a comparison table
+  compare    methods x seeds from one shared start: mean ± s.e. and paired differences (comparisons/*.yaml)
 
 add --verbose to any command to see tracebacks for user errors.
 """
-
-def _kv(items: list[str] | None, what: str, cast=str) -> dict | None:
-    if not items:
-        return None
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise TaosrError(f"{what}: expected KEY=VALUE, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k] = cast(v)
-    return out
-
 
 def data_main(argv: list[str]) -> int:
     from taosr.cliargs import ArgumentParser
@@ -191,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             from taosr.pipeline import quickstart_main
 
             return quickstart_main(rest)
+        if cmd == "compare":
+            from taosr.compare import compare_main
+
+            return compare_main(rest)
         if cmd in LIGHTNING_COMMANDS:
             return run_lightning(argv, verbose)
         print(f"taosr: error: unknown command {cmd!r}\n\n{HELP}", file=sys.stderr)

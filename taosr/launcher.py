@@ -230,6 +230,18 @@ def _interrupted_note(argv: list[str]) -> str:
     return f"interrupted{hint}; resume with the same command plus --ckpt_path <run>/checkpoints/last.ckpt"
 
 
+def _taosr_cause(err: BaseException) -> TaosrError | None:
+    """The TaosrError behind an exception (jsonargparse re-raises what a module's or callback's
+    constructor raised as a ValueError whose cause chain holds it), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, TaosrError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def run_lightning(argv: list[str], verbose: bool = False) -> int:
     """``argv`` starts with the subcommand; 0 on success, 2 (one line on stderr) on a config error,
     130 when interrupted (Ctrl-C; the checkpoint of the step reached is written first)."""
@@ -252,6 +264,12 @@ def run_lightning(argv: list[str], verbose: bool = False) -> int:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid trainer setting"
         print(f"taosr: error: {first}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as err:  # jsonargparse wraps errors raised while it builds the classes
+        cause = _taosr_cause(err)
+        if cause is None or verbose:
+            raise
+        print(f"taosr: error: {cause}", file=sys.stderr)
         return 2
     except SystemExit as err:  # Lightning exits 1 after a graceful Ctrl-C shutdown
         if err.code in (0, None):

@@ -16,7 +16,7 @@ TIERS = {
              "test_registry", "test_synth", "test_trl_parity"),
     "integration": ("test_datamodule", "test_engines", "test_examiner", "test_grpo_module", "test_models",
                     "test_resume"),
-    "e2e": ("test_bad_runs", "test_cli", "test_configs", "test_ddp", "test_notebooks"),
+    "e2e": ("test_bad_inputs", "test_bad_runs", "test_cli", "test_compare", "test_configs", "test_ddp", "test_notebooks"),
 }
 TIER_OF = {name: tier for tier, names in TIERS.items() for name in names}
 

@@ -15,6 +15,8 @@ from tests.conftest import ROOT, small_overrides
 SFT = os.path.join(ROOT, "configs", "sft.yaml")
 DPO = os.path.join(ROOT, "configs", "dpo.yaml")
 GRM = os.path.join(ROOT, "configs", "grm.yaml")
+GRPO = os.path.join(ROOT, "configs", "grpo.yaml")
+SRPO = os.path.join(ROOT, "configs", "srpo.yaml")
 
 
 def taosr(capsys, *args) -> tuple[int, str]:
@@ -96,6 +98,28 @@ def test_bad_option(capsys, case):
     rc, err = taosr(capsys, "fit", "--config", SFT, *args)
     assert_one_line(rc, err, *needles)
     assert len(err.strip().splitlines()) == 1, err
+
+
+# Values a module, callback or spec refuses while the CLI builds it: jsonargparse wraps the
+# ConfigError; the launcher prints the ConfigError's own line.
+BUILD_CASES = {
+    "unknown_loss_agg": (SRPO, ["--model.init_args.loss_agg", "bogus"], ["model.init_args.loss_agg: 'bogus' is unknown"]),
+    "eval_zero_new_tokens": (SFT, ["--model.init_args.eval_generation.max_new_tokens", "0"], ["max_new_tokens must be >= 1"]),
+    "foreign_estimator_option": (SRPO, ["--model.init_args.step_advantage.name", "process_sum",
+                                        "--model.init_args.step_advantage.lam", "1"],
+                                 ["model.init_args.step_advantage.lam: not an option", "process_sum"]),
+    "negative_lr": (SFT, ["--model.init_args.lr", "-1"], ["model.init_args.lr: must be > 0"]),
+    "unknown_scheduler": (SFT, ["--model.init_args.scheduler", "cosin"], ["model.init_args.scheduler: 'cosin' is unknown"]),
+    "one_generation": (GRPO, ["--trainer.callbacks.init_args.num_generations", "1"], ["num_generations"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BUILD_CASES))
+def test_value_refused_while_building(tmp_path, capsys, case):
+    cfg, args, needles = BUILD_CASES[case]
+    rc, err = taosr(capsys, "fit", "--config", cfg, "--trainer.default_root_dir", tmp_path / "run", *args)
+    assert_one_line(rc, err, *needles)
+    assert not (tmp_path / "run" / "export").exists()
 
 
 # ---------------------------------------------------------------- checkpoints

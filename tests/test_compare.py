@@ -99,3 +99,52 @@ def test_report_rows_and_table():
     assert gs["mean"] == pytest.approx(0.03)
     md = markdown(arms, pairs, "t")
     assert "| grpo | overall | 2 | 100 | 0.730 ± 0.010 |" in md and "| srpo - grpo | long_tail | macro_f1 | 0.025 ± 0.005 |" in md
+
+
+def test_compare_end_to_end_lam0_equals_grpo_and_resumes(tmp_path, capsys, cache_dir, sft_run, samples):
+    """Two arms x two seeds from one micro start: SRPO with lambda = 0 must be GRPO exactly (every
+    seed's difference is 0), the report is written, and a second run skips every finished run."""
+    from tests.conftest import SMOKE, rl_samples_overrides
+
+    from taosr.cli import main
+
+    data = {"data.data_dir": os.path.join(cache_dir, "data"), "data.synth": {"n_train": 48, "n_val": 6, "n_test": 6}}
+    spec = tmp_path / "spec.yaml"
+    import yaml
+
+    spec.write_text(yaml.safe_dump({
+        "name": "lam0", "start": {"model": os.path.join(sft_run, "export"), "samples": samples}, "seeds": [0, 1],
+        "arms": {"grpo": {"config": "configs/grpo.yaml"},
+                 "srpo_lam0": {"config": "configs/srpo.yaml",
+                               "set": {"model.init_args.grm_path": None, "model.init_args.examiner.mode": "verifier",
+                                       "model.init_args.step_advantage.lam": 0.0}}},
+        "eval": {"heldout": 8, "set": {**data, "model.init_args.eval_generation.max_new_tokens": 24,
+                                       "model.init_args.model.cache_dir": os.path.join(cache_dir, "models")}},
+        "pairs": [["srpo_lam0", "grpo"], ["grpo", "start"]]}))
+    extra = ["--config", SMOKE, "--model.init_args.model.cache_dir", os.path.join(cache_dir, "models"),
+             "--data.data_dir", os.path.join(cache_dir, "data"), *rl_samples_overrides(samples)]
+    out = tmp_path / "out"
+    cwd = os.getcwd()
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # arm configs are relative to the repo
+    try:
+        assert main(["compare", str(spec), "--out", str(out), "--no-wandb", *extra]) == 0
+        first = (out / "pairs.csv").read_text()
+        capsys.readouterr()
+        assert main(["compare", str(spec), "--out", str(out), "--no-wandb", *extra]) == 0
+        log = capsys.readouterr().out
+    finally:
+        os.chdir(cwd)
+    assert log.count("done, skipped") == 5 and "taosr fit" not in log        # start + 2 arms x 2 seeds
+    assert (out / "pairs.csv").read_text() == first
+    import csv
+
+    rows = list(csv.DictReader(open(out / "pairs.csv")))
+    lam0 = [r for r in rows if r["pair"] == "srpo_lam0 - grpo"]
+    assert lam0 and all(r["seeds"] == "2" and float(r["mean"]) == 0.0 for r in lam0)
+    for s in (0, 1):  # the same predictions, seed by seed
+        a = open(out / "grpo" / f"seed{s}" / "heldout" / "eval" / "test-predictions.jsonl").read()
+        b = open(out / "srpo_lam0" / f"seed{s}" / "heldout" / "eval" / "test-predictions.jsonl").read()
+        assert a == b
+    assert any(r["pair"] == "grpo - start" for r in rows)
+    for f in ("summary.md", "summary.csv", "summary.png"):
+        assert (out / f).stat().st_size > 0
