@@ -257,7 +257,7 @@ def test_options_are_checked_at_construction(kwargs, match):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"num_generations": 1}, r"num_generations: group methods need at least 2 completions per prompt, got 1$"),
-    ({"generation": GenerationSpec(max_new_tokens=0)}, r"generation.max_new_tokens: must be >= 1, got 0$"),
+    ({"generation": "zero budget"}, r"generation.max_new_tokens: must be >= 1, got 0$"),
     ({"engine": "trt"}, r"engine: 'trt' is unknown; expected one of hf, vllm$"),
     ({"engine": "vllm", "vllm": {"gpu_mem": 0.3}}, r"vllm.gpu_mem: not an option of rollout engine VLLMEngine"),
 ])
@@ -267,6 +267,12 @@ def test_rollout_callback_refuses_runs_that_train_nothing(kwargs, match):
     from taosr.callbacks.rollout import RolloutCallback
     from taosr.errors import ConfigError
 
+    if kwargs.get("generation") == "zero budget":
+        with pytest.raises(ConfigError, match=r"^generation.max_new_tokens must be >= 1, got 0"):
+            GenerationSpec(max_new_tokens=0)  # the spec refuses it when built from YAML ...
+        spec = GenerationSpec()
+        spec.max_new_tokens = 0  # ... and the callback still refuses a spec changed after that
+        kwargs = {"generation": spec}
     with pytest.raises(ConfigError, match=r"^trainer.callbacks\[RolloutCallback\].init_args." + match):
         RolloutCallback(**kwargs)
 
