@@ -5,6 +5,12 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One torch thread per xdist worker: with `-n 2` on 2 cores, two threads per worker oversubscribe
+    # the cores and OpenMP's spin-waiting slows every forward pass many times over.
+    import torch
+
+    torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

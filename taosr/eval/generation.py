@@ -130,9 +130,13 @@ def write_eval_outputs(out_dir: str, tag: str, metrics: dict[str, float], record
     os.makedirs(out_dir, exist_ok=True)
     mpath = os.path.join(out_dir, f"{tag}-metrics.json")
     ppath = os.path.join(out_dir, f"{tag}-predictions.jsonl")
-    with open(mpath, "w") as fh:
-        json.dump(metrics, fh, indent=2, sort_keys=True, default=float)
-    with open(ppath, "w") as fh:
+    # each file under a temporary name, then renamed; the metrics last, so a metrics file (what
+    # `taosr compare` and sweeps read as "this evaluation finished") always has its predictions
+    with open(ppath + ".tmp", "w") as fh:
         for r in records:
             fh.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    os.replace(ppath + ".tmp", ppath)
+    with open(mpath + ".tmp", "w") as fh:
+        json.dump(metrics, fh, indent=2, sort_keys=True, default=float)
+    os.replace(mpath + ".tmp", mpath)
     return mpath, ppath
