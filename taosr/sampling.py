@@ -228,11 +228,7 @@ def sample_main(argv: list[str]) -> int:
         final, partial, done = {}, {}, {}
     todo = [i for i in range(len(rows)) if i not in done]
     if not todo:
-        if partial or len(final) != len(done):
-            _write_all(a.out, done)
-        for path in (part, rng_path):
-            if os.path.exists(path):
-                os.remove(path)
+        _finish(a.out, done, (part, rng_path), rewrite=bool(partial) or len(final) != len(done))
         print(f"{a.out}: already holds all {len(rows)} prompts x {a.n}; nothing to sample")
         _summary(list(done.values()), a.n, a.out)
         return 0
@@ -266,13 +262,19 @@ def sample_main(argv: list[str]) -> int:
                   "run the same command again to continue", file=sys.stderr)
             return 130
     everything = {**done, **{r["index"]: r for r in new}}
-    _write_all(a.out, everything)
-    for path in (part, rng_path):
-        if os.path.exists(path):
-            os.remove(path)
+    _finish(a.out, everything, (part, rng_path))
     print(f"sampled {len(new)} prompts x {a.n} in {time.perf_counter() - t0:.1f}s -> {a.out}")
     _summary(list(everything.values()), a.n, a.out)
     return 0
+
+
+def _finish(out: str, rows: dict[int, dict], leftovers: tuple[str, ...], rewrite: bool = True) -> None:
+    """Write the complete file (unless it already is) and remove the partial file and random state."""
+    if rewrite:
+        _write_all(out, rows)
+    for path in leftovers:
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def _write_all(path: str, rows: dict[int, dict]) -> None:
