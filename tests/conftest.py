@@ -78,12 +78,17 @@ def sft_run(tmp_path_factory, cache_dir):
 @pytest.fixture(scope="session")
 def samples(tmp_path_factory, sft_run, cache_dir):
     """`taosr sample` output of the SFT run: pass@4 on 12 training prompts."""
+    return sample_smoke(os.path.join(sft_run, "export"), str(tmp_path_factory.mktemp("samples") / "samples.jsonl"),
+                        cache_dir)
+
+
+def sample_smoke(model: str, out: str, cache: str) -> str:
+    """`taosr sample` in-process: pass@4 of ``model`` on 12 training prompts of the smoke data."""
     from taosr.cli import main
 
-    out = str(tmp_path_factory.mktemp("samples") / "samples.jsonl")
-    assert main(["sample", "--model", os.path.join(sft_run, "export"), "--out", out, "--n", "4", "--limit", "12",
+    assert main(["sample", "--model", model, "--out", out, "--n", "4", "--limit", "12",
                  "--max-new-tokens", "24", "--synth-n-train", "48", "--synth-n-val", "6", "--synth-n-test", "6",
-                 "--data-dir", os.path.join(cache_dir, "data")]) == 0
+                 "--data-dir", os.path.join(cache, "data")]) == 0
     return out
 
 

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import ROOT, fit, rl_samples_overrides
+from tests.conftest import ROOT, fit, rl_samples_overrides, sample_smoke
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU tier: pytest -m gpu)")]
@@ -37,13 +37,8 @@ def gpu_sft(tmp_path_factory, cache_dir):
 
 @pytest.fixture(scope="module")
 def gpu_samples(tmp_path_factory, gpu_sft, cache_dir):
-    from taosr.cli import main
-
-    out = str(tmp_path_factory.mktemp("gpu-samples") / "samples.jsonl")
-    assert main(["sample", "--model", os.path.join(gpu_sft, "export"), "--out", out, "--n", "4", "--limit", "12",
-                 "--max-new-tokens", "24", "--synth-n-train", "48", "--synth-n-val", "6", "--synth-n-test", "6",
-                 "--data-dir", os.path.join(cache_dir, "data")]) == 0
-    return out
+    return sample_smoke(os.path.join(gpu_sft, "export"), str(tmp_path_factory.mktemp("gpu-samples") / "samples.jsonl"),
+                        cache_dir)
 
 
 @pytest.fixture(scope="module")
