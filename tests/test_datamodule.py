@@ -358,6 +358,30 @@ def test_reader_options_reach_the_files(tmp_path):
     assert ReaderOptions is ReaderSpec  # the old name is the same type
 
 
+def test_reader_joins_products_and_queries_files(tmp_path, capsys):
+    """data.reader.items / queries (a ReaderSpec's join) reach the split files; the counts are printed."""
+    from taosr.data.readers import ReaderSpec
+
+    (tmp_path / "pairs.csv").write_text("qid,pid,grade\n1,P1,3.0\n1,P2,0.4\n2,P1,2.5\n")
+    (tmp_path / "products.csv").write_text("pid,name,features,blurb\nP1,Trail Shoes,color:red|size:42,Grippy soles.\n"
+                                           "P2,Shoe Laces,,\nP3,Unused Sock,,\n")
+    (tmp_path / "queries.jsonl").write_text('{"qid": 1, "query": "red trail shoes"}\n{"qid": 2, "query": "shoes"}\n')
+    d = RelevanceDataModule(train=str(tmp_path / "pairs.csv"), val=None, test=None,
+                            reader=ReaderSpec(column_map={"label": "grade"}, label_thresholds=[1.0, 2.0, 2.75],
+                                              items=str(tmp_path / "products.csv"), item_key="pid",
+                                              items_column_map={"item.title": "name", "item.attributes": "features",
+                                                                "item.description": "blurb"},
+                                              queries=str(tmp_path / "queries.jsonl"), query_key="qid"))
+    d.setup("fit")
+    rows = d.splits["train"]
+    assert [(e.query, e.item.title, e.label, e.grade) for e in rows] == [
+        ("red trail shoes", "Trail Shoes", 4, 3.0), ("red trail shoes", "Shoe Laces", 1, 0.4), ("shoes", "Trail Shoes", 3, 2.5)]
+    assert rows[0].item.attributes == {"color": "red", "size": "42"} and rows[0].item.description == "Grippy soles."
+    assert "Description: Grippy soles." in d.prompt_text(rows[0])
+    out = capsys.readouterr().out
+    assert "3 of 3 pairs joined a row of" in out and "1 of 3 product rows joined no pair" in out
+
+
 def test_grm_rows_cut_short_are_counted(tmp_path, dm, capsys):
     """A GRM row whose verdict slots fall beyond max_length trains on fewer verdicts: counted, said once."""
     from taosr.data.grm import collate_grm

@@ -260,15 +260,10 @@ def _read_csv(path: str, encoding: str):
 
 def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str]) -> Iterator[tuple[str, Any]]:
     """(``file:line N`` / ``file:row N``, flat record) of one file; the ``required`` columns
-    (option -> column) are checked first (a JSONL file: against its first object)."""
+    (option -> column) are checked first: a CSV / Parquet file now, a JSONL file against its first
+    object when it is read."""
     if fmt == "jsonl":
-        checked = False
-        for where, rec in iter_jsonl_lines(path, encoding):
-            if not checked and isinstance(rec, dict):
-                _check_columns(list(rec), required, path)
-                checked = True
-            yield where, rec
-        return
+        return _jsonl_records(path, encoding, required)
     if fmt == "csv":
         df = _read_csv(path, resolve_encoding(path, encoding))
         base, label = 2, "line"
@@ -276,8 +271,16 @@ def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str]) -
         df = read_parquet(path)
         base, label = 1, "row"
     _check_columns(list(df.columns), required, path)
-    for n, rec in enumerate(df.to_dict(orient="records")):
-        yield f"{path}:{label} {n + base}", rec
+    return ((f"{path}:{label} {n + base}", rec) for n, rec in enumerate(df.to_dict(orient="records")))
+
+
+def _jsonl_records(path: str, encoding: str, required: dict[str, str]) -> Iterator[tuple[str, Any]]:
+    checked = False
+    for where, rec in iter_jsonl_lines(path, encoding):
+        if not checked and isinstance(rec, dict):
+            _check_columns(list(rec), required, path)
+            checked = True
+        yield where, rec
 
 
 def _pairs_required(spec: ReaderSpec) -> dict[str, str]:
@@ -327,10 +330,10 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
         raise ConfigError("reader: no path given")
     check_data_file(spec.path)
     fmt = spec.format or infer_format(spec.path)
-    joiner = make_joiner(spec)
     plain = fmt == "jsonl" and not spec.column_map and not spec.label_map and not spec.label_thresholds \
-        and joiner is None
+        and spec.items is None and spec.queries is None
     records = iter_records(spec.path, fmt, spec.encoding, {} if plain else _pairs_required(spec))
+    joiner = make_joiner(spec)  # after the pairs file's columns were checked (CSV / Parquet)
     return read_records(records, spec, plain=plain, joiner=joiner)
 
 
