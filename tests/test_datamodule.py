@@ -1,4 +1,5 @@
 """DataModule views (SFT, eval prompts, DPO pairs, GRM rows) and the training-pool hooks."""
+import dataclasses
 import json
 import os
 
@@ -380,6 +381,29 @@ def test_reader_joins_products_and_queries_files(tmp_path, capsys):
     assert "Description: Grippy soles." in d.prompt_text(rows[0])
     out = capsys.readouterr().out
     assert "3 of 3 pairs joined a row of" in out and "1 of 3 product rows joined no pair" in out
+
+
+def test_a_long_description_is_cut_first(tmp_path, dm, capsys):
+    """A product description of thousands of characters is what the budget cuts: the title, the
+    other fields and the target stay whole; the row is counted."""
+    rows = [ex.to_dict() for ex in dm.splits["train"][:2]]
+    rows[0]["item"]["description"] = "Soft velvet upholstery with a solid wood frame. " * 120
+    p = tmp_path / "desc.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = RelevanceDataModule(train=str(p), val=None, test=None, batch_size=2, max_length=dm.max_length)
+    d.setup("fit")
+    d.attach_tokenizer(dm.tokenizer)
+    tok, ex = dm.tokenizer, d.splits["train"][0]
+    batch = d.collate_sft(d.splits["train"])
+    assert batch["input_ids"].shape[1] <= d.max_length
+    lm = batch["loss_mask"][0].bool()
+    assert tok.decode(batch["input_ids"][0][lm].tolist(), skip_special_tokens=True) == render_reasoning(ex.steps, ex.label)
+    prompt = tok.decode(batch["input_ids"][0][~lm & batch["attention_mask"][0].bool()].tolist(), skip_special_tokens=True)
+    whole = d.prompt_text(dataclasses.replace(ex, item=dataclasses.replace(ex.item, description=None)))
+    assert prompt.startswith(tok.decode(tok(whole.split("\nReasoning:")[0], add_special_tokens=False).input_ids,
+                                        skip_special_tokens=True))  # everything before the description is whole
+    assert "Description: Soft velvet" in prompt and "..." in prompt and len(d.truncated["train"]) == 1
+    assert "item fields are cut" in capsys.readouterr().out
 
 
 def test_grm_rows_cut_short_are_counted(tmp_path, dm, capsys):
