@@ -69,6 +69,14 @@ def data_main(argv: list[str]) -> int:
     c.add_argument("--label-thresholds", nargs=3, type=float, metavar=("T1", "T2", "T3"))
     c.add_argument("--query-type", default=None)
     c.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad rows instead of failing")
+    c.add_argument("--items", metavar="FILE", help="a products file joined to the pairs on --item-key")
+    c.add_argument("--item-key", metavar="COLUMN", help="the pairs file's column holding the product key")
+    c.add_argument("--items-column-map", nargs="*", metavar="FIELD=COLUMN",
+                   help="the products file's columns, e.g. key=product_id item.title=product_name "
+                        "item.attributes=product_features")
+    c.add_argument("--queries", metavar="FILE", help="a queries file joined to the pairs on --query-key")
+    c.add_argument("--query-key", metavar="COLUMN", help="the pairs file's column holding the query key")
+    c.add_argument("--queries-column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. key=query_id query=query")
     e = sub.add_parser("esci", help="convert Amazon Shopping Queries (ESCI) parquet files to taosr JSONL")
     e.add_argument("--examples", required=True)
     e.add_argument("--products", required=True)
@@ -141,7 +149,10 @@ def data_main(argv: list[str]) -> int:
         spec = ReaderSpec(path=a.file, format=a.format, encoding=a.encoding,
                           column_map=kv(a.column_map, "--column-map"), label_map=kv(a.label_map, "--label-map"),
                           label_thresholds=a.label_thresholds, query_type=a.query_type,
-                          on_error="skip" if a.skip_invalid else "raise")
+                          on_error="skip" if a.skip_invalid else "raise",
+                          items=a.items, item_key=a.item_key, items_column_map=kv(a.items_column_map, "--items-column-map"),
+                          queries=a.queries, query_key=a.query_key,
+                          queries_column_map=kv(a.queries_column_map, "--queries-column-map"))
         spec.validate(lambda name: "--" + name.replace("_", "-"))
         print(check_file(spec))
         return 0

@@ -24,6 +24,8 @@ def item_block(ex: Example) -> str:
         lines.append("Attributes: " + "; ".join(f"{k}={v}" for k, v in sorted(it.attributes.items())))
     if it.price is not None:
         lines.append(f"Price: {it.price:.2f}")
+    if it.description:  # last: the longest field, and the first the length budget cuts
+        lines.append(f"Description: {it.description}")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ A row on disk (JSONL) looks like::
      "item": {"title": "Adidas Ultraboost Running Shoes", "brand": "adidas",
               "category": "running shoes", "attributes": {"color": "black"}, "price": 120.0},
      "label": 2, "query_type": "negation",
+     "grade": 1.5,                                            # optional raw numeric grade
      "steps": {"query": "...", "item": "...", ...},          # optional gold step texts
      "annotations": {"category": "exact", "judgment": "mismatch"}}  # optional gold conclusions
 
@@ -34,6 +35,7 @@ class Item:
     category: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
     price: float | None = None
+    description: str | None = None  # free text (often thousands of characters); cut first by the length budget
 
 
 @dataclass
@@ -45,9 +47,14 @@ class Example:
     id: str | None = None
     steps: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
+    grade: float | None = None  # the raw numeric grade a label was read from (label_thresholds, numeric labels)
 
     def to_dict(self) -> dict[str, Any]:
+        """The row as written to JSONL; unset optional fields are left out (rows without a
+        description or grade are written exactly as before those fields existed)."""
         d = asdict(self)
+        if d["item"].get("description") is None:
+            del d["item"]["description"]
         return {k: v for k, v in d.items() if v is not None}
 
 
@@ -105,7 +112,7 @@ def validate_row(row: Any, where: str) -> Example:
     """Validate one raw row (a dict) and build an :class:`Example`; ``where`` is ``file:line``."""
     if not isinstance(row, dict):
         raise DataError(where, None, f"row must be a JSON object, got {type(row).__name__}")
-    unknown = set(row) - {"id", "query", "item", "label", "query_type", "steps", "annotations"}
+    unknown = set(row) - {"id", "query", "item", "label", "query_type", "steps", "annotations", "grade"}
     if unknown:
         raise DataError(where, sorted(unknown)[0], "unknown field")
     query = _req_str(row, "query", where)
@@ -126,7 +133,7 @@ def validate_row(row: Any, where: str) -> Example:
         if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price < 0:
             raise DataError(where, "item.price", f"must be a finite non-negative number, got {price!r}")
         price = float(price)
-    extra = set(item_raw) - {"title", "brand", "category", "attributes", "price"}
+    extra = set(item_raw) - {"title", "brand", "category", "attributes", "price", "description"}
     if extra:
         raise DataError(where, f"item.{sorted(extra)[0]}", "unknown field")
     item = Item(
@@ -135,6 +142,7 @@ def validate_row(row: Any, where: str) -> Example:
         category=_opt_str(item_raw, "category", where, "item.category"),
         attributes=attrs,
         price=price,
+        description=_opt_str(item_raw, "description", where, "item.description"),
     )
     if "label" not in row:
         raise DataError(where, "label", "is missing")
@@ -142,12 +150,18 @@ def validate_row(row: Any, where: str) -> Example:
     qt = row.get("query_type") or "other"
     if qt not in ALLOWED_QUERY_TYPES:
         raise DataError(where, "query_type", f"unknown query type {qt!r}; expected one of {', '.join(ALLOWED_QUERY_TYPES)}")
+    grade = row.get("grade")
+    if grade is not None:
+        if isinstance(grade, bool) or not isinstance(grade, (int, float)) or not math.isfinite(grade):
+            raise DataError(where, "grade", f"must be a finite number, got {grade!r}")
+        grade = float(grade)
     rid = row.get("id")
     return Example(
         query=query, item=item, label=label, query_type=qt,
         id=None if rid is None else str(rid),
         steps=_step_dict(row, "steps", where),
         annotations=_step_dict(row, "annotations", where),
+        grade=grade,
     )
 
 

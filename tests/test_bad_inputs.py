@@ -59,6 +59,12 @@ def esci_files(tmp, products_extra=None):
     return str(tmp / "examples.parquet"), str(tmp / "products.parquet")
 
 
+def joined_files(tmp, products_body="pid,title,brand\nP1,Running Shoes,Nike\nP2,Laces,\nP3,Unused Sock,\n"):
+    """pairs.csv (keys only, one pair with its own title) + products.csv."""
+    pairs = text(tmp, "pairs.csv", "query,pid,title,label\nshoes,P1,,4\nlaces,P2,,2\nbag,P404,Own Bag,1\n")
+    return pairs, text(tmp, "products.csv", products_body)
+
+
 def _latin1_csv(t):
     return text(t, "l.csv", "query,title,label\ncaf\xe9 chair,Caf\xe9 Chair \xc9l\xe9gant,4\nsofa,Sofa,3\n", "latin-1")
 
@@ -177,6 +183,21 @@ REFUSED = [
         ("examples", "products"), esci_files(t, {"product_id": [None], "product_title": ["X"], "product_brand": [None],
                                                  "product_color": [None], "product_locale": ["us"]}))), []),
         "--out", str(t / "o.jsonl")], ("products.parquet:row 3", "product_id"), ("o.jsonl",)),
+    # --- data check with a products file (data.reader.items)
+    Refused("check-items-without-key", lambda t: ["data", "check", joined_files(t)[0], "--items", joined_files(t)[1]],
+            ("--item-key", "required with --items")),
+    Refused("check-items-map-unknown-field", lambda t: ["data", "check", joined_files(t)[0], "--items", joined_files(t)[1],
+                                                        "--item-key", "pid", "--items-column-map", "item.titel=title"],
+            ("--items-column-map", "'item.titel' is not a field")),
+    Refused("check-items-missing-column", lambda t: ["data", "check", joined_files(t)[0], "--items", joined_files(t)[1],
+                                                     "--item-key", "pid", "--items-column-map", "item.brand=maker"],
+            ("products.csv", "'maker'", "columns: pid, title, brand")),
+    Refused("check-items-duplicate-key", lambda t: ["data", "check", joined_files(t, "pid,title\nP1,A\nP2,B\nP1,C\n")[0],
+                                                    "--items", str(t / "products.csv"), "--item-key", "pid"],
+            ("products.csv:line 4", "duplicate key 'P1'", "first at", "products.csv:line 2")),
+    Refused("check-item-key-not-in-pairs", lambda t: ["data", "check", joined_files(t)[0], "--items", joined_files(t)[1],
+                                                      "--item-key", "product_id", "--items-column-map", "key=pid"],
+            ("pairs.csv", "'product_id'", "columns: query, pid, title, label")),
     # --- usage errors: one line, not a usage block
     Refused("synth-n-not-an-int", lambda t: ["data", "synth", "--out", str(t / "out"), "--n", "many"],
             ("taosr data synth", "--n", "'many'"), ("out",)),
@@ -293,6 +314,11 @@ HANDLED = [
             lambda out, t: _summary_tiers(out) == {4: 1, 3: 0, 2: 0, 1: 1}, ("2 examples OK",)),
     Handled("synth-writes-atomically", lambda t: ["data", "synth", "--out", str(t / "s"), "--n", "20"],
             lambda out, t: all((t / "s" / f"{s}.jsonl").exists() for s in ("train", "val", "test")), ("wrote",)),
+    Handled("check-items-joined-and-counted", lambda t: ["data", "check", joined_files(t)[0], "--items", joined_files(t)[1],
+                                                         "--item-key", "pid", "--column-map", "item.title=title"],
+            lambda out, t: _summary_tiers(out) == {4: 1, 3: 0, 2: 1, 1: 1},
+            ("3 examples OK", "2 of 3 pairs joined a row of", "1 of 3 product rows joined no pair",
+             "1 of 3 pairs have no row in", "key 'P404' at", "pairs.csv:line 4")),
     Handled("esci-missing-product-skipped-and-counted", lambda t: ["data", "esci", *sum((["--" + k, v] for k, v in zip(
         ("examples", "products"), esci_files(t, {"product_id": [None], "product_title": ["X"], "product_brand": [None],
                                                  "product_color": [None], "product_locale": ["us"]}))), []),
@@ -371,6 +397,9 @@ def test_datamodule_refuses_at_construction(kwargs, needle, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--data.batch_size", "-4"], "data.batch_size: must be a whole number >= 1, got -4"),
     (["--data.reader.label_map", "{E: 9}"], "data.reader.label_map: E=9"),
+    (["--data.reader.items", "products.csv"], "data.reader.item_key: required with data.reader.items"),
+    (["--data.reader.items", "p.csv", "--data.reader.item_key", "pid", "--data.reader.items_column_map", "{item.titel: name}"],
+     "data.reader.items_column_map: 'item.titel' is not a field"),
 ])
 def test_datamodule_options_refused_at_construction(args, needle, tmp_path, capsys):
     rc = main(["fit", "--config", os.path.join(ROOT, "configs", "sft.yaml"), "--trainer.default_root_dir", str(tmp_path),

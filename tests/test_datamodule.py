@@ -1,4 +1,5 @@
 """DataModule views (SFT, eval prompts, DPO pairs, GRM rows) and the training-pool hooks."""
+import dataclasses
 import json
 import os
 
@@ -356,6 +357,53 @@ def test_reader_options_reach_the_files(tmp_path):
     from taosr.data.datamodule import ReaderOptions
 
     assert ReaderOptions is ReaderSpec  # the old name is the same type
+
+
+def test_reader_joins_products_and_queries_files(tmp_path, capsys):
+    """data.reader.items / queries (a ReaderSpec's join) reach the split files; the counts are printed."""
+    from taosr.data.readers import ReaderSpec
+
+    (tmp_path / "pairs.csv").write_text("qid,pid,grade\n1,P1,3.0\n1,P2,0.4\n2,P1,2.5\n")
+    (tmp_path / "products.csv").write_text("pid,name,features,blurb\nP1,Trail Shoes,color:red|size:42,Grippy soles.\n"
+                                           "P2,Shoe Laces,,\nP3,Unused Sock,,\n")
+    (tmp_path / "queries.jsonl").write_text('{"qid": 1, "query": "red trail shoes"}\n{"qid": 2, "query": "shoes"}\n')
+    d = RelevanceDataModule(train=str(tmp_path / "pairs.csv"), val=None, test=None,
+                            reader=ReaderSpec(column_map={"label": "grade"}, label_thresholds=[1.0, 2.0, 2.75],
+                                              items=str(tmp_path / "products.csv"), item_key="pid",
+                                              items_column_map={"item.title": "name", "item.attributes": "features",
+                                                                "item.description": "blurb"},
+                                              queries=str(tmp_path / "queries.jsonl"), query_key="qid"))
+    d.setup("fit")
+    rows = d.splits["train"]
+    assert [(e.query, e.item.title, e.label, e.grade) for e in rows] == [
+        ("red trail shoes", "Trail Shoes", 4, 3.0), ("red trail shoes", "Shoe Laces", 1, 0.4), ("shoes", "Trail Shoes", 3, 2.5)]
+    assert rows[0].item.attributes == {"color": "red", "size": "42"} and rows[0].item.description == "Grippy soles."
+    assert "Description: Grippy soles." in d.prompt_text(rows[0])
+    out = capsys.readouterr().out
+    assert "3 of 3 pairs joined a row of" in out and "1 of 3 product rows joined no pair" in out
+
+
+def test_a_long_description_is_cut_first(tmp_path, dm, capsys):
+    """A product description of thousands of characters is what the budget cuts: the title, the
+    other fields and the target stay whole; the row is counted."""
+    rows = [ex.to_dict() for ex in dm.splits["train"][:2]]
+    rows[0]["item"]["description"] = "Soft velvet upholstery with a solid wood frame. " * 120
+    p = tmp_path / "desc.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = RelevanceDataModule(train=str(p), val=None, test=None, batch_size=2, max_length=dm.max_length)
+    d.setup("fit")
+    d.attach_tokenizer(dm.tokenizer)
+    tok, ex = dm.tokenizer, d.splits["train"][0]
+    batch = d.collate_sft(d.splits["train"])
+    assert batch["input_ids"].shape[1] <= d.max_length
+    lm = batch["loss_mask"][0].bool()
+    assert tok.decode(batch["input_ids"][0][lm].tolist(), skip_special_tokens=True) == render_reasoning(ex.steps, ex.label)
+    prompt = tok.decode(batch["input_ids"][0][~lm & batch["attention_mask"][0].bool()].tolist(), skip_special_tokens=True)
+    whole = d.prompt_text(dataclasses.replace(ex, item=dataclasses.replace(ex.item, description=None)))
+    assert prompt.startswith(tok.decode(tok(whole.split("\nReasoning:")[0], add_special_tokens=False).input_ids,
+                                        skip_special_tokens=True))  # everything before the description is whole
+    assert "Description: Soft velvet" in prompt and "..." in prompt and len(d.truncated["train"]) == 1
+    assert "item fields are cut" in capsys.readouterr().out
 
 
 def test_grm_rows_cut_short_are_counted(tmp_path, dm, capsys):

@@ -1,4 +1,5 @@
-"""`taosr data check`: validate a file and summarise it per tier and query type."""
+"""`taosr data check`: validate a file (joined with its products / queries files) and summarise it
+per tier and query type, with the join counts."""
 from __future__ import annotations
 
 from collections import Counter
@@ -19,7 +20,7 @@ def summarize(examples) -> dict:
     }
 
 
-def format_summary(s: dict, skipped: list[str] | None = None, path: str = "") -> str:
+def format_summary(s: dict, skipped: list[str] | None = None, path: str = "", notes: list[str] | None = None) -> str:
     lines = [f"{path}: {s['total']} examples OK, {s['distinct_queries']} distinct queries, "
              f"{s['with_steps']} with gold steps, {s['with_annotations']} with step annotations"]
     lines.append("tier            count   share")
@@ -30,6 +31,7 @@ def format_summary(s: dict, skipped: list[str] | None = None, path: str = "") ->
         lines.append(f"  {qt:<13} {n:6d}  {n / max(s['total'], 1):6.1%}")
     if skipped:
         lines.append(f"skipped {len(skipped)} bad rows (first: {skipped[0]})")
+    lines.extend(notes or [])  # join counts: pairs without a product / query row, rows no pair joined
     return "\n".join(lines)
 
 
@@ -40,4 +42,4 @@ def check_file(spec: ReaderSpec) -> str:
             raise DataError(spec.path, None, f"no valid examples: all {len(res.skipped)} rows were skipped "
                                              f"(first: {res.skipped[0]})")
         raise DataError(spec.path, None, "no examples (the file is empty or holds only a header)")
-    return format_summary(summarize(res.examples), res.skipped, spec.path)
+    return format_summary(summarize(res.examples), res.skipped, spec.path, res.notes)

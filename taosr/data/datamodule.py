@@ -197,6 +197,8 @@ class RelevanceDataModule(pl.LightningDataModule):
             res = read_examples(dataclasses.replace(self.reader, path=src))
             if res.skipped:
                 print(f"taosr: {src}: skipped {len(res.skipped)} bad rows (on_error=skip); first: {res.skipped[0]}")
+            for note in res.notes:  # join counts (data.reader.items / queries)
+                print(f"taosr: {src}: {note}")
             rows = res.examples
         lim = self.limits.get(split)
         return rows[:lim] if lim else rows

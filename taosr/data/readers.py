@@ -7,7 +7,16 @@ what is wrong. With ``on_error="skip"`` bad rows (a bad value, a line that is no
 id) are skipped and every skip is recorded; errors about the file or the options still stop.
 
 Text files are read in ``encoding`` (default ``auto``: UTF-8 / UTF-16 by their byte-order mark,
-UTF-8 when the file decodes as UTF-8, else latin-1).
+UTF-8 when the file decodes as UTF-8, else latin-1). A ``.tsv`` file is tab-separated, and so is a
+``.csv`` file whose header line holds tabs and no commas (WANDS ships its files so).
+
+Item metadata and query text may come from separate files joined on a key (``items`` /
+``item_key`` / ``items_column_map``, ``queries`` / ``query_key`` / ``queries_column_map``; the
+rules are in :mod:`taosr.data.join`): fields in the pairs file win, the joined file fills in,
+and every pair without a row (and every lookup row no pair joined) is counted in ``ReadResult.notes``.
+
+A numeric label read without a label map (graded labels with ``label_thresholds``, or plain
+numbers) is kept as ``Example.grade`` next to the tier.
 
 :class:`ReaderSpec` is the one type for reader options: ``taosr data check`` fills it from its
 flags, the DataModule's ``data.reader`` section is one (its ``path`` comes from
@@ -20,14 +29,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from taosr.data.join import ATTRIBUTE_PREFIX, ITEM_FIELDS, PACKED_ATTRIBUTES, Joiner, build_table, is_missing, item_fields
 from taosr.errors import ConfigError, DataError
 from taosr.labels import TIERS
 from taosr.schema import (ALLOWED_QUERY_TYPES, Example, check_data_file, check_encoding, check_unique_id,
                           decode_error, iter_jsonl_lines, resolve_encoding, validate_row)
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
-TARGETS = ("id", "query", "label", "query_type", "item.title", "item.brand", "item.category", "item.price")
-ATTRIBUTE_PREFIX = "item.attributes."
+TARGETS = ("id", "query", "label", "query_type") + ITEM_FIELDS + (PACKED_ATTRIBUTES,)
+ITEMS_TARGETS = ("key",) + ITEM_FIELDS + (PACKED_ATTRIBUTES,)  # a products file's column map
+QUERIES_TARGETS = ("key", "query", "query_type")                # a queries file's column map
 
 
 @dataclass
@@ -42,6 +53,12 @@ class ReaderSpec:
     query_type: str | None = None
     on_error: str = "raise"
     limit: int | None = None
+    items: str | None = None                        # a products file joined to the pairs on item_key
+    item_key: str | None = None                     # the pairs file's column holding the product key
+    items_column_map: dict[str, str] | None = None  # the products file's map (key=COL, item.title=COL ...)
+    queries: str | None = None                      # a queries file joined to the pairs on query_key
+    query_key: str | None = None                    # the pairs file's column holding the query key
+    queries_column_map: dict[str, str] | None = None  # the queries file's map (key=COL, query=COL, query_type=COL)
 
     def validate(self, option: Callable[[str], str] = lambda name: name) -> "ReaderSpec":
         """Check every option before any row is read; ``option(field)`` names it in errors (a
@@ -56,12 +73,22 @@ class ReaderSpec:
         if self.query_type is not None and self.query_type not in ALLOWED_QUERY_TYPES:
             raise ConfigError(f"{option('query_type')}: unknown query type {self.query_type!r}; "
                               f"expected one of {', '.join(ALLOWED_QUERY_TYPES)}")
-        for target, col in (self.column_map or {}).items():
-            if target not in TARGETS and not (target.startswith(ATTRIBUTE_PREFIX) and len(target) > len(ATTRIBUTE_PREFIX)):
-                raise ConfigError(f"{option('column_map')}: {target!r} is not a field; expected one of "
-                                  f"{', '.join(TARGETS)} or {ATTRIBUTE_PREFIX}NAME (FIELD=COLUMN)")
-            if not isinstance(col, str) or not col.strip():
-                raise ConfigError(f"{option('column_map')}: {target!r} maps to no column")
+        _check_map(self.column_map, TARGETS, True, option("column_map"))
+        for file, key, cmap, targets, attrs, what in (
+                ("items", "item_key", "items_column_map", ITEMS_TARGETS, True, "the product key"),
+                ("queries", "query_key", "queries_column_map", QUERIES_TARGETS, False, "the query key")):
+            path, key_col, m = getattr(self, file), getattr(self, key), getattr(self, cmap)
+            if path is None:
+                if key_col is not None or m is not None:
+                    raise ConfigError(f"{option(key if key_col is not None else cmap)}: set only with "
+                                      f"{option(file)} (the file to join)")
+                continue
+            if not isinstance(path, str) or not path.strip():
+                raise ConfigError(f"{option(file)}: must be a file path, got {path!r}")
+            if not isinstance(key_col, str) or not key_col.strip():
+                raise ConfigError(f"{option(key)}: required with {option(file)}: the pairs file's column "
+                                  f"holding {what}")
+            _check_map(m, targets, attrs, option(cmap))
         if self.label_map is not None and self.label_thresholds is not None:
             raise ConfigError(f"{option('label_map')}: set a label map or label thresholds, not both")
         if self.label_map is not None:
@@ -79,6 +106,23 @@ class ReaderSpec:
                                   f"got {self.label_thresholds!r}")
             self.label_thresholds = [float(x) for x in t]
         return self
+
+
+def _check_map(cmap: Any, targets: tuple[str, ...], attributes: bool, name: str) -> None:
+    """A column map's fields are known and each maps to a column name."""
+    if cmap is None:
+        return
+    if not isinstance(cmap, dict):
+        raise ConfigError(f"{name}: must be a map of FIELD=COLUMN, got {type(cmap).__name__}")
+    for target, col in cmap.items():
+        named_attr = attributes and isinstance(target, str) and target.startswith(ATTRIBUTE_PREFIX) \
+            and len(target) > len(ATTRIBUTE_PREFIX)
+        if target not in targets and not named_attr:
+            extra = f" or {ATTRIBUTE_PREFIX}NAME" if attributes else ""
+            raise ConfigError(f"{name}: {target!r} is not a field; expected one of {', '.join(targets)}{extra} "
+                              "(FIELD=COLUMN)")
+        if not isinstance(col, str) or not col.strip():
+            raise ConfigError(f"{name}: {target!r} maps to no column")
 
 
 def _tier(value: Any, what: str) -> int:
@@ -107,8 +151,7 @@ def infer_format(path: str) -> str:
     return FORMATS[ext]
 
 
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+_missing = is_missing
 
 
 def map_label(raw: Any, spec: ReaderSpec, where: str, column: str) -> Any:
@@ -136,46 +179,45 @@ def map_label(raw: Any, spec: ReaderSpec, where: str, column: str) -> Any:
     return raw
 
 
-def flat_to_row(flat: dict[str, Any], spec: ReaderSpec, where: str) -> dict[str, Any]:
-    """Map one flat record to the nested schema dict (before validation)."""
+def raw_grade(raw: Any, spec: ReaderSpec) -> float | None:
+    """The numeric grade behind a label (``Example.grade``): the raw number when no label map is
+    used (graded labels cut by ``label_thresholds``, or plain numbers); None otherwise."""
+    if spec.label_map or isinstance(raw, bool) or _missing(raw):
+        return None
+    try:
+        x = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def flat_to_row(flat: dict[str, Any], spec: ReaderSpec, where: str, joiner: Joiner | None = None) -> dict[str, Any]:
+    """Map one flat record to the nested schema dict (before validation), filling it from the
+    products / queries files through ``joiner`` when given."""
     cmap = spec.column_map or {}
-    get = lambda target: flat.get(cmap.get(target, target))  # noqa: E731
     row: dict[str, Any] = {}
-    item: dict[str, Any] = {}
-    for target in TARGETS:
-        v = get(target)
-        if _missing(v):
-            continue
-        if target == "label":
-            continue
-        if target.startswith("item."):
-            item[target[5:]] = v
-        else:
+    for target in ("id", "query", "query_type"):
+        v = flat.get(cmap.get(target, target))
+        if not _missing(v):
             row[target] = v
-    attrs = {}
-    for target, col in cmap.items():
-        if target.startswith(ATTRIBUTE_PREFIX):
-            v = flat.get(col)
-            if not _missing(v):
-                attrs[target[len(ATTRIBUTE_PREFIX):]] = v
-    if attrs:
-        item["attributes"] = attrs
-    if "price" in item:
-        try:
-            item["price"] = float(item["price"])
-        except (TypeError, ValueError):
-            raise DataError(where, cmap.get("item.price", "item.price"), f"price {item['price']!r} is not a number") from None
-    row["item"] = item
-    row["label"] = map_label(get("label"), spec, where, cmap.get("label", "label"))
+    row["item"] = item_fields(flat, cmap, where)
+    raw = flat.get(cmap.get("label", "label"))
+    row["label"] = map_label(raw, spec, where, cmap.get("label", "label"))
+    grade = raw_grade(raw, spec)
+    if grade is not None:
+        row["grade"] = grade
+    if joiner is not None:
+        joiner.apply(row, flat, where)
     if spec.query_type and "query_type" not in row:
         row["query_type"] = spec.query_type
     return row
 
 
-def _check_columns(columns: list[str], spec: ReaderSpec) -> None:
-    for target, col in (spec.column_map or {}).items():
+def _check_columns(columns: list[str], required: dict[str, str], path: str) -> None:
+    """Every column in ``required`` (option -> column) is in the file, else one DataError naming both."""
+    for target, col in required.items():
         if col not in columns:
-            raise DataError(spec.path, col, f"column mapped to {target!r} is not in the file; columns: {', '.join(map(str, columns))}")
+            raise DataError(path, col, f"column mapped to {target!r} is not in the file; columns: {', '.join(map(str, columns))}")
 
 
 def read_parquet(path: str):
@@ -189,10 +231,22 @@ def read_parquet(path: str):
         raise DataError(path, None, f"not a readable Parquet file ({first[:160]})") from None
 
 
+def _csv_separator(path: str, encoding: str) -> str:
+    """Tab for ``.tsv``, and for a ``.csv`` whose header line has tabs and no commas; else comma."""
+    if path.lower().endswith(".tsv"):
+        return "\t"
+    try:
+        with open(path, encoding=encoding, errors="replace") as fh:
+            head = fh.readline()
+    except OSError:
+        return ","
+    return "\t" if "\t" in head and "," not in head else ","
+
+
 def _read_csv(path: str, encoding: str):
     import pandas as pd
 
-    sep = "\t" if path.lower().endswith(".tsv") else ","
+    sep = _csv_separator(path, encoding)
     try:
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
     except UnicodeDecodeError as e:
@@ -204,19 +258,60 @@ def _read_csv(path: str, encoding: str):
         raise DataError(path, None, f"not valid CSV ({first[:160]})") from None
 
 
-def _iter_flat(spec: ReaderSpec, fmt: str) -> Iterator[tuple[str, Any]]:
+def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str]) -> Iterator[tuple[str, Any]]:
+    """(``file:line N`` / ``file:row N``, flat record) of one file; the ``required`` columns
+    (option -> column) are checked first: a CSV / Parquet file now, a JSONL file against its first
+    object when it is read."""
     if fmt == "jsonl":
-        yield from iter_jsonl_lines(spec.path, spec.encoding)
-        return
+        return _jsonl_records(path, encoding, required)
     if fmt == "csv":
-        df = _read_csv(spec.path, resolve_encoding(spec.path, spec.encoding))
+        df = _read_csv(path, resolve_encoding(path, encoding))
         base, label = 2, "line"
     else:
-        df = read_parquet(spec.path)
+        df = read_parquet(path)
         base, label = 1, "row"
-    _check_columns(list(df.columns), spec)
-    for n, rec in enumerate(df.to_dict(orient="records")):
-        yield f"{spec.path}:{label} {n + base}", rec
+    _check_columns(list(df.columns), required, path)
+    return ((f"{path}:{label} {n + base}", rec) for n, rec in enumerate(df.to_dict(orient="records")))
+
+
+def _jsonl_records(path: str, encoding: str, required: dict[str, str]) -> Iterator[tuple[str, Any]]:
+    checked = False
+    for where, rec in iter_jsonl_lines(path, encoding):
+        if not checked and isinstance(rec, dict):
+            _check_columns(list(rec), required, path)
+            checked = True
+        yield where, rec
+
+
+def _pairs_required(spec: ReaderSpec) -> dict[str, str]:
+    req = dict(spec.column_map or {})
+    for name in ("item_key", "query_key"):
+        if getattr(spec, name) is not None:
+            req[name] = getattr(spec, name)
+    return req
+
+
+def read_table(path: str, key_column: str, cmap: dict[str, str] | None, encoding: str = "auto",
+               on_error: str = "raise"):
+    """A products / queries file read into a :class:`taosr.data.join.Table` keyed by ``key_column``
+    (the map's ``key`` column, else the pairs file's key name); the mapped columns must exist."""
+    check_data_file(path)
+    cmap = cmap or {}
+    key_col = cmap.get("key", key_column)
+    required = {"key": key_col, **{t: c for t, c in cmap.items() if t != "key"}}
+    return build_table(iter_records(path, infer_format(path), encoding, required), path, key_col, on_error)
+
+
+def make_joiner(spec: ReaderSpec) -> Joiner | None:
+    """The :class:`Joiner` of ``spec``'s products and queries files (None when it joins none)."""
+    if spec.items is None and spec.queries is None:
+        return None
+    items = queries = None
+    if spec.items is not None:
+        items = read_table(spec.items, spec.item_key, spec.items_column_map, spec.encoding, spec.on_error)
+    if spec.queries is not None:
+        queries = read_table(spec.queries, spec.query_key, spec.queries_column_map, spec.encoding, spec.on_error)
+    return Joiner(items, spec.item_key, spec.items_column_map, queries, spec.query_key, spec.queries_column_map)
 
 
 def _label_kind(v: Any) -> str | None:
@@ -235,13 +330,23 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
         raise ConfigError("reader: no path given")
     check_data_file(spec.path)
     fmt = spec.format or infer_format(spec.path)
+    plain = fmt == "jsonl" and not spec.column_map and not spec.label_map and not spec.label_thresholds \
+        and spec.items is None and spec.queries is None
+    records = iter_records(spec.path, fmt, spec.encoding, {} if plain else _pairs_required(spec))
+    joiner = make_joiner(spec)  # after the pairs file's columns were checked (CSV / Parquet)
+    return read_records(records, spec, plain=plain, joiner=joiner)
+
+
+def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bool = False,
+                 joiner: Joiner | None = None) -> ReadResult:
+    """Examples from ``(where, record)`` pairs of the pairs file ``spec.path``: nested rows as they
+    are (``plain``), else flat records mapped by ``spec`` and joined by ``joiner``. Bad rows raise,
+    or with ``on_error="skip"`` are skipped and counted; the join's counts go to ``notes``."""
     res = ReadResult(path=spec.path)
-    plain = fmt == "jsonl" and not spec.column_map and not spec.label_map and not spec.label_thresholds
     label_col = (spec.column_map or {}).get("label", "label")
     first_of_kind: dict[str, tuple[str, Any]] = {}  # numeric / text -> (where, raw label): mixed columns
     ids: dict[str, str] = {}
-    checked = False
-    for where, raw in _iter_flat(spec, fmt):
+    for where, raw in records:
         if spec.limit and len(res.examples) >= spec.limit:
             break
         try:
@@ -258,10 +363,7 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
             else:
                 if not isinstance(raw, dict):
                     raise DataError(where, None, "row must be an object")
-                if fmt == "jsonl" and not checked:
-                    _check_columns(list(raw), spec)
-                    checked = True
-                ex = validate_row(flat_to_row(raw, spec, where), where)
+                ex = validate_row(flat_to_row(raw, spec, where, joiner), where)
             check_unique_id(ex, where, ids)
         except DataError as e:
             if e.where == spec.path:  # the file or its columns, not a row: skipping cannot help
@@ -272,6 +374,8 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
             res.skipped.append(str(e))
             continue
         res.examples.append(ex)
+    if joiner is not None:
+        res.notes.extend(joiner.notes())
     return res
 
 

@@ -1,0 +1,255 @@
+"""Joining labelled pairs with a products file and a queries file.
+
+Public relevance sets ship the judged pairs apart from the product metadata (ESCI: examples +
+products; WANDS: label + product + query files; Home Depot: pairs + descriptions + attributes), so
+a pair carries only keys (``product_id``, ``query_id``) and the text comes from the other files.
+
+Rules (:class:`Joiner`):
+
+* A lookup file is read whole into ``key -> row``; keys are compared as trimmed strings (``7``,
+  ``7.0`` and ``"7"`` are one key). A row without a key, or with a key seen before, is an error
+  naming both rows; with ``on_error="skip"`` the first row of a key is kept and the others are
+  counted in a note.
+* Fields present in the pairs file win; the products (queries) file fills in the fields the pair
+  leaves empty. Attributes merge by name, the pair's value winning.
+* A pair whose key has no row is counted and reported (``N of M pairs have no row in FILE``); it is
+  kept when the pairs file still gives the field the key was for (``item.title`` / ``query``),
+  otherwise it is a row error (raised, or skipped and counted with ``on_error="skip"``).
+* Lookup rows that no pair joined are counted in a note.
+
+Item fields come from one flat record by a column map (:func:`item_fields`): ``item.title``,
+``item.brand``, ``item.category``, ``item.description``, ``item.price``, ``item.attributes.NAME``,
+and ``item.attributes`` for one column packing many attributes as ``name:value|name:value`` or a
+JSON object (:func:`parse_packed`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from taosr.errors import DataError
+
+ITEM_FIELDS = ("item.title", "item.brand", "item.category", "item.description", "item.price")
+ATTRIBUTE_PREFIX = "item.attributes."
+PACKED_ATTRIBUTES = "item.attributes"
+QUERY_FIELDS = ("query", "query_type")
+
+
+def is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def norm_key(v: Any) -> str | None:
+    """A join key as a trimmed string (``7.0`` -> ``"7"``: integer keys read as floats); None when missing."""
+    if is_missing(v):
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).strip()
+
+
+def parse_packed(value: Any, where: str, column: str) -> dict[str, str]:
+    """Attributes packed in one cell: ``name:value|name:value`` (WANDS ``product_features``) or a
+    JSON object; empty values are dropped, a part without ``name:`` is a DataError."""
+    if isinstance(value, dict):
+        pairs = value.items()
+    else:
+        text = str(value).strip()
+        if text.startswith("{"):
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(where, column, f"packed attributes look like JSON but are not ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(where, column, "packed attributes must be a JSON object of name -> value")
+            pairs = obj.items()
+        else:
+            pairs = []
+            for part in text.split("|"):
+                if not part.strip():
+                    continue
+                name, sep, val = part.partition(":")
+                if not sep or not name.strip():
+                    raise DataError(where, column, f"packed attribute {part.strip()[:60]!r} is not NAME:VALUE "
+                                                   "(expected name:value|name:value or a JSON object)")
+                pairs.append((name, val))
+    out = {}
+    for name, val in pairs:
+        if isinstance(val, (dict, list)):
+            raise DataError(where, column, f"packed attribute {name!r} must be a string or number")
+        if not is_missing(val):
+            out[str(name).strip()] = str(val).strip()
+    return out
+
+
+def item_fields(rec: dict, cmap: dict[str, str], where: str,
+                default: Callable[[str], str] = lambda target: target) -> dict[str, Any]:
+    """The nested ``item`` dict (before validation) of one flat record; a field not in ``cmap``
+    is read from the column ``default(field)``. Named attributes win over packed ones."""
+    item: dict[str, Any] = {}
+    for target in ITEM_FIELDS:
+        col = cmap.get(target, default(target))
+        v = rec.get(col)
+        if is_missing(v):
+            continue
+        if target == "item.price":
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise DataError(where, col, f"price {v!r} is not a number") from None
+        item[target[5:]] = v
+    attrs: dict[str, Any] = {}
+    if PACKED_ATTRIBUTES in cmap:
+        v = rec.get(cmap[PACKED_ATTRIBUTES])
+        if not is_missing(v):
+            attrs.update(parse_packed(v, where, cmap[PACKED_ATTRIBUTES]))
+    for target, col in cmap.items():
+        if target.startswith(ATTRIBUTE_PREFIX):
+            v = rec.get(col)
+            if not is_missing(v):
+                attrs[target[len(ATTRIBUTE_PREFIX):]] = v
+    if attrs:
+        item["attributes"] = attrs
+    return item
+
+
+@dataclass
+class Table:
+    """One lookup file read into ``key -> (where, record)``, with its counts."""
+    path: str
+    key_column: str
+    rows: dict[str, tuple[str, dict]] = field(default_factory=dict)
+    n_rows: int = 0
+    keyless: list[str] = field(default_factory=list)     # where of rows without a key (on_error=skip)
+    duplicates: list[str] = field(default_factory=list)  # "key at where (first at where)" (on_error=skip)
+    bad: list[str] = field(default_factory=list)         # rows that are not objects / not JSON (on_error=skip)
+    used: set[str] = field(default_factory=set)          # keys some pair joined
+
+    def notes(self, what: str) -> list[str]:
+        out = []
+        if self.keyless:
+            out.append(f"ignored {len(self.keyless)} {what} rows of {self.path} without {self.key_column} "
+                       f"(first: {self.keyless[0]})")
+        if self.duplicates:
+            out.append(f"ignored {len(self.duplicates)} {what} rows of {self.path} with a duplicate {self.key_column}, "
+                       f"kept the first row of each key (first: {self.duplicates[0]})")
+        if self.bad:
+            out.append(f"ignored {len(self.bad)} bad {what} rows of {self.path} (first: {self.bad[0]})")
+        return out
+
+
+def build_table(records: Iterable[tuple[str, Any]], path: str, key_column: str, on_error: str = "raise") -> Table:
+    """Read ``(where, record)`` pairs into a :class:`Table` keyed by ``key_column``. A record that is
+    a :class:`DataError` (a line that is not JSON) or not an object, a missing key or a duplicate
+    key raises; with ``on_error="skip"`` it is counted instead (the first row of a key is kept)."""
+    t = Table(path=path, key_column=key_column)
+
+    def refuse(err: DataError, bucket: list[str], note: str) -> None:
+        if on_error == "raise":
+            raise err
+        bucket.append(note)
+
+    for where, rec in records:
+        t.n_rows += 1
+        if isinstance(rec, DataError) or not isinstance(rec, dict):
+            err = rec if isinstance(rec, DataError) else DataError(where, None, "row must be an object")
+            refuse(err, t.bad, str(err))
+            continue
+        key = norm_key(rec.get(key_column))
+        if key is None:
+            refuse(DataError(where, key_column, f"is missing (the join key of {path})"), t.keyless, where)
+            continue
+        if key in t.rows:
+            first = t.rows[key][0]
+            refuse(DataError(where, key_column, f"duplicate key {key!r} (first at {first})"), t.duplicates,
+                   f"{key!r} at {where}, first at {first}")
+            continue
+        t.rows[key] = (where, rec)
+    return t
+
+
+@dataclass
+class _Side:
+    """One lookup (items or queries) and how pairs fared against it."""
+    table: Table
+    pair_column: str  # the key column in the pairs file
+    what: str         # "product" / "query"
+    n_pairs: int = 0
+    missing: int = 0
+    first_missing: str | None = None
+
+    def lookup(self, flat: dict, where: str) -> tuple[str, dict] | None:
+        self.n_pairs += 1
+        key = norm_key(flat.get(self.pair_column))
+        hit = self.table.rows.get(key) if key is not None else None
+        if hit is None:
+            self.missing += 1
+            if self.first_missing is None:
+                self.first_missing = f"{'key ' + repr(key) if key is not None else 'no key'} at {where}"
+            return None
+        self.table.used.add(key)
+        return hit
+
+    def notes(self) -> list[str]:
+        t = self.table
+        out = [f"{self.n_pairs - self.missing} of {self.n_pairs} pairs joined a row of {t.path} by {self.pair_column}; "
+               f"{len(t.rows) - len(t.used)} of {len(t.rows)} {self.what} rows joined no pair"]
+        if self.missing:
+            out.append(f"{self.missing} of {self.n_pairs} pairs have no row in {t.path} (first: {self.first_missing})")
+        return t.notes(self.what) + out
+
+
+class Joiner:
+    """Fills a pair's nested row (``{"query": ..., "item": {...}}``, before validation) from the
+    products and queries tables; see the module doc for the rules."""
+
+    def __init__(self, items: Table | None = None, item_key: str | None = None,
+                 items_column_map: dict[str, str] | None = None, queries: Table | None = None,
+                 query_key: str | None = None, queries_column_map: dict[str, str] | None = None):
+        self.items = _Side(items, item_key, "product") if items is not None else None
+        self.queries = _Side(queries, query_key, "query") if queries is not None else None
+        self.items_map = {k: v for k, v in (items_column_map or {}).items() if k != "key"}
+        self.queries_map = {k: v for k, v in (queries_column_map or {}).items() if k != "key"}
+
+    def apply(self, row: dict, flat: dict, where: str) -> dict:
+        # both lookups first, so each file's counts cover every pair
+        item_hit = self.items.lookup(flat, where) if self.items is not None else None
+        query_hit = self.queries.lookup(flat, where) if self.queries is not None else None
+        if self.items is not None:
+            item = row.setdefault("item", {})
+            if item_hit is None:
+                if is_missing(item.get("title")):
+                    raise DataError(where, self.items.pair_column,
+                                    f"{_key_text(flat, self.items.pair_column)} has no row in {self.items.table.path} "
+                                    "and the pairs file gives no item.title")
+            else:
+                pwhere, prec = item_hit
+                # unmapped fields read the column named like the field (title, brand, ...)
+                fill = item_fields(prec, self.items_map, pwhere, default=lambda target: target[5:])
+                for k, v in fill.items():
+                    if k == "attributes":
+                        item["attributes"] = {**v, **(item.get("attributes") or {})}
+                    elif is_missing(item.get(k)):
+                        item[k] = v
+        if self.queries is not None:
+            if query_hit is None:
+                if is_missing(row.get("query")):
+                    raise DataError(where, self.queries.pair_column,
+                                    f"{_key_text(flat, self.queries.pair_column)} has no row in {self.queries.table.path} "
+                                    "and the pairs file gives no query")
+            else:
+                for target in QUERY_FIELDS:
+                    v = query_hit[1].get(self.queries_map.get(target, target))
+                    if is_missing(row.get(target)) and not is_missing(v):
+                        row[target] = v.strip() if isinstance(v, str) else v
+        return row
+
+    def notes(self) -> list[str]:
+        return [n for side in (self.items, self.queries) if side is not None for n in side.notes()]
+
+
+def _key_text(flat: dict, column: str) -> str:
+    key = norm_key(flat.get(column))
+    return f"key {key!r}" if key is not None else f"no {column}"

@@ -1,0 +1,277 @@
+"""Pairs joined with a products file and a queries file (data.reader.items / queries), item
+descriptions (shown last, cut first by the length budget) and raw grades kept through JSONL."""
+import json
+
+import pandas as pd
+import pytest
+
+from taosr.data.budget import MIN_FIELD_CHARS, fit_example
+from taosr.data.join import parse_packed
+from taosr.data.readers import ReaderSpec, read_examples
+from taosr.errors import ConfigError, DataError
+from taosr.prompts import item_block, policy_prompt_text
+from taosr.schema import Example, Item, load_jsonl, validate_row, write_jsonl
+
+WANDS_LABELS = {"Exact": 4, "Partial": 3, "Irrelevant": 1}
+WANDS_ITEMS = {"item.title": "product_name", "item.category": "category hierarchy",
+               "item.description": "product_description", "item.attributes": "product_features"}
+
+
+def tsv(path, header, rows):
+    """A tab-separated file named .csv, as WANDS ships them."""
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    return str(path)
+
+
+def wands(tmp_path):
+    labels = tsv(tmp_path / "label.csv", ["id", "query_id", "product_id", "label"],
+                 [[0, 0, 25434, "Exact"], [1, 0, 12088, "Irrelevant"], [2, 1, 42931, "Partial"], [3, 1, 99999, "Exact"]])
+    queries = tsv(tmp_path / "query.csv", ["query_id", "query", "query_class"],
+                  [[0, "salon chair", "Massage Chairs"], [1, "smart coffee table", "Coffee & Cocktail Tables"]])
+    products = tsv(tmp_path / "product.csv",
+                   ["product_id", "product_name", "product_class", "category hierarchy", "product_description",
+                    "product_features", "rating_count"],
+                   [[25434, "falkner salon chair", "Massage Chairs", "Furniture / Salon Chairs",
+                     "a sturdy salon chair with a hydraulic pump", "overallwidth-sidetoside:24|color:black|material:", 15],
+                    [12088, "bedside table", "Nightstands", "Furniture / Bedroom", "", "color:white", ""],
+                    [42931, "lift top coffee table", "Coffee Tables", "Furniture / Living Room", "lift top with storage",
+                     "dsprimaryproductstyle:modern|tabletopmaterial:wood", 3],
+                    [77777, "unused lamp", "Lamps", "Lighting", "", "", ""]])
+    return labels, products, queries
+
+
+def wands_spec(labels, products, queries, **kw):
+    return ReaderSpec(path=labels, label_map=WANDS_LABELS, items=products, item_key="product_id",
+                      items_column_map=WANDS_ITEMS, queries=queries, query_key="query_id", **kw)
+
+
+# ----------------------------------------------------------------------------- the three-file read
+def test_wands_shaped_three_files_read_with_options_only(tmp_path):
+    labels, products, queries = wands(tmp_path)
+    with pytest.raises(DataError) as e:  # the pair whose product is not in product.csv and has no title
+        read_examples(wands_spec(labels, products, queries))
+    assert "label.csv:line 5" in str(e.value) and "'99999'" in str(e.value) and "product.csv" in str(e.value)
+    res = read_examples(wands_spec(labels, products, queries, on_error="skip"))
+    a, b, c = res.examples
+    assert (a.id, a.query, a.item.title, a.item.category, a.label) == \
+        ("0", "salon chair", "falkner salon chair", "Furniture / Salon Chairs", 4)
+    assert a.item.description == "a sturdy salon chair with a hydraulic pump"
+    assert a.item.attributes == {"overallwidth-sidetoside": "24", "color": "black"}  # empty value dropped
+    assert b.item.description is None and b.label == 1 and c.query == "smart coffee table" and c.label == 3
+    assert all(x.query_type == "other" and x.grade is None for x in res.examples)  # query_class is not a query type
+    assert len(res.skipped) == 1 and "'99999'" in res.skipped[0]
+    assert res.notes == [
+        f"3 of 4 pairs joined a row of {products} by product_id; 1 of 4 product rows joined no pair",
+        f"1 of 4 pairs have no row in {products} (first: key '99999' at {labels}:line 5)",
+        f"4 of 4 pairs joined a row of {queries} by query_id; 0 of 2 query rows joined no pair",
+    ]
+
+
+def test_pair_fields_win_and_a_pair_with_its_own_title_is_kept(tmp_path):
+    """The pairs file's own title / attribute win; the products file fills the empty fields; a
+    pair whose key has no product row keeps its own title and is counted."""
+    pairs = tmp_path / "pairs.csv"
+    pd.DataFrame({"q": ["red shoes", "red shoes", "bag"], "pid": ["P1", "P2", "P404"],
+                  "name": ["Pair Title", "", "Own Bag"], "colour": ["crimson", "", ""],
+                  "lab": ["4", "2", "1"]}).to_csv(pairs, index=False)
+    products = tmp_path / "products.jsonl"
+    products.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "P1", "title": "Product Title", "brand": "Nike", "color": "red", "size": "42", "price": "19.5"},
+        {"id": "P2", "title": "Laces", "brand": None, "color": "white", "size": "", "price": 3}]))
+    spec = ReaderSpec(path=str(pairs), column_map={"query": "q", "item.title": "name", "item.attributes.color": "colour",
+                                                   "label": "lab"},
+                      items=str(products), item_key="pid",
+                      items_column_map={"key": "id", "item.attributes.color": "color", "item.attributes.size": "size"})
+    a, b, c = read_examples(spec).examples
+    assert (a.item.title, a.item.brand, a.item.price, a.item.attributes) == \
+        ("Pair Title", "Nike", 19.5, {"color": "crimson", "size": "42"})  # unmapped title/brand/price: same-named columns
+    assert (b.item.title, b.item.brand, b.item.price, b.item.attributes) == ("Laces", None, 3.0, {"color": "white"})
+    assert (c.item.title, c.item.attributes) == ("Own Bag", {})
+    notes = read_examples(spec).notes
+    assert f"1 of 3 pairs have no row in {products} (first: key 'P404' at {pairs}:line 4)" in notes
+
+
+def test_parquet_products_with_integer_keys_join_csv_string_keys(tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("query,product_uid,relevance\nangle bracket,100001,3.0\nl bracket,100002,2.33\n")
+    desc = tmp_path / "descriptions.parquet"
+    pd.DataFrame({"product_uid": [100001, 100002, 100003], "product_title": ["Simpson Angle", "L Bracket", "Other"],
+                  "product_description": ["Angles make joints stronger. " * 100, None, "x"]}).to_parquet(desc)
+    res = read_examples(ReaderSpec(path=str(pairs), column_map={"label": "relevance"}, label_thresholds=[1.5, 2.25, 2.75],
+                                   items=str(desc), item_key="product_uid",
+                                   items_column_map={"item.title": "product_title",
+                                                     "item.description": "product_description"}))
+    a, b = res.examples
+    assert (a.item.title, a.label, a.grade) == ("Simpson Angle", 4, 3.0) and len(a.item.description) > 2000
+    assert (b.item.title, b.item.description, b.label, b.grade) == ("L Bracket", None, 3, 2.33)
+    assert res.notes == [f"2 of 2 pairs joined a row of {desc} by product_uid; 1 of 3 product rows joined no pair"]
+
+
+# ----------------------------------------------------------------------------- bad products files
+def _pairs(tmp_path):
+    p = tmp_path / "pairs.csv"
+    p.write_text("query,pid,label\nshoes,P1,4\nlaces,P2,2\n")
+    return str(p)
+
+
+def test_duplicate_product_keys_name_both_rows_or_keep_the_first(tmp_path):
+    products = tmp_path / "products.csv"
+    products.write_text("pid,title\nP1,First Shoes\nP2,Laces\nP1,Second Shoes\n")
+    spec = dict(path=_pairs(tmp_path), items=str(products), item_key="pid")
+    with pytest.raises(DataError) as e:
+        read_examples(ReaderSpec(**spec))
+    msg = str(e.value)
+    assert f"{products}:line 4" in msg and "duplicate key 'P1'" in msg and f"first at {products}:line 2" in msg
+    assert "\n" not in msg
+    res = read_examples(ReaderSpec(**spec, on_error="skip"))
+    assert [x.item.title for x in res.examples] == ["First Shoes", "Laces"] and not res.skipped
+    assert any(n.startswith(f"ignored 1 product rows of {products} with a duplicate pid") and "line 4" in n
+               for n in res.notes), res.notes
+
+
+def test_keyless_product_rows_and_missing_columns(tmp_path):
+    products = tmp_path / "products.csv"
+    products.write_text("pid,title\nP1,Shoes\n,Orphan\nP2,Laces\n")
+    with pytest.raises(DataError, match=r"products.csv:line 3: field 'pid': is missing \(the join key"):
+        read_examples(ReaderSpec(path=_pairs(tmp_path), items=str(products), item_key="pid"))
+    res = read_examples(ReaderSpec(path=_pairs(tmp_path), items=str(products), item_key="pid", on_error="skip"))
+    assert len(res.examples) == 2 and any(n.startswith("ignored 1 product rows") for n in res.notes)
+    with pytest.raises(DataError) as e:  # the products file lacks a mapped column
+        read_examples(ReaderSpec(path=_pairs(tmp_path), items=str(products), item_key="pid",
+                                 items_column_map={"item.brand": "maker"}))
+    assert str(products) in str(e.value) and "'maker'" in str(e.value) and "columns: pid, title" in str(e.value)
+    with pytest.raises(DataError, match=r"'sku'.*columns: pid, title"):  # the key column (key=) is missing
+        read_examples(ReaderSpec(path=_pairs(tmp_path), items=str(products), item_key="pid", items_column_map={"key": "sku"}))
+    with pytest.raises(DataError, match=r"pairs.csv: field 'product_id'"):  # the pairs file lacks item_key
+        read_examples(ReaderSpec(path=_pairs(tmp_path), items=str(products), item_key="product_id",
+                                 items_column_map={"key": "pid"}))
+    with pytest.raises(DataError, match="nope.csv: file not found"):
+        read_examples(ReaderSpec(path=_pairs(tmp_path), items=str(tmp_path / "nope.csv"), item_key="pid"))
+
+
+def test_a_bad_product_row_names_the_product_row(tmp_path):
+    products = tmp_path / "products.csv"
+    products.write_text("pid,title,price\nP1,Shoes,cheap\nP2,Laces,2\n")
+    with pytest.raises(DataError, match=r"products.csv:line 2: field 'price': price 'cheap' is not a number"):
+        read_examples(ReaderSpec(path=_pairs(tmp_path), items=str(products), item_key="pid"))
+    res = read_examples(ReaderSpec(path=_pairs(tmp_path), items=str(products), item_key="pid", on_error="skip"))
+    assert [x.item.title for x in res.examples] == ["Laces"] and "cheap" in res.skipped[0]
+
+
+def test_a_pair_without_its_query_row_and_without_query_text_is_a_row_error(tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("qid,title,label\n1,Shoes,4\n7,Bag,1\n")
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"qid": 1, "text": "running shoes", "type": "negation"}) + "\n")
+    spec = dict(path=str(pairs), column_map={"item.title": "title"}, queries=str(queries), query_key="qid",
+                queries_column_map={"query": "text", "query_type": "type"})
+    with pytest.raises(DataError, match=r"pairs.csv:line 3: field 'qid': key '7' has no row in .*queries.jsonl"):
+        read_examples(ReaderSpec(**spec))
+    res = read_examples(ReaderSpec(**spec, on_error="skip"))
+    assert [(x.query, x.query_type) for x in res.examples] == [("running shoes", "negation")]
+    assert f"1 of 2 pairs have no row in {queries} (first: key '7' at {pairs}:line 3)" in res.notes
+
+
+# ----------------------------------------------------------------------------- packed attributes
+def test_packed_attributes():
+    assert parse_packed("color:black|width: 24 in |material:", "f:1", "features") == {"color": "black", "width": "24 in"}
+    assert parse_packed("ratio:16:9||", "f:1", "features") == {"ratio": "16:9"}
+    assert parse_packed('{"color": "red", "size": 42, "gone": null}', "f:1", "features") == {"color": "red", "size": "42"}
+    with pytest.raises(DataError, match=r"f:2: field 'features': packed attribute 'just words' is not NAME:VALUE"):
+        parse_packed("color:red|just words", "f:2", "features")
+    with pytest.raises(DataError, match="look like JSON but are not"):
+        parse_packed('{"color": ', "f:3", "features")
+    with pytest.raises(DataError, match="must be a string or number"):
+        parse_packed('{"color": ["red"]}', "f:4", "features")
+
+
+def test_named_attribute_wins_over_packed(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("query,title,feats,col,label\nshoes,Shoes,color:red|size:42,blue,4\n")
+    (ex,) = read_examples(ReaderSpec(path=str(p), column_map={"item.title": "title", "item.attributes": "feats",
+                                                              "item.attributes.color": "col"})).examples
+    assert ex.item.attributes == {"color": "blue", "size": "42"}
+
+
+# ----------------------------------------------------------------------------- options refused up front
+@pytest.mark.parametrize("kw,needle", [
+    ({"items": "p.csv"}, "data.reader.item_key: required with data.reader.items"),
+    ({"item_key": "pid"}, "data.reader.item_key: set only with data.reader.items"),
+    ({"items_column_map": {"item.title": "name"}}, "data.reader.items_column_map: set only with data.reader.items"),
+    ({"items": "p.csv", "item_key": "pid", "items_column_map": {"item.titel": "name"}},
+     "data.reader.items_column_map: 'item.titel' is not a field"),
+    ({"items": "p.csv", "item_key": "pid", "items_column_map": {"query": "q"}}, "data.reader.items_column_map: 'query'"),
+    ({"items": "p.csv", "item_key": "pid", "items_column_map": {"item.title": " "}}, "'item.title' maps to no column"),
+    ({"items": "", "item_key": "pid"}, "data.reader.items: must be a file path"),
+    ({"queries": "q.csv"}, "data.reader.query_key: required with data.reader.queries"),
+    ({"queries": "q.csv", "query_key": "qid", "queries_column_map": {"item.title": "t"}},
+     "data.reader.queries_column_map: 'item.title' is not a field; expected one of key, query, query_type"),
+    ({"column_map": {"key": "pid"}}, "data.reader.column_map: 'key' is not a field"),
+])
+def test_bad_join_options_are_refused_before_reading(kw, needle):
+    with pytest.raises(ConfigError) as e:
+        ReaderSpec(**kw).validate(lambda name: f"data.reader.{name}")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- descriptions
+def _ex(title="Falkner Salon Chair", **item):
+    return Example(query="salon chair", item=Item(title=title, brand="Wayfair", **item), label=4)
+
+
+def test_description_is_shown_last_and_only_when_present():
+    plain = _ex(attributes={"color": "black"}, price=99.0)
+    assert item_block(plain) == "Product: Falkner Salon Chair\nBrand: Wayfair\nAttributes: color=black\nPrice: 99.00"
+    assert item_block(_ex(attributes={"color": "black"}, price=99.0, description="Sturdy.")) == \
+        item_block(plain) + "\nDescription: Sturdy."
+    d = plain.to_dict()
+    assert "description" not in d["item"] and "grade" not in d  # rows without them are written as before
+    with pytest.raises(DataError, match=r"f:1: field 'item.description': must be a string"):
+        validate_row({"query": "q", "item": {"title": "T", "description": ["x"]}, "label": 4}, "f:1")
+
+
+def test_budget_cuts_the_description_first():
+    long = "word " * 800
+    ex = _ex(attributes={"color": "black"}, description=long)
+    n_chars = lambda e: len(policy_prompt_text(e))  # noqa: E731  (a character budget: tokens are a monotone stand-in)
+    budget = len(policy_prompt_text(_ex(attributes={"color": "black"}))) + 200
+    short, cut = fit_example(ex, n_chars, budget)
+    assert cut and n_chars(short) <= budget and n_chars(short) > budget - 20  # the largest description that fits
+    assert (short.item.title, short.item.brand, short.item.attributes) == (ex.item.title, ex.item.brand, ex.item.attributes)
+    assert short.item.description.endswith("...") and short.query == ex.query
+    # too tight even for the description's minimum: it stays at MIN_FIELD_CHARS, then the other fields shrink
+    title = "Falkner Salon Chair with Hydraulic Pump and Footrest"
+    ex2 = _ex(title=title, attributes={"color": "black"}, description=long)
+    tight = len(policy_prompt_text(_ex(title=title, attributes={"color": "black"}, description="d" * MIN_FIELD_CHARS))) - 10
+    short2, _ = fit_example(ex2, n_chars, tight)
+    assert len(short2.item.description) == MIN_FIELD_CHARS + 3 and short2.item.title.endswith("...")
+    assert tight - 10 < n_chars(short2) <= tight
+    # a row without a description is cut as before: its item fields, by the largest cap C
+    no_desc = _ex(attributes={"color": "black " * 40})
+    short3, cut3 = fit_example(no_desc, n_chars, n_chars(no_desc) - 100)
+    assert cut3 and short3.item.description is None and short3.item.attributes["color"].endswith("...")
+
+
+# ----------------------------------------------------------------------------- grades
+def test_grade_is_the_raw_number_and_survives_jsonl(tmp_path):
+    p = tmp_path / "g.parquet"
+    pd.DataFrame({"query": ["a", "b", "c"], "title": ["A", "B", "C"], "score": [0.5, 2.67, 3.0]}).to_parquet(p)
+    res = read_examples(ReaderSpec(path=str(p), column_map={"item.title": "title", "label": "score"},
+                                   label_thresholds=[1.0, 2.0, 3.0]))
+    assert [(e.label, e.grade) for e in res.examples] == [(1, 0.5), (3, 2.67), (4, 3.0)]
+    out = tmp_path / "g.jsonl"
+    write_jsonl(str(out), res.examples)
+    back = load_jsonl(str(out))
+    assert [e.grade for e in back] == [0.5, 2.67, 3.0] and [e.to_dict() for e in back] == [e.to_dict() for e in res.examples]
+    # numeric labels without a map keep their number; labels through a label map have no grade
+    c = tmp_path / "n.csv"
+    c.write_text("query,title,label\na,A,4\nb,B,2\n")
+    assert [e.grade for e in read_examples(ReaderSpec(path=str(c), column_map={"item.title": "title"})).examples] == [4.0, 2.0]
+    assert [e.grade for e in read_examples(ReaderSpec(path=str(c), column_map={"item.title": "title"},
+                                                      label_map={"4": 4, "2": 2})).examples] == [None, None]
+
+
+@pytest.mark.parametrize("grade", ["2.5", float("nan"), True, [1]])
+def test_bad_grade_in_jsonl_is_refused(grade):
+    with pytest.raises(DataError, match=r"f:3: field 'grade': must be a finite number"):
+        validate_row({"query": "q", "item": {"title": "T"}, "label": 4, "grade": grade}, "f:3")
