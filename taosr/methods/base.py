@@ -42,6 +42,7 @@ class RelevanceModule(pl.LightningModule):
         export_dir: str | None = "auto",
         merge_lora_on_export: bool = True,
         table_rows: int = 32,
+        eval_scores: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -93,8 +94,21 @@ class RelevanceModule(pl.LightningModule):
         texts = decode_completions(self.tokenizer, ids)
         rows = self.trainer.datamodule.splits[split]
         recs = [make_record(rows[i], t, int(i)) for i, t in zip(batch["index"].tolist(), texts)]
+        if self.hparams.eval_scores:
+            self._add_scores(recs, batch, rows)
         self._records.extend(recs)
         return recs
+
+    def _add_scores(self, recs: list[dict], batch: dict[str, Any], rows: list) -> None:
+        """``p_tier``, ``score`` and ``grade`` of each record (``eval_scores``): P(tier) at the label
+        slot of its completion (:mod:`taosr.eval.scores`); None without a label line."""
+        from taosr.eval.scores import prompt_rows, record_fields, tier_scores
+
+        prompts = prompt_rows(batch["input_ids"], batch["attention_mask"])
+        scores = tier_scores(self.model, self.tokenizer, prompts[: len(recs)], [r["reasoning"] for r in recs],
+                             batch_size=len(prompts))
+        for r, s in zip(recs, scores):
+            r.update(record_fields(s, getattr(rows[r["index"]], "grade", None)))
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
