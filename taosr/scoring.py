@@ -13,7 +13,8 @@ argmax tier. One JSON line per pair::
 Modes:
 
 - ``--reasoning`` (default): greedy reasoning first (:func:`taosr.eval.generation.generate_ids`),
-  then P(tier) at its label line. The default because the models this project trains write five
+  then P(tier) at its label line (read from the generation step that wrote the label digit when the
+  generated tokens allow it, else one forward pass; :class:`taosr.eval.scores.LabelSlotCapture`). The default because the models this project trains write five
   steps before the label: asking them for the label right after the prompt reads a slot they never
   saw in training. A completion without a label line gets ``p_tier``/``score``/``pred`` null
   (counted; it ranks last in NDCG).
@@ -98,7 +99,7 @@ def load_model(path: str):
 def score_rows(model, tok, dm, examples: list, direct: bool, batch_size: int, max_new_tokens: int) -> list[dict]:
     """One output row per example (in order); see the module docstring for the fields."""
     from taosr.eval.generation import GenerationSpec, decode_completions, generate_ids, make_record
-    from taosr.eval.scores import DIRECT_PREFIX, prompt_rows, tier_scores
+    from taosr.eval.scores import DIRECT_PREFIX, LabelSlotCapture, prompt_rows, tier_scores
 
     dev = next(model.parameters()).device
     out: list[dict] = []
@@ -108,12 +109,15 @@ def score_rows(model, tok, dm, examples: list, direct: bool, batch_size: int, ma
         chunk = list(enumerate(examples[s: s + chunk_size], start=s))
         batch = dm.collate_prompts(chunk)
         prompts = prompt_rows(batch["input_ids"], batch["attention_mask"])
+        ids = capture = None
         if direct:
             texts = [DIRECT_PREFIX] * len(chunk)
         else:
-            ids = generate_ids(model, tok, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), spec)
+            capture = LabelSlotCapture.for_tokenizer(tok)  # P(tier) from the generation's own step
+            ids = generate_ids(model, tok, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), spec,
+                               logits_processor=[capture] if capture is not None else None)
             texts = decode_completions(tok, ids)
-        scores = tier_scores(model, tok, prompts, texts, batch_size=batch_size)
+        scores = tier_scores(model, tok, prompts, texts, batch_size=batch_size, generated=ids, capture=capture)
         for (i, ex), text, sc in zip(chunk, texts, scores):
             row = {"id": ex.id, "query": ex.query, "title": ex.item.title, "query_type": ex.query_type,
                    "gold": ex.label, "grade": getattr(ex, "grade", None),

@@ -91,3 +91,52 @@ def test_prompt_rows_strip_left_and_right_padding():
     att = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 0]])
     assert prompt_rows(ids, att) == [[5, 6], [7, 8, 9]]
     assert CONTINUATIONS == (" 1", " 2", " 3", " 4")
+
+
+class Force:
+    """Test driver for ``model.generate``: makes row r write ``targets[r]`` token by token (after the
+    capture has seen the model's own scores), so greedy generation writes a known reasoning."""
+
+    def __init__(self, targets, pad):
+        self.targets, self.pad, self.step = targets, pad, 0
+
+    def __call__(self, input_ids, scores):
+        out = torch.full_like(scores, float("-inf"))
+        for r, t in enumerate(self.targets):
+            out[r, t[self.step] if self.step < len(t) else self.pad] = 0.0
+        self.step += 1
+        return out
+
+
+def test_generation_capture_equals_the_forward_pass(micro):
+    from transformers import LogitsProcessorList
+
+    from taosr.data.collate import pad_left
+    from taosr.eval.generation import decode_completions
+    from taosr.eval.scores import LabelSlotCapture
+
+    model, tok, prompts, comps = micro
+    model.eval()
+    targets = [tok(c, add_special_tokens=False).input_ids + [tok.eos_token_id] for c in comps]
+    batch = pad_left(prompts, tok.pad_token_id)
+    cap = LabelSlotCapture.for_tokenizer(tok)
+    assert cap is not None and cap.token_ids == [split_continuations(tok, "Label:")[1][k][0] for k in range(4)]
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max(map(len, targets)), do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                             logits_processor=LogitsProcessorList([cap, Force(targets, tok.pad_token_id)]))
+    ids = out[:, batch["input_ids"].shape[1]:]
+    texts = decode_completions(tok, ids)
+    assert texts == comps
+    # every row is served by the capture: no forward pass, so no model is needed
+    captured = tier_scores(None, tok, prompts, texts, generated=ids, capture=cap)
+    forward = tier_scores(model, tok, prompts, texts)
+    for a, b in zip(captured, forward):
+        assert a["p_tier"] == pytest.approx(b["p_tier"], abs=1e-5)
+    # a row whose generated tokens are not the prefix's own tokens falls back to the forward pass
+    bad = ids.clone()
+    bad[0, 0] = (bad[0, 0] + 1) % len(tok)
+    with pytest.raises(AttributeError):
+        tier_scores(None, tok, prompts, texts, generated=bad, capture=cap)
+    mixed = tier_scores(model, tok, prompts, texts, generated=bad, capture=cap)
+    assert mixed[0]["p_tier"] == pytest.approx(forward[0]["p_tier"], abs=1e-6)

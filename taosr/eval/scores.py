@@ -116,6 +116,53 @@ def _continuations(tokenizer, prefix: str) -> tuple[list[int], list[list[int]]]:
     return hit
 
 
+_TIER_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def tier_token_ids(tokenizer) -> list[int] | None:
+    """The ids of " 1".." 4" when each is one token after ``Label:`` (the fast path's tokens), else
+    None; checked once per tokenizer and cached."""
+    try:
+        if tokenizer in _TIER_IDS:
+            return _TIER_IDS[tokenizer]
+    except TypeError:
+        pass
+    shared, tails = split_continuations(tokenizer, DIRECT_PREFIX)
+    ids = [t[0] for t in tails] if all(len(t) == 1 for t in tails) else None
+    try:
+        _TIER_IDS[tokenizer] = ids
+    except TypeError:
+        pass
+    return ids
+
+
+class LabelSlotCapture:
+    """A ``model.generate`` logits processor that keeps, at every decoding step, the scores of the
+    four tier tokens (it changes nothing). After greedy generation, the step at which a completion's
+    label digit was produced holds the next-token logits after prompt + the completion up to
+    ``Label:``, which is what the fast path's forward pass computes: :func:`tier_scores` takes P(tier)
+    from there (no second pass) when the generated tokens are the prefix's canonical tokens.
+    Renormalising over the four tiers makes the full-vocabulary normalisation (and any processor
+    that only touches other tokens, such as a minimum length on eos) irrelevant."""
+
+    def __init__(self, token_ids: Sequence[int]):
+        self.token_ids = list(token_ids)
+        self.steps: list[torch.Tensor] = []
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> "LabelSlotCapture | None":
+        ids = tier_token_ids(tokenizer)
+        return cls(ids) if ids is not None else None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.steps.append(scores[:, self.token_ids].float())
+        return scores
+
+    def logits(self) -> torch.Tensor | None:
+        """(B, steps, 4) tier-token scores on the CPU; None when nothing was captured."""
+        return torch.stack(self.steps, 1).cpu() if self.steps else None
+
+
 def prompt_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
     """The prompt ids of each row of a (left or right) padded batch, padding removed."""
     return [row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), attention_mask.cpu())]
@@ -206,19 +253,39 @@ def label_logprobs(model, tokenizer, prompts: Sequence[Sequence[int]], prefixes:
 
 
 def tier_scores(model, tokenizer, prompts: Sequence[Sequence[int]], completions: Sequence[str | None],
-                batch_size: int = 32, fast: bool = True) -> list[dict | None]:
+                batch_size: int = 32, fast: bool = True, generated: torch.Tensor | None = None,
+                capture: LabelSlotCapture | None = None) -> list[dict | None]:
     """Per completion: :func:`scores_from_probs`'s dict at its label slot, or None when the
     completion has no label line (or is None). ``completions`` are texts; for label-only scoring
-    pass :data:`DIRECT_PREFIX`."""
+    pass :data:`DIRECT_PREFIX`.
+
+    With ``generated`` (the completions' token ids, one row each) and the ``capture`` that watched
+    their greedy generation, a completion whose tokens up to ``Label:`` are that text's own tokens
+    and whose tier continuations are single tokens takes P(tier) from the captured step; the others
+    get a forward pass."""
     prefixes = [label_prefix(c) if isinstance(c, str) else None for c in completions]
-    todo = [i for i, p in enumerate(prefixes) if p is not None]
     out: list[dict | None] = [None] * len(completions)
-    if not todo:
-        return out
-    logp = label_logprobs(model, tokenizer, [prompts[i] for i in todo], [prefixes[i] for i in todo],
-                          batch_size=batch_size, fast=fast)
-    for i, s in zip(todo, scores_from_probs(tier_distribution(logp))):
-        out[i] = s
+    probs: dict[int, torch.Tensor] = {}
+    caught = capture.logits() if capture is not None else None
+    if caught is not None and generated is not None and caught.shape[0] == generated.shape[0] == len(completions):
+        gen = generated.cpu()
+        for i, pre in enumerate(prefixes):
+            if pre is None:
+                continue
+            shared, tails = _continuations(tokenizer, pre)
+            n = len(shared)
+            if ([t[0] for t in tails] == capture.token_ids and all(len(t) == 1 for t in tails)
+                    and n < caught.shape[1] and gen[i, :n].tolist() == shared):
+                probs[i] = tier_distribution(caught[i, n][None])[0]
+    todo = [i for i, p in enumerate(prefixes) if p is not None and i not in probs]
+    if todo:
+        logp = label_logprobs(model, tokenizer, [prompts[i] for i in todo], [prefixes[i] for i in todo],
+                              batch_size=batch_size, fast=fast)
+        probs.update(zip(todo, tier_distribution(logp)))
+    if probs:
+        keys = sorted(probs)
+        for i, sc in zip(keys, scores_from_probs(torch.stack([probs[i] for i in keys]))):
+            out[i] = sc
     return out
 
 

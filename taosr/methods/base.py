@@ -90,23 +90,35 @@ class RelevanceModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, Any], split: str) -> list[dict]:
-        ids = generate_ids(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.eval_generation)
+        capture = self._label_capture()
+        ids = generate_ids(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.eval_generation,
+                           logits_processor=[capture] if capture is not None else None)
         texts = decode_completions(self.tokenizer, ids)
         rows = self.trainer.datamodule.splits[split]
         recs = [make_record(rows[i], t, int(i)) for i, t in zip(batch["index"].tolist(), texts)]
         if self.hparams.eval_scores:
-            self._add_scores(recs, batch, rows)
+            self._add_scores(recs, batch, rows, ids, capture)
         self._records.extend(recs)
         return recs
 
-    def _add_scores(self, recs: list[dict], batch: dict[str, Any], rows: list) -> None:
+    def _label_capture(self):
+        """With ``eval_scores``, a greedy generation keeps the tier tokens' scores at every step, so
+        P(tier) needs no second forward pass (:class:`taosr.eval.scores.LabelSlotCapture`)."""
+        if not self.hparams.eval_scores or self.eval_generation.sampling:
+            return None
+        from taosr.eval.scores import LabelSlotCapture
+
+        return LabelSlotCapture.for_tokenizer(self.tokenizer)
+
+    def _add_scores(self, recs: list[dict], batch: dict[str, Any], rows: list, ids=None, capture=None) -> None:
         """``p_tier``, ``score`` and ``grade`` of each record (``eval_scores``): P(tier) at the label
         slot of its completion (:mod:`taosr.eval.scores`); None without a label line."""
         from taosr.eval.scores import prompt_rows, record_fields, tier_scores
 
         prompts = prompt_rows(batch["input_ids"], batch["attention_mask"])
         scores = tier_scores(self.model, self.tokenizer, prompts[: len(recs)], [r["reasoning"] for r in recs],
-                             batch_size=len(prompts))
+                             batch_size=len(prompts), generated=ids if ids is not None and len(ids) == len(recs) else None,
+                             capture=capture)
         for r, s in zip(recs, scores):
             r.update(record_fields(s, getattr(rows[r["index"]], "grade", None)))
 
