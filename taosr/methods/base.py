@@ -27,6 +27,7 @@ SCHEDULERS.register("linear", lambda frac, floor: floor + (1 - floor) * (1 - fra
 SCHEDULERS.register("cosine", lambda frac, floor: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 MAIN_METRICS = ("macro_f1", "good_f1", "accuracy", "step_accuracy", "format_error_rate", "hallucination_rate")
+RANKING_METRICS = ("ndcg@10", "rmse_grade")  # logged when present (eval_scores; grades in the data)
 
 
 class RelevanceModule(pl.LightningModule):
@@ -42,7 +43,7 @@ class RelevanceModule(pl.LightningModule):
         export_dir: str | None = "auto",
         merge_lora_on_export: bool = True,
         table_rows: int = 32,
-        eval_scores: bool = True,
+        eval_scores: bool = True,  # each eval record gets p_tier, score (expected tier) and grade; adds ndcg@10
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -165,7 +166,7 @@ class RelevanceModule(pl.LightningModule):
             write_eval_outputs(os.path.join(self.run_dir, "eval"), tag, metrics, recs)
             self._log_table(split, recs)
         logged = {f"{split}/{k}": float(v) for k, v in metrics.items()
-                  if (k in MAIN_METRICS or k.startswith("by_type/") and k.split("/")[-1] in ("macro_f1", "step_accuracy")
+                  if (k in MAIN_METRICS or k in RANKING_METRICS or k.startswith("by_type/") and k.split("/")[-1] in ("macro_f1", "step_accuracy")
                       or k.startswith("long_tail/")) and isinstance(v, (int, float)) and not math.isnan(v)}
         self.log_dict(logged, sync_dist=False, rank_zero_only=True)
         return metrics
