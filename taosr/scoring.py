@@ -22,7 +22,8 @@ Modes:
   label-only models (trained with ``data.target: label``, whose completion is just ``Label: N``).
 
 The file is written under a temporary name and renamed when complete. Prints pairs/s (the
-scoring loop: prompts, generation, forward passes; not loading) and, since every row has a gold
+scoring loop: prompts, generation, forward passes; not loading), also per second of this process's
+CPU time (what a shared machine's wall clock hides) and, since every row has a gold
 label, macro F1 of the argmax tier, NDCG@10 of the expected tier and, when rows carry a numeric
 ``grade``, the grade RMSE (:mod:`taosr.eval.ranking`).
 """
@@ -193,14 +194,15 @@ def score_main(argv: list[str]) -> int:
     model, tok = load_model(a.model)
     dm.attach_tokenizer(tok)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rows = score_rows(model, tok, dm, examples, a.direct, a.batch_size, a.max_new_tokens)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     os.makedirs(parent, exist_ok=True)
     write_jsonl_atomic(a.out, rows)
     unscored = sum(r["p_tier"] is None for r in rows)
     mode = "direct" if a.direct else "reasoning"
-    print(f"scored {len(rows)} pairs ({mode}) in {dt:.1f}s: {len(rows) / dt:.1f} pairs/s -> {a.out}")
+    print(f"scored {len(rows)} pairs ({mode}) in {dt:.1f}s: {len(rows) / dt:.1f} pairs/s "
+          f"({cpu:.1f}s of CPU time: {len(rows) / max(cpu, 1e-9):.1f} pairs per CPU-second) -> {a.out}")
     if unscored:
         print(f"{unscored} completions have no label line: no score (null; ranked last)")
     print(summary(rows))
