@@ -12,9 +12,12 @@ Search systems rank with a relevance model, so besides the tier they need a scor
    tokens after the tokens the four share (:func:`split_continuations`; BPE merges across the
    boundary are handled because the shared part is measured on the token ids, not the text);
 3. fast path: when each continuation is one token after the shared prefix (true for the tiny
-   presets and byte-level BPE models such as SmolLM2; checked for every completion, the answer
-   is cached per tokenizer and prefix ending), one row gives all four from the next-token
-   logits; otherwise four rows, one per continuation;
+   presets with their 2048-token vocabulary and for SmolLM2, whose digits are single tokens after
+   a space token; checked on each completion's own tokens, remembered per tokenizer and prefix
+   text; :func:`tier_token_ids` is the per-tokenizer answer for ``Label:``), one row gives all four
+   from the next-token logits; otherwise four rows, one per continuation;
+   during greedy evaluation :class:`LabelSlotCapture` reads the same logits from the generation
+   step that wrote the label digit, so most completions need no forward pass at all;
 4. the four log-probabilities are renormalised over the tiers (:func:`tier_distribution`), and
    from P come the expected tier ``sum_t t * P(t)`` and the cumulative scores
    ``P(tier >= t)`` for t = 2, 3, 4 (:func:`scores_from_probs`).
