@@ -61,8 +61,9 @@ class GenerationSpec:
 
 @torch.no_grad()
 def hf_generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    spec: GenerationSpec) -> torch.Tensor:
-    """``model.generate``: completion token ids (B * n, L), right padded with pad_token_id, prompt removed."""
+                    spec: GenerationSpec, logits_processor: list | None = None) -> torch.Tensor:
+    """``model.generate``: completion token ids (B * n, L), right padded with pad_token_id, prompt removed.
+    ``logits_processor``: extra processors (e.g. :class:`taosr.eval.scores.LabelSlotCapture`)."""
     was_training = model.training
     model.eval()
     # greedy copies are identical: decode once (generate refuses num_return_sequences > 1 without sampling)
@@ -70,6 +71,10 @@ def hf_generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: t
     kwargs: dict[str, Any] = dict(max_new_tokens=spec.max_new_tokens, do_sample=spec.sampling,
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                                   num_return_sequences=n, use_cache=True)
+    if logits_processor:
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList(logits_processor)
     if spec.sampling:
         kwargs.update(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k or None)
     else:
@@ -85,16 +90,17 @@ def hf_generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: t
 
 @torch.no_grad()
 def generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 spec: GenerationSpec) -> torch.Tensor:
+                 spec: GenerationSpec, logits_processor: list | None = None) -> torch.Tensor:
     """Completion token ids (B * n, L), right padded with pad_token_id, prompt removed.
 
     On CUDA (unless ``spec.cuda_graphs`` is off) the model's static-cache decoder with its captured
-    decode step (:mod:`taosr.rl.engines.graph`); elsewhere ``model.generate``. Greedy output is the same."""
+    decode step (:mod:`taosr.rl.engines.graph`); elsewhere ``model.generate``. Greedy output is the same.
+    ``logits_processor`` is passed to ``model.generate`` only (the CUDA-graph decoder does not call it)."""
     if input_ids.device.type == "cuda" and spec.cuda_graphs:
         from taosr.rl.engines.graph import decoder_for
 
         return decoder_for(model).generate(model, tokenizer, input_ids, attention_mask, spec)
-    return hf_generate_ids(model, tokenizer, input_ids, attention_mask, spec)
+    return hf_generate_ids(model, tokenizer, input_ids, attention_mask, spec, logits_processor)
 
 
 def completion_lengths(ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:

@@ -10,7 +10,9 @@ A record: ``gold`` (1-4), ``pred`` (1-4 or None when unparseable), ``format_erro
 - ``good_f1``: binary F1 with Good = tiers 4 and 3 as the positive class;
 - ``step_accuracy``: mean verdict over annotated (covered) steps;
 - ``hallucination_rate`` (discriminative hallucination): among records whose five steps are all
-  covered by annotations, the share whose steps are all right but whose label is wrong.
+  covered by annotations, the share whose steps are all right but whose label is wrong;
+- ranking (``ndcg@10``, ``rmse_grade``): see :mod:`taosr.eval.ranking` (only for records with a
+  ``score`` / a ``grade``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from collections import defaultdict
 import torch
 from torchmetrics.functional.classification import binary_f1_score, multiclass_f1_score
 
+from taosr.eval.ranking import ranking_metrics, tier_grade_means
 from taosr.labels import GOOD_TIERS, LONG_TAIL_TYPES, STEP_KEYS, TIER_NAMES
 
 TIER_ORDER = (4, 3, 2, 1)
@@ -70,18 +73,26 @@ def _group_metrics(recs: list[dict]) -> dict[str, float]:
 
 
 def compute_metrics(records: list[dict]) -> dict[str, float]:
-    """Overall metrics, ``by_type/<type>/<metric>`` and ``long_tail/<metric>``."""
+    """Overall metrics, ``by_type/<type>/<metric>`` and ``long_tail/<metric>``; with scored records
+    also the ranking metrics of :mod:`taosr.eval.ranking` (``ndcg@10``, ``ndcg@10_queries``,
+    ``ndcg@10_skipped_queries``, and ``rmse_grade``/``rmse_grade_n`` when records carry grades;
+    the raw-grade mapping is computed once over all records and used for every slice)."""
     if not records:
         return {}
-    out = _group_metrics(records)
+    means = tier_grade_means(records)  # one raw-grade mapping for every slice
+
+    def group(rs: list[dict]) -> dict[str, float]:
+        return {**_group_metrics(rs), **ranking_metrics(rs, means)}
+
+    out = group(records)
     by_type: dict[str, list] = defaultdict(list)
     for r in records:
         by_type[r.get("query_type") or "other"].append(r)
     for qt, rs in sorted(by_type.items()):
-        out.update({f"by_type/{qt}/{k}": v for k, v in _group_metrics(rs).items()})
+        out.update({f"by_type/{qt}/{k}": v for k, v in group(rs).items()})
     tail = [r for r in records if r.get("query_type") in LONG_TAIL_TYPES]
     if tail:
-        out.update({f"long_tail/{k}": v for k, v in _group_metrics(tail).items()})
+        out.update({f"long_tail/{k}": v for k, v in group(tail).items()})
     return out
 
 

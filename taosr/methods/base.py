@@ -27,6 +27,7 @@ SCHEDULERS.register("linear", lambda frac, floor: floor + (1 - floor) * (1 - fra
 SCHEDULERS.register("cosine", lambda frac, floor: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 MAIN_METRICS = ("macro_f1", "good_f1", "accuracy", "step_accuracy", "format_error_rate", "hallucination_rate")
+RANKING_METRICS = ("ndcg@10", "rmse_grade")  # logged when present (eval_scores; grades in the data)
 
 
 class RelevanceModule(pl.LightningModule):
@@ -42,6 +43,7 @@ class RelevanceModule(pl.LightningModule):
         export_dir: str | None = "auto",
         merge_lora_on_export: bool = True,
         table_rows: int = 32,
+        eval_scores: bool = True,  # each eval record gets p_tier, score (expected tier) and grade; adds ndcg@10
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -89,12 +91,37 @@ class RelevanceModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, Any], split: str) -> list[dict]:
-        ids = generate_ids(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.eval_generation)
+        capture = self._label_capture()
+        ids = generate_ids(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.eval_generation,
+                           logits_processor=[capture] if capture is not None else None)
         texts = decode_completions(self.tokenizer, ids)
         rows = self.trainer.datamodule.splits[split]
         recs = [make_record(rows[i], t, int(i)) for i, t in zip(batch["index"].tolist(), texts)]
+        if self.hparams.eval_scores:
+            self._add_scores(recs, batch, rows, ids, capture)
         self._records.extend(recs)
         return recs
+
+    def _label_capture(self):
+        """With ``eval_scores``, a greedy generation keeps the tier tokens' scores at every step, so
+        P(tier) needs no second forward pass (:class:`taosr.eval.scores.LabelSlotCapture`)."""
+        if not self.hparams.eval_scores or self.eval_generation.sampling:
+            return None
+        from taosr.eval.scores import LabelSlotCapture
+
+        return LabelSlotCapture.for_tokenizer(self.tokenizer)
+
+    def _add_scores(self, recs: list[dict], batch: dict[str, Any], rows: list, ids=None, capture=None) -> None:
+        """``p_tier``, ``score`` and ``grade`` of each record (``eval_scores``): P(tier) at the label
+        slot of its completion (:mod:`taosr.eval.scores`); None without a label line."""
+        from taosr.eval.scores import prompt_rows, record_fields, tier_scores
+
+        prompts = prompt_rows(batch["input_ids"], batch["attention_mask"])
+        scores = tier_scores(self.model, self.tokenizer, prompts[: len(recs)], [r["reasoning"] for r in recs],
+                             batch_size=len(prompts), generated=ids if ids is not None and len(ids) == len(recs) else None,
+                             capture=capture)
+        for r, s in zip(recs, scores):
+            r.update(record_fields(s, getattr(rows[r["index"]], "grade", None)))
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -139,7 +166,7 @@ class RelevanceModule(pl.LightningModule):
             write_eval_outputs(os.path.join(self.run_dir, "eval"), tag, metrics, recs)
             self._log_table(split, recs)
         logged = {f"{split}/{k}": float(v) for k, v in metrics.items()
-                  if (k in MAIN_METRICS or k.startswith("by_type/") and k.split("/")[-1] in ("macro_f1", "step_accuracy")
+                  if (k in MAIN_METRICS or k in RANKING_METRICS or k.startswith("by_type/") and k.split("/")[-1] in ("macro_f1", "step_accuracy")
                       or k.startswith("long_tail/")) and isinstance(v, (int, float)) and not math.isnan(v)}
         self.log_dict(logged, sync_dist=False, rank_zero_only=True)
         return metrics
