@@ -92,7 +92,8 @@ class RelevanceModule(pl.LightningModule):
         ids = generate_ids(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.eval_generation)
         texts = decode_completions(self.tokenizer, ids)
         rows = self.trainer.datamodule.splits[split]
-        recs = [make_record(rows[i], t, int(i)) for i, t in zip(batch["index"].tolist(), texts)]
+        target = self.trainer.datamodule.target
+        recs = [make_record(rows[i], t, int(i), target=target) for i, t in zip(batch["index"].tolist(), texts)]
         self._records.extend(recs)
         return recs
 
