@@ -6,6 +6,7 @@ Target (``target=``, a registry in :mod:`taosr.reasoning.targets`): what the pol
 the prompt -- ``reasoning`` (five steps and the label; SFT needs gold steps) or ``label`` (the
 label line alone, for data without reasoning). It sets the prompt's cue line, the SFT completion,
 the DPO gold stand-in, and how evaluation and RL rewards parse generations.
+
 Validation and test always serve the generation-based evaluation: prompts of the split, left
 padded, with the index of each example so predictions join back to their rows.
 
@@ -223,8 +224,9 @@ class RelevanceDataModule(pl.LightningDataModule):
             self.setup("fit")
         for ex in self.splits["train"]:
             yield policy_prompt(ex, target=self.target)
-            if self.target != "reasoning":
-                yield self.target_spec.gold(ex)
+            if self.target != "reasoning":  # (the reasoning corpus, and so the tiny tokenizer, is as before)
+                if (gold := self.target_spec.gold(ex)) is not None:
+                    yield gold
             elif ex.steps and len(ex.steps) == 5:
                 yield render_reasoning(ex.steps, ex.label)
         from taosr.prompts import INSTRUCTION
