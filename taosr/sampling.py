@@ -1,7 +1,9 @@
 """``taosr sample``: offline pass@N sampling from a policy export.
 
 For every prompt of a split: N sampled completions, each parsed (label, format error) and
-checked (correct, step verdicts against annotations), plus the prompt's pass rate. One JSON
+checked (correct, step verdicts against annotations), plus the prompt's pass rate. ``--target``
+is the policy's training target (``data.target``): it sets the prompt and how completions are
+parsed; a ``label`` policy's samples have no steps (step verdicts all null). One JSON
 line per prompt, self-contained (the example is embedded), so DPO pair building, rejection
 sampling and diverse sampling can read it without the original data::
 
@@ -28,6 +30,7 @@ import torch
 from taosr.cliargs import ArgumentParser
 from taosr.errors import DataError, TaosrError
 from taosr.eval.generation import GenerationSpec, decode_completions, make_record
+from taosr.reasoning.targets import TARGETS
 from taosr.rl.engines.hf import HFEngine
 
 
@@ -52,7 +55,7 @@ def sample_split(model, tokenizer, dm, split: str, spec: GenerationSpec, batch_s
         n = spec.num_return_sequences
         done = []
         for j, (i, ex) in enumerate(chunk):
-            recs = [make_record(ex, t, i) for t in texts[j * n:(j + 1) * n]]
+            recs = [make_record(ex, t, i, target=dm.target) for t in texts[j * n:(j + 1) * n]]
             samples = [{"text": r["reasoning"], "pred": r["pred"], "correct": r["pred"] == ex.label,
                         "format_error": r["format_error"], "step_verdicts": r["step_verdicts"]} for r in recs]
             done.append({"index": i, "split": split, "pass_rate": sum(x["correct"] for x in samples) / n,
@@ -113,7 +116,7 @@ def resume_mismatch(done: dict[int, dict], rows: list, split: str, sampler: dict
     for i, row in sorted(done.items()):
         if row.get("sampler") != sampler:
             theirs = row.get("sampler") or {}
-            diff = [k for k in sampler if theirs.get(k) != sampler[k]]
+            diff = [k for k in dict.fromkeys([*sampler, *theirs]) if theirs.get(k) != sampler.get(k)]
             return f"prompt {i} was sampled with other settings ({', '.join(diff) or 'unrecorded'})"
         if row.get("split") != split:
             return f"prompt {i} is from split {row.get('split')!r}, not {split!r}"
@@ -158,7 +161,7 @@ with the same --out continues: prompts already in OUT or OUT.partial are kept an
 a line cut short by a crash is dropped, and the random state saved after each batch is restored, so
 an interrupted run ends with the same file as an uninterrupted one. When OUT already holds every
 prompt asked for, nothing is recomputed. Rows are kept only if they were sampled by the same model
-(same export files), with the same --n, --temperature, --top-p, --max-new-tokens and --seed, from
+(same export files), with the same --n, --temperature, --top-p, --max-new-tokens, --seed and --target, from
 the same prompts; otherwise the command says so and samples again from the start (OUT is replaced
 only when the new file is complete)."""
 
@@ -170,6 +173,8 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="output JSONL (resumable: see below)")
     p.add_argument("--data", default="synth", help="'synth' (embedded default) or a data file")
     p.add_argument("--split", default="train", choices=("train", "val", "test"))
+    p.add_argument("--target", default="reasoning", choices=TARGETS.names(),
+                   help="the policy's training target (data.target): its prompt and how its output is parsed")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -209,7 +214,7 @@ def sample_main(argv: list[str]) -> int:
              "test": a.data if a.split == "test" else None}
     if a.split != "train":
         paths["train"] = a.data
-    dm = RelevanceDataModule(view="sft", synth=SynthConfig(n_train=a.synth_n_train, n_val=a.synth_n_val,
+    dm = RelevanceDataModule(view="sft", target=a.target, synth=SynthConfig(n_train=a.synth_n_train, n_val=a.synth_n_val,
                                                                 n_test=a.synth_n_test, seed=a.synth_seed), data_dir=a.data_dir, **paths)
     dm.setup("fit")
     rows = dm.splits[a.split][:a.limit] if a.limit else dm.splits[a.split]
@@ -219,6 +224,8 @@ def sample_main(argv: list[str]) -> int:
     part, rng_path = partial_path(a.out), partial_path(a.out) + ".rng"
     sampler = {"model": a.model, "model_fingerprint": model_fingerprint(a.model), "n": a.n,
                "temperature": a.temperature, "top_p": a.top_p, "max_new_tokens": a.max_new_tokens, "seed": a.seed}
+    if a.target != "reasoning":  # recorded only when not the default: older files stay resumable
+        sampler["target"] = a.target
     final = read_sample_lines(a.out)
     partial = read_sample_lines(part)
     done = {**final, **partial}

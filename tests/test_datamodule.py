@@ -418,3 +418,85 @@ def test_grm_rows_cut_short_are_counted(tmp_path, dm, capsys):
     assert batch["input_ids"].shape[1] <= 40 and (batch["loss_mask"].sum(1) < 5).all()
     assert len(d.targets_cut["train"]) == 3
     assert capsys.readouterr().out.count("GRM verdicts beyond the budget") == 1
+
+
+# ---------------------------------------------------------------- data.target: label (issue #14)
+def _label_only_file(tmp_path, dm, n=4):
+    """Rows as real users have them: tiers, no reasoning steps or annotations."""
+    rows = [{k: v for k, v in ex.to_dict().items() if k not in ("steps", "annotations")} for ex in dm.splits["train"][:n]]
+    p = tmp_path / "labels.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(p)
+
+
+def test_label_target_learns_exactly_the_label_line(tmp_path, dm):
+    """data.target: label trains on rows without steps: the loss covers exactly the tokens of
+    `Label: N` and eos, after a prompt that ends with the label target's cue line."""
+    path = _label_only_file(tmp_path, dm)
+    d = RelevanceDataModule(train=path, val=None, test=None, target="label", batch_size=2)
+    d.setup("fit")
+    d.attach_tokenizer(dm.tokenizer)
+    tok = dm.tokenizer
+    batch = next(iter(d.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 2
+    batch = d.collate_sft(d.splits["train"])
+    for row, ex in enumerate(d.splits["train"]):
+        assert ex.steps is None
+        ids, lm, att = batch["input_ids"][row], batch["loss_mask"][row].bool(), batch["attention_mask"][row].bool()
+        assert ids[lm].tolist() == tok(f"Label: {ex.label}", add_special_tokens=False).input_ids + [tok.eos_token_id]
+        assert tok.decode(ids[lm].tolist(), skip_special_tokens=True) == f"Label: {ex.label}"
+        prompt = tok.decode(ids[att & ~lm].tolist(), skip_special_tokens=True)
+        assert prompt.startswith(f"Query: {ex.query}\n") and prompt.endswith("\nAnswer:\n")
+    # evaluation prompts end with the same cue
+    ev = d.collate_prompts([(0, d.splits["train"][0])])
+    assert tok.decode(ev["input_ids"][0].tolist(), skip_special_tokens=True).endswith("\nAnswer:\n")
+
+
+def test_reasoning_target_names_the_file_and_the_way_out_for_rows_without_steps(tmp_path, dm):
+    path = _label_only_file(tmp_path, dm)
+    d = RelevanceDataModule(train=path, val=None, test=None)
+    d.setup("fit")
+    d.attach_tokenizer(dm.tokenizer)
+    with pytest.raises(ConfigError) as err:
+        d.collate_sft(d.splits["train"][:2])
+    msg = str(err.value)
+    assert msg.startswith(f"data.train ({path}): example train-0 has no gold reasoning steps") and "\n" not in msg
+    assert "data.target: label" in msg and "`taosr reason`" in msg and "CoT file" in msg
+
+
+def test_unknown_target_is_refused_at_construction():
+    with pytest.raises(ConfigError, match=r"data.target: 'cot' is unknown; expected one of reasoning, label"):
+        RelevanceDataModule(target="cot")
+
+
+def test_label_target_dpo_pairs_and_samples_of_another_target(tmp_path, dm):
+    """DPO on the label target: a prompt never answered correctly gets `Label: N` as chosen (no gold
+    steps needed); a samples file drawn with another target is refused in one line."""
+    from taosr.data.pairs import build_pairs, collate_dpo
+
+    exs = dm.splits["train"][:2]
+    bare = [{k: v for k, v in ex.to_dict().items() if k not in ("steps", "annotations")} for ex in exs]
+    rows = [{"index": i, "split": "train", "pass_rate": 0.0, "example": bare[i],
+             "sampler": {"model": "m", "target": "label"},
+             "samples": [{"text": f"Label: {1 + ex.label % 4}", "pred": 1 + ex.label % 4, "correct": False},
+                         {"text": "Label: 9", "pred": None, "correct": False}]} for i, ex in enumerate(exs)]
+    p = tmp_path / "s.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = RelevanceDataModule(train=_label_only_file(tmp_path, dm), val=None, test=None, target="label",
+                            samples_path=str(p), pairs_per_prompt=2)
+    d.setup("fit")
+    d.attach_tokenizer(dm.tokenizer)
+    pairs = build_pairs(d)
+    assert [(ex.id, c) for ex, c, _ in pairs] == [(ex.id, f"Label: {ex.label}") for ex in exs for _ in range(2)]
+    assert {r for _, _, r in pairs} == {"Label: 9", *(f"Label: {1 + ex.label % 4}" for ex in exs)}
+    batch = collate_dpo(d, pairs[:1])
+    tok = dm.tokenizer
+    chosen = batch["input_ids"][0][batch["loss_mask"][0].bool()].tolist()
+    assert tok.decode(chosen, skip_special_tokens=True) == f"Label: {exs[0].label}"
+    # the reasoning target has no stand-in for rows without steps, and refuses label samples
+    assert pairs_from_samples(load_samples(str(p)), gold_as_chosen=True) == []
+    r = RelevanceDataModule(train=_label_only_file(tmp_path, dm), val=None, test=None, samples_path=str(p))
+    r.setup("fit")
+    with pytest.raises(ConfigError, match=r"was sampled with --target label, but data.target is reasoning; "
+                                          r"sample the policy with --target reasoning"):
+        build_pairs(r)

@@ -1,7 +1,9 @@
 """RewardModelCallback: scores the Rollout the RolloutCallback attached, before ``training_step``
 (step 2 of the order documented in :mod:`taosr.rl.rollout`).
 
-First the outcome reward of every completion (label correct, format valid); then, when the module
+Completions are parsed by the DataModule's training target (``data.target``: the five steps and
+the label, or the label line alone). First the outcome reward of every completion (label correct,
+format valid); then, when the module
 has a step scorer (SRPO: ``pl_module.step_scorer``, a :class:`~taosr.rl.step_scorer.StepScorer`),
 the hybrid examiner's step scores (see :mod:`taosr.rl.examiner`).
 """
@@ -11,7 +13,7 @@ import time
 
 import lightning.pytorch as pl
 
-from taosr.reasoning.format import parse_reasoning
+from taosr.reasoning.targets import get_target
 from taosr.rl.rewards import OutcomeRewardSpec, outcome_rewards
 from taosr.rl.rollout import Rollout
 
@@ -27,7 +29,8 @@ class RewardModelCallback(pl.Callback):
         t0 = time.perf_counter()
         rows = trainer.datamodule.train_rows_cache
         r.examples = [rows[int(i)] for i in r.example_index.tolist()]
-        r.parsed = [parse_reasoning(t) for t in r.texts]
+        parse = get_target(trainer.datamodule.target).parse
+        r.parsed = [parse(t) for t in r.texts]
         out = outcome_rewards(r.parsed, [ex.label for ex in r.examples], self.outcome, device=r.device)
         r.reward, r.correct, r.format = out["reward"], out["correct"], out["format"]
         scorer = getattr(pl_module, "step_scorer", None)

@@ -1,6 +1,12 @@
 """``RelevanceDataModule``: the one DataModule every method uses, through views.
 
 Views (``view=``, a registry in :mod:`taosr.data.views`): ``sft``, ``dpo``, ``rl``, ``grm``.
+
+Target (``target=``, a registry in :mod:`taosr.reasoning.targets`): what the policy writes after
+the prompt -- ``reasoning`` (five steps and the label; SFT needs gold steps) or ``label`` (the
+label line alone, for data without reasoning). It sets the prompt's cue line, the SFT completion,
+the DPO gold stand-in, and how evaluation and RL rewards parse generations.
+
 Validation and test always serve the generation-based evaluation: prompts of the split, left
 padded, with the index of each example so predictions join back to their rows.
 
@@ -40,6 +46,7 @@ from taosr.data.views import VIEWS
 from taosr.errors import ConfigError
 from taosr.prompts import encode_prompt, policy_prompt
 from taosr.reasoning.format import render_reasoning
+from taosr.reasoning.targets import get_target
 from taosr.schema import Example, load_jsonl, write_jsonl
 
 # The DataModule's ``reader`` section is a ReaderSpec (one type for reader options); the old name
@@ -102,6 +109,7 @@ class RelevanceDataModule(pl.LightningDataModule):
     def __init__(
         self,
         view: str = "sft",
+        target: str = "reasoning",
         train: str = "synth",
         val: str | None = "synth",
         test: str | None = "synth",
@@ -136,6 +144,8 @@ class RelevanceDataModule(pl.LightningDataModule):
         for key, value in (("limit_train", limit_train), ("limit_val", limit_val), ("limit_test", limit_test)):
             _check_size(key, value, 1, optional=True)
         self.view = view
+        self.target = target
+        self.target_spec = get_target(target)  # an unknown name: ConfigError naming data.target
         self.paths = {"train": train, "val": val, "test": test}
         self.synth = synth or SynthConfig()
         check_config(self.synth)
@@ -215,8 +225,11 @@ class RelevanceDataModule(pl.LightningDataModule):
         if not self.splits:
             self.setup("fit")
         for ex in self.splits["train"]:
-            yield policy_prompt(ex)
-            if ex.steps and len(ex.steps) == 5:
+            yield policy_prompt(ex, target=self.target)
+            if self.target != "reasoning":  # (the reasoning corpus, and so the tiny tokenizer, is as before)
+                if (gold := self.target_spec.gold(ex)) is not None:
+                    yield gold
+            elif ex.steps and len(ex.steps) == 5:
                 yield render_reasoning(ex.steps, ex.label)
         from taosr.prompts import INSTRUCTION
         from taosr.reasoning.grm_layout import GRM_HEADER, RIGHT, WRONG
@@ -231,7 +244,7 @@ class RelevanceDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ encoding
     def prompt_text(self, ex: Example) -> str:
-        return policy_prompt(ex, self.tokenizer, self.use_chat_template)
+        return policy_prompt(ex, self.tokenizer, self.use_chat_template, target=self.target)
 
     def encode_prompt(self, text: str) -> list[int]:
         return encode_prompt(self.tokenizer, text)
@@ -311,10 +324,14 @@ class RelevanceDataModule(pl.LightningDataModule):
         self._need_tokenizer()
         enc = []
         for ex in batch:
-            if not ex.steps or len(ex.steps) < 5:
-                raise ConfigError(f"data: example {ex.id or ex.query!r} has no gold reasoning steps; "
-                                  "SFT on reasoning needs them (supply a CoT file)")
-            enc += self.encode_example(ex, [render_reasoning(ex.steps, ex.label)])
+            completion = self.target_spec.gold(ex)
+            if completion is None:
+                split = self._split_of(ex)
+                raise ConfigError(f"data.{split} ({self.paths.get(split)}): example {ex.id or repr(ex.query)} has no "
+                                  f"gold reasoning steps; SFT with data.target: {self.target} needs them (supply a CoT "
+                                  "file, add reasoning with `taosr reason`, or train on the labels alone with "
+                                  "data.target: label)")
+            enc += self.encode_example(ex, [completion])
         return pad_right(enc, self.tokenizer.pad_token_id)
 
     def collate_prompts(self, batch: list[tuple[int, Example]]) -> dict[str, Any]:

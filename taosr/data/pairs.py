@@ -2,19 +2,22 @@
 
 For prompts with both correct and incorrect samples: chosen = a correct sample, rejected = an
 incorrect one (``pairs_per_prompt`` pairs, distinct texts first). For prompts never answered
-correctly, the gold reasoning stands in as chosen when ``gold_as_chosen`` is on and the example
-has gold steps. Prompts answered correctly every time give no pair.
+correctly, the target's gold completion stands in as chosen when ``gold_as_chosen`` is on and the
+example has one (``reasoning``: gold steps; ``label``: always, the ``Label: N`` line). Prompts
+answered correctly every time give no pair. The samples must come from a policy of the same
+target (``taosr sample --target``).
 """
 from __future__ import annotations
 
 import random
 
 from taosr.errors import ConfigError
-from taosr.reasoning.format import render_reasoning
+from taosr.reasoning.targets import get_target
 
 
 def pairs_from_samples(rows: list[dict], pairs_per_prompt: int = 1, gold_as_chosen: bool = True,
-                       seed: int = 0) -> list[tuple]:
+                       seed: int = 0, target: str = "reasoning") -> list[tuple]:
+    gold = get_target(target).gold
     rng = random.Random(seed)
     pairs = []
     for row in rows:
@@ -23,8 +26,8 @@ def pairs_from_samples(rows: list[dict], pairs_per_prompt: int = 1, gold_as_chos
         bad = list(dict.fromkeys(s["text"] for s in row["samples"] if not s["correct"]))
         if not bad:
             continue
-        if not good and gold_as_chosen and ex.steps and len(ex.steps) == 5:
-            good = [render_reasoning(ex.steps, ex.label)]
+        if not good and gold_as_chosen and (g := gold(ex)) is not None:
+            good = [g]
         if not good:
             continue
         rng.shuffle(good)
@@ -39,7 +42,14 @@ def build_pairs(dm) -> list[tuple]:
 
     if not dm.samples_path:
         raise ConfigError("data.samples_path: the DPO view needs a `taosr sample` output file")
-    pairs = pairs_from_samples(load_samples(dm.samples_path), dm.pairs_per_prompt, dm.gold_as_chosen, dm.seed)
+    rows = load_samples(dm.samples_path)
+    for row in rows:  # `taosr sample` records a non-default --target under "sampler"
+        sampler = row.get("sampler")
+        drawn = sampler.get("target", "reasoning") if isinstance(sampler, dict) else dm.target
+        if drawn != dm.target:
+            raise ConfigError(f"data.samples_path: {dm.samples_path} was sampled with --target {drawn}, but "
+                              f"data.target is {dm.target}; sample the policy with --target {dm.target}")
+    pairs = pairs_from_samples(rows, dm.pairs_per_prompt, dm.gold_as_chosen, dm.seed, dm.target)
     if not pairs:
         raise ConfigError(f"data.samples_path: {dm.samples_path} yields no preference pairs "
                           "(no prompt has an incorrect sample)")

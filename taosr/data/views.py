@@ -2,7 +2,8 @@
 
 A view turns the DataModule's training pool into (rows, collate function):
 
-- ``sft``: prompt -> gold reasoning + label (prompt tokens masked out of the loss);
+- ``sft``: prompt -> the target's gold completion (``data.target``: reasoning + label, or the label
+  line alone; prompt tokens masked out of the loss);
 - ``dpo``: prompt, chosen, rejected (pairs built from ``taosr sample`` output, :mod:`taosr.data.pairs`);
 - ``rl``: (index, example) prompts with label and step annotations (rollouts come from the
   RolloutCallback; ``dm.train_rows_cache`` holds the examples the indices point into);

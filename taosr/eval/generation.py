@@ -12,7 +12,7 @@ import torch
 
 from taosr.errors import ConfigError
 from taosr.schema import Example
-from taosr.reasoning.format import parse_reasoning
+from taosr.reasoning.targets import get_target
 
 
 @dataclass
@@ -119,16 +119,16 @@ def decode_completions(tokenizer, ids: torch.Tensor) -> list[str]:
     return [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(ids, lens)]
 
 
-def make_record(ex: Example, text: str, index: int | None = None) -> dict[str, Any]:
-    """One prediction record: the example, the raw reasoning, its parse and step verdicts."""
-    from taosr.reasoning.verifier import verify_steps
-
-    parsed = parse_reasoning(text)
+def make_record(ex: Example, text: str, index: int | None = None, *, target: str = "reasoning") -> dict[str, Any]:
+    """One prediction record: the example, the raw generation, its parse by the training target
+    (``data.target``) and step verdicts (all None for a target without steps: step metrics are NaN)."""
+    spec = get_target(target)
+    parsed = spec.parse(text)
     return {
         "index": index, "id": ex.id, "query": ex.query, "title": ex.item.title, "query_type": ex.query_type,
         "gold": ex.label, "pred": parsed.label, "format_error": parsed.format_error, "error": parsed.error,
         "reasoning": text, "steps": parsed.steps,
-        "step_verdicts": verify_steps(parsed, ex.annotations),
+        "step_verdicts": spec.step_verdicts(parsed, ex.annotations),
     }
 
 

@@ -96,7 +96,8 @@ class RelevanceModule(pl.LightningModule):
                            logits_processor=[capture] if capture is not None else None)
         texts = decode_completions(self.tokenizer, ids)
         rows = self.trainer.datamodule.splits[split]
-        recs = [make_record(rows[i], t, int(i)) for i, t in zip(batch["index"].tolist(), texts)]
+        target = self.trainer.datamodule.target
+        recs = [make_record(rows[i], t, int(i), target=target) for i, t in zip(batch["index"].tolist(), texts)]
         if self.hparams.eval_scores:
             self._add_scores(recs, batch, rows, ids, capture)
         self._records.extend(recs)

@@ -15,6 +15,7 @@ import torch
 
 from taosr.errors import ConfigError
 from taosr.methods.grpo import GRPOModule
+from taosr.reasoning.targets import get_target
 from taosr.rl.advantages import StepAdvantageSpec, zero_spread_mask
 from taosr.rl.examiner import ExaminerSpec
 from taosr.rl.rollout import Rollout
@@ -36,6 +37,10 @@ class SRPOModule(GRPOModule):
         self.step_scorer: StepScorer | None = None
 
     def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        if dm is not None and not get_target(dm.target).has_steps:
+            raise ConfigError(f"data.target: {dm.target!r} completions have no reasoning steps for SRPO's examiner to "
+                              "score; train it with GRPO (configs/grpo.yaml) or use data.target: reasoning")
         super().setup(stage)
         if self.step_scorer is None:
             grm = None
