@@ -4,6 +4,7 @@
   LightningCLI (OmegaConf interpolation) over any method module and the shared DataModule;
 - ``taosr data synth|check|esci``: data commands;
 - ``taosr sample``: offline pass@N sampling from a policy export (see :mod:`taosr.sampling`);
+- ``taosr reason``: a teacher writes the reasoning steps for labelled pairs (see :mod:`taosr.bootstrap`);
 - ``taosr sweep FILE``: run a W&B sweep YAML locally (see :mod:`taosr.sweep`);
 - ``taosr quickstart``: SFT -> DPO -> GRPO -> SRPO on the embedded default (see :mod:`taosr.pipeline`);
 - ``taosr compare SPEC``: methods x seeds from one shared start, mean ± s.e. (see :mod:`taosr.compare`).
@@ -33,6 +34,7 @@ training (LightningCLI; `taosr fit --help` for every option):
 data and pipeline:
   data       synthetic data and file checks: taosr data synth --out DIR | taosr data heldout --out FILE | taosr data check FILE | taosr data esci ...
   sample     offline pass@N sampling from a policy export (DPO pairs, rejection sampling)
+  reason     a teacher writes the five steps for labelled pairs (STaR): taosr reason --model M --data FILE --out FILE.jsonl
   sweep      run a W&B sweep YAML locally with the open-source `sweeps` engine
   quickstart run SFT -> DPO -> GRPO -> SRPO on the embedded default and print a comparison table
   compare    methods x seeds from one shared start: mean ± s.e. and paired differences (comparisons/*.yaml)
@@ -173,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             from taosr.sampling import sample_main
 
             return sample_main(rest)
+        if cmd == "reason":
+            from taosr.bootstrap import reason_main
+
+            return reason_main(rest)
         if cmd == "sweep":
             from taosr.sweep import sweep_main
 

@@ -7,7 +7,8 @@ A row on disk (JSONL) looks like::
               "category": "running shoes", "attributes": {"color": "black"}, "price": 120.0},
      "label": 2, "query_type": "negation",
      "steps": {"query": "...", "item": "...", ...},          # optional gold step texts
-     "annotations": {"category": "exact", "judgment": "mismatch"}}  # optional gold conclusions
+     "annotations": {"category": "exact", "judgment": "mismatch"},  # optional gold conclusions
+     "provenance": {"teacher": "...", "prompt_version": "reason-v1", ...}}  # optional, kept as is
 
 ``validate_row`` turns such a dict into an :class:`Example` or raises a :class:`DataError`
 naming the place and the field.
@@ -45,6 +46,7 @@ class Example:
     id: str | None = None
     steps: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
+    provenance: dict[str, Any] | None = None  # who wrote the steps (taosr reason), carried as is
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -105,7 +107,7 @@ def validate_row(row: Any, where: str) -> Example:
     """Validate one raw row (a dict) and build an :class:`Example`; ``where`` is ``file:line``."""
     if not isinstance(row, dict):
         raise DataError(where, None, f"row must be a JSON object, got {type(row).__name__}")
-    unknown = set(row) - {"id", "query", "item", "label", "query_type", "steps", "annotations"}
+    unknown = set(row) - {"id", "query", "item", "label", "query_type", "steps", "annotations", "provenance"}
     if unknown:
         raise DataError(where, sorted(unknown)[0], "unknown field")
     query = _req_str(row, "query", where)
@@ -143,11 +145,15 @@ def validate_row(row: Any, where: str) -> Example:
     if qt not in ALLOWED_QUERY_TYPES:
         raise DataError(where, "query_type", f"unknown query type {qt!r}; expected one of {', '.join(ALLOWED_QUERY_TYPES)}")
     rid = row.get("id")
+    prov = row.get("provenance")
+    if prov is not None and not isinstance(prov, dict):
+        raise DataError(where, "provenance", "must be an object")
     return Example(
         query=query, item=item, label=label, query_type=qt,
         id=None if rid is None else str(rid),
         steps=_step_dict(row, "steps", where),
         annotations=_step_dict(row, "annotations", where),
+        provenance=prov,
     )
 
 
