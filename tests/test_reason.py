@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from taosr.bootstrap import (DEMO, PROMPT_VERSION, build_report, hint_line, pick_rationale, resolve_style,
-                             teacher_prompt_text)
+from taosr.bootstrap import (DEMO, PROMPT_VERSION, build_report, hint_line, merge_tries, pick_rationale,
+                             resolve_style, teacher_prompt_text)
 from taosr.cli import main
 from taosr.reasoning.format import parse_reasoning, render_reasoning
 from taosr.schema import load_jsonl
@@ -50,7 +50,20 @@ def test_pick_rationale_keeps_the_first_sample_with_the_gold_label():
     assert r["sample"] == 2 and r["steps"] == STEPS
     assert (r["format_errors"], r["mismatches"]) == (1, 1) and "unknown step heading" in r["error"]
     none = pick_rationale([broken, other], gold=4)
-    assert none["sample"] is None and none["steps"] is None
+    assert none["sample"] is None and none["steps"] is None and none["samples"] == 2
+
+
+def test_merge_tries_numbers_the_hinted_samples_after_the_plain_ones():
+    good, other = render_reasoning(STEPS, 4), render_reasoning(STEPS, 2)
+    plain = pick_rationale([other, other], gold=4)
+    assert merge_tries(plain, None)["hinted"] is None
+    both = merge_tries(plain, pick_rationale([other, good], gold=4))
+    assert (both["sample"], both["hinted"], both["samples"], both["mismatches"]) == (3, True, 4, 3)
+    assert both["steps"] == STEPS
+    failed = merge_tries(plain, pick_rationale([other, "junk"], gold=4))
+    assert (failed["sample"], failed["hinted"], failed["samples"], failed["format_errors"]) == (None, None, 4, 1)
+    alone = merge_tries(pick_rationale([good], gold=4), None)
+    assert (alone["sample"], alone["hinted"]) == (0, False)
 
 
 def test_report_counts_every_pair_per_tier_type_and_round():
@@ -58,8 +71,8 @@ def test_report_counts_every_pair_per_tier_type_and_round():
 
     exs = [Example(query=f"q{i}", item=Item(title="t"), label=(4, 1)[i % 2], query_type=("brand", "qa")[i // 2])
            for i in range(4)]
-    ok = {"sample": 0, "steps": STEPS, "format_errors": 0, "mismatches": 0}
-    bad = {"sample": None, "steps": None, "format_errors": 1, "mismatches": 1}
+    ok = {"sample": 0, "steps": STEPS, "format_errors": 0, "mismatches": 0, "samples": 2, "hinted": False}
+    bad = {"sample": None, "steps": None, "format_errors": 1, "mismatches": 1, "samples": 2, "hinted": None}
     settings = {"teacher": "t", "prompt_style": "policy", "n": 2}
     results = {1: {0: ok, 1: bad, 2: bad, 3: bad}, 2: {1: bad, 2: ok, 3: bad}}
     rounds = [{"round": 1, "settings": settings, "pairs_sampled_now": 4, "seconds": 2.0},
@@ -121,8 +134,8 @@ def test_reason_explains_pairs_and_accounts_for_every_one(memorizer, tmp_path, c
     for r in kept:
         p = r["provenance"]
         assert (p["teacher"], p["prompt_version"], p["prompt_style"], p["hint"], p["n"], p["round"]) == \
-            (model, PROMPT_VERSION, "policy", False, 2, 1)
-        assert p["sample"] in (0, 1) and "annotations" not in r
+            (model, PROMPT_VERSION, "policy", "never", 2, 1)
+        assert p["sample"] in (0, 1) and p["hinted"] is False and "annotations" not in r
     for ex in load_jsonl(out):  # ordinary taosr data: the schema reads it, steps and provenance included
         assert not parse_reasoning(render_reasoning(ex.steps, ex.label)).format_error and ex.provenance["round"] == 1
     for ex in load_jsonl(out + ".unexplained.jsonl"):
@@ -205,12 +218,12 @@ def test_out_directory_and_bad_row_refused(tmp_path, capsys, memorizer):
 
 
 def test_rounds_fine_tune_on_the_kept_rationales_and_retry_the_rest(memorizer, tmp_path, cache_dir):
-    """Round 1 explains the memorised pairs; `taosr fit --config configs/sft.yaml --data.train <kept>`
+    """With the hint as fallback (STaR's order), round 1 explains the memorised pairs; `taosr fit --config configs/sft.yaml --data.train <kept>`
     trains a round-1 policy (a 2-step budget); round 2 retries the rest with that export."""
     model, pairs = memorizer
     out = str(tmp_path / "out.jsonl")
     fit_args = "--trainer.max_steps 2 --trainer.logger false --data.batch_size 4"
-    assert reason(model, pairs, out, "--rounds", "2", "--sft-config", os.path.join(ROOT, "configs", "sft.yaml"),
+    assert reason(model, pairs, out, "--hint", "fallback", "--rounds", "2", "--sft-config", os.path.join(ROOT, "configs", "sft.yaml"),
                   "--config", SMOKE, "--fit-args", fit_args) == 0
     rep = json.load(open(out + ".report.json"))
     r1, r2 = rep["rounds"]
@@ -223,5 +236,7 @@ def test_rounds_fine_tune_on_the_kept_rationales_and_retry_the_rest(memorizer, t
     kept, unexplained = read(out), read(out + ".unexplained.jsonl")
     assert len(kept) + len(unexplained) == 14
     assert {r["provenance"]["round"] for r in kept} <= {1, 2}
-    for row in unexplained:
-        assert [t["round"] for t in row["provenance"]["tries"]] == [1, 2]
+    for row in unexplained:  # STaR's order: each round n plain samples, then n with the hint
+        assert [(t["round"], t["samples"]) for t in row["provenance"]["tries"]] == [(1, 4), (2, 4)]
+    assert all(r["provenance"]["hint"] == "fallback" for r in kept)
+    assert r1["samples"] == 2 * r1["pairs"] + 2 * (r1["pairs"] - r1["kept"] + r1["kept_with_hint"])
