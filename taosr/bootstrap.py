@@ -260,7 +260,8 @@ def kept_row(ex: Example, result: dict, settings: dict, rnd: int) -> dict:
 def unexplained_row(ex: Example, tries: list[dict]) -> dict:
     prov = {"prompt_version": PROMPT_VERSION, "explained": False,
             "tries": [{"round": t["round"], "teacher": t["teacher"], "samples": t["samples"],
-                       "format_errors": t["format_errors"], "mismatches": t["mismatches"]} for t in tries]}
+                       "format_errors": t["format_errors"], "mismatches": t["mismatches"],
+                       "first_error": t["first_error"]} for t in tries]}
     return dataclasses.replace(ex, provenance=prov).to_dict()
 
 
@@ -584,7 +585,7 @@ def _finish(out: str, examples: list[Example], results: dict[int, dict[int, dict
                 kept.append(kept_row(ex, r, meta["settings"], meta["round"]))
                 break
             tries.append({"round": meta["round"], "teacher": meta["settings"]["teacher"], "samples": r["samples"],
-                          "format_errors": r["format_errors"], "mismatches": r["mismatches"]})
+                          "format_errors": r["format_errors"], "mismatches": r["mismatches"], "first_error": r["error"]})
         else:
             unexplained.append(unexplained_row(ex, tries))
     if os.path.exists(out + ".report.json"):

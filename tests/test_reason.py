@@ -139,7 +139,8 @@ def test_reason_explains_pairs_and_accounts_for_every_one(memorizer, tmp_path, c
     for ex in load_jsonl(out):  # ordinary taosr data: the schema reads it, steps and provenance included
         assert not parse_reasoning(render_reasoning(ex.steps, ex.label)).format_error and ex.provenance["round"] == 1
     for ex in load_jsonl(out + ".unexplained.jsonl"):
-        assert ex.steps is None and ex.provenance["tries"][0]["samples"] == 2
+        t = ex.provenance["tries"][0]
+        assert ex.steps is None and t["samples"] == 2 and (t["first_error"] is None) == (t["format_errors"] == 0)
     assert not os.path.exists(out + ".partial")
     printed = capsys.readouterr().out
     assert "tier            pairs   kept   yield" in printed and "round  pairs" in printed
