@@ -5,6 +5,7 @@
 - ``taosr data synth|check|esci``: data commands;
 - ``taosr sample``: offline pass@N sampling from a policy export (see :mod:`taosr.sampling`);
 - ``taosr score``: P(tier) and ranking scores per pair from a model export (see :mod:`taosr.scoring`);
+- ``taosr reason``: a teacher writes the reasoning steps for labelled pairs (see :mod:`taosr.bootstrap`);
 - ``taosr sweep FILE``: run a W&B sweep YAML locally (see :mod:`taosr.sweep`);
 - ``taosr quickstart``: SFT -> DPO -> GRPO -> SRPO on the embedded default (see :mod:`taosr.pipeline`);
 - ``taosr compare SPEC``: methods x seeds from one shared start, mean ± s.e. (see :mod:`taosr.compare`).
@@ -35,6 +36,7 @@ data and pipeline:
   data       synthetic data and file checks: taosr data synth --out DIR | taosr data heldout --out FILE | taosr data check FILE | taosr data esci ...
   sample     offline pass@N sampling from a policy export (DPO pairs, rejection sampling)
   score      P(tier), expected tier and cumulative scores per pair: taosr score FILE --model EXPORT --out OUT.jsonl
+  reason     a teacher writes the five steps for labelled pairs (STaR): taosr reason --model M --data FILE --out FILE.jsonl
   sweep      run a W&B sweep YAML locally with the open-source `sweeps` engine
   quickstart run SFT -> DPO -> GRPO -> SRPO on the embedded default and print a comparison table
   compare    methods x seeds from one shared start: mean ± s.e. and paired differences (comparisons/*.yaml)
@@ -43,7 +45,7 @@ add --verbose to any command to see tracebacks for user errors.
 """
 
 def data_main(argv: list[str]) -> int:
-    from taosr.cliargs import ArgumentParser
+    from taosr.cliargs import ArgumentParser, add_reader_options, key_values, reader_spec
 
     p = ArgumentParser(prog="taosr data", description="Data commands.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -64,21 +66,7 @@ def data_main(argv: list[str]) -> int:
     h.add_argument("--seed", type=int, default=1, help="first synthetic seed to draw from (not 0, the default data's)")
     c = sub.add_parser("check", help="validate a data file and print counts per tier and query type")
     c.add_argument("file")
-    c.add_argument("--format", choices=("jsonl", "csv", "parquet"))
-    c.add_argument("--encoding", default="auto", help="auto (BOM, else UTF-8, else latin-1), utf-8, utf-8-sig, latin-1, utf-16")
-    c.add_argument("--column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. query=q item.title=name label=esci")
-    c.add_argument("--label-map", nargs="*", metavar="RAW=TIER", help="e.g. E=4 S=3 C=2 I=1")
-    c.add_argument("--label-thresholds", nargs=3, type=float, metavar=("T1", "T2", "T3"))
-    c.add_argument("--query-type", default=None)
-    c.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad rows instead of failing")
-    c.add_argument("--items", metavar="FILE", help="a products file joined to the pairs on --item-key")
-    c.add_argument("--item-key", metavar="COLUMN", help="the pairs file's column holding the product key")
-    c.add_argument("--items-column-map", nargs="*", metavar="FIELD=COLUMN",
-                   help="the products file's columns, e.g. key=product_id item.title=product_name "
-                        "item.attributes=product_features")
-    c.add_argument("--queries", metavar="FILE", help="a queries file joined to the pairs on --query-key")
-    c.add_argument("--query-key", metavar="COLUMN", help="the pairs file's column holding the query key")
-    c.add_argument("--queries-column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. key=query_id query=query")
+    add_reader_options(c)
     e = sub.add_parser("esci", help="convert Amazon Shopping Queries (ESCI) parquet files to taosr JSONL")
     e.add_argument("--examples", required=True)
     e.add_argument("--products", required=True)
@@ -89,22 +77,6 @@ def data_main(argv: list[str]) -> int:
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad rows instead of failing")
     a = p.parse_args(argv)
-
-    def kv(items: list[str] | None, flag: str, value=str, key=str) -> dict | None:
-        """KEY=VALUE pairs of ``flag``; a malformed pair is one line naming the flag."""
-        if not items:
-            return None
-        out = {}
-        for it in items:
-            k, sep, v = it.partition("=")
-            if not sep or not k:
-                raise TaosrError(f"{flag}: expected KEY=VALUE, got {it!r}")
-            try:
-                out[key(k)] = value(v)
-            except ValueError:
-                bad = k if key is not str else v
-                raise TaosrError(f"{flag}: {it!r}: {bad!r} is not a number") from None
-        return out
 
     def at_least(flag: str, v: int | None, low: int) -> None:
         if v is not None and v < low:
@@ -128,9 +100,9 @@ def data_main(argv: list[str]) -> int:
                           n_test=a.n_test if a.n_test is not None else max(1, int(a.n / 7.5)), seed=a.seed,
                           items_per_query=a.items_per_query, annotation_regime=a.annotation_regime)
         if a.type_weight:
-            cfg.query_type_weights = kv(a.type_weight, "--type-weight", float)
+            cfg.query_type_weights = key_values(a.type_weight, "--type-weight", float)
         if a.tier_weight:
-            cfg.tier_weights = kv(a.tier_weight, "--tier-weight", float, int)
+            cfg.tier_weights = key_values(a.tier_weight, "--tier-weight", float, int)
         for split, rows in generate(cfg).items():
             n = write_jsonl(os.path.join(a.out, f"{split}.jsonl"), rows)
             print(f"wrote {n:6d} examples to {os.path.join(a.out, split + '.jsonl')}")
@@ -146,16 +118,8 @@ def data_main(argv: list[str]) -> int:
         return 0
     if a.cmd == "check":
         from taosr.data.check import check_file
-        from taosr.data.readers import ReaderSpec
 
-        spec = ReaderSpec(path=a.file, format=a.format, encoding=a.encoding,
-                          column_map=kv(a.column_map, "--column-map"), label_map=kv(a.label_map, "--label-map"),
-                          label_thresholds=a.label_thresholds, query_type=a.query_type,
-                          on_error="skip" if a.skip_invalid else "raise",
-                          items=a.items, item_key=a.item_key, items_column_map=kv(a.items_column_map, "--items-column-map"),
-                          queries=a.queries, query_key=a.query_key,
-                          queries_column_map=kv(a.queries_column_map, "--queries-column-map"))
-        spec.validate(lambda name: "--" + name.replace("_", "-"))
+        spec = reader_spec(a, a.file)
         print(check_file(spec))
         return 0
     if a.cmd == "esci":
@@ -190,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             from taosr.scoring import score_main
 
             return score_main(rest)
+        if cmd == "reason":
+            from taosr.bootstrap import reason_main
+
+            return reason_main(rest)
         if cmd == "sweep":
             from taosr.sweep import sweep_main
 

@@ -11,3 +11,54 @@ from taosr.errors import TaosrError
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         raise TaosrError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def key_values(items: list[str] | None, flag: str, value=str, key=str) -> dict | None:
+    """``KEY=VALUE`` pairs of ``flag`` as a dict (None when none are given); a malformed pair or a
+    value that ``value`` / ``key`` cannot convert is one line naming the flag."""
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or not k:
+            raise TaosrError(f"{flag}: expected KEY=VALUE, got {it!r}")
+        try:
+            out[key(k)] = value(v)
+        except ValueError:
+            bad = k if key is not str else v
+            raise TaosrError(f"{flag}: {it!r}: {bad!r} is not a number") from None
+    return out
+
+
+def add_reader_options(p: argparse.ArgumentParser) -> None:
+    """The reader flags of ``taosr data check``, ``taosr score`` and ``taosr reason`` (one :class:`~taosr.data.readers.ReaderSpec` each)."""
+    p.add_argument("--format", choices=("jsonl", "csv", "parquet"))
+    p.add_argument("--encoding", default="auto", help="auto (BOM, else UTF-8, else latin-1), utf-8, utf-8-sig, latin-1, utf-16")
+    p.add_argument("--column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. query=q item.title=name label=esci")
+    p.add_argument("--label-map", nargs="*", metavar="RAW=TIER", help="e.g. E=4 S=3 C=2 I=1")
+    p.add_argument("--label-thresholds", nargs=3, type=float, metavar=("T1", "T2", "T3"))
+    p.add_argument("--query-type", default=None)
+    p.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad rows instead of failing")
+    p.add_argument("--items", metavar="FILE", help="a products file joined to the pairs on --item-key")
+    p.add_argument("--item-key", metavar="COLUMN", help="the pairs file's column holding the product key")
+    p.add_argument("--items-column-map", nargs="*", metavar="FIELD=COLUMN",
+                   help="the products file's columns, e.g. key=product_id item.title=product_name "
+                        "item.attributes=product_features")
+    p.add_argument("--queries", metavar="FILE", help="a queries file joined to the pairs on --query-key")
+    p.add_argument("--query-key", metavar="COLUMN", help="the pairs file's column holding the query key")
+    p.add_argument("--queries-column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. key=query_id query=query")
+
+
+def reader_spec(a: argparse.Namespace, path: str, **extra):
+    """The validated ReaderSpec of the flags :func:`add_reader_options` added (``extra``: more fields)."""
+    from taosr.data.readers import ReaderSpec
+
+    spec = ReaderSpec(path=path, format=a.format, encoding=a.encoding,
+                      column_map=key_values(a.column_map, "--column-map"), label_map=key_values(a.label_map, "--label-map"),
+                      label_thresholds=a.label_thresholds, query_type=a.query_type,
+                      on_error="skip" if a.skip_invalid else "raise",
+                      items=a.items, item_key=a.item_key, items_column_map=key_values(a.items_column_map, "--items-column-map"),
+                      queries=a.queries, query_key=a.query_key,
+                      queries_column_map=key_values(a.queries_column_map, "--queries-column-map"), **extra)
+    return spec.validate(lambda name: "--" + name.replace("_", "-"))

@@ -8,7 +8,8 @@ A row on disk (JSONL) looks like::
      "label": 2, "query_type": "negation",
      "grade": 1.5,                                            # optional raw numeric grade
      "steps": {"query": "...", "item": "...", ...},          # optional gold step texts
-     "annotations": {"category": "exact", "judgment": "mismatch"}}  # optional gold conclusions
+     "annotations": {"category": "exact", "judgment": "mismatch"},  # optional gold conclusions
+     "provenance": {"teacher": "...", "prompt_version": "reason-v1", ...}}  # optional, kept as is
 
 ``validate_row`` turns such a dict into an :class:`Example` or raises a :class:`DataError`
 naming the place and the field.
@@ -48,6 +49,7 @@ class Example:
     steps: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
     grade: float | None = None  # the raw numeric grade a label was read from (label_thresholds, numeric labels)
+    provenance: dict[str, Any] | None = None  # who wrote the steps (taosr reason), carried as is
 
     def to_dict(self) -> dict[str, Any]:
         """The row as written to JSONL; unset optional fields are left out (rows without a
@@ -112,7 +114,7 @@ def validate_row(row: Any, where: str) -> Example:
     """Validate one raw row (a dict) and build an :class:`Example`; ``where`` is ``file:line``."""
     if not isinstance(row, dict):
         raise DataError(where, None, f"row must be a JSON object, got {type(row).__name__}")
-    unknown = set(row) - {"id", "query", "item", "label", "query_type", "steps", "annotations", "grade"}
+    unknown = set(row) - {"id", "query", "item", "label", "query_type", "steps", "annotations", "grade", "provenance"}
     if unknown:
         raise DataError(where, sorted(unknown)[0], "unknown field")
     query = _req_str(row, "query", where)
@@ -156,12 +158,16 @@ def validate_row(row: Any, where: str) -> Example:
             raise DataError(where, "grade", f"must be a finite number, got {grade!r}")
         grade = float(grade)
     rid = row.get("id")
+    prov = row.get("provenance")
+    if prov is not None and not isinstance(prov, dict):
+        raise DataError(where, "provenance", "must be an object")
     return Example(
         query=query, item=item, label=label, query_type=qt,
         id=None if rid is None else str(rid),
         steps=_step_dict(row, "steps", where),
         annotations=_step_dict(row, "annotations", where),
         grade=grade,
+        provenance=prov,
     )
 
 

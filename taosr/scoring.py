@@ -1,7 +1,7 @@
 """``taosr score``: a relevance score per (query, product) pair from a model export.
 
-For every row of a data file (read like ``taosr data check``: ``--format``, ``--encoding``,
-``--column-map``, ``--label-map``, ``--label-thresholds``) the model's distribution over the four
+For every row of a data file (read with the flags of ``taosr data check``: ``--column-map``,
+``--label-map``, ``--label-thresholds``, ``--items`` ... joins) the model's distribution over the four
 tiers at the ``Label:`` slot (:mod:`taosr.eval.scores`), and from it the expected tier (the
 ranking score), the cumulative scores P(tier >= t) for t = 2, 3, 4 (CumPT-style thresholds) and the
 argmax tier. One JSON line per pair::
@@ -21,6 +21,9 @@ Modes:
 - ``--direct``: P(tier) at ``Label:`` right after the prompt, one forward pass per pair: for
   label-only models (trained with ``data.target: label``, whose completion is just ``Label: N``).
 
+``--target`` names the prompt the model was trained with (``data.target``): ``label`` by default
+with ``--direct``, ``reasoning`` otherwise.
+
 The file is written under a temporary name and renamed when complete. Prints pairs/s (the
 scoring loop: prompts, generation, forward passes; not loading), also per second of this process's
 CPU time (what a shared machine's wall clock hides) and, since every row has a gold
@@ -36,24 +39,8 @@ import time
 
 import torch
 
-from taosr.cliargs import ArgumentParser
+from taosr.cliargs import ArgumentParser, add_reader_options, reader_spec
 from taosr.errors import ConfigError, TaosrError
-
-
-def _pairs(items: list[str] | None, flag: str, value=str) -> dict | None:
-    """KEY=VALUE arguments of ``flag``; a malformed one is one line naming the flag."""
-    if not items:
-        return None
-    out = {}
-    for it in items:
-        k, sep, v = it.partition("=")
-        if not sep or not k:
-            raise TaosrError(f"{flag}: expected KEY=VALUE, got {it!r}")
-        try:
-            out[k] = value(v)
-        except ValueError:
-            raise TaosrError(f"{flag}: {it!r}: {v!r} is not a number") from None
-    return out
 
 
 def parser() -> ArgumentParser:
@@ -61,19 +48,15 @@ def parser() -> ArgumentParser:
     p.add_argument("file", help="data file (JSONL, CSV or Parquet)")
     p.add_argument("--model", required=True, help="model export folder (or HF id)")
     p.add_argument("--out", required=True, help="output JSONL, one line per pair")
-    p.add_argument("--format", choices=("jsonl", "csv", "parquet"))
-    p.add_argument("--encoding", default="auto", help="auto (BOM, else UTF-8, else latin-1), utf-8, utf-8-sig, latin-1, utf-16")
-    p.add_argument("--column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. query=q item.title=name label=esci")
-    p.add_argument("--label-map", nargs="*", metavar="RAW=TIER", help="e.g. E=4 S=3 C=2 I=1")
-    p.add_argument("--label-thresholds", nargs=3, type=float, metavar=("T1", "T2", "T3"))
-    p.add_argument("--query-type", default=None)
-    p.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad rows instead of failing")
+    add_reader_options(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--reasoning", dest="direct", action="store_false",
                       help="greedy reasoning, then P(tier) at its label line (default)")
     mode.add_argument("--direct", dest="direct", action="store_true",
                       help="P(tier) at 'Label:' right after the prompt (label-only models)")
     p.set_defaults(direct=False)
+    p.add_argument("--target", choices=("reasoning", "label"), default=None,
+                   help="the prompt the model was trained on (data.target); default: label with --direct, else reasoning")
     p.add_argument("--batch-size", type=int, default=32, help="pairs per generate call / forward pass")
     p.add_argument("--limit", type=int, default=None, help="first N pairs only")
     p.add_argument("--max-new-tokens", type=int, default=96, help="reasoning mode: tokens generated per pair")
@@ -179,14 +162,12 @@ def score_main(argv: list[str]) -> int:
         raise TaosrError(f"{a.file}: no such file")
 
     from taosr.data.datamodule import RelevanceDataModule
-    from taosr.data.readers import ReaderSpec
+    import dataclasses
 
-    reader = ReaderSpec(format=a.format, encoding=a.encoding, column_map=_pairs(a.column_map, "--column-map"),
-                        label_map=_pairs(a.label_map, "--label-map"), label_thresholds=a.label_thresholds,
-                        query_type=a.query_type, on_error="skip" if a.skip_invalid else "raise")
-    reader.validate(lambda name: "--" + name.replace("_", "-"))
+    reader = dataclasses.replace(reader_spec(a, a.file), path=None)  # the DataModule names the file
+    target = a.target or ("label" if a.direct else "reasoning")
     dm = RelevanceDataModule(train=a.file, val=None, test=None, reader=reader, max_length=a.max_length,
-                             limit_train=a.limit)
+                             limit_train=a.limit, target=target)
     dm.setup("score")
     examples = dm.splits["train"]
     if not examples:

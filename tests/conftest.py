@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIERS = {
     "unit": ("test_advantages", "test_format", "test_layers", "test_losses", "test_metrics", "test_readers",
              "test_registry", "test_synth", "test_trl_parity", "test_join", "test_ranking", "test_targets"),
-    "integration": ("test_datamodule", "test_scores", "test_engines", "test_examiner", "test_grpo_module", "test_models",
+    "integration": ("test_datamodule", "test_scores", "test_reason", "test_engines", "test_examiner", "test_grpo_module", "test_models",
                     "test_resume"),
     "e2e": ("test_bad_inputs", "test_score_cli", "test_label_only", "test_bad_runs", "test_cli", "test_compare", "test_configs", "test_ddp", "test_notebooks"),
 }

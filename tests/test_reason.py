@@ -1,0 +1,243 @@
+"""`taosr reason` (taosr.bootstrap): teacher prompts, choosing a rationale, yield accounting, resume,
+bad inputs, and the output training SFT (through --rounds 2).
+
+The teacher is a micro SFT export that has memorised 8 synthetic training pairs, so it writes the
+format for those (yield > 0) and fails on unseen ones (pairs left for round 2)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+
+from taosr.bootstrap import (DEMO, PROMPT_VERSION, build_report, hint_line, merge_tries, pick_rationale,
+                             resolve_style, teacher_prompt_text)
+from taosr.cli import main
+from taosr.reasoning.format import parse_reasoning, render_reasoning
+from taosr.schema import load_jsonl
+from tests.conftest import ROOT, SMOKE, fit
+
+STEPS = DEMO.steps
+
+
+# ----------------------------------------------------------------------------- prompts and choice
+def test_hint_line_changes_the_prompt_and_only_by_the_hint():
+    for style in ("policy", "fewshot"):
+        on, off = teacher_prompt_text(DEMO, style, hint=True), teacher_prompt_text(DEMO, style, hint=False)
+        assert hint_line(4) in on and "Hint" not in off
+        assert on.replace(hint_line(4) + "\n", "") == off
+        assert on.endswith("Reasoning:\n") and off.endswith("Reasoning:\n")
+
+
+def test_fewshot_prompt_shows_the_exact_format_and_auto_style(tmp_path):
+    text = teacher_prompt_text(DEMO, "fewshot", hint=False)
+    demo = render_reasoning(STEPS, 4)
+    assert demo in text and not parse_reasoning(demo).format_error
+    assert teacher_prompt_text(DEMO, "policy", hint=False) == "\n".join(text.split("Now this one:\n")[1:])
+    export = tmp_path / "export"
+    export.mkdir()
+    assert resolve_style("auto", str(export)) == "fewshot"
+    (export / "taosr_export.json").write_text("{}")
+    assert resolve_style("auto", str(export)) == "policy"
+    assert resolve_style("fewshot", str(export)) == "fewshot"
+
+
+def test_pick_rationale_keeps_the_first_sample_with_the_gold_label():
+    good, other = render_reasoning(STEPS, 4), render_reasoning(STEPS, 2)
+    broken = good.replace("Category match", "Category")
+    r = pick_rationale([broken, other, good, good], gold=4)
+    assert r["sample"] == 2 and r["steps"] == STEPS
+    assert (r["format_errors"], r["mismatches"]) == (1, 1) and "unknown step heading" in r["error"]
+    none = pick_rationale([broken, other], gold=4)
+    assert none["sample"] is None and none["steps"] is None and none["samples"] == 2
+
+
+def test_merge_tries_numbers_the_hinted_samples_after_the_plain_ones():
+    good, other = render_reasoning(STEPS, 4), render_reasoning(STEPS, 2)
+    plain = pick_rationale([other, other], gold=4)
+    assert merge_tries(plain, None)["hinted"] is None
+    both = merge_tries(plain, pick_rationale([other, good], gold=4))
+    assert (both["sample"], both["hinted"], both["samples"], both["mismatches"]) == (3, True, 4, 3)
+    assert both["steps"] == STEPS
+    failed = merge_tries(plain, pick_rationale([other, "junk"], gold=4))
+    assert (failed["sample"], failed["hinted"], failed["samples"], failed["format_errors"]) == (None, None, 4, 1)
+    alone = merge_tries(pick_rationale([good], gold=4), None)
+    assert (alone["sample"], alone["hinted"]) == (0, False)
+
+
+def test_report_counts_every_pair_per_tier_type_and_round():
+    from taosr.schema import Example, Item
+
+    exs = [Example(query=f"q{i}", item=Item(title="t"), label=(4, 1)[i % 2], query_type=("brand", "qa")[i // 2])
+           for i in range(4)]
+    ok = {"sample": 0, "steps": STEPS, "format_errors": 0, "mismatches": 0, "samples": 2, "hinted": False}
+    bad = {"sample": None, "steps": None, "format_errors": 1, "mismatches": 1, "samples": 2, "hinted": None}
+    settings = {"teacher": "t", "prompt_style": "policy", "n": 2}
+    results = {1: {0: ok, 1: bad, 2: bad, 3: bad}, 2: {1: bad, 2: ok, 3: bad}}
+    rounds = [{"round": 1, "settings": settings, "pairs_sampled_now": 4, "seconds": 2.0},
+              {"round": 2, "settings": settings}]
+    rep = build_report(exs, results, rounds, skipped=["x"])
+    assert (rep["pairs"], rep["kept"], rep["unexplained"], rep["yield"]) == (4, 2, 2, 0.5)
+    assert rep["by_tier"] == {"4": {"pairs": 2, "kept": 2, "yield": 1.0}, "1": {"pairs": 2, "kept": 0, "yield": 0.0}}
+    assert rep["by_query_type"]["brand"] == {"pairs": 2, "kept": 1, "yield": 0.5}
+    r1, r2 = rep["rounds"]
+    assert (r1["pairs"], r1["kept"], r1["samples"], r1["format_error_rate"], r1["pairs_per_s"]) == (4, 1, 8, 0.375, 2.0)
+    assert r1["label_mismatch_rate"] == 3 / 5
+    assert (r2["pairs"], r2["kept"], r2["pairs_per_s"]) == (3, 1, None)
+    assert rep["samples"] == 14 and rep["rows_skipped"] == 1
+
+
+# ----------------------------------------------------------------------------- the command
+@pytest.fixture(scope="module")
+def memorizer(tmp_path_factory, cache_dir):
+    """A micro SFT export trained to memorise 8 synthetic pairs, and a pairs file (no steps): those 8
+    plus the 6 unseen validation pairs."""
+    root = str(tmp_path_factory.mktemp("memorizer"))
+    fit("configs/sft.yaml", root, cache_dir, "--trainer.max_steps", "60", "--trainer.max_epochs", "-1",
+        "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "null", "--trainer.logger", "false",
+        "--model.init_args.lr", "1e-2", "--model.init_args.warmup_steps", "5", "--data.batch_size", "8",
+        "--data.synth.n_train", "8")
+    synth = glob.glob(os.path.join(cache_dir, "data", "synth-s0-8-6-6-*"))[0]
+    rows = []
+    for split in ("train", "val"):
+        for ex in load_jsonl(os.path.join(synth, f"{split}.jsonl")):
+            d = ex.to_dict()
+            d.pop("steps", None)
+            rows.append(d)
+    pairs = os.path.join(root, "pairs.jsonl")
+    with open(pairs, "w") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows))
+    return os.path.join(root, "export"), pairs
+
+
+def reason(model, data, out, *extra):
+    return main(["reason", "--model", model, "--data", data, "--out", out, "--n", "2", "--max-new-tokens", "96",
+                 "--batch-size", "4", "--no-hint", *extra])
+
+
+def read(path):
+    with open(path) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_reason_explains_pairs_and_accounts_for_every_one(memorizer, tmp_path, capsys):
+    model, pairs = memorizer
+    out = str(tmp_path / "out.jsonl")
+    assert reason(model, pairs, out) == 0
+    kept, unexplained = read(out), read(out + ".unexplained.jsonl")
+    rep = json.load(open(out + ".report.json"))
+    assert len(kept) > 0 and len(kept) + len(unexplained) == len(read(pairs)) == rep["pairs"] == 14
+    assert {r["id"] for r in kept} | {r["id"] for r in unexplained} == {r["id"] for r in read(pairs)}
+    assert rep["kept"] == len(kept) and sum(g["pairs"] for g in rep["by_tier"].values()) == 14
+    assert sum(g["kept"] for g in rep["by_query_type"].values()) == len(kept)
+    for r in kept:
+        p = r["provenance"]
+        assert (p["teacher"], p["prompt_version"], p["prompt_style"], p["hint"], p["n"], p["round"]) == \
+            (model, PROMPT_VERSION, "policy", "never", 2, 1)
+        assert p["sample"] in (0, 1) and p["hinted"] is False and "annotations" not in r
+    for ex in load_jsonl(out):  # ordinary taosr data: the schema reads it, steps and provenance included
+        assert not parse_reasoning(render_reasoning(ex.steps, ex.label)).format_error and ex.provenance["round"] == 1
+    for ex in load_jsonl(out + ".unexplained.jsonl"):
+        t = ex.provenance["tries"][0]
+        assert ex.steps is None and t["samples"] == 2 and (t["first_error"] is None) == (t["format_errors"] == 0)
+    assert not os.path.exists(out + ".partial")
+    printed = capsys.readouterr().out
+    assert "tier            pairs   kept   yield" in printed and "round  pairs" in printed
+    # a complete output is not recomputed
+    assert reason(model, pairs, out) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_to_the_same_files(memorizer, tmp_path, monkeypatch, capsys):
+    import taosr.bootstrap as bootstrap
+
+    model, pairs = memorizer
+    ref = str(tmp_path / "ref.jsonl")
+    assert reason(model, pairs, ref) == 0
+    out = str(tmp_path / "out.jsonl")
+    real_append, calls = bootstrap._append, []
+
+    def append_then_stop(fh, rows):
+        real_append(fh, rows)
+        calls.append(1)
+        if len(calls) == 2:
+            fh.write('{"round": 1, "index": 9, "key"')  # a line torn by the crash
+            fh.flush()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(bootstrap, "_append", append_then_stop)
+    assert reason(model, pairs, out) == 130
+    assert len(read_lines(out + ".partial")) == 9 and not os.path.exists(out)
+    monkeypatch.setattr(bootstrap, "_append", real_append)
+    assert reason(model, pairs, out) == 0
+    assert "8 of 14 pairs already sampled" in capsys.readouterr().out
+    for suffix in ("", ".unexplained.jsonl"):
+        assert open(out + suffix).read() == open(ref + suffix).read()
+    assert json.load(open(out + ".report.json"))["rounds"][0]["pairs_sampled_now"] == 6
+
+
+def read_lines(path):
+    with open(path) as fh:
+        return fh.read().split("\n")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--data", "missing.jsonl"], "missing.jsonl: file not found"),
+    (["--n", "0"], "--n: must be at least 1"),
+    (["--top-p", "0"], "--top-p: must be in (0, 1]"),
+    (["--rounds", "0"], "--rounds: must be at least 1"),
+    (["--model", "tiny"], "untrained preset"),
+    (["--model", "./no/such/export"], "is no folder"),
+    (["--column-map", "nonsense"], "--column-map: expected KEY=VALUE"),
+    (["--label-map", "E=7"], "--label-map: E=7: a tier must be"),
+    (["--prompt-style", "chatty"], "invalid choice"),
+    (["--rounds", "2", "--config", "missing.yaml"], "--config: missing.yaml: file not found"),
+    (["--fit-args", "'unclosed"], "--fit-args"),
+])
+def test_bad_inputs_are_one_line_errors(args, needle, tmp_path, capsys, memorizer):
+    model, pairs = memorizer
+    base = {"--model": model, "--data": pairs, "--out": str(tmp_path / "out.jsonl")}
+    for k in list(base):
+        if k in args:
+            del base[k]
+    argv = ["reason", *[x for kv in base.items() for x in kv], *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not os.listdir(tmp_path)
+
+
+def test_out_directory_and_bad_row_refused(tmp_path, capsys, memorizer):
+    model, pairs = memorizer
+    assert main(["reason", "--model", model, "--data", pairs, "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(open(pairs).read() + '{"query": "x", "item": {"title": "t"}, "label": 9}\n')
+    assert main(["reason", "--model", model, "--data", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "bad.jsonl:15: field 'label': unknown label 9" in capsys.readouterr().err
+
+
+def test_rounds_fine_tune_on_the_kept_rationales_and_retry_the_rest(memorizer, tmp_path, cache_dir):
+    """With the hint as fallback (STaR's order), round 1 explains the memorised pairs; `taosr fit --config configs/sft.yaml --data.train <kept>`
+    trains a round-1 policy (a 2-step budget); round 2 retries the rest with that export."""
+    model, pairs = memorizer
+    out = str(tmp_path / "out.jsonl")
+    fit_args = "--trainer.max_steps 2 --trainer.logger false --data.batch_size 4"
+    assert reason(model, pairs, out, "--hint", "fallback", "--rounds", "2", "--sft-config", os.path.join(ROOT, "configs", "sft.yaml"),
+                  "--config", SMOKE, "--fit-args", fit_args) == 0
+    rep = json.load(open(out + ".report.json"))
+    r1, r2 = rep["rounds"]
+    export = os.path.join(out + ".rounds", "round1", "export")
+    assert os.path.exists(os.path.join(export, "taosr_export.json"))
+    assert (r2["teacher"], r2["prompt_style"]) == (export, "policy")
+    assert r2["pairs"] == r1["pairs"] - r1["kept"] and rep["kept"] == r1["kept"] + r2["kept"]
+    train = load_jsonl(os.path.join(out + ".rounds", "round1", "train.jsonl"))
+    assert len(train) == r1["kept"] and all(ex.steps for ex in train)
+    kept, unexplained = read(out), read(out + ".unexplained.jsonl")
+    assert len(kept) + len(unexplained) == 14
+    assert {r["provenance"]["round"] for r in kept} <= {1, 2}
+    for row in unexplained:  # STaR's order: each round n plain samples, then n with the hint
+        assert [(t["round"], t["samples"]) for t in row["provenance"]["tries"]] == [(1, 4), (2, 4)]
+    assert all(r["provenance"]["hint"] == "fallback" for r in kept)
+    assert r1["samples"] == 2 * r1["pairs"] + 2 * (r1["pairs"] - r1["kept"] + r1["kept_with_hint"])
