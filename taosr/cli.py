@@ -33,7 +33,7 @@ training (LightningCLI; `taosr fit --help` for every option):
   predict    generate reasoning for the test split
 
 data and pipeline:
-  data       synthetic data and file checks: taosr data synth --out DIR | taosr data heldout --out FILE | taosr data check FILE | taosr data esci ...
+  data       synthetic data and file checks: taosr data synth --out DIR | taosr data heldout --out FILE | taosr data check FILE | taosr data convert FILE --out F.jsonl | taosr data esci ...
   sample     offline pass@N sampling from a policy export (DPO pairs, rejection sampling)
   score      P(tier), expected tier and cumulative scores per pair: taosr score FILE --model EXPORT --out OUT.jsonl
   reason     a teacher writes the five steps for labelled pairs (STaR): taosr reason --model M --data FILE --out FILE.jsonl
@@ -67,6 +67,10 @@ def data_main(argv: list[str]) -> int:
     c = sub.add_parser("check", help="validate a data file and print counts per tier and query type")
     c.add_argument("file")
     add_reader_options(c)
+    v = sub.add_parser("convert", help="read a data file (with its joins) and write it as taosr JSONL")
+    v.add_argument("file")
+    v.add_argument("--out", required=True, help="output JSONL file")
+    add_reader_options(v)
     e = sub.add_parser("esci", help="convert Amazon Shopping Queries (ESCI) parquet files to taosr JSONL")
     e.add_argument("--examples", required=True)
     e.add_argument("--products", required=True)
@@ -121,6 +125,12 @@ def data_main(argv: list[str]) -> int:
 
         spec = reader_spec(a, a.file)
         print(check_file(spec))
+        return 0
+    if a.cmd == "convert":
+        from taosr.data.check import convert_file
+
+        writable_file("--out", a.out)
+        print(convert_file(reader_spec(a, a.file), a.out))
         return 0
     if a.cmd == "esci":
         from taosr.data.esci import esci_to_jsonl

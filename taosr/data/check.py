@@ -1,11 +1,13 @@
 """`taosr data check`: validate a file (joined with its products / queries files) and summarise it
-per tier and query type, with the join counts."""
+per tier and query type, with the join counts. `taosr data convert` writes what it read as taosr
+JSONL (joins applied, raw grades kept), the form `taosr reason`'s output and the configs share."""
 from __future__ import annotations
 
 from collections import Counter
 
 from taosr.data.readers import ReaderSpec, read_examples
 from taosr.errors import DataError
+from taosr.schema import write_jsonl
 from taosr.labels import TIER_NAMES
 
 
@@ -35,11 +37,29 @@ def format_summary(s: dict, skipped: list[str] | None = None, path: str = "", no
     return "\n".join(lines)
 
 
-def check_file(spec: ReaderSpec) -> str:
+def _read(spec: ReaderSpec):
     res = read_examples(spec)
     if not res.examples:
         if res.skipped:
             raise DataError(spec.path, None, f"no valid examples: all {len(res.skipped)} rows were skipped "
                                              f"(first: {res.skipped[0]})")
         raise DataError(spec.path, None, "no examples (the file is empty or holds only a header)")
+    return res
+
+
+def check_file(spec: ReaderSpec) -> str:
+    res = _read(spec)
     return format_summary(summarize(res.examples), res.skipped, spec.path, res.notes)
+
+
+def convert_file(spec: ReaderSpec, out: str) -> str:
+    """Read ``spec`` and write its examples to ``out`` (taosr JSONL, written atomically); rows skipped
+    with ``on_error: skip`` are listed with their reasons in ``out.skipped.txt``. Returns the summary."""
+    res = _read(spec)
+    n = write_jsonl(out, res.examples)
+    lines = [format_summary(summarize(res.examples), res.skipped, spec.path, res.notes), f"wrote {n} examples to {out}"]
+    if res.skipped:
+        with open(out + ".skipped.txt", "w", encoding="utf-8") as fh:
+            fh.write("\n".join(res.skipped) + "\n")
+        lines.append(f"the {len(res.skipped)} skipped rows and why: {out}.skipped.txt")
+    return "\n".join(lines)

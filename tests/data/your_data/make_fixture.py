@@ -10,9 +10,10 @@ learn them, but they are written the way real exports look:
   ``relevance`` is the mean of three raters' 1-3 grades as text ("2.33", "3"), read with
   ``label_thresholds: [1.5, 2.25, 2.75]``; search terms are lower-cased, some with typos or doubled spaces;
   about a quarter of the rows leave ``product_title`` empty (it comes from the products file).
-- ``products.csv``: ``product_uid,product_title,brand,category,attributes,description,price``; titles
+- ``products.csv``: ``product_uid,product_title,brand,category,attributes,product_description,price``; titles
   with trademark signs, HTML entities, quotes and commas; ``attributes`` packed as ``Name:value|Name:value``;
-  long descriptions with HTML line breaks; some products no pair uses.
+  long descriptions with HTML line breaks (joined only when mapped: `item.description=product_description`);
+  some products no pair uses.
 - Missing keys: a few pairs name a ``product_uid`` the products file lacks (kept: they carry their
   own title), and two train rows have neither a known product nor a title (bad rows: the recipe
   reads with ``on_error: skip`` and reports them).
@@ -100,7 +101,7 @@ def main() -> None:
                 packed = "|".join(f"{k.title()}:{v}" for k, v in sorted(attrs.items()))
                 products[uid] = {"product_uid": uid, "product_title": title, "brand": (ex.item.brand or "").title(),
                                  "category": category_of(ex.steps), "attributes": packed,
-                                 "description": description(ex, rng), "price": f"{ex.item.price:.2f}"}
+                                 "product_description": description(ex, rng), "price": f"{ex.item.price:.2f}"}
             uid = uid_of[ex.item.title]
             keep_title = rng.random() < 0.75
             row = {"id": f"{split}-{n}", "product_uid": uid, "product_title": title if keep_title else "",
@@ -115,7 +116,7 @@ def main() -> None:
     for k in range(12):
         uid = str(800001 + k)
         products[uid] = {"product_uid": uid, "product_title": f"Unlisted Item {k}", "brand": "", "category": "",
-                         "attributes": "", "description": "", "price": ""}
+                         "attributes": "", "product_description": "", "price": ""}
     pair_cols = ["id", "product_uid", "product_title", "search_term", "relevance"]
     for split, rs in rows.items():
         with open(os.path.join(HERE, f"{split}.csv"), "w", newline="", encoding="utf-8") as fh:
