@@ -45,6 +45,12 @@ class Step:
     result: tuple[str, str] | None = None
 
     @property
+    def label(self) -> str:
+        if self.kind == "sample":
+            return "sample"
+        return f"test {self.result[1]} ({self.result[0]})" if self.result else f"fit {self.timing}"
+
+    @property
     def root(self) -> str:
         return self.argv[self.argv.index("--trainer.default_root_dir") + 1]
 
@@ -133,7 +139,9 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
     for step in commands(out, qp, p, configs, seed, extra, heldout_path):
         t = time.perf_counter()
         metrics = execute(step)
-        timings[step.timing] = timings.get(step.timing, 0.0) + time.perf_counter() - t
+        dt = time.perf_counter() - t
+        timings[step.timing] = timings.get(step.timing, 0.0) + dt
+        print(f"quickstart: {step.label} done in {dt:.0f}s", flush=True)
         if step.result:
             results[step.result[0]][step.result[1]] = metrics
     write_report(out, results["test"], timings, heldout=results["heldout"],

@@ -46,6 +46,7 @@ def test_quickstart_on_a_local_folder_with_lora_on_every_stage(tmp_path, sft_run
     assert "| srpo | test | overall | 4 |" in table and "| srpo | heldout | overall | 4 |" in table
     assert f"model {folder}; budgets " in table and "(small)" in table
     assert f"model {folder}; budgets" in capsys.readouterr().out
+    assert any((tmp_path / "logs").rglob("metrics.csv"))  # the arguments after -- reached the fits (CSV logger)
 
 
 @pytest.mark.slow
