@@ -1,4 +1,4 @@
-"""``taosr quickstart``: SFT -> DPO -> GRPO -> SRPO (and the GRM) on the embedded default.
+"""``taosr quickstart``: SFT -> DPO -> GRPO -> SRPO (and the GRM) on the embedded default or ``--model``.
 
 Each stage is the same ``taosr fit`` a user would run with the YAML under ``configs/``, started
 from the previous stage's export, then ``taosr test`` on the same test split and on a larger
