@@ -38,7 +38,7 @@ data and pipeline:
   score      P(tier), expected tier and cumulative scores per pair: taosr score FILE --model EXPORT --out OUT.jsonl
   reason     a teacher writes the five steps for labelled pairs (STaR): taosr reason --model M --data FILE --out FILE.jsonl
   sweep      run a W&B sweep YAML locally with the open-source `sweeps` engine
-  quickstart run SFT -> DPO -> GRPO -> SRPO on the embedded default and print a comparison table
+  quickstart run SFT -> DPO -> GRPO -> SRPO [--model tiny|smollm2-135m|FOLDER|HF-ID] [--small] and print a comparison table
   compare    methods x seeds from one shared start: mean ± s.e. and paired differences (comparisons/*.yaml)
 
 add --verbose to any command to see tracebacks for user errors.

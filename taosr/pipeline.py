@@ -1,4 +1,4 @@
-"""``taosr quickstart``: SFT -> DPO -> GRPO -> SRPO (and the GRM) on the embedded default.
+"""``taosr quickstart``: SFT -> DPO -> GRPO -> SRPO (and the GRM) on the embedded default or ``--model``.
 
 Each stage is the same ``taosr fit`` a user would run with the YAML under ``configs/``, started
 from the previous stage's export, then ``taosr test`` on the same test split and on a larger
@@ -8,17 +8,26 @@ tail; both sets) is printed and written as Markdown and CSV, with a PNG chart of
 set, under ``--out`` (default ``runs/quickstart``).
 
 ``--small`` is a first-look variant (smaller data and budgets) that finishes in a few minutes.
+
+``--model`` picks the model and its budgets (``configs/quickstart/<name>.yaml``, see
+:mod:`taosr.quickstart_plan`): ``tiny`` (default, the embedded model trained from scratch),
+``smollm2-135m`` (SmolLM2-135M-Instruct with LoRA on every training stage), or any local model
+folder or Hugging Face id (the smollm2 budgets; ``--model-budgets FILE`` to replace them). Where
+CUDA is available the file's ``cuda`` overrides (smollm2: accelerator gpu, bf16-mixed) go to every
+fit and test; ``--cpu`` or arguments after ``--`` win. ``<out>/plan.json`` records what was used.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import time
+from dataclasses import dataclass
 
+from taosr.cliargs import ArgumentParser
 from taosr.data.synth import SynthConfig, heldout
 from taosr.launcher import run_lightning
+from taosr.quickstart_plan import DEFAULT_MODEL, QuickstartPlan, load_plan
 from taosr.sampling import sample_main
 from taosr.schema import write_jsonl
 
@@ -26,68 +35,56 @@ METRICS = ("macro_f1", "good_f1", "accuracy", "step_accuracy", "format_error_rat
 STAGES = ("sft", "dpo", "grpo", "srpo")
 
 
-def _fit(cfg: str, root: str, overrides: list[str], extra: list[str]) -> None:
-    rc = run_lightning(["fit", "--config", cfg, "--trainer.default_root_dir", root, *overrides, *extra])
-    if rc:
-        raise SystemExit(f"quickstart: {cfg} failed (exit {rc})")
+@dataclass
+class Step:
+    """One command of the chain: ``kind`` fit | sample | test; ``timing`` the row of the stage table it
+    counts towards; ``result`` (tests) ``(split, stage)`` of the metrics it reads back."""
+    kind: str
+    argv: list[str]
+    timing: str
+    result: tuple[str, str] | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "sample":
+            return "sample"
+        return f"test {self.result[1]} ({self.result[0]})" if self.result else f"fit {self.timing}"
+
+    @property
+    def root(self) -> str:
+        return self.argv[self.argv.index("--trainer.default_root_dir") + 1]
 
 
-def _test(cfg: str, root: str, export: str, overrides: list[str], extra: list[str]) -> dict:
-    rc = run_lightning(["test", "--config", cfg, "--trainer.default_root_dir", root,
-                        *overrides, *extra, "--model.init_args.model.name_or_path", export])
-    if rc:
-        raise SystemExit(f"quickstart: test of {export} failed (exit {rc})")
-    with open(os.path.join(root, "eval", "test-metrics.json")) as fh:
-        return json.load(fh)
+def plan(small: bool, model: str = DEFAULT_MODEL, configs: str = "configs") -> dict:
+    """Budgets per stage of ``model`` (``configs/quickstart/<model>.yaml``; see :mod:`taosr.quickstart_plan`)."""
+    return load_plan(model, small, configs=configs).budgets
 
 
-def plan(small: bool) -> dict:
-    """Budgets per stage: the full run fits 15 minutes on 2 CPU cores; --small a few minutes."""
-    if small:
-        return {"n_train": 800, "n_test": 200, "sft_epochs": 3, "sample_prompts": 200, "samples": 4,
-                "rl_steps": 10, "rl_prompts": 4, "grm_steps": 60, "dpo_epochs": 1,
-                "rejection_band": (0.0, 1.0), "heldout": 400}
-    return {"n_train": 3000, "n_test": 400, "sft_epochs": 6, "sample_prompts": 600, "samples": 4,
-            "rl_steps": 60, "rl_prompts": 8, "grm_steps": 300, "dpo_epochs": 1,
-            "rejection_band": (0.0, 1.0), "heldout": 2000}
-
-
-def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, extra: list[str] | None = None,
-        plan_overrides: dict | None = None) -> dict[str, dict]:
-    """Run every stage; ``extra`` CLI overrides go to every fit/test, ``plan_overrides`` change budgets."""
-    extra = list(extra or [])
-    p = {**plan(small), **(plan_overrides or {})}
+def commands(out: str, qp: QuickstartPlan, budgets: dict, configs: str = "configs", seed: int = 0,
+             extra: list[str] | None = None, heldout_path: str | None = None) -> list[Step]:
+    """Every command of the chain in order (pure: nothing runs). ``extra`` goes last into every
+    fit/test; the budgets file's per-stage overrides follow each stage's own arguments."""
+    p, extra = budgets, list(extra or [])
     data = ["--data.synth.n_train", str(p["n_train"]), "--data.synth.n_test", str(p["n_test"]),
             "--data.synth.seed", str(seed), "--seed_everything", str(seed),
             "--data.data_dir", p.get("data_dir", ".cache/taosr/data")]
     cfg = lambda name: os.path.join(configs, f"{name}.yaml")  # noqa: E731
-    root = lambda name: os.path.join(out, name)  # noqa: E731
     export = lambda name: os.path.join(out, name, "export")  # noqa: E731
-    timings, results = {}, {}
-
-    t = time.perf_counter()
-    _fit(cfg("sft"), root("sft"), data + ["--trainer.max_epochs", str(p["sft_epochs"]),
-                                           "--trainer.check_val_every_n_epoch", str(p["sft_epochs"])], extra)
-    timings["sft"] = time.perf_counter() - t
-
-    t = time.perf_counter()
+    fit = lambda stage, args, timing: Step("fit", ["fit", "--config", cfg(stage), "--trainer.default_root_dir",  # noqa: E731
+                                                   os.path.join(out, stage), *args, *qp.stage_args(stage), *extra], timing)
     samples = os.path.join(out, "sft", "samples-train.jsonl")
-    rc = sample_main(["--model", export("sft"), "--out", samples, "--n", str(p["samples"]),
-               "--limit", str(p["sample_prompts"]), "--synth-n-train", str(p["n_train"]),
-               "--synth-n-test", str(p["n_test"]), "--synth-seed", str(seed), "--seed", str(seed),
-               "--max-new-tokens", str(p.get("max_new_tokens", 96)), "--data-dir", p.get("data_dir", ".cache/taosr/data")])
-    if rc:
-        raise SystemExit("quickstart: sampling failed")
-    _fit(cfg("dpo"), root("dpo"), data + ["--data.samples_path", samples, "--model.init_args.model.name_or_path",
-                                           export("sft"), "--trainer.max_epochs", str(p["dpo_epochs"])], extra)
-    timings["dpo"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _fit(cfg("grm"), root("grm"), data + ["--trainer.max_steps", str(p["grm_steps"]), "--data.samples_path", samples,
-                                           "--model.init_args.model.name_or_path", export("sft"),
-                                           "--trainer.val_check_interval", str(p["grm_steps"])], extra)  # held-out verdict accuracy
-    timings["grm"] = time.perf_counter() - t
-
+    steps = [fit("sft", data + ["--trainer.max_epochs", str(p["sft_epochs"]),
+                                "--trainer.check_val_every_n_epoch", str(p["sft_epochs"])] + qp.model_args, "sft"),
+             Step("sample", ["--model", export("sft"), "--out", samples, "--n", str(p["samples"]),
+                             "--limit", str(p["sample_prompts"]), "--synth-n-train", str(p["n_train"]),
+                             "--synth-n-test", str(p["n_test"]), "--synth-seed", str(seed), "--seed", str(seed),
+                             "--max-new-tokens", str(p.get("max_new_tokens", 96)),
+                             "--data-dir", p.get("data_dir", ".cache/taosr/data"), *qp.stage_args("sample")], "dpo"),
+             fit("dpo", data + ["--data.samples_path", samples, "--model.init_args.model.name_or_path",
+                                export("sft"), "--trainer.max_epochs", str(p["dpo_epochs"])], "dpo"),
+             fit("grm", data + ["--trainer.max_steps", str(p["grm_steps"]), "--data.samples_path", samples,
+                                "--model.init_args.model.name_or_path", export("sft"),
+                                "--trainer.val_check_interval", str(p["grm_steps"])], "grm")]  # held-out verdict accuracy
     # GRPO continues from DPO (TaoSR1's chain); SRPO starts from the same export with the same rollout
     # budget, so the two RL methods compare on equal terms. Both train on the prompts the SFT policy
     # neither always nor never solves (offline rejection sampling on the pass@N file).
@@ -96,24 +93,69 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
                  "--data.samples_path", samples, "--data.rejection_sampling.low", str(p["rejection_band"][0]),
                  "--data.rejection_sampling.high", str(p["rejection_band"][1]),
                  "--model.init_args.model.name_or_path", export("dpo")]
-    for stage in ("grpo", "srpo"):
-        t = time.perf_counter()
-        grm = ["--model.init_args.grm_path", export("grm")] if stage == "srpo" else []
-        _fit(cfg(stage), root(stage), rl + grm, extra)
-        timings[stage] = time.perf_counter() - t
+    steps += [fit("grpo", rl, "grpo"), fit("srpo", rl + ["--model.init_args.grm_path", export("grm")], "srpo")]
+    heldout_path = heldout_path or os.path.join(out, "data", "heldout.jsonl")
+    test = data + qp.stage_args("test")
+    for stage in STAGES:
+        for split, more in (("test", []), ("heldout", ["--data.test", heldout_path])):
+            steps.append(Step("test", ["test", "--config", cfg("sft"), "--trainer.default_root_dir",
+                                       os.path.join(out, split, stage), *test, *more, *extra,
+                                       "--model.init_args.model.name_or_path", export(stage)],
+                              f"test_{stage}", (split, stage)))
+    return steps
 
+
+def execute(step: Step) -> dict | None:
+    """Run one command in-process; a test returns its metrics. A failure stops the chain."""
+    if step.kind == "sample":
+        if sample_main(step.argv):
+            raise SystemExit("quickstart: sampling failed")
+        return None
+    rc = run_lightning(step.argv)
+    if rc:
+        what = f"test of {step.argv[-1]}" if step.kind == "test" else step.argv[2]
+        raise SystemExit(f"quickstart: {what} failed (exit {rc})")
+    if step.kind == "test":
+        with open(os.path.join(step.root, "eval", "test-metrics.json")) as fh:
+            return json.load(fh)
+    return None
+
+
+def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, extra: list[str] | None = None,
+        plan_overrides: dict | None = None, model: str = DEFAULT_MODEL, budgets_file: str | None = None,
+        cpu: bool = False, qplan: QuickstartPlan | None = None) -> dict[str, dict]:
+    """Run every stage; ``extra`` CLI overrides go to every fit/test (last, so they win),
+    ``plan_overrides`` change budgets. ``model``/``budgets_file`` pick the budgets file (or pass
+    ``qplan``); its per-stage overrides and, on CUDA, its ``cuda`` ones go to each fit/test."""
+    qp = qplan or load_plan(model, small, budgets_file, configs)
+    p = {**qp.budgets, **(plan_overrides or {})}
+    extra = qp.device_args(cpu) + list(extra or [])
+    _write_plan(out, qp, p)
     heldout_path = os.path.join(out, "data", "heldout.jsonl")
     write_jsonl(heldout_path, heldout(p["heldout"], seed=seed + 1,
                                       base=SynthConfig(n_train=p["n_train"], n_test=p["n_test"], seed=seed)))
-    held: dict[str, dict] = {}
-    for stage in STAGES:
+    timings: dict[str, float] = {}
+    results: dict[str, dict[str, dict]] = {"test": {}, "heldout": {}}
+    for step in commands(out, qp, p, configs, seed, extra, heldout_path):
         t = time.perf_counter()
-        results[stage] = _test(cfg("sft"), os.path.join(out, "test", stage), export(stage), data, extra)
-        held[stage] = _test(cfg("sft"), os.path.join(out, "heldout", stage), export(stage),
-                            data + ["--data.test", heldout_path], extra)
-        timings[f"test_{stage}"] = time.perf_counter() - t
-    write_report(out, results, timings, heldout=held)
-    return results
+        metrics = execute(step)
+        dt = time.perf_counter() - t
+        timings[step.timing] = timings.get(step.timing, 0.0) + dt
+        print(f"quickstart: {step.label} done in {dt:.0f}s", flush=True)
+        if step.result:
+            results[step.result[0]][step.result[1]] = metrics
+    write_report(out, results["test"], timings, heldout=results["heldout"],
+                 used=f"model {qp.model}; budgets {qp.budgets_file} ({qp.variant})"
+                 + (f", changed: {json.dumps(plan_overrides, default=str)}" if plan_overrides else "")
+                 + (f"; every fit/test: {' '.join(extra)}" if extra else ""))
+    return results["test"]
+
+
+def _write_plan(out: str, qp: QuickstartPlan, budgets: dict) -> None:
+    """``<out>/plan.json``: the model, budgets file and variant, the budgets in effect, the stage overrides."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "plan.json"), "w") as fh:
+        json.dump({**qp.describe(), "budgets": budgets}, fh, indent=1, default=list)
 
 
 def comparison_rows(results: dict[str, dict], split: str = "test") -> list[dict]:
@@ -139,9 +181,10 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_report(out: str, results: dict[str, dict], timings: dict[str, float] | None = None,
-                 heldout: dict[str, dict] | None = None) -> str:
+                 heldout: dict[str, dict] | None = None, used: str | None = None) -> str:
     """Table (Markdown, CSV) of the test split and, when given, the held-out set; chart of the
-    held-out set when given (lower noise), else of the test split."""
+    held-out set when given (lower noise), else of the test split. ``used`` (the model and budgets
+    of the run) is written under the tables and printed."""
     rows = comparison_rows(results, "test") + (comparison_rows(heldout, "heldout") if heldout else [])
     os.makedirs(out, exist_ok=True)
     md = markdown_table(rows)
@@ -149,6 +192,8 @@ def write_report(out: str, results: dict[str, dict], timings: dict[str, float] |
         fh.write(md + "\n")
         if timings:
             fh.write("\n| stage | seconds |\n|---|---|\n" + "\n".join(f"| {k} | {v:.0f} |" for k, v in timings.items()) + "\n")
+        if used:
+            fh.write(f"\n{used}\n")
     with open(os.path.join(out, "comparison.csv"), "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["stage", "split", "slice", "n", *METRICS])
         w.writeheader()
@@ -156,7 +201,7 @@ def write_report(out: str, results: dict[str, dict], timings: dict[str, float] |
     shown = "heldout" if heldout else "test"
     plot_comparison([r for r in rows if r["split"] == shown], os.path.join(out, "comparison.png"), shown)
     overall = [r for r in rows if r["slice"] in ("overall", "long_tail")]
-    print("\n" + markdown_table(overall) + f"\n\nfull table: {out}/comparison.md (.csv, .png)")
+    print("\n" + markdown_table(overall) + (f"\n\n{used}" if used else "") + f"\n\nfull table: {out}/comparison.md (.csv, .png)")
     return md
 
 
@@ -185,13 +230,32 @@ def plot_comparison(rows: list[dict], path: str, split: str = "test") -> None:
 
 
 def quickstart_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="taosr quickstart", description=__doc__.split("\n\n")[0])
+    argv = list(argv)
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = ArgumentParser(prog="taosr quickstart", description=__doc__.split("\n\n")[0],
+                       epilog="Arguments after -- go to every fit/test last, so they win, "
+                              "e.g. -- --trainer.precision 32-true")
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--small", action="store_true", help="first-look variant: smaller data and budgets")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="preset with budgets in configs/quickstart/ (tiny, smollm2-135m), a local model folder "
+                        "or a Hugging Face id (these use the smollm2-135m budgets: LoRA on every stage)")
+    p.add_argument("--model-budgets", default=None, metavar="FILE",
+                   help="budgets file to use instead of the model's (format: taosr/quickstart_plan.py)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is available")
     p.add_argument("--configs", default="configs", help="folder with sft/dpo/grm/grpo/srpo.yaml")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    qp = load_plan(a.model, a.small, a.model_budgets, a.configs)
     t0 = time.perf_counter()
-    run(a.out, small=a.small, configs=a.configs, seed=a.seed)
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if a.cpu:  # `taosr sample` too: it samples on the GPU where it sees one
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    try:
+        run(a.out, small=a.small, configs=a.configs, seed=a.seed, extra=passthrough, cpu=a.cpu, qplan=qp)
+    finally:
+        if a.cpu:
+            os.environ.pop("CUDA_VISIBLE_DEVICES") if hidden is None else os.environ.update(CUDA_VISIBLE_DEVICES=hidden)
     print(f"quickstart finished in {time.perf_counter() - t0:.0f}s")
     return 0

@@ -91,6 +91,11 @@ def _build_tiny(spec: ModelSpec, corpus: Callable[[], Iterable[str]] | None) -> 
     return folder
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """``owner/name`` that is not a local path (no leading ``.``, ``/``, ``~``; no existing parent folder)."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not os.path.exists(os.path.dirname(name) or "/nonexistent")
+
+
 def _resolve(spec: ModelSpec, corpus) -> str:
     name = spec.name_or_path
     if name in TINY_PRESETS:
@@ -100,8 +105,7 @@ def _resolve(spec: ModelSpec, corpus) -> str:
     if os.path.isdir(name):
         _check_model_folder(name)
         return name
-    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not os.path.exists(os.path.dirname(name) or "/nonexistent")
-    if not looks_like_hub_id:
+    if not looks_like_hub_id(name):
         raise ConfigError(f"model.name_or_path: {name!r} is not a preset ({', '.join([*TINY_PRESETS, SMOLLM2_PRESET])}), "
                           "an existing folder or a Hugging Face id")
     return name

@@ -1,0 +1,120 @@
+"""Quick-start budgets per model (configs/quickstart/*.yaml, taosr/quickstart_plan.py): the tiny
+default runs exactly the commands it ran when its budgets were code, the smollm2 table puts LoRA
+and its learning rates on every training stage, and a bad --model or budgets file is one line."""
+import json
+import os
+
+import pytest
+
+from taosr.errors import ConfigError
+from taosr.pipeline import Step, commands
+from taosr.quickstart_plan import load_plan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+LORA = '{"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}'
+
+
+def as_recorded(steps: list[Step]) -> list[list[str]]:
+    return [["sample" if s.kind == "sample" else "lightning", *s.argv] for s in steps]
+
+
+def opt(argv: list[str], key: str) -> str | None:
+    """The last value given to ``key`` (the one LightningCLI keeps)."""
+    vals = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == key]
+    return vals[-1] if vals else None
+
+
+@pytest.mark.parametrize("variant", ["full", "small"])
+def test_tiny_runs_the_commands_of_the_budgets_in_code(variant, monkeypatch):
+    """tests/data/quickstart_tiny_commands.json: every fit/sample/test argument list that
+    `taosr quickstart [--small]` ran at commit 75dbf06 (budgets in pipeline.plan()), recorded by
+    calling that code's run() with run_lightning and sample_main replaced by recorders."""
+    monkeypatch.chdir(ROOT)
+    want = json.load(open(os.path.join(ROOT, "tests", "data", "quickstart_tiny_commands.json")))[variant]
+    qp = load_plan("tiny", small=variant == "small")
+    assert qp.model_args == [] and qp.device_args(cuda_available=True) == []  # no GPU switch for tiny either
+    assert as_recorded(commands("<OUT>", qp, qp.budgets)) == want
+
+
+def test_smollm2_table_applies_lora_rates_and_sizes():
+    qp = load_plan("smollm2-135m", small=True, configs=CONFIGS)
+    assert qp.budgets_file.endswith(os.path.join("quickstart", "smollm2-135m.yaml")) and qp.variant == "small"
+    steps = commands("out", qp, qp.budgets, configs=CONFIGS)
+    fits = {s.argv[4].split("/")[-1]: s.argv for s in steps if s.kind == "fit"}
+    assert list(fits) == ["sft", "dpo", "grm", "grpo", "srpo"]
+    assert opt(fits["sft"], "--model.init_args.model.name_or_path") == "smollm2-135m"
+    for stage, argv in fits.items():
+        assert opt(argv, "--model.init_args.model.lora") == LORA, stage
+        assert opt(argv, "--trainer.limit_val_batches") == ("1.0" if stage == "grm" else "0"), stage
+    rates = {st: float(opt(a, "--model.init_args.lr")) for st, a in fits.items()}
+    assert rates == {"sft": 1e-3, "dpo": 5e-5, "grm": 5e-4, "grpo": 2e-5, "srpo": 2e-5}
+    assert opt(fits["dpo"], "--model.init_args.model.name_or_path") == "out/sft/export"  # reference: adapter off = SFT
+    assert opt(fits["srpo"], "--model.init_args.model.name_or_path") == "out/dpo/export"
+    assert opt(fits["grpo"], "--data.batch_size") == "1" and opt(fits["sft"], "--data.batch_size") == "4"
+    sample = next(s.argv for s in steps if s.kind == "sample")
+    assert opt(sample, "--batch-size") == "8" and opt(sample, "--n") == "2" and opt(sample, "--max-new-tokens") == "96"
+    tests = [s for s in steps if s.kind == "test"]
+    assert len(tests) == 8 and all(opt(s.argv, "--model.init_args.model.lora") is None for s in tests)
+    assert all(opt(s.argv, "--data.eval_batch_size") == "8" for s in tests)
+    # the full variant keeps the shared stage table and its own budgets: one SFT epoch of 3000 at batch 8
+    full = load_plan("smollm2-135m", configs=CONFIGS)
+    sft = commands("out", full, full.budgets, configs=CONFIGS)[0].argv
+    assert (full.budgets["n_train"], opt(sft, "--data.batch_size"), opt(sft, "--trainer.max_epochs")) == (3000, "8", "1")
+    assert opt(sft, "--model.init_args.lr") == "0.0005" and opt(sft, "--trainer.limit_val_batches") is None
+
+
+def test_device_arguments_cuda_cpu_and_explicit_overrides_win():
+    qp = load_plan("smollm2-135m", small=True, configs=CONFIGS)
+    assert qp.device_args(cuda_available=True) == ["--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed"]
+    assert qp.device_args(cuda_available=False) == []
+    assert qp.device_args(cpu=True, cuda_available=True) == ["--trainer.accelerator", "cpu"]
+    extra = qp.device_args(cuda_available=True) + ["--trainer.precision", "32-true"]
+    for s in commands("out", qp, qp.budgets, configs=CONFIGS, extra=extra):
+        if s.kind != "sample":
+            assert opt(s.argv, "--trainer.precision") == "32-true" and opt(s.argv, "--trainer.accelerator") == "gpu"
+
+
+def test_other_models_use_the_pretrained_default(tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    for model in (str(folder), "HuggingFaceTB/SmolLM2-360M-Instruct"):
+        qp = load_plan(model, small=True, configs=CONFIGS)
+        assert qp.budgets_file.endswith("smollm2-135m.yaml") and qp.model_args == ["--model.init_args.model.name_or_path", model]
+    own = tmp_path / "budgets.yaml"
+    own.write_text(open(os.path.join(CONFIGS, "quickstart", "tiny.yaml")).read())
+    assert load_plan(str(folder), small=True, budgets_file=str(own), configs=CONFIGS).budgets["n_train"] == 800
+
+
+def test_unknown_model_is_one_line_naming_the_flag(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"--model: 'gpt-9' is not a model with budgets in .*smollm2-135m, tiny"):
+        load_plan("gpt-9", configs=CONFIGS)
+    from taosr.cli import main
+
+    assert main(["quickstart", "--model", "no-such-model", "--configs", CONFIGS, "--out", str(tmp_path / "qs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("taosr: error: --model: 'no-such-model'") and "\n" not in err
+    assert not (tmp_path / "qs").exists()
+
+
+GOOD = ("n_train: 8, n_test: 4, sft_epochs: 1, sample_prompts: 4, samples: 2, rl_steps: 1, rl_prompts: 1, "
+        "grm_steps: 1, dpo_epochs: 1, rejection_band: [0, 1], heldout: 4")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("small: {budgets: {n_train: 8}}", r"small.budgets: missing \['n_test'"),
+    ("small: {budgets: {%s, epochz: 3}}" % GOOD, r"unknown \['epochz'\]"),
+    ("small: {budgets: {%s, rejection_band: 0.5}}" % GOOD.replace(", rejection_band: [0, 1]", ""), "expected \\[low, high\\]"),
+    ("small: {budgets: {%s}}\nstages: {ppo: {a: 1}}" % GOOD, r"stages: unknown stage\(s\) \['ppo'\]"),
+    ("small: {budgets: {%s}, stages: {sft: [1]}}" % GOOD, r"small.stages.sft: expected a mapping"),
+    ("full: {budgets: {}}", r"small is missing|small.budgets is missing"),
+    ("small: [", "not valid YAML"),
+])
+def test_bad_budgets_file_is_one_line(tmp_path, text, match):
+    f = tmp_path / "b.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_plan("tiny", small=True, budgets_file=str(f), configs=CONFIGS)
+    assert "\n" not in str(e.value) and str(f) in str(e.value)
+    with pytest.raises(ConfigError, match="--model-budgets: .* does not exist"):
+        load_plan("tiny", budgets_file=str(tmp_path / "missing.yaml"))
