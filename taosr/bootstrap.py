@@ -156,12 +156,14 @@ def merge_tries(plain: dict, hinted: dict | None) -> dict:
 
 
 def explain_batches(model, tokenizer, pairs: list[tuple[int, Example]], style: str, hint: str, spec,
-                    batch_size: int, seed: int, on_batch: Callable[[list[dict]], None]) -> None:
+                    batch_size: int, seed: int, on_batch: Callable[[list[dict]], None],
+                    max_length: int | None = None) -> None:
     """Sample ``spec.num_return_sequences`` rationales for every (index, example) in ``pairs``,
     ``batch_size`` pairs per generate call, with the hint as ``hint`` (:data:`HINT_MODES`) says;
     ``on_batch`` gets each batch's results (:func:`merge_tries`, with ``index``) as soon as they are
     done. Each batch draws from a generator seeded by ``seed`` and its first index, so a resumed run
-    draws what an uninterrupted one would."""
+    draws what an uninterrupted one would. A prompt longer than ``max_length`` tokens has its item
+    fields (a description first) cut by the rule of :mod:`taosr.data.budget`, as training prompts are."""
     import torch
 
     from taosr.data.collate import pad_left
@@ -172,8 +174,16 @@ def explain_batches(model, tokenizer, pairs: list[tuple[int, Example]], style: s
     dev = next(model.parameters()).device
     n = spec.num_return_sequences
 
+    from taosr.data.budget import fit_example
+
+    def prompt_ids(ex: Example, hinted: bool) -> list[int]:
+        encode = lambda e: encode_prompt(tokenizer, teacher_prompt(e, tokenizer, style, hinted))  # noqa: E731
+        if max_length is not None:
+            ex, _ = fit_example(ex, lambda e: len(encode(e)), max_length)
+        return encode(ex)
+
     def tries(chunk: list[tuple[int, Example]], hinted: bool) -> list[dict]:
-        ids = [encode_prompt(tokenizer, teacher_prompt(ex, tokenizer, style, hinted)) for _, ex in chunk]
+        ids = [prompt_ids(ex, hinted) for _, ex in chunk]
         batch = pad_left(ids, tokenizer.pad_token_id)
         out = engine.generate(model, tokenizer, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), spec)
         texts = decode_completions(tokenizer, out)
@@ -408,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--max-length", type=int, default=384,
+                   help="prompt token budget (as data.max_length): longer prompts have their item fields, "
+                        "a description first, cut by the rule of taosr.data.budget")
     p.add_argument("--batch-size", type=int, default=16, help="pairs per generate call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=1, help="STaR rounds: fine-tune on the kept rationales, retry the rest")
@@ -419,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(a) -> list[str]:
     for flag, v, low in (("--n", a.n, 1), ("--batch-size", a.batch_size, 1), ("--max-new-tokens", a.max_new_tokens, 1),
-                         ("--limit", a.limit, 1), ("--rounds", a.rounds, 1)):
+                         ("--limit", a.limit, 1), ("--rounds", a.rounds, 1), ("--max-length", a.max_length, 16)):
         if v is not None and v < low:
             raise TaosrError(f"{flag}: must be at least {low}, got {v}")
     if not (math.isfinite(a.temperature) and a.temperature >= 0):
@@ -441,7 +454,9 @@ def _check_args(a) -> list[str]:
                          "export (<run>/export), a transformers id or folder, or smollm2-135m")
     if os.path.isfile(a.model):
         raise TaosrError(f"--model: {a.model} is a file; give a model folder, a transformers id or smollm2-135m")
-    if not os.path.isdir(a.model) and a.model != "smollm2-135m" and (a.model.count("/") != 1 or a.model.startswith((".", "/", "~"))):
+    from taosr.models.factory import looks_like_hub_id
+
+    if not os.path.isdir(a.model) and a.model != "smollm2-135m" and not looks_like_hub_id(a.model):
         raise TaosrError(f"--model: {a.model!r} is no folder, no transformers id (owner/name) and not smollm2-135m")
     if a.rounds > 1:
         for flag, f in [("--sft-config", a.sft_config), *[("--config", c) for c in a.config]]:
@@ -468,7 +483,7 @@ def reason_main(argv: list[str]) -> int:
     keys = [example_key(ex) for ex in examples]
     data_key = hashlib.sha1("".join(keys).encode()).hexdigest()[:16]
     sampling = {"prompt_version": PROMPT_VERSION, "hint": a.hint, "n": a.n, "temperature": a.temperature,
-                "top_p": a.top_p, "max_new_tokens": a.max_new_tokens, "seed": a.seed}
+                "top_p": a.top_p, "max_new_tokens": a.max_new_tokens, "max_length": a.max_length, "seed": a.seed}
     report_path, unexp_path, part = a.out + ".report.json", a.out + ".unexplained.jsonl", a.out + ".partial"
 
     run_key = {"data": data_key, "sampling": sampling, "rounds": a.rounds, "model": a.model,
@@ -544,7 +559,8 @@ def reason_main(argv: list[str]) -> int:
                 meta["pairs_sampled_now"] += len(batch)
 
             try:
-                explain_batches(model, tok, todo, style, a.hint, gspec, a.batch_size, a.seed * 1000 + rnd, keep)
+                explain_batches(model, tok, todo, style, a.hint, gspec, a.batch_size, a.seed * 1000 + rnd, keep,
+                                max_length=a.max_length)
             except KeyboardInterrupt:
                 print(f"taosr: interrupted in round {rnd}: the pairs done are kept in {part}; "
                       "run the same command again to continue", file=sys.stderr)

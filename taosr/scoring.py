@@ -14,7 +14,8 @@ Modes:
 
 - ``--reasoning`` (default): greedy reasoning first (:func:`taosr.eval.generation.generate_ids`),
   then P(tier) at its label line (read from the generation step that wrote the label digit when the
-  generated tokens allow it, else one forward pass; :class:`taosr.eval.scores.LabelSlotCapture`). The default because the models this project trains write five
+  generated tokens allow it (CPU), else one forward pass (always on CUDA, whose graph decoder takes
+  no logits processors); :class:`taosr.eval.scores.LabelSlotCapture`). The default because the models this project trains write five
   steps before the label: asking them for the label right after the prompt reads a slot they never
   saw in training. A completion without a label line gets ``p_tier``/``score``/``pred`` null
   (counted; it ranks last in NDCG).
@@ -41,6 +42,7 @@ import torch
 
 from taosr.cliargs import ArgumentParser, add_reader_options, reader_spec
 from taosr.errors import ConfigError, TaosrError
+from taosr.reasoning.targets import TARGETS
 
 
 def parser() -> ArgumentParser:
@@ -55,7 +57,7 @@ def parser() -> ArgumentParser:
     mode.add_argument("--direct", dest="direct", action="store_true",
                       help="P(tier) at 'Label:' right after the prompt (label-only models)")
     p.set_defaults(direct=False)
-    p.add_argument("--target", choices=("reasoning", "label"), default=None,
+    p.add_argument("--target", choices=TARGETS.names(), default=None,
                    help="the prompt the model was trained on (data.target); default: label with --direct, else reasoning")
     p.add_argument("--batch-size", type=int, default=32, help="pairs per generate call / forward pass")
     p.add_argument("--limit", type=int, default=None, help="first N pairs only")
@@ -97,7 +99,7 @@ def score_rows(model, tok, dm, examples: list, direct: bool, batch_size: int, ma
         if direct:
             texts = [DIRECT_PREFIX] * len(chunk)
         else:
-            capture = LabelSlotCapture.for_tokenizer(tok)  # P(tier) from the generation's own step
+            capture = LabelSlotCapture.for_tokenizer(tok, model)  # P(tier) from the generation's own step
             ids = generate_ids(model, tok, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), spec,
                                logits_processor=[capture] if capture is not None else None)
             texts = decode_completions(tok, ids)
@@ -109,7 +111,7 @@ def score_rows(model, tok, dm, examples: list, direct: bool, batch_size: int, ma
                    "p_ge": {str(t): v for t, v in sc["p_ge"].items()} if sc else None,
                    "pred": sc["pred"] if sc else None}
             if not direct:
-                rec = make_record(ex, text, i)
+                rec = make_record(ex, text, i, target=dm.target)
                 row.update(reasoning=text, label=rec["pred"], format_error=rec["format_error"],
                            step_verdicts=rec["step_verdicts"])
             out.append(row)

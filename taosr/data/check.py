@@ -3,6 +3,7 @@ per tier and query type, with the join counts. `taosr data convert` writes what 
 JSONL (joins applied, raw grades kept), the form `taosr reason`'s output and the configs share."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 from taosr.data.readers import ReaderSpec, read_examples
@@ -58,8 +59,13 @@ def convert_file(spec: ReaderSpec, out: str) -> str:
     res = _read(spec)
     n = write_jsonl(out, res.examples)
     lines = [format_summary(summarize(res.examples), res.skipped, spec.path, res.notes), f"wrote {n} examples to {out}"]
+    listing = out + ".skipped.txt"
     if res.skipped:
-        with open(out + ".skipped.txt", "w", encoding="utf-8") as fh:
+        tmp = f"{listing}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
             fh.write("\n".join(res.skipped) + "\n")
-        lines.append(f"the {len(res.skipped)} skipped rows and why: {out}.skipped.txt")
+        os.replace(tmp, listing)
+        lines.append(f"the {len(res.skipped)} skipped rows and why: {listing}")
+    elif os.path.exists(listing):  # an earlier run's listing no longer describes OUT
+        os.remove(listing)
     return "\n".join(lines)

@@ -19,13 +19,13 @@ def _key(ex) -> tuple:
     return (ex.query, ex.item.title)
 
 
-def _pass_rates(samples_path: str | None) -> dict[tuple, dict]:
+def _pass_rates(samples_path: str | None, target: str | None = None) -> dict[tuple, dict]:
     if not samples_path:
         return {}
     from taosr.data.samples import load_samples
 
     out = {}
-    for row in load_samples(samples_path):
+    for row in load_samples(samples_path, target):
         ex = row["example"]
         patterns = {(s.get("pred"), tuple(sorted((s.get("step_verdicts") or {}).items()))) for s in row["samples"]}
         labels = {s.get("pred") for s in row["samples"]}
@@ -58,7 +58,7 @@ class RejectionSampling:
             from taosr.errors import ConfigError
 
             raise ConfigError("rejection sampling needs samples_path (output of `taosr sample`)")
-        rates = _pass_rates(path)
+        rates = _pass_rates(path, getattr(dm, "target", None))
         kept, unsampled = [], 0
         for ex in rows:
             s = rates.get(_key(ex))
@@ -96,7 +96,7 @@ class DiverseSampling:
     def filter(self, rows: list, dm) -> list:
         if not self.enabled:
             return rows
-        info = _pass_rates(dm.samples_path)
+        info = _pass_rates(dm.samples_path, getattr(dm, "target", None))
         rng = random.Random(self.seed)
         cells: dict[tuple, list] = defaultdict(list)
         for ex in rows:
@@ -146,7 +146,7 @@ class Curriculum:
     def filter(self, rows: list, dm) -> list:
         if not self.enabled:
             return rows
-        info = _pass_rates(dm.samples_path)
+        info = _pass_rates(dm.samples_path, getattr(dm, "target", None))
         st = self.stages[self.stage]
         kept = [ex for ex in rows if difficulty(ex, info.get(_key(ex))) <= st.max_difficulty
                 and (not st.query_types or ex.query_type in st.query_types)]

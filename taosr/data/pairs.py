@@ -42,13 +42,7 @@ def build_pairs(dm) -> list[tuple]:
 
     if not dm.samples_path:
         raise ConfigError("data.samples_path: the DPO view needs a `taosr sample` output file")
-    rows = load_samples(dm.samples_path)
-    for row in rows:  # `taosr sample` records a non-default --target under "sampler"
-        sampler = row.get("sampler")
-        drawn = sampler.get("target", "reasoning") if isinstance(sampler, dict) else dm.target
-        if drawn != dm.target:
-            raise ConfigError(f"data.samples_path: {dm.samples_path} was sampled with --target {drawn}, but "
-                              f"data.target is {dm.target}; sample the policy with --target {dm.target}")
+    rows = load_samples(dm.samples_path, dm.target)
     pairs = pairs_from_samples(rows, dm.pairs_per_prompt, dm.gold_as_chosen, dm.seed, dm.target)
     if not pairs:
         raise ConfigError(f"data.samples_path: {dm.samples_path} yields no preference pairs "

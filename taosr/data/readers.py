@@ -363,6 +363,9 @@ def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bo
             else:
                 if not isinstance(raw, dict):
                     raise DataError(where, None, "row must be an object")
+                if isinstance(raw.get("item"), dict):  # a taosr row: its steps, grade ... would be lost
+                    raise DataError(spec.path, "item", f"{where} is a taosr row (nested item), read as it is: "
+                                                       "drop the column map, label map and joins for this file")
                 ex = validate_row(flat_to_row(raw, spec, where, joiner), where)
             check_unique_id(ex, where, ids)
         except DataError as e:

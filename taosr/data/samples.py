@@ -3,12 +3,13 @@ rejection / diverse sampling and the GRM view: one JSON object per prompt with `
 ``samples`` (each ``text``, ``correct``, ...) and ``pass_rate``."""
 from __future__ import annotations
 
-from taosr.errors import DataError
+from taosr.errors import ConfigError, DataError
 from taosr.schema import iter_jsonl, validate_row
 
 
-def load_samples(path: str) -> list[dict]:
-    """Read a ``taosr sample`` file, validating every line; malformed or empty files raise DataError."""
+def load_samples(path: str, target: str | None = None) -> list[dict]:
+    """Read a ``taosr sample`` file, validating every line; malformed or empty files raise DataError.
+    With ``target`` (``data.target``), a file sampled with another ``--target`` is refused."""
     rows = []
     for where, row in iter_jsonl(path):
         if not isinstance(row, dict):
@@ -25,4 +26,10 @@ def load_samples(path: str) -> list[dict]:
         rows.append(row)
     if not rows:
         raise DataError(path, None, "no samples in file (empty)")
+    for row in rows if target is not None else ():  # `taosr sample` records a non-default --target
+        sampler = row.get("sampler")
+        drawn = sampler.get("target", "reasoning") if isinstance(sampler, dict) else target
+        if drawn != target:
+            raise ConfigError(f"data.samples_path: {path} was sampled with --target {drawn}, but "
+                              f"data.target is {target}; sample the policy with --target {target}")
     return rows

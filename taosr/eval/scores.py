@@ -17,7 +17,8 @@ Search systems rank with a relevance model, so besides the tier they need a scor
    text; :func:`tier_token_ids` is the per-tokenizer answer for ``Label:``), one row gives all four
    from the next-token logits; otherwise four rows, one per continuation;
    during greedy evaluation :class:`LabelSlotCapture` reads the same logits from the generation
-   step that wrote the label digit, so most completions need no forward pass at all;
+   step that wrote the label digit, so on CPU most completions need no forward pass at all (the
+   CUDA-graph decoder takes no logits processors: on CUDA every completion takes the forward pass);
 4. the four log-probabilities are renormalised over the tiers (:func:`tier_distribution`), and
    from P come the expected tier ``sum_t t * P(t)`` and the cumulative scores
    ``P(tier >= t)`` for t = 2, 3, 4 (:func:`scores_from_probs`).
@@ -153,9 +154,15 @@ class LabelSlotCapture:
         self.steps: list[torch.Tensor] = []
 
     @classmethod
-    def for_tokenizer(cls, tokenizer) -> "LabelSlotCapture | None":
+    def for_tokenizer(cls, tokenizer, model=None) -> "LabelSlotCapture | None":
+        """A capture for ``tokenizer``'s tier tokens; None when a tier is not one token, or when
+        ``model``'s generation config changes scores before a user processor sees them (``generate``
+        runs its own processors first: a repetition penalty would reshape P(tier), so such models
+        take the forward pass instead)."""
         ids = tier_token_ids(tokenizer)
-        return cls(ids) if ids is not None else None
+        if ids is None or (model is not None and _alters_scores(getattr(model, "generation_config", None))):
+            return None
+        return cls(ids)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         self.steps.append(scores[:, self.token_ids].float())
@@ -164,6 +171,16 @@ class LabelSlotCapture:
     def logits(self) -> torch.Tensor | None:
         """(B, steps, 4) tier-token scores on the CPU; None when nothing was captured."""
         return torch.stack(self.steps, 1).cpu() if self.steps else None
+
+
+def _alters_scores(cfg) -> bool:
+    """Whether a generation config makes ``generate`` change greedy scores (penalties, bans, biases)."""
+    if cfg is None:
+        return False
+    return any((getattr(cfg, name, None) not in (None, default)) for name, default in (
+        ("repetition_penalty", 1.0), ("encoder_repetition_penalty", 1.0), ("no_repeat_ngram_size", 0),
+        ("bad_words_ids", None), ("suppress_tokens", None), ("begin_suppress_tokens", None), ("sequence_bias", None),
+        ("forced_bos_token_id", None), ("forced_eos_token_id", None), ("min_new_tokens", None), ("min_length", 0)))
 
 
 def prompt_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:

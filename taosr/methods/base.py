@@ -110,7 +110,7 @@ class RelevanceModule(pl.LightningModule):
             return None
         from taosr.eval.scores import LabelSlotCapture
 
-        return LabelSlotCapture.for_tokenizer(self.tokenizer)
+        return LabelSlotCapture.for_tokenizer(self.tokenizer, self.model)
 
     def _add_scores(self, recs: list[dict], batch: dict[str, Any], rows: list, ids=None, capture=None) -> None:
         """``p_tier``, ``score`` and ``grade`` of each record (``eval_scores``): P(tier) at the label
