@@ -477,7 +477,11 @@ def reason_main(argv: list[str]) -> int:
     res = read_examples(spec)
     examples = res.examples
     if res.skipped:
-        print(f"taosr: {a.data}: skipped {len(res.skipped)} bad rows (--skip-invalid); first: {res.skipped[0]}")
+        from taosr.data.check import write_skipped
+
+        listing = write_skipped(a.out, res.skipped)
+        print(f"taosr: {a.data}: skipped {len(res.skipped)} bad rows (--skip-invalid; each with its reason in "
+              f"{listing}); first: {res.skipped[0]}")
     if not examples:
         raise DataError(a.data, None, "no labelled pairs to explain" + (f" (all {len(res.skipped)} rows skipped)" if res.skipped else ""))
     keys = [example_key(ex) for ex in examples]

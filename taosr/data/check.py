@@ -59,13 +59,22 @@ def convert_file(spec: ReaderSpec, out: str) -> str:
     res = _read(spec)
     n = write_jsonl(out, res.examples)
     lines = [format_summary(summarize(res.examples), res.skipped, spec.path, res.notes), f"wrote {n} examples to {out}"]
-    listing = out + ".skipped.txt"
-    if res.skipped:
-        tmp = f"{listing}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write("\n".join(res.skipped) + "\n")
-        os.replace(tmp, listing)
+    listing = write_skipped(out, res.skipped)
+    if listing:
         lines.append(f"the {len(res.skipped)} skipped rows and why: {listing}")
-    elif os.path.exists(listing):  # an earlier run's listing no longer describes OUT
-        os.remove(listing)
     return "\n".join(lines)
+
+
+def write_skipped(out: str, skipped: list[str]) -> str | None:
+    """List the rows skipped on the way to ``out`` (one reason per line) in ``out.skipped.txt``,
+    written atomically; an earlier run's listing is removed when nothing was skipped. Returns its path."""
+    listing = out + ".skipped.txt"
+    if not skipped:
+        if os.path.exists(listing):  # it no longer describes OUT
+            os.remove(listing)
+        return None
+    tmp = f"{listing}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(skipped) + "\n")
+    os.replace(tmp, listing)
+    return listing
