@@ -98,8 +98,9 @@ def _check_keys(d: dict, allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}.{bad[0]}: unknown key; expected one of {', '.join(sorted(allowed))}")
 
 
-def load_spec(path: str, seeds: list[int] | None = None) -> CompareSpec:
-    """Read and validate a comparison spec (OmegaConf: ``${start.grm}`` interpolation works)."""
+def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | None = None) -> CompareSpec:
+    """Read and validate a comparison spec (OmegaConf: ``${start.grm}`` interpolation works);
+    ``only_arms`` keeps those arms (and the pairs between them and the start)."""
     import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -137,12 +138,20 @@ def load_spec(path: str, seeds: list[int] | None = None) -> CompareSpec:
             raise ConfigError(f"{path}: arms.{name}.config is missing")
         _check_keys(a, ARM_KEYS, f"{path}: arms.{name}")
         arms.append(Arm(str(name), str(a["config"]), _overrides(a.get("set"), f"{path}: arms.{name}.set")))
+    if only_arms:
+        unknown = sorted(set(only_arms) - {a.name for a in arms})
+        if unknown:
+            raise ConfigError(f"--arms: {', '.join(unknown)} not in {path} (arms: {', '.join(a.name for a in arms)})")
+        arms = [a for a in arms if a.name in only_arms]
     seeds = list(seeds if seeds else raw.get("seeds") or [0])
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds must be distinct integers, got {seeds}")
     names = {a.name for a in arms} | {START}
     pairs = []
+    declared = set(raw["arms"]) | {START}
     for p in raw.get("pairs") or []:
+        if only_arms and isinstance(p, (list, tuple)) and set(p) <= declared and not set(p) <= names:
+            continue  # a pair with an arm left out by --arms
         if not isinstance(p, (list, tuple)) or len(p) != 2 or not set(p) <= names or p[0] == p[1] or p[0] == START:
             raise ConfigError(f"{path}: pairs: {p!r} is not [arm, other arm or {START!r}] with arms {sorted(names - {START})}")
         pairs.append((str(p[0]), str(p[1])))
@@ -425,11 +434,12 @@ def compare_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="taosr compare", description=__doc__.split("\n\n")[0])
     p.add_argument("spec", help="comparison YAML (see comparisons/)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the spec's seeds")
+    p.add_argument("--arms", nargs="+", default=None, help="run and report only these arms of the spec")
     p.add_argument("--out", default=None, help="default runs/compare/<name>")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
     a, extra = p.parse_known_args(argv)
-    spec = load_spec(a.spec, a.seeds)
+    spec = load_spec(a.spec, a.seeds, a.arms)
     out = a.out or os.path.join("runs", "compare", spec.name)
     t0 = time.perf_counter()
     results = run_compare(spec, out, extra, a.dry_run)

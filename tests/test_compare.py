@@ -7,6 +7,8 @@ from taosr.compare import START, arm_rows, load_spec, markdown, pair_rows, plan_
 from taosr.errors import ConfigError
 from taosr.eval.stats import mean_se, paired_difference
 
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_mean_se_by_hand():
     s = mean_se([0.70, 0.72, 0.74, 0.76])
@@ -79,6 +81,14 @@ def test_bad_specs_get_one_line(tmp_path, edit, message):
     with pytest.raises(ConfigError) as err:
         load_spec(_spec(tmp_path, GOOD.replace(*edit)))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_arms_option_keeps_those_arms_and_their_pairs():
+    spec = load_spec(os.path.join(ROOT_DIR, "comparisons", "srpo_vs_grpo.yaml"), [0, 1, 2, 3, 4], ["grpo", "srpo"])
+    assert [a.name for a in spec.arms] == ["grpo", "srpo"] and spec.seeds == [0, 1, 2, 3, 4]
+    assert spec.pairs == [("srpo", "grpo"), ("grpo", START), ("srpo", START)]  # srpo_lam0's pair left out
+    with pytest.raises(ConfigError, match="--arms: gpro not in"):
+        load_spec(os.path.join(ROOT_DIR, "comparisons", "srpo_vs_grpo.yaml"), None, ["gpro"])
 
 
 def test_report_rows_and_table():
