@@ -126,7 +126,7 @@ def test_label_only_sft_on_every_pair(converted, tmp_path, cache_dir):
 def test_grpo_on_the_grades_then_score(sft_your_data, converted, tmp_path, cache_dir):
     root = tmp_path / "grpo"
     fit("configs/grpo.yaml", str(root), cache_dir, "--data.train", str(converted / "train.jsonl"),
-        "--data.rejection_sampling.enabled", "false",
+        "--data.rejection_sampling.enabled", "false", "--data.test", str(converted / "test.jsonl"),
         "--model.init_args.model.name_or_path", os.path.join(sft_your_data, "export"), overlays=(OVERLAY,))
     export = str(root / "export")
     assert os.path.exists(os.path.join(export, "config.json"))
