@@ -72,7 +72,7 @@ def run_taosr(a) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             times.append(time.perf_counter() - self.t0)
             r = batch["rollout"]
-            toks.append((float(r["completion_mask"].sum()), r["timing_s/rollout"]))
+            toks.append((float(r.completion_mask.sum()), r.timings["rollout"]))
 
     # the Timer goes first so its clock includes rollout and reward callbacks
     cbs = [Timer(), RolloutCallback(num_generations=a.G, generation=GenerationSpec(do_sample=True, temperature=1.0,
