@@ -64,7 +64,7 @@ from taosr.errors import ConfigError, DataError, TaosrError
 from taosr.labels import QUERY_TYPES, TIERS, tier_name
 from taosr.prompts import INSTRUCTION, apply_template, encode_prompt, policy_prompt_text
 from taosr.reasoning.format import parse_reasoning, render_reasoning
-from taosr.schema import Example, Item
+from taosr.schema import Example, Item, append_jsonl
 
 PROMPT_VERSION = "reason-v1"
 PROMPT_STYLES = ("auto", "policy", "fewshot")
@@ -236,12 +236,6 @@ def read_ledger(path: str) -> list[dict]:
         if not last:
             out.append(row)
     return out
-
-
-def _append(fh, rows: list[dict]) -> None:
-    fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    fh.flush()
-    os.fsync(fh.fileno())
 
 
 def _write_text(path: str, text: str) -> None:
@@ -547,7 +541,9 @@ def reason_main(argv: list[str]) -> int:
         if good:
             print(f"taosr: continuing {a.out}: round {rnd}: {len(good)} of {len(left)} pairs already sampled")
         if model is None:
-            model, tok = _load_teacher(teacher)
+            from taosr.models.factory import load_for_inference
+
+            model, tok = load_for_inference(teacher)
         from taosr.eval.generation import GenerationSpec
 
         gspec = GenerationSpec(max_new_tokens=a.max_new_tokens, do_sample=True, temperature=a.temperature,
@@ -557,7 +553,7 @@ def reason_main(argv: list[str]) -> int:
             def keep(batch: list[dict]) -> None:
                 lines = [{"round": rnd, "index": r["index"], "key": keys[r["index"]], "settings": settings,
                           "result": {k: v for k, v in r.items() if k != "index"}} for r in batch]
-                _append(fh, lines)
+                append_jsonl(fh, lines)
                 for r in lines:
                     results[rnd][r["index"]] = r["result"]
                 meta["pairs_sampled_now"] += len(batch)
@@ -613,15 +609,3 @@ def _finish(out: str, examples: list[Example], results: dict[int, dict[int, dict
     _write_text(out, _jsonl(kept))
     _write_text(out + ".unexplained.jsonl", _jsonl(unexplained))
     _write_text(out + ".report.json", json.dumps(rep, indent=2, ensure_ascii=False) + "\n")
-
-
-def _load_teacher(name_or_path: str):
-    import torch
-
-    from taosr.models.factory import ModelSpec, load_model_and_tokenizer
-
-    model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=name_or_path))
-    if torch.cuda.is_available():  # sample on the GPU in bf16 where there is one
-        model.to("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    model.eval()
-    return model, tok

@@ -32,6 +32,7 @@ from taosr.errors import DataError, TaosrError
 from taosr.eval.generation import GenerationSpec, decode_completions, make_record
 from taosr.reasoning.targets import TARGETS
 from taosr.rl.engines.hf import HFEngine
+from taosr.schema import append_jsonl
 
 
 def sample_split(model, tokenizer, dm, split: str, spec: GenerationSpec, batch_size: int = 16,
@@ -125,12 +126,6 @@ def resume_mismatch(done: dict[int, dict], rows: list, split: str, sampler: dict
     return None
 
 
-def _write_lines(fh, rows: list[dict]) -> None:
-    fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    fh.flush()
-    os.fsync(fh.fileno())
-
-
 def _save_rng(path: str, n_rows: int) -> None:
     state = {"rows": n_rows, "cpu": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -208,7 +203,7 @@ def sample_main(argv: list[str]) -> int:
 
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.data.synth import SynthConfig
-    from taosr.models.factory import ModelSpec, load_model_and_tokenizer
+    from taosr.models.factory import load_for_inference
 
     paths = {"train": a.data if a.split == "train" else None, "val": a.data if a.split == "val" else None,
              "test": a.data if a.split == "test" else None}
@@ -243,9 +238,7 @@ def sample_main(argv: list[str]) -> int:
     os.makedirs(parent, exist_ok=True)
     _write_all(part, done)  # a clean base: what is done, without a torn last line
     torch.manual_seed(a.seed)
-    model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=a.model), corpus=dm.corpus)
-    if torch.cuda.is_available():  # sample on the GPU in bf16 where there is one
-        model.to("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    model, tok = load_for_inference(a.model, corpus=dm.corpus)  # on the GPU in bf16 where there is one
     if done:
         print(f"taosr: continuing {a.out}: {len(done)} of {len(rows)} prompts already sampled")
         if not _restore_rng(rng_path, len(done)):
@@ -257,7 +250,7 @@ def sample_main(argv: list[str]) -> int:
     new: list[dict] = []
     with open(part, "a", encoding="utf-8") as fh:
         def keep(batch_rows: list[dict]) -> None:
-            _write_lines(fh, batch_rows)
+            append_jsonl(fh, batch_rows)
             new.extend(batch_rows)
             _save_rng(rng_path, len(done) + len(new))
 
@@ -289,7 +282,7 @@ def _write_all(path: str, rows: dict[int, dict]) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            _write_lines(fh, [rows[i] for i in sorted(rows)])
+            append_jsonl(fh, [rows[i] for i in sorted(rows)])
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -287,6 +287,14 @@ def load_jsonl(path: str) -> list[Example]:
     return out
 
 
+def append_jsonl(fh, rows: Iterable[dict]) -> None:
+    """Append ``rows`` as JSON lines to the open file ``fh`` and force them to disk (files written as
+    they go, e.g. ``OUT.partial`` of ``taosr sample`` / ``taosr reason``, that a re-run resumes)."""
+    fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
 def write_jsonl(path: str, rows: Iterable[Example | dict]) -> int:
     """Write rows as JSON lines to a temporary name beside ``path``, then rename: a failed or
     interrupted write never leaves a half-written ``path``."""

@@ -33,16 +33,15 @@ label, macro F1 of the argmax tier, NDCG@10 of the expected tier and, when rows 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 
-import torch
 
 from taosr.cliargs import ArgumentParser, add_reader_options, reader_spec
 from taosr.errors import ConfigError, TaosrError
 from taosr.reasoning.targets import TARGETS
+from taosr.schema import write_jsonl
 
 
 def parser() -> ArgumentParser:
@@ -68,17 +67,14 @@ def parser() -> ArgumentParser:
 
 def load_model(path: str):
     """The export on CUDA in bf16 (fp16 without bf16) when there is a GPU, else on the CPU in float32."""
-    from taosr.models.factory import ModelSpec, load_model_and_tokenizer
+    from taosr.models.factory import load_for_inference
 
     if os.path.exists(path) and not os.path.isdir(path):
         raise TaosrError(f"--model: {path} is a file; give a model export folder")
     try:
-        model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=path))
+        model, tok = load_for_inference(path)
     except ConfigError as err:
         raise TaosrError(str(err).replace("model.name_or_path", "--model", 1)) from None
-    if torch.cuda.is_available():
-        model.to("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    model.eval()
     return model, tok
 
 
@@ -116,18 +112,6 @@ def score_rows(model, tok, dm, examples: list, direct: bool, batch_size: int, ma
                            step_verdicts=rec["step_verdicts"])
             out.append(row)
     return out
-
-
-def write_jsonl_atomic(path: str, rows: list[dict]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def summary(rows: list[dict]) -> str:
@@ -181,7 +165,7 @@ def score_main(argv: list[str]) -> int:
     rows = score_rows(model, tok, dm, examples, a.direct, a.batch_size, a.max_new_tokens)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     os.makedirs(parent, exist_ok=True)
-    write_jsonl_atomic(a.out, rows)
+    write_jsonl(a.out, rows)
     unscored = sum(r["p_tier"] is None for r in rows)
     mode = "direct" if a.direct else "reasoning"
     print(f"scored {len(rows)} pairs ({mode}) in {dt:.1f}s: {len(rows) / dt:.1f} pairs/s "

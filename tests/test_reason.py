@@ -156,7 +156,7 @@ def test_interrupted_run_resumes_to_the_same_files(memorizer, tmp_path, monkeypa
     ref = str(tmp_path / "ref.jsonl")
     assert reason(model, pairs, ref) == 0
     out = str(tmp_path / "out.jsonl")
-    real_append, calls = bootstrap._append, []
+    real_append, calls = bootstrap.append_jsonl, []
 
     def append_then_stop(fh, rows):
         real_append(fh, rows)
@@ -166,10 +166,10 @@ def test_interrupted_run_resumes_to_the_same_files(memorizer, tmp_path, monkeypa
             fh.flush()
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(bootstrap, "_append", append_then_stop)
+    monkeypatch.setattr(bootstrap, "append_jsonl", append_then_stop)
     assert reason(model, pairs, out) == 130
     assert len(read_lines(out + ".partial")) == 9 and not os.path.exists(out)
-    monkeypatch.setattr(bootstrap, "_append", real_append)
+    monkeypatch.setattr(bootstrap, "append_jsonl", real_append)
     assert reason(model, pairs, out) == 0
     assert "8 of 14 pairs already sampled" in capsys.readouterr().out
     for suffix in ("", ".unexplained.jsonl"):

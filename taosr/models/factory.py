@@ -125,6 +125,18 @@ def _check_model_folder(path: str) -> None:
                           "copy the tokenizer into the folder or re-export it")
 
 
+def load_for_inference(name_or_path: str, corpus: Callable[[], Iterable[str]] | None = None):
+    """``(model, tokenizer)`` of an export (or preset / hub id) for generation and scoring: on CUDA
+    in bf16 (fp16 without bf16) when there is a GPU, else on the CPU in float32; in eval mode."""
+    import torch
+
+    model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=name_or_path), corpus=corpus)
+    if torch.cuda.is_available():
+        model.to("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    model.eval()
+    return model, tok
+
+
 def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]] | None = None):
     """Build or load ``(model, tokenizer)`` as described in the module docstring."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
