@@ -20,6 +20,7 @@ from taosr.errors import ConfigError
 from taosr.losses.policy import LOSS_AGGREGATIONS, policy_loss
 from taosr.losses.sft import gather_logprobs
 from taosr.methods.base import RelevanceModule
+from taosr.models.kvcache import cache_kwargs, output_cache
 from taosr.rl.advantages import frac_zero_std, group_advantages, zero_spread_mask
 from taosr.rl.rollout import Rollout
 
@@ -96,12 +97,12 @@ class GRPOModule(RelevanceModule):
         c_ids, c_mask = r.completion_ids[idx], r.completion_mask[idx]
         p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = output_cache(out)
         cache.batch_repeat_interleave(G)  # differentiable: gradients flow back into the shared prompt
         att = torch.cat([p_mask.repeat_interleave(G, 0), c_mask], 1)
         L = c_ids.shape[1]
         c_pos = p_pos[:, -1:].repeat_interleave(G, 0) + 1 + torch.arange(L, device=c_ids.device)[None, :]
-        out2 = model(input_ids=c_ids, attention_mask=att, position_ids=c_pos, past_key_values=cache, use_cache=True)
+        out2 = model(input_ids=c_ids, attention_mask=att, position_ids=c_pos, use_cache=True, **cache_kwargs(model, cache))
         return torch.cat([out.logits[:, -1:].repeat_interleave(G, 0), out2.logits[:, :-1]], 1).float()
 
     @torch.no_grad()

@@ -37,6 +37,8 @@ from typing import Any, Callable
 
 import torch
 
+from taosr.models.kvcache import cache_kwargs, output_cache
+
 CACHE_ROUND = 128   # cache-length granularity of a CUDA slot
 
 
@@ -194,9 +196,11 @@ class StaticDecoder:
         s.tok.copy_(nt)
 
     def _step_fn(self, model, s: _Slot, sampler, eos: int, pad: int) -> Callable[[], None]:
+        kw = cache_kwargs(model, s.cache)
+
         def step() -> None:
-            out = model(input_ids=s.tok[:, None], attention_mask=s.att, position_ids=s.pos, past_key_values=s.cache,
-                        use_cache=True)
+            out = model(input_ids=s.tok[:, None], attention_mask=s.att, position_ids=s.pos, use_cache=True,
+                        **kw)
             s.pos.add_(1)
             self._advance(s, sampler(out.logits[:, -1]), eos, pad)
         return step
@@ -253,7 +257,7 @@ class StaticDecoder:
         graphs = graphs and graphable(model)
         if graphs:
             self._check_weights(model)
-        layers = pre.past_key_values.layers
+        layers = output_cache(pre).layers
         s = self._slot(model, device, N, P + T, layers[0].keys.dtype, amp, graphs)
         nb = s.batch
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from taosr.eval.generation import GenerationSpec, hf_generate_ids
+from taosr.models.kvcache import cache_kwargs, output_cache
 from taosr.rl.engines.graph import decoder_for, gumbel_max_sample, make_sampler, warpers
 
 __all__ = ["HFEngine", "gumbel_max_sample", "sample_shared_prefix", "warpers"]
@@ -38,7 +39,7 @@ def sample_shared_prefix(model, tokenizer, input_ids: torch.Tensor, attention_ma
         pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=True,
                     logits_to_keep=1)
-        cache = out.past_key_values
+        cache = output_cache(out)
         cache.batch_repeat_interleave(G)
         logits = out.logits[:, -1].repeat_interleave(G, 0)
         N, P = logits.shape[0], input_ids.shape[1]
@@ -57,8 +58,8 @@ def sample_shared_prefix(model, tokenizer, input_ids: torch.Tensor, attention_ma
             if t == T - 1 or bool(done.all()):
                 break
             out = model(input_ids=nt[:, None], attention_mask=att[:, :P + t + 1], position_ids=nxt,
-                        past_key_values=cache, use_cache=True)
-            cache, logits, nxt = out.past_key_values, out.logits[:, -1], nxt + 1
+                        use_cache=True, **cache_kwargs(model, cache))
+            cache, logits, nxt = output_cache(out), out.logits[:, -1], nxt + 1
         return toks[:, :max(n, 1)]
     finally:
         if was_training:

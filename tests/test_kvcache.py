@@ -1,0 +1,67 @@
+"""taosr.models.kvcache: the cache argument's name before and after transformers' rename, through peft,
+and the decoder and shared-prefix update run without the deprecated name."""
+import warnings
+from types import SimpleNamespace
+
+import torch
+
+from taosr.models.kvcache import cache_kwargs, output_cache
+
+
+class Old(torch.nn.Module):
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+        return input_ids
+
+
+class New(torch.nn.Module):
+    def forward(self, input_ids=None, cache=None, use_cache=None):
+        return input_ids
+
+
+class Wrapper(torch.nn.Module):  # peft's PeftModelForCausalLM: forward(*args, **kwargs)
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+    def get_base_model(self):
+        return self.base
+
+    def forward(self, *args, **kwargs):
+        return self.base(*args, **kwargs)
+
+
+def test_the_argument_name_follows_the_model_and_looks_through_peft():
+    c = object()
+    assert cache_kwargs(Old(), c) == {"past_key_values": c}
+    assert cache_kwargs(New(), c) == {"cache": c}
+    assert cache_kwargs(Wrapper(New()), c) == {"cache": c} and cache_kwargs(Wrapper(Old()), c) == {"past_key_values": c}
+
+
+def test_output_cache_reads_either_field():
+    a, b = object(), object()
+    assert output_cache(SimpleNamespace(cache=a, past_key_values=b)) is a
+    assert output_cache(SimpleNamespace(past_key_values=b)) is b
+    assert output_cache(SimpleNamespace(cache=None, past_key_values=b)) is b
+
+
+def test_decoding_passes_the_cache_under_the_installed_name():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from taosr.eval.generation import GenerationSpec
+    from taosr.rl.engines.hf import HFEngine
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2,
+                                         bos_token_id=1)).eval()
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 2
+
+    ids = torch.randint(3, 40, (2, 5))
+    spec = GenerationSpec(max_new_tokens=4, do_sample=False, num_return_sequences=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*deprecated", category=FutureWarning)
+        for static in (True, False):
+            out = HFEngine(static_cache=static).generate(model, Tok, ids, torch.ones_like(ids), spec)
+            assert out.shape[0] == 4
