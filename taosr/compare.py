@@ -20,7 +20,8 @@ Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <
 start (so all arms have the same rollout budget), then ``taosr test`` on the evaluation set. Runs
 live under ``--out/<arm>/seed<S>``; a run whose evaluation file exists is skipped and a fit whose
 export exists is only evaluated, so an interrupted comparison continues where it stopped. Each
-fit logs to W&B in the group ``name`` (job type = arm). The report (``summary.md``, ``.csv``,
+fit logs to W&B in the group ``name`` (job type = arm). ``--jobs N`` runs N runs at once in worker
+processes with their own cores (and GPU), see :mod:`taosr.jobs`. The report (``summary.md``, ``.csv``,
 ``pairs.csv``, ``summary.png``) covers overall, long-tail and per-query-type figures.
 """
 from __future__ import annotations
@@ -235,10 +236,27 @@ def evaluation_file(spec: CompareSpec, out: str) -> str:
     return path
 
 
-def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry_run: bool = False) -> dict:
-    """Fit and score every run not done yet; return {arm: {seed: metrics}} (start under seed None)."""
-    from taosr.launcher import run_lightning
+def _steps(spec: CompareSpec, arms: dict, run: Run, test_file: str, extra: list[str]) -> list[list[str]]:
+    """The commands still to run for ``run``: its fit (unless exported) and its evaluation."""
+    steps = []
+    if run.seed is not None and not run.fitted:
+        steps.append(fit_args(spec, arms[run.arm], run, extra))
+    steps.append(eval_args(spec, run, test_file, spec.start["model"] if run.seed is None else run.export))
+    return steps
 
+
+def _tag(spec: CompareSpec, i: int, n: int, run: Run) -> str:
+    return f"[{spec.name} {i}/{n}] {run.arm}" + ("" if run.seed is None else f" seed {run.seed}")
+
+
+def _wandb_env(spec: CompareSpec, run: Run) -> dict[str, str]:
+    return {"WANDB_RUN_GROUP": spec.name, "WANDB_JOB_TYPE": run.arm}
+
+
+def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry_run: bool = False,
+                jobs: int = 1) -> dict:
+    """Fit and score every run not done yet; return {arm: {seed: metrics}} (start under seed None).
+    ``jobs`` > 1 runs that many runs at once in worker processes (:mod:`taosr.jobs`)."""
     extra = list(extra or [])
     missing = [f"start.{k}: {v}" for k, v in spec.start.items() if v and not os.path.exists(v)]
     if missing and not dry_run:
@@ -246,33 +264,69 @@ def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry
     test_file = evaluation_file(spec, out) if not dry_run else (spec.test or "<heldout>")
     arms = {a.name: a for a in spec.arms}
     runs = plan_runs(spec, out)
+    todo = []
     for i, run in enumerate(runs, 1):
-        tag = f"[{spec.name} {i}/{len(runs)}] {run.arm}" + ("" if run.seed is None else f" seed {run.seed}")
+        tag = _tag(spec, i, len(runs), run)
         if run.done:
             print(f"{tag}: done, skipped", flush=True)
             continue
-        steps = []
-        if run.seed is not None and not run.fitted:
-            steps.append(fit_args(spec, arms[run.arm], run, extra))
-        steps.append(eval_args(spec, run, test_file, spec.start["model"] if run.seed is None else run.export))
-        for args in steps:
-            print(f"{tag}: taosr " + " ".join(args), flush=True)
-            if dry_run:
-                continue
-            t0 = time.perf_counter()
-            env = {"WANDB_RUN_GROUP": spec.name, "WANDB_JOB_TYPE": run.arm}
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
-                rc = run_lightning(args)
-            finally:
-                for k, v in saved.items():
-                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-            if rc:
-                raise ConfigError(f"compare: {run.arm} seed {run.seed}: `taosr {args[0]}` failed (exit {rc}); "
-                                  f"fix it and re-run: finished runs are kept")
-            print(f"{tag}: {args[0]} took {time.perf_counter() - t0:.0f}s", flush=True)
+        steps = _steps(spec, arms, run, test_file, extra)
+        if dry_run:
+            for args in steps:
+                print(f"{tag}: taosr " + " ".join(args), flush=True)
+            continue
+        todo.append((tag, run, steps))
+    if jobs > 1 and len(todo) > 1:
+        _run_parallel(spec, todo, jobs)
+    else:
+        for tag, run, steps in todo:
+            _run_here(spec, tag, run, steps)
     return collect(runs)
+
+
+def _run_here(spec: CompareSpec, tag: str, run: Run, steps: list[list[str]]) -> None:
+    """The commands of one run in this process, one after the other."""
+    from taosr.launcher import run_lightning
+
+    for args in steps:
+        print(f"{tag}: taosr " + " ".join(args), flush=True)
+        t0 = time.perf_counter()
+        env = _wandb_env(spec, run)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            rc = run_lightning(args)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        if rc:
+            raise ConfigError(f"compare: {run.arm} seed {run.seed}: `taosr {args[0]}` failed (exit {rc}); "
+                              f"fix it and re-run: finished runs are kept")
+        print(f"{tag}: {args[0]} took {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def _run_parallel(spec: CompareSpec, todo: list, jobs: int) -> None:
+    """The runs in ``jobs`` worker processes, each with its share of the cores (and a GPU where there
+    are any); each run's output goes to ``<run>/compare.log``."""
+    from taosr.jobs import Task, make_slots, run_parallel
+
+    slots = make_slots(min(jobs, len(todo)))
+    print(f"[{spec.name}] {len(todo)} runs in {len(slots)} workers: "
+          + "; ".join(s.describe() for s in slots), flush=True)
+    runs = {}
+    tasks = []
+    for tag, run, steps in todo:
+        t = Task(tag, steps, os.path.join(run.root, "compare.log"))
+        runs[id(t)] = run
+        tasks.append(t)
+    failed = run_parallel(tasks, slots, env=lambda t: _wandb_env(spec, runs[id(t)]),
+                          say=lambda line: print(line, flush=True))
+    if failed:
+        t = failed[0]
+        run, (k, rc) = runs[id(t)], t.failed
+        more = f" ({len(failed) - 1} more failed)" if len(failed) > 1 else ""
+        raise ConfigError(f"compare: {run.arm} seed {run.seed}: `taosr {t.commands[k][0]}` failed (exit {rc}), "
+                          f"see {t.log}{more}; fix it and re-run: finished runs are kept")
 
 
 def collect(runs: list[Run]) -> dict:
@@ -436,13 +490,18 @@ def compare_main(argv: list[str]) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the spec's seeds")
     p.add_argument("--arms", nargs="+", default=None, help="run and report only these arms of the spec")
     p.add_argument("--out", default=None, help="default runs/compare/<name>")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, in worker processes with a share of the CPU cores (and a GPU each where "
+                        "there are GPUs); default 1: one after the other in this process")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
     a, extra = p.parse_known_args(argv)
+    if a.jobs < 1:
+        raise ConfigError(f"--jobs {a.jobs}: must be at least 1")
     spec = load_spec(a.spec, a.seeds, a.arms)
     out = a.out or os.path.join("runs", "compare", spec.name)
     t0 = time.perf_counter()
-    results = run_compare(spec, out, extra, a.dry_run)
+    results = run_compare(spec, out, extra, a.dry_run, a.jobs)
     if a.dry_run:
         return 0
     write_report(out, results, spec.pairs, spec.name)

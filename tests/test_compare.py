@@ -158,3 +158,21 @@ def test_compare_end_to_end_lam0_equals_grpo_and_resumes(tmp_path, capsys, cache
     assert any(r["pair"] == "grpo - start" for r in rows)
     for f in ("summary.md", "summary.csv", "summary.png"):
         assert (out / f).stat().st_size > 0
+
+    # --jobs 2: the same runs in two worker processes (one core each) give the same predictions
+    # (one arm: GRPO's two seeds and the start)
+    par = tmp_path / "par"
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        assert main(["compare", str(spec), "--out", str(par), "--no-wandb", "--jobs", "2", "--arms", "grpo",
+                     *extra]) == 0
+        log = capsys.readouterr().out
+    finally:
+        os.chdir(cwd)
+    assert "3 runs in 2 workers" in log and log.count("fit took") == 2 and log.count("test took") == 3
+    for run in ("grpo/seed0", "grpo/seed1", "start"):
+        assert (par / run / "compare.log").stat().st_size > 0
+        assert (par / run / "heldout/eval/test-predictions.jsonl").read_text() == \
+            (out / run / "heldout/eval/test-predictions.jsonl").read_text(), run
+    grpo_rows = lambda text: [r for r in text.splitlines() if r.startswith("grpo - start")]  # noqa: E731
+    assert grpo_rows((par / "pairs.csv").read_text()) == grpo_rows(first)

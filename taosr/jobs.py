@@ -1,0 +1,152 @@
+"""Run taosr commands in parallel worker processes, each with its own share of the machine.
+
+``taosr compare --jobs N`` hands its runs to :func:`run_parallel`: N workers, each a slot with a
+disjoint set of CPU cores (its torch threads = its core count) and, where CUDA devices exist, one
+GPU (``CUDA_VISIBLE_DEVICES``; slots share GPUs round-robin when N exceeds them). A *task* is a
+list of commands run one after the other in one slot (a fit, then its evaluation); each command is
+``python -m taosr.cli ARGS`` with its output appended to the task's log file, so N interleaved
+progress bars never reach the terminal. A small model gains little from a second torch thread,
+so N one-core jobs finish a batch of runs nearly N times sooner than one job with N threads
+(measured in the README's "Comparing methods").
+
+A failed command ends its task; running tasks finish, no new task starts, and the failures are
+returned (the caller names them and their logs). Ctrl-C is passed on to every worker (each saves
+its checkpoint, see :mod:`taosr.launcher`) and re-raised once they have exited.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class Slot:
+    index: int
+    cpus: list[int]
+    gpu: str | None = None
+
+    def env(self) -> dict[str, str]:
+        n = str(max(1, len(self.cpus)))
+        env = {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+        if self.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu
+        return env
+
+    def describe(self) -> str:
+        cpus = ",".join(map(str, self.cpus)) if self.cpus else "any"
+        return f"cpus {cpus}" + (f", gpu {self.gpu}" if self.gpu is not None else "")
+
+
+@dataclass
+class Task:
+    name: str                      # shown in progress lines
+    commands: list[list[str]]      # taosr argv lists, run in order
+    log: str                       # file the commands' output is appended to
+    failed: tuple[int, int] | None = field(default=None, init=False)  # (command index, exit status)
+
+
+def available_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` entries ([] without CUDA)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        import torch
+
+        n = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no usable CUDA runtime
+        n = 0
+    if n == 0:
+        return []
+    ids = [d.strip() for d in env.split(",") if d.strip()] if env else [str(i) for i in range(n)]
+    return ids[:n]
+
+
+def make_slots(jobs: int, cpus: list[int] | None = None, gpus: list[str] | None = None) -> list[Slot]:
+    """``jobs`` slots with disjoint, contiguous core sets (cores shared round-robin when jobs exceed
+    them) and GPUs assigned round-robin."""
+    cpus = available_cpus() if cpus is None else list(cpus)
+    gpus = visible_gpus() if gpus is None else list(gpus)
+    slots = []
+    for i in range(jobs):
+        if len(cpus) >= jobs:
+            lo, hi = i * len(cpus) // jobs, (i + 1) * len(cpus) // jobs
+            mine = cpus[lo:hi]
+        else:
+            mine = [cpus[i % len(cpus)]] if cpus else []
+        slots.append(Slot(i, mine, gpus[i % len(gpus)] if gpus else None))
+    return slots
+
+
+def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subprocess.Popen:
+    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+    fh = open(log, "a")
+    fh.write(f"\n$ taosr {' '.join(cmd)}    # {slot.describe()}\n")
+    fh.flush()
+    cpus = slot.cpus
+
+    def pin() -> None:  # in the child, before exec
+        if cpus and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, cpus)
+
+    proc = subprocess.Popen([sys.executable, "-m", "taosr.cli", *cmd], stdout=fh, stderr=subprocess.STDOUT,
+                            env={**os.environ, **env, **slot.env()}, preexec_fn=pin)
+    fh.close()  # the child holds its own descriptor
+    return proc
+
+
+def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task], dict[str, str]] | None = None,
+                 say: Callable[[str], None] = print, poll_s: float = 0.5) -> list[Task]:
+    """Run ``tasks`` over ``slots``; returns the tasks that failed (``task.failed`` set)."""
+    pending = list(tasks)
+    free = list(slots)
+    active: dict[int, tuple[Task, int, subprocess.Popen, float, Slot]] = {}
+    failed: list[Task] = []
+
+    def launch(task: Task, k: int, slot: Slot) -> None:
+        proc = _start(task.commands[k], slot, task.log, env(task) if env else {})
+        active[proc.pid] = (task, k, proc, time.perf_counter(), slot)
+        say(f"{task.name}: taosr {task.commands[k][0]} started ({slot.describe()}; log {task.log})")
+
+    try:
+        while pending or active:
+            while free and pending and not failed:
+                launch(pending.pop(0), 0, free.pop(0))
+            if not active:
+                break
+            time.sleep(poll_s)
+            for pid, (task, k, proc, t0, slot) in list(active.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del active[pid]
+                verb = task.commands[k][0]
+                if rc:
+                    task.failed = (k, rc)
+                    failed.append(task)
+                    say(f"{task.name}: taosr {verb} failed (exit {rc}); log {task.log}")
+                    free.append(slot)
+                    continue
+                say(f"{task.name}: {verb} took {time.perf_counter() - t0:.0f}s")
+                if k + 1 < len(task.commands):
+                    launch(task, k + 1, slot)
+                else:
+                    free.append(slot)
+    except KeyboardInterrupt:
+        for _, _, proc, _, _ in active.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # each worker saves its checkpoint and exits
+        for _, _, proc, _, _ in active.values():
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    return failed
