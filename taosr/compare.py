@@ -31,6 +31,7 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -506,6 +507,12 @@ def compare_main(argv: list[str]) -> int:
         return 0
     write_report(out, results, spec.pairs, spec.name)
     if not a.no_wandb:
-        log_to_wandb(out, spec)
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            print("taosr: warning: wandb is not installed: no W&B summary run (the tables are in "
+                  f"{out})", file=sys.stderr)
+        else:
+            log_to_wandb(out, spec)
     print(f"compare finished in {time.perf_counter() - t0:.0f}s")
     return 0

@@ -7,6 +7,7 @@ exit status and turns a bad key, value, config file or checkpoint into one line 
   (:mod:`taosr.configfiles`): a YAML error or a key set twice names file and line;
 - ``--ckpt_path`` must be a readable Lightning checkpoint of the configured method;
 - callbacks that need a logger are dropped with a warning when ``trainer.logger`` is false;
+- a W&B logger becomes a CSVLogger in the same folder, with a warning, where ``wandb`` is not installed;
 - the resolved config is written atomically as ``<run>/config.yaml`` (``config-<command>.yaml`` for
   validate/test/predict); where a previous run's file exists it is replaced only when the command
   succeeds, and an input config is never overwritten;
@@ -46,6 +47,41 @@ def _fill_run_paths(cfg) -> None:
         args = getattr(cb, "init_args", None)
         if args is not None and "dirpath" in args and args.get("dirpath") is None:
             args["dirpath"] = f"{root}/checkpoints"
+
+
+WANDB_LOGGERS = ("taosr.loggers.AutoWandbLogger", "lightning.pytorch.loggers.WandbLogger",
+                 "lightning.pytorch.loggers.wandb.WandbLogger", "WandbLogger", "AutoWandbLogger")
+
+
+def _wandb_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
+
+
+def _csv_logger_without_wandb(cfg, installed: bool | None = None) -> None:
+    """Where the ``wandb`` package is missing (a bare GPU image), a W&B logger in the config becomes a
+    CSVLogger in the same folder (``<save_dir>/<name>/version_N/metrics.csv``), with a one-line warning,
+    instead of failing the run at its first line."""
+    trainer = cfg.get("trainer")
+    loggers = trainer.get("logger") if trainer is not None else None
+    items = loggers if isinstance(loggers, list) else [loggers]
+    if not any(getattr(lg, "class_path", None) in WANDB_LOGGERS for lg in items if lg is not None):
+        return
+    if installed is None:
+        installed = _wandb_installed()
+    if installed:
+        return
+    from jsonargparse import Namespace
+
+    for lg in items:
+        if getattr(lg, "class_path", None) in WANDB_LOGGERS:
+            args = lg.get("init_args") or {}
+            save_dir = args.get("save_dir") or trainer.get("default_root_dir") or "runs"
+            lg.class_path = "lightning.pytorch.loggers.CSVLogger"
+            lg.init_args = Namespace(save_dir=save_dir, name=args.get("name") or "csv")
+            print(f"taosr: warning: wandb is not installed: logging to CSV under {save_dir} "
+                  f"(pip install wandb for W&B)", file=sys.stderr)
 
 
 def load_checkpoint_meta(path: str) -> dict:
@@ -139,7 +175,9 @@ def _make_cli_classes():
             super()._parse_ckpt_path()
 
         def before_instantiate_classes(self) -> None:
-            _fill_run_paths(self.config[self.subcommand] if self.subcommand else self.config)
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            _fill_run_paths(cfg)
+            _csv_logger_without_wandb(cfg)
 
         def _drop_callbacks_needing_a_logger(self) -> None:
             if self.trainer.loggers:

@@ -240,6 +240,41 @@ def test_logger_off_and_bf16_mixed_with_the_lr_monitor_config(tmp_path, capsys, 
     assert (root / "export" / "config.json").exists() and (root / "checkpoints" / "last.ckpt").exists()
 
 
+def test_missing_wandb_logs_to_csv_in_the_run_folder(tmp_path, capsys, cache_dir, monkeypatch):
+    """On a machine without the wandb package (bare GPU images) the configs' W&B logger becomes a
+    CSVLogger in the same folder with a one-line warning, and the run completes."""
+    import taosr.launcher as launcher
+
+    monkeypatch.setattr(launcher, "_wandb_installed", lambda: False)
+    root = tmp_path / "run"
+    rc, err = taosr(capsys, "fit", "--config", SFT, *small_overrides(str(root), cache_dir))
+    assert rc == 0 and "Traceback" not in err, err
+    assert f"taosr: warning: wandb is not installed: logging to CSV under {root}" in err
+    metrics = list(root.glob("sft/version_*/metrics.csv"))
+    assert metrics and "train/loss" in metrics[0].read_text().splitlines()[0]
+    assert not (root / "wandb").exists() and (root / "export" / "config.json").exists()
+
+
+def test_csv_fallback_leaves_other_loggers_and_installed_wandb_alone():
+    from jsonargparse import Namespace
+
+    from taosr.launcher import _csv_logger_without_wandb
+
+    def cfg(cp):
+        return Namespace(trainer=Namespace(default_root_dir="r", logger=Namespace(
+            class_path=cp, init_args=Namespace(save_dir="r", name="x"))))
+    c = cfg("taosr.loggers.AutoWandbLogger")
+    _csv_logger_without_wandb(c, installed=True)
+    assert c.trainer.logger.class_path == "taosr.loggers.AutoWandbLogger"
+    c = cfg("lightning.pytorch.loggers.TensorBoardLogger")
+    _csv_logger_without_wandb(c, installed=False)
+    assert c.trainer.logger.class_path.endswith("TensorBoardLogger")
+    c = cfg("taosr.loggers.AutoWandbLogger")
+    _csv_logger_without_wandb(c, installed=False)
+    assert c.trainer.logger.class_path == "lightning.pytorch.loggers.CSVLogger"
+    assert dict(c.trainer.logger.init_args) == {"save_dir": "r", "name": "x"}
+
+
 @pytest.mark.parametrize("method", ["sft", "dpo", "grm", "grpo", "srpo"])
 def test_no_config_forces_full_precision_or_a_device(method):
     """bf16-mixed / 16-mixed must be choosable on every config: nothing pins precision, the
