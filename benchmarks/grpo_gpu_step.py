@@ -4,8 +4,7 @@ engine's decode step captured as CUDA graphs and without.
     python benchmarks/grpo_gpu_step.py                      # GPU: SmolLM2-135M + LoRA r16, 8 prompts x G=8, bf16-mixed
     python benchmarks/grpo_gpu_step.py --preset tiny        # CPU defaults are smaller (see --help)
 
-The rollout and old-logps seconds are the rollout callback's own timings (``timing_s/*`` in the
-batch), the update seconds the module's logged ``train/timing_s/update``; ``step`` is the wall time
+The rollout, reward and old-logps seconds are the Rollout's own timings (``Rollout.timings``), the update seconds the module's logged ``train/timing_s/update``; ``step`` is the wall time
 from the first callback to the end of the training step. The first ``--warmup`` steps (model load,
 first capture) are left out.
 """
@@ -53,11 +52,11 @@ def run(a, graphs: bool, workdir: str) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if a.device == "cuda":
                 torch.cuda.synchronize()
-            r = batch["rollout"]
-            rows.append({"step": time.perf_counter() - self.t0, "rollout": r["timing_s/rollout"],
-                         "old_logps": r["timing_s/old_logps"], "reward": r.get("timing_s/reward", 0.0),
+            r = batch["rollout"]  # the typed taosr.rl.rollout.Rollout
+            rows.append({"step": time.perf_counter() - self.t0, "rollout": r.timings["rollout"],
+                         "old_logps": r.timings.get("old_logps", 0.0), "reward": r.timings.get("reward", 0.0),
                          "update": float(trainer.callback_metrics.get("train/timing_s/update", float("nan"))),
-                         "tokens": float(r["completion_mask"].sum())})
+                         "tokens": float(r.completion_mask.sum())})
 
     spec = GenerationSpec(do_sample=True, temperature=a.temperature, max_new_tokens=a.max_new, cuda_graphs=graphs)
     cbs = [Timer(), RolloutCallback(num_generations=a.G, generation=spec), RewardModelCallback()]

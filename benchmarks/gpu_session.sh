@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every GPU measurement open in issues 13 and 16, in one call of a lent GPU machine. Each step has its
+# own time limit; a step that fails or runs out does not stop the next. Results go to $OUT (the
+# device tool brings that folder back), or runs/gpu_session:
+#   steps.txt (exit status and seconds per step), machine.txt, <step>.txt (the step's whole output).
+#
+# On the device machine (see README "GPU"; the wheels and the SmolLM2 GGUF travel in .gpu/, made by
+# `bash ../shared/gpu/bundle.sh` here):
+#   source .gpu/env.sh; bash benchmarks/gpu_session.sh [STEP ...]
+# Steps, in this order when none is named (limits in seconds; GPU_SESSION_SCALE=0.5 halves them):
+#   tier        180  python3 -m pytest -m gpu tests/test_gpu.py            (the GPU test tier)
+#   rollout     150  benchmarks/rollout_throughput.py --reps 2               (tokens/s: generate vs engine vs graphs)
+#   grpo_step    90  benchmarks/grpo_gpu_step.py                             (rollout / update split, SmolLM2 + LoRA)
+#   qs_small     75  taosr quickstart --small                                (target <= 60 s)
+#   quickstart  180  taosr quickstart                                        (target <= 150 s; stage table)
+# About 11 minutes when every step runs to its limit: run the first three in one call and the quick
+# starts in a second if the device budget is 15 minutes. On a CPU machine every step runs with the
+# scripts' CPU defaults (the tier is skipped): a check of the script, not a measurement.
+set -u
+OUT=${OUT:-runs/gpu_session}
+SCALE=${GPU_SESSION_SCALE:-1}
+mkdir -p "$OUT"
+export WANDB_MODE=${WANDB_MODE:-disabled}
+TAOSR=${TAOSR:-taosr}
+
+python3 - <<'EOF' | tee "$OUT/machine.txt"
+import os, platform, torch, transformers
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
+print(f"{gpu}; torch {torch.__version__}; transformers {transformers.__version__}; "
+      f"{os.cpu_count()} CPUs; python {platform.python_version()}")
+EOF
+
+limit() { python3 -c "print(max(10, int($1 * $SCALE)))"; }
+
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 lim; lim=$(limit "$2"); shift 2
+  echo "== $name (limit ${lim}s): $*"
+  local t0=$SECONDS
+  timeout -k 10 "$lim" "$@" > "$OUT/$name.txt" 2>&1
+  local rc=$?
+  echo "$name: exit $rc in $((SECONDS - t0)) s (limit $lim)" | tee -a "$OUT/steps.txt"
+  tail -n 30 "$OUT/$name.txt"
+}
+
+run_step() {
+  case $1 in
+    tier)       step tier 180 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py ;;
+    rollout)    step rollout 150 python3 benchmarks/rollout_throughput.py --reps 2 ;;
+    grpo_step)  step grpo_step 90 python3 benchmarks/grpo_gpu_step.py ;;
+    qs_small)   step qs_small 75 "$TAOSR" quickstart --small --out "$OUT/qs-small" ;;
+    quickstart) step quickstart 180 "$TAOSR" quickstart --out "$OUT/qs" ;;
+    *) echo "gpu_session.sh: unknown step '$1' (tier, rollout, grpo_step, qs_small, quickstart)" >&2; return 2 ;;
+  esac
+}
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(tier rollout grpo_step qs_small quickstart)
+for s in "${steps[@]}"; do run_step "$s" || exit 2; done
+echo "== done: $OUT/steps.txt"
+cat "$OUT/steps.txt"
