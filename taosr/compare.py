@@ -20,9 +20,10 @@ Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <
 start (so all arms have the same rollout budget), then ``taosr test`` on the evaluation set. Runs
 live under ``--out/<arm>/seed<S>``; a run whose evaluation file exists is skipped and a fit whose
 export exists is only evaluated, so an interrupted comparison continues where it stopped. Each
-fit logs to W&B in the group ``name`` (job type = arm). ``--jobs N`` runs N runs at once in worker
+fit logs to W&B in the group ``name`` (job type = arm); the report reads each fit's training
+signals (rewards, critical steps, GRM/verifier disagreement) back from its log. ``--jobs N`` runs N runs at once in worker
 processes with their own cores (and GPU), see :mod:`taosr.jobs`. The report (``summary.md``, ``.csv``,
-``pairs.csv``, ``summary.png``) covers overall, long-tail and per-query-type figures.
+``pairs.csv``, ``signals.csv``, ``summary.png``) covers overall, long-tail and per-query-type figures.
 """
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ from taosr.eval.stats import mean_se, paired_difference
 
 METRICS = ("macro_f1", "step_accuracy", "good_f1", "accuracy", "format_error_rate")
 PAIR_METRICS = ("macro_f1", "step_accuracy")
+# training signals read back from each fit's log (taosr.history), mean over its logged steps:
+# outcome reward and accuracy, the share of groups with no reward spread (no gradient), entropy,
+# and SRPO's step signal: critical steps per batch, the share of steps only the GRM judged, the
+# share the verifier covers, and how often the GRM disagrees with the verifier where both judge
+SIGNALS = ("train/reward", "train/rewards/correct/mean", "train/frac_reward_zero_std", "train/entropy",
+           "train/steps/critical_count", "train/steps/grm_share", "train/steps/verifier_coverage",
+           "train/steps/disagreement")
 START = "start"
 SPEC_KEYS = {"name", "start", "seeds", "set", "arms", "eval", "pairs"}
 ARM_KEYS = {"config", "set"}
@@ -331,11 +339,18 @@ def _run_parallel(spec: CompareSpec, todo: list, jobs: int) -> None:
 
 
 def collect(runs: list[Run]) -> dict:
+    """{arm: {seed: the evaluation's metrics + the fit's mean training signals (SIGNALS)}}."""
+    from taosr.history import mean_of, run_history
+
     results: dict[str, dict] = {}
     for run in runs:
         if run.done:
             with open(run.metrics_path) as fh:
-                results.setdefault(run.arm, {})[run.seed] = json.load(fh)
+                m = json.load(fh)
+            hist = run_history(run.root) if run.seed is not None else None
+            if hist:
+                m.update({k: mean_of(hist, k) for k in SIGNALS})
+            results.setdefault(run.arm, {})[run.seed] = m
     return results
 
 
@@ -371,6 +386,20 @@ def arm_rows(results: dict) -> list[dict]:
     return rows
 
 
+def signal_rows(results: dict) -> list[dict]:
+    """One row per arm with a training history: mean and standard error over seeds of each signal."""
+    rows = []
+    for arm, per in results.items():
+        if not any(k in m for m in per.values() for k in SIGNALS):
+            continue
+        row = {"arm": arm, "seeds": sum(1 for m in per.values() if any(k in m for k in SIGNALS))}
+        for k in SIGNALS:
+            s = mean_se(_value(m, k) for m in per.values())
+            row[k], row[f"{k}_se"] = s.mean, s.se
+        rows.append(row)
+    return rows
+
+
 def pair_rows(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     """One row per (pair, slice, metric): the difference a - b paired by seed."""
     rows = []
@@ -397,6 +426,17 @@ def _pm(mean: float, se: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if math.isnan(se) else f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
+def signals_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    names = [k.removeprefix("train/") for k in SIGNALS]
+    lines = ["## Training signals (each fit's mean over its logged steps; mean ± s.e. over seeds)", "",
+             "| arm | seeds | " + " | ".join(names) + " |", "|---" * (len(SIGNALS) + 2) + "|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['seeds']} | " + " | ".join(_pm(r[k], r[f"{k}_se"]) for k in SIGNALS) + " |")
+    return "\n".join(lines)
+
+
 def markdown(arms: list[dict], pairs: list[dict], title: str, all_slices: bool = True) -> str:
     keep = lambda sl: all_slices or sl in ("overall", "long_tail")  # noqa: E731
     lines = [f"## {title}: mean ± standard error over seeds", "",
@@ -417,19 +457,20 @@ def markdown(arms: list[dict], pairs: list[dict], title: str, all_slices: bool =
 
 
 def write_report(out: str, results: dict, pairs: list[tuple[str, str]], title: str) -> str:
-    arms, prs = arm_rows(results), pair_rows(results, pairs)
+    arms, prs, sig = arm_rows(results), pair_rows(results, pairs), signal_rows(results)
     os.makedirs(out, exist_ok=True)
-    md = markdown(arms, prs, title)
+    md = markdown(arms, prs, title) + ("\n\n" + signals_markdown(sig) if sig else "")
     with open(os.path.join(out, "summary.md"), "w") as fh:
         fh.write(md + "\n")
-    for name, rows in (("summary.csv", arms), ("pairs.csv", prs)):
+    for name, rows in (("summary.csv", arms), ("pairs.csv", prs), ("signals.csv", sig)):
         with open(os.path.join(out, name), "w", newline="") as fh:
             if rows:
                 w = csv.DictWriter(fh, fieldnames=list(rows[0]))
                 w.writeheader()
                 w.writerows(rows)
     plot(arms, prs, os.path.join(out, "summary.png"), title)
-    print("\n" + markdown(arms, prs, title, all_slices=False) + f"\n\nfull tables: {out}/summary.md (.csv, pairs.csv, .png)")
+    print("\n" + markdown(arms, prs, title, all_slices=False) + ("\n\n" + signals_markdown(sig) if sig else "")
+          + f"\n\nfull tables: {out}/summary.md (.csv, pairs.csv, signals.csv, .png)")
     return md
 
 
@@ -475,7 +516,7 @@ def log_to_wandb(out: str, spec: CompareSpec) -> None:
         else ("disabled" if os.environ.get("WANDB_MODE") == "disabled" else "offline")
     run = wandb.init(project="taosr", group=spec.name, job_type="summary", name=f"{spec.name}-summary",
                      dir=out, mode=mode, reinit="finish_previous")
-    for name in ("summary", "pairs"):
+    for name in ("summary", "pairs", "signals"):
         path = os.path.join(out, f"{name}.csv")
         if os.path.getsize(path):
             with open(path) as fh:

@@ -107,6 +107,12 @@ def test_report_rows_and_table():
     assert sg["mean"] == pytest.approx(0.025) and sg["wins"] == 2 and sg["per_seed"] == "+0.020 +0.030"
     gs = next(r for r in pairs if r["pair"] == "grpo - start" and r["slice"] == "overall" and r["metric"] == "macro_f1")
     assert gs["mean"] == pytest.approx(0.03)
+    from taosr.compare import signal_rows, signals_markdown
+
+    results["srpo"][0]["train/steps/critical_count"], results["srpo"][1]["train/steps/critical_count"] = 10.0, 14.0
+    sig = signal_rows(results)
+    assert [r["arm"] for r in sig] == ["srpo"] and sig[0]["train/steps/critical_count"] == 12.0
+    assert sig[0]["train/steps/critical_count_se"] == 2.0 and "| srpo | 2 | — |" in signals_markdown(sig)
     md = markdown(arms, pairs, "t")
     assert "| grpo | overall | 2 | 100 | 0.730 ± 0.010 |" in md and "| srpo - grpo | long_tail | macro_f1 | 0.025 ± 0.005 |" in md
 
@@ -158,6 +164,13 @@ def test_compare_end_to_end_lam0_equals_grpo_and_resumes(tmp_path, capsys, cache
     assert any(r["pair"] == "grpo - start" for r in rows)
     for f in ("summary.md", "summary.csv", "summary.png"):
         assert (out / f).stat().st_size > 0
+    signals = {r["arm"]: r for r in csv.DictReader(open(out / "signals.csv"))}  # read back from each fit's W&B log
+    assert set(signals) == {"grpo", "srpo_lam0"} and all(r["seeds"] == "2" for r in signals.values())
+    assert all(0 <= float(r["train/reward"]) <= 1.2 for r in signals.values())
+    assert all(math.isfinite(float(signals["srpo_lam0"][k])) for k in ("train/steps/verifier_coverage",
+                                                                        "train/steps/critical_count"))
+    assert signals["grpo"]["train/steps/critical_count"] == "nan"          # GRPO has no step signal
+    assert "## Training signals" in (out / "summary.md").read_text()
 
     # --jobs 2: the same runs in two worker processes (one core each) give the same predictions
     # (one arm: GRPO's two seeds and the start)

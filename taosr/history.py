@@ -1,0 +1,116 @@
+"""Read back the training history a run logged, whatever the logger: a CSVLogger's ``metrics.csv``
+or an offline W&B run's ``run-*.wandb`` file (a W&B run synced online keeps its local copy too).
+
+``taosr compare`` uses it to report the training signals behind each arm's result (rewards, the
+share of groups with no reward spread, SRPO's critical-step counts and GRM/verifier disagreement)
+next to the held-out metrics.
+
+The ``.wandb`` file is W&B's local transaction log: a 7-byte header (``:W&B``, a 2-byte magic, a
+version byte), then 32 KiB blocks of records, each with a 7-byte header (checksum, 2-byte
+little-endian length, type: 1 full, 2 first, 3 middle, 4 last piece) and a protobuf ``Record``
+payload; ``history`` records carry one logged row each. This version of wandb ships no reader for
+it, so a file this reader cannot parse gives None (the caller leaves the figures out) rather than
+an error.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import struct
+
+BLOCK = 32768
+HEADER = 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def _wandb_records(path: str):
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if not data.startswith(b":W&B"):
+        raise ValueError(f"{path}: not a W&B run file")
+    pos, buf = HEADER, b""
+    while pos + HEADER <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < HEADER:  # block trailer
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        pos += HEADER
+        if kind == 0 and length == 0:  # zero padding to the end of the block
+            pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
+            continue
+        if kind not in (FULL, FIRST, MIDDLE, LAST):
+            raise ValueError(f"{path}: unknown record type {kind} at byte {pos - HEADER}")
+        buf += data[pos:pos + length]
+        pos += length
+        if kind in (FULL, LAST):
+            yield buf
+            buf = b""
+
+
+def _number(text: str) -> float | None:
+    try:
+        v = json.loads(text)
+    except ValueError:
+        return None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def wandb_history(path: str) -> list[dict[str, float]]:
+    """The numeric values of every ``history`` row of one ``run-*.wandb`` file."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    rows = []
+    for payload in _wandb_records(path):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        if rec.WhichOneof("record_type") != "history":
+            continue
+        row = {}
+        for item in rec.history.item:
+            key = item.key or "/".join(item.nested_key)
+            v = _number(item.value_json)
+            if v is not None:
+                row[key] = v
+        rows.append(row)
+    return rows
+
+
+def csv_history(path: str) -> list[dict[str, float]]:
+    rows = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            row = {}
+            for k, v in r.items():
+                try:
+                    row[k] = float(v)
+                except (TypeError, ValueError):
+                    continue
+            rows.append(row)
+    return rows
+
+
+def run_history(run_root: str) -> list[dict[str, float]] | None:
+    """Every logged row of the run in ``run_root`` (all its offline W&B runs or CSV versions, oldest
+    first: a resumed fit adds one); None when there is no history or it cannot be read."""
+    csvs = sorted(glob.glob(os.path.join(run_root, "*", "version_*", "metrics.csv")))
+    runs = sorted(glob.glob(os.path.join(run_root, "wandb", "*run-*", "run-*.wandb")))
+    rows: list[dict[str, float]] = []
+    try:
+        for p in csvs:
+            rows += csv_history(p)
+        if not csvs:
+            for p in runs:
+                rows += wandb_history(p)
+    except Exception:  # noqa: BLE001 - an unreadable or foreign-format log: no history, not a failure
+        return None
+    return rows or None
+
+
+def mean_of(rows: list[dict[str, float]], key: str) -> float:
+    """Mean of ``key`` over the rows that logged it (NaN when none did)."""
+    vals = [r[key] for r in rows if key in r and not math.isnan(r[key])]
+    return sum(vals) / len(vals) if vals else float("nan")

@@ -1,0 +1,38 @@
+"""taosr.history: training history read back from a CSVLogger file and from a real offline W&B run."""
+import math
+import os
+
+from taosr.history import csv_history, mean_of, run_history, wandb_history
+
+
+def test_csv_history_and_means(tmp_path):
+    d = tmp_path / "run" / "grpo" / "version_0"
+    d.mkdir(parents=True)
+    (d / "metrics.csv").write_text("step,train/reward,val/macro_f1\n4,0.5,\n9,0.7,\n9,,0.8\n")
+    rows = run_history(str(tmp_path / "run"))
+    assert rows == csv_history(str(d / "metrics.csv")) and len(rows) == 3
+    assert mean_of(rows, "train/reward") == 0.6 and mean_of(rows, "val/macro_f1") == 0.8
+    assert math.isnan(mean_of(rows, "train/steps/critical_count"))
+
+
+def test_offline_wandb_run_is_read_back(tmp_path):
+    import wandb
+
+    run = wandb.init(project="t", dir=str(tmp_path), mode="offline", reinit="finish_previous")
+    for i in range(60):  # enough rows to cross a 32 KiB block of the file
+        run.log({"train/reward": i / 10, "train/steps/critical_count": 2 * i, "note": "x" * 600})
+    run.finish()
+    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert files and os.path.getsize(files[0]) > 32768
+    rows = wandb_history(str(files[0]))
+    assert [r["train/reward"] for r in rows] == [i / 10 for i in range(60)]
+    assert all("note" not in r for r in rows)  # strings are not figures
+    assert mean_of(run_history(str(tmp_path)), "train/steps/critical_count") == 59.0
+
+
+def test_unreadable_history_is_none_not_an_error(tmp_path):
+    d = tmp_path / "wandb" / "offline-run-x"
+    d.mkdir(parents=True)
+    (d / "run-x.wandb").write_bytes(b"not a wandb file")
+    assert run_history(str(tmp_path)) is None
+    assert run_history(str(tmp_path / "missing")) is None
