@@ -32,7 +32,8 @@ def key_values(items: list[str] | None, flag: str, value=str, key=str) -> dict |
 
 
 def add_reader_options(p: argparse.ArgumentParser) -> None:
-    """The reader flags of ``taosr data check``, ``taosr score`` and ``taosr reason`` (one :class:`~taosr.data.readers.ReaderSpec` each)."""
+    """The reader flags of ``taosr data check`` / ``convert``, ``taosr score``, ``taosr reason`` and
+    ``taosr sample`` (one :class:`~taosr.data.readers.ReaderSpec` each)."""
     p.add_argument("--format", choices=("jsonl", "csv", "parquet"))
     p.add_argument("--encoding", default="auto", help="auto (BOM, else UTF-8, else latin-1), utf-8, utf-8-sig, latin-1, utf-16")
     p.add_argument("--column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. query=q item.title=name label=esci")
@@ -48,6 +49,14 @@ def add_reader_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", metavar="FILE", help="a queries file joined to the pairs on --query-key")
     p.add_argument("--query-key", metavar="COLUMN", help="the pairs file's column holding the query key")
     p.add_argument("--queries-column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. key=query_id query=query")
+
+
+def reader_flags_given(a: argparse.Namespace) -> list[str]:
+    """The reader flags set to something other than their default (``--items``, ``--column-map``, ...)."""
+    ref = argparse.ArgumentParser(add_help=False)
+    add_reader_options(ref)
+    return ["--" + act.dest.replace("_", "-") for act in ref._actions
+            if getattr(a, act.dest, act.default) != act.default]
 
 
 def reader_spec(a: argparse.Namespace, path: str, **extra):

@@ -27,7 +27,7 @@ from typing import Callable, Collection
 
 import torch
 
-from taosr.cliargs import ArgumentParser
+from taosr.cliargs import ArgumentParser, add_reader_options, reader_flags_given, reader_spec
 from taosr.errors import DataError, TaosrError
 from taosr.eval.generation import GenerationSpec, decode_completions, make_record
 from taosr.reasoning.targets import TARGETS
@@ -166,7 +166,8 @@ def sample_main(argv: list[str]) -> int:
                                 epilog=RESUME_RULE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="policy export folder (or HF id / preset)")
     p.add_argument("--out", required=True, help="output JSONL (resumable: see below)")
-    p.add_argument("--data", default="synth", help="'synth' (embedded default) or a data file")
+    p.add_argument("--data", default="synth", help="'synth' (embedded default) or a data file (read with the "
+                                                   "reader flags below, as in taosr data convert)")
     p.add_argument("--split", default="train", choices=("train", "val", "test"))
     p.add_argument("--target", default="reasoning", choices=TARGETS.names(),
                    help="the policy's training target (data.target): its prompt and how its output is parsed")
@@ -182,9 +183,13 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--synth-n-test", type=int, default=400)
     p.add_argument("--synth-seed", type=int, default=0)
     p.add_argument("--data-dir", default=".cache/taosr/data", help="cache of the synthetic data")
+    add_reader_options(p)
     a = p.parse_args(argv)
 
     # Every value is checked before any work (data, model, sampling).
+    flags = reader_flags_given(a)
+    if a.data == "synth" and flags:
+        raise TaosrError(f"{flags[0]}: reader flags apply to a data file; give it with --data FILE")
     for flag, v, low in (("--n", a.n, 1), ("--batch-size", a.batch_size, 1), ("--max-new-tokens", a.max_new_tokens, 1),
                          ("--limit", a.limit, 1), ("--synth-n-train", a.synth_n_train, 1),
                          ("--synth-n-val", a.synth_n_val, 0), ("--synth-n-test", a.synth_n_test, 0)):
@@ -209,8 +214,14 @@ def sample_main(argv: list[str]) -> int:
              "test": a.data if a.split == "test" else None}
     if a.split != "train":
         paths["train"] = a.data
+    reader = None
+    if a.data != "synth":
+        import dataclasses
+
+        reader = dataclasses.replace(reader_spec(a, a.data), path=None)  # the DataModule names the file
     dm = RelevanceDataModule(view="sft", target=a.target, synth=SynthConfig(n_train=a.synth_n_train, n_val=a.synth_n_val,
-                                                                n_test=a.synth_n_test, seed=a.synth_seed), data_dir=a.data_dir, **paths)
+                                                                n_test=a.synth_n_test, seed=a.synth_seed), data_dir=a.data_dir,
+                             reader=reader, **paths)
     dm.setup("fit")
     rows = dm.splits[a.split][:a.limit] if a.limit else dm.splits[a.split]
     if not rows:

@@ -224,6 +224,9 @@ REFUSED = [
     Refused("sample-bad-data-file", lambda t: ["sample", "--model", str(t / "nomodel"), "--out", str(t / "s.jsonl"),
                                                "--data", jsonl(t, "bad.jsonl", [{**ROW, "label": "X"}])],
             ("bad.jsonl:1", "label"), ("s.jsonl", "s.jsonl.partial")),
+    Refused("sample-reader-flags-on-synth", lambda t: ["sample", "--model", str(t / "nomodel"), "--out",
+                                                       str(t / "s.jsonl"), "--items", str(t / "p.csv")],
+            ("--items", "--data FILE"), ("s.jsonl",)),
 ]
 
 

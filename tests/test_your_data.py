@@ -33,6 +33,28 @@ def test_check_reads_the_fixture_with_its_joins(capsys):
     assert "314 of 330 pairs joined a row of" in out and "16 of 330 pairs have no row in" in out
 
 
+def test_sample_reads_the_csv_with_the_reader_flags(tmp_path, sft_run, cache_dir, capsys):
+    """`taosr sample` reads the graded CSV and its products file as `data convert` does (no convert step)."""
+    out = tmp_path / "s.jsonl"
+    assert main(["sample", "--model", os.path.join(sft_run, "export"), "--out", str(out), "--data",
+                 os.path.join(FIX, "train.csv"), *FLAGS, "--n", "2", "--limit", "3", "--max-new-tokens", "8"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    firsts = load_jsonl_rows(os.path.join(FIX, "train.csv"))
+    assert len(rows) == 3 and [r["example"]["id"] for r in rows] == firsts
+    assert rows[1]["example"]["item"]["title"].startswith("Dewalt") and rows[1]["example"]["grade"] == 3.0
+    assert all(len(r["samples"]) == 2 for r in rows)
+
+
+def load_jsonl_rows(path: str) -> list[str]:
+    """The ids of the first three usable pairs of the CSV (rows the reader keeps, in file order)."""
+    from taosr.cliargs import ArgumentParser, add_reader_options, reader_spec
+    from taosr.data.readers import read_examples
+
+    p = ArgumentParser()
+    add_reader_options(p)
+    return [ex.id for ex in read_examples(reader_spec(p.parse_args(FLAGS), path)).examples[:3]]
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     d = tmp_path_factory.mktemp("your_data")
