@@ -67,6 +67,28 @@ def test_wands_shaped_three_files_read_with_options_only(tmp_path):
     ]
 
 
+def test_a_products_file_is_parsed_once_per_process_while_unchanged(tmp_path, monkeypatch):
+    """Splits share the parse of one products file; each read keeps its own join counts; an edited
+    file is read again."""
+    import os
+
+    import taosr.data.readers as readers
+
+    labels, products, queries = wands(tmp_path)
+    reads = []
+    real = readers.iter_records
+    monkeypatch.setattr(readers, "iter_records", lambda path, *a, **k: (reads.append(path), real(path, *a, **k))[1])
+    spec = wands_spec(labels, products, queries, on_error="skip")
+    first, second = read_examples(spec), read_examples(spec)
+    assert reads.count(products) == 1 and reads.count(queries) == 1 and reads.count(labels) == 2
+    assert first.notes == second.notes and "1 of 4 product rows joined no pair" in first.notes[0]
+    with open(products, "a") as fh:
+        fh.write("88888\tanother lamp\tLamps\tLighting\t\t\t\n")
+    os.utime(products, ns=(os.stat(products).st_atime_ns, os.stat(products).st_mtime_ns + 10**9))
+    third = read_examples(spec)
+    assert reads.count(products) == 2 and "2 of 5 product rows joined no pair" in third.notes[0]
+
+
 def test_pair_fields_win_and_a_pair_with_its_own_title_is_kept(tmp_path):
     """The pairs file's own title / attribute win; the products file fills the empty fields; a
     pair whose key has no product row keeps its own title and is counted."""

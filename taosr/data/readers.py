@@ -24,6 +24,8 @@ flags, the DataModule's ``data.reader`` section is one (its ``path`` comes from
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -294,12 +296,23 @@ def _pairs_required(spec: ReaderSpec) -> dict[str, str]:
 def read_table(path: str, key_column: str, cmap: dict[str, str] | None, encoding: str = "auto",
                on_error: str = "raise"):
     """A products / queries file read into a :class:`taosr.data.join.Table` keyed by ``key_column``
-    (the map's ``key`` column, else the pairs file's key name); the mapped columns must exist."""
+    (the map's ``key`` column, else the pairs file's key name); the mapped columns must exist.
+
+    A file is parsed once per process for the same options while it is unchanged (size and
+    modification time): the train, val and test splits of a DataModule join the same products
+    file. Each call gets its own ``used`` set, so every split's join counts are its own."""
     check_data_file(path)
     cmap = cmap or {}
     key_col = cmap.get("key", key_column)
-    required = {"key": key_col, **{t: c for t, c in cmap.items() if t != "key"}}
-    return build_table(iter_records(path, infer_format(path), encoding, required), path, key_col, on_error)
+    required = tuple(sorted({"key": key_col, **{t: c for t, c in cmap.items() if t != "key"}}.items()))
+    st = os.stat(path)
+    table = _parsed_table(path, st.st_size, st.st_mtime_ns, key_col, required, encoding, on_error)
+    return dataclasses.replace(table, used=set())
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_table(path: str, size: int, mtime_ns: int, key_col: str, required: tuple, encoding: str, on_error: str):
+    return build_table(iter_records(path, infer_format(path), encoding, dict(required)), path, key_col, on_error)
 
 
 def make_joiner(spec: ReaderSpec) -> Joiner | None:
