@@ -83,6 +83,24 @@ def test_bad_specs_get_one_line(tmp_path, edit, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(ROOT_DIR, "comparisons")) if f.endswith(".yaml")))
+def test_every_shipped_spec_loads_and_dry_runs(name, capsys):
+    """Each comparisons/*.yaml is a valid spec whose arm configs exist, and --dry-run prints its commands."""
+    from taosr.compare import compare_main
+
+    path = os.path.join("comparisons", name)
+    spec = load_spec(os.path.join(ROOT_DIR, path))
+    assert spec.arms and all(os.path.isfile(os.path.join(ROOT_DIR, a.config)) for a in spec.arms)
+    cwd = os.getcwd()
+    os.chdir(ROOT_DIR)
+    try:
+        assert compare_main([path, "--dry-run", "--out", "/nonexistent/out"]) == 0
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr().out
+    assert out.count("taosr fit --config") == len(spec.arms) * len(spec.seeds)
+
+
 def test_arms_option_keeps_those_arms_and_their_pairs():
     spec = load_spec(os.path.join(ROOT_DIR, "comparisons", "srpo_vs_grpo.yaml"), [0, 1, 2, 3, 4], ["grpo", "srpo"])
     assert [a.name for a in spec.arms] == ["grpo", "srpo"] and spec.seeds == [0, 1, 2, 3, 4]
