@@ -536,6 +536,9 @@ def compare_main(argv: list[str]) -> int:
                    help="runs at once, in worker processes with a share of the CPU cores (and a GPU each where "
                         "there are GPUs); default 1: one after the other in this process")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from the runs finished so far (runs nothing; e.g. while another "
+                        "`taosr compare` of the same spec is running)")
     p.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
     a, extra = p.parse_known_args(argv)
     if a.jobs < 1:
@@ -543,6 +546,12 @@ def compare_main(argv: list[str]) -> int:
     spec = load_spec(a.spec, a.seeds, a.arms)
     out = a.out or os.path.join("runs", "compare", spec.name)
     t0 = time.perf_counter()
+    if a.report_only:
+        results = collect(plan_runs(spec, out))
+        if not results:
+            raise ConfigError(f"--report-only: no finished runs under {out}")
+        write_report(out, results, spec.pairs, spec.name)
+        return 0
     results = run_compare(spec, out, extra, a.dry_run, a.jobs)
     if a.dry_run:
         return 0

@@ -166,6 +166,9 @@ def test_compare_end_to_end_lam0_equals_grpo_and_resumes(tmp_path, capsys, cache
         capsys.readouterr()
         assert main(["compare", str(spec), "--out", str(out), "--no-wandb", *extra]) == 0
         log = capsys.readouterr().out
+        (out / "pairs.csv").unlink()
+        assert main(["compare", str(spec), "--out", str(out), "--report-only"]) == 0  # the tables of what is done
+        assert "taosr " not in capsys.readouterr().out
     finally:
         os.chdir(cwd)
     assert log.count("done, skipped") == 5 and "taosr fit" not in log        # start + 2 arms x 2 seeds

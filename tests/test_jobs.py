@@ -4,6 +4,7 @@ import os
 import pytest
 
 from taosr.jobs import Slot, Task, make_slots, run_parallel
+from tests.conftest import ROOT
 
 
 def test_slots_split_cores_and_share_gpus():
@@ -40,3 +41,5 @@ def test_compare_jobs_must_be_positive(tmp_path):
 
     with pytest.raises(ConfigError, match="--jobs 0: must be at least 1"):
         compare_main(["comparisons/srpo_vs_grpo.yaml", "--jobs", "0"])
+    with pytest.raises(ConfigError, match="--report-only: no finished runs under"):
+        compare_main([os.path.join(ROOT, "comparisons", "srpo_vs_grpo.yaml"), "--report-only", "--out", str(tmp_path)])
