@@ -97,7 +97,8 @@ def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subproc
             os.sched_setaffinity(0, cpus)
 
     proc = subprocess.Popen([sys.executable, "-m", "taosr.cli", *cmd], stdout=fh, stderr=subprocess.STDOUT,
-                            env={**os.environ, **env, **slot.env()}, preexec_fn=pin)
+                            env={**os.environ, **env, **slot.env()}, preexec_fn=pin,
+                            start_new_session=True)  # a terminal's Ctrl-C reaches the parent only, which passes one on
     fh.close()  # the child holds its own descriptor
     return proc
 
