@@ -3,8 +3,8 @@
 transformers 5.x renamed ``past_key_values`` to ``cache`` (argument and output field); the old
 name still works with a deprecation warning until 5.40. taosr passes a cache in three places
 (the rollout decoder, the shared-prefix update, the reference growing-cache sampler): they call
-:func:`cache_kwargs` and :func:`output_cache` so that both the versions before the rename (the
-GPU machines' 5.17) and after it run without warnings.
+:func:`cache_kwargs` and :func:`output_cache`, which read the forward's signature, so versions
+before the rename and after it both run without warnings.
 """
 from __future__ import annotations
 
