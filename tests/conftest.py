@@ -92,6 +92,22 @@ def sample_smoke(model: str, out: str, cache: str) -> str:
     return out
 
 
+class TinyTok:
+    """Tokenizer stand-in for engine tests on :func:`tiny_llama`: pad 0, end-of-sequence 2."""
+    pad_token_id, eos_token_id = 0, 2
+
+
+def tiny_llama(seed: int = 0, layers: int = 2):
+    """A seeded 40-token Llama with grouped-query attention, in eval mode (engine and cache tests)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2,
+                                        bos_token_id=1)).eval()
+
+
 def rl_samples_overrides(samples_path: str) -> list[str]:
     """The RL configs train on rejection-sampled prompts; a micro model's pass rates are mostly 0, so
     the smoke runs widen the band to keep every sampled prompt (the hook still runs on the file)."""

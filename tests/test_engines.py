@@ -8,6 +8,7 @@ import torch
 from taosr.errors import ConfigError
 from taosr.rl.engines import make_engine
 from taosr.rl.engines.vllm_engine import vllm_weight_items
+from tests.conftest import TinyTok, tiny_llama
 
 
 def test_plain_names_pass_through():
@@ -37,19 +38,10 @@ def test_vllm_missing_gives_clear_error():
 
 
 def test_shared_prefix_sampler_greedy_equals_generate():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from taosr.eval.generation import GenerationSpec, generate_ids
     from taosr.rl.engines.hf import HFEngine
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2,
-                                         bos_token_id=1)).eval()
-
-    class Tok:
-        pad_token_id, eos_token_id = 0, 2
-
+    model, Tok = tiny_llama(seed=0), TinyTok  # the global generator continues from the model's seed
     ids = torch.randint(3, 40, (3, 6))
     att = torch.ones_like(ids)
     att[1, :2] = 0
@@ -91,19 +83,6 @@ def test_gumbel_max_sample_draws_from_softmax():
 
 
 # ---------------------------------------------------------------------------- the static decoder
-
-class _Tok:
-    pad_token_id, eos_token_id = 0, 2
-
-
-def _tiny_llama(seed: int = 0, layers: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                                        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2,
-                                        bos_token_id=1)).eval()
-
 
 def _prompts(B: int = 3, P: int = 6, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
@@ -153,11 +132,11 @@ def test_graph_path_greedy_equals_generate_with_buckets_and_reuse():
     `generate`'s."""
     from taosr.eval.generation import hf_generate_ids
 
-    model = _tiny_llama()
+    model = tiny_llama()
     d = _graph_decoder(sync_every=4, warmup=2)
     ids, att = _prompts(B=5, P=6)
-    ref = hf_generate_ids(model, _Tok, ids, att, _greedy())
-    out = d.generate(model, _Tok, ids, att, _greedy())
+    ref = hf_generate_ids(model, TinyTok, ids, att, _greedy())
+    out = d.generate(model, TinyTok, ids, att, _greedy())
     assert _same_tokens(out, ref) and out.shape[0] == 5
     (slot,) = d.slots.values()
     assert slot.batch == 6 and slot.cache_len == 128 and d.captures == 1
@@ -165,11 +144,11 @@ def test_graph_path_greedy_equals_generate_with_buckets_and_reuse():
     assert graph.replays == 10 - 1 - 2  # first token from the prefill, 2 warm-up steps, the rest replayed
     # a second call, longer prompts within the same cache bucket: no new capture, every step replayed
     ids2, att2 = _prompts(B=6, P=9, seed=3)
-    out2 = d.generate(model, _Tok, ids2, att2, _greedy())
+    out2 = d.generate(model, TinyTok, ids2, att2, _greedy())
     assert d.captures == 1 and graph.replays == 7 + 9 and len(d.slots) == 1
-    assert _same_tokens(out2, hf_generate_ids(model, _Tok, ids2, att2, _greedy()))
+    assert _same_tokens(out2, hf_generate_ids(model, TinyTok, ids2, att2, _greedy()))
     # G copies of each prompt decode greedily to the prompt's own tokens
-    rep = d.generate(model, _Tok, ids, att, _greedy(G=3))
+    rep = d.generate(model, TinyTok, ids, att, _greedy(G=3))
     assert torch.equal(rep, out.repeat_interleave(3, 0)[:, :rep.shape[1]]) and rep.shape[1] == out.shape[1]
 
 
@@ -178,16 +157,16 @@ def test_graph_path_output_length_and_padding_match_the_eager_path():
     from taosr.eval.generation import GenerationSpec
     from taosr.rl.engines.graph import StaticDecoder
 
-    model = _tiny_llama(seed=4)
+    model = tiny_llama(seed=4)
     with torch.no_grad():  # make eos likely so rows finish at different steps
         model.lm_head.weight[2] += 0.6 * model.lm_head.weight.std() * torch.randn(32).sign()
     ids, att = _prompts(B=3, P=5, seed=7)
     for spec in (_greedy(T=24, G=2), GenerationSpec(max_new_tokens=24, do_sample=True, temperature=0.8, top_k=6,
                                                     top_p=0.9, num_return_sequences=2)):
         torch.manual_seed(0)
-        eager = StaticDecoder().generate(model, _Tok, ids, att, spec)
+        eager = StaticDecoder().generate(model, TinyTok, ids, att, spec)
         torch.manual_seed(0)
-        graphed = _graph_decoder(sync_every=8).generate(model, _Tok, ids, att, spec)
+        graphed = _graph_decoder(sync_every=8).generate(model, TinyTok, ids, att, spec)
         if not spec.do_sample:
             assert torch.equal(eager, graphed)
         else:  # padding rows draw noise too, so the draws differ; shape rules and eos/pad layout still hold
@@ -204,23 +183,23 @@ def test_graph_path_output_length_and_padding_match_the_eager_path():
 def test_graphs_see_in_place_updates_and_recapture_when_weights_are_replaced():
     from taosr.eval.generation import hf_generate_ids
 
-    model = _tiny_llama(seed=2)
+    model = tiny_llama(seed=2)
     d = _graph_decoder(sync_every=2)
     ids, att = _prompts()
-    d.generate(model, _Tok, ids, att, _greedy())
+    d.generate(model, TinyTok, ids, att, _greedy())
     assert d.captures == 1
     with torch.no_grad():  # what the optimizer does: in place, same storage
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    out = d.generate(model, _Tok, ids, att, _greedy())
+    out = d.generate(model, TinyTok, ids, att, _greedy())
     assert d.captures == 1  # reused...
-    assert _same_tokens(out, hf_generate_ids(model, _Tok, ids, att, _greedy()))  # ...and decoding the new weights
+    assert _same_tokens(out, hf_generate_ids(model, TinyTok, ids, att, _greedy()))  # ...and decoding the new weights
     model.model.embed_tokens.weight.data = model.model.embed_tokens.weight.data.clone()  # a replaced tensor
-    d.generate(model, _Tok, ids, att, _greedy())
+    d.generate(model, TinyTok, ids, att, _greedy())
     assert d.captures == 2
     # another sampling rule is another graph on the same slot
     from taosr.eval.generation import GenerationSpec
-    d.generate(model, _Tok, ids, att, GenerationSpec(max_new_tokens=10, do_sample=True, temperature=0.7))
+    d.generate(model, TinyTok, ids, att, GenerationSpec(max_new_tokens=10, do_sample=True, temperature=0.7))
     assert d.captures == 3 and len(next(iter(d.slots.values())).graphs) == 2
 
 
@@ -229,7 +208,7 @@ def test_weights_signature_sees_lora_merge_and_disabled_adapters():
 
     from taosr.rl.engines.graph import weights_signature
 
-    model = get_peft_model(_tiny_llama(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(tiny_llama(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
     sig = weights_signature(model)
     assert weights_signature(model) == sig
     with model.disable_adapter():
@@ -246,7 +225,7 @@ def test_weights_signature_sees_lora_merge_and_disabled_adapters():
 def test_capture_failure_falls_back_with_one_warning():
     from taosr.eval.generation import hf_generate_ids
 
-    model = _tiny_llama()
+    model = tiny_llama()
     d = _graph_decoder(warmup=1)
 
     def broken(step, pool):
@@ -255,29 +234,29 @@ def test_capture_failure_falls_back_with_one_warning():
     d._capture = broken
     ids, att = _prompts()
     with pytest.warns(RuntimeWarning, match=r"capture failed \(RuntimeError: operation not permitted") as rec:
-        out = d.generate(model, _Tok, ids, att, _greedy())
+        out = d.generate(model, TinyTok, ids, att, _greedy())
     mine = [w for w in rec if issubclass(w.category, RuntimeWarning)]
     assert len(mine) == 1 and "\n" not in str(mine[0].message)
-    assert d.capture_failed and _same_tokens(out, hf_generate_ids(model, _Tok, ids, att, _greedy()))
+    assert d.capture_failed and _same_tokens(out, hf_generate_ids(model, TinyTok, ids, att, _greedy()))
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no second attempt, no second warning
-        again = d.generate(model, _Tok, ids, att, _greedy())
+        again = d.generate(model, TinyTok, ids, att, _greedy())
     assert torch.equal(again[:, :out.shape[1]], out[:, :again.shape[1]])
 
 
 def test_cuda_graphs_off_keeps_the_eager_path():
     from taosr.eval.generation import GenerationSpec
 
-    model = _tiny_llama()
+    model = tiny_llama()
     d = _graph_decoder()
     ids, att = _prompts()
     off = GenerationSpec(max_new_tokens=8, cuda_graphs=False)
-    d.generate(model, _Tok, ids, att, off)
-    d.generate(model, _Tok, ids, att, _greedy(), cuda_graphs=False)
+    d.generate(model, TinyTok, ids, att, off)
+    d.generate(model, TinyTok, ids, att, _greedy(), cuda_graphs=False)
     assert d.captures == 0 and next(iter(d.slots.values())).batch == 3  # exact sizes, no capture
     ids5, att5 = _prompts(B=5)
-    d.generate(model, _Tok, ids5, att5, off)
+    d.generate(model, TinyTok, ids5, att5, off)
     assert len(d.slots) == 1 and next(iter(d.slots.values())).batch == 5  # one eager slot, replaced, not piled up
 
 
@@ -293,7 +272,7 @@ def test_batch_buckets():
 def test_decoder_is_shared_per_model():
     from taosr.rl.engines.graph import decoder_for
 
-    a, b = _tiny_llama(), _tiny_llama()
+    a, b = tiny_llama(), tiny_llama()
     assert decoder_for(a) is decoder_for(a) and decoder_for(a) is not decoder_for(b)
 
 
@@ -303,22 +282,22 @@ def test_temperature_zero_is_greedy_everywhere():
     from taosr.eval.generation import GenerationSpec, generate_ids
     from taosr.rl.engines.hf import HFEngine, warpers
 
-    model = _tiny_llama()
+    model = tiny_llama()
     ids, att = _prompts()
     cold = GenerationSpec(max_new_tokens=8, do_sample=True, temperature=0.0, num_return_sequences=2)
     assert not cold.sampling and len(warpers(cold)) == 0
-    greedy = HFEngine().generate(model, _Tok, ids, att, _greedy(T=8, G=2))
+    greedy = HFEngine().generate(model, TinyTok, ids, att, _greedy(T=8, G=2))
     for seed in (0, 1):
         torch.manual_seed(seed)
-        assert torch.equal(HFEngine().generate(model, _Tok, ids, att, cold), greedy)
-    assert torch.equal(HFEngine(static_cache=False).generate(model, _Tok, ids, att, cold), greedy)
-    assert _same_tokens(generate_ids(model, _Tok, ids, att, cold), greedy)  # model.generate refuses do_sample at 0
+        assert torch.equal(HFEngine().generate(model, TinyTok, ids, att, cold), greedy)
+    assert torch.equal(HFEngine(static_cache=False).generate(model, TinyTok, ids, att, cold), greedy)
+    assert _same_tokens(generate_ids(model, TinyTok, ids, att, cold), greedy)  # model.generate refuses do_sample at 0
     # and a positive temperature does sample (the draws differ between seeds)
     hot = GenerationSpec(max_new_tokens=8, do_sample=True, temperature=1.5, num_return_sequences=4)
     torch.manual_seed(0)
-    x = HFEngine().generate(model, _Tok, ids, att, hot)
+    x = HFEngine().generate(model, TinyTok, ids, att, hot)
     torch.manual_seed(1)
-    assert not torch.equal(x, HFEngine().generate(model, _Tok, ids, att, hot))
+    assert not torch.equal(x, HFEngine().generate(model, TinyTok, ids, att, hot))
 
 
 @pytest.mark.parametrize("field,value,rule", [
@@ -359,12 +338,12 @@ def test_decode_step_traces_as_one_graph_without_host_syncs():
     Python (`.item()`, `bool(tensor)`, shape-changing ops). Dynamo traces it into one graph with no break."""
     from taosr.eval.generation import GenerationSpec
 
-    model = _tiny_llama()
+    model = tiny_llama()
     d = _graph_decoder(warmup=1)
     steps = []
     d._capture = lambda step, pool: steps.append(step) or _Replayer(step)
     ids, att = _prompts()
-    d.generate(model, _Tok, ids, att, GenerationSpec(max_new_tokens=4, do_sample=True, temperature=0.7, top_k=5,
+    d.generate(model, TinyTok, ids, att, GenerationSpec(max_new_tokens=4, do_sample=True, temperature=0.7, top_k=5,
                                                      top_p=0.9))
     try:
         with torch.no_grad():
@@ -377,11 +356,11 @@ def test_decode_step_traces_as_one_graph_without_host_syncs():
 def test_sharded_parameters_are_never_captured():
     from taosr.rl.engines.graph import graphable
 
-    model = _tiny_llama()
+    model = tiny_llama()
     assert graphable(model)
     next(model.parameters()).ds_id = 3  # what DeepSpeed ZeRO-3 puts on its partitioned parameters
     assert not graphable(model)
     d = _graph_decoder()
     ids, att = _prompts()
-    d.generate(model, _Tok, ids, att, _greedy())
+    d.generate(model, TinyTok, ids, att, _greedy())
     assert d.captures == 0

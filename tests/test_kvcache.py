@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import torch
 
 from taosr.models.kvcache import cache_kwargs, output_cache
+from tests.conftest import TinyTok, tiny_llama
 
 
 class Old(torch.nn.Module):
@@ -45,23 +46,14 @@ def test_output_cache_reads_either_field():
 
 
 def test_decoding_passes_the_cache_under_the_installed_name():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from taosr.eval.generation import GenerationSpec
     from taosr.rl.engines.hf import HFEngine
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2,
-                                         bos_token_id=1)).eval()
-
-    class Tok:
-        pad_token_id, eos_token_id = 0, 2
-
+    model = tiny_llama()
     ids = torch.randint(3, 40, (2, 5))
     spec = GenerationSpec(max_new_tokens=4, do_sample=False, num_return_sequences=2)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*past_key_values.*deprecated", category=FutureWarning)
         for static in (True, False):
-            out = HFEngine(static_cache=static).generate(model, Tok, ids, torch.ones_like(ids), spec)
+            out = HFEngine(static_cache=static).generate(model, TinyTok, ids, torch.ones_like(ids), spec)
             assert out.shape[0] == 4
