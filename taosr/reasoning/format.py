@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from taosr.labels import STEP_HEADINGS, STEP_KEYS, TIERS
 
@@ -79,6 +79,23 @@ class ParsedReasoning:
         return [k for k in STEP_KEYS if k not in self.steps]
 
 
+def nonblank_lines(text: str) -> Iterator[tuple[str, int, int]]:
+    """Each non-blank line of ``text`` with its character span ``(start, end)`` (newline excluded)."""
+    pos = 0
+    for raw in text.split("\n"):
+        start, end = pos, pos + len(raw)
+        pos = end + 1
+        if raw.strip():
+            yield raw, start, end
+
+
+def not_text_error(text) -> ParsedReasoning | None:
+    """The format error of a completion that is not a string (None for a string)."""
+    if isinstance(text, str):
+        return None
+    return ParsedReasoning(format_error=True, error=f"not text: {type(text).__name__}")
+
+
 def parse_reasoning(text: str, *, label_first: bool = False) -> ParsedReasoning:
     """Parse model output into steps and label. Never raises.
 
@@ -86,18 +103,13 @@ def parse_reasoning(text: str, *, label_first: bool = False) -> ParsedReasoning:
     ``Heading: content``, the label is missing or not 1-4, or text follows the label line
     (unless ``label_first``, TaoSR1's deployment mode where the label line comes first).
     """
+    bad = not_text_error(text)
+    if bad is not None:
+        return bad
     out = ParsedReasoning()
-    if not isinstance(text, str):
-        out.format_error, out.error = True, f"not text: {type(text).__name__}"
-        return out
     errors: list[str] = []
-    pos = 0
     order: list[str] = []
-    for raw in text.split("\n"):
-        start, end = pos, pos + len(raw)
-        pos = end + 1
-        if not raw.strip():
-            continue
+    for raw, start, end in nonblank_lines(text):
         if out.label_span is not None and not label_first:
             errors.append("text after the label line")
             break

@@ -20,7 +20,8 @@ from typing import Callable
 
 from taosr.labels import STEP_KEYS, TIERS
 from taosr.prompts import PROMPT_TEXTS, PromptText
-from taosr.reasoning.format import LABEL_HEADING, ParsedReasoning, parse_reasoning, render_reasoning
+from taosr.reasoning.format import (LABEL_HEADING, ParsedReasoning, nonblank_lines, not_text_error, parse_reasoning,
+                                    render_reasoning)
 from taosr.reasoning.verifier import verify_steps
 from taosr.registry import Registry
 from taosr.schema import Example
@@ -64,17 +65,12 @@ def parse_label(text: str) -> ParsedReasoning:
     reason: no label line, a label that is not a tier, a second label line, or any other text. The
     first label line's tier is still read when other text comes with it (as :func:`parse_reasoning`
     does); ``steps`` stay empty."""
+    bad = not_text_error(text)
+    if bad is not None:
+        return bad
     out = ParsedReasoning()
-    if not isinstance(text, str):
-        out.format_error, out.error = True, f"not text: {type(text).__name__}"
-        return out
     errors: list[str] = []
-    pos = 0
-    for raw in text.split("\n"):
-        start, end = pos, pos + len(raw)
-        pos = end + 1
-        if not raw.strip():
-            continue
+    for raw, start, end in nonblank_lines(text):
         m = _LABEL_LINE.match(raw)
         if m is None:
             errors.append(f"text besides the label line: {raw.strip()[:40]!r}")
