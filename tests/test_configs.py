@@ -157,15 +157,10 @@ def test_grm_export_is_checked_for_its_layout(grm_run, sft_run, tmp_path):
 
 def _train_metrics(save_dir) -> list[dict[str, float]]:
     """Rows of the CSV logger's metrics.csv that hold train/steps metrics."""
-    import csv
+    from taosr.history import csv_history
 
-    rows = []
-    for path in glob.glob(os.path.join(str(save_dir), "**", "metrics.csv"), recursive=True):
-        for row in csv.DictReader(open(path)):
-            vals = {k: float(v) for k, v in row.items() if v not in ("", None)}
-            if "train/steps/verifier_share" in vals:
-                rows.append(vals)
-    return rows
+    return [r for path in glob.glob(os.path.join(str(save_dir), "**", "metrics.csv"), recursive=True)
+            for r in csv_history(path) if "train/steps/verifier_share" in r]
 
 
 def _write_reasoning_rollouts(monkeypatch):

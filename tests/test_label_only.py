@@ -90,15 +90,10 @@ def test_label_dpo_config(tmp_path, label_sft, label_samples, cache_dir):
 
 
 def _train_metrics(save_dir) -> list[dict[str, float]]:
-    import csv
+    from taosr.history import csv_history
 
-    rows = []
-    for path in glob.glob(os.path.join(str(save_dir), "**", "metrics.csv"), recursive=True):
-        for row in csv.DictReader(open(path)):
-            vals = {k: float(v) for k, v in row.items() if v not in ("", None)}
-            if "train/reward" in vals:
-                rows.append(vals)
-    return rows
+    return [r for path in glob.glob(os.path.join(str(save_dir), "**", "metrics.csv"), recursive=True)
+            for r in csv_history(path) if "train/reward" in r]
 
 
 def _write_label_rollouts(monkeypatch):
