@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from taosr.data.budget import fit_example
 from taosr.data.collate import pad_left, pad_right
+from taosr.data.grm import GRMSamples
 from taosr.data.hooks import Curriculum, DiverseSampling, RejectionSampling
 from taosr.data.readers import ReaderSpec, read_examples
 from taosr.data.synth import SYNTH_VERSION, SynthConfig, check_config, generate
@@ -129,6 +130,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         pairs_per_prompt: int = 1,
         gold_as_chosen: bool = True,
         grm_corrupt_prob: float = 0.3,
+        grm_samples: GRMSamples | None = None,
         rejection_sampling: RejectionSampling | None = None,
         diverse_sampling: DiverseSampling | None = None,
         curriculum: Curriculum | None = None,
@@ -163,6 +165,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         if not 0.0 <= grm_corrupt_prob <= 1.0:
             raise ConfigError(f"data.grm_corrupt_prob must be in [0, 1], got {grm_corrupt_prob}")
         self.grm_corrupt_prob = grm_corrupt_prob  # GRM view: chance that a gold step's conclusion is swapped
+        self.grm_samples = grm_samples or GRMSamples()  # GRM view: how policy samples are used
         self.tokenizer = None
         self.splits: dict[str, list[Example]] = {}
         # Rows cut to fit max_length, per split ("train", "val", "test"): keys of the examples.

@@ -3,13 +3,21 @@
 Rows come from (a) gold reasoning with controlled corruptions — each step's conclusion is swapped
 for another example's conclusion of the same step with probability ``corrupt_prob`` (at least one
 clean and some corrupted rows per example), verdict "wrong" exactly where the conclusion changed;
-and (b) policy samples from ``data.samples_path`` labelled by the offline verifier (only steps the
-verifier covers; rows with an uncovered step are not used for training).
+and (b) policy samples from ``data.samples_path`` labelled by the offline verifier, as
+``data.grm_samples`` (:class:`GRMSamples`) says: ``steps: all`` (default) uses a sample only when the
+verifier covers all five of its steps; ``steps: covered`` uses every covered step of every distinct
+sample (an uncovered step carries no loss), ``balance`` evens out right and wrong verdicts per step
+(policy samples are mostly right: without it the GRM learns to say "right"), ``copies`` repeats the
+policy rows against the gold rows, and ``holdout`` keeps a share of the sampled queries out of
+training for the GRM's validation on policy samples (:func:`policy_split`).
 """
 from __future__ import annotations
 
+import hashlib
 import random
+from dataclasses import dataclass
 
+from taosr.errors import ConfigError
 from taosr.labels import STEP_KEYS
 from taosr.reasoning.format import conclusion, parse_reasoning
 
@@ -52,16 +60,112 @@ def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple
             steps, verdicts = corrupt_steps(ex, pool, rng, corrupt_prob)
             rows.append((ex, steps, verdicts))
     if dm.samples_path:
-        from taosr.data.samples import load_samples
-
-        for row in load_samples(dm.samples_path):
-            ex = row["example"]
-            for s in row["samples"]:
-                p = parse_reasoning(s["text"])
-                v = verify_steps(p, ex.annotations)
-                if all(v[k] is not None for k in STEP_KEYS) and not p.missing_steps:
-                    rows.append((ex, p.steps, {k: v[k] >= 0.5 for k in STEP_KEYS}))
+        spec = dm.grm_samples
+        train_rows, val_rows = policy_rows_split(dm)
+        if spec.balance:
+            train_rows = balance_verdicts(train_rows, random.Random(dm.seed + 1))
+        if spec.steps == "covered" or spec.holdout:
+            n = sum(v is not None for _, _, vs in train_rows for v in vs.values())
+            print(f"taosr: GRM view: {len(train_rows)} policy samples ({n} verified step verdicts"
+                  f"{', balanced' if spec.balance else ''}) x {spec.copies} beside {len(rows)} gold rows"
+                  + (f"; {len(val_rows)} samples of held-out queries for validation" if spec.holdout else ""))
+        rows.extend(train_rows * spec.copies)
     return rows
+
+
+STEP_RULES = ("all", "covered")
+
+
+@dataclass
+class GRMSamples:
+    """How the GRM view uses the verifier-labelled policy samples of ``data.samples_path``.
+
+    ``steps``: ``all`` uses a sample only when the verifier covers all five of its steps (every
+    sampled copy); ``covered`` uses each distinct sample of a prompt once, with a verdict on every
+    step the verifier covers and no loss on the others. ``balance``: per step, keep as many right
+    verdicts as wrong ones (a seeded choice; the rest carry no loss). ``copies``: times each policy
+    row is repeated beside the gold rows. ``holdout``: share of the sampled queries (by a hash of
+    the query text) kept out of training; the GRM's validation scores their samples
+    (``val/grm/policy/...``)."""
+    steps: str = "all"
+    balance: bool = False
+    copies: int = 1
+    holdout: float = 0.0
+
+    def __post_init__(self):
+        if self.steps not in STEP_RULES:
+            raise ConfigError(f"data.grm_samples.steps: {self.steps!r} is unknown; expected one of {', '.join(STEP_RULES)}")
+        if isinstance(self.copies, bool) or not isinstance(self.copies, int) or self.copies < 1:
+            raise ConfigError(f"data.grm_samples.copies: must be an integer >= 1, got {self.copies!r}")
+        h = self.holdout
+        if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0.0 <= h < 1.0:
+            raise ConfigError(f"data.grm_samples.holdout: must be in [0, 1), got {h!r}")
+
+
+def policy_rows(samples_path: str, spec: GRMSamples) -> list[tuple]:
+    """(example, steps, verdicts) of the policy samples, verdicts True/False where the offline
+    verifier covers a step and None elsewhere (``steps: covered``), or of fully covered samples
+    only (``steps: all``)."""
+    from taosr.data.samples import load_samples
+    from taosr.reasoning.verifier import verify_steps
+
+    out = []
+    for row in load_samples(samples_path):
+        ex, seen = row["example"], set()
+        for s in row["samples"]:
+            p = parse_reasoning(s["text"])
+            v = verify_steps(p, ex.annotations)
+            if spec.steps == "all":
+                if all(v[k] is not None for k in STEP_KEYS) and not p.missing_steps:
+                    out.append((ex, p.steps, {k: v[k] >= 0.5 for k in STEP_KEYS}))
+                continue
+            if s["text"] in seen:
+                continue
+            seen.add(s["text"])
+            verdicts = {k: (None if v[k] is None or k not in p.steps else v[k] >= 0.5) for k in STEP_KEYS}
+            if any(x is not None for x in verdicts.values()):
+                out.append((ex, p.steps, verdicts))
+    return out
+
+
+def held_out_query(query: str, seed: int, share: float) -> bool:
+    """Whether a sampled query is kept for validation (a hash of its text and the seed)."""
+    h = int(hashlib.md5(f"grm-holdout-{seed}:{query}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return h < share
+
+
+def policy_split(rows: list[tuple], spec: GRMSamples, seed: int) -> tuple[list[tuple], list[tuple]]:
+    """(training rows, validation rows): the samples of ``spec.holdout`` of the queries go to validation."""
+    if not spec.holdout:
+        return rows, []
+    val = [r for r in rows if held_out_query(r[0].query, seed, spec.holdout)]
+    held = {id(r) for r in val}
+    return [r for r in rows if id(r) not in held], val
+
+
+def policy_rows_split(dm) -> tuple[list[tuple], list[tuple]]:
+    """The DataModule's policy rows, split into training and validation ones (read once, kept on ``dm``)."""
+    if not dm.samples_path:
+        return [], []
+    key = (dm.samples_path, dm.grm_samples.steps, dm.grm_samples.holdout, dm.seed)
+    cached = getattr(dm, "_grm_policy_split", None)
+    if cached is None or cached[0] != key:
+        cached = dm._grm_policy_split = (key, policy_split(policy_rows(dm.samples_path, dm.grm_samples),
+                                                           dm.grm_samples, dm.seed))
+    return cached[1]
+
+
+def balance_verdicts(rows: list[tuple], rng: random.Random) -> list[tuple]:
+    """Per step, as many right verdicts as wrong ones: a seeded choice of the majority's verdicts
+    is kept, the others become None (no loss); rows left without a verdict are dropped."""
+    verdicts = [dict(v) for _, _, v in rows]
+    for k in STEP_KEYS:
+        right = [i for i, v in enumerate(verdicts) if v[k] is True]
+        wrong = [i for i, v in enumerate(verdicts) if v[k] is False]
+        major, minor = (right, wrong) if len(right) > len(wrong) else (wrong, right)
+        for i in rng.sample(major, len(major) - len(minor)):
+            verdicts[i][k] = None
+    return [(ex, steps, v) for (ex, steps, _), v in zip(rows, verdicts) if any(x is not None for x in v.values())]
 
 
 def collate_grm(dm, batch: list[tuple]) -> dict:
@@ -80,9 +184,9 @@ def collate_grm(dm, batch: list[tuple]) -> dict:
         full = (ids + [tok.eos_token_id])[: dm.max_length]
         tgt, mask = list(full), [0] * len(full)
         for k, p in zip(STEP_KEYS, positions):
-            if p + 1 < len(full):
+            if v[k] is not None and p + 1 < len(full):  # None: a step without a verdict (no loss)
                 tgt[p + 1], mask[p + 1] = (right if v[k] else wrong), 1
-        if sum(mask) < len(STEP_KEYS):  # a verdict slot fell beyond max_length: counted, reported
+        if sum(mask) < sum(x is not None for x in v.values()):  # a verdict slot fell beyond max_length: counted, reported
             dm.note_cut(dm.targets_cut, ex, "GRM verdicts beyond the budget are not trained on")
         enc.append((full, mask))
         targets.append(tgt)

@@ -2,7 +2,11 @@
 
 Validation rows are the held-out split's gold reasoning with seeded corruptions (same recipe as
 training); the GRM's soft score P(right) >= 0.5 is compared with the true verdict per step, and
-the soft score's AUROC (right vs wrong steps) is reported beside it.
+the soft score's AUROC (right vs wrong steps) is reported beside it. With ``data.grm_samples.holdout``
+the policy samples of held-out queries are scored too (what the GRM meets in SRPO): against the
+offline verifier's verdicts on the steps it covers (``grm/policy/...``) and, where the examples carry
+gold steps (the synthetic default), against them on every step (``grm/policy_gold/...``) and on the
+steps the verifier cannot see (``grm/policy_uncovered/...``: the GRM's share of the hybrid).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import random
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
+from taosr.data.grm import policy_rows_split
 from taosr.labels import STEP_KEYS
 from taosr.methods.sft import SFTModule
 from taosr.reasoning.format import conclusion
@@ -29,22 +34,64 @@ def grm_eval_rows(examples, seed: int = 1234, corrupt_prob: float = 0.3) -> list
     return [(ex, *corrupt_steps(ex, pool, rng, corrupt_prob)) for ex in ex5]
 
 
+def verdict_metrics(probs: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | None = None,
+                    prefix: str = "grm") -> dict[str, float]:
+    """Accuracy of P(right) >= 0.5 against ``truth`` (N, K) bool, on the ``valid`` (N, K) entries:
+    overall, per step, on wrong and on right steps, and the soft score's AUROC (how well P(right)
+    orders right steps above wrong ones whatever the threshold: centred step advantages use the
+    order, not the 0.5 cut). NaN where a figure has no entries."""
+    valid = (torch.ones_like(truth) if valid is None else valid) & ~torch.isnan(probs)
+    hit = (probs >= 0.5) == truth
+
+    def mean(sel: torch.Tensor) -> float:
+        return float(hit[sel].float().mean()) if sel.any() else float("nan")
+
+    t, p = truth[valid], probs[valid]
+    m = {f"{prefix}/verdict_accuracy": mean(valid),
+         f"{prefix}/auroc": float(binary_auroc(p, t.long())) if t.any() and (~t).any() else float("nan"),
+         f"{prefix}/wrong_step_recall": mean(valid & ~truth),
+         f"{prefix}/right_step_recall": mean(valid & truth),
+         f"{prefix}/wrong_share": float((~t).float().mean()) if t.numel() else float("nan")}
+    for i, k in enumerate(STEP_KEYS):
+        col = torch.zeros_like(valid)
+        col[:, i] = True
+        m[f"{prefix}/verdict_accuracy/{k}"] = mean(valid & col)
+    return m
+
+
+def policy_truth(rows: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(verifier verdicts, covered, gold verdicts, gold known), each (N, K) bool, of policy rows
+    (example, steps, verifier verdicts or None): gold is the step matching the example's gold step."""
+    from taosr.reasoning.verifier import step_matches
+
+    n = len(rows)
+    ver, cov = torch.zeros(n, len(STEP_KEYS), dtype=torch.bool), torch.zeros(n, len(STEP_KEYS), dtype=torch.bool)
+    gold, known = torch.zeros_like(ver), torch.zeros_like(ver)
+    for i, (ex, steps, verdicts) in enumerate(rows):
+        for j, k in enumerate(STEP_KEYS):
+            if verdicts.get(k) is not None:
+                ver[i, j], cov[i, j] = bool(verdicts[k]), True
+            if k in steps and ex.steps and k in ex.steps:
+                gold[i, j], known[i, j] = step_matches(k, steps[k], ex.steps[k]), True
+    return ver, cov, gold, known
+
+
 class GRMModule(SFTModule):
     def _grm_eval(self, split: str) -> dict[str, float]:
-        rows = grm_eval_rows(self.trainer.datamodule.splits[split])
-        scorer = GRMScorer(self.model, self.tokenizer, batch_size=self.trainer.datamodule.eval_batch_size)
+        dm = self.trainer.datamodule
+        rows = grm_eval_rows(dm.splits[split])
+        scorer = GRMScorer(self.model, self.tokenizer, batch_size=dm.eval_batch_size)
         probs = scorer.score_steps([r[0] for r in rows], [r[1] for r in rows])
         truth = torch.tensor([[r[2][k] for k in STEP_KEYS] for r in rows], dtype=torch.bool)
-        hit = (probs >= 0.5) == truth
-        # AUROC of the soft score: how well P(right) orders right steps above wrong ones, whatever the
-        # threshold (centred step advantages use the order, not the 0.5 cut).
-        m = {"grm/verdict_accuracy": float(hit.float().mean()),
-             "grm/auroc": float(binary_auroc(probs.flatten(), truth.flatten().long()))
-             if truth.any() and (~truth).any() else float("nan"),
-             "grm/wrong_step_recall": float(hit[~truth].float().mean()) if (~truth).any() else float("nan"),
-             "grm/right_step_recall": float(hit[truth].float().mean())}
-        for i, k in enumerate(STEP_KEYS):
-            m[f"grm/verdict_accuracy/{k}"] = float(hit[:, i].float().mean())
+        m = verdict_metrics(probs, truth)
+        policy = policy_rows_split(dm)[1] if split == "val" and dm.grm_samples.holdout else []
+        if policy:
+            probs = scorer.score_steps([r[0] for r in policy], [r[1] for r in policy])
+            ver, cov, gold, known = policy_truth(policy)
+            m.update(verdict_metrics(probs, ver, cov, prefix="grm/policy"))
+            if known.any():
+                m.update(verdict_metrics(probs, gold, known, prefix="grm/policy_gold"))
+                m.update(verdict_metrics(probs, gold, known & ~cov, prefix="grm/policy_uncovered"))
         return m
 
     def export(self, out_dir: str | None = None) -> str:
