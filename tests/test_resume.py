@@ -108,3 +108,24 @@ def test_interrupted_run_writes_the_step_reached_and_resumes_bit_identical(tmp_p
     assert res_log.first_ids == full_log.first_ids[stop:]
     for (n, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
         assert torch.equal(a, b), (n, (a - b).abs().max().item())
+
+
+@pytest.mark.parametrize("ours", [False, True])
+def test_manual_optimisation_checkpoints_without_lightnings_warning(tmp_path, ours):
+    """GRPO and SRPO optimise manually; their periodic checkpoints hold the weights after the step's
+    update (what a resume needs). Lightning warns about that at every save; ours does not."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import ManualOptimBoringModel
+
+    cls = Checkpoint if ours else ModelCheckpoint
+    trainer = pl.Trainer(max_steps=2, default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         callbacks=[cls(dirpath=str(tmp_path / "ckpt"), save_last=True, every_n_train_steps=1)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(ManualOptimBoringModel())
+    said = [str(w.message) for w in caught if "pre-optimization state" in str(w.message)]
+    assert (tmp_path / "ckpt" / "last.ckpt").exists()
+    assert bool(said) is not ours, said

@@ -10,11 +10,15 @@
   on-exception checkpoint keeps the states of the start of the interrupted step, whose update it
   does not contain;
 - every checkpoint is written under a temporary name and renamed: a crash while saving never leaves
-  a truncated ``last.ckpt`` in place of the previous one.
+  a truncated ``last.ckpt`` in place of the previous one;
+- under manual optimisation (GRPO, SRPO) a periodic checkpoint holds the weights *after* the step's
+  update, which is what a resume needs (it continues with the next rollout batch); Lightning's
+  warning that it could hold the pre-update weights instead is silenced.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 from weakref import proxy
 
@@ -66,6 +70,11 @@ class Checkpoint(ModelCheckpoint):
             self._rng_to_restore = None
         if self.save_on_exception and trainer.world_size == 1:
             self._rng_at_step_start = _collect_rng_states()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

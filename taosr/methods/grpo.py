@@ -204,7 +204,7 @@ class GRPOModule(RelevanceModule):
                     with self._no_sync(distributed):
                         self.manual_backward(loss)
                     w = float(mask[rows].sum()) / max(float(mask[idx].sum()), 1.0)
-                    agg["loss"] = agg.get("loss", 0.0) + float(loss)
+                    agg["loss"] = agg.get("loss", 0.0) + float(loss.detach())
                     agg["entropy"] = agg.get("entropy", 0.0) + w * float((ent * mask[rows]).sum() / mask[rows].sum().clamp(min=1))
                     for k, v in m.items():
                         agg[k] = agg.get(k, 0.0) + w * float(v)
