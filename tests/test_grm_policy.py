@@ -149,3 +149,15 @@ def test_grm_policy_overlay_validates_on_held_out_policy_samples(tmp_path, cache
               "grm/policy_uncovered/verdict_accuracy"):
         assert k in m, k
     assert m["grm/policy/wrong_share"] == pytest.approx(0.25)  # category wrong in one of 2 distinct samples; query right
+
+
+def test_policy_sample_settings_without_samples_are_refused(dm):
+    saved = dm.samples_path, dm.grm_samples
+    try:
+        dm.samples_path, dm.grm_samples = None, GRMSamples(steps="covered")
+        with pytest.raises(ConfigError, match="data.grm_samples is set but data.samples_path is not"):
+            build_grm_rows(dm)
+        dm.grm_samples = GRMSamples()
+        assert len(build_grm_rows(dm)) == 3 * len(dm.splits["train"])  # the default without samples: gold rows only
+    finally:
+        dm.samples_path, dm.grm_samples = saved

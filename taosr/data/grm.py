@@ -59,18 +59,16 @@ def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple
         for _ in range(copies):
             steps, verdicts = corrupt_steps(ex, pool, rng, corrupt_prob)
             rows.append((ex, steps, verdicts))
-    if dm.samples_path:
-        spec = dm.grm_samples
-        train_rows, val_rows = policy_rows_split(dm)
-        if spec.balance:
-            train_rows = balance_verdicts(train_rows, random.Random(dm.seed + 1))
-        if spec.steps == "covered" or spec.holdout:
-            n = sum(v is not None for _, _, vs in train_rows for v in vs.values())
-            print(f"taosr: GRM view: {len(train_rows)} policy samples ({n} verified step verdicts"
-                  f"{', balanced' if spec.balance else ''}) x {spec.copies} beside {len(rows)} gold rows"
-                  + (f"; {len(val_rows)} samples of held-out queries for validation" if spec.holdout else ""))
-        rows.extend(train_rows * spec.copies)
-    return rows
+    spec = dm.grm_samples
+    train_rows, val_rows = policy_rows_split(dm)
+    if spec.balance:
+        train_rows = balance_verdicts(train_rows, random.Random(dm.seed + 1))
+    if spec.steps == "covered" or spec.holdout:  # (only with data.samples_path: refused otherwise)
+        n = sum(v is not None for _, _, vs in train_rows for v in vs.values())
+        print(f"taosr: GRM view: {len(train_rows)} policy samples ({n} verified step verdicts"
+              f"{', balanced' if spec.balance else ''}) x {spec.copies} beside {len(rows)} gold rows"
+              + (f"; {len(val_rows)} samples of held-out queries for validation" if spec.holdout else ""))
+    return rows + train_rows * spec.copies
 
 
 STEP_RULES = ("all", "covered")
@@ -146,6 +144,9 @@ def policy_split(rows: list[tuple], spec: GRMSamples, seed: int) -> tuple[list[t
 def policy_rows_split(dm) -> tuple[list[tuple], list[tuple]]:
     """The DataModule's policy rows, split into training and validation ones (read once, kept on ``dm``)."""
     if not dm.samples_path:
+        if dm.grm_samples != GRMSamples():
+            raise ConfigError("data.grm_samples is set but data.samples_path is not: point it at the policy "
+                              "samples of `taosr sample`")
         return [], []
     key = (dm.samples_path, dm.grm_samples.steps, dm.grm_samples.holdout, dm.seed)
     cached = getattr(dm, "_grm_policy_split", None)
