@@ -49,6 +49,12 @@ def add_reader_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", metavar="FILE", help="a queries file joined to the pairs on --query-key")
     p.add_argument("--query-key", metavar="COLUMN", help="the pairs file's column holding the query key")
     p.add_argument("--queries-column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. key=query_id query=query")
+    p.add_argument("--attributes", metavar="FILE",
+                   help="a long-format attributes file (one row per product, name, value) joined on --attributes-key")
+    p.add_argument("--attributes-key", metavar="COLUMN",
+                   help="the pairs file's column holding the product key of --attributes (default: --item-key)")
+    p.add_argument("--attributes-column-map", nargs="*", metavar="FIELD=COLUMN",
+                   help="the attributes file's columns (default key=the key name, name=name, value=value)")
 
 
 def reader_flags_given(a: argparse.Namespace) -> list[str]:
@@ -69,5 +75,7 @@ def reader_spec(a: argparse.Namespace, path: str, **extra):
                       on_error="skip" if a.skip_invalid else "raise",
                       items=a.items, item_key=a.item_key, items_column_map=key_values(a.items_column_map, "--items-column-map"),
                       queries=a.queries, query_key=a.query_key,
-                      queries_column_map=key_values(a.queries_column_map, "--queries-column-map"), **extra)
+                      queries_column_map=key_values(a.queries_column_map, "--queries-column-map"),
+                      attributes=a.attributes, attributes_key=a.attributes_key,
+                      attributes_column_map=key_values(a.attributes_column_map, "--attributes-column-map"), **extra)
     return spec.validate(lambda name: "--" + name.replace("_", "-"))

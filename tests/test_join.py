@@ -194,6 +194,88 @@ def test_a_pair_without_its_query_row_and_without_query_text_is_a_row_error(tmp_
     assert f"1 of 2 pairs have no row in {queries} (first: key '7' at {pairs}:line 3)" in res.notes
 
 
+# ----------------------------------------------------------------------------- long-format attributes
+def home_depot(tmp_path):
+    """Home Depot's shape: pairs with title and search term, descriptions, attributes in long format."""
+    train = tmp_path / "train.csv"
+    train.write_text("id,product_uid,product_title,search_term,relevance\n"
+                     "2,100001,Simpson Strong-Tie 12-Gauge Angle,angle bracket,3.0\n"
+                     "3,100001,Simpson Strong-Tie 12-Gauge Angle,l bracket,2.5\n"
+                     "9,100002,BEHR Premium Textured DeckOver,deck over,3.0\n"
+                     "16,100005,Delta Vero 1-Handle Shower Faucet,rain shower head,2.33\n")
+    desc = tmp_path / "product_descriptions.csv"
+    desc.write_text("product_uid,product_description\n100001,Not only do angles make joints stronger\n"
+                    "100002,BEHR Premium Textured DeckOver is an innovative solid color coating\n"
+                    "100005,Update your bathroom with the Delta Vero\n")
+    attrs = tmp_path / "attributes.csv"
+    attrs.write_text("product_uid,name,value\n"
+                     "100001.0,Bullet01,Versatile connector for various 90 connections\n"
+                     "100001.0,Material,Galvanized Steel\n"
+                     "100001.0,MFG Brand Name,Simpson Strong-Tie\n"
+                     "100002.0,Color Family,Brown\n"
+                     "100002.0,Color Family,Gray\n"
+                     "100002.0,Color Family,Brown\n"
+                     "100002.0,Coverage Area (sq. ft.),75\n"
+                     "100002.0,Finish,\n"
+                     "100003.0,Material,Plastic\n")
+    return str(train), str(desc), str(attrs)
+
+
+HOME_DEPOT = dict(column_map={"id": "id", "query": "search_term", "item.title": "product_title", "label": "relevance"},
+                  label_thresholds=[1.5, 2.25, 2.75], item_key="product_uid",
+                  items_column_map={"item.description": "product_description"})
+
+
+def test_home_depot_shaped_files_with_long_attributes(tmp_path):
+    train, desc, attrs = home_depot(tmp_path)
+    res = read_examples(ReaderSpec(path=train, items=desc, attributes=attrs, **HOME_DEPOT))
+    a, b, c, d = res.examples
+    assert (a.query, a.item.title, a.label, a.grade) == ("angle bracket", "Simpson Strong-Tie 12-Gauge Angle", 4, 3.0)
+    assert a.item.description == "Not only do angles make joints stronger"
+    assert a.item.attributes == {"Bullet01": "Versatile connector for various 90 connections",
+                                 "Material": "Galvanized Steel", "MFG Brand Name": "Simpson Strong-Tie"}
+    assert b.item.attributes == a.item.attributes and b.label == 3
+    # a name given twice keeps both values, each once; "75" stays an integer; an empty value adds nothing
+    assert c.item.attributes == {"Color Family": "Brown; Gray", "Coverage Area (sq. ft.)": "75"}
+    assert d.item.attributes == {} and d.item.description.startswith("Update")  # no attributes: counted, kept
+    assert f"3 of 4 pairs joined a row of {attrs} by product_uid; 1 of 3 product rows joined no pair" in res.notes
+    assert f"1 of 4 pairs have no row in {attrs} (first: key '100005' at {train}:line 5)" in res.notes
+
+
+def test_convert_joins_long_attributes_from_the_flags(tmp_path):
+    from taosr.cli import main
+
+    train, desc, attrs = home_depot(tmp_path)
+    out = tmp_path / "train.jsonl"
+    assert main(["data", "convert", train, "--column-map", "id=id", "query=search_term", "item.title=product_title",
+                 "label=relevance", "--label-thresholds", "1.5", "2.25", "2.75", "--items", desc, "--item-key",
+                 "product_uid", "--items-column-map", "item.description=product_description", "--attributes", attrs,
+                 "--out", str(out)]) == 0
+    rows = load_jsonl(str(out))
+    assert [r.item.attributes.get("Material") for r in rows] == ["Galvanized Steel", "Galvanized Steel", None, None]
+    assert rows[2].item.attributes["Color Family"] == "Brown; Gray" and rows[0].grade == 3.0
+
+
+def test_long_attributes_fill_in_and_bad_rows_are_named(tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("pid,q,title,color,label\nP1,shoes,Shoes,red,4\n")
+    attrs = tmp_path / "attrs.jsonl"
+    attrs.write_text("\n".join(json.dumps(r) for r in [{"sku": "P1", "attr": "color", "val": "blue"},
+                                                       {"sku": "P1", "attr": "size", "val": 42}]) + "\n")
+    spec = dict(path=str(pairs), column_map={"query": "q", "item.title": "title", "item.attributes.color": "color"},
+                attributes=str(attrs), attributes_key="pid", attributes_column_map={"key": "sku", "name": "attr", "value": "val"})
+    (ex,) = read_examples(ReaderSpec(**spec)).examples
+    assert ex.item.attributes == {"color": "red", "size": "42"}  # the pair's own value wins
+    attrs.write_text(attrs.read_text() + json.dumps({"sku": "P1", "val": "x"}) + "\n")
+    with pytest.raises(DataError, match=r"attrs.jsonl:3: field 'attr': is missing \(the attribute name"):
+        read_examples(ReaderSpec(**spec))
+    res = read_examples(ReaderSpec(**spec, on_error="skip"))
+    assert res.examples[0].item.attributes == {"color": "red", "size": "42"}
+    assert any("ignored 1 bad product rows of" in n for n in res.notes)
+    with pytest.raises(DataError, match=r"attrs.jsonl: .*value"):  # a mapped column the file lacks
+        read_examples(ReaderSpec(**{**spec, "attributes_column_map": {"key": "sku", "name": "attr", "value": "v"}}))
+
+
 # ----------------------------------------------------------------------------- packed attributes
 def test_packed_attributes():
     assert parse_packed("color:black|width: 24 in |material:", "f:1", "features") == {"color": "black", "width": "24 in"}
@@ -229,6 +311,10 @@ def test_named_attribute_wins_over_packed(tmp_path):
     ({"queries": "q.csv", "query_key": "qid", "queries_column_map": {"item.title": "t"}},
      "data.reader.queries_column_map: 'item.title' is not a field; expected one of key, query, query_type"),
     ({"column_map": {"key": "pid"}}, "data.reader.column_map: 'key' is not a field"),
+    ({"attributes": "a.csv"}, "data.reader.attributes_key: required with data.reader.attributes (or data.reader.item_key)"),
+    ({"attributes_key": "pid"}, "data.reader.attributes_key: set only with data.reader.attributes"),
+    ({"attributes": "a.csv", "attributes_key": "pid", "attributes_column_map": {"item.title": "t"}},
+     "data.reader.attributes_column_map: 'item.title' is not a field; expected one of key, name, value"),
 ])
 def test_bad_join_options_are_refused_before_reading(kw, needle):
     with pytest.raises(ConfigError) as e:

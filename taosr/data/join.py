@@ -17,6 +17,13 @@ Rules (:class:`Joiner`):
   otherwise it is a row error (raised, or skipped and counted with ``on_error="skip"``).
 * Lookup rows that no pair joined are counted in a note.
 
+A third lookup, an **attributes file in long format** (one row per product and attribute: Home
+Depot's ``attributes.csv`` holds ``product_uid, name, value``), is read into ``key -> {name: value}``
+(:func:`build_attribute_table`): a row without a key or a name is an error (or, skipped, counted),
+a row without a value adds nothing, and several values of one name for one product are kept
+together, joined by ``"; "`` in file order. Its attributes fill in those the pair and the products
+file leave unset; a pair without attributes is counted in the notes, never an error.
+
 Item fields come from one flat record by a column map (:func:`item_fields`): ``item.title``,
 ``item.brand``, ``item.category``, ``item.description``, ``item.price``, ``item.attributes.NAME``,
 and ``item.attributes`` for one column packing many attributes as ``name:value|name:value`` or a
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -35,6 +43,7 @@ ITEM_FIELDS = ("item.title", "item.brand", "item.category", "item.description", 
 ATTRIBUTE_PREFIX = "item.attributes."
 PACKED_ATTRIBUTES = "item.attributes"
 QUERY_FIELDS = ("query", "query_type")
+_INTEGRAL = re.compile(r"-?\d+\.0+")
 
 
 def is_missing(v: Any) -> bool:
@@ -42,12 +51,16 @@ def is_missing(v: Any) -> bool:
 
 
 def norm_key(v: Any) -> str | None:
-    """A join key as a trimmed string (``7.0`` -> ``"7"``: integer keys read as floats); None when missing."""
+    """A join key as a trimmed string (``7.0`` and ``"7.0"`` -> ``"7"``: integer keys read or written as
+    floats, as in Home Depot's attributes file); None when missing."""
     if is_missing(v):
         return None
     if isinstance(v, float) and v.is_integer():
         v = int(v)
-    return str(v).strip()
+    text = str(v).strip()
+    if _INTEGRAL.fullmatch(text):  # "100001.0" (an integer key written from a float column) -> "100001"
+        text = text.split(".", 1)[0]
+    return text
 
 
 def parse_packed(value: Any, where: str, column: str) -> dict[str, str]:
@@ -170,6 +183,50 @@ def build_table(records: Iterable[tuple[str, Any]], path: str, key_column: str, 
     return t
 
 
+def build_attribute_table(records: Iterable[tuple[str, Any]], path: str, key_column: str, name_column: str,
+                          value_column: str, on_error: str = "raise") -> Table:
+    """Read a long-format attributes file (``key, name, value`` per row) into a :class:`Table`
+    whose record per key is ``{name: value}``. A record that is not an object, or has no key or
+    no name, raises; with ``on_error="skip"`` it is counted. Values of one name repeated for a key
+    are joined by ``"; "`` (each distinct value once, in file order)."""
+    t = Table(path=path, key_column=key_column)
+
+    def refuse(err: DataError, bucket: list[str], note: str) -> None:
+        if on_error == "raise":
+            raise err
+        bucket.append(note)
+
+    values: dict[str, dict[str, list[str]]] = {}
+    first: dict[str, str] = {}
+    for where, rec in records:
+        t.n_rows += 1
+        if isinstance(rec, DataError) or not isinstance(rec, dict):
+            err = rec if isinstance(rec, DataError) else DataError(where, None, "row must be an object")
+            refuse(err, t.bad, str(err))
+            continue
+        key = norm_key(rec.get(key_column))
+        if key is None:
+            refuse(DataError(where, key_column, f"is missing (the join key of {path})"), t.keyless, where)
+            continue
+        name = rec.get(name_column)
+        if is_missing(name):
+            refuse(DataError(where, name_column, f"is missing (the attribute name in {path})"), t.bad,
+                   f"{where}: no {name_column}")
+            continue
+        first.setdefault(key, where)
+        attrs = values.setdefault(key, {})
+        value = rec.get(value_column)
+        if is_missing(value):
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        vals = attrs.setdefault(str(name).strip(), [])
+        if str(value).strip() not in vals:
+            vals.append(str(value).strip())
+    t.rows = {k: (first[k], {n: "; ".join(v) for n, v in attrs.items() if v}) for k, attrs in values.items()}
+    return t
+
+
 @dataclass
 class _Side:
     """One lookup (items or queries) and how pairs fared against it."""
@@ -207,9 +264,11 @@ class Joiner:
 
     def __init__(self, items: Table | None = None, item_key: str | None = None,
                  items_column_map: dict[str, str] | None = None, queries: Table | None = None,
-                 query_key: str | None = None, queries_column_map: dict[str, str] | None = None):
+                 query_key: str | None = None, queries_column_map: dict[str, str] | None = None,
+                 attributes: Table | None = None, attributes_key: str | None = None):
         self.items = _Side(items, item_key, "product") if items is not None else None
         self.queries = _Side(queries, query_key, "query") if queries is not None else None
+        self.attributes = _Side(attributes, attributes_key, "product") if attributes is not None else None
         self.items_map = {k: v for k, v in (items_column_map or {}).items() if k != "key"}
         self.queries_map = {k: v for k, v in (queries_column_map or {}).items() if k != "key"}
 
@@ -217,6 +276,7 @@ class Joiner:
         # both lookups first, so each file's counts cover every pair
         item_hit = self.items.lookup(flat, where) if self.items is not None else None
         query_hit = self.queries.lookup(flat, where) if self.queries is not None else None
+        attr_hit = self.attributes.lookup(flat, where) if self.attributes is not None else None
         if self.items is not None:
             item = row.setdefault("item", {})
             if item_hit is None:
@@ -233,6 +293,9 @@ class Joiner:
                         item["attributes"] = {**v, **(item.get("attributes") or {})}
                     elif is_missing(item.get(k)):
                         item[k] = v
+        if attr_hit is not None and attr_hit[1]:
+            item = row.setdefault("item", {})
+            item["attributes"] = {**attr_hit[1], **(item.get("attributes") or {})}
         if self.queries is not None:
             if query_hit is None:
                 if is_missing(row.get("query")):
@@ -247,7 +310,7 @@ class Joiner:
         return row
 
     def notes(self) -> list[str]:
-        return [n for side in (self.items, self.queries) if side is not None for n in side.notes()]
+        return [n for side in (self.items, self.queries, self.attributes) if side is not None for n in side.notes()]
 
 
 def _key_text(flat: dict, column: str) -> str:

@@ -11,7 +11,9 @@ UTF-8 when the file decodes as UTF-8, else latin-1). A ``.tsv`` file is tab-sepa
 ``.csv`` file whose header line holds tabs and no commas (WANDS ships its files so).
 
 Item metadata and query text may come from separate files joined on a key (``items`` /
-``item_key`` / ``items_column_map``, ``queries`` / ``query_key`` / ``queries_column_map``; the
+``item_key`` / ``items_column_map``, ``queries`` / ``query_key`` / ``queries_column_map``, and an
+attributes file in long format, ``attributes`` / ``attributes_key`` (default: ``item_key``) /
+``attributes_column_map`` (``key``, ``name``, ``value``); the
 rules are in :mod:`taosr.data.join`): fields in the pairs file win, the joined file fills in,
 and every pair without a row (and every lookup row no pair joined) is counted in ``ReadResult.notes``.
 
@@ -31,7 +33,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from taosr.data.join import ATTRIBUTE_PREFIX, ITEM_FIELDS, PACKED_ATTRIBUTES, Joiner, build_table, is_missing, item_fields
+from taosr.data.join import (ATTRIBUTE_PREFIX, ITEM_FIELDS, PACKED_ATTRIBUTES, Joiner, build_attribute_table, build_table,
+                             is_missing, item_fields)
 from taosr.errors import ConfigError, DataError
 from taosr.labels import TIERS
 from taosr.schema import (ALLOWED_QUERY_TYPES, Example, check_data_file, check_encoding, check_unique_id,
@@ -41,6 +44,7 @@ FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv
 TARGETS = ("id", "query", "label", "query_type") + ITEM_FIELDS + (PACKED_ATTRIBUTES,)
 ITEMS_TARGETS = ("key",) + ITEM_FIELDS + (PACKED_ATTRIBUTES,)  # a products file's column map
 QUERIES_TARGETS = ("key", "query", "query_type")                # a queries file's column map
+ATTRIBUTES_TARGETS = ("key", "name", "value")                   # a long-format attributes file's column map
 
 
 @dataclass
@@ -61,6 +65,9 @@ class ReaderSpec:
     queries: str | None = None                      # a queries file joined to the pairs on query_key
     query_key: str | None = None                    # the pairs file's column holding the query key
     queries_column_map: dict[str, str] | None = None  # the queries file's map (key=COL, query=COL, query_type=COL)
+    attributes: str | None = None                   # a long-format attributes file (product, name, value per row)
+    attributes_key: str | None = None               # the pairs file's column holding its product key (default: item_key)
+    attributes_column_map: dict[str, str] | None = None  # its map: key=COL name=COL value=COL (default name, value)
 
     def validate(self, option: Callable[[str], str] = lambda name: name) -> "ReaderSpec":
         """Check every option before any row is read; ``option(field)`` names it in errors (a
@@ -91,6 +98,18 @@ class ReaderSpec:
                 raise ConfigError(f"{option(key)}: required with {option(file)}: the pairs file's column "
                                   f"holding {what}")
             _check_map(m, targets, attrs, option(cmap))
+        if self.attributes is None:
+            for name in ("attributes_key", "attributes_column_map"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{option(name)}: set only with {option('attributes')} (the file to join)")
+        else:
+            if not isinstance(self.attributes, str) or not self.attributes.strip():
+                raise ConfigError(f"{option('attributes')}: must be a file path, got {self.attributes!r}")
+            key_col = self.attributes_key if self.attributes_key is not None else self.item_key
+            if not isinstance(key_col, str) or not key_col.strip():
+                raise ConfigError(f"{option('attributes_key')}: required with {option('attributes')} (or "
+                                  f"{option('item_key')}): the pairs file's column holding the product key")
+            _check_map(self.attributes_column_map, ATTRIBUTES_TARGETS, False, option("attributes_column_map"))
         if self.label_map is not None and self.label_thresholds is not None:
             raise ConfigError(f"{option('label_map')}: set a label map or label thresholds, not both")
         if self.label_map is not None:
@@ -287,7 +306,7 @@ def _jsonl_records(path: str, encoding: str, required: dict[str, str]) -> Iterat
 
 def _pairs_required(spec: ReaderSpec) -> dict[str, str]:
     req = dict(spec.column_map or {})
-    for name in ("item_key", "query_key"):
+    for name in ("item_key", "query_key", "attributes_key"):
         if getattr(spec, name) is not None:
             req[name] = getattr(spec, name)
     return req
@@ -315,16 +334,40 @@ def _parsed_table(path: str, size: int, mtime_ns: int, key_col: str, required: t
     return build_table(iter_records(path, infer_format(path), encoding, dict(required)), path, key_col, on_error)
 
 
+def read_attribute_table(path: str, key_column: str, cmap: dict[str, str] | None, encoding: str = "auto",
+                         on_error: str = "raise"):
+    """A long-format attributes file read into ``key -> {name: value}`` (:func:`taosr.data.join.build_attribute_table`):
+    its columns are the map's ``key`` (else the pairs file's key name), ``name`` and ``value``
+    (else ``name`` and ``value``). Parsed once per process while unchanged, as :func:`read_table`."""
+    check_data_file(path)
+    cmap = cmap or {}
+    cols = (cmap.get("key", key_column), cmap.get("name", "name"), cmap.get("value", "value"))
+    st = os.stat(path)
+    table = _parsed_attribute_table(path, st.st_size, st.st_mtime_ns, cols, encoding, on_error)
+    return dataclasses.replace(table, used=set())
+
+
+@functools.lru_cache(maxsize=2)
+def _parsed_attribute_table(path: str, size: int, mtime_ns: int, cols: tuple[str, str, str], encoding: str, on_error: str):
+    required = dict(zip(("key", "name", "value"), cols))
+    return build_attribute_table(iter_records(path, infer_format(path), encoding, required), path, *cols, on_error=on_error)
+
+
 def make_joiner(spec: ReaderSpec) -> Joiner | None:
-    """The :class:`Joiner` of ``spec``'s products and queries files (None when it joins none)."""
-    if spec.items is None and spec.queries is None:
+    """The :class:`Joiner` of ``spec``'s products, queries and attributes files (None when it joins none)."""
+    if spec.items is None and spec.queries is None and spec.attributes is None:
         return None
-    items = queries = None
+    items = queries = attributes = None
     if spec.items is not None:
         items = read_table(spec.items, spec.item_key, spec.items_column_map, spec.encoding, spec.on_error)
     if spec.queries is not None:
         queries = read_table(spec.queries, spec.query_key, spec.queries_column_map, spec.encoding, spec.on_error)
-    return Joiner(items, spec.item_key, spec.items_column_map, queries, spec.query_key, spec.queries_column_map)
+    attributes_key = spec.attributes_key or spec.item_key
+    if spec.attributes is not None:
+        attributes = read_attribute_table(spec.attributes, attributes_key, spec.attributes_column_map, spec.encoding,
+                                          spec.on_error)
+    return Joiner(items, spec.item_key, spec.items_column_map, queries, spec.query_key, spec.queries_column_map,
+                  attributes, attributes_key)
 
 
 def _label_kind(v: Any) -> str | None:
@@ -344,7 +387,7 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
     check_data_file(spec.path)
     fmt = spec.format or infer_format(spec.path)
     plain = fmt == "jsonl" and not spec.column_map and not spec.label_map and not spec.label_thresholds \
-        and spec.items is None and spec.queries is None
+        and spec.items is None and spec.queries is None and spec.attributes is None
     records = iter_records(spec.path, fmt, spec.encoding, {} if plain else _pairs_required(spec))
     joiner = make_joiner(spec)  # after the pairs file's columns were checked (CSV / Parquet)
     return read_records(records, spec, plain=plain, joiner=joiner)
