@@ -137,6 +137,12 @@ def test_rejection_and_diverse_sampling(tmp_path, dm):
     out = ds.filter(dm.splits["train"], dm)
     assert len(out) == 8 and len({(e.label, e.query_type) for e in out}) >= min(8, len({(e.label, e.query_type) for e in dm.splits["train"]}))
     assert not RejectionSampling(enabled=False).filter(dm.splits["train"], dm) is None
+    # without a cap it keeps half the pool (keeping all would change nothing: the sampler shuffles)
+    assert len(DiverseSampling().filter(dm.splits["train"], dm)) == 20
+    assert len(DiverseSampling(share=0.25).filter(dm.splits["train"], dm)) == 10
+    for kw, msg in ((dict(share=0.0), "data.diverse_sampling.share"), (dict(max_prompts=0), "data.diverse_sampling.max_prompts")):
+        with pytest.raises(ConfigError, match=msg):
+            DiverseSampling(**kw)
 
 
 def test_curriculum_stages_filter_and_advance(dm):

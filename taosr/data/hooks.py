@@ -86,12 +86,23 @@ class RejectionSampling:
 @dataclass
 class DiverseSampling:
     """Prefer prompts whose samples disagree (several labels or step-verdict patterns) and keep
-    tiers and query types balanced: take up to ``max_prompts`` round-robin over (tier, type)
-    cells, most diverse first."""
+    tiers and query types balanced: take ``max_prompts`` (default: ``share`` of the pool)
+    round-robin over (tier, type) cells, most diverse first. The pool must shrink for this to do
+    anything: the training sampler shuffles whatever it keeps, so the order alone counts for nothing."""
     enabled: bool = True
     max_prompts: int | None = None
+    share: float = 0.5
     seed: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        from taosr.errors import ConfigError
+
+        if not isinstance(self.share, (int, float)) or isinstance(self.share, bool) or not 0 < self.share <= 1:
+            raise ConfigError(f"data.diverse_sampling.share: must be in (0, 1], got {self.share!r}")
+        if self.max_prompts is not None and (isinstance(self.max_prompts, bool) or not isinstance(self.max_prompts, int)
+                                             or self.max_prompts < 1):
+            raise ConfigError(f"data.diverse_sampling.max_prompts: must be an integer >= 1 (or unset), got {self.max_prompts!r}")
 
     def filter(self, rows: list, dm) -> list:
         if not self.enabled:
@@ -105,7 +116,7 @@ class DiverseSampling:
             cells[(ex.label, ex.query_type)].append((score, rng.random(), ex))
         for v in cells.values():
             v.sort(key=lambda t: (t[0], t[1]), reverse=True)
-        limit = self.max_prompts or len(rows)
+        limit = self.max_prompts or max(1, round(self.share * len(rows)))
         out, order = [], sorted(cells, key=str)
         while len(out) < limit and any(cells[c] for c in order):
             for c in order:
@@ -114,6 +125,8 @@ class DiverseSampling:
         self.stats = {"input": len(rows), "kept": len(out),
                       "tiers": dict(Counter(ex.label for ex in out)),
                       "types": dict(Counter(ex.query_type for ex in out))}
+        print(f"taosr: diverse sampling kept {len(out)}/{len(rows)} prompts (most diverse first, round-robin "
+              f"over {len(cells)} tier x query-type cells)")
         return out
 
     def state_dict(self) -> dict[str, Any]:
