@@ -145,11 +145,15 @@ def test_rejection_and_diverse_sampling(tmp_path, dm):
             DiverseSampling(**kw)
 
 
-def test_curriculum_stages_filter_and_advance(dm):
+def test_curriculum_stages_filter_and_advance(dm, capsys):
     dm.samples_path = None
     cur = Curriculum(stages=[CurriculumStage(max_difficulty=0.5, until_step=3), CurriculumStage(max_difficulty=1.0)])
     easy = cur.filter(dm.splits["train"], dm)
     assert easy and all(e.query_type in ("category", "brand", "attribute") for e in easy)
+    assert f"curriculum stage 1/2 keeps {len(easy)}/40 prompts (difficulty <= 0.5)" in capsys.readouterr().out
+    none = Curriculum(stages=[CurriculumStage(query_types=["no_such_type"])])
+    assert len(none.filter(dm.splits["train"], dm)) == 40  # an empty stage trains on the whole pool, and says so
+    assert "keeps none of the 40 prompts" in capsys.readouterr().out
     assert not cur.should_advance(2, {}) and cur.should_advance(3, {})
     cur.advance(3)
     assert len(cur.filter(dm.splits["train"], dm)) == 40

@@ -163,7 +163,13 @@ class Curriculum:
         st = self.stages[self.stage]
         kept = [ex for ex in rows if difficulty(ex, info.get(_key(ex))) <= st.max_difficulty
                 and (not st.query_types or ex.query_type in st.query_types)]
-        return kept or rows
+        rule = f"difficulty <= {st.max_difficulty:g}" + (f", query types {', '.join(st.query_types)}" if st.query_types else "")
+        if not kept:
+            print(f"taosr: curriculum stage {self.stage + 1}/{len(self.stages)} ({rule}) keeps none of the "
+                  f"{len(rows)} prompts: training on all of them until the next stage")
+            return rows
+        print(f"taosr: curriculum stage {self.stage + 1}/{len(self.stages)} keeps {len(kept)}/{len(rows)} prompts ({rule})")
+        return kept
 
     def should_advance(self, step: int, metrics: dict[str, float]) -> bool:
         if not self.enabled or self.stage >= len(self.stages) - 1:
