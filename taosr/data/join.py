@@ -153,17 +153,21 @@ class Table:
         return out
 
 
+def _refuser(on_error: str) -> Callable[[DataError, list, str], None]:
+    """``refuse(err, bucket, note)``: raise ``err`` (``on_error="raise"``), or count ``note`` in ``bucket``."""
+    def refuse(err: DataError, bucket: list[str], note: str) -> None:
+        if on_error == "raise":
+            raise err
+        bucket.append(note)
+    return refuse
+
+
 def build_table(records: Iterable[tuple[str, Any]], path: str, key_column: str, on_error: str = "raise") -> Table:
     """Read ``(where, record)`` pairs into a :class:`Table` keyed by ``key_column``. A record that is
     a :class:`DataError` (a line that is not JSON) or not an object, a missing key or a duplicate
     key raises; with ``on_error="skip"`` it is counted instead (the first row of a key is kept)."""
     t = Table(path=path, key_column=key_column)
-
-    def refuse(err: DataError, bucket: list[str], note: str) -> None:
-        if on_error == "raise":
-            raise err
-        bucket.append(note)
-
+    refuse = _refuser(on_error)
     for where, rec in records:
         t.n_rows += 1
         if isinstance(rec, DataError) or not isinstance(rec, dict):
@@ -190,12 +194,7 @@ def build_attribute_table(records: Iterable[tuple[str, Any]], path: str, key_col
     no name, raises; with ``on_error="skip"`` it is counted. Values of one name repeated for a key
     are joined by ``"; "`` (each distinct value once, in file order)."""
     t = Table(path=path, key_column=key_column)
-
-    def refuse(err: DataError, bucket: list[str], note: str) -> None:
-        if on_error == "raise":
-            raise err
-        bucket.append(note)
-
+    refuse = _refuser(on_error)
     values: dict[str, dict[str, list[str]]] = {}
     first: dict[str, str] = {}
     for where, rec in records:
@@ -273,7 +272,7 @@ class Joiner:
         self.queries_map = {k: v for k, v in (queries_column_map or {}).items() if k != "key"}
 
     def apply(self, row: dict, flat: dict, where: str) -> dict:
-        # both lookups first, so each file's counts cover every pair
+        # every lookup first, so each file's counts cover every pair
         item_hit = self.items.lookup(flat, where) if self.items is not None else None
         query_hit = self.queries.lookup(flat, where) if self.queries is not None else None
         attr_hit = self.attributes.lookup(flat, where) if self.attributes is not None else None
