@@ -13,7 +13,6 @@ training for the GRM's validation on policy samples (:func:`policy_split`).
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
 
@@ -128,8 +127,9 @@ def policy_rows(samples_path: str, spec: GRMSamples) -> list[tuple]:
 
 def held_out_query(query: str, seed: int, share: float) -> bool:
     """Whether a sampled query is kept for validation (a hash of its text and the seed)."""
-    h = int(hashlib.md5(f"grm-holdout-{seed}:{query}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return h < share
+    from taosr.data.synth import stable_unit
+
+    return stable_unit(f"grm-holdout-{seed}:{query}") < share
 
 
 def policy_split(rows: list[tuple], spec: GRMSamples, seed: int) -> tuple[list[tuple], list[tuple]]:

@@ -35,7 +35,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from taosr.errors import DataError
 
@@ -162,22 +162,30 @@ def _refuser(on_error: str) -> Callable[[DataError, list, str], None]:
     return refuse
 
 
-def build_table(records: Iterable[tuple[str, Any]], path: str, key_column: str, on_error: str = "raise") -> Table:
-    """Read ``(where, record)`` pairs into a :class:`Table` keyed by ``key_column``. A record that is
-    a :class:`DataError` (a line that is not JSON) or not an object, a missing key or a duplicate
-    key raises; with ``on_error="skip"`` it is counted instead (the first row of a key is kept)."""
-    t = Table(path=path, key_column=key_column)
-    refuse = _refuser(on_error)
+def _keyed_records(records: Iterable[tuple[str, Any]], t: Table, refuse) -> Iterator[tuple[str, dict, str]]:
+    """``(where, record, key)`` of the records that are objects with a key in ``t.key_column``;
+    counts every record in ``t.n_rows`` and refuses the others (a line that is not JSON, not an
+    object, no key)."""
     for where, rec in records:
         t.n_rows += 1
         if isinstance(rec, DataError) or not isinstance(rec, dict):
             err = rec if isinstance(rec, DataError) else DataError(where, None, "row must be an object")
             refuse(err, t.bad, str(err))
             continue
-        key = norm_key(rec.get(key_column))
+        key = norm_key(rec.get(t.key_column))
         if key is None:
-            refuse(DataError(where, key_column, f"is missing (the join key of {path})"), t.keyless, where)
+            refuse(DataError(where, t.key_column, f"is missing (the join key of {t.path})"), t.keyless, where)
             continue
+        yield where, rec, key
+
+
+def build_table(records: Iterable[tuple[str, Any]], path: str, key_column: str, on_error: str = "raise") -> Table:
+    """Read ``(where, record)`` pairs into a :class:`Table` keyed by ``key_column``. A record that is
+    a :class:`DataError` (a line that is not JSON) or not an object, a missing key or a duplicate
+    key raises; with ``on_error="skip"`` it is counted instead (the first row of a key is kept)."""
+    t = Table(path=path, key_column=key_column)
+    refuse = _refuser(on_error)
+    for where, rec, key in _keyed_records(records, t, refuse):
         if key in t.rows:
             first = t.rows[key][0]
             refuse(DataError(where, key_column, f"duplicate key {key!r} (first at {first})"), t.duplicates,
@@ -197,16 +205,7 @@ def build_attribute_table(records: Iterable[tuple[str, Any]], path: str, key_col
     refuse = _refuser(on_error)
     values: dict[str, dict[str, list[str]]] = {}
     first: dict[str, str] = {}
-    for where, rec in records:
-        t.n_rows += 1
-        if isinstance(rec, DataError) or not isinstance(rec, dict):
-            err = rec if isinstance(rec, DataError) else DataError(where, None, "row must be an object")
-            refuse(err, t.bad, str(err))
-            continue
-        key = norm_key(rec.get(key_column))
-        if key is None:
-            refuse(DataError(where, key_column, f"is missing (the join key of {path})"), t.keyless, where)
-            continue
+    for where, rec, key in _keyed_records(records, t, refuse):
         name = rec.get(name_column)
         if is_missing(name):
             refuse(DataError(where, name_column, f"is missing (the attribute name in {path})"), t.bad,

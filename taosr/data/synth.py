@@ -413,7 +413,7 @@ def gold_steps(q: QuerySpec, item: ItemSpec) -> tuple[dict[str, str], dict[str, 
 
 # ----------------------------------------------------------------------------- driver
 def _split_of(text: str, weights: list[tuple[str, int]]) -> str:
-    h = int(hashlib.md5(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    h = stable_unit(text)
     total, acc = sum(w for _, w in weights), 0.0
     for name, w in weights:
         acc += w / total
@@ -479,8 +479,13 @@ def check_config(cfg: SynthConfig) -> dict[int, float]:
 def annotated_query(query: str, cfg: SynthConfig) -> bool:
     """Heldout regime: whether a training query is on the annotated side (a hash of its text and
     the seed, so all items of a query fall on one side and the examples themselves do not change)."""
-    h = int(hashlib.md5(f"annotated-{cfg.seed}:{query}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return h < cfg.train_annotation_share
+    return stable_unit(f"annotated-{cfg.seed}:{query}") < cfg.train_annotation_share
+
+
+def stable_unit(text: str) -> float:
+    """A number in [0, 1] fixed by ``text`` (md5, so the same in every process and Python version):
+    for splits by a hash of the query text."""
+    return int(hashlib.md5(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
 def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
