@@ -140,9 +140,33 @@ def test_rejection_and_diverse_sampling(tmp_path, dm):
     # without a cap it keeps half the pool (keeping all would change nothing: the sampler shuffles)
     assert len(DiverseSampling().filter(dm.splits["train"], dm)) == 20
     assert len(DiverseSampling(share=0.25).filter(dm.splits["train"], dm)) == 10
-    for kw, msg in ((dict(share=0.0), "data.diverse_sampling.share"), (dict(max_prompts=0), "data.diverse_sampling.max_prompts")):
+    for kw, msg in ((dict(share=0.0), "data.diverse_sampling.share"), (dict(max_prompts=0), "data.diverse_sampling.max_prompts"),
+                    (dict(rank_by="entropy"), "data.diverse_sampling.rank_by: 'entropy' is unknown"),
+                    (dict(seed="x"), "data.diverse_sampling.seed")):
         with pytest.raises(ConfigError, match=msg):
             DiverseSampling(**kw)
+
+
+def test_diverse_sampling_random_control(tmp_path, dm, monkeypatch, capsys):
+    """rank_by: random keeps as many prompts, over the same tier x type cells, in random order:
+    the diverse prompts (those with several sampled labels) are not preferred."""
+    train = dm.splits["train"]
+    # the first 10 prompts disagree (two labels among their samples), the other 30 do not
+    dm.samples_path = _samples_file(tmp_path / "s.jsonl", dm, [(2, 2)] * 10 + [(4, 0)] * 30)
+    diverse = DiverseSampling(share=0.25).filter(train, dm)
+    draws = [DiverseSampling(share=0.25, rank_by="random", seed=s).filter(train, dm) for s in range(4)]
+    assert "random order, seed 3" in capsys.readouterr().out
+    cells = lambda rows: sorted((e.label, e.query_type) for e in rows)  # noqa: E731
+    first10 = {id(e) for e in train[:10]}
+    n_div = [sum(id(e) in first10 for e in d) for d in draws]
+    assert sum(id(e) in first10 for e in diverse) > max(n_div), n_div
+    for d in draws:
+        assert len(d) == len(diverse) == 10 and cells(d) == cells(diverse)
+    assert len({tuple(id(e) for e in d) for d in draws}) > 1  # the seed draws the subset
+    # seed null: the run's seed (seed_everything sets PL_GLOBAL_SEED)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    ds = DiverseSampling(share=0.25, rank_by="random", seed=None)
+    assert [id(e) for e in ds.filter(train, dm)] == [id(e) for e in draws[3]] and ds.stats["seed"] == 3
 
 
 def test_curriculum_stages_filter_and_advance(dm, capsys):

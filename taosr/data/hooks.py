@@ -83,16 +83,26 @@ class RejectionSampling:
         self.stats = dict(s.get("stats", {}))
 
 
+RANKINGS = ("disagreement", "random")
+
+
 @dataclass
 class DiverseSampling:
     """Prefer prompts whose samples disagree (several labels or step-verdict patterns) and keep
     tiers and query types balanced: take ``max_prompts`` (default: ``share`` of the pool)
     round-robin over (tier, type) cells, most diverse first. The pool must shrink for this to do
-    anything: the training sampler shuffles whatever it keeps, so the order alone counts for nothing."""
+    anything: the training sampler shuffles whatever it keeps, so the order alone counts for nothing.
+
+    ``rank_by: random`` is the control: the same number of prompts, round-robin over the same
+    cells, in random order within each cell (a stratified random subset), so a study can tell the
+    diversity ranking apart from training on a smaller pool revisited more often. ``seed`` breaks
+    ties (``disagreement``) or draws the subset (``random``); ``null`` takes the run's seed
+    (``seed_everything``), so each seed of a study draws its own subset."""
     enabled: bool = True
     max_prompts: int | None = None
     share: float = 0.5
-    seed: int = 0
+    rank_by: str = "disagreement"
+    seed: int | None = 0
     stats: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -103,12 +113,26 @@ class DiverseSampling:
         if self.max_prompts is not None and (isinstance(self.max_prompts, bool) or not isinstance(self.max_prompts, int)
                                              or self.max_prompts < 1):
             raise ConfigError(f"data.diverse_sampling.max_prompts: must be an integer >= 1 (or unset), got {self.max_prompts!r}")
+        if self.rank_by not in RANKINGS:
+            raise ConfigError(f"data.diverse_sampling.rank_by: {self.rank_by!r} is unknown; expected one of {', '.join(RANKINGS)}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ConfigError(f"data.diverse_sampling.seed: must be an integer or null (the run's seed), got {self.seed!r}")
+
+    def draw_seed(self) -> int:
+        """``seed``, or the run's seed (Lightning's ``PL_GLOBAL_SEED``, set by ``seed_everything``) when null."""
+        if self.seed is not None:
+            return self.seed
+        import os
+
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def filter(self, rows: list, dm) -> list:
         if not self.enabled:
             return rows
-        info = _pass_rates(dm.samples_path, getattr(dm, "target", None))
-        rng = random.Random(self.seed)
+        by_disagreement = self.rank_by == "disagreement"
+        info = _pass_rates(dm.samples_path, getattr(dm, "target", None)) if by_disagreement else {}
+        seed = self.draw_seed()
+        rng = random.Random(seed)
         cells: dict[tuple, list] = defaultdict(list)
         for ex in rows:
             s = info.get(_key(ex))
@@ -122,10 +146,11 @@ class DiverseSampling:
             for c in order:
                 if cells[c] and len(out) < limit:
                     out.append(cells[c].pop(0)[2])
-        self.stats = {"input": len(rows), "kept": len(out),
+        self.stats = {"input": len(rows), "kept": len(out), "rank_by": self.rank_by, "seed": seed,
                       "tiers": dict(Counter(ex.label for ex in out)),
                       "types": dict(Counter(ex.query_type for ex in out))}
-        print(f"taosr: diverse sampling kept {len(out)}/{len(rows)} prompts (most diverse first, round-robin "
+        order_text = "most diverse first" if by_disagreement else f"random order, seed {seed}"
+        print(f"taosr: diverse sampling kept {len(out)}/{len(rows)} prompts ({order_text}, round-robin "
               f"over {len(cells)} tier x query-type cells)")
         return out
 
