@@ -38,7 +38,7 @@ def test_vllm_missing_gives_clear_error():
 
 
 def test_shared_prefix_sampler_greedy_equals_generate():
-    from taosr.eval.generation import GenerationSpec, generate_ids
+    from taosr.eval.generation import GenerationSpec, hf_generate_ids as generate_ids
     from taosr.rl.engines.hf import HFEngine
 
     model, Tok = tiny_llama(seed=0), TinyTok  # the global generator continues from the model's seed
@@ -364,3 +364,37 @@ def test_sharded_parameters_are_never_captured():
     ids, att = _prompts()
     d.generate(model, TinyTok, ids, att, _greedy())
     assert d.captures == 0
+
+
+def test_cpu_greedy_evaluation_equals_generate_exactly():
+    """Greedy evaluation on CPU decodes on the written-only static cache: the same tokens and the
+    same captured tier scores as ``model.generate`` (bit for bit: the attention sees the same keys),
+    and ``generate`` itself wherever the model's generation config changes scores."""
+    from taosr.eval.generation import generate_ids, hf_generate_ids
+    from taosr.eval.scores import LabelSlotCapture
+    from taosr.rl.engines.graph import decoder_for
+
+    model = tiny_llama(seed=4)
+    with torch.no_grad():  # make eos likely so rows finish at different steps
+        model.lm_head.weight[2] += 0.6 * model.lm_head.weight.std() * torch.randn(32).sign()
+    ids, att = _prompts(B=4, P=7, seed=3)
+    ref_cap, cap = LabelSlotCapture([5, 6, 7, 8]), LabelSlotCapture([5, 6, 7, 8])
+    ref = hf_generate_ids(model, TinyTok, ids, att, _greedy(T=24), [ref_cap])
+    out = generate_ids(model, TinyTok, ids, att, _greedy(T=24), [cap])
+    assert torch.equal(out, ref) and (out == 2).any(1).sum() >= 2
+    assert torch.equal(cap.logits(), ref_cap.logits())
+    assert any("eager-written" in k for k in decoder_for(model).slots)
+    assert torch.equal(generate_ids(model, TinyTok, ids, att, _greedy(T=24, G=2)), ref.repeat_interleave(2, 0))
+    # a repetition penalty is applied by generate only: evaluation keeps generate's tokens
+    model.generation_config.repetition_penalty = 3.0
+    penalised = hf_generate_ids(model, TinyTok, ids, att, _greedy(T=24))
+    assert not torch.equal(penalised, ref)
+    assert torch.equal(generate_ids(model, TinyTok, ids, att, _greedy(T=24)), penalised)
+
+
+def test_decoder_logits_processors_need_eager_steps_and_one_completion():
+    from taosr.rl.engines.graph import StaticDecoder
+
+    ids, att = _prompts(B=2, P=5)
+    with pytest.raises(ValueError, match="one completion per prompt"):
+        StaticDecoder().generate(tiny_llama(), TinyTok, ids, att, _greedy(G=2), logits_processor=[lambda i, s: s])

@@ -57,3 +57,23 @@ def test_decoding_passes_the_cache_under_the_installed_name():
         for static in (True, False):
             out = HFEngine(static_cache=static).generate(model, TinyTok, ids, torch.ones_like(ids), spec)
             assert out.shape[0] == 4
+
+
+def test_written_static_cache_hands_attention_the_written_positions_only():
+    from transformers import LlamaConfig, MistralConfig
+
+    from taosr.models.kvcache import written_static_cache
+
+    small = dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=2, intermediate_size=32, vocab_size=50)
+    cache = written_static_cache(LlamaConfig(**small), 10)
+    layer = cache.layers[0]
+    assert layer.get_mask_sizes(3) == (3, 0)  # nothing written yet: the query's own positions
+    k, v = layer.update(torch.ones(2, 2, 3, 16), torch.ones(2, 2, 3, 16))
+    assert k.shape == v.shape == (2, 2, 3, 16) and layer.keys.shape[2] == 10  # preallocated, viewed
+    assert layer.get_mask_sizes(1) == (4, 0)
+    k, _ = layer.update(torch.full((2, 2, 1, 16), 2.0), torch.zeros(2, 2, 1, 16))
+    assert k.shape[2] == 4 and k.data_ptr() == layer.keys.data_ptr() and float(k[0, 0, 3, 0]) == 2.0
+    cache.reset()
+    assert layer.get_mask_sizes(1) == (1, 0)
+    # sliding-window (or hybrid) caches keep their own layers: no written-only cache for them
+    assert written_static_cache(MistralConfig(**small, sliding_window=4), 10) is None

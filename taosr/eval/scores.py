@@ -160,7 +160,7 @@ class LabelSlotCapture:
         runs its own processors first: a repetition penalty would reshape P(tier), so such models
         take the forward pass instead)."""
         ids = tier_token_ids(tokenizer)
-        if ids is None or (model is not None and _alters_scores(getattr(model, "generation_config", None))):
+        if ids is None or (model is not None and alters_scores(getattr(model, "generation_config", None))):
             return None
         return cls(ids)
 
@@ -173,7 +173,7 @@ class LabelSlotCapture:
         return torch.stack(self.steps, 1).cpu() if self.steps else None
 
 
-def _alters_scores(cfg) -> bool:
+def alters_scores(cfg) -> bool:
     """Whether a generation config makes ``generate`` change greedy scores (penalties, bans, biases)."""
     if cfg is None:
         return False

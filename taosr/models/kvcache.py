@@ -37,3 +37,48 @@ def output_cache(out):
     """The cache a forward returned (``out.cache``, or ``out.past_key_values`` before the rename)."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+# ----------------------------------------------------------------------------- written-only static cache
+def _static_layer_type():
+    from transformers.cache_utils import StaticLayer
+
+    return StaticLayer
+
+
+def written_static_cache(config, max_cache_len: int):
+    """A transformers ``StaticCache`` (preallocated, written in place) whose layers hand attention
+    only the positions written so far, and whose masks are that long: at decode step t the
+    attention reads prompt + t keys instead of the whole preallocated length, the same keys (and
+    the same numbers) a growing cache gives, without re-copying it every token. For eager decoding
+    (CPU): the shapes change every step, so it is never captured in a graph. None when the model's
+    cache is not made of plain static layers (sliding-window or hybrid models): use the plain one."""
+    from transformers import StaticCache
+
+    StaticLayer = _static_layer_type()
+    cache = StaticCache(config=config, max_cache_len=max_cache_len)
+    if not cache.layers or any(type(layer) is not StaticLayer for layer in cache.layers):
+        return None
+    layer_type = _written_layer_class()
+    cache.layers = [layer_type(max_cache_len=max_cache_len) for _ in cache.layers]
+    return cache
+
+
+@functools.lru_cache(maxsize=None)
+def _written_layer_class():
+    StaticLayer = _static_layer_type()
+
+    class WrittenStaticLayer(StaticLayer):
+        """A StaticLayer whose ``update`` returns views of the written positions only."""
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            keys, values = super().update(key_states, value_states, *args, **kwargs)
+            n = int(self.cumulative_length)
+            return keys[:, :, :n], values[:, :, :n]
+
+        def get_mask_sizes(self, *args, **kwargs):  # (query_length) in transformers 5.x
+            q = args[0] if args else next(iter(kwargs.values()))
+            q = int(q.shape[-1]) if hasattr(q, "shape") else int(q)
+            return (int(self.cumulative_length) if self.is_initialized else 0) + q, 0
+
+    return WrittenStaticLayer

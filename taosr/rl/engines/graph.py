@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from taosr.models.kvcache import cache_kwargs, output_cache
+from taosr.models.kvcache import cache_kwargs, output_cache, written_static_cache
 
 CACHE_ROUND = 128   # cache-length granularity of a CUDA slot
 
@@ -132,6 +132,7 @@ class _Slot:
     length: torch.Tensor   # (Nb,) tokens up to and including eos, set when a row finishes
     t: torch.Tensor        # (1,) tokens written so far
     out: torch.Tensor      # (Nb, L) the completion tokens
+    written: bool = False  # the cache hands attention only the written positions (eager steps)
     graphs: dict = field(default_factory=dict)
 
 
@@ -153,11 +154,14 @@ class StaticDecoder:
     def _graphs_on(self, device: torch.device, cuda_graphs: bool = True) -> bool:
         return cuda_graphs and self.cuda_graphs and not self.capture_failed and device.type in self._graph_devices
 
-    def _slot(self, model, device, n: int, need_len: int, kv_dtype: torch.dtype, amp, graphs: bool) -> _Slot:
+    def _slot(self, model, device, n: int, need_len: int, kv_dtype: torch.dtype, amp, graphs: bool,
+              written: bool = False) -> _Slot:
         from transformers import StaticCache
 
         nb = batch_bucket(n) if graphs else n
-        key = (device, nb if graphs else "eager", amp)  # eager decoding keeps one slot (exact sizes) per device
+        written = written and not graphs
+        # eager decoding keeps one slot (exact sizes) per device and cache kind
+        key = (device, nb if graphs else ("eager-written" if written else "eager"), amp)
         s = self.slots.get(key)
         fits = s is not None and s.dtype == kv_dtype and s.batch == nb and (
             s.cache_len >= need_len if graphs else s.cache_len == need_len)
@@ -165,7 +169,10 @@ class StaticDecoder:
             if s is not None:
                 need_len = max(need_len, s.cache_len) if graphs else need_len
             L = CACHE_ROUND * math.ceil(need_len / CACHE_ROUND) if graphs else need_len
-            s = _Slot(batch=nb, cache_len=L, cache=StaticCache(config=model.config, max_cache_len=L), dtype=kv_dtype,
+            cache = written_static_cache(model.config, L) if written else None
+            written = cache is not None
+            cache = cache if written else StaticCache(config=model.config, max_cache_len=L)
+            s = _Slot(batch=nb, cache_len=L, cache=cache, dtype=kv_dtype, written=written,
                       tok=torch.zeros(nb, dtype=torch.long, device=device),
                       pos=torch.zeros(nb, 1, dtype=torch.long, device=device),
                       att=torch.ones(nb, L, dtype=torch.long, device=device),
@@ -195,15 +202,28 @@ class StaticDecoder:
         s.done.logical_or_(newly)
         s.tok.copy_(nt)
 
-    def _step_fn(self, model, s: _Slot, sampler, eos: int, pad: int) -> Callable[[], None]:
+    def _step_fn(self, model, s: _Slot, sampler, eos: int, pad: int, processors=None,
+                 prompt_ids: torch.Tensor | None = None) -> Callable[[], None]:
         kw = cache_kwargs(model, s.cache)
 
         def step() -> None:
-            out = model(input_ids=s.tok[:, None], attention_mask=s.att, position_ids=s.pos, use_cache=True,
-                        **kw)
+            # written-only cache: the mask covers the positions written so far and this token's
+            att = s.att[:, :int(s.cache.layers[0].cumulative_length) + 1] if s.written else s.att
+            out = model(input_ids=s.tok[:, None], attention_mask=att, position_ids=s.pos, use_cache=True, **kw)
             s.pos.add_(1)
-            self._advance(s, sampler(out.logits[:, -1]), eos, pad)
+            self._advance(s, sampler(self._process(out.logits[:, -1], s, processors, prompt_ids)), eos, pad)
         return step
+
+    @staticmethod
+    def _process(logits: torch.Tensor, s: _Slot, processors, prompt_ids) -> torch.Tensor:
+        """Apply ``model.generate``-style logits processors (eager steps only): each is called with the
+        ids so far (prompt + completion) and the scores, as ``generate`` calls them."""
+        if not processors:
+            return logits
+        ids = torch.cat([prompt_ids, s.out[:prompt_ids.shape[0], :int(s.t)]], 1)
+        for proc in processors:
+            logits = proc(ids, logits)
+        return logits
 
     def _graph(self, s: _Slot, key: tuple, step: Callable[[], None]):
         """Capture ``step`` (after ``warmup`` eager runs have been made on this slot); None on failure."""
@@ -228,9 +248,15 @@ class StaticDecoder:
     # ------------------------------------------------------------------ generate
     @torch.no_grad()
     def generate(self, model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, spec,
-                 cuda_graphs: bool = True) -> torch.Tensor:
+                 cuda_graphs: bool = True, written_only: bool = False, logits_processor: list | None = None) -> torch.Tensor:
         """Completion ids (B * G, n), right padded with pad_token_id, the G completions of a prompt contiguous.
-        Graphs are used on CUDA unless this decoder, ``cuda_graphs`` or ``spec.cuda_graphs`` turns them off."""
+        Graphs are used on CUDA unless this decoder, ``cuda_graphs`` or ``spec.cuda_graphs`` turns them off.
+
+        Eager steps only (no graphs): ``written_only`` decodes on a cache that hands attention the
+        written positions only (:func:`taosr.models.kvcache.written_static_cache`: the keys a growing
+        cache gives, so greedy output matches ``model.generate``'s, at less memory traffic);
+        ``logits_processor``: ``generate``-style processors applied to the scores of every step
+        (e.g. :class:`taosr.eval.scores.LabelSlotCapture`); only with G = 1."""
         G = max(1, int(spec.num_return_sequences))
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         P, T = input_ids.shape[1], int(spec.max_new_tokens)
@@ -243,12 +269,16 @@ class StaticDecoder:
         try:
             with ctx:
                 graphs = self._graphs_on(device, cuda_graphs and getattr(spec, "cuda_graphs", True))
-                return self._generate(model, input_ids, attention_mask, G, P, T, eos, pad, spec, amp, graphs)
+                if logits_processor and (graphs or G != 1):
+                    raise ValueError("StaticDecoder: logits processors run with eager steps and one completion per prompt only")
+                return self._generate(model, input_ids, attention_mask, G, P, T, eos, pad, spec, amp, graphs,
+                                      written_only, logits_processor)
         finally:
             if was_training:
                 model.train()
 
-    def _generate(self, model, input_ids, attention_mask, G, P, T, eos, pad, spec, amp, graphs) -> torch.Tensor:
+    def _generate(self, model, input_ids, attention_mask, G, P, T, eos, pad, spec, amp, graphs,
+                  written_only=False, processors=None) -> torch.Tensor:
         device = input_ids.device
         pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         pre = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=True,
@@ -258,7 +288,7 @@ class StaticDecoder:
         if graphs:
             self._check_weights(model)
         layers = output_cache(pre).layers
-        s = self._slot(model, device, N, P + T, layers[0].keys.dtype, amp, graphs)
+        s = self._slot(model, device, N, P + T, layers[0].keys.dtype, amp, graphs, written_only)
         nb = s.batch
 
         def rows(x: torch.Tensor) -> torch.Tensor:  # prompt rows -> G copies each, then padding rows
@@ -276,10 +306,10 @@ class StaticDecoder:
         s.length.zero_()
         s.t.zero_()
         sampler = make_sampler(spec)
-        self._advance(s, sampler(rows(pre.logits[:, -1])), eos, pad)
+        self._advance(s, sampler(self._process(rows(pre.logits[:, -1]), s, processors, input_ids)), eos, pad)
         del pre, layers
 
-        step = self._step_fn(model, s, sampler, eos, pad)
+        step = self._step_fn(model, s, sampler, eos, pad, processors, input_ids)
         key = sampling_key(spec) + (eos, pad)  # constants the captured step bakes in
         g = s.graphs.get(key) if graphs else None
         every = self.sync_every if graphs else 1
