@@ -129,3 +129,20 @@ def test_manual_optimisation_checkpoints_without_lightnings_warning(tmp_path, ou
     said = [str(w.message) for w in caught if "pre-optimization state" in str(w.message)]
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
     assert bool(said) is not ours, said
+
+
+@pytest.mark.parametrize("stop", [10, 20])  # the end of the first and of the second epoch (10 batches each)
+def test_resume_at_an_epoch_boundary_is_bit_identical(tmp_path, cache_dir, stop):
+    """A periodic checkpoint written at the last batch of an epoch: the uninterrupted run then starts
+    the next epoch, whose DataLoader iterator draws its base seed from the global generator before
+    the first step; the resumed run must make the same draw, or every random number after it (here
+    dropout) is shifted by one."""
+    full, _, full_log = run(str(tmp_path / "full"), cache_dir, 24, dropout=0.2)
+    with pytest.raises(Crash):
+        run(str(tmp_path / "part"), cache_dir, 24, extra=[CrashAt(stop)], every=stop, dropout=0.2)
+    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 24, ckpt=str(tmp_path / "part" / "ckpt" / "last.ckpt"),
+                                every=stop, dropout=0.2)  # the same command (Lightning keys callback state by its options)
+    assert tr2.global_step == 24
+    assert res_log.first_ids == full_log.first_ids[stop:]
+    for (n, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(a, b), (n, (a - b).abs().max().item())

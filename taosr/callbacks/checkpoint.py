@@ -8,7 +8,11 @@
 - the random number generators' states (torch CPU/CUDA, numpy, random) are saved and restored
   (single process): rollouts, sampling and dropout continue as the uninterrupted run would. The
   on-exception checkpoint keeps the states of the start of the interrupted step, whose update it
-  does not contain;
+  does not contain. A checkpoint written at an epoch's last batch resumes with the next epoch,
+  whose DataLoader iterator draws its base seed from the global torch generator before the first
+  step (as the uninterrupted run's did): the restore makes that draw too. A validation run at that
+  epoch's end is not repeated by the resume, and its DataLoader's draw is not made (the resumed
+  run's random numbers are one draw off where one ran there);
 - every checkpoint is written under a temporary name and renamed: a crash while saving never leaves
   a truncated ``last.ckpt`` in place of the previous one;
 - under manual optimisation (GRPO, SRPO) a periodic checkpoint holds the weights *after* the step's
@@ -61,17 +65,24 @@ class Checkpoint(ModelCheckpoint):
         self._rng_at_step_start: dict | None = None
         self._saving_on_exception = False
         self._rng_to_restore: dict | None = None
+        self._epoch_end = False          # the step being saved is its epoch's last
+        self._restore_epoch_end = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._rng_to_restore is not None:
             # restored here, not on load: the epoch's DataLoader iterator, made after the restore, draws
             # its base seed from the global generator, which the uninterrupted run did before this step
             _set_rng_states(self._rng_to_restore)
+            if self._restore_epoch_end:  # saved at the end of the previous epoch: the draw that the
+                torch.empty((), dtype=torch.int64).random_()  # iterator of this epoch made (torch DataLoader)
             self._rng_to_restore = None
         if self.save_on_exception and trainer.world_size == 1:
             self._rng_at_step_start = _collect_rng_states()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from taosr.data.datamodule import epoch_finished
+
+        self._epoch_end = epoch_finished(trainer.fit_loop.epoch_loop.batch_progress)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -81,14 +92,16 @@ class Checkpoint(ModelCheckpoint):
         rng = self._rng_at_step_start if self._saving_on_exception else _collect_rng_states()
         if rng is not None:
             state["rng_states"] = rng
+            state["rng_epoch_end"] = self._epoch_end and not self._saving_on_exception
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         rng = state_dict.pop("rng_states", None)
+        epoch_end = bool(state_dict.pop("rng_epoch_end", False))
         super().load_state_dict(state_dict)
         if rng is not None and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            self._rng_to_restore = rng
+            self._rng_to_restore, self._restore_epoch_end = rng, epoch_end
 
     @property
     def last_path(self) -> str:

@@ -66,6 +66,13 @@ class ListDataset(Dataset):
         return self.rows[i]
 
 
+def epoch_finished(batch_progress) -> bool:
+    """Whether Lightning's training batch progress (as saved in a checkpoint) stands after the update
+    of its epoch's last batch: a resume then starts the next epoch from its first batch."""
+    cur = batch_progress.current
+    return bool(batch_progress.is_last_batch) and cur.processed >= cur.ready > 0
+
+
 class ResumableSampler(Sampler[int]):
     """Seeded permutation per epoch that can start part-way: ``skip`` indices of the current
     epoch are skipped once (set on resume), so a restored run sees the same data order."""
@@ -383,8 +390,11 @@ class RelevanceDataModule(pl.LightningDataModule):
             return 0
         # A mid-epoch checkpoint is written in on_train_batch_end, after the optimizer step but before
         # Lightning marks the batch "completed": "processed" counts the batches whose update is in it.
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return done * self.batch_size
+        # Written at the epoch's last batch, it resumes with the next epoch, from its start.
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        if epoch_finished(progress):
+            return 0
+        return progress.current.processed * self.batch_size
 
     def _eval_loader(self, split: str) -> DataLoader:
         rows = list(enumerate(self.splits[split]))
