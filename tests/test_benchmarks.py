@@ -26,3 +26,9 @@ def test_rollout_throughput_runs(cache_dir):
     out = _bench("rollout_throughput.py", "--device", "cpu", "--presets", "micro", "--sequences", "4",
                  "--new", "4", "--prompt-len", "8", "--reps", "1", "--skip-static", cache_dir=cache_dir)
     assert "taosr engine, eager steps" in out and "generate (dynamic cache)" in out
+
+
+def test_eval_generation_runs(cache_dir):
+    out = _bench("eval_generation.py", "--model", "micro", "--batch", "3", "--batches", "1", "--new", "5",
+                 cache_dir=cache_dir)
+    assert "| static cache, written positions (evaluation) |" in out and out.rstrip().endswith("| yes |")
