@@ -366,7 +366,7 @@ def test_sharded_parameters_are_never_captured():
     assert d.captures == 0
 
 
-def test_cpu_greedy_evaluation_equals_generate_exactly():
+def test_cpu_greedy_evaluation_equals_generate_exactly(monkeypatch):
     """Greedy evaluation on CPU decodes on the written-only static cache: the same tokens and the
     same captured tier scores as ``model.generate`` (bit for bit: the attention sees the same keys),
     and ``generate`` itself wherever the model's generation config changes scores."""
@@ -374,22 +374,41 @@ def test_cpu_greedy_evaluation_equals_generate_exactly():
     from taosr.eval.scores import LabelSlotCapture
     from taosr.rl.engines.graph import decoder_for
 
+    import taosr.models.kvcache as kvcache
+
+    made = []
+
+    def counted(config, n):  # the written-only cache is the one decoding (and none is kept afterwards)
+        made.append(n)
+        return written_static_cache(config, n)
+
+    import taosr.rl.engines.graph as graph
+
+    written_static_cache = kvcache.written_static_cache
+    monkeypatch.setattr(graph, "written_static_cache", counted)
     model = tiny_llama(seed=4)
     with torch.no_grad():  # make eos likely so rows finish at different steps
         model.lm_head.weight[2] += 0.6 * model.lm_head.weight.std() * torch.randn(32).sign()
-    ids, att = _prompts(B=4, P=7, seed=3)
-    ref_cap, cap = LabelSlotCapture([5, 6, 7, 8]), LabelSlotCapture([5, 6, 7, 8])
-    ref = hf_generate_ids(model, TinyTok, ids, att, _greedy(T=24), [ref_cap])
-    out = generate_ids(model, TinyTok, ids, att, _greedy(T=24), [cap])
-    assert torch.equal(out, ref) and (out == 2).any(1).sum() >= 2
-    assert torch.equal(cap.logits(), ref_cap.logits())
-    assert any("eager-written" in k for k in decoder_for(model).slots)
+    padded = _prompts(B=4, P=7, seed=3)
+    unpadded = (padded[0][2:], torch.ones_like(padded[0][2:]))
+    for ids, att in (padded, unpadded):  # unpadded: generate passes no mask, and neither do we
+        ref_cap, cap = LabelSlotCapture([5, 6, 7, 8]), LabelSlotCapture([5, 6, 7, 8])
+        ref = hf_generate_ids(model, TinyTok, ids, att, _greedy(T=24), [ref_cap])
+        out = generate_ids(model, TinyTok, ids, att, _greedy(T=24), [cap])
+        assert torch.equal(out, ref) and torch.equal(cap.logits(), ref_cap.logits())
+    assert 24 + 7 in made and not decoder_for(model).slots
+    ids, att = padded
+    ref = hf_generate_ids(model, TinyTok, ids, att, _greedy(T=24))
+    assert (ref == 2).any(1).sum() >= 2
     assert torch.equal(generate_ids(model, TinyTok, ids, att, _greedy(T=24, G=2)), ref.repeat_interleave(2, 0))
-    # a repetition penalty is applied by generate only: evaluation keeps generate's tokens
-    model.generation_config.repetition_penalty = 3.0
-    penalised = hf_generate_ids(model, TinyTok, ids, att, _greedy(T=24))
-    assert not torch.equal(penalised, ref)
-    assert torch.equal(generate_ids(model, TinyTok, ids, att, _greedy(T=24)), penalised)
+    # a repetition penalty or beam search is applied by generate only: evaluation keeps generate's tokens
+    for name, value in (("repetition_penalty", 3.0), ("num_beams", 3)):
+        setattr(model.generation_config, name, value)
+        theirs = hf_generate_ids(model, TinyTok, ids, att, _greedy(T=24))
+        assert not torch.equal(theirs, ref), name
+        n = len(made)
+        assert torch.equal(generate_ids(model, TinyTok, ids, att, _greedy(T=24)), theirs) and len(made) == n
+        setattr(model.generation_config, name, 1.0 if name == "repetition_penalty" else 1)
 
 
 def test_decoder_logits_processors_need_eager_steps_and_one_completion():

@@ -94,18 +94,19 @@ def generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: torc
     """Completion token ids (B * n, L), right padded with pad_token_id, prompt removed.
 
     On CUDA (unless ``spec.cuda_graphs`` is off) the model's static-cache decoder with its captured
-    decode step (:mod:`taosr.rl.engines.graph`). Greedy decoding elsewhere: the same decoder with
+    decode step (:mod:`taosr.rl.engines.graph`). Greedy decoding on CPU: the same decoder with
     eager steps on a cache that hands attention only the positions written so far (the keys
     ``model.generate``'s growing cache holds, so the same tokens, without its per-token copy of the
     whole cache; :func:`taosr.models.kvcache.written_static_cache`), unless the model's generation
-    config changes scores (penalties, bans: only ``generate`` applies them) or its cache is not
-    plain static layers. Otherwise, and for sampling, ``model.generate``.
+    config changes scores or the search (penalties, bans, beams, stop strings: only ``generate``
+    applies them) or its cache is not plain static layers. Otherwise, and for sampling,
+    ``model.generate``.
     ``logits_processor``: extra processors (not called by the CUDA-graph decoder)."""
     from taosr.rl.engines.graph import decoder_for
 
     if input_ids.device.type == "cuda" and spec.cuda_graphs:
         return decoder_for(model).generate(model, tokenizer, input_ids, attention_mask, spec)
-    if not spec.sampling and _plain_greedy(model):
+    if input_ids.device.type == "cpu" and not spec.sampling and _plain_greedy(model):
         one = spec if spec.num_return_sequences == 1 else replace(spec, num_return_sequences=1)
         out = decoder_for(model).generate(model, tokenizer, input_ids, attention_mask, one, cuda_graphs=False,
                                           written_only=True, logits_processor=logits_processor)
@@ -113,14 +114,23 @@ def generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: torc
     return hf_generate_ids(model, tokenizer, input_ids, attention_mask, spec, logits_processor)
 
 
+# generation-config fields that make ``generate`` do more than argmax decoding with eos as the only stop
+_DECODING_DEFAULTS = (("num_beams", 1), ("num_beam_groups", 1), ("penalty_alpha", None), ("dola_layers", None),
+                      ("stop_strings", None), ("max_time", None), ("assistant_model", None), ("prompt_lookup_num_tokens", None))
+
+
 def _plain_greedy(model) -> bool:
     """Whether greedy ``model.generate`` is plain argmax decoding for ``model`` (nothing in its
-    generation config changes the scores) of a decoder whose cache takes the written-only layers."""
+    generation config changes the scores, the search or the stopping rule) of a decoder whose
+    cache takes the written-only layers."""
     from taosr.eval.scores import alters_scores
     from taosr.models.kvcache import written_static_cache
 
     cfg = getattr(model, "config", None)
-    if cfg is None or getattr(cfg, "is_encoder_decoder", False) or alters_scores(getattr(model, "generation_config", None)):
+    gen = getattr(model, "generation_config", None)
+    if cfg is None or getattr(cfg, "is_encoder_decoder", False) or alters_scores(gen):
+        return False
+    if gen is not None and any(getattr(gen, name, default) not in (None, default) for name, default in _DECODING_DEFAULTS):
         return False
     return written_static_cache(cfg, 1) is not None
 

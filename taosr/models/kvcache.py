@@ -53,14 +53,20 @@ def written_static_cache(config, max_cache_len: int):
     the same numbers) a growing cache gives, without re-copying it every token. For eager decoding
     (CPU): the shapes change every step, so it is never captured in a graph. None when the model's
     cache is not made of plain static layers (sliding-window or hybrid models): use the plain one."""
-    from transformers import StaticCache
+    try:  # transformers before the layered caches (or a config StaticCache cannot build): no such cache
+        from transformers import StaticCache
 
-    StaticLayer = _static_layer_type()
-    cache = StaticCache(config=config, max_cache_len=max_cache_len)
-    if not cache.layers or any(type(layer) is not StaticLayer for layer in cache.layers):
+        StaticLayer = _static_layer_type()
+        cache = StaticCache(config=config, max_cache_len=max_cache_len)
+        layers = getattr(cache, "layers", None)
+        if not layers or any(type(layer) is not StaticLayer for layer in layers):
+            return None
+        if not hasattr(layers[0], "cumulative_length") or not hasattr(StaticLayer, "get_mask_sizes"):
+            return None
+        layer_type = _written_layer_class()
+    except (ImportError, AttributeError, KeyError, TypeError, ValueError):
         return None
-    layer_type = _written_layer_class()
-    cache.layers = [layer_type(max_cache_len=max_cache_len) for _ in cache.layers]
+    cache.layers = [layer_type(max_cache_len=max_cache_len) for _ in layers]
     return cache
 
 
@@ -69,7 +75,11 @@ def _written_layer_class():
     StaticLayer = _static_layer_type()
 
     class WrittenStaticLayer(StaticLayer):
-        """A StaticLayer whose ``update`` returns views of the written positions only."""
+        """A StaticLayer whose ``update`` returns views of the written positions only. Not
+        compileable (its shapes change every step), which also lets transformers skip the mask of
+        an unpadded batch as it does for a growing cache (same numbers as ``generate`` there too)."""
+
+        is_compileable = False
 
         def update(self, key_states, value_states, *args, **kwargs):
             keys, values = super().update(key_states, value_states, *args, **kwargs)

@@ -159,9 +159,13 @@ class StaticDecoder:
         from transformers import StaticCache
 
         nb = batch_bucket(n) if graphs else n
-        written = written and not graphs
-        # eager decoding keeps one slot (exact sizes) per device and cache kind
-        key = (device, nb if graphs else ("eager-written" if written else "eager"), amp)
+        if written and not graphs:
+            # a written-only cache is made for the call and freed with it (evaluation batches come one
+            # at a time, between training steps: nothing of it stays allocated beside the model)
+            cache = written_static_cache(model.config, need_len)
+            if cache is not None:
+                return self._new_slot(nb, need_len, cache, kv_dtype, device, written=True)
+        key = (device, nb if graphs else "eager", amp)  # eager decoding keeps one slot (exact sizes) per device
         s = self.slots.get(key)
         fits = s is not None and s.dtype == kv_dtype and s.batch == nb and (
             s.cache_len >= need_len if graphs else s.cache_len == need_len)
@@ -169,19 +173,20 @@ class StaticDecoder:
             if s is not None:
                 need_len = max(need_len, s.cache_len) if graphs else need_len
             L = CACHE_ROUND * math.ceil(need_len / CACHE_ROUND) if graphs else need_len
-            cache = written_static_cache(model.config, L) if written else None
-            written = cache is not None
-            cache = cache if written else StaticCache(config=model.config, max_cache_len=L)
-            s = _Slot(batch=nb, cache_len=L, cache=cache, dtype=kv_dtype, written=written,
-                      tok=torch.zeros(nb, dtype=torch.long, device=device),
-                      pos=torch.zeros(nb, 1, dtype=torch.long, device=device),
-                      att=torch.ones(nb, L, dtype=torch.long, device=device),
-                      done=torch.zeros(nb, dtype=torch.bool, device=device),
-                      length=torch.zeros(nb, dtype=torch.long, device=device),
-                      t=torch.zeros(1, dtype=torch.long, device=device),
-                      out=torch.zeros(nb, L, dtype=torch.long, device=device))
+            s = self._new_slot(nb, L, StaticCache(config=model.config, max_cache_len=L), kv_dtype, device)
             self.slots[key] = s  # replaces the bucket's smaller slot (and its graphs)
         return s
+
+    @staticmethod
+    def _new_slot(nb: int, L: int, cache, kv_dtype: torch.dtype, device, written: bool = False) -> _Slot:
+        return _Slot(batch=nb, cache_len=L, cache=cache, dtype=kv_dtype, written=written,
+                     tok=torch.zeros(nb, dtype=torch.long, device=device),
+                     pos=torch.zeros(nb, 1, dtype=torch.long, device=device),
+                     att=torch.ones(nb, L, dtype=torch.long, device=device),
+                     done=torch.zeros(nb, dtype=torch.bool, device=device),
+                     length=torch.zeros(nb, dtype=torch.long, device=device),
+                     t=torch.zeros(1, dtype=torch.long, device=device),
+                     out=torch.zeros(nb, L, dtype=torch.long, device=device))
 
     def _check_weights(self, model) -> None:
         sig = weights_signature(model)
