@@ -10,6 +10,7 @@ from taosr.callbacks.checkpoint import Checkpoint
 from taosr.data.datamodule import RelevanceDataModule
 from taosr.data.hooks import Curriculum, CurriculumStage
 from taosr.data.synth import SynthConfig
+from taosr.eval.generation import GenerationSpec
 from taosr.methods.sft import SFTModule
 from taosr.models.factory import ModelSpec
 
@@ -49,16 +50,18 @@ class BatchLog(pl.Callback):
         self.first_ids.append(batch["input_ids"][:, :12].sum().item())
 
 
-def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000, dropout=0.0):
+def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000, dropout=0.0, val_every=None):
+    """``val_every``: validate (greedy, 2 examples) every that many batches within each epoch."""
     pl.seed_everything(0)
-    dm = RelevanceDataModule(synth=SynthConfig(n_train=40, n_val=4, n_test=4, seed=5), data_dir=os.path.join(cache, "data"),
-                             batch_size=4, val=None, test=None, curriculum=curriculum)
+    dm = RelevanceDataModule(synth=SynthConfig(n_train=40, n_val=2, n_test=4, seed=5), data_dir=os.path.join(cache, "data"),
+                             batch_size=4, val="synth" if val_every else None, test=None, curriculum=curriculum)
     over = {"attention_dropout": dropout} if dropout else None  # dropout: training draws random numbers
     model = SFTModule(model=ModelSpec(name_or_path="micro", cache_dir=os.path.join(cache, "models"), config_overrides=over), lr=5e-3,
-                      warmup_steps=2, export_dir=None)
+                      warmup_steps=2, export_dir=None, eval_generation=GenerationSpec(max_new_tokens=4))
     log = BatchLog()
+    val = dict(val_check_interval=val_every) if val_every else dict(limit_val_batches=0)
     trainer = pl.Trainer(max_steps=max_steps, default_root_dir=root, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         enable_model_summary=False, num_sanity_val_steps=0, **val,
                          callbacks=[Checkpoint(dirpath=os.path.join(root, "ckpt"), save_last=True, every_n_train_steps=every),
                                     log, *extra])
     trainer.fit(model, dm, ckpt_path=ckpt)
@@ -131,18 +134,48 @@ def test_manual_optimisation_checkpoints_without_lightnings_warning(tmp_path, ou
     assert bool(said) is not ours, said
 
 
-@pytest.mark.parametrize("stop", [10, 20])  # the end of the first and of the second epoch (10 batches each)
-def test_resume_at_an_epoch_boundary_is_bit_identical(tmp_path, cache_dir, stop):
+@pytest.mark.parametrize("stop,val_every", [(10, None), (20, None),  # the end of the first, second epoch (10 batches)
+                                             (10, 5),                    # ... followed by a validation
+                                             (5, 5)])                    # a validation mid-epoch
+def test_resume_at_an_epoch_boundary_or_before_a_validation_is_bit_identical(tmp_path, cache_dir, stop, val_every):
     """A periodic checkpoint written at the last batch of an epoch: the uninterrupted run then starts
     the next epoch, whose DataLoader iterator draws its base seed from the global generator before
-    the first step; the resumed run must make the same draw, or every random number after it (here
-    dropout) is shifted by one."""
-    full, _, full_log = run(str(tmp_path / "full"), cache_dir, 24, dropout=0.2)
+    the first step; a validation after the saved step draws one more (its iterator's). The resumed
+    run must make the same draws, or every random number after them (here dropout) is shifted."""
+    full, _, full_log = run(str(tmp_path / "full"), cache_dir, 24, dropout=0.2, val_every=val_every)
     with pytest.raises(Crash):
-        run(str(tmp_path / "part"), cache_dir, 24, extra=[CrashAt(stop)], every=stop, dropout=0.2)
-    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 24, ckpt=str(tmp_path / "part" / "ckpt" / "last.ckpt"),
-                                every=stop, dropout=0.2)  # the same command (Lightning keys callback state by its options)
+        run(str(tmp_path / "part"), cache_dir, 24, extra=[CrashAt(stop)], every=stop, dropout=0.2, val_every=val_every)
+    last = tmp_path / "part" / "ckpt" / "last.ckpt"
+    state = next(v for k, v in torch.load(str(last), weights_only=False)["callbacks"].items() if k.startswith("Checkpoint"))
+    assert state["rng_draws_after"] == int(stop % 10 == 0) + int(val_every is not None)
+    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 24, ckpt=str(last),
+                                every=stop, dropout=0.2, val_every=val_every)  # the same command (Lightning keys callback state by its options)
     assert tr2.global_step == 24
     assert res_log.first_ids == full_log.first_ids[stop:]
+    for (n, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(a, b), (n, (a - b).abs().max().item())
+
+
+class InterruptInValidation(pl.Callback):
+    """Ctrl-C in the validation that follows step ``step`` (its update done, the next step not begun)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_validation_batch_start(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            raise KeyboardInterrupt(f"interrupted in the validation after step {trainer.global_step}")
+
+
+def test_interrupt_between_steps_resumes_bit_identical(tmp_path, cache_dir):
+    """The on-exception checkpoint of an interrupt between steps holds the random state the last
+    finished step left (not that of its start, whose update it contains), and the draws after it."""
+    full, _, full_log = run(str(tmp_path / "full"), cache_dir, 12, dropout=0.2, val_every=5)
+    with pytest.raises(SystemExit):
+        run(str(tmp_path / "part"), cache_dir, 12, extra=[InterruptInValidation(5)], dropout=0.2, val_every=5)
+    last = str(tmp_path / "part" / "ckpt" / "last.ckpt")
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 5
+    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 12, ckpt=last, dropout=0.2, val_every=5)
+    assert tr2.global_step == 12 and res_log.first_ids == full_log.first_ids[5:]
     for (n, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
         assert torch.equal(a, b), (n, (a - b).abs().max().item())

@@ -8,11 +8,14 @@
 - the random number generators' states (torch CPU/CUDA, numpy, random) are saved and restored
   (single process): rollouts, sampling and dropout continue as the uninterrupted run would. The
   on-exception checkpoint keeps the states of the start of the interrupted step, whose update it
-  does not contain. A checkpoint written at an epoch's last batch resumes with the next epoch,
-  whose DataLoader iterator draws its base seed from the global torch generator before the first
-  step (as the uninterrupted run's did): the restore makes that draw too. A validation run at that
-  epoch's end is not repeated by the resume, and its DataLoader's draw is not made (the resumed
-  run's random numbers are one draw off where one ran there);
+  does not contain (or, interrupted between steps, e.g. in a validation, those right after the
+  last finished step). Between a saved step and the next one the uninterrupted run may make
+  draws the resumed run does not: a validation that Lightning runs after the step (its
+  DataLoader iterator draws a base seed from the global torch generator; a resume does not
+  repeat it) and, after an epoch's last batch, the next epoch's training iterator (the resumed
+  run's is made before the restore). The checkpoint counts them (``rng_draws_after``) and the
+  restore makes them, so the resume is bit-identical there too; a validation that samples
+  (``eval_generation.do_sample``) draws more than that and is not replayed;
 - every checkpoint is written under a temporary name and renamed: a crash while saving never leaves
   a truncated ``last.ckpt`` in place of the previous one;
 - under manual optimisation (GRPO, SRPO) a periodic checkpoint holds the weights *after* the step's
@@ -59,49 +62,71 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _validation_follows(trainer) -> bool:
+    """Whether Lightning validates right after the training step that just ended, by its own rule
+    (``_should_check_val_fx``, checked before its validation runs), on a validation set with batches
+    (an empty one makes no DataLoader iterator). False where the rule cannot be read."""
+    try:
+        loop = trainer.fit_loop.epoch_loop
+        if getattr(loop, "_skip_next_val", False) or not loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            return False
+        return sum(int(n) for n in (trainer.num_val_batches or [])) > 0
+    except (AttributeError, TypeError, AssertionError):
+        return False
+
+
 class Checkpoint(ModelCheckpoint):
     def __init__(self, *args, save_on_exception: bool = True, **kwargs):
         super().__init__(*args, save_on_exception=save_on_exception, **kwargs)
         self._rng_at_step_start: dict | None = None
+        self._rng_after_step: dict | None = None
+        self._in_step = False
+        self._draws_after = 0            # global-generator draws the run makes between the last step and the next
         self._saving_on_exception = False
         self._rng_to_restore: dict | None = None
-        self._epoch_end = False          # the step being saved is its epoch's last
-        self._restore_epoch_end = False
+        self._draws_to_replay = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._rng_to_restore is not None:
             # restored here, not on load: the epoch's DataLoader iterator, made after the restore, draws
             # its base seed from the global generator, which the uninterrupted run did before this step
             _set_rng_states(self._rng_to_restore)
-            if self._restore_epoch_end:  # saved at the end of the previous epoch: the draw that the
-                torch.empty((), dtype=torch.int64).random_()  # iterator of this epoch made (torch DataLoader)
-            self._rng_to_restore = None
+            for _ in range(self._draws_to_replay):  # a DataLoader iterator's base-seed draw, as torch makes it
+                torch.empty((), dtype=torch.int64).random_()
+            self._rng_to_restore, self._draws_to_replay = None, 0
+        self._in_step = True
         if self.save_on_exception and trainer.world_size == 1:
             self._rng_at_step_start = _collect_rng_states()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         from taosr.data.datamodule import epoch_finished
 
-        self._epoch_end = epoch_finished(trainer.fit_loop.epoch_loop.batch_progress)
+        self._in_step = False
+        self._draws_after = int(_validation_follows(trainer)) + int(epoch_finished(trainer.fit_loop.epoch_loop.batch_progress))
+        if trainer.world_size == 1:
+            self._rng_after_step = _collect_rng_states()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        rng = self._rng_at_step_start if self._saving_on_exception else _collect_rng_states()
+        if self._saving_on_exception and self._in_step:  # the interrupted step is redone from its start
+            rng, draws = self._rng_at_step_start, 0
+        else:  # after a step (periodic, final, or an interrupt between steps): the state it left
+            rng, draws = self._rng_after_step or _collect_rng_states(), self._draws_after
         if rng is not None:
             state["rng_states"] = rng
-            state["rng_epoch_end"] = self._epoch_end and not self._saving_on_exception
+            state["rng_draws_after"] = draws
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         rng = state_dict.pop("rng_states", None)
-        epoch_end = bool(state_dict.pop("rng_epoch_end", False))
+        draws = int(state_dict.pop("rng_draws_after", 0))
         super().load_state_dict(state_dict)
         if rng is not None and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            self._rng_to_restore, self._restore_epoch_end = rng, epoch_end
+            self._rng_to_restore, self._draws_to_replay = rng, draws
 
     @property
     def last_path(self) -> str:
