@@ -12,10 +12,12 @@
   last finished step). Between a saved step and the next one the uninterrupted run may make
   draws the resumed run does not: a validation that Lightning runs after the step (its
   DataLoader iterator draws a base seed from the global torch generator; a resume does not
-  repeat it) and, after an epoch's last batch, the next epoch's training iterator (the resumed
-  run's is made before the restore). The checkpoint counts them (``rng_draws_after``) and the
-  restore makes them, so the resume is bit-identical there too; a validation that samples
-  (``eval_generation.do_sample``) draws more than that and is not replayed;
+  repeat it) and, when the resume starts a new epoch, that epoch's training iterator (the resumed
+  run's is made before the restore; a curriculum can end an epoch early, which Lightning only
+  learns at the next fetch). The checkpoint counts the first (``rng_draws_after``), the restore
+  sees the second (the first step it restores at is its epoch's first), and makes them, so the
+  resume is bit-identical there too; a validation that samples (``eval_generation.do_sample``)
+  draws more than that and is not replayed;
 - every checkpoint is written under a temporary name and renamed: a crash while saving never leaves
   a truncated ``last.ckpt`` in place of the previous one;
 - under manual optimisation (GRPO, SRPO) a periodic checkpoint holds the weights *after* the step's
@@ -81,28 +83,29 @@ class Checkpoint(ModelCheckpoint):
         self._rng_at_step_start: dict | None = None
         self._rng_after_step: dict | None = None
         self._in_step = False
-        self._draws_after = 0            # global-generator draws the run makes between the last step and the next
+        self._val_draws = 0              # validation iterators made between the last step and the next
         self._saving_on_exception = False
         self._rng_to_restore: dict | None = None
-        self._draws_to_replay = 0
+        self._restore = {"after_step": False, "draws": 0}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._rng_to_restore is not None:
-            # restored here, not on load: the epoch's DataLoader iterator, made after the restore, draws
-            # its base seed from the global generator, which the uninterrupted run did before this step
+            # restored here, not on load: this epoch's DataLoader iterator, made before the restore,
+            # drew its base seed from the global generator; the uninterrupted run made that draw only
+            # if this epoch began after the saved step (this is its first batch), and then it comes
+            # after the saved state: replayed below with the validations' draws
             _set_rng_states(self._rng_to_restore)
-            for _ in range(self._draws_to_replay):  # a DataLoader iterator's base-seed draw, as torch makes it
+            draws = self._restore["draws"] + int(self._restore["after_step"] and batch_idx == 0)
+            for _ in range(draws):  # a DataLoader iterator's base-seed draw, as torch makes it
                 torch.empty((), dtype=torch.int64).random_()
-            self._rng_to_restore, self._draws_to_replay = None, 0
+            self._rng_to_restore = None
         self._in_step = True
         if self.save_on_exception and trainer.world_size == 1:
             self._rng_at_step_start = _collect_rng_states()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        from taosr.data.datamodule import epoch_finished
-
         self._in_step = False
-        self._draws_after = int(_validation_follows(trainer)) + int(epoch_finished(trainer.fit_loop.epoch_loop.batch_progress))
+        self._val_draws = int(_validation_follows(trainer))
         if trainer.world_size == 1:
             self._rng_after_step = _collect_rng_states()
         with warnings.catch_warnings():
@@ -111,22 +114,25 @@ class Checkpoint(ModelCheckpoint):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        if self._saving_on_exception and self._in_step:  # the interrupted step is redone from its start
+        after = not (self._saving_on_exception and self._in_step)
+        if after:  # after a step (periodic, final, or an interrupt between steps): the state it left
+            rng, draws = self._rng_after_step or _collect_rng_states(), self._val_draws
+        else:  # interrupted in a step: it is redone from its start
             rng, draws = self._rng_at_step_start, 0
-        else:  # after a step (periodic, final, or an interrupt between steps): the state it left
-            rng, draws = self._rng_after_step or _collect_rng_states(), self._draws_after
         if rng is not None:
             state["rng_states"] = rng
+            state["rng_after_step"] = after
             state["rng_draws_after"] = draws
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         rng = state_dict.pop("rng_states", None)
-        draws = int(state_dict.pop("rng_draws_after", 0))
+        restore = {"after_step": bool(state_dict.pop("rng_after_step", False)),
+                   "draws": int(state_dict.pop("rng_draws_after", 0))}
         super().load_state_dict(state_dict)
         if rng is not None and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            self._rng_to_restore, self._draws_to_replay = rng, draws
+            self._rng_to_restore, self._restore = rng, restore
 
     @property
     def last_path(self) -> str:
