@@ -167,6 +167,12 @@ def test_diverse_sampling_random_control(tmp_path, dm, monkeypatch, capsys):
     monkeypatch.setenv("PL_GLOBAL_SEED", "3")
     ds = DiverseSampling(share=0.25, rank_by="random", seed=None)
     assert [id(e) for e in ds.filter(train, dm)] == [id(e) for e in draws[3]] and ds.stats["seed"] == 3
+    resumed = DiverseSampling(share=0.25, rank_by="random", seed=None)
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    resumed.load_state_dict(ds.state_dict())  # the checkpoint's draw, whatever the environment says
+    assert [id(e) for e in resumed.filter(train, dm)] == [id(e) for e in draws[3]]
+    with pytest.warns(RuntimeWarning, match="none was set"):
+        DiverseSampling(share=0.25, rank_by="random", seed=None).filter(train, dm)
 
 
 def test_curriculum_stages_filter_and_advance(dm, capsys):

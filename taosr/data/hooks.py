@@ -123,7 +123,11 @@ class DiverseSampling:
         if self.seed is not None:
             return self.seed
         import os
+        import warnings
 
+        if "PL_GLOBAL_SEED" not in os.environ:
+            warnings.warn("data.diverse_sampling.seed: null takes the run's seed, but none was set (seed_everything); "
+                          "drawing with seed 0", RuntimeWarning, stacklevel=2)
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def filter(self, rows: list, dm) -> list:
@@ -159,6 +163,8 @@ class DiverseSampling:
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.stats = s.get("stats", {})
+        if self.seed is None and isinstance(self.stats.get("seed"), int):
+            self.seed = self.stats["seed"]  # a resumed run redraws the subset it trained on
 
 
 @dataclass
