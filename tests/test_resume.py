@@ -50,6 +50,12 @@ class BatchLog(pl.Callback):
         self.first_ids.append(batch["input_ids"][:, :12].sum().item())
 
 
+def _assert_same_weights(full, resumed):
+    """Bit for bit: the resumed run ends with exactly the uninterrupted run's weights."""
+    for (n, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(a, b), (n, (a - b).abs().max().item())
+
+
 def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000, dropout=0.0, val_every=None):
     """``val_every``: validate (greedy, 2 examples) every that many batches within each epoch."""
     pl.seed_everything(0)
@@ -109,8 +115,7 @@ def test_interrupted_run_writes_the_step_reached_and_resumes_bit_identical(tmp_p
     resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 16, ckpt=str(last), dropout=dropout)
     assert tr2.global_step == 16
     assert res_log.first_ids == full_log.first_ids[stop:]
-    for (n, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
-        assert torch.equal(a, b), (n, (a - b).abs().max().item())
+    _assert_same_weights(full, resumed)
 
 
 @pytest.mark.parametrize("ours", [False, True])
@@ -152,8 +157,7 @@ def test_resume_at_an_epoch_boundary_or_before_a_validation_is_bit_identical(tmp
                                 every=stop, dropout=0.2, val_every=val_every)  # the same command (Lightning keys callback state by its options)
     assert tr2.global_step == 24
     assert res_log.first_ids == full_log.first_ids[stop:]
-    for (n, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
-        assert torch.equal(a, b), (n, (a - b).abs().max().item())
+    _assert_same_weights(full, resumed)
 
 
 class InterruptInValidation(pl.Callback):
@@ -177,8 +181,7 @@ def test_interrupt_between_steps_resumes_bit_identical(tmp_path, cache_dir):
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 5
     resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 12, ckpt=last, dropout=0.2, val_every=5)
     assert tr2.global_step == 12 and res_log.first_ids == full_log.first_ids[5:]
-    for (n, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
-        assert torch.equal(a, b), (n, (a - b).abs().max().item())
+    _assert_same_weights(full, resumed)
 
 
 @pytest.mark.parametrize("stop", [3, 5])  # the end of a curriculum-shortened epoch (3 batches), and mid-epoch
@@ -194,5 +197,4 @@ def test_resume_after_an_epoch_a_curriculum_shortened_is_bit_identical(tmp_path,
     resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 9, ckpt=str(tmp_path / "part" / "ckpt" / "last.ckpt"),
                                 every=stop, dropout=0.2, curriculum=cur())
     assert tr2.global_step == 9 and res_log.first_ids == full_log.first_ids[stop:]
-    for (n, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
-        assert torch.equal(a, b), (n, (a - b).abs().max().item())
+    _assert_same_weights(full, resumed)

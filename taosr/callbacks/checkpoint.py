@@ -85,20 +85,19 @@ class Checkpoint(ModelCheckpoint):
         self._in_step = False
         self._val_draws = 0              # validation iterators made between the last step and the next
         self._saving_on_exception = False
-        self._rng_to_restore: dict | None = None
-        self._restore = {"after_step": False, "draws": 0}
+        self._pending: tuple[dict, bool, int] | None = None  # loaded (rng states, after a step, draws)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._rng_to_restore is not None:
+        if self._pending is not None:
             # restored here, not on load: this epoch's DataLoader iterator, made before the restore,
             # drew its base seed from the global generator; the uninterrupted run made that draw only
             # if this epoch began after the saved step (this is its first batch), and then it comes
             # after the saved state: replayed below with the validations' draws
-            _set_rng_states(self._rng_to_restore)
-            draws = self._restore["draws"] + int(self._restore["after_step"] and batch_idx == 0)
-            for _ in range(draws):  # a DataLoader iterator's base-seed draw, as torch makes it
-                torch.empty((), dtype=torch.int64).random_()
-            self._rng_to_restore = None
+            rng, after_step, draws = self._pending
+            _set_rng_states(rng)
+            for _ in range(draws + int(after_step and batch_idx == 0)):  # a DataLoader iterator's base-seed
+                torch.empty((), dtype=torch.int64).random_()                # draw, as torch makes it
+            self._pending = None
         self._in_step = True
         if self.save_on_exception and trainer.world_size == 1:
             self._rng_at_step_start = _collect_rng_states()
@@ -128,11 +127,10 @@ class Checkpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         rng = state_dict.pop("rng_states", None)
-        restore = {"after_step": bool(state_dict.pop("rng_after_step", False)),
-                   "draws": int(state_dict.pop("rng_draws_after", 0))}
+        after_step, draws = bool(state_dict.pop("rng_after_step", False)), int(state_dict.pop("rng_draws_after", 0))
         super().load_state_dict(state_dict)
         if rng is not None and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            self._rng_to_restore, self._restore = rng, restore
+            self._pending = (rng, after_step, draws)
 
     @property
     def last_path(self) -> str:

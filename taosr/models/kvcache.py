@@ -40,12 +40,6 @@ def output_cache(out):
 
 
 # ----------------------------------------------------------------------------- written-only static cache
-def _static_layer_type():
-    from transformers.cache_utils import StaticLayer
-
-    return StaticLayer
-
-
 def written_static_cache(config, max_cache_len: int):
     """A transformers ``StaticCache`` (preallocated, written in place) whose layers hand attention
     only the positions written so far, and whose masks are that long: at decode step t the
@@ -55,8 +49,8 @@ def written_static_cache(config, max_cache_len: int):
     cache is not made of plain static layers (sliding-window or hybrid models): use the plain one."""
     try:  # transformers before the layered caches (or a config StaticCache cannot build): no such cache
         from transformers import StaticCache
+        from transformers.cache_utils import StaticLayer
 
-        StaticLayer = _static_layer_type()
         cache = StaticCache(config=config, max_cache_len=max_cache_len)
         layers = getattr(cache, "layers", None)
         if not layers or any(type(layer) is not StaticLayer for layer in layers):
@@ -72,7 +66,7 @@ def written_static_cache(config, max_cache_len: int):
 
 @functools.lru_cache(maxsize=None)
 def _written_layer_class():
-    StaticLayer = _static_layer_type()
+    from transformers.cache_utils import StaticLayer
 
     class WrittenStaticLayer(StaticLayer):
         """A StaticLayer whose ``update`` returns views of the written positions only. Not
