@@ -1,8 +1,10 @@
 """Greedy evaluation decoding: seconds per batch and tokens/s of ``model.generate`` (the growing
 cache: the CPU path of evaluation before this benchmark) and of taosr's decoder on a static
-cache, with the whole preallocated cache in every attention and with only the written positions
-(evaluation's CPU path now), on the same held-out prompts, with the label-slot capture that
-evaluation uses. It also says whether each method wrote exactly ``generate``'s tokens.
+cache, with the whole preallocated cache in every attention, with only the written positions, and
+with only the written positions of the rows still decoding (evaluation's CPU path now), on the
+same held-out prompts, with the label-slot capture that evaluation uses. It also says whether each
+method wrote exactly ``generate``'s tokens and tier scores (the scores of the steps each row was
+still decoding: nothing reads a finished row's later scores).
 
     python benchmarks/eval_generation.py                                   # tiny preset, from scratch
     python benchmarks/eval_generation.py --model runs/quickstart/dpo/export --batches 4
@@ -44,16 +46,29 @@ def methods():
     from taosr.eval.generation import hf_generate_ids
     from taosr.rl.engines.graph import StaticDecoder
 
-    def static(written: bool):
+    def static(written: bool, compact):
         def run(model, tok, ids, att, spec, capture):
-            return StaticDecoder(cuda_graphs=False).generate(model, tok, ids, att, spec, cuda_graphs=False,
-                                                             written_only=written, logits_processor=[capture])
+            d = StaticDecoder(cuda_graphs=False, compact=compact)
+            return d.generate(model, tok, ids, att, spec, cuda_graphs=False, written_only=written,
+                              logits_processor=[capture])
         return run
 
     return [("generate (growing cache)", lambda model, tok, ids, att, spec, capture:
              hf_generate_ids(model, tok, ids, att, spec, [capture])),
-            ("static cache, whole length", static(False)),
-            ("static cache, written positions (evaluation)", static(True))]
+            ("static cache, whole length", static(False, None)),
+            ("static cache, written positions", static(True, None)),
+            ("static cache, written positions, finished rows dropped (evaluation)", static(True, 0.1))]
+
+
+def running_scores(out, scores, eos: int):
+    """The captured scores of the steps each row was still decoding (a finished row's later scores
+    are not recomputed when finished rows are dropped, and nothing reads them)."""
+    import torch
+
+    ended = (out == eos).any(1)
+    last = torch.where(ended, (out == eos).float().argmax(1), torch.full_like(ended, out.shape[1], dtype=torch.long))
+    keep = torch.arange(scores.shape[1])[None] <= last[:, None]
+    return scores[keep]
 
 
 def main() -> None:
@@ -90,7 +105,7 @@ def main() -> None:
             secs += time.perf_counter() - t0
             ntok += int(completion_lengths(out, tok.eos_token_id, tok.pad_token_id).sum())
             outs.append(out)
-            caps.append(cap.logits())
+            caps.append(running_scores(out, cap.logits(), tok.eos_token_id))
         same = "—" if ref is None else ("yes" if all(torch.equal(x, y) for x, y in zip(outs + caps, ref)) else "no")
         ref = ref if ref is not None else outs + caps
         rows.append((name, secs / len(batches), ntok / secs, same))

@@ -31,4 +31,11 @@ def test_rollout_throughput_runs(cache_dir):
 def test_eval_generation_runs(cache_dir):
     out = _bench("eval_generation.py", "--model", "micro", "--batch", "3", "--batches", "1", "--new", "5",
                  cache_dir=cache_dir)
-    assert "| static cache, written positions (evaluation) |" in out and out.rstrip().endswith("| yes |")
+    assert "| static cache, written positions, finished rows dropped (evaluation) |" in out
+    assert out.rstrip().endswith("| yes |")
+
+
+def test_rollout_rows_runs(cache_dir):
+    out = _bench("rollout_rows.py", "--model", "micro", "--prompts", "2", "--G", "3", "--batches", "2", "--new", "6",
+                 cache_dir=cache_dir)
+    assert "| finished rows dropped (default) |" in out

@@ -417,3 +417,51 @@ def test_decoder_logits_processors_need_eager_steps_and_one_completion():
     ids, att = _prompts(B=2, P=5)
     with pytest.raises(ValueError, match="one completion per prompt"):
         StaticDecoder().generate(tiny_llama(), TinyTok, ids, att, _greedy(G=2), logits_processor=[lambda i, s: s])
+
+
+def test_dropping_finished_rows_changes_no_token_and_no_draw():
+    """The CPU loop decodes only the rows still running once a tenth of the batch has finished (the
+    cache and inputs are cut to them, at least ``min_rows`` kept): the same tokens as decoding every
+    row to the end, for seeded sampling (the sampler still draws for every row, so the random stream
+    is unchanged) and for greedy evaluation with a label-slot capture on the written-only cache; the
+    slot's cache is whole again for the next call."""
+    from taosr.eval.generation import GenerationSpec
+    from taosr.eval.scores import LabelSlotCapture
+    from taosr.rl.engines.graph import StaticDecoder
+
+    model = tiny_llama(seed=4)
+    with torch.no_grad():  # make eos likely so rows finish at different steps
+        model.lm_head.weight[2] += 0.6 * model.lm_head.weight.std() * torch.randn(32).sign()
+    ids, att = _prompts(B=6, P=7, seed=5)
+    spec = GenerationSpec(max_new_tokens=30, do_sample=True, temperature=1.2, num_return_sequences=3)
+    whole, cut = StaticDecoder(compact=None), StaticDecoder()
+    for call in range(2):  # the second call reuses the slot the first one cut down
+        torch.manual_seed(call)
+        ref = whole.generate(model, TinyTok, ids, att, spec)
+        torch.manual_seed(call)
+        out = cut.generate(model, TinyTok, ids, att, spec)
+        assert torch.equal(out, ref)
+        torch.manual_seed(call)
+        whole.generate(model, TinyTok, ids, att, spec)
+        after_whole = torch.rand(4)
+        torch.manual_seed(call)
+        cut.generate(model, TinyTok, ids, att, spec)
+        assert torch.equal(torch.rand(4), after_whole)  # as many random numbers drawn
+    lengths = (ref != 0).sum(1)
+    assert cut.compactions >= 2 and lengths.min() < ref.shape[1] // 2 and ref.shape[1] == 30
+    assert cut.compactions == 2 * (cut.compactions // 2)  # the same cuts in both calls
+    # greedy evaluation (written-only cache, a logits processor): tokens, and every score a row got while running
+    ids, att = _prompts(B=12, P=7, seed=6)
+    caps = []
+    for d in (StaticDecoder(compact=None), StaticDecoder()):
+        cap = LabelSlotCapture([5, 6, 7, 8])
+        caps.append((d.generate(model, TinyTok, ids, att, _greedy(T=30), written_only=True, logits_processor=[cap]),
+                     cap.logits(), d))
+    (ref, ref_scores, _), (out, scores, d) = caps
+    assert torch.equal(out, ref) and d.compactions >= 1
+    running = torch.arange(ref.shape[1])[None] <= torch.where((ref == 2).any(1), (ref == 2).float().argmax(1),
+                                                              torch.full((12,), ref.shape[1]))[:, None]
+    assert not running.all()
+    # bit for bit where the CPU's matrix kernels give a row the same sums in any batch of >= 4 rows (the
+    # tiny preset's sizes here, see benchmarks/eval_generation.py); within rounding at this micro size
+    assert torch.allclose(scores[running], ref_scores[running], rtol=0, atol=1e-5)

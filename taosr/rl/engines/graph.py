@@ -8,7 +8,14 @@ slot's cache, samples the first token from the prefill's logits, then runs the s
 advance position, done flags) until every row has finished or ``max_new_tokens`` is reached.
 
 - **CPU** (or ``cuda_graphs=False``): the step runs eagerly with exact batch and cache sizes and
-  the all-finished check after every token: the same code path as the graph, minus capture.
+  the all-finished check after every token: the same code path as the graph, minus capture. On
+  CPU, once a tenth of the rows being decoded have finished, the cache and the step's inputs are
+  cut to the rows still running (``compact``; at least ``min_rows``): the step's cost follows the
+  running rows, each row's numbers stay those of the whole batch where the CPU's matrix kernels
+  compute a row alike in any batch of >= ``min_rows`` rows (measured: the tiny preset's tokens and
+  scores are bit-identical), and the sampler still draws for every row, so the random stream is
+  unchanged. A logits processor sees a finished row's last scores again (``generate`` recomputes
+  them; no finished row's scores are used).
 - **CUDA**: the batch is padded to a bucket (powers of 2 and 1.5x powers of 2; padding rows are
   copies of the first prompt, marked finished from the start), the cache length is rounded up
   to a multiple of 128 and only grows, so one slot serves every prompt length up to it. The
@@ -139,8 +146,14 @@ class _Slot:
 class StaticDecoder:
     """Prefill once, decode on a static cache; the step is a CUDA graph per batch bucket on CUDA."""
 
-    def __init__(self, cuda_graphs: bool = True, sync_every: int = 8, warmup: int = 2):
+    def __init__(self, cuda_graphs: bool = True, sync_every: int = 8, warmup: int = 2,
+                 compact: float | None = 0.1, min_rows: int = 4):
         self.cuda_graphs, self.sync_every, self.warmup = cuda_graphs, max(1, int(sync_every)), max(1, int(warmup))
+        if compact is not None and not 0 < compact <= 1:
+            raise ValueError(f"StaticDecoder: compact must be in (0, 1] or None, got {compact!r}")
+        self.compact, self.min_rows = compact, max(1, int(min_rows))
+        self.compactions = 0         # times the eager loop dropped finished rows
+        self._compact_devices = ("cpu",)
         self.slots: dict[tuple, _Slot] = {}
         self.capture_failed = False
         self.captures = 0            # graphs captured so far (re-captures included)
@@ -230,6 +243,60 @@ class StaticDecoder:
             logits = proc(ids, logits)
         return logits
 
+    # ------------------------------------------------------------------ eager decoding, finished rows dropped
+    def _compacts(self, device: torch.device, n: int) -> bool:
+        return self.compact is not None and device.type in self._compact_devices and n > self.min_rows
+
+    def _decode_compacting(self, model, s: _Slot, sampler, eos: int, pad: int, processors, prompt_ids,
+                           T: int, logits: torch.Tensor) -> int:
+        """The eager decode loop (tokens 2..T) on the rows still decoding: once the finished rows are
+        ``compact`` of the batch being decoded, the cache and the step's inputs keep only the others
+        (and enough finished ones to make ``min_rows``). Each row's numbers are those of the whole
+        batch (row-wise kernels; CPU matrix products of >= 4 rows give every row the same sums as the
+        full batch's), and the sampler still draws for every row (finished rows see their last
+        logits), so tokens and the random stream are unchanged. Returns the number of steps written."""
+        layers = s.cache.layers
+        full = [(layer.keys, layer.values) for layer in layers]
+        kw = cache_kwargs(model, s.cache)
+        rows = None            # slot rows in the decoded batch (None: all of them)
+        # logits (Nb, V): the last logits of every row (a finished row's are stale and never used)
+        n = 1
+        try:
+            for t in range(1, T):
+                live = (~s.done).nonzero().flatten()
+                m, cur = len(live), s.batch if rows is None else len(rows)
+                if m == 0:
+                    break
+                if cur - m >= self.compact * cur and cur > self.min_rows:
+                    cur_rows = torch.arange(s.batch, device=live.device) if rows is None else rows
+                    keep = ~s.done[cur_rows]
+                    if m < self.min_rows:  # pad with the first finished rows: fewer rows change the sums
+                        keep[(~keep).nonzero().flatten()[: self.min_rows - m]] = True
+                    sel = keep.nonzero().flatten()
+                    for layer in layers:
+                        layer.keys, layer.values = layer.keys.index_select(0, sel), layer.values.index_select(0, sel)
+                        layer.batch_size = len(sel)
+                    rows = cur_rows[sel]
+                    self.compactions += 1
+                att = s.att if rows is None else s.att.index_select(0, rows)
+                if s.written:
+                    att = att[:, :int(layers[0].cumulative_length) + 1]
+                tok = s.tok if rows is None else s.tok.index_select(0, rows)
+                pos = s.pos if rows is None else s.pos.index_select(0, rows)
+                out = model(input_ids=tok[:, None], attention_mask=att, position_ids=pos, use_cache=True, **kw)
+                s.pos.add_(1)
+                last = out.logits[:, -1]
+                if rows is None:
+                    logits = last
+                else:
+                    logits = logits.index_copy(0, rows, last)
+                self._advance(s, sampler(self._process(logits, s, processors, prompt_ids)), eos, pad)
+                n = t + 1
+        finally:
+            for layer, (k, v) in zip(layers, full):  # the slot's cache keeps its full-batch storage
+                layer.keys, layer.values, layer.batch_size = k, v, k.shape[0]
+        return n
+
     def _graph(self, s: _Slot, key: tuple, step: Callable[[], None]):
         """Capture ``step`` (after ``warmup`` eager runs have been made on this slot); None on failure."""
         import time
@@ -311,9 +378,15 @@ class StaticDecoder:
         s.length.zero_()
         s.t.zero_()
         sampler = make_sampler(spec)
-        self._advance(s, sampler(self._process(rows(pre.logits[:, -1]), s, processors, input_ids)), eos, pad)
+        first = rows(pre.logits[:, -1])
+        self._advance(s, sampler(self._process(first, s, processors, input_ids)), eos, pad)
         del pre, layers
 
+        if not graphs and self._compacts(device, N):
+            n = self._decode_compacting(model, s, sampler, eos, pad, processors, input_ids, T, first)
+            done, length = s.done[:N], s.length[:N]
+            n = int(torch.where(done, length, torch.full_like(length, n)).max())
+            return s.out[:N, :max(n, 1)].clone()
         step = self._step_fn(model, s, sampler, eos, pad, processors, input_ids)
         key = sampling_key(spec) + (eos, pad)  # constants the captured step bakes in
         g = s.graphs.get(key) if graphs else None

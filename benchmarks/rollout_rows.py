@@ -1,0 +1,78 @@
+"""CPU rollouts with and without dropping finished rows: seconds per rollout batch of the decoder
+that GRPO/SRPO sample with (``StaticDecoder``, eager steps on CPU) when every row is decoded to the
+end of the batch and when the cache and inputs are cut to the rows still running (the default),
+on the same prompts with the same seeds, and whether both wrote the same tokens.
+
+    python benchmarks/rollout_rows.py --model runs/quickstart/dpo/export    # the RL configs' rollout shape
+    python benchmarks/rollout_rows.py                                       # tiny preset, from scratch
+
+Rollouts have the RL configs' shape (``--prompts`` 8 x ``--G`` 8 completions, temperature 1.3, up to
+96 new tokens, end-of-sequence on: a model trained on the task writes ~65 tokens, so rows finish
+at different steps; one from scratch rarely ends before ``--new``). Both decoders take each batch
+in turn (the order alternates), so drift of the machine hits both alike; the table has the mean
+seconds per batch and the mean of the per-batch ratios with its standard error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def main() -> None:
+    import torch
+
+    from eval_generation import load
+    from taosr.eval.generation import GenerationSpec, completion_lengths
+    from taosr.rl.engines.graph import StaticDecoder
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny", help="preset, folder or hub id")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per rollout batch (data.batch_size)")
+    p.add_argument("--G", type=int, default=8, help="completions per prompt (num_generations)")
+    p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--new", type=int, default=96, help="max new tokens")
+    p.add_argument("--temperature", type=float, default=1.3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (compare runs use one per job)")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    model, tok, loader = load(argparse.Namespace(model=a.model, batch=a.prompts, batches=a.batches),
+                              tempfile.mkdtemp(prefix="taosr-rollout-rows-"))
+    spec = GenerationSpec(max_new_tokens=a.new, do_sample=True, temperature=a.temperature, num_return_sequences=a.G)
+    decoders = {"every row to the end": StaticDecoder(cuda_graphs=False, compact=None),
+                "finished rows dropped (default)": StaticDecoder(cuda_graphs=False)}
+    secs = {k: [] for k in decoders}
+    same, lengths, widths = True, [], []
+    for i, b in enumerate(loader[: a.batches]):
+        outs = {}
+        for k in (list(decoders) if i % 2 else list(decoders)[::-1]):
+            torch.manual_seed(i)
+            t0 = time.perf_counter()
+            outs[k] = decoders[k].generate(model, tok, b["input_ids"], b["attention_mask"], spec, cuda_graphs=False)
+            secs[k].append(time.perf_counter() - t0)
+        first, second = outs.values()
+        same = same and torch.equal(first, second)
+        lengths.append(float(completion_lengths(first, tok.eos_token_id, tok.pad_token_id).float().mean()))
+        widths.append(first.shape[1])
+    base = secs["every row to the end"]
+    print(f"\nCPU rollouts ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), model {a.model}, "
+          f"{len(base)} batches of {a.prompts} prompts x G = {a.G}, temperature {a.temperature}, up to {a.new} new tokens; "
+          f"mean completion {statistics.mean(lengths):.1f} tokens, mean batch width {statistics.mean(widths):.1f}; "
+          f"torch {torch.__version__}\n")
+    print("| decoding | s / rollout batch | ratio to every row (mean ± s.e. over batches) | same tokens |")
+    print("|---|---|---|---|")
+    for k, v in secs.items():
+        r = [x / y for x, y in zip(v, base)]
+        se = statistics.stdev(r) / len(r) ** 0.5 if len(r) > 1 else 0.0
+        print(f"| {k} | {statistics.mean(v):.2f} | {statistics.mean(r):.3f} ± {se:.3f} | {'—' if v is base else ('yes' if same else 'no')} |")
+
+
+if __name__ == "__main__":
+    main()
