@@ -8,13 +8,15 @@
 # `bash ../shared/gpu/bundle.sh` here):
 #   source .gpu/env.sh; bash benchmarks/gpu_session.sh [STEP ...]
 # Steps, in this order when none is named (limits in seconds; GPU_SESSION_SCALE=0.5 halves them):
-#   tier        180  python3 -m pytest -m gpu tests/test_gpu.py            (the GPU test tier)
-#   rollout     150  benchmarks/rollout_throughput.py --reps 2               (tokens/s: generate vs engine vs graphs)
+#   tier        240  python3 -m pytest -m gpu tests/test_gpu.py            (the GPU test tier)
+#   rollout     150  benchmarks/rollout_throughput.py --reps 2 --skip-static (tokens/s: generate vs engine vs graphs)
 #   grpo_step    90  benchmarks/grpo_gpu_step.py                             (rollout / update split, SmolLM2 + LoRA)
 #   qs_small     75  taosr quickstart --small                                (target <= 60 s)
 #   quickstart  180  taosr quickstart                                        (target <= 150 s; stage table)
-# About 11 minutes when every step runs to its limit: run the first three in one call and the quick
-# starts in a second if the device budget is 15 minutes. On a CPU machine every step runs with the
+#   static      240  rollout_throughput.py --only-static                     (named only: generate with the static
+#                                                                             cache, which transformers compiles per shape)
+# About 12 minutes when the first five run to their limits: run the first three in one call and the
+# quick starts in a second if the device budget is 15 minutes; `static` only where time is left. On a CPU machine every step runs with the
 # scripts' CPU defaults (the tier is skipped): a check of the script, not a measurement.
 set -u
 OUT=${OUT:-runs/gpu_session}
@@ -44,12 +46,13 @@ step() {  # step NAME LIMIT_S COMMAND...
 
 run_step() {
   case $1 in
-    tier)       step tier 180 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py ;;
-    rollout)    step rollout 150 python3 benchmarks/rollout_throughput.py --reps 2 ;;
+    tier)       step tier 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py ;;
+    rollout)    step rollout 150 python3 benchmarks/rollout_throughput.py --reps 2 --skip-static ;;
+    static)     step static 240 python3 benchmarks/rollout_throughput.py --reps 2 --only-static ;;
     grpo_step)  step grpo_step 90 python3 benchmarks/grpo_gpu_step.py ;;
     qs_small)   step qs_small 75 "$TAOSR" quickstart --small --out "$OUT/qs-small" ;;
     quickstart) step quickstart 180 "$TAOSR" quickstart --out "$OUT/qs" ;;
-    *) echo "gpu_session.sh: unknown step '$1' (tier, rollout, grpo_step, qs_small, quickstart)" >&2; return 2 ;;
+    *) echo "gpu_session.sh: unknown step '$1' (tier, rollout, grpo_step, qs_small, quickstart, static)" >&2; return 2 ;;
   esac
 }
 

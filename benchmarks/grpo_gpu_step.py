@@ -68,6 +68,10 @@ def run(a, graphs: bool, workdir: str) -> dict:
     timed = rows[a.warmup:]
     out = {k: statistics.mean(r[k] for r in timed) for k in timed[0]}
     out["rollout_tok_s"] = sum(r["tokens"] for r in timed) / sum(r["rollout"] for r in timed)
+    from taosr.rl.engines.graph import decoder_for
+
+    d = decoder_for(module.model)  # a failed capture falls back to eager steps: say so beside the figures
+    out["graphs"] = "failed (eager)" if d.capture_failed else f"{d.captures} captured" if d.captures else "none"
     return out
 
 
@@ -96,10 +100,11 @@ def main() -> None:
     print(f"\nGRPO step on {dev}: {a.preset}{f' + LoRA r{a.lora_r}' if a.lora_r else ''}, {a.prompts} prompts x "
           f"G={a.G}, max {a.max_new} new tokens at temperature {a.temperature}, {a.precision}; mean of {a.steps} steps "
           f"after {a.warmup} warm-up\n")
-    print("| CUDA graphs | step s | rollout s | old-logps s | reward s | update s | rollout share | rollout tokens / s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| CUDA graphs | graphs made | step s | rollout s | old-logps s | reward s | update s | rollout share "
+          "| rollout tokens / s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for g, r in results:
-        print(f"| {g} | {r['step']:.2f} | {r['rollout']:.2f} | {r['old_logps']:.3f} | {r['reward']:.3f} | "
+        print(f"| {g} | {r['graphs']} | {r['step']:.2f} | {r['rollout']:.2f} | {r['old_logps']:.3f} | {r['reward']:.3f} | "
               f"{r['update']:.2f} | {r['rollout'] / r['step']:.0%} | {r['rollout_tok_s']:,.0f} |")
 
 

@@ -79,6 +79,7 @@ def methods(a):
             with torch.no_grad():
                 out = d.generate(model, NoEos(tok.pad_token_id), ids, att, spec(G))
             state["capture_s"] = d.capture_s
+            state["capture_failed"] = d.capture_failed  # then every step ran eagerly
             return out.shape[0] * out.shape[1]
         return run
 
@@ -97,7 +98,8 @@ def bench(a, preset: str, workdir: str) -> list[tuple]:
         ids = torch.randint(3, model.config.vocab_size, (B, a.prompt_len), generator=g).to(a.device)
         att = torch.ones_like(ids)
         for name, run in methods(a):
-            if name.startswith("generate (static") and a.skip_static:
+            if (name.startswith("generate (static") and a.skip_static) or \
+                    (a.only_static and not name.startswith("generate (static")):
                 continue
             state: dict = {}
             torch.manual_seed(0)
@@ -114,7 +116,8 @@ def bench(a, preset: str, workdir: str) -> list[tuple]:
                 sync(a.device)
                 warm.append(time.perf_counter() - t0)
             s = statistics.median(warm)
-            rows.append((preset, n, name, ntok / s, s, first, state.get("capture_s")))
+            cap = "failed (eager)" if state.get("capture_failed") else state.get("capture_s")
+            rows.append((preset, n, name, ntok / s, s, first, cap))
             print(f"  {preset} {n} seq: {name}: {ntok / s:,.0f} tok/s", file=sys.stderr, flush=True)
             del state
             if a.device == "cuda":
@@ -137,6 +140,7 @@ def main() -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--reps", type=int, default=3 if cuda else 2)
     p.add_argument("--skip-static", action="store_true", help="leave out generate with the static cache (compiles)")
+    p.add_argument("--only-static", action="store_true", help="only generate with the static cache")
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     a = p.parse_args()
     a.sequences = [int(x) for x in a.sequences.split(",")]
@@ -151,7 +155,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for preset, n, name, tps, s, first, cap in rows:
         print(f"| {preset} | {n} | {name} | {tps:,.0f} | {s:.2f} | {first:.2f} | "
-              f"{'—' if not cap else f'{cap:.2f}'} |")
+              f"{cap if isinstance(cap, str) else '—' if not cap else f'{cap:.2f}'} |")
 
 
 if __name__ == "__main__":

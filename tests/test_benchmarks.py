@@ -19,7 +19,7 @@ def test_grpo_step_breakdown_runs(cache_dir):
     out = _bench("grpo_gpu_step.py", "--device", "cpu", "--preset", "micro", "--prompts", "2", "--G", "2",
                  "--max-new", "6", "--steps", "1", "--warmup", "1", "--n-train", "24", "--graphs", "off",
                  cache_dir=cache_dir)
-    assert "| CUDA graphs | step s | rollout s |" in out and "\n| off | " in out
+    assert "| CUDA graphs | graphs made | step s | rollout s |" in out and "\n| off | none | " in out
 
 
 def test_rollout_throughput_runs(cache_dir):

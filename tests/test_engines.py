@@ -378,9 +378,9 @@ def test_cpu_greedy_evaluation_equals_generate_exactly(monkeypatch):
 
     made = []
 
-    def counted(config, n):  # the written-only cache is the one decoding (and none is kept afterwards)
+    def counted(config, n, dtype=None):  # the written-only cache is the one decoding (and none is kept afterwards)
         made.append(n)
-        return written_static_cache(config, n)
+        return written_static_cache(config, n, dtype)
 
     import taosr.rl.engines.graph as graph
 
@@ -465,3 +465,73 @@ def test_dropping_finished_rows_changes_no_token_and_no_draw():
     # bit for bit where the CPU's matrix kernels give a row the same sums in any batch of >= 4 rows (the
     # tiny preset's sizes here, see benchmarks/eval_generation.py); within rounding at this micro size
     assert torch.allclose(scores[running], ref_scores[running], rtol=0, atol=1e-5)
+
+
+def test_decoder_cache_stores_keys_and_values_in_one_dtype():
+    """Under autocast with fp32 weights a Llama's keys come out fp32 and its values bf16; transformers
+    5.17's StaticLayer allocates both in the keys' dtype and then refuses the values. The decoder's
+    layers store both in the dtype they are given (autocast's), else the first keys'."""
+    from transformers import LlamaConfig
+
+    from taosr.models.kvcache import static_cache, written_static_cache
+
+    cfg = LlamaConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=2, intermediate_size=32, vocab_size=50)
+    k, v = torch.randn(2, 2, 3, 16), torch.randn(2, 2, 3, 16).bfloat16()
+    for make in (static_cache, written_static_cache):
+        layer = make(cfg, 10, torch.bfloat16).layers[0]
+        keys, values = layer.update(k, v)
+        assert layer.keys.dtype == layer.values.dtype == keys.dtype == values.dtype == torch.bfloat16
+        assert torch.equal(keys[:, :, :3], k.bfloat16()) and torch.equal(values[:, :, :3], v)
+        layer.update(torch.randn(2, 2, 1, 16), torch.randn(2, 2, 1, 16).bfloat16())  # later steps cast too
+        plain = make(cfg, 10).layers[0]  # no dtype: the keys' (nothing cast without autocast)
+        plain.update(k, v.float())
+        assert plain.keys.dtype == plain.values.dtype == torch.float32
+
+
+def test_decoding_under_cpu_autocast_on_both_paths():
+    from taosr.eval.generation import GenerationSpec
+
+    model = tiny_llama(seed=1)
+    ids, att = _prompts(B=5, P=6)
+    spec = GenerationSpec(max_new_tokens=10, do_sample=True, temperature=1.0, num_return_sequences=2)
+    from taosr.rl.engines.graph import StaticDecoder
+
+    for d in (_graph_decoder(), StaticDecoder()):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = d.generate(model, TinyTok, ids, att, spec)
+        assert out.shape[0] == 10
+        layer = next(iter(d.slots.values())).cache.layers[0]
+        assert layer.keys.dtype == layer.values.dtype == torch.bfloat16
+
+
+def test_slots_made_in_inference_mode_serve_later_rollouts():
+    """Lightning validates under inference mode; a slot made there is reused by a training rollout
+    (no_grad) of the same bucket, which updates its buffers in place."""
+    model = tiny_llama()
+    ids, att = _prompts(B=4, P=6)
+    from taosr.rl.engines.graph import StaticDecoder
+
+    for d in (_graph_decoder(), StaticDecoder()):
+        with torch.inference_mode():
+            first = d.generate(model, TinyTok, ids, att, _greedy())
+        with torch.no_grad():
+            assert torch.equal(d.generate(model, TinyTok, ids, att, _greedy()), first)
+        assert len(d.slots) == 1
+
+
+def test_sliding_window_models_decode_without_capture():
+    """A sliding-window cache keeps Python-side positions that a captured step would freeze: such
+    models decode with eager steps (the same tokens as generate) and nothing is captured."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from taosr.eval.generation import hf_generate_ids
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                                             pad_token_id=0, eos_token_id=2, bos_token_id=1)).eval()
+    d = _graph_decoder()
+    ids = torch.randint(3, 40, (3, 6))
+    out = d.generate(model, TinyTok, ids, torch.ones_like(ids), _greedy(T=12))
+    assert d.captures == 0 and not d.capture_failed
+    assert _same_tokens(out, hf_generate_ids(model, TinyTok, ids, torch.ones_like(ids), _greedy(T=12)))

@@ -5,21 +5,34 @@
 - the rollout engine's greedy output on CUDA equals ``generate``'s, with the decode step captured
   as a CUDA graph and without; the graph is reused across calls, sees in-place weight updates and
   is re-captured when a parameter tensor is replaced;
-- the GRM scorer on CUDA (bf16) equals its CPU (fp32) result within bf16 tolerance.
+- the GRM scorer on CUDA (bf16) equals its CPU (fp32) result within bf16 tolerance;
+- 16-mixed with the logger off; noise drawn inside a captured step is fresh at every replay; a
+  model whose generation config changes scores is evaluated with ``generate``.
+A failed capture is an error in these fits (the decoder would otherwise fall back to eager steps).
 """
 import glob
 import json
 import os
+import warnings
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, fit, rl_samples_overrides, sample_smoke
+from tests.conftest import ROOT, rl_samples_overrides, sample_smoke
+from tests.conftest import fit as _fit
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU tier: pytest -m gpu)")]
 
 CUDA_BF16 = ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed"]
+
+
+def fit(*args, **kwargs):
+    """A fit in which a failed CUDA-graph capture is an error (the decoder otherwise falls back to
+    eager steps with a warning, and the fit would pass without graphs)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="rollout engine: CUDA graph capture failed")
+        return _fit(*args, **kwargs)
 
 
 def _validated(root) -> dict:
@@ -77,6 +90,12 @@ def test_srpo_step_on_cuda(tmp_path, gpu_sft, gpu_grm, gpu_samples, cache_dir, m
     fit("configs/srpo.yaml", str(tmp_path), cache_dir, "--model.init_args.model.name_or_path",
         os.path.join(gpu_sft, "export"), "--model.init_args.grm_path", os.path.join(gpu_grm, "export"),
         "--model.init_args.examiner.mode", mode, *rl_samples_overrides(gpu_samples), *CUDA_BF16)
+    _validated(tmp_path)
+
+
+def test_16_mixed_without_a_logger_on_cuda(tmp_path, cache_dir):
+    fit("configs/sft.yaml", str(tmp_path), cache_dir, "--trainer.accelerator", "gpu", "--trainer.devices", "1",
+        "--trainer.precision", "16-mixed", "--trainer.logger", "false")
     _validated(tmp_path)
 
 
@@ -171,6 +190,41 @@ def test_graph_sampling_runs_and_differs_between_seeds():
     b = d.generate(model, _Tok, ids, att, spec)  # replayed: fresh noise each replay
     assert a.shape[0] == 32 and not torch.equal(a[:, :8], b[:, :8])
     assert d.captures == 1 and not d.capture_failed
+
+
+def test_noise_drawn_inside_a_graph_is_fresh_at_every_replay():
+    """torch registers the default CUDA generator with a capture, so each replay draws new Gumbel noise
+    (the sampler runs inside the captured step)."""
+    from taosr.rl.engines.graph import gumbel_max_sample
+
+    scores = torch.zeros(4096, 8, device="cuda")
+    out = torch.empty(4096, dtype=torch.long, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out.copy_(gumbel_max_sample(scores))  # warm-up on a side stream, as capture needs
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out.copy_(gumbel_max_sample(scores))
+    g.replay()
+    first = out.clone()
+    g.replay()
+    assert not torch.equal(first, out)
+    freq = torch.bincount(torch.cat([first, out]).cpu(), minlength=8).float() / (2 * 4096)
+    assert torch.allclose(freq, torch.full((8,), 1 / 8), atol=0.02)  # uniform over equal scores
+
+
+def test_generate_ids_keeps_generate_where_the_generation_config_changes_scores():
+    from taosr.eval.generation import GenerationSpec, generate_ids, hf_generate_ids
+    from taosr.rl.engines.graph import decoder_for
+
+    model = _llama()
+    model.generation_config.repetition_penalty = 3.0
+    ids, att = _prompts(5, 12)
+    spec = GenerationSpec(max_new_tokens=20)
+    assert _same(generate_ids(model, _Tok, ids, att, spec), hf_generate_ids(model, _Tok, ids, att, spec))
+    assert decoder_for(model).captures == 0
 
 
 def test_graph_under_bf16_autocast_matches_eager():

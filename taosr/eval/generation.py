@@ -93,7 +93,8 @@ def generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: torc
                  spec: GenerationSpec, logits_processor: list | None = None) -> torch.Tensor:
     """Completion token ids (B * n, L), right padded with pad_token_id, prompt removed.
 
-    On CUDA (unless ``spec.cuda_graphs`` is off) the model's static-cache decoder with its captured
+    On CUDA (unless ``spec.cuda_graphs`` is off, or the model's generation config changes scores or
+    the search, which only ``generate`` applies) the model's static-cache decoder with its captured
     decode step (:mod:`taosr.rl.engines.graph`). Greedy decoding on CPU: the same decoder with
     eager steps on a cache that hands attention only the positions written so far (the keys
     ``model.generate``'s growing cache holds, so the same tokens, without its per-token copy of the
@@ -104,7 +105,7 @@ def generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: torc
     ``logits_processor``: extra processors (not called by the CUDA-graph decoder)."""
     from taosr.rl.engines.graph import decoder_for
 
-    if input_ids.device.type == "cuda" and spec.cuda_graphs:
+    if input_ids.device.type == "cuda" and spec.cuda_graphs and _plain_decoding(model):
         return decoder_for(model).generate(model, tokenizer, input_ids, attention_mask, spec)
     if input_ids.device.type == "cpu" and not spec.sampling and _plain_greedy(model):
         one = spec if spec.num_return_sequences == 1 else replace(spec, num_return_sequences=1)
@@ -119,20 +120,24 @@ _DECODING_DEFAULTS = (("num_beams", 1), ("num_beam_groups", 1), ("penalty_alpha"
                       ("stop_strings", None), ("max_time", None), ("assistant_model", None), ("prompt_lookup_num_tokens", None))
 
 
-def _plain_greedy(model) -> bool:
-    """Whether greedy ``model.generate`` is plain argmax decoding for ``model`` (nothing in its
-    generation config changes the scores, the search or the stopping rule) of a decoder whose
-    cache takes the written-only layers."""
+def _plain_decoding(model) -> bool:
+    """Whether ``model.generate`` would decode ``model`` token by token with nothing but the spec's
+    warpers: nothing in its generation config changes the scores, the search or the stopping rule,
+    and it is a decoder-only model."""
     from taosr.eval.scores import alters_scores
-    from taosr.models.kvcache import written_static_cache
 
     cfg = getattr(model, "config", None)
     gen = getattr(model, "generation_config", None)
     if cfg is None or getattr(cfg, "is_encoder_decoder", False) or alters_scores(gen):
         return False
-    if gen is not None and any(getattr(gen, name, default) not in (None, default) for name, default in _DECODING_DEFAULTS):
-        return False
-    return written_static_cache(cfg, 1) is not None
+    return gen is None or not any(getattr(gen, name, default) not in (None, default) for name, default in _DECODING_DEFAULTS)
+
+
+def _plain_greedy(model) -> bool:
+    """:func:`_plain_decoding`, for a decoder whose cache takes the written-only layers."""
+    from taosr.models.kvcache import written_static_cache
+
+    return _plain_decoding(model) and written_static_cache(model.config, 1) is not None
 
 
 def completion_lengths(ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:

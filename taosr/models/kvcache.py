@@ -5,6 +5,9 @@ name still works with a deprecation warning until 5.40. taosr passes a cache in 
 (the rollout decoder, the shared-prefix update, the reference growing-cache sampler): they call
 :func:`cache_kwargs` and :func:`output_cache`, which read the forward's signature, so versions
 before the rename and after it both run without warnings.
+
+Also the decoder's static caches (:func:`static_cache`): one dtype for keys and values, and the
+written-only variant that CPU evaluation decodes on.
 """
 from __future__ import annotations
 
@@ -39,37 +42,84 @@ def output_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
-# ----------------------------------------------------------------------------- written-only static cache
-def written_static_cache(config, max_cache_len: int):
-    """A transformers ``StaticCache`` (preallocated, written in place) whose layers hand attention
-    only the positions written so far, and whose masks are that long: at decode step t the
-    attention reads prompt + t keys instead of the whole preallocated length, the same keys (and
-    the same numbers) a growing cache gives, without re-copying it every token. For eager decoding
-    (CPU): the shapes change every step, so it is never captured in a graph. None when the model's
-    cache is not made of plain static layers (sliding-window or hybrid models): use the plain one."""
+# ----------------------------------------------------------------------------- static caches of one dtype
+def static_cache(config, max_cache_len: int, dtype=None, written: bool = False):
+    """A transformers ``StaticCache`` (preallocated, written in place) for the decoder, whose layers
+    store keys and values in one dtype: ``dtype``, else the first keys' dtype. Under autocast with
+    fp32 weights a Llama's keys come out fp32 (RoPE's tables promote them) and its values in the
+    autocast dtype; transformers 5.17 (the GPU machines' version) allocates both in the keys' dtype
+    and then refuses the values (``index_copy_``: Float vs BFloat16). The decoder passes autocast's dtype, which is what
+    attention computes in there anyway (SDPA is a lower-precision op under autocast on CUDA and on
+    CPU), so nothing changes numerically and the keys take half the memory; without autocast
+    nothing is cast.
+
+    ``written``: the layers hand attention only the positions written so far, and masks are that
+    long: at decode step t the attention reads prompt + t keys instead of the whole preallocated
+    length, the same keys (and the same numbers) a growing cache gives, without re-copying it
+    every token. For eager decoding (CPU): the shapes change every step, so it is never captured.
+
+    None when the model's cache is not made of plain static layers (sliding-window or hybrid
+    models): the decoder then decodes eagerly on transformers' own ``StaticCache``."""
     try:  # transformers before the layered caches (or a config StaticCache cannot build): no such cache
         from transformers import StaticCache
-        from transformers.cache_utils import StaticLayer
 
         cache = StaticCache(config=config, max_cache_len=max_cache_len)
-        layers = getattr(cache, "layers", None)
-        if not layers or any(type(layer) is not StaticLayer for layer in layers):
+        if not plain_static_layers(cache):
             return None
-        if not hasattr(layers[0], "cumulative_length") or not hasattr(StaticLayer, "get_mask_sizes"):
-            return None
-        layer_type = _written_layer_class()
+        layer_type = _written_layer_class() if written else _typed_layer_class()
     except (ImportError, AttributeError, KeyError, TypeError, ValueError):
         return None
-    cache.layers = [layer_type(max_cache_len=max_cache_len) for _ in layers]
+    cache.layers = [layer_type(max_cache_len=max_cache_len, kv_dtype=dtype) for _ in cache.layers]
     return cache
+
+
+def plain_static_layers(cache) -> bool:
+    """Whether ``cache`` is made of transformers' plain ``StaticLayer``s (or taosr's subclasses of it):
+    device-side positions (``cumulative_length``) throughout, which a captured step needs. A
+    sliding-window layer keeps a Python int that a CUDA graph would freeze at capture."""
+    from transformers.cache_utils import StaticLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or not hasattr(layers[0], "cumulative_length") or not hasattr(StaticLayer, "get_mask_sizes"):
+        return False
+    ours = (StaticLayer, _typed_layer_class(), _written_layer_class())
+    return all(type(layer) in ours for layer in layers)
+
+
+def written_static_cache(config, max_cache_len: int, dtype=None):
+    """:func:`static_cache` with ``written=True``."""
+    return static_cache(config, max_cache_len, dtype=dtype, written=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _typed_layer_class():
+    from transformers.cache_utils import StaticLayer
+
+    class TypedStaticLayer(StaticLayer):
+        """A StaticLayer that stores keys and values in one dtype (``kv_dtype``, else the first
+        keys'), casting what comes in; a no-op where they already have it."""
+
+        def __init__(self, max_cache_len: int, kv_dtype=None, **kwargs):
+            super().__init__(max_cache_len=max_cache_len, **kwargs)
+            self.kv_dtype = kv_dtype
+
+        def lazy_initialization(self, key_states, value_states, *args, **kwargs):
+            dt = self.kv_dtype or key_states.dtype
+            return super().lazy_initialization(key_states.to(dt), value_states.to(dt), *args, **kwargs)
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            dt = self.keys.dtype
+            return super().update(key_states.to(dt), value_states.to(dt), *args, **kwargs)
+
+    return TypedStaticLayer
 
 
 @functools.lru_cache(maxsize=None)
 def _written_layer_class():
-    from transformers.cache_utils import StaticLayer
-
-    class WrittenStaticLayer(StaticLayer):
-        """A StaticLayer whose ``update`` returns views of the written positions only. Not
+    class WrittenStaticLayer(_typed_layer_class()):
+        """A static layer whose ``update`` returns views of the written positions only. Not
         compileable (its shapes change every step), which also lets transformers skip the mask of
         an unpadded batch as it does for a growing cache (same numbers as ``generate`` there too)."""
 

@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 import torch
 
-from taosr.models.kvcache import cache_kwargs, output_cache, written_static_cache
+from taosr.models.kvcache import cache_kwargs, output_cache, static_cache, written_static_cache
 
 CACHE_ROUND = 128   # cache-length granularity of a CUDA slot
 
@@ -120,8 +120,15 @@ def graphable(model) -> bool:
 
 def _cuda_capture(step: Callable[[], None], pool) -> Any:
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, pool=pool):
-        step()
+    stream = torch.cuda.current_stream()
+    try:
+        with torch.cuda.graph(g, pool=pool):
+            step()
+    except BaseException:
+        # an invalidated capture raises from capture_end inside the context's exit, before it gives
+        # the current stream back: the caller's eager fallback must not run on the capture stream
+        torch.cuda.set_stream(stream)
+        raise
     return g
 
 
@@ -175,7 +182,7 @@ class StaticDecoder:
         if written and not graphs:
             # a written-only cache is made for the call and freed with it (evaluation batches come one
             # at a time, between training steps: nothing of it stays allocated beside the model)
-            cache = written_static_cache(model.config, need_len)
+            cache = written_static_cache(model.config, need_len, kv_dtype)
             if cache is not None:
                 return self._new_slot(nb, need_len, cache, kv_dtype, device, written=True)
         key = (device, nb if graphs else "eager", amp)  # eager decoding keeps one slot (exact sizes) per device
@@ -186,7 +193,10 @@ class StaticDecoder:
             if s is not None:
                 need_len = max(need_len, s.cache_len) if graphs else need_len
             L = CACHE_ROUND * math.ceil(need_len / CACHE_ROUND) if graphs else need_len
-            s = self._new_slot(nb, L, StaticCache(config=model.config, max_cache_len=L), kv_dtype, device)
+            cache = static_cache(model.config, L, kv_dtype)  # None: not plain static layers (decoded eagerly)
+            if cache is None:
+                cache = StaticCache(config=model.config, max_cache_len=L)
+            s = self._new_slot(nb, L, cache, kv_dtype, device)
             self.slots[key] = s  # replaces the bucket's smaller slot (and its graphs)
         return s
 
@@ -339,7 +349,9 @@ class StaticDecoder:
         # inside graphs autocast must not cache casted weights (they would live in the graph's pool)
         ctx = torch.autocast(device.type, dtype=amp, cache_enabled=False) if amp is not None else contextlib.nullcontext()
         try:
-            with ctx:
+            # slots outlive the call: made under Lightning's inference mode (validation) they would be
+            # inference tensors that a later rollout (no_grad) may not update in place
+            with torch.inference_mode(False), torch.no_grad(), ctx:
                 graphs = self._graphs_on(device, cuda_graphs and getattr(spec, "cuda_graphs", True))
                 if logits_processor and (graphs or G != 1):
                     raise ValueError("StaticDecoder: logits processors run with eager steps and one completion per prompt only")
@@ -356,11 +368,14 @@ class StaticDecoder:
         pre = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=True,
                     logits_to_keep=1)
         N = input_ids.shape[0] * G
-        graphs = graphs and graphable(model)
+        # a sliding-window (or hybrid) cache keeps Python-side positions a graph would freeze: eager steps
+        graphs = graphs and graphable(model) and static_cache(model.config, 1) is not None
         if graphs:
             self._check_weights(model)
         layers = output_cache(pre).layers
-        s = self._slot(model, device, N, P + T, layers[0].keys.dtype, amp, graphs, written_only)
+        # keys and values in one dtype: autocast's where it is on (what attention computes in there)
+        kv_dtype = amp if amp is not None else layers[0].keys.dtype
+        s = self._slot(model, device, N, P + T, kv_dtype, amp, graphs, written_only)
         nb = s.batch
 
         def rows(x: torch.Tensor) -> torch.Tensor:  # prompt rows -> G copies each, then padding rows
