@@ -11,12 +11,15 @@ still decoding: nothing reads a finished row's later scores).
 
 Completions end at end-of-sequence as in evaluation (a model trained on the task writes ~70
 tokens; one from scratch runs to ``--new``). Each method decodes every batch once after one
-warm-up batch; the table has the mean seconds per batch and generated tokens / s.
+warm-up batch, the methods taking each batch in turn (so drift of the machine hits all alike); the
+table has the mean seconds per batch, generated tokens / s and the mean of the per-batch time
+ratios to ``generate``.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -89,35 +92,45 @@ def main() -> None:
     model, tok, loader = load(a, tempfile.mkdtemp(prefix="taosr-eval-bench-"))
     spec = GenerationSpec(max_new_tokens=a.new)
     warm, batches = loader[0], loader[1: a.batches + 1]
-    rows, ref = [], None
+    rows = []
 
     def capture():  # the tier tokens' scores, as evaluation keeps them (any four ids where a tier is not one token)
         return LabelSlotCapture.for_tokenizer(tok) or LabelSlotCapture([0, 1, 2, 3])
 
-    for name, run in methods():
-        cap = capture()
-        run(model, tok, warm["input_ids"], warm["attention_mask"], spec, cap)
-        outs, caps, secs, ntok = [], [], 0.0, 0
-        for b in batches:
+    named = methods()
+    for name, run in named:  # one warm-up batch each
+        run(model, tok, warm["input_ids"], warm["attention_mask"], spec, capture())
+    outs = {name: [] for name, _ in named}
+    caps = {name: [] for name, _ in named}
+    secs = {name: [] for name, _ in named}
+    ntok = {name: 0 for name, _ in named}
+    for i, b in enumerate(batches):  # every method takes each batch in turn (rotating order): drift hits all alike
+        for name, run in named[i % len(named):] + named[:i % len(named)]:
             cap = capture()
             t0 = time.perf_counter()
             out = run(model, tok, b["input_ids"], b["attention_mask"], spec, cap)
-            secs += time.perf_counter() - t0
-            ntok += int(completion_lengths(out, tok.eos_token_id, tok.pad_token_id).sum())
-            outs.append(out)
-            caps.append(running_scores(out, cap.logits(), tok.eos_token_id))
-        same = "—" if ref is None else ("yes" if all(torch.equal(x, y) for x, y in zip(outs + caps, ref)) else "no")
-        ref = ref if ref is not None else outs + caps
-        rows.append((name, secs / len(batches), ntok / secs, same))
-        print(f"  {name}: {secs / len(batches):.2f} s/batch", file=sys.stderr, flush=True)
+            secs[name].append(time.perf_counter() - t0)
+            ntok[name] += int(completion_lengths(out, tok.eos_token_id, tok.pad_token_id).sum())
+            outs[name].append(out)
+            caps[name].append(running_scores(out, cap.logits(), tok.eos_token_id))
+    first = named[0][0]
+    ref = outs[first] + caps[first]
+    for name, _ in named:
+        same = "—" if name == first else (
+            "yes" if all(torch.equal(x, y) for x, y in zip(outs[name] + caps[name], ref)) else "no")
+        ratio = [x / y for x, y in zip(secs[name], secs[first])]
+        se = statistics.stdev(ratio) / len(ratio) ** 0.5 if len(ratio) > 1 else 0.0
+        rows.append((name, statistics.mean(secs[name]), ntok[name] / sum(secs[name]),
+                     f"{statistics.mean(ratio):.3f} ± {se:.3f}", same))
     P = batches[0]["input_ids"].shape[1]
     print(f"\nGreedy evaluation decoding on CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
           f"model {a.model}, {len(batches)} batches of {a.batch} held-out prompts (~{P} tokens), up to {a.new} new "
           f"tokens, label-slot capture on; torch {torch.__version__}\n")
-    print("| method | s / batch | generated tokens / s | same tokens and scores as generate |")
-    print("|---|---|---|---|")
-    for name, s, tps, same in rows:
-        print(f"| {name} | {s:.2f} | {tps:,.0f} | {same} |")
+    print("| method | s / batch | generated tokens / s | time / generate's (mean ± s.e. over batches) "
+          "| same tokens and scores as generate |")
+    print("|---|---|---|---|---|")
+    for name, s, tps, ratio, same in rows:
+        print(f"| {name} | {s:.2f} | {tps:,.0f} | {ratio} | {same} |")
 
 
 if __name__ == "__main__":

@@ -48,10 +48,10 @@ def static_cache(config, max_cache_len: int, dtype=None, written: bool = False):
     store keys and values in one dtype: ``dtype``, else the first keys' dtype. Under autocast with
     fp32 weights a Llama's keys come out fp32 (RoPE's tables promote them) and its values in the
     autocast dtype; transformers 5.17 (the GPU machines' version) allocates both in the keys' dtype
-    and then refuses the values (``index_copy_``: Float vs BFloat16). The decoder passes autocast's dtype, which is what
-    attention computes in there anyway (SDPA is a lower-precision op under autocast on CUDA and on
-    CPU), so nothing changes numerically and the keys take half the memory; without autocast
-    nothing is cast.
+    and then refuses the values (``index_copy_``: Float vs BFloat16). The decoder passes autocast's
+    dtype, which is what attention computes in there anyway (SDPA is a lower-precision op under
+    autocast on CUDA and on CPU), so nothing changes numerically and the keys take half the
+    memory; without autocast nothing is cast.
 
     ``written``: the layers hand attention only the positions written so far, and masks are that
     long: at decode step t the attention reads prompt + t keys instead of the whole preallocated

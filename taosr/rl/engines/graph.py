@@ -262,9 +262,11 @@ class StaticDecoder:
         """The eager decode loop (tokens 2..T) on the rows still decoding: once the finished rows are
         ``compact`` of the batch being decoded, the cache and the step's inputs keep only the others
         (and enough finished ones to make ``min_rows``). Each row's numbers are those of the whole
-        batch (row-wise kernels; CPU matrix products of >= 4 rows give every row the same sums as the
-        full batch's), and the sampler still draws for every row (finished rows see their last
-        logits), so tokens and the random stream are unchanged. Returns the number of steps written."""
+        batch where the CPU's matrix kernels give a row the same sums in any batch of >= ``min_rows``
+        rows (measured for the tiny preset's shapes; the other kernels are row-wise), and the sampler
+        still draws for every row (finished rows see their last logits), so tokens and the random
+        stream are unchanged. ``logits``: the prefill's, one row per slot row. Returns the number of
+        steps written."""
         layers = s.cache.layers
         full = [(layer.keys, layer.values) for layer in layers]
         kw = cache_kwargs(model, s.cache)
