@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100, help="prompts per batch (data.eval_batch_size)")
     p.add_argument("--batches", type=int, default=2)
     p.add_argument("--new", type=int, default=96, help="max new tokens (eval_generation.max_new_tokens)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (compare runs use one per job; finished rows are dropped with one only)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

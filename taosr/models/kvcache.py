@@ -73,6 +73,26 @@ def static_cache(config, max_cache_len: int, dtype=None, written: bool = False):
     return cache
 
 
+def cast_inputs(cache, dtype):
+    """``cache`` (any layered transformers cache, e.g. a sliding-window one that :func:`static_cache`
+    does not make) with every layer casting the keys and values it receives to ``dtype`` (nothing
+    when None): the one-dtype rule of :func:`static_cache` for the layers taosr does not subclass."""
+    if dtype is None:
+        return cache
+    for layer in getattr(cache, "layers", ()):
+        for name in ("lazy_initialization", "update"):
+            method = getattr(layer, name, None)
+            if method is not None:
+                setattr(layer, name, _casting(method, dtype))
+    return cache
+
+
+def _casting(method, dtype):
+    def call(key_states, value_states, *args, **kwargs):
+        return method(key_states.to(dtype), value_states.to(dtype), *args, **kwargs)
+    return call
+
+
 def plain_static_layers(cache) -> bool:
     """Whether ``cache`` is made of transformers' plain ``StaticLayer``s (or taosr's subclasses of it):
     device-side positions (``cumulative_length``) throughout, which a captured step needs. A

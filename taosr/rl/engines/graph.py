@@ -9,12 +9,13 @@ advance position, done flags) until every row has finished or ``max_new_tokens``
 
 - **CPU** (or ``cuda_graphs=False``): the step runs eagerly with exact batch and cache sizes and
   the all-finished check after every token: the same code path as the graph, minus capture. On
-  CPU, once a tenth of the rows being decoded have finished, the cache and the step's inputs are
-  cut to the rows still running (``compact``; at least ``min_rows``): the step's cost follows the
-  running rows, each row's numbers stay those of the whole batch where the CPU's matrix kernels
-  compute a row alike in any batch of >= ``min_rows`` rows (measured: the tiny preset's tokens and
-  scores are bit-identical), and the sampler still draws for every row, so the random stream is
-  unchanged. A logits processor sees a finished row's last scores again (``generate`` recomputes
+  CPU with one torch thread (what ``taosr compare --jobs`` gives each run), once a tenth of the rows
+  being decoded have finished, the cache and the step's inputs are cut to the rows still running
+  (``compact``; at least ``min_rows``): the step's cost follows the running rows, each row's
+  numbers stay those of the whole batch where the CPU's matrix kernels compute a row alike in any
+  batch of >= ``min_rows`` rows (measured: the tiny preset's tokens and scores are bit-identical;
+  with two threads they split some small batches' sums otherwise, so it is off there), and the
+  sampler still draws for every row, so the random stream is unchanged. A logits processor sees a finished row's last scores again (``generate`` recomputes
   them; no finished row's scores are used).
 - **CUDA**: the batch is padded to a bucket (powers of 2 and 1.5x powers of 2; padding rows are
   copies of the first prompt, marked finished from the start), the cache length is rounded up
@@ -44,7 +45,7 @@ from typing import Any, Callable
 
 import torch
 
-from taosr.models.kvcache import cache_kwargs, output_cache, static_cache, written_static_cache
+from taosr.models.kvcache import cache_kwargs, cast_inputs, output_cache, static_cache, written_static_cache
 
 CACHE_ROUND = 128   # cache-length granularity of a CUDA slot
 
@@ -195,7 +196,7 @@ class StaticDecoder:
             L = CACHE_ROUND * math.ceil(need_len / CACHE_ROUND) if graphs else need_len
             cache = static_cache(model.config, L, kv_dtype)  # None: not plain static layers (decoded eagerly)
             if cache is None:
-                cache = StaticCache(config=model.config, max_cache_len=L)
+                cache = cast_inputs(StaticCache(config=model.config, max_cache_len=L), amp)
             s = self._new_slot(nb, L, cache, kv_dtype, device)
             self.slots[key] = s  # replaces the bucket's smaller slot (and its graphs)
         return s
@@ -255,7 +256,10 @@ class StaticDecoder:
 
     # ------------------------------------------------------------------ eager decoding, finished rows dropped
     def _compacts(self, device: torch.device, n: int) -> bool:
-        return self.compact is not None and device.type in self._compact_devices and n > self.min_rows
+        # with more than one thread the CPU's matrix kernels may split a small batch's sums another way
+        # (measured: rows of 5-11-row batches differ at 2 threads), so rows would no longer be exact
+        return (self.compact is not None and device.type in self._compact_devices and n > self.min_rows
+                and torch.get_num_threads() == 1)
 
     def _decode_compacting(self, model, s: _Slot, sampler, eos: int, pad: int, processors, prompt_ids,
                            T: int, logits: torch.Tensor) -> int:
