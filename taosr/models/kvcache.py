@@ -6,8 +6,8 @@ name still works with a deprecation warning until 5.40. taosr passes a cache in 
 :func:`cache_kwargs` and :func:`output_cache`, which read the forward's signature, so versions
 before the rename and after it both run without warnings.
 
-Also the decoder's static caches (:func:`static_cache`): one dtype for keys and values, and the
-written-only variant that CPU evaluation decodes on.
+Also the decoder's static caches (:func:`static_cache`): one dtype for keys and values
+(:func:`cast_inputs`), and the written-only variant that CPU evaluation decodes on.
 """
 from __future__ import annotations
 
@@ -45,13 +45,7 @@ def output_cache(out):
 # ----------------------------------------------------------------------------- static caches of one dtype
 def static_cache(config, max_cache_len: int, dtype=None, written: bool = False):
     """A transformers ``StaticCache`` (preallocated, written in place) for the decoder, whose layers
-    store keys and values in one dtype: ``dtype``, else the first keys' dtype. Under autocast with
-    fp32 weights a Llama's keys come out fp32 (RoPE's tables promote them) and its values in the
-    autocast dtype; transformers 5.17 (the GPU machines' version) allocates both in the keys' dtype
-    and then refuses the values (``index_copy_``: Float vs BFloat16). The decoder passes autocast's
-    dtype, which is what attention computes in there anyway (SDPA is a lower-precision op under
-    autocast on CUDA and on CPU), so nothing changes numerically and the keys take half the
-    memory; without autocast nothing is cast.
+    store keys and values in ``dtype`` (:func:`cast_inputs`; nothing is cast when None).
 
     ``written``: the layers hand attention only the positions written so far, and masks are that
     long: at decode step t the attention reads prompt + t keys instead of the whole preallocated
@@ -66,17 +60,23 @@ def static_cache(config, max_cache_len: int, dtype=None, written: bool = False):
         cache = StaticCache(config=config, max_cache_len=max_cache_len)
         if not plain_static_layers(cache):
             return None
-        layer_type = _written_layer_class() if written else _typed_layer_class()
+        if written:
+            layer_type = _written_layer_class()
+            cache.layers = [layer_type(max_cache_len=max_cache_len) for _ in cache.layers]
     except (ImportError, AttributeError, KeyError, TypeError, ValueError):
         return None
-    cache.layers = [layer_type(max_cache_len=max_cache_len, kv_dtype=dtype) for _ in cache.layers]
-    return cache
+    return cast_inputs(cache, dtype)
 
 
 def cast_inputs(cache, dtype):
-    """``cache`` (any layered transformers cache, e.g. a sliding-window one that :func:`static_cache`
-    does not make) with every layer casting the keys and values it receives to ``dtype`` (nothing
-    when None): the one-dtype rule of :func:`static_cache` for the layers taosr does not subclass."""
+    """``cache`` (any layered transformers cache) with every layer casting the keys and values it
+    receives to ``dtype`` (nothing when None), so both are stored in it. Under autocast with fp32
+    weights a Llama's keys come out fp32 (RoPE's tables promote them) and its values in the autocast
+    dtype; transformers 5.17 (the GPU machines' version) allocates a static layer's values in the
+    keys' dtype and then refuses the values (``index_copy_``: Float vs BFloat16). The decoder passes
+    autocast's dtype, which is what attention computes in there anyway (SDPA is a lower-precision op
+    under autocast on CUDA and on CPU), so nothing changes numerically and the keys take half the
+    memory."""
     if dtype is None:
         return cache
     for layer in getattr(cache, "layers", ()):
@@ -94,16 +94,15 @@ def _casting(method, dtype):
 
 
 def plain_static_layers(cache) -> bool:
-    """Whether ``cache`` is made of transformers' plain ``StaticLayer``s (or taosr's subclasses of it):
-    device-side positions (``cumulative_length``) throughout, which a captured step needs. A
-    sliding-window layer keeps a Python int that a CUDA graph would freeze at capture."""
+    """Whether ``cache`` is made of transformers' plain ``StaticLayer``s (or taosr's written-only
+    subclass): device-side positions (``cumulative_length``) throughout, which a captured step
+    needs. A sliding-window layer keeps a Python int that a CUDA graph would freeze at capture."""
     from transformers.cache_utils import StaticLayer
 
     layers = getattr(cache, "layers", None)
     if not layers or not hasattr(layers[0], "cumulative_length") or not hasattr(StaticLayer, "get_mask_sizes"):
         return False
-    ours = (StaticLayer, _typed_layer_class(), _written_layer_class())
-    return all(type(layer) in ours for layer in layers)
+    return all(type(layer) in (StaticLayer, _written_layer_class()) for layer in layers)
 
 
 def written_static_cache(config, max_cache_len: int, dtype=None):
@@ -112,33 +111,10 @@ def written_static_cache(config, max_cache_len: int, dtype=None):
 
 
 @functools.lru_cache(maxsize=None)
-def _typed_layer_class():
+def _written_layer_class():
     from transformers.cache_utils import StaticLayer
 
-    class TypedStaticLayer(StaticLayer):
-        """A StaticLayer that stores keys and values in one dtype (``kv_dtype``, else the first
-        keys'), casting what comes in; a no-op where they already have it."""
-
-        def __init__(self, max_cache_len: int, kv_dtype=None, **kwargs):
-            super().__init__(max_cache_len=max_cache_len, **kwargs)
-            self.kv_dtype = kv_dtype
-
-        def lazy_initialization(self, key_states, value_states, *args, **kwargs):
-            dt = self.kv_dtype or key_states.dtype
-            return super().lazy_initialization(key_states.to(dt), value_states.to(dt), *args, **kwargs)
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            dt = self.keys.dtype
-            return super().update(key_states.to(dt), value_states.to(dt), *args, **kwargs)
-
-    return TypedStaticLayer
-
-
-@functools.lru_cache(maxsize=None)
-def _written_layer_class():
-    class WrittenStaticLayer(_typed_layer_class()):
+    class WrittenStaticLayer(StaticLayer):
         """A static layer whose ``update`` returns views of the written positions only. Not
         compileable (its shapes change every step), which also lets transformers skip the mask of
         an unpadded batch as it does for a growing cache (same numbers as ``generate`` there too)."""

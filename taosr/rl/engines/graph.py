@@ -183,7 +183,7 @@ class StaticDecoder:
         if written and not graphs:
             # a written-only cache is made for the call and freed with it (evaluation batches come one
             # at a time, between training steps: nothing of it stays allocated beside the model)
-            cache = written_static_cache(model.config, need_len, kv_dtype)
+            cache = written_static_cache(model.config, need_len, amp)
             if cache is not None:
                 return self._new_slot(nb, need_len, cache, kv_dtype, device, written=True)
         key = (device, nb if graphs else "eager", amp)  # eager decoding keeps one slot (exact sizes) per device
@@ -194,7 +194,7 @@ class StaticDecoder:
             if s is not None:
                 need_len = max(need_len, s.cache_len) if graphs else need_len
             L = CACHE_ROUND * math.ceil(need_len / CACHE_ROUND) if graphs else need_len
-            cache = static_cache(model.config, L, kv_dtype)  # None: not plain static layers (decoded eagerly)
+            cache = static_cache(model.config, L, amp)  # None: not plain static layers (decoded eagerly)
             if cache is None:
                 cache = cast_inputs(StaticCache(config=model.config, max_cache_len=L), amp)
             s = self._new_slot(nb, L, cache, kv_dtype, device)
@@ -379,7 +379,7 @@ class StaticDecoder:
         if graphs:
             self._check_weights(model)
         layers = output_cache(pre).layers
-        # keys and values in one dtype: autocast's where it is on (what attention computes in there)
+        # keys and values in one dtype: autocast's where it is on (the slot's caches cast to it), else the model's
         kv_dtype = amp if amp is not None else layers[0].keys.dtype
         s = self._slot(model, device, N, P + T, kv_dtype, amp, graphs, written_only)
         nb = s.batch
@@ -404,10 +404,8 @@ class StaticDecoder:
         del pre, layers
 
         if not graphs and self._compacts(device, N):
-            n = self._decode_compacting(model, s, sampler, eos, pad, processors, input_ids, T, first)
-            done, length = s.done[:N], s.length[:N]
-            n = int(torch.where(done, length, torch.full_like(length, n)).max())
-            return s.out[:N, :max(n, 1)].clone()
+            return self._output(s, N, self._decode_compacting(model, s, sampler, eos, pad, processors, input_ids,
+                                                              T, first))
         step = self._step_fn(model, s, sampler, eos, pad, processors, input_ids)
         key = sampling_key(spec) + (eos, pad)  # constants the captured step bakes in
         g = s.graphs.get(key) if graphs else None
@@ -439,6 +437,11 @@ class StaticDecoder:
             n = t + 1
         if side is not None:
             torch.cuda.current_stream(device).wait_stream(side)
+        return self._output(s, N, n)
+
+    @staticmethod
+    def _output(s: _Slot, N: int, n: int) -> torch.Tensor:
+        """The N real rows' completions after ``n`` steps, cut after the last row's eos."""
         done, length = s.done[:N], s.length[:N]
         n = int(torch.where(done, length, torch.full_like(length, n)).max()) if N else n
         return s.out[:N, :max(n, 1)].clone()
