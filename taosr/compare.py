@@ -325,7 +325,7 @@ def _run_parallel(spec: CompareSpec, todo: list, jobs: int) -> None:
     runs = {}
     tasks = []
     for tag, run, steps in todo:
-        t = Task(tag, steps, os.path.join(run.root, "compare.log"))
+        t = Task(tag, steps, os.path.join(run.root, "compare.log"), group=run.arm)
         runs[id(t)] = run
         tasks.append(t)
     failed = run_parallel(tasks, slots, env=lambda t: _wandb_env(spec, runs[id(t)]),

@@ -3,11 +3,18 @@
 ``taosr compare --jobs N`` hands its runs to :func:`run_parallel`: N workers, each a slot with a
 disjoint set of CPU cores (its torch threads = its core count) and, where CUDA devices exist, one
 GPU (``CUDA_VISIBLE_DEVICES``; slots share GPUs round-robin when N exceeds them). A *task* is a
-list of commands run one after the other in one slot (a fit, then its evaluation); each command is
+list of commands run one after the other (a fit, then its evaluation); each command is
 ``python -m taosr.cli ARGS`` with its output appended to the task's log file, so N interleaved
 progress bars never reach the terminal. A small model gains little from a second torch thread,
-so N one-core jobs finish a batch of runs nearly N times sooner than one job with N threads
-(2 x 3 seeds of GRPO / SRPO with ``--jobs 2`` on 2 cores: 65 core-minutes of runs in 36 minutes).
+so N one-core jobs finish a batch of runs nearly N times sooner than one job with N threads.
+
+Which command a free worker starts (:func:`next_command`): the commands of one task still run in
+order, but not necessarily in one slot, and a free worker takes the ready command expected to run
+longest, fits before evaluations. Durations are learned as commands finish (:class:`Durations`,
+mean seconds per task group and command: a compare arm's fits take alike), and a group with none
+finished counts as the longest, so every arm's first fit starts early. Longest-first keeps a long
+fit from starting last while the other workers sit idle (list scheduling, longest processing
+time first), and evaluations, a fifth of a fit's time, fill the end.
 
 A failed command ends its task; running tasks finish, no new task starts, and the failures are
 returned (the caller names them and their logs). Ctrl-C is passed on to every worker (each saves
@@ -15,6 +22,7 @@ its checkpoint, see :mod:`taosr.launcher`) and re-raised once they have exited.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -47,7 +55,39 @@ class Task:
     name: str                      # shown in progress lines
     commands: list[list[str]]      # taosr argv lists, run in order
     log: str                       # file the commands' output is appended to
+    group: str = ""                # tasks of one group (a compare arm) are expected to take alike
     failed: tuple[int, int] | None = field(default=None, init=False)  # (command index, exit status)
+
+
+TRAINING_VERBS = ("fit",)
+
+
+class Durations:
+    """Mean seconds per (task group, command verb) of the commands finished so far."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], list[float]] = {}
+
+    def add(self, group: str, verb: str, seconds: float) -> None:
+        self._seen.setdefault((group, verb), []).append(float(seconds))
+
+    def expect(self, group: str, verb: str) -> float | None:
+        s = self._seen.get((group, verb))
+        return sum(s) / len(s) if s else None
+
+
+def next_command(ready: list[tuple[Task, int]], durations: Durations) -> int:
+    """Index into ``ready`` ((task, command index) pairs, in the order they became ready) of the
+    command a free worker should start: training before evaluation (a short evaluation never holds
+    up a fit, and evaluations fill the end), then the longest expected (a group with no finished
+    command of that verb counts as infinitely long, so it is measured early), then the earliest ready."""
+    def key(i: int):
+        task, k = ready[i]
+        verb = task.commands[k][0]
+        est = durations.expect(task.group, verb)
+        return (verb not in TRAINING_VERBS, -(math.inf if est is None else est), i)
+
+    return min(range(len(ready)), key=key)
 
 
 def available_cpus() -> list[int]:
@@ -104,12 +144,17 @@ def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subproc
 
 
 def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task], dict[str, str]] | None = None,
-                 say: Callable[[str], None] = print, poll_s: float = 0.5) -> list[Task]:
-    """Run ``tasks`` over ``slots``; returns the tasks that failed (``task.failed`` set)."""
-    pending = list(tasks)
+                 say: Callable[[str], None] = print, poll_s: float = 0.5,
+                 durations: Durations | None = None) -> list[Task]:
+    """Run ``tasks`` over ``slots``, each free slot taking the :func:`next_command`; returns the tasks
+    that failed (``task.failed`` set). ``durations`` (learned here when not given) collects how long
+    each finished command took."""
+    ready: list[tuple[Task, int]] = [(t, 0) for t in tasks if t.commands]
     free = list(slots)
     active: dict[int, tuple[Task, int, subprocess.Popen, float, Slot]] = {}
     failed: list[Task] = []
+    durations = Durations() if durations is None else durations
+    t_start, busy = time.perf_counter(), 0.0
 
     def launch(task: Task, k: int, slot: Slot) -> None:
         proc = _start(task.commands[k], slot, task.log, env(task) if env else {})
@@ -117,9 +162,12 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task], dic
         say(f"{task.name}: taosr {task.commands[k][0]} started ({slot.describe()}; log {task.log})")
 
     try:
-        while pending or active:
-            while free and pending and not failed:
-                launch(pending.pop(0), 0, free.pop(0))
+        while ready or active:
+            if failed:  # no new task starts after a failure; running tasks finish theirs
+                ready = [(t, k) for t, k in ready if k > 0]
+            while free and ready:
+                task, k = ready.pop(next_command(ready, durations))
+                launch(task, k, free.pop(0))
             if not active:
                 break
             time.sleep(poll_s)
@@ -128,18 +176,19 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task], dic
                 if rc is None:
                     continue
                 del active[pid]
+                free.append(slot)
                 verb = task.commands[k][0]
+                took = time.perf_counter() - t0
+                busy += took
                 if rc:
                     task.failed = (k, rc)
                     failed.append(task)
                     say(f"{task.name}: taosr {verb} failed (exit {rc}); log {task.log}")
-                    free.append(slot)
                     continue
-                say(f"{task.name}: {verb} took {time.perf_counter() - t0:.0f}s")
+                durations.add(task.group, verb, took)
+                say(f"{task.name}: {verb} took {took:.0f}s")
                 if k + 1 < len(task.commands):
-                    launch(task, k + 1, slot)
-                else:
-                    free.append(slot)
+                    ready.append((task, k + 1))
     except KeyboardInterrupt:
         for _, _, proc, _, _ in active.values():
             if proc.poll() is None:
@@ -150,4 +199,8 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task], dic
             except subprocess.TimeoutExpired:
                 proc.kill()
         raise
+    wall = time.perf_counter() - t_start
+    if wall > 0:
+        say(f"{len(slots)} workers: {wall:.0f}s wall, {busy:.0f}s of commands "
+            f"({busy / (wall * len(slots)):.0%} of the workers' time)")
     return failed

@@ -43,3 +43,48 @@ def test_compare_jobs_must_be_positive(tmp_path):
         compare_main(["comparisons/srpo_vs_grpo.yaml", "--jobs", "0"])
     with pytest.raises(ConfigError, match="--report-only: no finished runs under"):
         compare_main([os.path.join(ROOT, "comparisons", "srpo_vs_grpo.yaml"), "--report-only", "--out", str(tmp_path)])
+
+
+def _task(name, verbs, group):
+    return Task(name, [[v] for v in verbs], f"/nonexistent/{name}.log", group=group)
+
+
+def test_next_command_prefers_fits_then_the_longest_then_the_unmeasured():
+    from taosr.jobs import Durations, next_command
+
+    d = Durations()
+    grpo0, srpo0 = _task("grpo0", ["fit", "test"], "grpo"), _task("srpo0", ["fit", "test"], "srpo")
+    start = _task("start", ["test"], "start")
+    # nothing measured: fits before the evaluation, ties in the order they became ready
+    assert next_command([(start, 0), (grpo0, 0), (srpo0, 0)], d) == 1
+    d.add("grpo", "fit", 330.0)
+    d.add("grpo", "fit", 350.0)
+    assert d.expect("grpo", "fit") == 340.0 and d.expect("srpo", "fit") is None
+    grpo1, srpo1 = _task("grpo1", ["fit", "test"], "grpo"), _task("srpo1", ["fit", "test"], "srpo")
+    # an arm with no finished fit counts as the longest: it starts before the measured one
+    assert next_command([(grpo0, 1), (grpo1, 0), (srpo1, 0)], d) == 2
+    d.add("srpo", "fit", 500.0)
+    assert next_command([(grpo0, 1), (grpo1, 0), (srpo1, 0)], d) == 2   # measured longer
+    d.add("srpo", "fit", 100.0)                                        # now shorter on average (300 s)
+    assert next_command([(grpo0, 1), (grpo1, 0), (srpo1, 0)], d) == 1
+    # evaluations only when no fit is ready: the longest (or unmeasured) first
+    d.add("grpo", "test", 90.0)
+    assert next_command([(grpo0, 1), (start, 0), (srpo0, 1)], d) == 1
+    d.add("start", "test", 80.0)
+    d.add("srpo", "test", 120.0)
+    assert next_command([(grpo0, 1), (start, 0), (srpo0, 1)], d) == 2
+
+
+def test_run_parallel_moves_a_task_on_in_any_free_slot_and_learns_durations(tmp_path):
+    from taosr.jobs import Durations
+
+    tasks = [Task(f"t{i}", [["--help"], ["help"]], str(tmp_path / f"t{i}.log"), group="g") for i in range(3)]
+    lines, d = [], Durations()
+    failed = run_parallel(tasks, [Slot(0, []), Slot(1, [])], say=lines.append, poll_s=0.02, durations=d)
+    assert failed == []
+    for t in tasks:
+        text = open(t.log).read()
+        assert text.index("$ taosr --help") < text.index("$ taosr help")  # a task's commands stay in order
+    assert d.expect("g", "--help") > 0 and d.expect("g", "help") > 0
+    assert sum(" took " in line for line in lines) == 6
+    assert lines[-1].startswith("2 workers: ") and "of the workers' time" in lines[-1]
