@@ -39,3 +39,16 @@ def test_rollout_rows_runs(cache_dir):
     out = _bench("rollout_rows.py", "--model", "micro", "--prompts", "2", "--G", "3", "--batches", "2", "--new", "6",
                  cache_dir=cache_dir)
     assert "| finished rows dropped (default) |" in out
+
+
+def test_compare_schedule_replays_a_log_in_both_orders(tmp_path, cache_dir):
+    # two arms, b's fits 5/3 of a's: in submission order b seed 1's fit starts last (130 min);
+    # longest first starts it while a's fits fill the other worker (110 min; all work / 2 = 105)
+    took = [("1/5", "start", None, "test", 10), ("2/5", "a", 0, "fit", 30), ("2/5", "a", 0, "test", 10),
+            ("3/5", "b", 0, "fit", 50), ("3/5", "b", 0, "test", 10), ("4/5", "a", 1, "fit", 30),
+            ("4/5", "a", 1, "test", 10), ("5/5", "b", 1, "fit", 50), ("5/5", "b", 1, "test", 10)]
+    log = tmp_path / "compare.log"
+    log.write_text("[spec] 5 runs in 2 workers: cpus 0; cpus 1\n" + "".join(
+        f"[spec {i}] {arm}{'' if s is None else f' seed {s}'}: {verb} took {m * 60}s\n" for i, arm, s, verb, m in took))
+    out = _bench("compare_schedule.py", str(log), "--jobs", "2", cache_dir=cache_dir)
+    assert f"| {log} | 9 | 12600 | 130.0 | 110.0 | 105.0 |" in out

@@ -1,0 +1,81 @@
+"""How long a `taosr compare --jobs N` would take in each scheduling order, from the command times a
+compare log measured.
+
+`taosr compare ... --jobs N > compare.log` prints one ``took`` line per command (``[name i/n] arm
+seed S: fit took 465s``). This script reads them and replays the same runs over N workers:
+
+* ``submission``: the order before longest-first (a worker keeps a run for its fit and its
+  evaluation, and takes the next run in spec order);
+* ``longest first``: :func:`taosr.jobs.next_command` as ``taosr compare`` uses it now (fits before
+  evaluations, the arm expected to run longest first, durations learned as commands finish);
+* the lower bound: all work divided by N (no order does better).
+
+Replaying one log's times under both orders separates the order's effect from the machine's
+speed that day. Prints a markdown table.
+
+    python benchmarks/compare_schedule.py runs/retime7.log runs/retime8.log [--jobs 2]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+from taosr.jobs import Durations, Task, next_command
+
+TOOK = re.compile(r"^\[[^\]]*? (\d+)/(\d+)\] (\S+)(?: seed (\d+))?: (\w+) took (\d+)s\s*$")
+
+
+def read_log(path: str) -> list[tuple[str, str, list[tuple[str, float]]]]:
+    """(run, arm, [(verb, seconds), ...]) per run, in the spec's run order (the log's i/n)."""
+    runs: dict[int, tuple[str, str, list[tuple[str, float]]]] = {}
+    with open(path) as fh:
+        for line in fh:
+            m = TOOK.match(line.strip())
+            if not m:
+                continue
+            i, _, arm, seed, verb, secs = m.groups()
+            name = arm if seed is None else f"{arm} seed {seed}"
+            runs.setdefault(int(i), (name, arm, []))[2].append((verb, float(secs)))
+    if not runs:
+        raise SystemExit(f"{path}: no '... took Ns' lines from taosr compare --jobs")
+    return [runs[i] for i in sorted(runs)]
+
+
+def replay(runs, workers: int, order: str) -> float:
+    """Wall seconds of running ``runs`` over ``workers`` in ``order`` (``submission`` or ``longest``)."""
+    tasks = [Task(name, [[verb] for verb, _ in cmds], "", group=arm) for name, arm, cmds in runs]
+    secs = {id(t): [s for _, s in cmds] for t, (_, _, cmds) in zip(tasks, runs)}
+    durations = Durations()
+    ready = [(t, 0) for t in tasks]
+    free, active, now = list(range(workers)), [], 0.0
+    while ready or active:
+        while free and ready:
+            task, k = ready.pop(next_command(ready, durations) if order == "longest" else 0)
+            active.append((now + secs[id(task)][k], task, k, free.pop(0)))
+        active.sort(key=lambda a: a[0])
+        now, task, k, worker = active.pop(0)
+        durations.add(task.group, task.commands[k][0], secs[id(task)][k])
+        free.append(worker)
+        if k + 1 < len(task.commands):
+            # submission order: the worker that ran the fit runs its evaluation next
+            ready.insert(0, (task, k + 1)) if order == "submission" else ready.append((task, k + 1))
+    return now
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("logs", nargs="+", help="logs of taosr compare --jobs N")
+    ap.add_argument("--jobs", type=int, default=2)
+    a = ap.parse_args()
+    print(f"| log | commands | work s | submission order min | longest first min | work / {a.jobs} min |")
+    print("|---|---|---|---|---|---|")
+    for path in a.logs:
+        runs = read_log(path)
+        work = sum(s for _, _, cmds in runs for _, s in cmds)
+        n = sum(len(cmds) for _, _, cmds in runs)
+        sub, lpt = replay(runs, a.jobs, "submission"), replay(runs, a.jobs, "longest")
+        print(f"| {path} | {n} | {work:.0f} | {sub / 60:.1f} | {lpt / 60:.1f} | {work / a.jobs / 60:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
