@@ -75,7 +75,7 @@ def test_next_command_prefers_fits_then_the_longest_then_the_unmeasured():
     assert next_command([(grpo0, 1), (start, 0), (srpo0, 1)], d) == 2
 
 
-def test_run_parallel_moves_a_task_on_in_any_free_slot_and_learns_durations(tmp_path):
+def test_run_parallel_keeps_each_task_in_order_over_two_slots_and_learns_durations(tmp_path):
     from taosr.jobs import Durations
 
     tasks = [Task(f"t{i}", [["--help"], ["help"]], str(tmp_path / f"t{i}.log"), group="g") for i in range(3)]
