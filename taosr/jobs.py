@@ -66,14 +66,15 @@ class Durations:
     """Mean seconds per (task group, command verb) of the commands finished so far."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], list[float]] = {}
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # (total seconds, count)
 
     def add(self, group: str, verb: str, seconds: float) -> None:
-        self._seen.setdefault((group, verb), []).append(float(seconds))
+        total, n = self._seen.get((group, verb), (0.0, 0))
+        self._seen[(group, verb)] = (total + float(seconds), n + 1)
 
     def expect(self, group: str, verb: str) -> float | None:
-        s = self._seen.get((group, verb))
-        return sum(s) / len(s) if s else None
+        total, n = self._seen.get((group, verb), (0.0, 0))
+        return total / n if n else None
 
 
 def next_command(ready: list[tuple[Task, int]], durations: Durations) -> int:
@@ -200,7 +201,7 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task], dic
                 proc.kill()
         raise
     wall = time.perf_counter() - t_start
-    if wall > 0:
+    if slots:
         say(f"{len(slots)} workers: {wall:.0f}s wall, {busy:.0f}s of commands "
             f"({busy / (wall * len(slots)):.0%} of the workers' time)")
     return failed
