@@ -1,5 +1,6 @@
-"""GRPO module internals: prefix sharing gives the plain forward's log-probs and gradients; a GRPO
-run's numbers are those of the code before the typed Rollout; a global step is one rollout batch."""
+"""GRPO module internals: prefix sharing gives the plain forward's log-probs and gradients; the planned
+update gives the full batch's loss and gradient; a GRPO run's numbers are the recorded ones; a global
+step is one rollout batch."""
 import dataclasses
 import os
 
@@ -27,7 +28,7 @@ def _rollout(G=4, n_prompts=2, P=7, L=6, V=50, seed=0, temperature=1.0, **fields
                    clipped=torch.zeros(len(comp), dtype=torch.bool), **fields)
 
 
-@pytest.mark.parametrize("rows", [None, slice(4, 8)])
+@pytest.mark.parametrize("rows", [None, slice(4, 8), slice(2, 6), torch.tensor([5, 0, 7, 1, 4])])
 def test_prefix_sharing_matches_plain_forward(rows):
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -55,15 +56,31 @@ def _tiny():
 
 
 def test_prefix_sharing_branch_is_taken(monkeypatch):
-    """Whole contiguous groups go through the shared-prefix forward; a ragged slice does not."""
+    """Rows that share a prompt go through the shared-prefix forward (whole groups, a slice that
+    straddles two groups, scattered rows); rows of distinct prompts only do not (nothing to share)."""
     calls = []
     orig = GRPOModule._shared_prefix_logits
     monkeypatch.setattr(GRPOModule, "_shared_prefix_logits", lambda self, *a: calls.append(1) or orig(self, *a))
     mod, model, r = GRPOModule(prefix_sharing=True), _tiny(), _rollout()
     mod._logps(model, r, slice(4, 8))
-    assert calls == [1]
-    mod._logps(model, r, slice(2, 6))  # straddles two groups: plain forward
-    assert calls == [1]
+    mod._logps(model, r, slice(2, 6))
+    mod._logps(model, r, torch.tensor([7, 0, 5]))
+    assert calls == [1, 1, 1]
+    mod._logps(model, r, torch.tensor([3, 4]))  # one row of each prompt: plain forward
+    assert calls == [1, 1, 1]
+
+
+def test_logps_are_trimmed_to_the_rows_longest_completion():
+    """A micro-batch is computed over its own longest completion, with the same log-probs there."""
+    model, r = _tiny(), _rollout()
+    r.completion_mask[:4, 3:] = 0
+    r.completion_mask[4:, 5:] = 0
+    mod = GRPOModule()
+    with torch.no_grad():
+        full = mod._logps(model, r)
+        first = mod._logps(model, r, slice(0, 4))
+    assert full.shape == (8, 5) and first.shape == (4, 3)
+    assert torch.allclose(first, full[:4, :3], atol=1e-5)
 
 
 def test_logps_follow_the_sampling_temperature():
@@ -190,15 +207,17 @@ def _fit_micro(tmp_path, cache_dir, max_steps=2, inject=True, extra_callbacks=()
     return trainer, module, losses, param_sum
 
 
-# Recorded from the code before the typed Rollout (commit 4e265b2, /tmp recording script replaying
-# this very setup): the refactor must leave GRPO's numbers bit-identical on the same machine.
-# "iters2" ran 2 updates on one rollout batch (max_steps=2 then, since each update counted a step;
-# max_steps=1 now).
+# Recorded from the planned update (repeats computed once, groups sorted by length, micro-batches
+# trimmed: taosr.rl.update_plan) on this machine's CPU kernels; a refactor must leave GRPO's numbers
+# bit-identical. The plain update before it (commits 4e265b2 to e2f4f40) gave the same losses but for
+# iters2 (-0.12222607433795929) and parameter sums 245.86120794998715 / 248.32276809681207 /
+# 243.0090736868151: the same gradient summed in another order.
+# "iters2" runs 2 updates on one rollout batch.
 GRPO_BEFORE = {
-    "default": ({}, 2, [-0.009114757180213928, -0.0032983943819999695], 245.86120794998715),
+    "default": ({}, 2, [-0.009114757180213928, -0.0032983943819999695], 245.86127138190932),
     "kl_seq_mean": ({"beta": 0.04, "loss_agg": "seq_mean", "scale_std": False}, 2,
-                    [0.0, 0.00047077611088752747], 248.32276809681207),
-    "iters2": ({"num_iterations": 2, "loss_agg": "dr_grpo"}, 1, [-0.12222607433795929], 243.0090736868151),
+                    [0.0, 0.00047077611088752747], 248.32276168153476),
+    "iters2": ({"num_iterations": 2, "loss_agg": "dr_grpo"}, 1, [-0.12222403287887573], 243.00456309838773),
 }
 
 
@@ -335,3 +354,44 @@ def test_srpo_outcome_advantage_uses_the_modules_scale_std(scale_std):
         want = group_advantages(r.reward, 4, scale_std=scale_std)
         assert torch.equal(mod.advantages(r), want[:, None].expand(-1, 6)), name
         assert torch.equal(GRPOModule(scale_std=scale_std).advantages(r), want)
+
+
+@pytest.mark.parametrize("loss_agg,per_token", [("token_mean", False), ("seq_mean", False), ("dr_grpo", True)])
+def test_planned_update_gives_the_full_batch_gradient(loss_agg, per_token):
+    """The planned update (repeats computed once and weighted, groups sorted by length, micro-batches
+    trimmed) gives the loss and gradient of one plain forward over every kept row."""
+    from taosr.losses.policy import policy_loss
+    from taosr.rl.update_plan import plan_update
+
+    model, r = _tiny(), _rollout()
+    r.completion_ids[2], r.completion_mask[2] = r.completion_ids[0], r.completion_mask[0]  # repeats in group 0
+    r.completion_ids[3], r.completion_mask[3] = r.completion_ids[0], r.completion_mask[0]
+    r.completion_ids[6], r.completion_mask[6] = r.completion_ids[5], r.completion_mask[5]  # and in group 1
+    r.completion_mask[5:7, 4:] = 0
+    reward = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.2])
+    adv = (reward - reward.view(2, 4).mean(1).repeat_interleave(4))
+    if per_token:
+        adv = adv[:, None] * torch.linspace(0.5, 1.5, r.completion_ids.shape[1])[None, :]
+    keep = torch.tensor([0, 1, 2, 3, 5, 6, 7])
+    mask = r.completion_mask.float()
+    kw = dict(num_tokens=float(mask[keep].sum()), num_seqs=float(len(keep)))
+    # reference: one plain forward over the kept rows, no weights
+    mod = GRPOModule(prefix_sharing=False, loss_agg=loss_agg)
+    model.zero_grad()
+    lp = mod._logps(model, r, keep)
+    W = lp.shape[1]
+    want, _ = policy_loss(lp, lp.detach(), adv[keep, :W] if per_token else adv[keep], mask[keep, :W],
+                          loss_agg=loss_agg, num_tokens=kw["num_tokens"], num_sequences=kw["num_seqs"],
+                          max_completion_length=r.max_new_tokens)
+    want.backward()
+    want_grads = [p.grad.clone() for p in model.parameters()]
+    mod = GRPOModule(loss_agg=loss_agg, micro_batch_size=2)
+    mod.model = model
+    mod.manual_backward = lambda loss: loss.backward()
+    plan = plan_update(r.completion_ids, r.completion_mask, keep, r.group_size, 2, advantages=adv)
+    assert plan.duplicates == 3
+    model.zero_grad()
+    agg = mod._accumulate(r, plan, adv, kw["num_tokens"], kw["num_seqs"])
+    assert agg["loss"] == pytest.approx(float(want.detach()), abs=1e-6)
+    for g, w in zip([p.grad for p in model.parameters()], want_grads):
+        assert torch.allclose(g, w, atol=1e-6), float((g - w).abs().max())

@@ -5,6 +5,10 @@ summing micro-batch losses gives exactly the full-batch loss and gradient:
 - ``token_mean`` (default; DAPO / verl token-mean; TRL ``dapo``): sum of token losses / ``num_tokens``;
 - ``seq_mean`` (TRL ``grpo``): per-sequence token mean, summed, / ``num_sequences``;
 - ``dr_grpo`` (Dr. GRPO): sum of token losses / (``num_sequences`` x ``max_completion_length``).
+
+``weights`` (B,) counts how many identical rows each row stands for (the update computes one of a
+group's repeated completions: :mod:`taosr.rl.update_plan`): a row's token losses count that many
+times in every aggregation, as if its copies were in the batch.
 """
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
                 eps_low: float = 0.2, eps_high: float = 0.28, delta: float | None = None,
                 ref_logps: torch.Tensor | None = None, beta: float = 0.0, loss_agg: str = "token_mean",
                 num_tokens: float | None = None, num_sequences: float | None = None,
-                max_completion_length: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                max_completion_length: int | None = None,
+                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate (+ beta * k3 KL). ``advantages`` is (B,) per sequence or (B, T) per token.
     ``loss_agg`` names a registered aggregation (an unknown name is a ConfigError from the registry)."""
     aggregate = LOSS_AGGREGATIONS.get(loss_agg)
@@ -64,16 +69,20 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
         ratio = torch.clamp(ratio, max=delta)
     per_token = -torch.min(ratio * adv, clipped * adv)
     metrics: dict[str, float] = {}
+    # the metrics' mask counts a row's copies too
+    wmask = mask if weights is None else mask * weights.to(mask.dtype).unsqueeze(1)
     if ref_logps is not None and beta > 0:
         kl = k3_kl(logps, ref_logps)
         per_token = per_token + beta * kl
-        metrics["kl"] = float(masked_mean(kl.detach(), mask))
+        metrics["kl"] = float(masked_mean(kl.detach(), wmask))
+    if weights is not None:
+        per_token = per_token * weights.to(per_token.dtype).unsqueeze(1)
     loss = aggregate(per_token, mask, num_tokens, num_sequences, max_completion_length)
     with torch.no_grad():
         r = torch.exp(logps - old_logps)
         low = (r < 1 - eps_low) & (adv < 0)
         high = (r > 1 + eps_high) & (adv > 0)
-        metrics["clip_ratio/low_mean"] = float(masked_mean(low.to(mask.dtype), mask))
-        metrics["clip_ratio/high_mean"] = float(masked_mean(high.to(mask.dtype), mask))
-        metrics["clip_ratio/region_mean"] = float(masked_mean((low | high).to(mask.dtype), mask))
+        metrics["clip_ratio/low_mean"] = float(masked_mean(low.to(mask.dtype), wmask))
+        metrics["clip_ratio/high_mean"] = float(masked_mean(high.to(mask.dtype), wmask))
+        metrics["clip_ratio/region_mean"] = float(masked_mean((low | high).to(mask.dtype), wmask))
     return loss, metrics

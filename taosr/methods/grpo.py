@@ -6,7 +6,10 @@ optimiser updates but counts as ONE global step, so ``max_steps``, the equal rol
 the curriculum's ``until_step`` count rollout batches whatever ``num_iterations`` is (a batch whose
 groups were all dropped counts one too). Each update accumulates micro-batches whose losses are
 normalised by the whole batch's token (or sequence) count, so micro-batching never changes the
-gradient. Advantages and loss are pure functions (:mod:`taosr.rl.advantages`, :mod:`taosr.losses.policy`).
+gradient. A group's repeated completions (same tokens, same advantages) are computed once, their
+loss weighted by their copies (``dedup_completions``), and micro-batches hold groups of similar
+lengths, each trimmed to its longest completion (:mod:`taosr.rl.update_plan`): the same loss and
+gradient up to floating-point order, at the cost of the distinct tokens only. Advantages and loss are pure functions (:mod:`taosr.rl.advantages`, :mod:`taosr.losses.policy`).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from taosr.methods.base import RelevanceModule
 from taosr.models.kvcache import cache_kwargs, output_cache
 from taosr.rl.advantages import frac_zero_std, group_advantages, zero_spread_mask
 from taosr.rl.rollout import Rollout
+from taosr.rl.update_plan import UpdatePlan, plan_update, trimmed_width
 
 KEY = "model.init_args"
 REFERENCES = ("auto", "adapter_disabled", "copy")
@@ -33,7 +37,7 @@ class GRPOModule(RelevanceModule):
                  eps_high: float = 0.28, delta: float | None = None, beta: float = 0.0,
                  loss_agg: str = "token_mean", scale_std: bool = True, dynamic_sampling: bool = True,
                  max_grad_norm: float = 1.0, reference: str = "auto", prefix_sharing: bool = True,
-                 table_every: int = 20, **kwargs):
+                 dedup_completions: bool = True, table_every: int = 20, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -60,30 +64,29 @@ class GRPOModule(RelevanceModule):
 
     def _logps(self, model, r: Rollout, rows: slice | torch.Tensor | None = None, entropy: bool = False):
         """Per-token log-probs (and entropies) of the completions of ``rows``, at the temperature
-        the tokens were sampled at (``r.temperature``, from the rollout's generation spec).
+        the tokens were sampled at (``r.temperature``, from the rollout's generation spec), over the
+        rows' longest completion only: (len(rows), W) with W <= the rollout's width (trimmed_width).
 
-        When ``rows`` are whole groups (G completions of one prompt, contiguous) the prompt is run
-        once per group and its KV cache shared by the G completions (prefix sharing): the same
-        numbers and gradients as the plain forward, with the prompt tokens computed 1/G as often.
+        When several ``rows`` come from one prompt (row // G) the prompt is run once per prompt
+        and its KV cache shared by those rows (prefix sharing): the same numbers and gradients as
+        the plain forward, with the prompt tokens computed once per group.
         """
-        n = len(r)
-        idx = torch.arange(n, device=r.device)[rows if rows is not None else slice(None)]
+        idx = torch.arange(len(r), device=r.device)[rows if rows is not None else slice(None)]
+        W = trimmed_width(r.completion_mask[idx])
+        c_ids, c_mask = r.completion_ids[idx, :W], r.completion_mask[idx, :W]
         G = r.group_size
-        if self.hparams.get("prefix_sharing", True) and G > 1 and len(idx) % G == 0 and len(idx) and \
-                bool((idx.view(-1, G) == idx.view(-1, G)[:, :1] + torch.arange(G, device=idx.device)).all()) and \
-                bool((idx.view(-1, G)[:, 0] % G == 0).all()):
-            logits = self._shared_prefix_logits(model, r, idx, G)
+        if self.hparams.get("prefix_sharing", True) and G > 1 and len(idx) > len(torch.unique(idx // G)):
+            logits = self._shared_prefix_logits(model, r, idx, c_ids, c_mask)
         else:
-            p_ids, p_mask, c_ids, c_mask = r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx]
+            p_ids, p_mask = r.prompt_ids[idx], r.prompt_mask[idx]
             ids = torch.cat([p_ids, c_ids], 1)
             att = torch.cat([p_mask, c_mask], 1)
             pos = (att.cumsum(-1) - 1).clamp(min=0)
-            L = c_ids.shape[1]
-            logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=L + 1).logits[:, :-1].float()
+            logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=W + 1).logits[:, :-1].float()
         temperature = r.temperature
         if temperature != 1.0:
             logits = logits / temperature
-        lp = gather_logprobs(logits, r.completion_ids[idx])
+        lp = gather_logprobs(logits, c_ids)
         if not entropy:
             return lp
         with torch.no_grad():
@@ -91,35 +94,46 @@ class GRPOModule(RelevanceModule):
             ent = -(logp_all.exp() * logp_all).sum(-1)
         return lp, ent
 
-    def _shared_prefix_logits(self, model, r: Rollout, idx: torch.Tensor, G: int) -> torch.Tensor:
-        first = idx.view(-1, G)[:, 0]
+    def _shared_prefix_logits(self, model, r: Rollout, idx: torch.Tensor, c_ids: torch.Tensor,
+                              c_mask: torch.Tensor) -> torch.Tensor:
+        groups, inv = torch.unique(idx // r.group_size, return_inverse=True)
+        first = groups * r.group_size  # a group's rows share its first row's prompt
         p_ids, p_mask = r.prompt_ids[first], r.prompt_mask[first]
-        c_ids, c_mask = r.completion_ids[idx], r.completion_mask[idx]
         p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
         cache = output_cache(out)
-        cache.batch_repeat_interleave(G)  # differentiable: gradients flow back into the shared prompt
-        att = torch.cat([p_mask.repeat_interleave(G, 0), c_mask], 1)
-        L = c_ids.shape[1]
-        c_pos = p_pos[:, -1:].repeat_interleave(G, 0) + 1 + torch.arange(L, device=c_ids.device)[None, :]
+        cache.batch_select_indices(inv)  # differentiable: gradients flow back into the shared prompt
+        att = torch.cat([p_mask[inv], c_mask], 1)
+        W = c_ids.shape[1]
+        c_pos = p_pos[inv, -1:] + 1 + torch.arange(W, device=c_ids.device)[None, :]
         out2 = model(input_ids=c_ids, attention_mask=att, position_ids=c_pos, use_cache=True, **cache_kwargs(model, cache))
-        return torch.cat([out.logits[:, -1:].repeat_interleave(G, 0), out2.logits[:, :-1]], 1).float()
+        return torch.cat([out.logits[inv, -1:], out2.logits[:, :-1]], 1).float()
+
+    def _plan(self, r: Rollout, rows: torch.Tensor, advantages: torch.Tensor | None = None) -> UpdatePlan:
+        return plan_update(r.completion_ids, r.completion_mask, rows, r.group_size, self.hparams.micro_batch_size,
+                           advantages=advantages, dedup=self.hparams.get("dedup_completions", True))
+
+    def _all_logps(self, model, r: Rollout) -> torch.Tensor:
+        """(N, T) log-probs of every completion (zero past its end), each distinct one computed once."""
+        plan = self._plan(r, torch.arange(len(r)))
+        out = torch.zeros(len(plan.rows), r.completion_ids.shape[1], device=r.device)
+        for sl in plan.micro_batches:
+            lp = self._logps(model, r, plan.rows[sl])
+            out[sl, :lp.shape[1]] = lp
+        return out[plan.inverse]
 
     @torch.no_grad()
     def policy_logps(self, r: Rollout) -> torch.Tensor:
-        mb = self.hparams.micro_batch_size
-        return torch.cat([self._logps(self.model, r, slice(i, i + mb)) for i in range(0, len(r), mb)], 0)
+        return self._all_logps(self.model, r)
 
     @torch.no_grad()
     def reference_logps(self, r: Rollout) -> torch.Tensor | None:
         if self.hparams.beta <= 0:
             return None
-        mb = self.hparams.micro_batch_size
-        rng = range(0, len(r), mb)
         if self.ref_model is not None:
-            return torch.cat([self._logps(self.ref_model, r, slice(i, i + mb)) for i in rng], 0)
+            return self._all_logps(self.ref_model, r)
         with self.model.disable_adapter():
-            return torch.cat([self._logps(self.model, r, slice(i, i + mb)) for i in rng], 0)
+            return self._all_logps(self.model, r)
 
     def fill_logps(self, r: Rollout) -> None:
         """Step 3 of the rollout order: the log-probs the objective compares against, from the
@@ -146,8 +160,8 @@ class GRPOModule(RelevanceModule):
     # ------------------------------------------------------------------ update
     def _no_sync(self, distributed: bool):
         """Accumulate micro-batch gradients locally under DDP (synchronised once per update)."""
-        ddp = getattr(self.trainer.strategy, "model", None)
-        if distributed and hasattr(ddp, "no_sync"):
+        ddp = getattr(self.trainer.strategy, "model", None) if distributed else None
+        if hasattr(ddp, "no_sync"):
             return ddp.no_sync()
         return contextlib.nullcontext()
 
@@ -170,6 +184,35 @@ class GRPOModule(RelevanceModule):
         else:
             self.trainer.strategy.optimizer_step(opt.optimizer, lambda: None)
 
+    def _accumulate(self, r: Rollout, plan: UpdatePlan, adv: torch.Tensor, num_tokens: float, num_seqs: float,
+                    distributed: bool = False) -> dict[str, float]:
+        """Backward passes of one update's loss over the planned micro-batches (the gradients
+        accumulate in the parameters); returns the update's metrics. Each planned row's loss counts
+        its copies (``plan.weight``); normalisers are the whole batch's (``num_tokens``, ``num_seqs``)."""
+        hp = self.hparams
+        mask = r.completion_mask.float()
+        total = max(float((mask[plan.rows].sum(1) * plan.weight).sum()), 1.0)
+        agg: dict[str, float] = {}
+        for sl in plan.micro_batches:
+            rows, w = plan.rows[sl], plan.weight[sl]
+            lp, ent = self._logps(self.model, r, rows, entropy=True)
+            W = lp.shape[1]  # the micro-batch's longest completion
+            m_rows = mask[rows, :W]
+            a = adv[rows, :W] if adv.dim() == 2 else adv[rows]
+            ref = r.ref_logps[rows, :W] if r.ref_logps is not None else None
+            old = r.old_logps[rows, :W] if r.old_logps is not None else lp.detach()
+            loss, m = policy_loss(lp, old, a, m_rows, eps_low=hp.eps_low, eps_high=hp.eps_high, delta=hp.delta,
+                                  ref_logps=ref, beta=hp.beta, loss_agg=hp.loss_agg, num_tokens=num_tokens,
+                                  num_sequences=num_seqs, max_completion_length=r.max_new_tokens, weights=w)
+            with self._no_sync(distributed):
+                self.manual_backward(loss)
+            share = float((m_rows.sum(1) * w).sum()) / total  # tokens of the rows these stand for
+            agg["loss"] = agg.get("loss", 0.0) + float(loss.detach())
+            agg["entropy"] = agg.get("entropy", 0.0) + float(((ent * m_rows).sum(1) * w).sum()) / total
+            for k, v in m.items():
+                agg[k] = agg.get(k, 0.0) + share * float(v)
+        return agg
+
     def training_step(self, batch: dict, batch_idx: int):
         r: Rollout = batch["rollout"]
         hp = self.hparams
@@ -188,26 +231,11 @@ class GRPOModule(RelevanceModule):
         num_seqs = self._global(torch.tensor(float(len(idx)), device=mask.device))
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if num_seqs > 0:
-            L = r.max_new_tokens  # Dr. GRPO's constant: the completion budget
+            plan = self._plan(r, idx, adv)
+            metrics["update/deduplicated_rows"] = float(plan.duplicates)
             for it in range(hp.num_iterations):
                 opt.zero_grad()
-                agg: dict[str, float] = {}
-                for s in range(0, len(idx), hp.micro_batch_size):
-                    rows = idx[s: s + hp.micro_batch_size]
-                    lp, ent = self._logps(self.model, r, rows, entropy=True)
-                    ref = r.ref_logps[rows] if r.ref_logps is not None else None
-                    old = r.old_logps[rows] if r.old_logps is not None else lp.detach()
-                    loss, m = policy_loss(lp, old, adv[rows], mask[rows], eps_low=hp.eps_low,
-                                          eps_high=hp.eps_high, delta=hp.delta, ref_logps=ref, beta=hp.beta,
-                                          loss_agg=hp.loss_agg, num_tokens=num_tokens, num_sequences=num_seqs,
-                                          max_completion_length=L)
-                    with self._no_sync(distributed):
-                        self.manual_backward(loss)
-                    w = float(mask[rows].sum()) / max(float(mask[idx].sum()), 1.0)
-                    agg["loss"] = agg.get("loss", 0.0) + float(loss.detach())
-                    agg["entropy"] = agg.get("entropy", 0.0) + w * float((ent * mask[rows]).sum() / mask[rows].sum().clamp(min=1))
-                    for k, v in m.items():
-                        agg[k] = agg.get(k, 0.0) + w * float(v)
+                agg = self._accumulate(r, plan, adv, num_tokens, num_seqs, distributed)
                 if distributed:  # one synchronised backward per rank: all-reduces the accumulated grads
                     self.manual_backward(sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0)
                 self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
