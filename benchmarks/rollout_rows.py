@@ -1,7 +1,9 @@
 """CPU rollouts with and without dropping finished rows: seconds per rollout batch of the decoder
 that GRPO/SRPO sample with (``StaticDecoder``, eager steps on CPU) when every row is decoded to the
-end of the batch and when the cache and inputs are cut to the rows still running (the default),
-on the same prompts with the same seeds, and whether both wrote the same tokens.
+end of the batch, when the cache and inputs are cut to the rows still running, and when attention
+also reads only the positions written so far (the default since 2026-12-02), on the same prompts
+with the same seeds, and whether each wrote the first one's tokens (dropping rows does; reading the
+written positions only sums attention over fewer, all-masked-out, keys and may move a draw).
 
     python benchmarks/rollout_rows.py --model runs/quickstart/dpo/export    # the RL configs' rollout shape
     python benchmarks/rollout_rows.py                                       # tiny preset, from scratch
@@ -46,19 +48,24 @@ def main() -> None:
     model, tok, loader = load(argparse.Namespace(model=a.model, batch=a.prompts, batches=a.batches),
                               tempfile.mkdtemp(prefix="taosr-rollout-rows-"))
     spec = GenerationSpec(max_new_tokens=a.new, do_sample=True, temperature=a.temperature, num_return_sequences=a.G)
-    decoders = {"every row to the end": StaticDecoder(cuda_graphs=False, compact=None),
-                "finished rows dropped (default)": StaticDecoder(cuda_graphs=False)}
+    decoders = {"every row to the end": (StaticDecoder(cuda_graphs=False, compact=None), False),
+                "finished rows dropped": (StaticDecoder(cuda_graphs=False), False),
+                "+ written positions only (default)": (StaticDecoder(cuda_graphs=False), True)}
     secs = {k: [] for k in decoders}
-    same, lengths, widths = True, [], []
+    same = {k: True for k in decoders}
+    lengths, widths = [], []
     for i, b in enumerate(loader[: a.batches]):
         outs = {}
         for k in (list(decoders) if i % 2 else list(decoders)[::-1]):
             torch.manual_seed(i)
+            decoder, written = decoders[k]
             t0 = time.perf_counter()
-            outs[k] = decoders[k].generate(model, tok, b["input_ids"], b["attention_mask"], spec, cuda_graphs=False)
+            outs[k] = decoder.generate(model, tok, b["input_ids"], b["attention_mask"], spec, cuda_graphs=False,
+                                       written_only=written)
             secs[k].append(time.perf_counter() - t0)
-        first, second = outs.values()
-        same = same and torch.equal(first, second)
+        first = outs["every row to the end"]
+        for k, out in outs.items():
+            same[k] = same[k] and out.shape == first.shape and torch.equal(out, first)
         lengths.append(float(completion_lengths(first, tok.eos_token_id, tok.pad_token_id).float().mean()))
         widths.append(first.shape[1])
     base = secs["every row to the end"]
@@ -71,7 +78,7 @@ def main() -> None:
     for k, v in secs.items():
         r = [x / y for x, y in zip(v, base)]
         se = statistics.stdev(r) / len(r) ** 0.5 if len(r) > 1 else 0.0
-        print(f"| {k} | {statistics.mean(v):.2f} | {statistics.mean(r):.3f} ± {se:.3f} | {'—' if v is base else ('yes' if same else 'no')} |")
+        print(f"| {k} | {statistics.mean(v):.2f} | {statistics.mean(r):.3f} ± {se:.3f} | {'—' if v is base else ('yes' if same[k] else 'no')} |")
 
 
 if __name__ == "__main__":

@@ -279,6 +279,38 @@ def test_grm_scores_match_a_full_forward_per_row(dm):
         assert torch.allclose(got[n], torch.softmax(logits[:, [right, wrong]], -1)[:, 0], atol=1e-5)
 
 
+def test_grm_scores_repeated_candidates_once_in_their_own_order(dm, monkeypatch):
+    """Repeated candidates are scored once (the decoder sees each distinct input once) and every
+    candidate gets its own scores back, with batches smaller than the set."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from taosr.rl.grm import GRMScorer
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(dm.tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=1024)).eval()
+    exs = dm.splits["train"][:3]
+    steps = [dict(ex.steps) for ex in exs]
+    steps[1]["query"] = "something much longer than the gold query step " * 3
+    short = dict(steps[0])
+    del short["judgment"]  # a missing step: NaN
+    cands = [(exs[0], steps[0]), (exs[1], steps[1]), (exs[0], steps[0]), (exs[2], steps[2]), (exs[0], short),
+             (exs[1], steps[1]), (exs[0], steps[0])]
+    rows = []
+    decoder = model.get_decoder()
+    orig = type(decoder).forward
+    monkeypatch.setattr(type(decoder), "forward", lambda self, *a, **k: rows.append(len(k["input_ids"])) or orig(self, *a, **k))
+    got = GRMScorer(model, dm.tokenizer, batch_size=2).score_steps([e for e, _ in cands], [s for _, s in cands])
+    assert sum(rows) == 4 and max(rows) == 2  # 4 distinct inputs, batches of 2
+    alone = GRMScorer(model, dm.tokenizer, batch_size=1)
+    for n, (ex, st) in enumerate(cands):
+        want = alone.score_steps([ex], [st])[0]
+        assert torch.allclose(got[n], want, atol=1e-5, equal_nan=True)
+    assert torch.equal(got[0], got[2]) and torch.equal(got[0], got[6]) and torch.equal(got[1], got[5])
+    assert torch.isnan(got[4, -1]) and not torch.isnan(got[4, :-1]).any()
+
+
 def _long_rows_file(tmp_path, dm):
     """Four training rows: one with a 100,000-character title, one with a 5,000-character query."""
     rows = [ex.to_dict() for ex in dm.splits["train"][:4]]

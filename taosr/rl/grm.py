@@ -81,21 +81,34 @@ class GRMScorer:
         pair = self.pair_ids.to(head.weight.device)
         w = head.weight[pair]
         b = head.bias[pair] if getattr(head, "bias", None) is not None else None
-        out = torch.full((len(examples), len(STEP_KEYS)), float("nan"))
-        for s in range(0, len(examples), self.batch_size):
-            enc = [self._encode(ex, st) for ex, st in zip(examples[s:s + self.batch_size], steps_list[s:s + self.batch_size])]
-            T = max(len(i) for i, _ in enc)
-            ids = torch.full((len(enc), T), self.tok.pad_token_id, dtype=torch.long)
+        # A group's candidates often repeat one another: each distinct input is scored once, longest
+        # first so that a batch's rows have similar lengths (less left padding).
+        enc = [self._encode(ex, st) for ex, st in zip(examples, steps_list)]
+        index: dict[tuple, int] = {}
+        uniq, which = [], []  # distinct inputs; each candidate's position among them
+        for e in enc:
+            if tuple(e[0]) not in index:
+                index[tuple(e[0])] = len(uniq)
+                uniq.append(e)
+            which.append(index[tuple(e[0])])
+        order = sorted(range(len(uniq)), key=lambda u: -len(uniq[u][0]))
+        scores = torch.full((len(uniq), len(STEP_KEYS)), float("nan"))
+        for s in range(0, len(order), self.batch_size):
+            part = order[s:s + self.batch_size]
+            batch = [uniq[u] for u in part]
+            T = max(len(i) for i, _ in batch)
+            ids = torch.full((len(batch), T), self.tok.pad_token_id, dtype=torch.long)
             att = torch.zeros_like(ids)
-            at = torch.zeros((len(enc), len(STEP_KEYS)), dtype=torch.long)
-            for r, (i, pos) in enumerate(enc):  # left padding
+            at = torch.zeros((len(batch), len(STEP_KEYS)), dtype=torch.long)
+            for r, (i, pos) in enumerate(batch):  # left padding
                 ids[r, T - len(i):], att[r, T - len(i):] = torch.tensor(i), 1
                 at[r] = torch.tensor(pos) + (T - len(i))
             pos_ids = (att.cumsum(-1) - 1).clamp(min=0)
             hidden = decoder(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos_ids.to(dev)).last_hidden_state
             h = hidden.gather(1, at.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, K, H)
             logits = torch.nn.functional.linear(h.to(w.dtype), w, b).float()  # (B, K, 2)
-            out[s:s + len(enc)] = torch.softmax(logits, -1)[..., 0].cpu()
+            scores[torch.tensor(part)] = torch.softmax(logits, -1)[..., 0].cpu()
+        out = scores[torch.tensor(which, dtype=torch.long)] if enc else torch.full((0, len(STEP_KEYS)), float("nan"))
         for n, st in enumerate(steps_list):
             for k, key in enumerate(STEP_KEYS):
                 if key not in st:
