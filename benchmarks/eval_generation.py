@@ -29,6 +29,13 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 def load(a, workdir: str):
+    """(model, tokenizer, held-out prompt batches) of ``a.batches + 1`` batches of ``a.batch``."""
+    model, tok, dm = load_with_data(a, workdir)
+    return model, tok, list(dm.test_dataloader())
+
+
+def load_with_data(a, workdir: str):
+    """(model, tokenizer, DataModule) whose test split holds the held-out prompts (its rows give the labels)."""
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.data.synth import SynthConfig, heldout
     from taosr.models.factory import ModelSpec, load_model_and_tokenizer
@@ -42,7 +49,7 @@ def load(a, workdir: str):
     cache = os.environ.get("TAOSR_MODELS", os.path.join(workdir, "models"))
     model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=a.model, cache_dir=cache), corpus=dm.corpus)
     dm.attach_tokenizer(tok)
-    return model.eval(), tok, list(dm.test_dataloader())
+    return model.eval(), tok, dm
 
 
 def methods():

@@ -53,3 +53,9 @@ def test_compare_schedule_replays_a_log_in_both_orders(tmp_path, cache_dir):
         f"[spec {i}] {arm}{'' if s is None else f' seed {s}'}: {verb} took {m * 60}s\n" for i, arm, s, verb, m in took))
     out = _bench("compare_schedule.py", str(log), "--jobs", "2", cache_dir=cache_dir)
     assert f"| {log} | 9 | 12600 | 130.0 | 110.0 | 105.0 |" in out
+
+
+def test_update_plan_runs(cache_dir):
+    out = _bench("update_plan.py", "--model", "micro", "--prompts", "2", "--G", "4", "--batches", "2", "--new", "6",
+                 "--all-groups", cache_dir=cache_dir)
+    assert "| rollout order | " in out and "| + repeats computed once (default) | " in out
