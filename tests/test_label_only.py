@@ -111,6 +111,8 @@ def _write_label_rollouts(monkeypatch):
     def with_labels(self, trainer, pl_module, batch, batch_idx):
         sample(self, trainer, pl_module, batch, batch_idx)
         r, tok = batch["rollout"], pl_module.tokenizer
+        # the label target caps what was sampled (the RL config's budget is 96)
+        assert r.max_new_tokens == 8 and r.completion_ids.shape[1] <= 8
         rows = trainer.datamodule.train_rows_cache
         texts = []
         for n, i in enumerate(r.example_index.tolist()):
@@ -155,3 +157,19 @@ def test_srpo_refuses_the_label_target(tmp_path, capsys, cache_dir):
     assert_one_line(rc, capsys.readouterr().err, "data.target: 'label' completions have no reasoning steps",
                     "configs/grpo.yaml")
     assert_nothing_written(str(tmp_path))
+
+
+def test_label_target_caps_the_rollout_budget():
+    """data.target: label samples rollouts of at most 8 new tokens whatever the RL config's budget;
+    the reasoning target and a smaller budget are left alone."""
+    from taosr.callbacks.rollout import RolloutCallback
+    from taosr.eval.generation import GenerationSpec
+
+    def budget(target, max_new_tokens=96):
+        cb = RolloutCallback(generation=GenerationSpec(do_sample=True, temperature=1.3, max_new_tokens=max_new_tokens))
+        cb._cap_to_target(target)
+        return cb.spec.max_new_tokens, cb.spec.num_return_sequences
+
+    assert budget("label") == (8, 8)
+    assert budget("reasoning") == (96, 8)
+    assert budget("label", 5) == (5, 8)

@@ -9,9 +9,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from taosr.errors import ConfigError
 from taosr.eval.generation import GenerationSpec, completion_lengths
+from taosr.reasoning.targets import get_target
 from taosr.rl.engines import ENGINE_KEY, ENGINES
 from taosr.rl.rollout import Rollout
 
@@ -43,6 +45,19 @@ class RolloutCallback(pl.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.engine is None and stage == "fit":
             self.engine = self.engine_entry.build(**self._engine_options())
+        if stage == "fit":
+            self._cap_to_target(getattr(trainer.datamodule, "target", None))
+
+    def _cap_to_target(self, target: str | None) -> None:
+        """A target whose completions are short (``data.target: label``) caps the rollouts' budget,
+        so a completion that never writes eos stops there instead of at the RL configs' 96 tokens."""
+        if target is None:
+            return
+        cap = get_target(target).max_new_tokens
+        if cap is not None and int(self.spec.max_new_tokens) > cap:
+            rank_zero_info(f"taosr: data.target {target!r}: rollouts sample at most {cap} new tokens "
+                           f"({KEY}.generation.max_new_tokens is {self.spec.max_new_tokens})")
+            self.spec = replace(self.spec, max_new_tokens=cap)
 
     @torch.no_grad()
     def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:

@@ -33,6 +33,8 @@ class Target:
     has_steps: bool  # completions carry reasoning steps (step verdicts, step rewards)
     gold: Callable[[Example], str | None]  # the completion to train on; None: the example lacks it
     parse: Callable[[str], ParsedReasoning]  # never raises
+    # new tokens a well-formed completion fits in (None: no bound of its own); rollouts sample at most this many
+    max_new_tokens: int | None = None
 
     @property
     def prompt(self) -> PromptText:
@@ -98,7 +100,8 @@ def _gold_reasoning(ex: Example) -> str | None:
 
 
 TARGETS.register("reasoning", Target("reasoning", True, _gold_reasoning, parse_reasoning))
-TARGETS.register("label", Target("label", False, lambda ex: render_label(ex.label), parse_label))
+# `Label: N` and eos is 3-5 tokens in the tokenizers taosr ships or was tried with; 8 leaves room
+TARGETS.register("label", Target("label", False, lambda ex: render_label(ex.label), parse_label, max_new_tokens=8))
 
 
 def get_target(name: str, key: str = "data.target") -> Target:
