@@ -269,6 +269,10 @@ def test_grm_scores_match_a_full_forward_per_row(dm):
     exs = dm.splits["train"][:3]
     steps = [dict(ex.steps) for ex in exs]
     steps[1]["query"] = "something much longer than the gold query step " * 3  # rows of different lengths
+    # more candidates of the first example: they share its prompt (run once), one its query step too
+    exs = exs + [exs[0], exs[0]]
+    steps += [dict(steps[0], attribute="brand adidas vs brand puma => violated"),
+              dict(steps[0], query="a query step that differs from the first token on")]
     scorer = GRMScorer(model, dm.tokenizer, batch_size=8)
     got = scorer.score_steps(exs, steps)
     right, wrong = scorer.pair_ids.tolist()
@@ -300,7 +304,12 @@ def test_grm_scores_repeated_candidates_once_in_their_own_order(dm, monkeypatch)
     rows = []
     decoder = model.get_decoder()
     orig = type(decoder).forward
-    monkeypatch.setattr(type(decoder), "forward", lambda self, *a, **k: rows.append(len(k["input_ids"])) or orig(self, *a, **k))
+    def counting(self, *a, **k):  # rows of the calls that continue from a shared prompt's cache
+        if k.get("cache") is not None or k.get("past_key_values") is not None:
+            rows.append(len(k["input_ids"]))
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(type(decoder), "forward", counting)
     got = GRMScorer(model, dm.tokenizer, batch_size=2).score_steps([e for e, _ in cands], [s for _, s in cands])
     assert sum(rows) == 4 and max(rows) == 2  # 4 distinct inputs, batches of 2
     alone = GRMScorer(model, dm.tokenizer, batch_size=1)

@@ -356,18 +356,46 @@ def test_srpo_outcome_advantage_uses_the_modules_scale_std(scale_std):
         assert torch.equal(GRPOModule(scale_std=scale_std).advantages(r), want)
 
 
-@pytest.mark.parametrize("loss_agg,per_token", [("token_mean", False), ("seq_mean", False), ("dr_grpo", True)])
-def test_planned_update_gives_the_full_batch_gradient(loss_agg, per_token):
-    """The planned update (repeats computed once and weighted, groups sorted by length, micro-batches
-    trimmed) gives the loss and gradient of one plain forward over every kept row."""
-    from taosr.losses.policy import policy_loss
-    from taosr.rl.update_plan import plan_update
-
-    model, r = _tiny(), _rollout()
+def _with_repeats(r):
     r.completion_ids[2], r.completion_mask[2] = r.completion_ids[0], r.completion_mask[0]  # repeats in group 0
     r.completion_ids[3], r.completion_mask[3] = r.completion_ids[0], r.completion_mask[0]
     r.completion_ids[6], r.completion_mask[6] = r.completion_ids[5], r.completion_mask[5]  # and in group 1
     r.completion_mask[5:7, 4:] = 0
+    return r
+
+
+def test_all_logps_give_every_row_its_own_log_probs():
+    """Old / reference log-probs are computed once per distinct completion (in the plan's order) and
+    put back on every row: the plain forward's values over each row's completion, zero past it."""
+    model, r = _tiny(), _with_repeats(_rollout())
+    with torch.no_grad():
+        got = GRPOModule(micro_batch_size=3)._all_logps(model, r)
+        want = GRPOModule(prefix_sharing=False, dedup_completions=False)._logps(model, r)
+    mask = r.completion_mask.bool()
+    assert got.shape == r.completion_ids.shape
+    assert torch.allclose(got[mask], want[mask], atol=1e-5) and bool((got[~mask] == 0).all())
+
+
+@pytest.mark.parametrize("loss_agg,per_token,beta", [("token_mean", False, 0.0), ("seq_mean", False, 0.0),
+                                                     ("dr_grpo", True, 0.0), ("token_mean", True, 0.04)])
+def test_planned_update_gives_the_full_batch_gradient(loss_agg, per_token, beta):
+    """The planned update (repeats computed once and weighted, groups sorted by length, micro-batches
+    trimmed) gives the loss and gradient of one plain forward over every kept row; with beta > 0 also
+    with old log-probs from other weights (ratio away from 1, clipping on) and the KL term."""
+    from taosr.losses.policy import policy_loss
+    from taosr.rl.update_plan import plan_update
+
+    model, r = _tiny(), _with_repeats(_rollout())
+    if beta:
+        other = _tiny()
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+            r.old_logps = GRPOModule()._all_logps(other, r)
+            ref = _tiny()
+            for p in ref.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+            r.ref_logps = GRPOModule()._all_logps(ref, r)
     reward = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.2])
     adv = (reward - reward.view(2, 4).mean(1).repeat_interleave(4))
     if per_token:
@@ -376,16 +404,20 @@ def test_planned_update_gives_the_full_batch_gradient(loss_agg, per_token):
     mask = r.completion_mask.float()
     kw = dict(num_tokens=float(mask[keep].sum()), num_seqs=float(len(keep)))
     # reference: one plain forward over the kept rows, no weights
-    mod = GRPOModule(prefix_sharing=False, loss_agg=loss_agg)
+    mod = GRPOModule(prefix_sharing=False, loss_agg=loss_agg, beta=beta)
     model.zero_grad()
     lp = mod._logps(model, r, keep)
     W = lp.shape[1]
-    want, _ = policy_loss(lp, lp.detach(), adv[keep, :W] if per_token else adv[keep], mask[keep, :W],
-                          loss_agg=loss_agg, num_tokens=kw["num_tokens"], num_sequences=kw["num_seqs"],
-                          max_completion_length=r.max_new_tokens)
+    old = r.old_logps[keep, :W] if r.old_logps is not None else lp.detach()
+    ref_lp = r.ref_logps[keep, :W] if r.ref_logps is not None else None
+    want, want_m = policy_loss(lp, old, adv[keep, :W] if per_token else adv[keep], mask[keep, :W],
+                               loss_agg=loss_agg, num_tokens=kw["num_tokens"], num_sequences=kw["num_seqs"],
+                               max_completion_length=r.max_new_tokens, ref_logps=ref_lp, beta=beta)
     want.backward()
     want_grads = [p.grad.clone() for p in model.parameters()]
-    mod = GRPOModule(loss_agg=loss_agg, micro_batch_size=2)
+    if beta:
+        assert want_m["clip_ratio/region_mean"] > 0  # the ratio left the clip range somewhere
+    mod = GRPOModule(loss_agg=loss_agg, micro_batch_size=2, beta=beta)
     mod.model = model
     mod.manual_backward = lambda loss: loss.backward()
     plan = plan_update(r.completion_ids, r.completion_mask, keep, r.group_size, 2, advantages=adv)
@@ -393,5 +425,7 @@ def test_planned_update_gives_the_full_batch_gradient(loss_agg, per_token):
     model.zero_grad()
     agg = mod._accumulate(r, plan, adv, kw["num_tokens"], kw["num_seqs"])
     assert agg["loss"] == pytest.approx(float(want.detach()), abs=1e-6)
+    for k, v in want_m.items():
+        assert agg[k] == pytest.approx(v, abs=1e-6), k
     for g, w in zip([p.grad for p in model.parameters()], want_grads):
         assert torch.allclose(g, w, atol=1e-6), float((g - w).abs().max())

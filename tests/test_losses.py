@@ -117,3 +117,37 @@ def test_dual_clip_bounds_negative_advantage_loss():
     assert loss.item() == pytest.approx((3.0 + 1.0) / 2)
     loss, _ = policy_loss(lp, old, adv, mask, eps_low=0.2, eps_high=0.28)
     assert loss.item() == pytest.approx((math.exp(2.0) + 1.0) / 2)
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean", "dr_grpo"])
+def test_padding_positions_never_turn_the_loss_into_nan(agg):
+    """Old / ref log-probs past a row's end may be anything (zeros past the width they were computed
+    at); a very unlikely pad token there (log-prob -200: exp(200) overflows) must not reach the loss
+    or its gradient, which equal those with the padding positions made harmless."""
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    lp = torch.tensor([[-0.5, -1.0, -200.0, -200.0], [-0.3, -0.2, -0.9, -1.1]], requires_grad=True)
+    old = torch.tensor([[-0.6, -0.9, 0.0, 0.0], [-0.3, -0.25, -0.8, -1.0]])
+    ref = old.clone()
+    adv = torch.tensor([1.0, -1.0])
+    loss, m = policy_loss(lp, old, adv, mask, ref_logps=ref, beta=0.04, loss_agg=agg)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(lp.grad).all() and math.isfinite(m["kl"])
+    lp2 = lp.detach().clone().masked_fill(mask == 0, 0.0).requires_grad_()
+    want, _ = policy_loss(lp2, old, adv, mask, ref_logps=ref, beta=0.04, loss_agg=agg)
+    want.backward()
+    assert float(loss) == pytest.approx(float(want)) and torch.allclose(lp.grad, lp2.grad)
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean", "dr_grpo"])
+def test_weights_count_a_rows_copies(agg):
+    """A row of weight 2 is the batch with that row twice, default normalisers included."""
+    torch.manual_seed(0)
+    lp, old = torch.randn(3, 4) * 0.1 - 1, torch.randn(3, 4) * 0.1 - 1
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    adv = torch.tensor([0.5, -1.0, 2.0])
+    got, gm = policy_loss(lp, old, adv, mask, loss_agg=agg, weights=torch.tensor([2.0, 1.0, 1.0]),
+                          ref_logps=old, beta=0.1)
+    rows = torch.tensor([0, 0, 1, 2])
+    want, wm = policy_loss(lp[rows], old[rows], adv[rows], mask[rows], loss_agg=agg, ref_logps=old[rows], beta=0.1)
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    assert gm == pytest.approx(wm, rel=1e-6)

@@ -63,7 +63,12 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
     aggregate = LOSS_AGGREGATIONS.get(loss_agg)
     mask = mask.to(logps.dtype)
     adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)
-    ratio = torch.exp(logps - old_logps)
+    # padding positions take no part: whatever old / ref log-probs hold there (zeros past the width
+    # they were computed at), exp() of their difference never overflows into inf * 0 = NaN
+    valid = mask > 0
+    zero = torch.zeros((), dtype=logps.dtype, device=logps.device)
+    log_ratio = torch.where(valid, logps - old_logps, zero)
+    ratio = torch.exp(log_ratio)
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     if delta is not None:
         ratio = torch.clamp(ratio, max=delta)
@@ -71,15 +76,18 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
     metrics: dict[str, float] = {}
     # the metrics' mask counts a row's copies too
     wmask = mask if weights is None else mask * weights.to(mask.dtype).unsqueeze(1)
+    if weights is not None:  # default normalisers count the copies too
+        num_tokens = float(wmask.sum().clamp(min=1.0)) if num_tokens is None else num_tokens
+        num_sequences = float(weights.sum()) if num_sequences is None else num_sequences
     if ref_logps is not None and beta > 0:
-        kl = k3_kl(logps, ref_logps)
+        kl = k3_kl(logps, torch.where(valid, ref_logps, logps))
         per_token = per_token + beta * kl
         metrics["kl"] = float(masked_mean(kl.detach(), wmask))
     if weights is not None:
         per_token = per_token * weights.to(per_token.dtype).unsqueeze(1)
     loss = aggregate(per_token, mask, num_tokens, num_sequences, max_completion_length)
     with torch.no_grad():
-        r = torch.exp(logps - old_logps)
+        r = torch.exp(log_ratio)
         low = (r < 1 - eps_low) & (adv < 0)
         high = (r > 1 + eps_high) & (adv > 0)
         metrics["clip_ratio/low_mean"] = float(masked_mean(low.to(mask.dtype), wmask))

@@ -120,7 +120,7 @@ class GRPOModule(RelevanceModule):
         for sl in plan.micro_batches:
             lp = self._logps(model, r, plan.rows[sl])
             out[sl, :lp.shape[1]] = lp
-        return out[plan.inverse]
+        return out[plan.inverse].masked_fill(r.completion_mask == 0, 0.0)
 
     @torch.no_grad()
     def policy_logps(self, r: Rollout) -> torch.Tensor:

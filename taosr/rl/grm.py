@@ -29,6 +29,7 @@ from typing import Sequence
 import torch
 
 from taosr.labels import STEP_KEYS
+from taosr.models.kvcache import cache_kwargs, output_cache
 from taosr.reasoning.format import ParsedReasoning
 from taosr.reasoning.grm_layout import (LAYOUT, LAYOUT_FILE, MISSING_STEP, RIGHT, WRONG, check_layout,  # noqa: F401
                                        encode_candidate, verdict_slot, write_layout)
@@ -81,31 +82,27 @@ class GRMScorer:
         pair = self.pair_ids.to(head.weight.device)
         w = head.weight[pair]
         b = head.bias[pair] if getattr(head, "bias", None) is not None else None
-        # A group's candidates often repeat one another: each distinct input is scored once, longest
-        # first so that a batch's rows have similar lengths (less left padding).
+        # A group's candidates often repeat one another: each distinct input is scored once. Candidates
+        # of one example share its prompt: their batch runs it once and the rows continue from its
+        # cache. Examples go longest candidate first, so that a batch's rows have similar lengths.
         enc = [self._encode(ex, st) for ex, st in zip(examples, steps_list)]
         index: dict[tuple, int] = {}
-        uniq, which = [], []  # distinct inputs; each candidate's position among them
-        for e in enc:
-            if tuple(e[0]) not in index:
-                index[tuple(e[0])] = len(uniq)
+        uniq, owner, which = [], [], []  # distinct inputs, the example each belongs to; each candidate's input
+        for n, e in enumerate(enc):
+            key = (tuple(e[0]), tuple(e[1]))
+            if key not in index:
+                index[key] = len(uniq)
                 uniq.append(e)
-            which.append(index[tuple(e[0])])
-        order = sorted(range(len(uniq)), key=lambda u: -len(uniq[u][0]))
+                owner.append(id(examples[n]))
+            which.append(index[key])
+        members: dict[int, list[int]] = {}
+        for u, o in enumerate(owner):
+            members.setdefault(o, []).append(u)
+        order = [u for m in sorted(members.values(), key=lambda m: -max(len(uniq[u][0]) for u in m)) for u in m]
         scores = torch.full((len(uniq), len(STEP_KEYS)), float("nan"))
         for s in range(0, len(order), self.batch_size):
             part = order[s:s + self.batch_size]
-            batch = [uniq[u] for u in part]
-            T = max(len(i) for i, _ in batch)
-            ids = torch.full((len(batch), T), self.tok.pad_token_id, dtype=torch.long)
-            att = torch.zeros_like(ids)
-            at = torch.zeros((len(batch), len(STEP_KEYS)), dtype=torch.long)
-            for r, (i, pos) in enumerate(batch):  # left padding
-                ids[r, T - len(i):], att[r, T - len(i):] = torch.tensor(i), 1
-                at[r] = torch.tensor(pos) + (T - len(i))
-            pos_ids = (att.cumsum(-1) - 1).clamp(min=0)
-            hidden = decoder(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos_ids.to(dev)).last_hidden_state
-            h = hidden.gather(1, at.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, K, H)
+            h = self._slot_states(decoder, [uniq[u] for u in part], [owner[u] for u in part], dev)  # (B, K, H)
             logits = torch.nn.functional.linear(h.to(w.dtype), w, b).float()  # (B, K, 2)
             scores[torch.tensor(part)] = torch.softmax(logits, -1)[..., 0].cpu()
         out = scores[torch.tensor(which, dtype=torch.long)] if enc else torch.full((0, len(STEP_KEYS)), float("nan"))
@@ -114,3 +111,43 @@ class GRMScorer:
                 if key not in st:
                     out[n, k] = math.nan
         return out
+
+    def _slot_states(self, decoder, batch: list[tuple[list[int], list[int]]], owners: list[int], dev) -> torch.Tensor:
+        """The decoder's last hidden states at each row's K verdict slots: (B, K, H). Rows with the
+        same owner (example) share their common prefix up to their first slot: it runs once, left
+        padded, and every row continues from its cache with the rest of its tokens, right padded."""
+        groups: dict[int, list[int]] = {}
+        for r, o in enumerate(owners):
+            groups.setdefault(o, []).append(r)
+        shared, row_group = [], [0] * len(batch)
+        for g, rows in enumerate(groups.values()):
+            first = batch[rows[0]][0]
+            n = min(batch[r][1][0] for r in rows)  # never past a row's first slot: its state is read below
+            for r in rows:
+                ids = batch[r][0]
+                n = next((j for j in range(n) if ids[j] != first[j]), n)
+                row_group[r] = g
+            shared.append(first[:n])
+        P = max(len(x) for x in shared)
+        p_ids = torch.full((len(shared), P), self.tok.pad_token_id, dtype=torch.long)
+        p_att = torch.zeros_like(p_ids)
+        for g, x in enumerate(shared):  # left padding
+            p_ids[g, P - len(x):], p_att[g, P - len(x):] = torch.tensor(x, dtype=torch.long), 1
+        p_pos = (p_att.cumsum(-1) - 1).clamp(min=0)
+        out = decoder(input_ids=p_ids.to(dev), attention_mask=p_att.to(dev), position_ids=p_pos.to(dev), use_cache=True)
+        cache = output_cache(out)
+        inv = torch.tensor(row_group, dtype=torch.long)
+        cache.batch_select_indices(inv.to(dev))
+        rest = [batch[r][0][len(shared[row_group[r]]):] for r in range(len(batch))]
+        T = max(len(x) for x in rest)
+        ids = torch.full((len(batch), T), self.tok.pad_token_id, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        at = torch.zeros((len(batch), len(STEP_KEYS)), dtype=torch.long)
+        for r, x in enumerate(rest):  # right padding after the shared prefix
+            ids[r, :len(x)], att[r, :len(x)] = torch.tensor(x, dtype=torch.long), 1
+            at[r] = torch.tensor(batch[r][1]) - len(shared[row_group[r]])
+        lens = torch.tensor([len(shared[g]) for g in row_group])
+        pos = lens[:, None] + torch.arange(T)[None, :]
+        hidden = decoder(input_ids=ids.to(dev), attention_mask=torch.cat([p_att[inv], att], 1).to(dev),
+                         position_ids=pos.to(dev), use_cache=True, **cache_kwargs(decoder, cache)).last_hidden_state
+        return hidden.gather(1, at.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))

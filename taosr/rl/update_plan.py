@@ -42,7 +42,7 @@ def plan_update(completion_ids: torch.Tensor, completion_mask: torch.Tensor, row
     rows = rows.detach().flatten().cpu().long()
     lengths = completion_mask.detach().sum(-1).cpu().tolist()
     ids = completion_ids.detach().cpu()
-    adv = advantages.detach().cpu() if advantages is not None else None
+    adv = advantages.detach().float().cpu() if advantages is not None else None
     G = max(1, int(group_size))
     reps: dict[int, list[int]] = {}          # group -> representative rows, first occurrence order
     seen: dict[tuple, int] = {}              # key -> representative row
