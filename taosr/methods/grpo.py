@@ -9,7 +9,8 @@ normalised by the whole batch's token (or sequence) count, so micro-batching nev
 gradient. A group's repeated completions (same tokens, same advantages) are computed once, their
 loss weighted by their copies (``dedup_completions``), and micro-batches hold groups of similar
 lengths, each trimmed to its longest completion (:mod:`taosr.rl.update_plan`): the same loss and
-gradient up to floating-point order, at the cost of the distinct tokens only. Advantages and loss are pure functions (:mod:`taosr.rl.advantages`, :mod:`taosr.losses.policy`).
+gradient up to floating-point order, at the cost of the distinct tokens only. Advantages and loss
+are pure functions (:mod:`taosr.rl.advantages`, :mod:`taosr.losses.policy`).
 """
 from __future__ import annotations
 
