@@ -235,17 +235,22 @@ def test_grm_scorer_reads_the_training_tokens(dm):
     assert batch["loss_mask"][0].nonzero().flatten().tolist() == [p + 1 for p in positions]
 
 
+def _grm_judge(dm):
+    """A tiny untrained Llama over the DataModule's vocabulary, as a GRM to score with (seed 0)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(dm.tokenizer), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=1024)).eval()
+
+
 def test_grm_verdict_on_a_step_reads_no_later_step(dm):
     """Causal in the steps: changing step k+1.. leaves the scores of steps 1..k unchanged, in a batch
     with rows of other lengths; the changed steps' scores move."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from taosr.rl.grm import GRMScorer
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(dm.tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=1024)).eval()
+    model = _grm_judge(dm)
     ex = dm.splits["train"][0]
     a = dict(ex.steps)
     b = dict(a, attribute="brand adidas vs brand puma => violated", judgment="mismatch => irrelevant")
@@ -258,14 +263,9 @@ def test_grm_verdict_on_a_step_reads_no_later_step(dm):
 def test_grm_scores_match_a_full_forward_per_row(dm):
     """Batched, left-padded scoring from the decoder's hidden states at the verdict slots and the LM
     head's two verdict rows gives the same P(right) as a plain full forward of each row alone."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from taosr.rl.grm import GRMScorer
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(dm.tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=1024)).eval()
+    model = _grm_judge(dm)
     exs = dm.splits["train"][:3]
     steps = [dict(ex.steps) for ex in exs]
     steps[1]["query"] = "something much longer than the gold query step " * 3  # rows of different lengths
@@ -286,14 +286,9 @@ def test_grm_scores_match_a_full_forward_per_row(dm):
 def test_grm_scores_repeated_candidates_once_in_their_own_order(dm, monkeypatch):
     """Repeated candidates are scored once (the decoder sees each distinct input once) and every
     candidate gets its own scores back, with batches smaller than the set."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from taosr.rl.grm import GRMScorer
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(dm.tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=1024)).eval()
+    model = _grm_judge(dm)
     exs = dm.splits["train"][:3]
     steps = [dict(ex.steps) for ex in exs]
     steps[1]["query"] = "something much longer than the gold query step " * 3
