@@ -36,6 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from taosr.configfiles import locate
 from taosr.errors import ConfigError
 from taosr.eval.stats import mean_se, paired_difference
 
@@ -115,6 +116,7 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    path = locate(path)
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: comparison spec not found")
     try:
@@ -147,7 +149,7 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
         if not isinstance(a, dict) or "config" not in a:
             raise ConfigError(f"{path}: arms.{name}.config is missing")
         _check_keys(a, ARM_KEYS, f"{path}: arms.{name}")
-        arms.append(Arm(str(name), str(a["config"]), _overrides(a.get("set"), f"{path}: arms.{name}.set")))
+        arms.append(Arm(str(name), locate(str(a["config"])), _overrides(a.get("set"), f"{path}: arms.{name}.set")))
     if only_arms:
         unknown = sorted(set(only_arms) - {a.name for a in arms})
         if unknown:

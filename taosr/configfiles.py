@@ -8,11 +8,16 @@ what a later ``--config`` does in LightningCLI (jsonargparse replaces ``trainer.
 a file means the same whether it is a base or an overlay. Later ``--config`` files and ``--key value``
 overrides still win. Every config file is read strictly first: a YAML syntax error or a key set twice
 is a :class:`~taosr.errors.ConfigError` naming the file and line.
+
+Paths of taosr's own files (``configs/...``, ``comparisons/...``, ``sweeps/...``) work from any
+folder: :func:`locate` falls back to the checkout taosr is installed from when the current folder
+has no such file (and says so once), so a user's runs can live in their own project folder.
 """
 from __future__ import annotations
 
 import copy
 import os
+import sys
 
 import yaml
 
@@ -42,6 +47,31 @@ class _StrictLoader(yaml.SafeLoader):
 def _mark(err: yaml.YAMLError) -> str:
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
     return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
+def project_root() -> str | None:
+    """The source checkout taosr is imported from (the folder holding ``configs/``), else None."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return root if os.path.isdir(os.path.join(root, "configs")) else None
+
+
+_NOTED: set[str] = set()
+
+
+def locate(path: str) -> str:
+    """``path`` when it exists; else, for a relative path that exists in taosr's checkout
+    (:func:`project_root`: ``configs/sft.yaml``, ``comparisons/...``, ``sweeps/...``), that file, with
+    a one-line notice on stderr the first time; else ``path`` unchanged (the caller's error names it)."""
+    if not path or os.path.exists(path) or os.path.isabs(path):
+        return path
+    root = project_root()
+    own = os.path.join(root, path) if root else None
+    if own is None or not os.path.exists(own) or os.path.realpath(root) == os.path.realpath(os.getcwd()):
+        return path
+    if own not in _NOTED:
+        _NOTED.add(own)
+        print(f"taosr: {path} is not in the current folder; using taosr's own {own}", file=sys.stderr)
+    return own
 
 
 def load_yaml(path: str):
@@ -123,6 +153,7 @@ def expand_config_args(argv: list[str]) -> list[str]:
             if "\n" in val or val.lstrip().startswith("{"):  # YAML text, as jsonargparse allows
                 out += ["--config", val]
                 continue
+            val = locate(val)
             data, layered = resolve_file(val)
             out += ["--config", yaml.safe_dump(data, sort_keys=False) if layered else val]
             continue

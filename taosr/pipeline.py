@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from taosr.cliargs import ArgumentParser
+from taosr.configfiles import locate
 from taosr.data.synth import SynthConfig, heldout
 from taosr.launcher import run_lightning
 from taosr.quickstart_plan import DEFAULT_MODEL, QuickstartPlan, load_plan
@@ -247,6 +248,8 @@ def quickstart_main(argv: list[str]) -> int:
     p.add_argument("--configs", default="configs", help="folder with sft/dpo/grm/grpo/srpo.yaml")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    a.configs = locate(a.configs)  # taosr's own configs/ when the current folder has none
+    a.model_budgets = locate(a.model_budgets) if a.model_budgets else None
     qp = load_plan(a.model, a.small, a.model_budgets, a.configs)
     t0 = time.perf_counter()
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from taosr.configfiles import load_yaml
+from taosr.configfiles import load_yaml, locate
 from taosr.errors import ConfigError
 
 ENGINE_KEYS = ("method", "metric", "parameters", "early_terminate")
@@ -30,6 +30,7 @@ METHODS = ("grid", "random", "bayes")
 
 
 def load_sweep(path: str) -> dict:
+    path = locate(path)
     if not os.path.exists(path):
         raise ConfigError(f"{path}: sweep file not found")
     cfg = load_yaml(path)  # a syntax error or a key set twice names file:line

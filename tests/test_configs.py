@@ -76,6 +76,31 @@ def test_base_merge_rules(tmp_path):
         resolved_config(str(tmp_path / "miss.yaml"))
 
 
+def test_own_files_are_found_from_any_folder(tmp_path, monkeypatch, capsys):
+    """From a folder without configs/ (a user's project), `configs/...`, `comparisons/...` and
+    `sweeps/...` mean taosr's own files, with a notice; a file of the user's own wins; a path in
+    neither place is left for the caller's error."""
+    from taosr.compare import load_spec
+    from taosr.configfiles import expand_config_args, locate
+    from taosr.errors import ConfigError
+    from taosr.sweep import load_sweep
+
+    monkeypatch.chdir(tmp_path)
+    argv = expand_config_args(["fit", "--config", "configs/grpo.yaml"])
+    assert "taosr's own" in capsys.readouterr().err and "max_steps" in argv[2]  # the merged YAML text
+    spec = load_spec("comparisons/srpo_vs_grpo.yaml")
+    assert os.path.isabs(spec.arms[0].config) and os.path.isfile(spec.arms[0].config)
+    assert load_sweep("sweeps/srpo_ablation.yaml")["method"]
+    assert os.path.isfile(os.path.join(locate("configs"), "quickstart", "tiny.yaml"))  # quickstart's --configs
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "grpo.yaml").write_text("trainer: {max_steps: 7}\n")
+    assert locate("configs/grpo.yaml") == "configs/grpo.yaml"
+    assert expand_config_args(["--config", "configs/grpo.yaml"]) == ["--config", "configs/grpo.yaml"]
+    assert locate("configs/nope.yaml") == "configs/nope.yaml"
+    with pytest.raises(ConfigError, match="configs/nope.yaml: config file not found"):
+        expand_config_args(["--config", "configs/nope.yaml"])
+
+
 def test_smoke_overlay_is_what_the_tests_run():
     """The smoke settings live in configs/experiment/smoke.yaml, and small_overrides uses it."""
     from tests.conftest import SMOKE
