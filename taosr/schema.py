@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
 from taosr.errors import ConfigError, DataError
-from taosr.labels import QUERY_TYPES, STEP_KEYS, TIERS
+from taosr.labels import NAME_TO_TIER, QUERY_TYPES, STEP_KEYS, TIER_NAMES, TIERS
 
 ALLOWED_QUERY_TYPES = QUERY_TYPES + ("other",)
 
@@ -99,14 +99,18 @@ def _step_dict(row: dict, key: str, where: str) -> dict[str, str] | None:
 
 
 def parse_label(value: Any, where: str, field_name: str = "label") -> int:
-    if isinstance(value, bool) or value is None:
-        raise DataError(where, field_name, f"unknown label {value!r}; expected a tier 1-4")
+    """A tier 1-4 from a number (``4``, ``4.0``, ``"4"``) or a tier's name (``Excellent``, any case);
+    other labels need a label map (the error says how)."""
+    if isinstance(value, str) and value.strip().lower() in NAME_TO_TIER:
+        return NAME_TO_TIER[value.strip().lower()]
     try:
-        f = float(value)
+        f = None if isinstance(value, bool) or value is None else float(value)
     except (TypeError, ValueError):
-        raise DataError(where, field_name, f"unknown label {value!r}; expected a tier 1-4") from None
-    if not f.is_integer() or int(f) not in TIERS:
-        raise DataError(where, field_name, f"unknown label {value!r}; expected a tier 1-4")
+        f = None
+    if f is None or not f.is_integer() or int(f) not in TIERS:
+        raise DataError(where, field_name, f"unknown label {value!r}; expected a tier 1-4 or its name "
+                        f"({', '.join(TIER_NAMES[t] for t in TIERS)}); map other labels with --label-map "
+                        "(data.reader.label_map), e.g. --label-map E=4 S=3 C=2 I=1")
     return int(f)
 
 

@@ -104,3 +104,42 @@ def test_esci_adapter(tmp_path):
     assert len(res.skipped) == 1
     es = read_esci(e, p, locale="es")
     assert [x.item.title for x in es.examples] == ["Zapatillas"] and es.examples[0].label == 3
+
+
+def test_tier_names_are_labels_and_other_labels_point_to_the_label_map(tmp_path):
+    """taosr's own tier names read as tiers in any case; other text labels say how to map them."""
+    p = tmp_path / "d.csv"
+    pd.DataFrame({"query": list("abcde"), "item.title": list("ABCDE"),
+                  "label": ["Excellent", "related", " MISMATCH ", "irrelevant", "4.0"]}).to_csv(p, index=False)
+    assert [e.label for e in read_examples(ReaderSpec(path=str(p))).examples] == [4, 3, 2, 1, 4]
+    pd.DataFrame({"query": ["a", "b"], "item.title": ["A", "B"], "label": ["E", "I"]}).to_csv(p, index=False)
+    with pytest.raises(DataError, match=r"d.csv:line 2: field 'label': unknown label 'E'.*--label-map E=4"):
+        read_examples(ReaderSpec(path=str(p)))
+
+
+def test_a_missing_default_column_is_one_header_error(tmp_path):
+    """A file without a label / query / title column (and none mapped) is refused once for the
+    file, naming its columns and the flag, not as a bad row (which --skip-invalid would drop, all of them)."""
+    p = tmp_path / "d.csv"
+    pd.DataFrame({"search_query": ["a"], "product_title": ["A"], "rating": [4]}).to_csv(p, index=False)
+    for cmap, missing in (({}, "label"), ({"label": "rating"}, "query"),
+                          ({"label": "rating", "query": "search_query"}, "item.title")):
+        with pytest.raises(DataError, match=rf"d.csv: no column '[\w.]+' for {missing} \(columns: search_query, "
+                                            rf"product_title, rating\); name yours with --column-map {missing}="):
+            read_examples(ReaderSpec(path=str(p), column_map=cmap, on_error="skip"))
+    full = {"label": "rating", "query": "search_query", "item.title": "product_title"}
+    assert read_examples(ReaderSpec(path=str(p), column_map=full)).examples[0].item.title == "A"
+
+
+def test_a_products_file_without_a_title_column_is_named(tmp_path):
+    """With the title in neither the pairs file nor the products file the error names the
+    products file and --items-column-map, not a row of the pairs file."""
+    pairs, products = tmp_path / "pairs.csv", tmp_path / "products.csv"
+    pd.DataFrame({"query": ["a"], "pid": ["P1"], "label": [4]}).to_csv(pairs, index=False)
+    pd.DataFrame({"pid": ["P1"], "name": ["Red shoe"]}).to_csv(products, index=False)
+    spec = dict(path=str(pairs), items=str(products), item_key="pid")
+    with pytest.raises(DataError, match=r"products.csv: no column 'title' for item.title in the products file "
+                                        r"\(columns: pid, name\) nor in .*pairs.csv; name it with --items-column-map"):
+        read_examples(ReaderSpec(**spec, on_error="skip"))
+    ok = read_examples(ReaderSpec(**spec, items_column_map={"item.title": "name"}))
+    assert ok.examples[0].item.title == "Red shoe"

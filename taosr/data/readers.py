@@ -234,11 +234,18 @@ def flat_to_row(flat: dict[str, Any], spec: ReaderSpec, where: str, joiner: Join
     return row
 
 
-def _check_columns(columns: list[str], required: dict[str, str], path: str) -> None:
-    """Every column in ``required`` (option -> column) is in the file, else one DataError naming both."""
+def _check_columns(columns: list[str], required: dict[str, str], path: str, unmapped: tuple[str, ...] = ()) -> None:
+    """Every column in ``required`` (option -> column) is in the file, else one DataError naming both.
+    ``unmapped``: the options in ``required`` read from a column of their default name (the error
+    then says how to name another column)."""
     for target, col in required.items():
-        if col not in columns:
-            raise DataError(path, col, f"column mapped to {target!r} is not in the file; columns: {', '.join(map(str, columns))}")
+        if col in columns:
+            continue
+        names = ', '.join(map(str, columns))
+        if target in unmapped:
+            raise DataError(path, None, f"no column {col!r} for {target} (columns: {names}); name yours with "
+                                        f"--column-map {target}=COLUMN (data.reader.column_map)")
+        raise DataError(path, col, f"column mapped to {target!r} is not in the file; columns: {names}")
 
 
 def read_parquet(path: str):
@@ -279,37 +286,72 @@ def _read_csv(path: str, encoding: str):
         raise DataError(path, None, f"not valid CSV ({first[:160]})") from None
 
 
-def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str]) -> Iterator[tuple[str, Any]]:
+def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str],
+                 unmapped: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
     """(``file:line N`` / ``file:row N``, flat record) of one file; the ``required`` columns
-    (option -> column) are checked first: a CSV / Parquet file now, a JSONL file against its first
-    object when it is read."""
+    (option -> column; ``unmapped``: see :func:`_check_columns`) are checked first: a CSV / Parquet
+    file now, a JSONL file against its first object when it is read."""
     if fmt == "jsonl":
-        return _jsonl_records(path, encoding, required)
+        return _jsonl_records(path, encoding, required, unmapped)
     if fmt == "csv":
         df = _read_csv(path, resolve_encoding(path, encoding))
         base, label = 2, "line"
     else:
         df = read_parquet(path)
         base, label = 1, "row"
-    _check_columns(list(df.columns), required, path)
-    return ((f"{path}:{label} {n + base}", rec) for n, rec in enumerate(df.to_dict(orient="records")))
+    _check_columns(list(df.columns), required, path, unmapped)
+    return _Records(((f"{path}:{label} {n + base}", rec) for n, rec in enumerate(df.to_dict(orient="records"))),
+                    list(df.columns))
 
 
-def _jsonl_records(path: str, encoding: str, required: dict[str, str]) -> Iterator[tuple[str, Any]]:
+class _Records:
+    """The records of a CSV / Parquet file, with its header (``columns``)."""
+
+    def __init__(self, records: Iterator[tuple[str, Any]], columns: list[str]):
+        self._records, self.columns = records, columns
+
+    def __iter__(self):
+        return self._records
+
+
+def _jsonl_records(path: str, encoding: str, required: dict[str, str],
+                   unmapped: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
     checked = False
     for where, rec in iter_jsonl_lines(path, encoding):
         if not checked and isinstance(rec, dict):
-            _check_columns(list(rec), required, path)
+            _check_columns(list(rec), required, path, unmapped)
             checked = True
         yield where, rec
 
 
-def _pairs_required(spec: ReaderSpec) -> dict[str, str]:
-    req = dict(spec.column_map or {})
+def _pairs_required(spec: ReaderSpec) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The pairs file's required columns (option -> column) and the options among them read from
+    a column of their default name: the label always, the query unless a queries file gives it,
+    the title unless a products file may (checked against that file by :func:`_check_title_source`)."""
+    cmap = spec.column_map or {}
+    req = dict(cmap)
     for name in ("item_key", "query_key", "attributes_key"):
         if getattr(spec, name) is not None:
             req[name] = getattr(spec, name)
-    return req
+    needed = ["label"] + (["query"] if spec.queries is None else []) + (["item.title"] if spec.items is None else [])
+    unmapped = tuple(t for t in needed if t not in cmap)
+    for t in unmapped:
+        req[t] = t  # a flat pairs file's default column is the field's dotted name (item.title)
+    return req, unmapped
+
+
+def _check_title_source(spec: ReaderSpec, pairs_columns: list[str] | None, joiner: Joiner | None) -> None:
+    """With a products file and no title column in the pairs file, the products file must have one."""
+    if joiner is None or joiner.items is None or pairs_columns is None:
+        return
+    if (spec.column_map or {}).get("item.title", "item.title") in pairs_columns:
+        return
+    col = joiner.items_map.get("item.title", "title")
+    first = next(iter(joiner.items.table.rows.values()), None)
+    if first is not None and col not in first[1]:
+        raise DataError(spec.items, None, f"no column {col!r} for item.title in the products file (columns: "
+                                          f"{', '.join(map(str, first[1]))}) nor in {spec.path}; name it with "
+                                          f"--items-column-map item.title=COLUMN (data.reader.items_column_map)")
 
 
 def read_table(path: str, key_column: str, cmap: dict[str, str] | None, encoding: str = "auto",
@@ -388,8 +430,10 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
     fmt = spec.format or infer_format(spec.path)
     plain = fmt == "jsonl" and not spec.column_map and not spec.label_map and not spec.label_thresholds \
         and spec.items is None and spec.queries is None and spec.attributes is None
-    records = iter_records(spec.path, fmt, spec.encoding, {} if plain else _pairs_required(spec))
+    required, unmapped = ({}, ()) if plain else _pairs_required(spec)
+    records = iter_records(spec.path, fmt, spec.encoding, required, unmapped)
     joiner = make_joiner(spec)  # after the pairs file's columns were checked (CSV / Parquet)
+    _check_title_source(spec, getattr(records, "columns", None), joiner)
     return read_records(records, spec, plain=plain, joiner=joiner)
 
 
