@@ -124,11 +124,18 @@ def test_a_missing_default_column_is_one_header_error(tmp_path):
     pd.DataFrame({"search_query": ["a"], "product_title": ["A"], "rating": [4]}).to_csv(p, index=False)
     for cmap, missing in (({}, "label"), ({"label": "rating"}, "query"),
                           ({"label": "rating", "query": "search_query"}, "item.title")):
-        with pytest.raises(DataError, match=rf"d.csv: no column '[\w.]+' for {missing} \(columns: search_query, "
+        with pytest.raises(DataError, match=rf"d.csv: no column '[\w.]+'( or 'title')? for {missing} \(columns: search_query, "
                                             rf"product_title, rating\); name yours with --column-map {missing}="):
             read_examples(ReaderSpec(path=str(p), column_map=cmap, on_error="skip"))
     full = {"label": "rating", "query": "search_query", "item.title": "product_title"}
     assert read_examples(ReaderSpec(path=str(p), column_map=full)).examples[0].item.title == "A"
+    # item fields not mapped are read from their dotted or their short column name; other columns are noted
+    pd.DataFrame({"query": ["a"], "title": ["A"], "item.brand": ["acme"], "category": ["shoes"], "label": [4],
+                  "seller": ["x"]}).to_csv(p, index=False)
+    res = read_examples(ReaderSpec(path=str(p)))
+    item = res.examples[0].item
+    assert (item.title, item.brand, item.category) == ("A", "acme", "shoes")
+    assert any("1 columns of" in n and ": seller (" in n for n in res.notes)
 
 
 def test_a_products_file_without_a_title_column_is_named(tmp_path):
@@ -143,3 +150,14 @@ def test_a_products_file_without_a_title_column_is_named(tmp_path):
         read_examples(ReaderSpec(**spec, on_error="skip"))
     ok = read_examples(ReaderSpec(**spec, items_column_map={"item.title": "name"}))
     assert ok.examples[0].item.title == "Red shoe"
+
+
+def test_repeated_pairs_are_counted_with_their_conflicts(tmp_path):
+    """The same query and title twice is kept (raters disagree in real data) but counted, and a
+    different label on the repeat is named with both lines."""
+    p = tmp_path / "d.csv"
+    pd.DataFrame({"query": ["a", "b", "A", "b"], "title": ["T", "U", "t", "U"], "label": [4, 2, 1, 2]}).to_csv(p, index=False)
+    res = read_examples(ReaderSpec(path=str(p)))
+    assert len(res.examples) == 4
+    assert ["2 rows repeat an earlier row's query and item title, 1 of them with another label "
+            f"(first: {p}:line 4 says 1, {p}:line 2 said 4)"] == [n for n in res.notes if "repeat" in n]

@@ -221,7 +221,8 @@ def flat_to_row(flat: dict[str, Any], spec: ReaderSpec, where: str, joiner: Join
         v = flat.get(cmap.get(target, target))
         if not _missing(v):
             row[target] = v
-    row["item"] = item_fields(flat, cmap, where)
+    # an item field not mapped: its dotted column (item.brand), else its short name (brand)
+    row["item"] = item_fields(flat, cmap, where, default=lambda t: t if t in flat else _short(t))
     raw = flat.get(cmap.get("label", "label"))
     row["label"] = map_label(raw, spec, where, cmap.get("label", "label"))
     grade = raw_grade(raw, spec)
@@ -239,11 +240,12 @@ def _check_columns(columns: list[str], required: dict[str, str], path: str, unma
     ``unmapped``: the options in ``required`` read from a column of their default name (the error
     then says how to name another column)."""
     for target, col in required.items():
-        if col in columns:
+        if col in columns or (target in unmapped and _short(target) in columns):
             continue
         names = ', '.join(map(str, columns))
         if target in unmapped:
-            raise DataError(path, None, f"no column {col!r} for {target} (columns: {names}); name yours with "
+            alt = f" or {_short(target)!r}" if _short(target) != target else ""
+            raise DataError(path, None, f"no column {col!r}{alt} for {target} (columns: {names}); name yours with "
                                         f"--column-map {target}=COLUMN (data.reader.column_map)")
         raise DataError(path, col, f"column mapped to {target!r} is not in the file; columns: {names}")
 
@@ -340,11 +342,17 @@ def _pairs_required(spec: ReaderSpec) -> tuple[dict[str, str], tuple[str, ...]]:
     return req, unmapped
 
 
+def _short(target: str) -> str:
+    """``item.title`` -> ``title``: the column a flat file may name an item field by."""
+    return target[5:] if target.startswith("item.") else target
+
+
 def _check_title_source(spec: ReaderSpec, pairs_columns: list[str] | None, joiner: Joiner | None) -> None:
     """With a products file and no title column in the pairs file, the products file must have one."""
     if joiner is None or joiner.items is None or pairs_columns is None:
         return
-    if (spec.column_map or {}).get("item.title", "item.title") in pairs_columns:
+    cmap = spec.column_map or {}
+    if cmap.get("item.title", "item.title") in pairs_columns or ("item.title" not in cmap and "title" in pairs_columns):
         return
     col = joiner.items_map.get("item.title", "title")
     first = next(iter(joiner.items.table.rows.values()), None)
@@ -433,8 +441,21 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
     required, unmapped = ({}, ()) if plain else _pairs_required(spec)
     records = iter_records(spec.path, fmt, spec.encoding, required, unmapped)
     joiner = make_joiner(spec)  # after the pairs file's columns were checked (CSV / Parquet)
-    _check_title_source(spec, getattr(records, "columns", None), joiner)
-    return read_records(records, spec, plain=plain, joiner=joiner)
+    columns = getattr(records, "columns", None)
+    _check_title_source(spec, columns, joiner)
+    res = read_records(records, spec, plain=plain, joiner=joiner)
+    unread = _unread_columns(columns, spec, required) if columns is not None else []
+    if unread:
+        res.notes.append(f"{len(unread)} columns of {spec.path} are not read: {', '.join(map(str, unread))} "
+                         "(map one with --column-map FIELD=COLUMN, e.g. item.attributes.NAME=COLUMN)")
+    return res
+
+
+def _unread_columns(columns: list, spec: ReaderSpec, required: dict[str, str]) -> list:
+    """The pairs file's columns that neither the column map, the join keys nor a default field name reads."""
+    read = {"id", "query", "query_type", "label", PACKED_ATTRIBUTES, *ITEM_FIELDS, *map(_short, ITEM_FIELDS),
+            *required.values()}
+    return [c for c in columns if c not in read and not str(c).startswith(ATTRIBUTE_PREFIX)]
 
 
 def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bool = False,
@@ -444,6 +465,8 @@ def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bo
     or with ``on_error="skip"`` are skipped and counted; the join's counts go to ``notes``."""
     res = ReadResult(path=spec.path)
     label_col = (spec.column_map or {}).get("label", "label")
+    seen_pairs: dict[tuple[str, str], tuple[str, int]] = {}   # (query, title) -> (where, label) of its first row
+    repeats, conflicts = 0, []
     first_of_kind: dict[str, tuple[str, Any]] = {}  # numeric / text -> (where, raw label): mixed columns
     ids: dict[str, str] = {}
     for where, raw in records:
@@ -468,6 +491,13 @@ def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bo
                                                        "drop the column map, label map and joins for this file")
                 ex = validate_row(flat_to_row(raw, spec, where, joiner), where)
             check_unique_id(ex, where, ids)
+            pair = (ex.query.casefold(), ex.item.title.casefold())
+            if pair in seen_pairs:
+                repeats += 1
+                if seen_pairs[pair][1] != ex.label:
+                    conflicts.append(f"{where} says {ex.label}, {seen_pairs[pair][0]} said {seen_pairs[pair][1]}")
+            else:
+                seen_pairs[pair] = (where, ex.label)
         except DataError as e:
             if e.where == spec.path:  # the file or its columns, not a row: skipping cannot help
                 raise
@@ -479,6 +509,9 @@ def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bo
         res.examples.append(ex)
     if joiner is not None:
         res.notes.extend(joiner.notes())
+    if repeats:
+        res.notes.append(f"{repeats} rows repeat an earlier row's query and item title, {len(conflicts)} of them with "
+                         f"another label" + (f" (first: {conflicts[0]})" if conflicts else ""))
     return res
 
 
