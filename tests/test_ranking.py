@@ -45,6 +45,8 @@ def test_gain_and_rank_order():
     assert [gain(t) for t in (1, 2, 3, 4)] == [0.0, 1.0, 3.0, 7.0]
     # missing (None/NaN) last, ties in input order
     assert rank_order([2.0, None, 3.0, 2.0, float("nan"), 3.0]) == [2, 5, 0, 3, 1, 4]
+    # with golds, records without a score go worst first (input order must not rank for them)
+    assert rank_order([2.0, None, 3.0, 2.0, float("nan"), 3.0], [1, 4, 1, 1, 2, 1]) == [2, 5, 0, 3, 4, 1]
 
 
 def test_ndcg_hand_computed():
@@ -84,6 +86,13 @@ def test_ndcg_metrics_average_over_queries_with_gain():
     assert m["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1.0) / 2)
     assert m["ndcg@10_queries"] == 2 and m["ndcg@10_skipped_queries"] == 1
     assert ndcg_metrics([{"query": "a", "gold": 4}]) == {}  # unscored records: no ranking metric
+    # a model that scored nothing ranks nothing: NaN, not the input order's NDCG (here 1.0)
+    none = ndcg_metrics([{"query": "a", "gold": 4, "score": None}, {"query": "a", "gold": 1, "score": None}])
+    assert math.isnan(none["ndcg@10"]) and none["ndcg@10_queries"] == 0
+    # unscored records of a query rank worst first: [4, 1] both unscored -> gold 1 first
+    partial = [{"query": "a", "gold": 4, "score": None}, {"query": "a", "gold": 1, "score": None},
+               {"query": "b", "gold": 4, "score": 3.0}]
+    assert ndcg_metrics(partial)["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1.0) / 2)
 
 
 def test_grade_mapping_and_rmse():

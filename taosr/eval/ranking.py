@@ -5,8 +5,10 @@ A record carries ``query``, ``gold`` (tier 1-4), ``score`` (the expected tier fr
 tiers 1..4, or None) and, when the data has one, a numeric ``grade`` (the raw graded label).
 
 - ``ndcg@10``: the records of each query (same ``query`` text) are ranked by ``score``, highest
-  first; a missing score ranks below every scored record; ties (and missing scores) keep the input
-  order (a stable sort), so the figure is deterministic. Gains are graded: ``2 ** (tier - 1) - 1``
+  first; a missing score ranks below every scored record, and records without a score are ordered
+  worst first (lowest gold tier first: the input order, which is often sorted by relevance, must
+  not rank for a model that gave no score); ties between scores keep the input order (a stable
+  sort), so the figure is deterministic. NaN when no record has a score. Gains are graded: ``2 ** (tier - 1) - 1``
   (tier 1 -> 0, 2 -> 1, 3 -> 3, 4 -> 7) with the usual ``1 / log2(rank + 1)`` discount. A query's
   NDCG is DCG@10 / ideal DCG@10; the mean is over the queries whose ideal DCG is positive (some
   gold above tier 1): ``ndcg@10_queries`` counts them, ``ndcg@10_skipped_queries`` the others.
@@ -37,9 +39,14 @@ def _missing(score) -> bool:
     return score is None or (isinstance(score, float) and math.isnan(score))
 
 
-def rank_order(scores: list) -> list[int]:
-    """Indices by score, highest first; missing scores (None/NaN) last; ties in input order."""
-    return sorted(range(len(scores)), key=lambda i: (_missing(scores[i]), 0.0 if _missing(scores[i]) else -scores[i]))
+def rank_order(scores: list, golds: list[int] | None = None) -> list[int]:
+    """Indices by score, highest first; missing scores (None/NaN) last, among themselves by
+    ascending ``golds`` when given (worst first); ties in input order."""
+    def key(i):
+        if _missing(scores[i]):
+            return (True, float(golds[i]) if golds is not None else 0.0)
+        return (False, -scores[i])
+    return sorted(range(len(scores)), key=key)
 
 
 def dcg(gains: list[float], k: int = 10) -> float:
@@ -51,15 +58,17 @@ def ndcg_at_k(golds: list[int], scores: list, k: int = 10) -> float | None:
     ideal = dcg(sorted((gain(g) for g in golds), reverse=True), k)
     if ideal <= 0:
         return None
-    order = rank_order(scores)
+    order = rank_order(scores, golds)
     return dcg([gain(golds[i]) for i in order], k) / ideal
 
 
 def ndcg_metrics(records: list[dict], k: int = 10) -> dict[str, float]:
     """``ndcg@k`` (mean over queries with a positive ideal DCG), ``ndcg@k_queries`` and
-    ``ndcg@k_skipped_queries``; {} when no record has a ``score`` key."""
+    ``ndcg@k_skipped_queries``; {} when no record has a ``score`` key, NaN when none has a score."""
     if not any("score" in r for r in records):
         return {}
+    if all(_missing(r.get("score")) for r in records):  # nothing was scored: there is no ranking to measure
+        return {f"ndcg@{k}": float("nan"), f"ndcg@{k}_queries": 0.0, f"ndcg@{k}_skipped_queries": 0.0}
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         groups[str(r.get("query"))].append(r)
