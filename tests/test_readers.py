@@ -161,3 +161,10 @@ def test_repeated_pairs_are_counted_with_their_conflicts(tmp_path):
     assert len(res.examples) == 4
     assert ["2 rows repeat an earlier row's query and item title, 1 of them with another label "
             f"(first: {p}:line 4 says 1, {p}:line 2 said 4)"] == [n for n in res.notes if "repeat" in n]
+
+
+def test_pairs_without_an_id_are_named_by_their_line(tmp_path):
+    """Outputs (scores, predictions, converted files) trace a pair without an id back to its file and line."""
+    p = tmp_path / "d.csv"
+    pd.DataFrame({"query": ["a", "b"], "title": ["A", "B"], "label": [4, 1], "id": ["x7", None]}).to_csv(p, index=False)
+    assert [e.id for e in read_examples(ReaderSpec(path=str(p))).examples] == ["x7", "d.csv:line 3"]

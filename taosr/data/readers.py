@@ -221,6 +221,8 @@ def flat_to_row(flat: dict[str, Any], spec: ReaderSpec, where: str, joiner: Join
         v = flat.get(cmap.get(target, target))
         if not _missing(v):
             row[target] = v
+    if "id" not in row:  # a pair without an id is named by its place in its file, so outputs trace back to it
+        row["id"] = os.path.basename(where)
     # an item field not mapped: its dotted column (item.brand), else its short name (brand)
     row["item"] = item_fields(flat, cmap, where, default=lambda t: t if t in flat else _short(t))
     raw = flat.get(cmap.get("label", "label"))
