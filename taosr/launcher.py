@@ -11,7 +11,9 @@ exit status and turns a bad key, value, config file or checkpoint into one line 
 - the resolved config is written atomically as ``<run>/config.yaml`` (``config-<command>.yaml`` for
   validate/test/predict); where a previous run's file exists it is replaced only when the command
   succeeds, and an input config is never overwritten;
-- Ctrl-C ends with a one-line note naming the checkpoint of the step reached (exit 130).
+- Ctrl-C ends with a one-line note naming the checkpoint of the step reached (exit 130); SIGTERM
+  (a scheduler's preemption, ``kill``) likewise, exit 143 (Lightning ends it as a SystemExit without
+  a code, which would otherwise read as success).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # callbacks that raise without a logger (LearningRateMonitor, DeviceStatsMonitor): skipped with a warning
 NEEDS_LOGGER = ("LearningRateMonitor", "DeviceStatsMonitor")
 INTERRUPTED = 130
+TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 
 def _fill_run_paths(cfg) -> None:
@@ -284,6 +287,7 @@ def run_lightning(argv: list[str], verbose: bool = False) -> int:
     """``argv`` starts with the subcommand; 0 on success, 2 (one line on stderr) on a config error,
     130 when interrupted (Ctrl-C; the checkpoint of the step reached is written first)."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:
         lightning_main(argv)
@@ -309,6 +313,9 @@ def run_lightning(argv: list[str], verbose: bool = False) -> int:
             raise
         print(f"taosr: error: {cause}", file=sys.stderr)
         return 2
+    except SIGTERMException:  # a SystemExit with no code: it must not read as success
+        print(f"taosr: terminated (SIGTERM); {_interrupted_note(argv)}", file=sys.stderr)
+        return TERMINATED
     except SystemExit as err:  # Lightning exits 1 after a graceful Ctrl-C shutdown
         if err.code in (0, None):
             return 0

@@ -198,3 +198,32 @@ def test_resume_after_an_epoch_a_curriculum_shortened_is_bit_identical(tmp_path,
                                 every=stop, dropout=0.2, curriculum=cur())
     assert tr2.global_step == 9 and res_log.first_ids == full_log.first_ids[stop:]
     _assert_same_weights(full, resumed)
+
+
+class SigtermAt(pl.Callback):
+    """Sends this process SIGTERM (a scheduler's preemption) at the start of step ``step``."""
+
+    def __init__(self, step: int = 2):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_the_step_reached_and_exits_non_zero(tmp_path, cache_dir, capsys):
+    """Lightning ends a SIGTERM'd fit with a SystemExit without a code; the command must not exit 0
+    (a `taosr compare` would take the run as fitted), and last.ckpt holds the step reached."""
+    from taosr.cli import main
+    from tests.conftest import ROOT, small_overrides
+
+    root = str(tmp_path / "run")
+    args = ["fit", "--config", os.path.join(ROOT, "configs/sft.yaml"), *small_overrides(root, cache_dir),
+            "--trainer.max_steps", "6", "--trainer.logger", "false",
+            "--trainer.callbacks+=tests.test_resume.SigtermAt", "--trainer.callbacks.step", "2"]
+    assert main(args) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert torch.load(os.path.join(root, "checkpoints", "last.ckpt"), weights_only=False)["global_step"] >= 2
+    assert not os.path.exists(os.path.join(root, "export"))
