@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from taosr.errors import TaosrError
+from taosr.errors import Interrupted, TaosrError
 from taosr.launcher import LIGHTNING_COMMANDS, run_lightning
 
 HELP = """usage: taosr COMMAND [options]
@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_lightning(argv, verbose)
         print(f"taosr: error: unknown command {cmd!r}\n\n{HELP}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"taosr: {err}", file=sys.stderr)
+        return err.code
     except TaosrError as err:
         if verbose:
             raise

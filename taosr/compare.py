@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 
 from taosr.configfiles import locate
-from taosr.errors import ConfigError
+from taosr.errors import ConfigError, Interrupted
 from taosr.eval.stats import mean_se, paired_difference
 
 METRICS = ("macro_f1", "step_accuracy", "good_f1", "accuracy", "format_error_rate")
@@ -297,7 +297,7 @@ def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry
 
 def _run_here(spec: CompareSpec, tag: str, run: Run, steps: list[list[str]]) -> None:
     """The commands of one run in this process, one after the other."""
-    from taosr.launcher import run_lightning
+    from taosr.launcher import INTERRUPTED, TERMINATED, run_lightning
 
     for args in steps:
         print(f"{tag}: taosr " + " ".join(args), flush=True)
@@ -310,6 +310,9 @@ def _run_here(spec: CompareSpec, tag: str, run: Run, steps: list[list[str]]) -> 
         finally:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        if rc in (INTERRUPTED, TERMINATED):
+            raise Interrupted(f"compare: {run.arm} seed {run.seed}: `taosr {args[0]}` interrupted (its checkpoint "
+                              "is saved); finished runs are kept: re-run the same command to continue", rc)
         if rc:
             raise ConfigError(f"compare: {run.arm} seed {run.seed}: `taosr {args[0]}` failed (exit {rc}); "
                               f"fix it and re-run: finished runs are kept")

@@ -17,3 +17,12 @@ class DataError(TaosrError):
 
 class ConfigError(TaosrError):
     pass
+
+
+class Interrupted(TaosrError):
+    """A command stopped by Ctrl-C or SIGTERM (``code`` 130 or 143) after saving what it could; the
+    CLI prints the message and exits with ``code``."""
+
+    def __init__(self, message: str, code: int = 130):
+        super().__init__(message)
+        self.code = code

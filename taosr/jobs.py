@@ -17,8 +17,10 @@ fit from starting last while the other workers sit idle (list scheduling, longes
 time first), and evaluations, a fifth of a fit's time, fill the end.
 
 A failed command ends its task; running tasks finish, no new task starts, and the failures are
-returned (the caller names them and their logs). Ctrl-C is passed on to every worker (each saves
-its checkpoint, see :mod:`taosr.launcher`) and re-raised once they have exited.
+returned (the caller names them and their logs). Ctrl-C, or SIGTERM to this process, is passed on
+to every worker (each saves its checkpoint, see :mod:`taosr.launcher`; they run in their own
+sessions, so a signal to this process's group would not reach them) and ends :func:`run_parallel`
+with :class:`taosr.errors.Interrupted` once they have exited.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+from taosr.errors import Interrupted
 
 
 @dataclass
@@ -144,6 +148,23 @@ def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subproc
     return proc
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM reached the parent: handled like Ctrl-C (the workers are stopped and save their checkpoints)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _raise_on_sigterm():
+    """Turn SIGTERM into :class:`_Terminated` while workers run; the previous handler (None when
+    it cannot be set: not the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return None
+
+
 def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task], dict[str, str]] | None = None,
                  say: Callable[[str], None] = print, poll_s: float = 0.5,
                  durations: Durations | None = None) -> list[Task]:
@@ -162,6 +183,7 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task], dic
         active[proc.pid] = (task, k, proc, time.perf_counter(), slot)
         say(f"{task.name}: taosr {task.commands[k][0]} started ({slot.describe()}; log {task.log})")
 
+    previous = _raise_on_sigterm()
     try:
         while ready or active:
             if failed:  # no new task starts after a failure; running tasks finish theirs
@@ -190,16 +212,22 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task], dic
                 say(f"{task.name}: {verb} took {took:.0f}s")
                 if k + 1 < len(task.commands):
                     ready.append((task, k + 1))
-    except KeyboardInterrupt:
-        for _, _, proc, _, _ in active.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)  # each worker saves its checkpoint and exits
-        for _, _, proc, _, _ in active.values():
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (_Terminated): the workers are in their own sessions
+        how = "SIGTERM" if isinstance(err, _Terminated) else "Ctrl-C"
+        running = [proc for _, _, proc, _, _ in active.values() if proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)  # each saves its checkpoint
+        for proc in running:
             try:
                 proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        raise
+        raise Interrupted(f"interrupted ({how}): stopped {len(running)} running commands (a fit saves its "
+                          "checkpoint); finished work is kept: re-run the same command to continue",
+                          143 if how == "SIGTERM" else 130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     wall = time.perf_counter() - t_start
     if slots:
         say(f"{len(slots)} workers: {wall:.0f}s wall, {busy:.0f}s of commands "

@@ -88,3 +88,42 @@ def test_run_parallel_keeps_each_task_in_order_over_two_slots_and_learns_duratio
     assert d.expect("g", "--help") > 0 and d.expect("g", "help") > 0
     assert sum(" took " in line for line in lines) == 6
     assert lines[-1].startswith("2 workers: ") and "of the workers' time" in lines[-1]
+
+
+def _running_with(marker: str) -> list[str]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if marker.encode() in fh.read():
+                    pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to find the worker")
+def test_sigterm_to_the_parent_stops_the_workers(tmp_path):
+    """Workers run in their own sessions (a terminal's Ctrl-C reaches the parent only), so a SIGTERM
+    to the parent (a scheduler, `kill`) must be passed on: no worker may outlive it and keep writing
+    into run folders a re-run then uses."""
+    import signal
+    import threading
+
+    from taosr.errors import Interrupted
+
+    out = str(tmp_path / "synth-marker-7f3a")
+    slow = Task("slow", [["data", "synth", "--n", "20000000", "--out", out]], str(tmp_path / "log"))
+    started = []
+
+    def say(line):
+        started.append(line)
+        if "started" in line:  # the worker runs: SIGTERM this process, as `kill <pid>` would
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match=r"interrupted \(SIGTERM\): stopped 1 running commands") as err:
+        run_parallel([slow], [Slot(0, [])], say=say, poll_s=0.05)
+    assert err.value.code == 143
+    assert _running_with(out) == []
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is this process's own again
