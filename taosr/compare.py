@@ -260,8 +260,12 @@ def _tag(spec: CompareSpec, i: int, n: int, run: Run) -> str:
     return f"[{spec.name} {i}/{n}] {run.arm}" + ("" if run.seed is None else f" seed {run.seed}")
 
 
-def _wandb_env(spec: CompareSpec, run: Run) -> dict[str, str]:
-    return {"WANDB_RUN_GROUP": spec.name, "WANDB_JOB_TYPE": run.arm}
+def _wandb_env(spec: CompareSpec, run: Run, verb: str) -> dict[str, str]:
+    """W&B group (the comparison), job type (the arm) and run name (arm, seed and command) of one command."""
+    from taosr.loggers import RUN_NAME_ENV
+
+    name = run.arm + ("" if run.seed is None else f"-seed{run.seed}") + ("" if verb == "fit" else f"-{verb}")
+    return {"WANDB_RUN_GROUP": spec.name, "WANDB_JOB_TYPE": run.arm, RUN_NAME_ENV: name}
 
 
 def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry_run: bool = False,
@@ -302,7 +306,7 @@ def _run_here(spec: CompareSpec, tag: str, run: Run, steps: list[list[str]]) -> 
     for args in steps:
         print(f"{tag}: taosr " + " ".join(args), flush=True)
         t0 = time.perf_counter()
-        env = _wandb_env(spec, run)
+        env = _wandb_env(spec, run, args[0])
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -333,7 +337,7 @@ def _run_parallel(spec: CompareSpec, todo: list, jobs: int) -> None:
         t = Task(tag, steps, os.path.join(run.root, "compare.log"), group=run.arm)
         runs[id(t)] = run
         tasks.append(t)
-    failed = run_parallel(tasks, slots, env=lambda t: _wandb_env(spec, runs[id(t)]),
+    failed = run_parallel(tasks, slots, env=lambda t, k: _wandb_env(spec, runs[id(t)], t.commands[k][0]),
                           say=lambda line: print(line, flush=True))
     if failed:
         t = failed[0]

@@ -165,7 +165,7 @@ def _raise_on_sigterm():
         return None
 
 
-def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task], dict[str, str]] | None = None,
+def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int], dict[str, str]] | None = None,
                  say: Callable[[str], None] = print, poll_s: float = 0.5,
                  durations: Durations | None = None) -> list[Task]:
     """Run ``tasks`` over ``slots``, each free slot taking the :func:`next_command`; returns the tasks
@@ -179,7 +179,7 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task], dic
     t_start, busy = time.perf_counter(), 0.0
 
     def launch(task: Task, k: int, slot: Slot) -> None:
-        proc = _start(task.commands[k], slot, task.log, env(task) if env else {})
+        proc = _start(task.commands[k], slot, task.log, env(task, k) if env else {})
         active[proc.pid] = (task, k, proc, time.perf_counter(), slot)
         say(f"{task.name}: taosr {task.commands[k][0]} started ({slot.describe()}; log {task.log})")
 

@@ -3,7 +3,8 @@
 ``AutoWandbLogger`` never prompts and never blocks: without ``WANDB_API_KEY`` (or a netrc entry
 for the W&B host) it runs offline and writes under ``save_dir/wandb`` (sync later with
 ``wandb sync``). Any Lightning logger (CSVLogger, TensorBoardLogger) can be chosen instead in
-the config's ``trainer.logger``.
+the config's ``trainer.logger``. ``WANDB_RUN_GROUP``, ``WANDB_JOB_TYPE`` and ``TAOSR_RUN_NAME``
+in the environment set the run's group, job type and name.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import netrc
 import os
 
 from lightning.pytorch.loggers import WandbLogger
+
+RUN_NAME_ENV = "TAOSR_RUN_NAME"  # the W&B run name, over the config's (set by `taosr compare` per command)
 
 
 def wandb_credentials_present() -> bool:
@@ -34,5 +37,12 @@ class AutoWandbLogger(WandbLogger):
         if offline:
             os.environ["WANDB_MODE"] = os.environ.get("WANDB_MODE") if os.environ.get("WANDB_MODE") in ("offline", "disabled") else "offline"
         os.makedirs(save_dir, exist_ok=True)
+        # the environment's group, job type and run name, read now and passed on: wandb reads its
+        # environment once per process, and `taosr compare` runs every fit and evaluation of a
+        # comparison in one process unless --jobs (each with its own WANDB_JOB_TYPE, TAOSR_RUN_NAME)
+        group = group or os.environ.get("WANDB_RUN_GROUP") or None
+        if not kwargs.get("job_type") and os.environ.get("WANDB_JOB_TYPE"):
+            kwargs["job_type"] = os.environ["WANDB_JOB_TYPE"]
+        name = os.environ.get(RUN_NAME_ENV) or name
         super().__init__(project=project, name=name, save_dir=save_dir, offline=offline, group=group,
                          tags=tags, **kwargs)

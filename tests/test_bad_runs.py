@@ -323,3 +323,22 @@ def test_sweep_where_every_run_fails_exits_non_zero(tmp_path, capsys):
     rc, err = taosr(capsys, "sweep", sweep, "--out", tmp_path / "out")
     assert_one_line(rc, err, "fail.yaml", "every run of the sweep failed")
     assert (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_compare_names_each_wandb_run_and_sets_its_job_type_in_one_process(tmp_path, monkeypatch):
+    """`taosr compare` without --jobs runs every command in one process, and wandb reads its
+    environment once per process: the logger must pass each command's group, job type and name on
+    itself (before, every run took the first run's job type and the config's name)."""
+    from taosr.compare import Run, _wandb_env, load_spec
+    from taosr.loggers import AutoWandbLogger
+
+    spec = load_spec(os.path.join(ROOT, "comparisons", "srpo_vs_grpo.yaml"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    seen = []
+    for run, verb in ((Run("start", None, "r"), "test"), (Run("grpo", 0, "r"), "fit"), (Run("srpo", 1, "r"), "test")):
+        for k, v in _wandb_env(spec, run, verb).items():
+            monkeypatch.setenv(k, v)
+        init = AutoWandbLogger(name="grpo", save_dir=str(tmp_path))._wandb_init
+        seen.append((init["group"], init["job_type"], init["name"]))
+    assert seen == [("srpo_vs_grpo", "start", "start-test"), ("srpo_vs_grpo", "grpo", "grpo-seed0"),
+                    ("srpo_vs_grpo", "srpo", "srpo-seed1-test")]

@@ -24,7 +24,7 @@ def test_run_parallel_runs_commands_in_order_and_stops_after_a_failure(tmp_path)
     bad = Task("bad", [["no-such-command"], ["--help"]], logs[1])
     never = Task("never", [["--help"]], logs[2])
     lines = []
-    failed = run_parallel([ok, bad, never], [Slot(0, [])], env=lambda t: {"TAOSR_TEST_TASK": t.name},
+    failed = run_parallel([ok, bad, never], [Slot(0, [])], env=lambda t, k: {"TAOSR_TEST_TASK": t.name},
                           say=lines.append, poll_s=0.05)
     assert failed == [bad] and bad.failed == (0, 2) and ok.failed is None
     text = open(logs[0]).read()
