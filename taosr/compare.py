@@ -229,6 +229,11 @@ def eval_args(spec: CompareSpec, run: Run, test_file: str, model: str) -> list[s
             "--model.init_args.model.name_or_path", model, "--data.test", test_file, *spec.eval_overrides]
 
 
+def evaluation_path(spec: CompareSpec, out: str) -> str:
+    """Where :func:`evaluation_file` reads or writes the evaluation set (nothing is written here)."""
+    return spec.test or os.path.join(out, "data", f"heldout-{spec.heldout}-s{spec.heldout_seed}.jsonl")
+
+
 def evaluation_file(spec: CompareSpec, out: str) -> str:
     """The shared evaluation set: the spec's file, or ``heldout`` synthetic examples whose queries
     occur in no split of the default data (written once under ``out/data``)."""
@@ -236,7 +241,7 @@ def evaluation_file(spec: CompareSpec, out: str) -> str:
         if not os.path.isfile(spec.test):
             raise ConfigError(f"eval.test: {spec.test} not found")
         return spec.test
-    path = os.path.join(out, "data", f"heldout-{spec.heldout}-s{spec.heldout_seed}.jsonl")
+    path = evaluation_path(spec, out)
     if not os.path.isfile(path):
         from taosr.data.synth import heldout
         from taosr.schema import write_jsonl
@@ -254,6 +259,87 @@ def _steps(spec: CompareSpec, arms: dict, run: Run, test_file: str, extra: list[
         steps.append(fit_args(spec, arms[run.arm], run, extra))
     steps.append(eval_args(spec, run, test_file, spec.start["model"] if run.seed is None else run.export))
     return steps
+
+
+# ------------------------------------------------------------------ checks before the first run
+def check_commands(spec: CompareSpec, out: str, test_file: str, extra: list[str]) -> None:
+    """Parse every arm's fit command and the evaluation command (LightningCLI with --print_config:
+    nothing is built or run) so that a bad key or value in an arm's ``set:``, the spec's ``set:`` or
+    the extra arguments stops the comparison before its first run, naming the arm (an overnight
+    comparison would otherwise fail hours in, at that arm's first fit)."""
+    import contextlib
+    import io
+
+    from taosr.launcher import run_lightning
+
+    seed = spec.seeds[0]
+    checks = [(f"arms.{a.name}", _fingerprint(fit_args(spec, a, Run(a.name, seed, os.path.join(out, a.name, f"seed{seed}")),
+                                                        extra)))
+              for a in spec.arms]
+    checks.append(("eval", eval_args(spec, Run(START, None, os.path.join(out, START)), test_file, spec.start["model"])))
+    for what, args in checks:
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            rc = run_lightning([*args, "--print_config"])
+        if rc:
+            lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+            why = lines[-1].removeprefix("taosr: error: ") if lines else f"exit {rc}"
+            raise ConfigError(f"compare {spec.name}: {what}: {why}")
+
+
+RUN_FILE = "compare-run.json"  # in each run's folder: the commands it was fitted and scored with
+
+
+def _fingerprint(args: list[str]) -> list[str]:
+    """A command without its ``--ckpt_path`` (a resume) and with config files as real paths."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--ckpt_path":
+            i += 2
+            continue
+        if a == "--config" and i + 1 < len(args):
+            out += [a, os.path.realpath(args[i + 1]) if os.path.exists(args[i + 1]) else args[i + 1]]
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _first_difference(old: list[str], new: list[str]) -> str:
+    for i, (a, b) in enumerate(zip(old, new)):
+        if a != b:
+            return f"`{' '.join(old[max(0, i - 1):i + 1])}`, now `{' '.join(new[max(0, i - 1):i + 1])}`"
+    longer, which = (old, "was") if len(old) > len(new) else (new, "now")
+    return f"{which} also `{' '.join(longer[min(len(old), len(new)):])}`"
+
+
+def check_settings(spec: CompareSpec, run: Run, fit: list[str] | None, evaluation: list[str]) -> None:
+    """A run fitted (or scored) before with other settings is not silently reused: its folder's
+    :data:`RUN_FILE` must name the same fit (and, once scored, evaluation) commands."""
+    path = os.path.join(run.root, RUN_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as fh:
+        stored = json.load(fh)
+    started = run.fitted or os.path.isfile(os.path.join(run.root, "checkpoints", "last.ckpt"))
+    if fit is not None and started and stored.get("fit") and stored["fit"] != _fingerprint(fit):
+        raise ConfigError(f"compare {spec.name}: {run.root} was fitted with other settings (was "
+                          f"{_first_difference(stored['fit'], _fingerprint(fit))}); use another --out, or delete "
+                          "that folder to fit it again")
+    if run.done and stored.get("eval") and stored["eval"] != _fingerprint(evaluation):
+        raise ConfigError(f"compare {spec.name}: {run.eval_root} was scored with other settings (was "
+                          f"{_first_difference(stored['eval'], _fingerprint(evaluation))}); use another --out, or "
+                          "delete that folder to score the run again")
+
+
+def record_settings(run: Run, fit: list[str] | None, evaluation: list[str]) -> None:
+    os.makedirs(run.root, exist_ok=True)
+    tmp = os.path.join(run.root, RUN_FILE + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"fit": _fingerprint(fit) if fit is not None else None, "eval": _fingerprint(evaluation)}, fh, indent=1)
+    os.replace(tmp, os.path.join(run.root, RUN_FILE))
 
 
 def _tag(spec: CompareSpec, i: int, n: int, run: Run) -> str:
@@ -276,12 +362,16 @@ def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry
     missing = [f"start.{k}: {v}" for k, v in spec.start.items() if v and not os.path.exists(v)]
     if missing and not dry_run:
         raise ConfigError(f"{missing[0]} not found (run `taosr quickstart` first, or point the spec at your exports)")
-    test_file = evaluation_file(spec, out) if not dry_run else (spec.test or "<heldout>")
+    test_file = evaluation_file(spec, out) if not dry_run else evaluation_path(spec, out)
+    check_commands(spec, out, test_file, extra)
     arms = {a.name: a for a in spec.arms}
     runs = plan_runs(spec, out)
     todo = []
     for i, run in enumerate(runs, 1):
         tag = _tag(spec, i, len(runs), run)
+        fit = fit_args(spec, arms[run.arm], run, extra) if run.seed is not None else None
+        evaluation = eval_args(spec, run, test_file, spec.start["model"] if run.seed is None else run.export)
+        check_settings(spec, run, fit, evaluation)
         if run.done:
             print(f"{tag}: done, skipped", flush=True)
             continue
@@ -290,6 +380,7 @@ def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry
             for args in steps:
                 print(f"{tag}: taosr " + " ".join(args), flush=True)
             continue
+        record_settings(run, fit, evaluation)
         todo.append((tag, run, steps))
     if jobs > 1 and len(todo) > 1:
         _run_parallel(spec, todo, jobs)

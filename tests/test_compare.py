@@ -101,6 +101,51 @@ def test_every_shipped_spec_loads_and_dry_runs(name, capsys):
     assert out.count("taosr fit --config") == len(spec.arms) * len(spec.seeds)
 
 
+def test_a_bad_option_in_an_arm_stops_the_comparison_before_its_first_run(tmp_path):
+    """Every arm's fit command and the evaluation command are parsed first (nothing runs): a typo in
+    an arm's set: or the extra arguments names the arm, even with --dry-run."""
+    from taosr.compare import compare_main
+
+    spec = os.path.join(ROOT_DIR, "comparisons", "srpo_vs_grpo.yaml")
+    with pytest.raises(ConfigError, match=r"compare srpo_vs_grpo: arms.grpo: .*'grm_pth' is not accepted"):
+        compare_main([spec, "--dry-run", "--out", str(tmp_path), "--model.init_args.grm_pth", "x"])
+    bad = _spec(tmp_path, GOOD.replace("step_advantage.lam: 0.0", "step_advantage.lamb: 0.0"))
+    with pytest.raises(ConfigError, match=r"arms.srpo: .*lamb"):
+        compare_main([bad, "--dry-run", "--out", str(tmp_path / "o")])
+
+
+def test_a_run_done_with_other_settings_is_not_reused(tmp_path, capsys):
+    """A run folder records the commands it was fitted and scored with; a re-run with another budget
+    (or another evaluation set) refuses it instead of averaging it with runs made the new way."""
+    from taosr.compare import RUN_FILE, compare_main, eval_args, evaluation_path, fit_args, record_settings
+
+    spec_path = os.path.join(ROOT_DIR, "comparisons", "srpo_vs_grpo.yaml")
+    spec = load_spec(spec_path, [0], ["grpo"])
+    out = str(tmp_path / "out")
+    run = plan_runs(spec, out)[1]
+    assert (run.arm, run.seed) == ("grpo", 0)
+    os.makedirs(os.path.join(run.export))
+    open(os.path.join(run.export, "config.json"), "w").write("{}")  # fitted
+    record_settings(run, fit_args(spec, spec.arms[0], run, ["--trainer.max_steps", "30"]),
+                    eval_args(spec, run, evaluation_path(spec, out), run.export))
+    assert os.path.isfile(os.path.join(run.root, RUN_FILE))
+    args = [spec_path, "--dry-run", "--arms", "grpo", "--seeds", "0", "--out", out]
+    assert compare_main(args + ["--trainer.max_steps", "30"]) == 0  # the same settings: reused
+    os.makedirs(os.path.dirname(run.metrics_path))
+    open(run.metrics_path, "w").write("{}")  # scored: the evaluation set may not change either
+    assert compare_main(args + ["--trainer.max_steps", "30"]) == 0
+    smaller = tmp_path / "smaller.yaml"  # the same spec scored on 12 held-out examples
+    text = open(spec_path).read()
+    assert "eval: {heldout: 2000}" in text
+    smaller.write_text(text.replace("eval: {heldout: 2000}", "eval: {heldout: 12}"))
+    with pytest.raises(ConfigError, match=r"grpo/seed0/heldout was scored with other settings \(was `--data.test "
+                                          r".*heldout-2000-s.*`, now `--data.test .*heldout-12-s"):
+        compare_main([str(smaller), *args[1:], "--trainer.max_steps", "30"])
+    with pytest.raises(ConfigError, match=r"grpo/seed0 was fitted with other settings \(was `--trainer.max_steps 30`, "
+                                          r"now `--trainer.max_steps 10`\); use another --out"):
+        compare_main(args + ["--trainer.max_steps", "10"])
+
+
 def test_arms_option_keeps_those_arms_and_their_pairs():
     spec = load_spec(os.path.join(ROOT_DIR, "comparisons", "srpo_vs_grpo.yaml"), [0, 1, 2, 3, 4], ["grpo", "srpo"])
     assert [a.name for a in spec.arms] == ["grpo", "srpo"] and spec.seeds == [0, 1, 2, 3, 4]
