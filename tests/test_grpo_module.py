@@ -429,3 +429,20 @@ def test_planned_update_gives_the_full_batch_gradient(loss_agg, per_token, beta)
         assert agg[k] == pytest.approx(v, abs=1e-6), k
     for g, w in zip([p.grad for p in model.parameters()], want_grads):
         assert torch.allclose(g, w, atol=1e-6), float((g - w).abs().max())
+
+
+def test_a_step_without_an_update_logs_no_loss(tmp_path, cache_dir):
+    """A rollout batch whose groups are all dropped has no loss: NaN is logged (a gap in the charts,
+    skipped by the history means compare reports), not the previous update's loss and entropy again."""
+    import math
+
+    import lightning.pytorch as pl
+
+    class FlatAt1(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 1:
+                r = batch["rollout"]
+                r.reward = torch.zeros_like(r.reward)
+
+    _, _, losses, _ = _fit_micro(tmp_path, cache_dir, max_steps=3, extra_callbacks=[FlatAt1()])
+    assert math.isfinite(losses[0]) and math.isnan(losses[1]) and math.isfinite(losses[2]), losses

@@ -242,12 +242,16 @@ class GRPOModule(RelevanceModule):
                 self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
                 self._optimizer_step(opt, count=it == hp.num_iterations - 1)
             metrics.update(agg)
+            self._update_keys = tuple(agg)
         else:
             # Every group was dropped (no reward spread anywhere): the rollout batch still counts as a
             # step — no gradient, so no parameter moves — so that max_steps bounds the rollout budget
             # (equal for every method) and a run whose groups are all flat still ends.
             opt.zero_grad(set_to_none=True)
             opt.step()
+            # no update, so no loss: NaN (a gap in the charts; history means skip it), where Lightning
+            # would log the last update's values again for the keys this step leaves out
+            metrics.update({k: float("nan") for k in getattr(self, "_update_keys", ())})
         sched.step()
         metrics["dynamic_sampling/skipped_update"] = float(num_seqs == 0)
         metrics["timing_s/update"] = time.perf_counter() - t0
