@@ -42,6 +42,7 @@ def cache_dir(tmp_path_factory):
 
 
 SMOKE = os.path.join(ROOT, "configs", "experiment", "smoke.yaml")
+SMOKE_RL = os.path.join(ROOT, "configs", "experiment", "smoke_rl.yaml")
 
 
 def small_overrides(root: str, cache: str, model: str = "micro", n_train: int = 48) -> list[str]:
@@ -110,7 +111,6 @@ def tiny_llama(seed: int = 0, layers: int = 2):
 
 def rl_samples_overrides(samples_path: str) -> list[str]:
     """The RL configs train on rejection-sampled prompts; a micro model's pass rates are mostly 0, so
-    the smoke runs widen the band to keep every sampled prompt (the hook still runs on the file)."""
-    return ["--data.samples_path", samples_path, "--data.rejection_sampling.low", "-1",
-            "--data.rejection_sampling.high", "2", "--trainer.check_val_every_n_epoch", "null",
-            "--trainer.max_epochs", "-1"]
+    the smoke runs widen the band to keep every sampled prompt (the hook still runs on the file):
+    configs/experiment/smoke_rl.yaml."""
+    return ["--data.samples_path", samples_path, "--config", SMOKE_RL]

@@ -77,3 +77,13 @@ def test_hard_verdicts():
     assert v[1, 0].item() == 1.0 and torch.isnan(v[1, 1:]).all()
     r, src = combine_step_rewards(VER, GRM, PRESENT, ExaminerSpec("weighted", verifier_weight=0.75))
     assert hard_verdicts(r, src)[0].tolist() == [1.0, 1.0, 0.0]  # .8, .9 (GRM only), .15
+
+
+def test_a_missing_grm_is_named_under_its_own_key_when_the_module_is_built(tmp_path):
+    """Before: the GRM was loaded at setup (after W&B started and the policy loaded) and the error
+    named model.name_or_path."""
+    from taosr.methods.srpo import SRPOModule
+
+    with pytest.raises(ConfigError, match=r"^model.init_args.grm_path: '.*nope/export' does not exist \(a GRM export"):
+        SRPOModule(grm_path=str(tmp_path / "nope" / "export"))
+    SRPOModule(grm_path=str(tmp_path / "nope" / "export"), examiner=ExaminerSpec("verifier"))  # not used: no check

@@ -73,7 +73,9 @@ class RejectionSampling:
         if not kept:
             from taosr.errors import ConfigError
 
-            raise ConfigError(f"rejection sampling kept no prompt: no pass rate in ({self.low}, {self.high}) in {path}")
+            raise ConfigError(f"rejection sampling kept no prompt: no pass rate in ({self.low}, {self.high}) in {path} "
+                              "(a model trained a few steps passes nothing: widen data.rejection_sampling, e.g. "
+                              "--config configs/experiment/smoke_rl.yaml for a smoke run)")
         return kept
 
     def state_dict(self) -> dict[str, Any]:

@@ -11,6 +11,8 @@ estimator, or with ``lam: 0``, is GRPO exactly.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from taosr.errors import ConfigError
@@ -34,6 +36,12 @@ class SRPOModule(GRPOModule):
         if self._mode.needs_grm and not grm_path:
             raise ConfigError(f"model.init_args.examiner.mode={self.examiner.mode!r} needs model.init_args.grm_path "
                               "(a GRM export)")
+        if grm_path and self._mode.uses_grm:
+            from taosr.models.factory import looks_like_hub_id
+
+            if not os.path.isdir(grm_path) and not looks_like_hub_id(grm_path):
+                raise ConfigError(f"model.init_args.grm_path: {grm_path!r} does not exist (a GRM export: the "
+                                  "export folder of a configs/grm.yaml fit, e.g. runs/grm/export)")
         self.step_scorer: StepScorer | None = None
 
     def setup(self, stage: str) -> None:
