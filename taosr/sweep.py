@@ -7,6 +7,11 @@ latter fitted on the finished runs' metric), W&B's own macro expansion turns the
 offline under ``--out/<run>``. The sweep metric is read from the run's own evaluation files
 (``val/<m>`` -> the last ``eval/val-step*-metrics.json``, ``test/<m>`` -> ``eval/test-metrics.json``).
 A summary table (Markdown, CSV) and a chart of the metric per run are written at the end.
+
+Each run folder records its parameters, the extra arguments and its state (``sweep-run.json``): a
+re-run of the same command into the same ``--out`` keeps the finished runs as the engine's history
+and continues after them (an interrupted run resumes from its ``last.ckpt``); Ctrl-C writes the
+summary so far and exits 130.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import sys
 import time
 
 from taosr.configfiles import load_yaml, locate
-from taosr.errors import ConfigError
+from taosr.errors import ConfigError, Interrupted
 
 ENGINE_KEYS = ("method", "metric", "parameters", "early_terminate")
 
@@ -101,35 +106,99 @@ def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | 
         count = cfg.get("run_cap") or 10
     if not isinstance(count, int) or count < 1:
         raise ConfigError(f"--count {count}: the run budget must be at least 1")
-    runs: list = []
-    rows: list[dict] = []
-    for i in range(count):
-        try:
-            proposal = sweeps.next_run(engine_cfg, runs, validate=True)
-        except Exception as err:  # noqa: BLE001 - the engine's schema check of the YAML
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"{path}: invalid sweep: {first[:200]}") from None
-        if proposal is None:
-            break  # grid exhausted
-        params = {k: _plain(v["value"]) for k, v in proposal.config.items()}
-        run_dir = os.path.join(out, f"run{i:03d}")
-        cmd = build_command(cfg, params) + ["--trainer.default_root_dir", run_dir] + list(extra or [])
-        print(f"[{name} {i}] " + " ".join(cmd), flush=True)
-        t0 = time.perf_counter()
-        rc = 0
-        if not dry_run:
-            env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_RUN_GROUP": name}
-            rc = subprocess.run(cmd, env=env).returncode
-        value = read_metric(run_dir, metric) if metric and not dry_run else None
-        proposal.state = sweeps.RunState.finished if rc == 0 else sweeps.RunState.failed
-        proposal.name = f"run{i:03d}"
-        if value is not None:
-            proposal.summary_metrics = {metric: value}  # what bayes fits on
-        runs.append(proposal)
-        rows.append({"run": proposal.name, **params, **({metric: value} if metric else {}), "exit": rc,
-                     "seconds": round(time.perf_counter() - t0, 1)})
+    runs, rows = _finished_runs(sweeps, out, metric, list(extra or []))
+    if runs:
+        print(f"[{name}] {len(runs)} runs finished before: kept, the sweep continues after them", flush=True)
+    i = len(runs)
+    try:
+        while len(runs) < count:
+            try:
+                proposal = sweeps.next_run(engine_cfg, runs, validate=True)
+            except Exception as err:  # noqa: BLE001 - the engine's schema check of the YAML
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ConfigError(f"{path}: invalid sweep: {first[:200]}") from None
+            if proposal is None:
+                break  # grid exhausted
+            params = {k: _plain(v["value"]) for k, v in proposal.config.items()}
+            run_dir = os.path.join(out, f"run{i:03d}")
+            cmd = build_command(cfg, params) + ["--trainer.default_root_dir", run_dir] + list(extra or [])
+            record = _read_record(run_dir)
+            if record is not None and record.get("params") != params:
+                i += 1  # an interrupted run of other parameters (random or bayes proposals): left as it is
+                continue
+            ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
+            resume = ["--ckpt_path", ckpt] if record is not None and os.path.isfile(ckpt) else []
+            print(f"[{name} {i}] " + " ".join(cmd + resume), flush=True)
+            t0 = time.perf_counter()
+            rc = 0
+            if not dry_run:
+                _write_record(run_dir, {"params": params, "extra": list(extra or []), "state": "started"})
+                env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_RUN_GROUP": name}
+                rc = subprocess.run(cmd + resume, env=env).returncode
+                if rc in (130, 143):  # the run saved its checkpoint: stop here, a re-run resumes it
+                    raise KeyboardInterrupt
+            value = read_metric(run_dir, metric) if metric and not dry_run else None
+            row = {"run": f"run{i:03d}", **params, **({metric: value} if metric else {}), "exit": rc,
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            if not dry_run:
+                _write_record(run_dir, {"params": params, "extra": list(extra or []), "state": "finished", "row": row})
+            runs.append(_engine_run(sweeps, row["run"], params, rc, metric, value))
+            rows.append(row)
+            i += 1
+    except KeyboardInterrupt:
+        if rows:
+            write_summary(out, rows, metric, cfg.get("metric", {}).get("goal", "maximize"))
+        raise Interrupted(f"sweep {name} interrupted after {len(rows)} finished runs (kept in {out}); re-run the "
+                          "same command to continue: the interrupted run resumes from its checkpoint") from None
     write_summary(out, rows, metric, cfg.get("metric", {}).get("goal", "maximize"))
     return rows
+
+
+RECORD = "sweep-run.json"  # in each run folder: its parameters, the extra arguments, its state and row
+
+
+def _read_record(run_dir: str) -> dict | None:
+    path = os.path.join(run_dir, RECORD)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _write_record(run_dir: str, record: dict) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    tmp = os.path.join(run_dir, RECORD + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(record, fh, indent=1, default=str)
+    os.replace(tmp, os.path.join(run_dir, RECORD))
+
+
+def _engine_run(sweeps, run_name: str, params: dict, rc: int, metric: str | None, value: float | None):
+    """A finished run as the sweep engine's history holds it (bayes fits on its metric)."""
+    run = sweeps.SweepRun(name=run_name, config={k: {"value": v} for k, v in params.items()},
+                          state=sweeps.RunState.finished if rc == 0 else sweeps.RunState.failed)
+    if value is not None:
+        run.summary_metrics = {metric: value}
+    return run
+
+
+def _finished_runs(sweeps, out: str, metric: str | None, extra: list[str]) -> tuple[list, list[dict]]:
+    """The engine runs and summary rows of the runs a previous ``taosr sweep`` into ``out`` finished
+    (run000, run001, ... up to the first not finished); refused when they ran with other extra
+    arguments (a sweep mixing budgets would compare unlike runs)."""
+    runs, rows = [], []
+    i = 0
+    while True:
+        rec = _read_record(os.path.join(out, f"run{i:03d}"))
+        if rec is None or rec.get("state") != "finished":
+            return runs, rows
+        if rec.get("extra") != extra:
+            raise ConfigError(f"{out}/run{i:03d} ran with other extra arguments ({' '.join(rec.get('extra') or []) or 'none'}; "
+                              f"now {' '.join(extra) or 'none'}): use another --out, or the same arguments to continue")
+        row = rec["row"]
+        runs.append(_engine_run(sweeps, row["run"], rec["params"], row["exit"], metric, row.get(metric) if metric else None))
+        rows.append(row)
+        i += 1
 
 
 def write_summary(out: str, rows: list[dict], metric: str | None, goal: str) -> None:
@@ -167,7 +236,8 @@ def write_summary(out: str, rows: list[dict], metric: str | None, goal: str) -> 
 def sweep_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="taosr sweep", description="Run a W&B sweep YAML locally (offline).")
     p.add_argument("file")
-    p.add_argument("--count", type=int, default=None, help="run budget (default: run_cap or 10; grids stop when exhausted)")
+    p.add_argument("--count", type=int, default=None, help="the sweep's run budget, runs finished before into --out included (default: run_cap or 10; "
+                        "grids stop when exhausted)")
     p.add_argument("--out", default=None, help="default runs/sweeps/<sweep name>")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     a, extra = p.parse_known_args(argv)

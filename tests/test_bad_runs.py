@@ -342,3 +342,45 @@ def test_compare_names_each_wandb_run_and_sets_its_job_type_in_one_process(tmp_p
         seen.append((init["group"], init["job_type"], init["name"]))
     assert seen == [("srpo_vs_grpo", "start", "start-test"), ("srpo_vs_grpo", "grpo", "grpo-seed0"),
                     ("srpo_vs_grpo", "srpo", "srpo-seed1-test")]
+
+
+FAKE_FIT = """
+import json, os, sys
+args = sys.argv[1:]
+root = args[args.index("--trainer.default_root_dir") + 1]
+x = int([a for a in args if a.startswith("--x=")][0].split("=")[1])
+with open(os.environ["SWEEP_LOG"], "a") as fh:
+    fh.write(f"x={x} resumed={'--ckpt_path' in args}\\n")
+os.makedirs(os.path.join(root, "eval"), exist_ok=True)
+os.makedirs(os.path.join(root, "checkpoints"), exist_ok=True)
+open(os.path.join(root, "checkpoints", "last.ckpt"), "w").write("")
+if x == 2 and "--ckpt_path" not in args:
+    sys.exit(130)  # interrupted: Ctrl-C after saving its checkpoint
+json.dump({"macro_f1": x / 10}, open(os.path.join(root, "eval", "val-step1-metrics.json"), "w"))
+"""
+
+
+def test_an_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
+    """Finished runs are kept as the engine's history (not re-run, not overwritten in the summary),
+    the interrupted run resumes from its checkpoint, and other extra arguments are refused."""
+    from taosr.errors import ConfigError, Interrupted
+    from taosr.sweep import run_sweep
+
+    (tmp_path / "fake_fit.py").write_text(FAKE_FIT)
+    (tmp_path / "s.yaml").write_text(f"name: s\nprogram: {tmp_path / 'fake_fit.py'}\nmethod: grid\n"
+                                     "metric: {name: val/macro_f1, goal: maximize}\n"
+                                     "parameters: {x: {values: [0, 1, 2, 3]}}\n"
+                                     "command: ['${interpreter}', '${program}', '${args}']\n")
+    log = tmp_path / "log"
+    monkeypatch.setenv("SWEEP_LOG", str(log))
+    out = str(tmp_path / "out")
+    with pytest.raises(Interrupted, match="interrupted after 2 finished runs"):
+        run_sweep(str(tmp_path / "s.yaml"), out, count=4)
+    rows = run_sweep(str(tmp_path / "s.yaml"), out, count=4)
+    assert log.read_text().splitlines() == ["x=0 resumed=False", "x=1 resumed=False", "x=2 resumed=False",
+                                            "x=2 resumed=True", "x=3 resumed=False"]
+    assert [(r["run"], r["x"], r["val/macro_f1"]) for r in rows] == [
+        ("run000", 0, 0.0), ("run001", 1, 0.1), ("run002", 2, 0.2), ("run003", 3, 0.3)]
+    assert "run003" in open(os.path.join(out, "summary.csv")).read()
+    with pytest.raises(ConfigError, match=r"run000 ran with other extra arguments \(none; now --trainer.max_steps 2\)"):
+        run_sweep(str(tmp_path / "s.yaml"), out, count=5, extra=["--trainer.max_steps", "2"])
