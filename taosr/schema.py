@@ -20,6 +20,7 @@ import codecs
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -202,14 +203,26 @@ def detect_encoding(path: str) -> str:
         if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
             return "utf-16"
         fh.seek(0)
+        sample = fh.read(1 << 16)
+        if sample.count(b"\x00") > len(sample) // 4:  # every other byte NUL: UTF-16 text without its mark
+            raise DataError(path, None, "looks like UTF-16 without a byte-order mark: set the encoding "
+                                        "(--encoding utf-16-le or utf-16-be; data.reader.encoding)")
+        fh.seek(0)
         dec = codecs.getincrementaldecoder("utf-8")()
         try:
             while chunk := fh.read(1 << 20):
                 dec.decode(chunk)
             dec.decode(b"", final=True)
-        except UnicodeDecodeError:
+        except UnicodeDecodeError as err:
+            fh.seek(0)
+            if _UTF8_MULTIBYTE.search(fh.read()):  # UTF-8 text with some bytes that are not: mixed encodings
+                raise decode_error(path, "utf-8", err, "line ", mixed=True) from None
             return "latin-1"
     return "utf-8"
+
+
+# a UTF-8 encoded character of two to four bytes (latin-1 text almost never has these byte pairs)
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
 
 
 def resolve_encoding(path: str, encoding: str | None) -> str:
@@ -217,9 +230,11 @@ def resolve_encoding(path: str, encoding: str | None) -> str:
     return detect_encoding(path) if enc == AUTO_ENCODING else enc
 
 
-def decode_error(path: str, encoding: str, err: UnicodeDecodeError, line_prefix: str = "") -> DataError:
+def decode_error(path: str, encoding: str, err: UnicodeDecodeError, line_prefix: str = "",
+                 mixed: bool = False) -> DataError:
     """A one-line DataError for bytes that are not ``encoding``, naming the first bad line
-    (``file:N``, or ``file:line N`` with ``line_prefix="line "`` as CSV rows are named)."""
+    (``file:N``, or ``file:line N`` with ``line_prefix="line "`` as CSV rows are named); ``mixed``:
+    the rest of the file is UTF-8 (reading it all as latin-1 would garble every other accent)."""
     line = None
     try:
         with open(path, "rb") as fh:
@@ -232,6 +247,10 @@ def decode_error(path: str, encoding: str, err: UnicodeDecodeError, line_prefix:
     except OSError:
         pass
     where = f"{path}:{line_prefix}{line}" if line else path
+    if mixed:
+        return DataError(where, None, "bytes that are not UTF-8 in a file that is UTF-8 elsewhere (mixed encodings): "
+                                      "re-encode that line, or read the whole file as latin-1 with --encoding latin-1 "
+                                      "(data.reader.encoding)")
     return DataError(where, None, f"not valid {encoding} text ({err.reason} at byte {err.start}); "
                                   "set the encoding (data.reader.encoding or --encoding: auto, utf-8, latin-1, utf-16)")
 

@@ -168,3 +168,23 @@ def test_pairs_without_an_id_are_named_by_their_line(tmp_path):
     p = tmp_path / "d.csv"
     pd.DataFrame({"query": ["a", "b"], "title": ["A", "B"], "label": [4, 1], "id": ["x7", None]}).to_csv(p, index=False)
     assert [e.id for e in read_examples(ReaderSpec(path=str(p))).examples] == ["x7", "d.csv:line 3"]
+
+
+def test_encodings_that_would_garble_text_are_refused_and_latin1_is_noted(tmp_path):
+    """A UTF-8 file with one latin-1 byte was read as latin-1 whole (every other accent garbled), and
+    UTF-16 without a byte-order mark as latin-1 with a NUL between letters; pure latin-1 is read and noted."""
+    rows = "query,item.title,label\nt\u2122-shirt,Caf\u00e9 mug,4\n"
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_bytes(rows.encode("utf-8") + "b,Cr\u00e8me,3\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"mixed.csv:line 3: bytes that are not UTF-8 in a file that is UTF-8 elsewhere"):
+        read_examples(ReaderSpec(path=str(mixed)))
+    assert read_examples(ReaderSpec(path=str(mixed), encoding="latin-1")).examples[1].item.title == "Cr\u00e8me"
+    u16 = tmp_path / "u16.csv"
+    u16.write_bytes(rows.encode("utf-16-le"))
+    with pytest.raises(DataError, match="looks like UTF-16 without a byte-order mark"):
+        read_examples(ReaderSpec(path=str(u16)))
+    assert read_examples(ReaderSpec(path=str(u16), encoding="utf-16-le")).examples[0].query == "t\u2122-shirt"
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("query,item.title,label\nb,Cr\u00e8me br\u00fbl\u00e9e,3\n".encode("latin-1"))
+    res = read_examples(ReaderSpec(path=str(latin)))
+    assert res.examples[0].item.title == "Cr\u00e8me br\u00fbl\u00e9e" and any("read as latin-1" in n for n in res.notes)

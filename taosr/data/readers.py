@@ -37,8 +37,8 @@ from taosr.data.join import (ATTRIBUTE_PREFIX, ITEM_FIELDS, PACKED_ATTRIBUTES, J
                              is_missing, item_fields)
 from taosr.errors import ConfigError, DataError
 from taosr.labels import TIERS
-from taosr.schema import (ALLOWED_QUERY_TYPES, Example, check_data_file, check_encoding, check_unique_id,
-                          decode_error, iter_jsonl_lines, resolve_encoding, validate_row)
+from taosr.schema import (ALLOWED_QUERY_TYPES, AUTO_ENCODING, Example, check_data_file, check_encoding, check_unique_id,
+                          decode_error, detect_encoding, iter_jsonl_lines, resolve_encoding, validate_row)
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 TARGETS = ("id", "query", "label", "query_type") + ITEM_FIELDS + (PACKED_ATTRIBUTES,)
@@ -446,6 +446,8 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
     columns = getattr(records, "columns", None)
     _check_title_source(spec, columns, joiner)
     res = read_records(records, spec, plain=plain, joiner=joiner)
+    if fmt != "parquet" and check_encoding(spec.encoding) == AUTO_ENCODING and detect_encoding(spec.path) == "latin-1":
+        res.notes.append(f"{spec.path} is not UTF-8: read as latin-1 (--encoding / data.reader.encoding chooses another)")
     unread = _unread_columns(columns, spec, required) if columns is not None else []
     if unread:
         res.notes.append(f"{len(unread)} columns of {spec.path} are not read: {', '.join(map(str, unread))} "
