@@ -188,3 +188,19 @@ def test_encodings_that_would_garble_text_are_refused_and_latin1_is_noted(tmp_pa
     latin.write_bytes("query,item.title,label\nb,Cr\u00e8me br\u00fbl\u00e9e,3\n".encode("latin-1"))
     res = read_examples(ReaderSpec(path=str(latin)))
     assert res.examples[0].item.title == "Cr\u00e8me br\u00fbl\u00e9e" and any("read as latin-1" in n for n in res.notes)
+
+
+def test_a_row_with_extra_fields_is_a_bad_row_with_its_own_line(tmp_path):
+    """pandas refuses the whole file for one row with more fields than the header; it is now a bad
+    row like any other (named by its line, skipped and counted with on_error skip), and the rows
+    after it keep their line numbers. An unclosed quote makes the rest unreadable: always an error."""
+    p = tmp_path / "d.csv"
+    p.write_text('query,item.title,label\na,A,4\nb,B,3,extra\nc,"C, big",2\nd,D,x\n')
+    with pytest.raises(DataError, match=r"d.csv:line 3: 4 fields where the header has 3"):
+        read_examples(ReaderSpec(path=str(p)))
+    res = read_examples(ReaderSpec(path=str(p), on_error="skip"))
+    assert [e.query for e in res.examples] == ["a", "c"] and res.examples[1].item.title == "C, big"
+    assert [s.split(":")[1].split(" field")[0] for s in res.skipped] == ["line 3", "line 5"]
+    p.write_text('query,item.title,label\na,A,4\nb,"B,3\nc,C,2\n')
+    with pytest.raises(DataError, match=r"d.csv:line 3: not valid CSV .*never closed"):
+        read_examples(ReaderSpec(path=str(p), on_error="skip"))

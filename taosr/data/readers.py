@@ -275,12 +275,14 @@ def _csv_separator(path: str, encoding: str) -> str:
     return "\t" if "\t" in head and "," not in head else ","
 
 
-def _read_csv(path: str, encoding: str):
+def _read_csv(path: str, encoding: str, skip: tuple[int, ...] = ()):
+    """The file as strings (empty cells NaN); ``skip``: file lines (1-based) left out."""
     import pandas as pd
 
     sep = _csv_separator(path, encoding)
     try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding,
+                           skiprows=[n - 1 for n in skip] or None)
     except UnicodeDecodeError as e:
         raise decode_error(path, encoding, e, "line ") from None
     except pd.errors.EmptyDataError:
@@ -290,6 +292,56 @@ def _read_csv(path: str, encoding: str):
         raise DataError(path, None, f"not valid CSV ({first[:160]})") from None
 
 
+def _bad_csv_lines(path: str, encoding: str) -> list[DataError]:
+    """The rows whose field count differs from the header's, one DataError each naming its line; a
+    quoted field never closed (the rest of the file would be one field) is raised: no row after it
+    can be read."""
+    import csv
+
+    bad: list[DataError] = []
+    with open(path, encoding=encoding, newline="") as fh:
+        reader = csv.reader(fh, delimiter=_csv_separator(path, encoding), strict=True)
+        try:
+            header = next(reader)
+        except (StopIteration, csv.Error):
+            return bad
+        line = reader.line_num
+        while True:
+            start = line + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return bad
+            except csv.Error as e:
+                raise DataError(f"{path}:line {start}", None, f"not valid CSV ({e}): a quoted field that starts "
+                                                              "here is never closed") from None
+            line = reader.line_num
+            if row and len(row) != len(header):
+                bad.append(DataError(f"{path}:line {start}", None, f"{len(row)} fields where the header has "
+                                                                   f"{len(header)}: not a row of this file"))
+
+
+def _csv_frame(path: str, encoding: str) -> tuple[Any, list[DataError]]:
+    """The CSV read with pandas, and the malformed rows (:func:`_bad_csv_lines`) left out of it: the
+    caller raises or skips (and counts) them like any bad row."""
+    import pandas as pd
+
+    try:
+        return _read_csv(path, encoding), []
+    except DataError as e:
+        if "not valid CSV" not in e.message:
+            raise
+        bad = _bad_csv_lines(path, encoding)
+        if not bad:
+            raise
+    try:
+        return _read_csv(path, encoding, tuple(int(b.where.rsplit(" ", 1)[1]) for b in bad)), bad
+    except DataError:
+        raise bad[0] from None
+    except pd.errors.ParserError:  # pragma: no cover - _read_csv turns these into DataError
+        raise bad[0] from None
+
+
 def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str],
                  unmapped: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
     """(``file:line N`` / ``file:row N``, flat record) of one file; the ``required`` columns
@@ -297,15 +349,30 @@ def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str],
     file now, a JSONL file against its first object when it is read."""
     if fmt == "jsonl":
         return _jsonl_records(path, encoding, required, unmapped)
+    bad: list[DataError] = []
     if fmt == "csv":
-        df = _read_csv(path, resolve_encoding(path, encoding))
+        df, bad = _csv_frame(path, resolve_encoding(path, encoding))
         base, label = 2, "line"
     else:
         df = read_parquet(path)
         base, label = 1, "row"
     _check_columns(list(df.columns), required, path, unmapped)
-    return _Records(((f"{path}:{label} {n + base}", rec) for n, rec in enumerate(df.to_dict(orient="records"))),
-                    list(df.columns))
+    return _Records(_numbered(df, path, label, base, bad), list(df.columns))
+
+
+def _numbered(df, path: str, label: str, base: int, bad: list[DataError]) -> Iterator[tuple[str, Any]]:
+    """(``file:line N``, record) of a frame read with the ``bad`` lines left out (each yielded as its
+    DataError at its place), so every row keeps its own line number."""
+    bad_at = {int(b.where.rsplit(" ", 1)[1]): b for b in bad}
+    n = base
+    for rec in df.to_dict(orient="records"):
+        while n in bad_at:
+            yield bad_at[n].where, bad_at.pop(n)
+            n += 1
+        yield f"{path}:{label} {n}", rec
+        n += 1
+    for b in bad_at.values():  # bad lines after the last good one
+        yield b.where, b
 
 
 class _Records:
