@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         print(f"taosr: {err}", file=sys.stderr)
         return err.code
+    except BrokenPipeError:  # `taosr data check F | head`: the reader left; no traceback on the way out
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except TaosrError as err:
         if verbose:
             raise

@@ -576,3 +576,13 @@ def test_label_target_dpo_pairs_and_samples_of_another_target(tmp_path, dm):
     with pytest.raises(ConfigError, match=r"was sampled with --target label, but data.target is reasoning; "
                                           r"sample the policy with --target reasoning"):
         build_pairs(r)
+
+
+def test_an_empty_training_file_is_named_with_its_likely_cause(tmp_path):
+    """`taosr reason` that explained no pair writes an empty file; the fit names it and where to look."""
+    empty = tmp_path / "reasoned.jsonl"
+    empty.write_text("")
+    dm = RelevanceDataModule(train=str(empty), val=None, test=None, data_dir=str(tmp_path / "d"))
+    with pytest.raises(ConfigError, match=r"data.train: no training examples in .*reasoned.jsonl \(the file is empty: "
+                                          r"if `taosr reason` wrote it"):
+        dm.setup("fit")

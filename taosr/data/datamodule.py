@@ -228,7 +228,10 @@ class RelevanceDataModule(pl.LightningDataModule):
             if split not in self.splits:
                 self.splits[split] = self._load(split)
         if not self.splits["train"] and stage in (None, "fit"):
-            raise ConfigError("data.train: no training examples")
+            src = self.paths.get("train")
+            raise ConfigError("data.train: no training examples" + (f" in {src}" if src else "") + (
+                " (the file is empty: if `taosr reason` wrote it, it explained no pair; see its .report.json and "
+                ".unexplained.jsonl)" if src and os.path.isfile(src) and os.path.getsize(src) == 0 else ""))
 
     def corpus(self) -> Iterator[str]:
         """Texts a tiny preset's tokenizer is trained on: prompts and gold reasoning."""
