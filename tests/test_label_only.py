@@ -63,6 +63,28 @@ def test_label_sft_writes_label_lines_and_scores_them(label_sft, cache_dir):
     assert math.isfinite(m["macro_f1"]) and math.isnan(m["step_accuracy"])
 
 
+def test_the_export_records_its_target_and_evaluation_and_score_use_it(label_sft, cache_dir, capsys, tmp_path):
+    """A label-only export says so (taosr_export.json): `taosr score` prompts it the way it was trained
+    without --target, and an evaluation with the reasoning prompt warns."""
+    from taosr.models.factory import export_meta
+
+    export = os.path.join(label_sft, "export")
+    assert export_meta(export)["target"] == "label"
+    out = tmp_path / "scores.jsonl"
+    heldout = tmp_path / "h.jsonl"
+    assert main(["data", "heldout", "--out", str(heldout), "--n", "6"]) == 0
+    assert main(["score", str(heldout), "--model", export, "--out", str(out), "--max-new-tokens", "8"]) == 0
+    rows = _records(str(out))
+    assert len(rows) == 6 and sum(bool(LABEL_LINE.match(r["reasoning"])) for r in rows) >= 5  # the label prompt
+    capsys.readouterr()
+    args = ["test", "--config", os.path.join(ROOT, "configs/sft.yaml"), *small_overrides(str(tmp_path / "t"), cache_dir),
+            "--model.init_args.model.name_or_path", export, "--model.init_args.eval_generation.max_new_tokens", "8",
+            "--trainer.logger", "false"]
+    assert main(args) == 0
+    assert f"{export} was trained with data.target: label, and this evaluation prompts it with data.target: " \
+           "reasoning (add --data.target label)" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def label_samples(tmp_path_factory, label_sft, cache_dir):
     out = str(tmp_path_factory.mktemp("label_samples") / "samples.jsonl")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,7 +15,7 @@ import torch
 
 from taosr.errors import ConfigError
 from taosr.eval.generation import GenerationSpec, decode_completions, generate_ids, make_record, write_eval_outputs
-from taosr.models.factory import ModelSpec, load_model_and_tokenizer, save_export
+from taosr.models.factory import ModelSpec, export_meta, load_model_and_tokenizer, save_export
 from taosr.registry import Registry
 from taosr.serialization import register_safe_globals
 
@@ -70,6 +71,11 @@ class RelevanceModule(pl.LightningModule):
                 self.model.config.use_cache = False
         if self.trainer.datamodule is not None:
             self.trainer.datamodule.attach_tokenizer(self.tokenizer)
+            trained = export_meta(self.spec.name_or_path).get("target") if os.path.isdir(self.spec.name_or_path) else None
+            target = getattr(self.trainer.datamodule, "target", None)
+            if stage != "fit" and trained and target and trained != target:
+                print(f"taosr: warning: {self.spec.name_or_path} was trained with data.target: {trained}, and this "
+                      f"evaluation prompts it with data.target: {target} (add --data.target {trained})", file=sys.stderr)
 
     @property
     def run_dir(self) -> str:
@@ -191,7 +197,9 @@ class RelevanceModule(pl.LightningModule):
     # ------------------------------------------------------------------ export
     def export(self, out_dir: str | None = None) -> str:
         out_dir = out_dir or os.path.join(self.run_dir, "export")
-        save_export(self.model, self.tokenizer, out_dir, merge_lora=self.hparams.merge_lora_on_export)
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        meta = {"target": dm.target} if dm is not None and getattr(dm, "target", None) else None
+        save_export(self.model, self.tokenizer, out_dir, merge_lora=self.hparams.merge_lora_on_export, meta=meta)
         return out_dir
 
     def on_fit_end(self) -> None:

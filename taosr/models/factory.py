@@ -168,11 +168,26 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
     return model, tok
 
 
-def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True) -> str:
+EXPORT_META = "taosr_export.json"
+
+
+def export_meta(path: str) -> dict:
+    """What :func:`save_export` recorded beside a model (``merged_lora``, ``adapter_only`` and, for
+    exports made since 2026-12-02, the ``target`` it was trained with); {} for any other folder."""
+    try:
+        with open(os.path.join(path, EXPORT_META)) as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True, meta: dict | None = None) -> str:
     """Write a Hugging Face folder (model + tokenizer). A peft model is saved merged (a deep copy
     is merged so the training model keeps its adapter) or as its adapter only. The folder is written
     under a temporary name and renamed, so a reader never sees half an export and a failed write
-    leaves the previous export in place."""
+    leaves the previous export in place. ``meta`` (e.g. ``{"target": "label"}``) is recorded in
+    :data:`EXPORT_META` (:func:`export_meta` reads it)."""
     out_dir = os.path.normpath(out_dir)
     tmp = f"{out_dir}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -185,8 +200,9 @@ def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True) -> str:
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        with open(os.path.join(tmp, "taosr_export.json"), "w") as fh:
-            json.dump({"merged_lora": bool(is_peft and merge_lora), "adapter_only": bool(is_peft and not merge_lora)}, fh)
+        with open(os.path.join(tmp, EXPORT_META), "w") as fh:
+            json.dump({"merged_lora": bool(is_peft and merge_lora), "adapter_only": bool(is_peft and not merge_lora),
+                       **(meta or {})}, fh)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
