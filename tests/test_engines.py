@@ -430,16 +430,6 @@ def _threads(n: int):
         torch.set_num_threads(old)
 
 
-def _rows_alike_in_small_batches(hidden: int) -> bool:
-    """Whether this CPU's matrix kernels (one thread) give a row of a >= 4-row batch the sums it gets in
-    the whole batch, for the shapes of a ``hidden``-wide model (measured true on the project's machine)."""
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(64, hidden, generator=g), torch.randn(4 * hidden, hidden, generator=g)
-    with _threads(1):
-        full = torch.nn.functional.linear(x, w)
-        return all(torch.equal(full[:m], torch.nn.functional.linear(x[:m], w)) for m in range(4, 64))
-
-
 def test_dropping_finished_rows_changes_no_token_and_no_draw():
     """With one thread the CPU loop decodes only the rows still running once a tenth of the batch has
     finished (the cache and inputs are cut to them, at least ``min_rows`` kept): the same tokens as
@@ -498,10 +488,10 @@ def test_dropping_finished_rows_changes_no_token_and_no_draw():
     last = torch.where((ref == 2).any(1), (ref == 2).float().argmax(1), torch.full((12,), ref.shape[1]))
     running = torch.arange(ref.shape[1])[None] <= last[:, None]
     assert not running.all() and ((running.sum(0) > 0) & (running.sum(0) < 4)).any()  # min_rows padding used
-    if _rows_alike_in_small_batches(256):
-        assert torch.equal(scores[running], ref_scores[running])
-    else:  # another CPU's kernels: within rounding
-        assert torch.allclose(scores[running], ref_scores[running], rtol=0, atol=1e-5)
+    # the same numbers where the CPU's kernels give a row the same sums in a smaller batch (the project's
+    # first machine, a Zen 3); a Zen 4 with AVX-512 differs in the last bits (1.8e-7 here) somewhere
+    # beyond the linear layers (which the probe finds alike there too): within rounding
+    assert torch.allclose(scores[running], ref_scores[running], rtol=0, atol=1e-5)
 
 
 def test_decoder_cache_stores_keys_and_values_in_one_dtype():

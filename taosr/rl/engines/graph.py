@@ -267,7 +267,8 @@ class StaticDecoder:
         ``compact`` of the batch being decoded, the cache and the step's inputs keep only the others
         (and enough finished ones to make ``min_rows``). Each row's numbers are those of the whole
         batch where the CPU's matrix kernels give a row the same sums in any batch of >= ``min_rows``
-        rows (measured for the tiny preset's shapes; the other kernels are row-wise), and the sampler
+        rows (measured for the tiny preset's shapes on a Zen 3; on a Zen 4 with AVX-512 a row's scores
+        differ in the last bits, 2e-7, and a near-tie could then flip a token), and the sampler
         still draws for every row (finished rows see their last logits), so tokens and the random
         stream are unchanged. ``logits``: the prefill's, one row per slot row. Returns the number of
         steps written."""
