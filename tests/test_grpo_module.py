@@ -213,21 +213,33 @@ def _fit_micro(tmp_path, cache_dir, max_steps=2, inject=True, extra_callbacks=()
 # iters2 (-0.12222607433795929) and parameter sums 245.86120794998715 / 248.32276809681207 /
 # 243.0090736868151: the same gradient summed in another order.
 # "iters2" runs 2 updates on one rollout batch.
+# The numbers depend on the CPU's kernels: recorded per torch CPU capability (AVX2: the project's first
+# machine, a Zen 3; AVX512: a Zen 4, 2026-12-02, the same code), exact there; elsewhere within 1e-4.
+GRPO_CASES = {"default": ({}, 2), "kl_seq_mean": ({"beta": 0.04, "loss_agg": "seq_mean", "scale_std": False}, 2),
+              "iters2": ({"num_iterations": 2, "loss_agg": "dr_grpo"}, 1)}
 GRPO_BEFORE = {
-    "default": ({}, 2, [-0.009114757180213928, -0.0032983943819999695], 245.86127138190932),
-    "kl_seq_mean": ({"beta": 0.04, "loss_agg": "seq_mean", "scale_std": False}, 2,
-                    [0.0, 0.00047077611088752747], 248.32276168153476),
-    "iters2": ({"num_iterations": 2, "loss_agg": "dr_grpo"}, 1, [-0.12222403287887573], 243.00456309838773),
+    "AVX2": {"default": ([-0.009114757180213928, -0.0032983943819999695], 245.86127138190932),
+             "kl_seq_mean": ([0.0, 0.00047077611088752747], 248.32276168153476),
+             "iters2": ([-0.12222403287887573], 243.00456309838773)},
+    "AVX512": {"default": ([-0.009114757180213928, -0.0032983943819999695], 245.8605886287769),
+               "kl_seq_mean": ([0.0, 0.00047077611088752747], 248.32263465918368),
+               "iters2": ([-0.12221886217594147], 242.99307370218594)},
 }
 
 
-@pytest.mark.parametrize("case", sorted(GRPO_BEFORE))
+@pytest.mark.parametrize("case", sorted(GRPO_CASES))
 def test_grpo_numbers_unchanged(tmp_path, cache_dir, case):
-    kw, steps, losses, param_sum = GRPO_BEFORE[case]
+    kw, steps = GRPO_CASES[case]
+    cap = torch.backends.cpu.get_cpu_capability()
+    losses, param_sum = GRPO_BEFORE.get(cap, GRPO_BEFORE["AVX2"])[case]
     trainer, _, got_losses, got_sum = _fit_micro(tmp_path, cache_dir, max_steps=steps, **kw)
     assert trainer.global_step == steps
-    assert got_losses == losses
-    assert got_sum == param_sum
+    if cap in GRPO_BEFORE:
+        assert got_losses == losses
+        assert got_sum == param_sum
+    else:  # kernels not recorded here: the same run within their rounding
+        assert got_losses == pytest.approx(losses, rel=1e-4, abs=1e-7)
+        assert got_sum == pytest.approx(param_sum, rel=1e-4)
 
 
 def test_a_global_step_is_one_rollout_batch(tmp_path, cache_dir):
@@ -327,7 +339,7 @@ def test_srpo_outcome_and_lam0_are_grpo_end_to_end(tmp_path, cache_dir):
     from taosr.rl.advantages import StepAdvantageSpec
     from taosr.rl.examiner import ExaminerSpec
 
-    _, _, losses, param_sum = _fit_micro(tmp_path, cache_dir, **GRPO_BEFORE["default"][0])
+    _, _, losses, param_sum = _fit_micro(tmp_path, cache_dir, **GRPO_CASES["default"][0])
     for spec in (StepAdvantageSpec(name="outcome"), StepAdvantageSpec(name="outcome_plus_step", lam=0.0, clamp=0.5)):
         _, mod, got_losses, got_sum = _fit_micro(tmp_path, cache_dir, module_cls=SRPOModule, step_advantage=spec,
                                                  examiner=ExaminerSpec(mode="verifier"))

@@ -38,7 +38,8 @@ def test_quickstart_on_a_local_folder_with_lora_on_every_stage(tmp_path, sft_run
     out = tmp_path / "qs"
     assert quickstart(folder, out, tiny_budgets(tmp_path, cache_dir), tmp_path) == 0
     for stage in STAGES:  # each stage trained an adapter and exported it merged
-        assert json.load(open(out / stage / "export" / "taosr_export.json")) == {"merged_lora": True, "adapter_only": False}, stage
+        assert json.load(open(out / stage / "export" / "taosr_export.json")) == {"merged_lora": True, "adapter_only": False,
+                                                                                  "target": "reasoning"}, stage
     plan = json.load(open(out / "plan.json"))
     assert plan["model"] == folder and plan["variant"] == "small" and plan["budgets"]["n_train"] == 16
     assert plan["stages"]["fit"]["model.init_args.model.lora"]["r"] == 16
