@@ -56,7 +56,7 @@ def _assert_same_weights(full, resumed):
         assert torch.equal(a, b), (n, (a - b).abs().max().item())
 
 
-def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000, dropout=0.0, val_every=None):
+def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000, dropout=0.0, val_every=None, **trainer_kw):
     """``val_every``: validate (greedy, 2 examples) every that many batches within each epoch."""
     pl.seed_everything(0)
     dm = RelevanceDataModule(synth=SynthConfig(n_train=40, n_val=2, n_test=4, seed=5), data_dir=os.path.join(cache, "data"),
@@ -67,7 +67,7 @@ def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000
     log = BatchLog()
     val = dict(val_check_interval=val_every) if val_every else dict(limit_val_batches=0)
     trainer = pl.Trainer(max_steps=max_steps, default_root_dir=root, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, **val,
+                         enable_model_summary=False, num_sanity_val_steps=0, **val, **trainer_kw,
                          callbacks=[Checkpoint(dirpath=os.path.join(root, "ckpt"), save_last=True, every_n_train_steps=every),
                                     log, *extra])
     trainer.fit(model, dm, ckpt_path=ckpt)
@@ -227,3 +227,115 @@ def test_sigterm_saves_the_step_reached_and_exits_non_zero(tmp_path, cache_dir, 
     assert "terminated (SIGTERM)" in capsys.readouterr().err
     assert torch.load(os.path.join(root, "checkpoints", "last.ckpt"), weights_only=False)["global_step"] >= 2
     assert not os.path.exists(os.path.join(root, "export"))
+
+
+class SampleAtBatchStart(pl.Callback):
+    """Draws from the global generator in on_train_batch_start, as the RL rollouts do (the
+    RolloutCallback is listed before the Checkpoint, and Lightning runs checkpoint callbacks last);
+    ``interrupt_at``: Ctrl-C right after the draw of the step that starts at that global step."""
+
+    def __init__(self, interrupt_at=None):
+        self.draws, self.interrupt_at = [], interrupt_at
+
+    def on_train_batch_start(self, trainer, *args):
+        self.draws.append(torch.rand(()).item())
+        if trainer.global_step == self.interrupt_at:
+            raise KeyboardInterrupt(f"interrupted in the rollout of step {trainer.global_step + 1}")
+
+
+class ValSteps(pl.Callback):
+    def __init__(self):
+        self.at = []
+
+    def on_validation_start(self, trainer, *args):
+        self.at.append(trainer.global_step)
+
+
+@pytest.mark.parametrize("where", ["rollout", "update", "periodic"])
+def test_resume_with_batch_start_sampling_and_step_validations_is_bit_identical(tmp_path, cache_dir, where):
+    """The RL configs' setting: a callback samples at batch start and validation runs every N global
+    steps (check_val_every_n_epoch: null). Stopped after step 7 (mid-epoch: 10 batches) by Ctrl-C in the
+    next step's rollout or update, or by a crash after the periodic checkpoint of step 7, the resumed run makes the
+    same draws, validates at the same steps, logs at the same steps and ends with the same weights."""
+    stop = 7  # no periodic save at step 7 for the interrupts (it would stand for the on-exception one)
+    kw = dict(dropout=0.2, val_every=5, check_val_every_n_epoch=None, every=stop if where == "periodic" else 1000)
+    sampler, vals = SampleAtBatchStart(), ValSteps()
+    full, tr1, _ = run(str(tmp_path / "full"), cache_dir, 14, extra=[sampler, vals], **kw)
+    stopper = {"rollout": [SampleAtBatchStart(interrupt_at=stop)],
+               "update": [SampleAtBatchStart(), InterruptMidStep(stop)],
+               "periodic": [CrashAt(stop), SampleAtBatchStart()]}[where]
+    with pytest.raises(Crash if where == "periodic" else SystemExit):
+        run(str(tmp_path / "part"), cache_dir, 14, extra=stopper, **kw)
+    sampler2, vals2 = SampleAtBatchStart(), ValSteps()
+    resumed, tr2, _ = run(str(tmp_path / "part"), cache_dir, 14, extra=[sampler2, vals2],
+                          ckpt=str(tmp_path / "part" / "ckpt" / "last.ckpt"), **kw)
+    assert tr2.global_step == 14
+    assert sampler2.draws == sampler.draws[stop:]             # the rollouts' random numbers
+    assert vals2.at == [s for s in vals.at if s > stop]        # val-step10, not val-step9
+    loop1, loop2 = tr1.fit_loop.epoch_loop, tr2.fit_loop.epoch_loop
+    assert loop2._batches_that_stepped == loop1._batches_that_stepped          # logged steps
+    assert loop2.batch_progress.total.ready == loop1.batch_progress.total.ready
+    _assert_same_weights(full, resumed)
+
+
+@pytest.mark.parametrize("stop", [3, 12])  # mid first epoch, mid second epoch (10 batches per epoch)
+def test_mid_epoch_resume_with_a_finite_max_epochs_keeps_the_data_order(tmp_path, cache_dir, stop):
+    """With a finite max_epochs Lightning builds the training DataLoader for
+    estimated_stepping_batches (configure_optimizers) before it restores the loops' progress."""
+    full, _, full_log = run(str(tmp_path / "full"), cache_dir, 16, max_epochs=2)
+    with pytest.raises(Crash):
+        run(str(tmp_path / "part"), cache_dir, 16, extra=[CrashAt(stop)], every=stop, max_epochs=2)
+    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 16, ckpt=str(tmp_path / "part" / "ckpt" / "last.ckpt"),
+                                every=stop, max_epochs=2)
+    assert tr2.global_step == 16
+    assert res_log.first_ids == full_log.first_ids[stop:]
+    _assert_same_weights(full, resumed)
+
+
+class CtrlCInUpdate(pl.Callback):
+    """Ctrl-C in the update of the step after ``step`` (its rollout done), for `taosr fit` runs."""
+
+    def __init__(self, step: int = 3):
+        self.step = step
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        if trainer.global_step >= self.step:
+            raise KeyboardInterrupt(f"interrupted in step {trainer.global_step + 1}")
+
+
+class SpreadRewards(pl.Callback):
+    """A micro model writes no valid answer (every reward 0, every group dropped, nothing learns):
+    rewards from each sampled text's length instead, so every step updates the weights."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        r = batch["rollout"]
+        r.correct = torch.tensor([float(len(t) % 3 == 0) for t in r.texts], device=r.device)
+        r.reward = r.correct + 0.2 * torch.tensor([float(len(t) % 2) for t in r.texts], device=r.device)
+
+
+def test_grpo_fit_interrupted_and_resumed_ends_with_the_uninterrupted_export(tmp_path, cache_dir, sft_run, samples):
+    """`taosr fit` GRPO on the RL smoke settings (validation every 2 steps, an unbounded epoch count):
+    Ctrl-C in step 4's update, then the same command with --ckpt_path, ends with exactly the weights,
+    validations and logged steps of the run that was never interrupted."""
+    from safetensors.torch import load_file
+
+    from taosr.cli import main
+    from tests.conftest import ROOT, rl_samples_overrides, small_overrides
+
+    def args(root, *more):
+        return ["fit", "--config", os.path.join(ROOT, "configs/grpo.yaml"), *small_overrides(root, cache_dir),
+                *rl_samples_overrides(samples), "--model.init_args.model.name_or_path", os.path.join(sft_run, "export"),
+                "--trainer.max_steps", "6", "--trainer.logger", "false",
+                "--trainer.callbacks+=tests.test_resume.SpreadRewards", *more]
+
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    assert main(args(full)) == 0
+    assert main(args(part, "--trainer.callbacks+=tests.test_resume.CtrlCInUpdate", "--trainer.callbacks.step", "3")) == 130
+    assert main(args(part, "--ckpt_path", os.path.join(part, "checkpoints", "last.ckpt"))) == 0
+    a, b = (load_file(os.path.join(r, "export", "model.safetensors")) for r in (full, part))
+    start = load_file(os.path.join(sft_run, "export", "model.safetensors"))
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # it learned something
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    vals = [sorted(os.path.basename(p) for p in os.listdir(os.path.join(r, "eval")) if p.endswith("-metrics.json"))
+            for r in (full, part)]
+    assert vals[0] == vals[1] and "val-step6-metrics.json" in vals[0], vals

@@ -31,6 +31,7 @@ import warnings
 from typing import Any
 from weakref import proxy
 
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -77,6 +78,37 @@ def _validation_follows(trainer) -> bool:
         return False
 
 
+def _as_saved_after_last_step(checkpoint: dict[str, Any]) -> None:
+    """An exception inside a step leaves Lightning's batch counters part-way (the batch is
+    ``ready``/``started`` but not ``processed``), a state Lightning's restore does not expect: it rolls
+    back the epoch's counters but not the totals (``total.ready``, whence ``total_batch_idx``: a
+    ``val_check_interval`` validation one batch early) and adds one to ``_batches_that_stepped``
+    (logged steps one late). Written instead as a checkpoint of the last finished step's
+    ``on_train_batch_end`` (processed, not completed), which Lightning restores exactly; the RNG
+    state is the interrupted step's start, and its data position ``current.processed``, as before."""
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not loop or "epoch_loop.batch_progress" not in loop:
+        return
+    bp = loop["epoch_loop.batch_progress"]
+    for part in ("total", "current"):
+        done = bp[part]["processed"]
+        bp[part].update(ready=done, started=done, processed=done, completed=done - 1)
+    bp["is_last_batch"] = False
+    state = loop.get("epoch_loop.state_dict", {})
+    if "_batches_that_stepped" in state:
+        state["_batches_that_stepped"] -= 1
+
+
+class _BatchStart(pl.Callback):
+    """Runs :class:`Checkpoint`'s batch-start work (RNG restore and snapshot) before every other callback's."""
+
+    def __init__(self, checkpoint: "Checkpoint"):
+        self.checkpoint = checkpoint
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.checkpoint._batch_start(trainer, batch_idx)
+
+
 class Checkpoint(ModelCheckpoint):
     def __init__(self, *args, save_on_exception: bool = True, **kwargs):
         super().__init__(*args, save_on_exception=save_on_exception, **kwargs)
@@ -87,7 +119,17 @@ class Checkpoint(ModelCheckpoint):
         self._saving_on_exception = False
         self._pending: tuple[dict, bool, int] | None = None  # loaded (rng states, after a step, draws)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        # Lightning runs checkpoint callbacks last (_reorder_callbacks), so our on_train_batch_start
+        # would come after the RolloutCallback's, which samples with the global generator: the
+        # restore would follow the resumed run's first rollout and the step-start snapshot would
+        # hold the state after the rollout. A plain callback placed first does this work instead
+        # (a new list: Lightning is iterating the current one).
+        if not any(isinstance(c, _BatchStart) and c.checkpoint is self for c in trainer.callbacks):
+            trainer.callbacks = [_BatchStart(self), *trainer.callbacks]
+
+    def _batch_start(self, trainer, batch_idx: int) -> None:
         if self._pending is not None:
             # restored here, not on load: this epoch's DataLoader iterator, made before the restore,
             # drew its base seed from the global generator; the uninterrupted run made that draw only
@@ -123,6 +165,11 @@ class Checkpoint(ModelCheckpoint):
             state["rng_after_step"] = after
             state["rng_draws_after"] = draws
         return state
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._saving_on_exception and self._in_step:
+            _as_saved_after_last_step(checkpoint)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)

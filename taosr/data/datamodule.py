@@ -80,6 +80,7 @@ class ResumableSampler(Sampler[int]):
     def __init__(self, n: int, seed: int, shuffle: bool = True, allowed=None):
         self.n, self.seed, self.shuffle, self.allowed = n, seed, shuffle, allowed
         self.epoch, self.skip = 0, 0
+        self.skip_fn = None  # called at the first iteration, if set: the skip of a resumed epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -91,6 +92,8 @@ class ResumableSampler(Sampler[int]):
         return torch.randperm(self.n, generator=g).tolist()
 
     def __iter__(self) -> Iterator[int]:
+        if self.skip_fn is not None:
+            self.skip, self.skip_fn = self.skip_fn(), None
         skip, self.skip = self.skip, 0
         n = 0
         for i in self._order():
@@ -382,7 +385,9 @@ class RelevanceDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rows, collate = VIEWS.get(self.view)(self)
         sampler = ResumableSampler(len(rows), self.seed, allowed=self._allowed_fn(rows))
-        sampler.skip = self._resume_skip()
+        # read at the first batch, not now: with a finite max_epochs Lightning builds this loader for
+        # estimated_stepping_batches (configure_optimizers) before it restores the loops' progress
+        sampler.skip_fn = self._resume_skip
         return DataLoader(ListDataset(rows), batch_size=self.batch_size, sampler=sampler,
                           collate_fn=collate, num_workers=self.num_workers, drop_last=False)
 
