@@ -453,6 +453,9 @@ def _check_args(a) -> list[str]:
     if not os.path.isdir(a.model) and a.model != "smollm2-135m" and not looks_like_hub_id(a.model):
         raise TaosrError(f"--model: {a.model!r} is no folder, no transformers id (owner/name) and not smollm2-135m")
     if a.rounds > 1:
+        from taosr.configfiles import locate
+
+        a.sft_config, a.config = locate(a.sft_config), [locate(c) for c in a.config]
         for flag, f in [("--sft-config", a.sft_config), *[("--config", c) for c in a.config]]:
             if not os.path.isfile(f):
                 raise TaosrError(f"{flag}: {f}: file not found")

@@ -307,6 +307,13 @@ def run_lightning(argv: list[str], verbose: bool = False) -> int:
         first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid trainer setting"
         print(f"taosr: error: {first}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a checkpoint whose weights do not fit the configured model
+        first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), None)
+        if first is None or verbose:
+            raise
+        print(f"taosr: error: --ckpt_path: the checkpoint's model does not match the configured one ({first[:200]}); "
+              "use the model and data settings it was trained with", file=sys.stderr)
+        return 2
     except (ValueError, TypeError) as err:  # jsonargparse wraps errors raised while it builds the classes
         cause = _taosr_cause(err)
         if cause is None or verbose:

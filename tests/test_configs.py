@@ -125,6 +125,29 @@ def test_sft_test_command_writes_metrics(sft_run, cache_dir):
     assert len(preds) == 6 and {"query", "gold", "pred", "reasoning", "steps"} <= set(preds[0])
 
 
+def test_predict_command_keeps_its_predictions(tmp_path, sft_run, cache_dir, capsys):
+    """`taosr predict` wrote nothing (its records were collected and dropped)."""
+    root = str(tmp_path / "p")
+    args = ["predict", "--config", os.path.join(ROOT, "configs/sft.yaml")] + small_overrides(root, cache_dir)
+    args += ["--model.init_args.model.name_or_path", os.path.join(sft_run, "export"), "--trainer.logger", "false"]
+    assert main(args) == 0
+    preds = [json.loads(line) for line in open(os.path.join(root, "eval", "predict-predictions.jsonl"))]
+    assert len(preds) == 6 and {"query", "gold", "pred", "reasoning"} <= set(preds[0])
+    assert "wrote 6 predictions to" in capsys.readouterr().out
+
+
+def test_a_checkpoint_of_another_model_size_is_one_line(tmp_path, sft_run, cache_dir, capsys):
+    """A checkpoint of the configured method whose weights do not fit the configured model (the tiny
+    tokenizer's vocabulary follows the data settings) was a state_dict traceback, exit 1."""
+    args = ["test", "--config", os.path.join(ROOT, "configs/sft.yaml")] + small_overrides(str(tmp_path / "t"), cache_dir)
+    args += ["--ckpt_path", os.path.join(sft_run, "checkpoints", "last.ckpt"), "--data.synth.n_train", "200",
+             "--trainer.logger", "false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("taosr: error: --ckpt_path: the checkpoint's model does not match the configured one (size "
+                          "mismatch for"), err
+
+
 def test_dpo_config(tmp_path, sft_run, samples, cache_dir):
     fit("configs/dpo.yaml", str(tmp_path), cache_dir, "--data.samples_path", samples,
         "--model.init_args.model.name_or_path", os.path.join(sft_run, "export"))

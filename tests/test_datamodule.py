@@ -586,3 +586,20 @@ def test_an_empty_training_file_is_named_with_its_likely_cause(tmp_path):
     with pytest.raises(ConfigError, match=r"data.train: no training examples in .*reasoned.jsonl \(the file is empty: "
                                           r"if `taosr reason` wrote it"):
         dm.setup("fit")
+
+
+def test_the_synthetic_split_beside_a_users_training_file_is_said(tmp_path, capsys):
+    """`taosr test` on a config that names the user's data.train but no data.test scored the synthetic
+    test split without a word."""
+    train = tmp_path / "train.jsonl"
+    dm0 = RelevanceDataModule(synth=SynthConfig(n_train=8, n_val=2, n_test=3, seed=1), data_dir=str(tmp_path / "d"),
+                              val=None, test=None)
+    dm0.setup("fit")
+    from taosr.schema import write_jsonl
+
+    write_jsonl(str(train), dm0.splits["train"])
+    dm = RelevanceDataModule(train=str(train), val=None, synth=SynthConfig(n_train=8, n_val=2, n_test=3, seed=1),
+                             data_dir=str(tmp_path / "d"))
+    dm.setup("test")
+    assert "warning: data.test is the synthetic test split (the config names no data.test), while data.train is " \
+           f"{train}" in capsys.readouterr().err

@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from collections import defaultdict
 from typing import Any, Iterator
 
@@ -215,6 +216,9 @@ class RelevanceDataModule(pl.LightningDataModule):
         if src is None:
             return []
         if src == "synth":
+            if split != "train" and self.paths.get("train") not in (None, "synth"):
+                print(f"taosr: warning: data.{split} is the synthetic {split} split (the config names no data.{split}), "
+                      f"while data.train is {self.paths['train']}: pass --data.{split} FILE for your own", file=sys.stderr)
             rows = load_jsonl(os.path.join(self._ensure_synth(), f"{split}.jsonl"))
         else:
             res = read_examples(dataclasses.replace(self.reader, path=src))

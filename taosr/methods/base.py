@@ -178,6 +178,20 @@ class RelevanceModule(pl.LightningModule):
         self.log_dict(logged, sync_dist=False, rank_zero_only=True)
         return metrics
 
+    def on_predict_epoch_start(self) -> None:
+        self._records = []
+
+    def on_predict_epoch_end(self) -> None:
+        """`taosr predict` keeps what it generated: the test split's prediction records (and their
+        metrics) in ``<run>/eval/predict-predictions.jsonl`` / ``predict-metrics.json``."""
+        from taosr.eval.metrics import compute_metrics
+
+        recs = self._gather_records()
+        self._records = []
+        if recs and self.trainer.is_global_zero:
+            _, path = write_eval_outputs(os.path.join(self.run_dir, "eval"), "predict", compute_metrics(recs), recs)
+            print(f"taosr: wrote {len(recs)} predictions to {path}")
+
     def on_validation_epoch_end(self) -> None:
         self._finish_eval("val")
 
