@@ -20,7 +20,6 @@ import codecs
 import json
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -215,14 +214,27 @@ def detect_encoding(path: str) -> str:
             dec.decode(b"", final=True)
         except UnicodeDecodeError as err:
             fh.seek(0)
-            if _UTF8_MULTIBYTE.search(fh.read()):  # UTF-8 text with some bytes that are not: mixed encodings
+            if _mixed_utf8(fh):  # UTF-8 text with some lines that are not: mixed encodings
                 raise decode_error(path, "utf-8", err, "line ", mixed=True) from None
             return "latin-1"
     return "utf-8"
 
 
-# a UTF-8 encoded character of two to four bytes (latin-1 text almost never has these byte pairs)
-_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+def _mixed_utf8(fh) -> bool:
+    """Whether some lines are UTF-8 with non-ASCII text while others are not UTF-8 at all (a latin-1
+    line is seldom valid UTF-8 as a whole, though two of its bytes may look like a UTF-8 character)."""
+    utf8_text = bad = False
+    for raw in fh:
+        if raw.isascii():
+            continue
+        try:
+            raw.decode("utf-8")
+            utf8_text = True
+        except UnicodeDecodeError:
+            bad = True
+        if utf8_text and bad:
+            return True
+    return False
 
 
 def resolve_encoding(path: str, encoding: str | None) -> str:

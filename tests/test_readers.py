@@ -129,13 +129,20 @@ def test_a_missing_default_column_is_one_header_error(tmp_path):
             read_examples(ReaderSpec(path=str(p), column_map=cmap, on_error="skip"))
     full = {"label": "rating", "query": "search_query", "item.title": "product_title"}
     assert read_examples(ReaderSpec(path=str(p), column_map=full)).examples[0].item.title == "A"
-    # item fields not mapped are read from their dotted or their short column name; other columns are noted
-    pd.DataFrame({"query": ["a"], "title": ["A"], "item.brand": ["acme"], "category": ["shoes"], "label": [4],
+    # the title is read from `item.title` or `title`, other item fields by their dotted name only (a `price`
+    # column of another format must not fail every row); columns nothing reads are noted
+    pd.DataFrame({"query": ["a"], "title": ["A"], "item.brand": ["acme"], "price": ["$12.99"], "label": [4],
                   "seller": ["x"]}).to_csv(p, index=False)
     res = read_examples(ReaderSpec(path=str(p)))
     item = res.examples[0].item
-    assert (item.title, item.brand, item.category) == ("A", "acme", "shoes")
-    assert any("1 columns of" in n and ": seller (" in n for n in res.notes)
+    assert (item.title, item.brand, item.price) == ("A", "acme", None)
+    assert any("2 columns of" in n and ": price, seller (" in n for n in res.notes)
+    # JSONL rows may each leave keys out: no header check against the first row
+    j = tmp_path / "flat.jsonl"
+    j.write_text('{"t": "A", "l": "E"}\n{"query": "b", "t": "B", "l": "I"}\n')  # the first row lacks its query
+    res = read_examples(ReaderSpec(path=str(j), column_map={"item.title": "t", "label": "l"},
+                                   label_map={"E": 4, "I": 1}, on_error="skip"))
+    assert [e.query for e in res.examples] == ["b"] and len(res.skipped) == 1
 
 
 def test_a_products_file_without_a_title_column_is_named(tmp_path):
@@ -163,13 +170,6 @@ def test_repeated_pairs_are_counted_with_their_conflicts(tmp_path):
             f"(first: {p}:line 4 says 1, {p}:line 2 said 4)"] == [n for n in res.notes if "repeat" in n]
 
 
-def test_pairs_without_an_id_are_named_by_their_line(tmp_path):
-    """Outputs (scores, predictions, converted files) trace a pair without an id back to its file and line."""
-    p = tmp_path / "d.csv"
-    pd.DataFrame({"query": ["a", "b"], "title": ["A", "B"], "label": [4, 1], "id": ["x7", None]}).to_csv(p, index=False)
-    assert [e.id for e in read_examples(ReaderSpec(path=str(p))).examples] == ["x7", "d.csv:line 3"]
-
-
 def test_encodings_that_would_garble_text_are_refused_and_latin1_is_noted(tmp_path):
     """A UTF-8 file with one latin-1 byte was read as latin-1 whole (every other accent garbled), and
     UTF-16 without a byte-order mark as latin-1 with a NUL between letters; pure latin-1 is read and noted."""
@@ -188,6 +188,11 @@ def test_encodings_that_would_garble_text_are_refused_and_latin1_is_noted(tmp_pa
     latin.write_bytes("query,item.title,label\nb,Cr\u00e8me br\u00fbl\u00e9e,3\n".encode("latin-1"))
     res = read_examples(ReaderSpec(path=str(latin)))
     assert res.examples[0].item.title == "Cr\u00e8me br\u00fbl\u00e9e" and any("read as latin-1" in n for n in res.notes)
+    # plain latin-1 / cp1252 whose byte pairs look like UTF-8 characters (\u00d7\u00a0, \u00c9\u201d) is not "mixed"
+    latin.write_bytes("query,item.title,label\nrug,Tapis 160\u00a0\u00d7\u00a0230 cm,4\n".encode("latin-1"))
+    assert read_examples(ReaderSpec(path=str(latin))).examples[0].item.title == "Tapis 160\u00a0\u00d7\u00a0230 cm"
+    latin.write_bytes("query,item.title,label\ncoffee,\u201cCAF\u00c9\u201d NOIR,4\n".encode("cp1252"))
+    assert len(read_examples(ReaderSpec(path=str(latin))).examples) == 1
 
 
 def test_a_row_with_extra_fields_is_a_bad_row_with_its_own_line(tmp_path):

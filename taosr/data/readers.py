@@ -221,10 +221,9 @@ def flat_to_row(flat: dict[str, Any], spec: ReaderSpec, where: str, joiner: Join
         v = flat.get(cmap.get(target, target))
         if not _missing(v):
             row[target] = v
-    if "id" not in row:  # a pair without an id is named by its place in its file, so outputs trace back to it
-        row["id"] = os.path.basename(where)
-    # an item field not mapped: its dotted column (item.brand), else its short name (brand)
-    row["item"] = item_fields(flat, cmap, where, default=lambda t: t if t in flat else _short(t))
+    # the title not mapped: its dotted column (item.title), else `title`; other fields only by their dotted name
+    row["item"] = item_fields(flat, cmap, where,
+                              default=lambda t: "title" if t == "item.title" and t not in flat else t)
     raw = flat.get(cmap.get("label", "label"))
     row["label"] = map_label(raw, spec, where, cmap.get("label", "label"))
     grade = raw_grade(raw, spec)
@@ -395,7 +394,7 @@ def _jsonl_records(path: str, encoding: str, required: dict[str, str],
         yield where, rec
 
 
-def _pairs_required(spec: ReaderSpec) -> tuple[dict[str, str], tuple[str, ...]]:
+def _pairs_required(spec: ReaderSpec, header: bool = True) -> tuple[dict[str, str], tuple[str, ...]]:
     """The pairs file's required columns (option -> column) and the options among them read from
     a column of their default name: the label always, the query unless a queries file gives it,
     the title unless a products file may (checked against that file by :func:`_check_title_source`)."""
@@ -404,6 +403,8 @@ def _pairs_required(spec: ReaderSpec) -> tuple[dict[str, str], tuple[str, ...]]:
     for name in ("item_key", "query_key", "attributes_key"):
         if getattr(spec, name) is not None:
             req[name] = getattr(spec, name)
+    if not header:  # JSONL rows may each leave keys out: only the mapped columns are checked (on the first row)
+        return req, ()
     needed = ["label"] + (["query"] if spec.queries is None else []) + (["item.title"] if spec.items is None else [])
     unmapped = tuple(t for t in needed if t not in cmap)
     for t in unmapped:
@@ -418,8 +419,8 @@ def _short(target: str) -> str:
 
 def _check_title_source(spec: ReaderSpec, pairs_columns: list[str] | None, joiner: Joiner | None) -> None:
     """With a products file and no title column in the pairs file, the products file must have one."""
-    if joiner is None or joiner.items is None or pairs_columns is None:
-        return
+    if joiner is None or joiner.items is None or pairs_columns is None or infer_format(spec.items) == "jsonl":
+        return  # a JSONL products file has no header: its rows may each leave keys out
     cmap = spec.column_map or {}
     if cmap.get("item.title", "item.title") in pairs_columns or ("item.title" not in cmap and "title" in pairs_columns):
         return
@@ -507,7 +508,7 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
     fmt = spec.format or infer_format(spec.path)
     plain = fmt == "jsonl" and not spec.column_map and not spec.label_map and not spec.label_thresholds \
         and spec.items is None and spec.queries is None and spec.attributes is None
-    required, unmapped = ({}, ()) if plain else _pairs_required(spec)
+    required, unmapped = ({}, ()) if plain else _pairs_required(spec, header=fmt != "jsonl")
     records = iter_records(spec.path, fmt, spec.encoding, required, unmapped)
     joiner = make_joiner(spec)  # after the pairs file's columns were checked (CSV / Parquet)
     columns = getattr(records, "columns", None)
@@ -524,8 +525,7 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
 
 def _unread_columns(columns: list, spec: ReaderSpec, required: dict[str, str]) -> list:
     """The pairs file's columns that neither the column map, the join keys nor a default field name reads."""
-    read = {"id", "query", "query_type", "label", PACKED_ATTRIBUTES, *ITEM_FIELDS, *map(_short, ITEM_FIELDS),
-            *required.values()}
+    read = {"id", "query", "query_type", "label", "title", PACKED_ATTRIBUTES, *ITEM_FIELDS, *required.values()}
     return [c for c in columns if c not in read and not str(c).startswith(ATTRIBUTE_PREFIX)]
 
 
