@@ -207,5 +207,9 @@ def test_a_row_with_extra_fields_is_a_bad_row_with_its_own_line(tmp_path):
     assert [e.query for e in res.examples] == ["a", "c"] and res.examples[1].item.title == "C, big"
     assert [s.split(":")[1].split(" field")[0] for s in res.skipped] == ["line 3", "line 5"]
     p.write_text('query,item.title,label\na,A,4\nb,"B,3\nc,C,2\n')
-    with pytest.raises(DataError, match=r"d.csv:line 3: not valid CSV .*never closed"):
+    with pytest.raises(DataError, match=r"d.csv:line 3: not valid CSV.*never closed"):
         read_examples(ReaderSpec(path=str(p), on_error="skip"))
+    # a quoted field over two lines before the bad row: rows are named by the line they start on
+    p.write_text('query,item.title,label\na,"A\nmulti",4\nb,B,3,extra\nc,"7"" TV" stand,2\n')
+    res = read_examples(ReaderSpec(path=str(p), on_error="skip"))
+    assert [e.item.title for e in res.examples] == ["A\nmulti", '7" TV stand'] and "d.csv:line 4: 4 fields" in res.skipped[0]

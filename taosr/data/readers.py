@@ -274,14 +274,13 @@ def _csv_separator(path: str, encoding: str) -> str:
     return "\t" if "\t" in head and "," not in head else ","
 
 
-def _read_csv(path: str, encoding: str, skip: tuple[int, ...] = ()):
-    """The file as strings (empty cells NaN); ``skip``: file lines (1-based) left out."""
+def _read_csv(path: str, encoding: str):
+    """The file as strings (empty cells NaN)."""
     import pandas as pd
 
     sep = _csv_separator(path, encoding)
     try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding,
-                           skiprows=[n - 1 for n in skip] or None)
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
     except UnicodeDecodeError as e:
         raise decode_error(path, encoding, e, "line ") from None
     except pd.errors.EmptyDataError:
@@ -291,54 +290,41 @@ def _read_csv(path: str, encoding: str, skip: tuple[int, ...] = ()):
         raise DataError(path, None, f"not valid CSV ({first[:160]})") from None
 
 
-def _bad_csv_lines(path: str, encoding: str) -> list[DataError]:
-    """The rows whose field count differs from the header's, one DataError each naming its line; a
-    quoted field never closed (the rest of the file would be one field) is raised: no row after it
-    can be read."""
+def _csv_records(path: str, encoding: str) -> tuple[list[str], list[tuple[str, Any]]]:
+    """The header and the ``(file:line N, record)`` of every row, read with :mod:`csv` where pandas
+    refused the file: ``N`` is the line each record starts on (a quoted field may span lines), a row
+    with more fields than the header is its DataError (raised or skipped and counted by the caller),
+    a shorter one has empty fields (as pandas reads it), blank lines are no rows. A quoted field never
+    closed (the rest of the file would be that field) is raised, naming its line."""
     import csv
+    import io
 
-    bad: list[DataError] = []
+    sep = _csv_separator(path, encoding)
     with open(path, encoding=encoding, newline="") as fh:
-        reader = csv.reader(fh, delimiter=_csv_separator(path, encoding), strict=True)
+        text = fh.read()
+    reader = csv.reader(io.StringIO(text), delimiter=sep, strict=False)
+    header = next(reader, None) or []
+    out: list[tuple[str, Any]] = []
+    line = reader.line_num
+    for row in reader:
+        start, line = line + 1, reader.line_num
+        where = f"{path}:line {start}"
+        if not row:
+            continue
+        if len(row) > len(header):
+            out.append((where, DataError(where, None, f"{len(row)} fields where the header has {len(header)}: "
+                                                      "not a row of this file")))
+            continue
+        out.append((where, {c: (row[i] if i < len(row) else "") for i, c in enumerate(header)}))
+    if out and isinstance(out[-1][1], dict) and any("\n" in str(v) for v in out[-1][1].values()):
+        where = out[-1][0]  # the last record spans lines: is its quote ever closed?
+        rest = "".join(text.splitlines(keepends=True)[int(where.rsplit(" ", 1)[1]) - 1:])
         try:
-            header = next(reader)
-        except (StopIteration, csv.Error):
-            return bad
-        line = reader.line_num
-        while True:
-            start = line + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                return bad
-            except csv.Error as e:
-                raise DataError(f"{path}:line {start}", None, f"not valid CSV ({e}): a quoted field that starts "
-                                                              "here is never closed") from None
-            line = reader.line_num
-            if row and len(row) != len(header):
-                bad.append(DataError(f"{path}:line {start}", None, f"{len(row)} fields where the header has "
-                                                                   f"{len(header)}: not a row of this file"))
-
-
-def _csv_frame(path: str, encoding: str) -> tuple[Any, list[DataError]]:
-    """The CSV read with pandas, and the malformed rows (:func:`_bad_csv_lines`) left out of it: the
-    caller raises or skips (and counts) them like any bad row."""
-    import pandas as pd
-
-    try:
-        return _read_csv(path, encoding), []
-    except DataError as e:
-        if "not valid CSV" not in e.message:
-            raise
-        bad = _bad_csv_lines(path, encoding)
-        if not bad:
-            raise
-    try:
-        return _read_csv(path, encoding, tuple(int(b.where.rsplit(" ", 1)[1]) for b in bad)), bad
-    except DataError:
-        raise bad[0] from None
-    except pd.errors.ParserError:  # pragma: no cover - _read_csv turns these into DataError
-        raise bad[0] from None
+            list(csv.reader(io.StringIO(rest), delimiter=sep, strict=True))
+        except csv.Error as e:
+            if "unexpected end of data" in str(e):
+                raise DataError(where, None, "not valid CSV: a quoted field that starts here is never closed") from None
+    return header, out
 
 
 def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str],
@@ -348,30 +334,23 @@ def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str],
     file now, a JSONL file against its first object when it is read."""
     if fmt == "jsonl":
         return _jsonl_records(path, encoding, required, unmapped)
-    bad: list[DataError] = []
     if fmt == "csv":
-        df, bad = _csv_frame(path, resolve_encoding(path, encoding))
+        enc = resolve_encoding(path, encoding)
+        try:
+            df = _read_csv(path, enc)
+        except DataError as e:  # pandas refuses a file with one over-long row: read it row by row instead
+            if "not valid CSV" not in e.message:
+                raise
+            header, records = _csv_records(path, enc)
+            _check_columns(header, required, path, unmapped)
+            return _Records(iter(records), header)
         base, label = 2, "line"
     else:
         df = read_parquet(path)
         base, label = 1, "row"
     _check_columns(list(df.columns), required, path, unmapped)
-    return _Records(_numbered(df, path, label, base, bad), list(df.columns))
-
-
-def _numbered(df, path: str, label: str, base: int, bad: list[DataError]) -> Iterator[tuple[str, Any]]:
-    """(``file:line N``, record) of a frame read with the ``bad`` lines left out (each yielded as its
-    DataError at its place), so every row keeps its own line number."""
-    bad_at = {int(b.where.rsplit(" ", 1)[1]): b for b in bad}
-    n = base
-    for rec in df.to_dict(orient="records"):
-        while n in bad_at:
-            yield bad_at[n].where, bad_at.pop(n)
-            n += 1
-        yield f"{path}:{label} {n}", rec
-        n += 1
-    for b in bad_at.values():  # bad lines after the last good one
-        yield b.where, b
+    return _Records(((f"{path}:{label} {n + base}", rec) for n, rec in enumerate(df.to_dict(orient="records"))),
+                    list(df.columns))
 
 
 class _Records:
