@@ -175,7 +175,7 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
     return CompareSpec(
         name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]), start=dict(start), seeds=seeds,
         arms=arms, pairs=pairs, overrides=_overrides(raw.get("set"), f"{path}: set"),
-        eval_config=str(ev.get("config", "configs/sft.yaml")), eval_overrides=_overrides(ev.get("set"), f"{path}: eval.set"),
+        eval_config=locate(str(ev.get("config", "configs/sft.yaml"))), eval_overrides=_overrides(ev.get("set"), f"{path}: eval.set"),
         heldout=heldout, heldout_seed=int(ev.get("heldout_seed", 1)), test=ev.get("test"))
 
 
@@ -290,8 +290,14 @@ def check_commands(spec: CompareSpec, out: str, test_file: str, extra: list[str]
 RUN_FILE = "compare-run.json"  # in each run's folder: the commands it was fitted and scored with
 
 
+# options whose value is a path: compared as absolute paths (`--out runs/x` and `--out $PWD/runs/x` agree)
+_PATH_OPTIONS = ("--trainer.default_root_dir", "--data.test", "--data.samples_path", "--model.init_args.model.name_or_path",
+                 "--model.init_args.grm_path")
+
+
 def _fingerprint(args: list[str]) -> list[str]:
-    """A command without its ``--ckpt_path`` (a resume) and with config files as real paths."""
+    """A command without its ``--ckpt_path`` (a resume), with config files as the real paths they
+    are read from (:func:`locate`) and other paths absolute (a preset name stays as it is)."""
     out, i = [], 0
     while i < len(args):
         a = args[i]
@@ -299,7 +305,12 @@ def _fingerprint(args: list[str]) -> list[str]:
             i += 2
             continue
         if a == "--config" and i + 1 < len(args):
-            out += [a, os.path.realpath(args[i + 1]) if os.path.exists(args[i + 1]) else args[i + 1]]
+            out += [a, os.path.realpath(locate(args[i + 1]))]
+            i += 2
+            continue
+        if a in _PATH_OPTIONS and i + 1 < len(args):
+            v = args[i + 1]
+            out += [a, os.path.abspath(v) if os.sep in v or os.path.exists(v) else v]
             i += 2
             continue
         out.append(a)

@@ -184,6 +184,7 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
         say(f"{task.name}: taosr {task.commands[k][0]} started ({slot.describe()}; log {task.log})")
 
     previous = _raise_on_sigterm()
+    previous_int = signal.getsignal(signal.SIGINT) if previous is not None else None
     try:
         while ready or active:
             if failed:  # no new task starts after a failure; running tasks finish theirs
@@ -214,6 +215,11 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
                     ready.append((task, k + 1))
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (_Terminated): the workers are in their own sessions
         how = "SIGTERM" if isinstance(err, _Terminated) else "Ctrl-C"
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not abandon the workers mid-save
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+            except ValueError:
+                pass
         running = [proc for _, _, proc, _, _ in active.values() if proc.poll() is None]
         for proc in running:
             proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)  # each saves its checkpoint
@@ -228,6 +234,8 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
     wall = time.perf_counter() - t_start
     if slots:
         say(f"{len(slots)} workers: {wall:.0f}s wall, {busy:.0f}s of commands "
