@@ -106,10 +106,9 @@ def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | 
         count = cfg.get("run_cap") or 10
     if not isinstance(count, int) or count < 1:
         raise ConfigError(f"--count {count}: the run budget must be at least 1")
-    runs, rows = _finished_runs(sweeps, out, metric, list(extra or []))
+    runs, rows, started, next_index = _previous_runs(sweeps, out, metric, list(extra or []))
     if runs:
         print(f"[{name}] {len(runs)} runs finished before: kept, the sweep continues after them", flush=True)
-    i = len(runs)
     try:
         while len(runs) < count:
             try:
@@ -120,12 +119,14 @@ def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | 
             if proposal is None:
                 break  # grid exhausted
             params = {k: _plain(v["value"]) for k, v in proposal.config.items()}
+            # an interrupted run of the same parameters continues in its folder (a grid proposes it again);
+            # otherwise the next free folder (an interrupted random / bayes proposal is left as it is)
+            i = next((j for j, rec in started.items() if rec.get("params") == params), None)
+            if i is None:
+                i, next_index = next_index, next_index + 1
+            record = started.pop(i, None)
             run_dir = os.path.join(out, f"run{i:03d}")
             cmd = build_command(cfg, params) + ["--trainer.default_root_dir", run_dir] + list(extra or [])
-            record = _read_record(run_dir)
-            if record is not None and record.get("params") != params:
-                i += 1  # an interrupted run of other parameters (random or bayes proposals): left as it is
-                continue
             ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
             resume = ["--ckpt_path", ckpt] if record is not None and os.path.isfile(ckpt) else []
             print(f"[{name} {i}] " + " ".join(cmd + resume), flush=True)
@@ -144,7 +145,6 @@ def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | 
                 _write_record(run_dir, {"params": params, "extra": list(extra or []), "state": "finished", "row": row})
             runs.append(_engine_run(sweeps, row["run"], params, rc, metric, value))
             rows.append(row)
-            i += 1
     except KeyboardInterrupt:
         if rows:
             write_summary(out, rows, metric, cfg.get("metric", {}).get("goal", "maximize"))
@@ -182,23 +182,29 @@ def _engine_run(sweeps, run_name: str, params: dict, rc: int, metric: str | None
     return run
 
 
-def _finished_runs(sweeps, out: str, metric: str | None, extra: list[str]) -> tuple[list, list[dict]]:
-    """The engine runs and summary rows of the runs a previous ``taosr sweep`` into ``out`` finished
-    (run000, run001, ... up to the first not finished); refused when they ran with other extra
-    arguments (a sweep mixing budgets would compare unlike runs)."""
-    runs, rows = [], []
-    i = 0
-    while True:
+def _previous_runs(sweeps, out: str, metric: str | None, extra: list[str]) -> tuple[list, list[dict], dict[int, dict], int]:
+    """What earlier ``taosr sweep`` commands into ``out`` left: the engine runs and summary rows of
+    every finished run (any ``runNNN`` folder, in order), the records of the runs they started and did
+    not finish (index -> record), and the next free index. Runs made with other extra arguments are
+    refused (a sweep mixing budgets would compare unlike runs)."""
+    runs, rows, started = [], [], {}
+    indices = sorted(int(m.group(1)) for d in (os.listdir(out) if os.path.isdir(out) else [])
+                     if (m := re.fullmatch(r"run(\d{3,})", d)))
+    for i in indices:
         rec = _read_record(os.path.join(out, f"run{i:03d}"))
-        if rec is None or rec.get("state") != "finished":
-            return runs, rows
+        if rec is None:
+            continue
         if rec.get("extra") != extra:
             raise ConfigError(f"{out}/run{i:03d} ran with other extra arguments ({' '.join(rec.get('extra') or []) or 'none'}; "
                               f"now {' '.join(extra) or 'none'}): use another --out, or the same arguments to continue")
-        row = rec["row"]
-        runs.append(_engine_run(sweeps, row["run"], rec["params"], row["exit"], metric, row.get(metric) if metric else None))
-        rows.append(row)
-        i += 1
+        if rec.get("state") == "finished":
+            row = rec["row"]
+            runs.append(_engine_run(sweeps, row["run"], rec["params"], row["exit"], metric,
+                                    row.get(metric) if metric else None))
+            rows.append(row)
+        else:
+            started[i] = rec
+    return runs, rows, started, (indices[-1] + 1 if indices else 0)
 
 
 def write_summary(out: str, rows: list[dict], metric: str | None, goal: str) -> None:

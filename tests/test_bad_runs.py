@@ -384,3 +384,29 @@ def test_an_interrupted_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
     assert "run003" in open(os.path.join(out, "summary.csv")).read()
     with pytest.raises(ConfigError, match=r"run000 ran with other extra arguments \(none; now --trainer.max_steps 2\)"):
         run_sweep(str(tmp_path / "s.yaml"), out, count=5, extra=["--trainer.max_steps", "2"])
+
+
+def test_a_random_sweep_keeps_every_finished_run_after_an_interruption(tmp_path, monkeypatch):
+    """A random proposal interrupted in run000 is left aside (the next proposal differs); later
+    commands count every finished run, wherever it sits, and number new ones after the last folder."""
+    from taosr.errors import Interrupted
+    from taosr.sweep import run_sweep
+
+    script = FAKE_FIT.replace("if x == 2 and", "if os.environ.get('SWEEP_STOP') and")
+    (tmp_path / "fake_fit.py").write_text(script)
+    (tmp_path / "r.yaml").write_text(f"name: r\nprogram: {tmp_path / 'fake_fit.py'}\nmethod: random\n"
+                                     "metric: {name: val/macro_f1, goal: maximize}\n"
+                                     "parameters: {x: {values: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}}\n"
+                                     "command: ['${interpreter}', '${program}', '${args}']\n")
+    monkeypatch.setenv("SWEEP_LOG", str(tmp_path / "log"))
+    out = str(tmp_path / "out")
+    monkeypatch.setenv("SWEEP_STOP", "1")
+    with pytest.raises(Interrupted):
+        run_sweep(str(tmp_path / "r.yaml"), out, count=3)
+    monkeypatch.delenv("SWEEP_STOP")
+    assert len(run_sweep(str(tmp_path / "r.yaml"), out, count=3)) == 3
+    rows = run_sweep(str(tmp_path / "r.yaml"), out, count=5)
+    assert len(rows) == 5 and len({r["run"] for r in rows}) == 5
+    folders = sorted(d for d in os.listdir(out) if d.startswith("run"))
+    # run000 stays aside unless a later proposal happened to draw its x (then it was resumed there)
+    assert folders in ([f"run{i:03d}" for i in range(6)], [f"run{i:03d}" for i in range(5)])
