@@ -135,7 +135,7 @@ def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | 
             if not dry_run:
                 _write_record(run_dir, {"params": params, "extra": list(extra or []), "state": "started"})
                 env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_RUN_GROUP": name}
-                rc = subprocess.run(cmd + resume, env=env).returncode
+                rc = _run_child(cmd + resume, env)
                 if rc in (130, 143):  # the run saved its checkpoint: stop here, a re-run resumes it
                     raise KeyboardInterrupt
             value = read_metric(run_dir, metric) if metric and not dry_run else None
@@ -152,6 +152,32 @@ def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | 
                           "same command to continue: the interrupted run resumes from its checkpoint") from None
     write_summary(out, rows, metric, cfg.get("metric", {}).get("goal", "maximize"))
     return rows
+
+
+def _run_child(cmd: list[str], env: dict[str, str]) -> int:
+    """Run one trial; a SIGTERM to this process is passed on to it (it saves its checkpoint and exits
+    143) instead of leaving it training into a folder a re-run resumes. Ctrl-C reaches it from the
+    terminal (same process group)."""
+    import signal
+
+    from taosr.jobs import _Terminated, _raise_on_sigterm
+
+    proc = subprocess.Popen(cmd, env=env)
+    previous = _raise_on_sigterm()
+    try:
+        return proc.wait()
+    except _Terminated:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        raise KeyboardInterrupt from None
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached it too; a `kill -INT` of this process did not
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # a second Ctrl-C is ignored by a fit already shutting down
+        proc.wait()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 RECORD = "sweep-run.json"  # in each run folder: its parameters, the extra arguments, its state and row
