@@ -57,8 +57,8 @@ def parser() -> ArgumentParser:
                       help="P(tier) at 'Label:' right after the prompt (label-only models)")
     p.set_defaults(direct=False)
     p.add_argument("--target", choices=TARGETS.names(), default=None,
-                   help="the prompt the model was trained on (data.target); default: the one its export recorded, "
-                        "else label with --direct, reasoning without")
+                   help="the prompt the model was trained on (data.target); default: label with --direct, else the "
+                        "one its export recorded, else reasoning")
     p.add_argument("--batch-size", type=int, default=32, help="pairs per generate call / forward pass")
     p.add_argument("--limit", type=int, default=None, help="first N pairs only")
     p.add_argument("--max-new-tokens", type=int, default=96, help="reasoning mode: tokens generated per pair")
@@ -154,8 +154,9 @@ def score_main(argv: list[str]) -> int:
     reader = dataclasses.replace(reader_spec(a, a.file), path=None)  # the DataModule names the file
     from taosr.models.factory import export_meta
 
-    # the prompt the model was trained with: --target, else what its export recorded, else by the mode
-    target = a.target or export_meta(a.model).get("target") or ("label" if a.direct else "reasoning")
+    # the prompt the model was trained with: --target; --direct reads the label slot of the label prompt;
+    # else what the export recorded (a label-only model is prompted as it was trained), else reasoning
+    target = a.target or ("label" if a.direct else export_meta(a.model).get("target") or "reasoning")
     dm = RelevanceDataModule(train=a.file, val=None, test=None, reader=reader, max_length=a.max_length,
                              limit_train=a.limit, target=target)
     dm.setup("score")
