@@ -252,15 +252,6 @@ def evaluation_file(spec: CompareSpec, out: str) -> str:
     return path
 
 
-def _steps(spec: CompareSpec, arms: dict, run: Run, test_file: str, extra: list[str]) -> list[list[str]]:
-    """The commands still to run for ``run``: its fit (unless exported) and its evaluation."""
-    steps = []
-    if run.seed is not None and not run.fitted:
-        steps.append(fit_args(spec, arms[run.arm], run, extra))
-    steps.append(eval_args(spec, run, test_file, spec.start["model"] if run.seed is None else run.export))
-    return steps
-
-
 # ------------------------------------------------------------------ checks before the first run
 def check_commands(spec: CompareSpec, out: str, test_file: str, extra: list[str]) -> None:
     """Parse every arm's fit command and the evaluation command (LightningCLI with --print_config:
@@ -386,7 +377,7 @@ def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry
         if run.done:
             print(f"{tag}: done, skipped", flush=True)
             continue
-        steps = _steps(spec, arms, run, test_file, extra)
+        steps = ([fit] if fit is not None and not run.fitted else []) + [evaluation]  # what is still to run
         if dry_run:
             for args in steps:
                 print(f"{tag}: taosr " + " ".join(args), flush=True)
