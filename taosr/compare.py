@@ -337,11 +337,10 @@ def check_settings(spec: CompareSpec, run: Run, fit: list[str] | None, evaluatio
 
 
 def record_settings(run: Run, fit: list[str] | None, evaluation: list[str]) -> None:
-    os.makedirs(run.root, exist_ok=True)
-    tmp = os.path.join(run.root, RUN_FILE + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump({"fit": _fingerprint(fit) if fit is not None else None, "eval": _fingerprint(evaluation)}, fh, indent=1)
-    os.replace(tmp, os.path.join(run.root, RUN_FILE))
+    from taosr.schema import write_json
+
+    write_json(os.path.join(run.root, RUN_FILE),
+               {"fit": _fingerprint(fit) if fit is not None else None, "eval": _fingerprint(evaluation)})
 
 
 def _tag(spec: CompareSpec, i: int, n: int, run: Run) -> str:

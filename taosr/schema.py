@@ -330,6 +330,20 @@ def append_jsonl(fh, rows: Iterable[dict]) -> None:
     os.fsync(fh.fileno())
 
 
+def write_json(path: str, obj: Any) -> None:
+    """``obj`` as one indented JSON file, written to a temporary name beside ``path`` and renamed (a
+    reader never sees half of it): the small records runs keep of themselves."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1, ensure_ascii=False, default=str)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_jsonl(path: str, rows: Iterable[Example | dict]) -> int:
     """Write rows as JSON lines to a temporary name beside ``path``, then rename: a failed or
     interrupted write never leaves a half-written ``path``."""

@@ -192,11 +192,9 @@ def _read_record(run_dir: str) -> dict | None:
 
 
 def _write_record(run_dir: str, record: dict) -> None:
-    os.makedirs(run_dir, exist_ok=True)
-    tmp = os.path.join(run_dir, RECORD + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(record, fh, indent=1, default=str)
-    os.replace(tmp, os.path.join(run_dir, RECORD))
+    from taosr.schema import write_json
+
+    write_json(os.path.join(run_dir, RECORD), record)
 
 
 def _engine_run(sweeps, run_name: str, params: dict, rc: int, metric: str | None, value: float | None):
