@@ -38,7 +38,7 @@ from taosr.data.join import (ATTRIBUTE_PREFIX, ITEM_FIELDS, PACKED_ATTRIBUTES, J
 from taosr.errors import ConfigError, DataError
 from taosr.labels import TIERS
 from taosr.schema import (ALLOWED_QUERY_TYPES, AUTO_ENCODING, Example, check_data_file, check_encoding, check_unique_id,
-                          decode_error, detect_encoding, iter_jsonl_lines, resolve_encoding, validate_row)
+                          decode_error, iter_jsonl_lines, resolve_encoding, validate_row)
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 TARGETS = ("id", "query", "label", "query_type") + ITEM_FIELDS + (PACKED_ATTRIBUTES,)
@@ -488,12 +488,14 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
     plain = fmt == "jsonl" and not spec.column_map and not spec.label_map and not spec.label_thresholds \
         and spec.items is None and spec.queries is None and spec.attributes is None
     required, unmapped = ({}, ()) if plain else _pairs_required(spec, header=fmt != "jsonl")
-    records = iter_records(spec.path, fmt, spec.encoding, required, unmapped)
+    # a text file's encoding is detected once here (a full read) and given to the reader as chosen
+    encoding = resolve_encoding(spec.path, spec.encoding) if fmt != "parquet" else spec.encoding
+    records = iter_records(spec.path, fmt, encoding, required, unmapped)
     joiner = make_joiner(spec)  # after the pairs file's columns were checked (CSV / Parquet)
     columns = getattr(records, "columns", None)
     _check_title_source(spec, columns, joiner)
     res = read_records(records, spec, plain=plain, joiner=joiner)
-    if fmt != "parquet" and check_encoding(spec.encoding) == AUTO_ENCODING and detect_encoding(spec.path) == "latin-1":
+    if encoding == "latin-1" and check_encoding(spec.encoding) == AUTO_ENCODING:
         res.notes.append(f"{spec.path} is not UTF-8: read as latin-1 (--encoding / data.reader.encoding chooses another)")
     unread = _unread_columns(columns, spec, required) if columns is not None else []
     if unread:
