@@ -148,16 +148,16 @@ def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subproc
     return proc
 
 
-class _Terminated(KeyboardInterrupt):
+class Terminated(KeyboardInterrupt):
     """SIGTERM reached the parent: handled like Ctrl-C (the workers are stopped and save their checkpoints)."""
 
 
 def _raise_terminated(signum, frame):
-    raise _Terminated()
+    raise Terminated()
 
 
-def _raise_on_sigterm():
-    """Turn SIGTERM into :class:`_Terminated` while workers run; the previous handler (None when
+def raise_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` while workers run; the previous handler (None when
     it cannot be set: not the main thread)."""
     try:
         return signal.signal(signal.SIGTERM, _raise_terminated)
@@ -183,7 +183,7 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
         active[proc.pid] = (task, k, proc, time.perf_counter(), slot)
         say(f"{task.name}: taosr {task.commands[k][0]} started ({slot.describe()}; log {task.log})")
 
-    previous = _raise_on_sigterm()
+    previous = raise_on_sigterm()
     previous_int = signal.getsignal(signal.SIGINT) if previous is not None else None
     try:
         while ready or active:
@@ -213,8 +213,8 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
                 say(f"{task.name}: {verb} took {took:.0f}s")
                 if k + 1 < len(task.commands):
                     ready.append((task, k + 1))
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (_Terminated): the workers are in their own sessions
-        how = "SIGTERM" if isinstance(err, _Terminated) else "Ctrl-C"
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated): the workers are in their own sessions
+        how = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not abandon the workers mid-save
             try:
                 signal.signal(sig, signal.SIG_IGN)

@@ -27,6 +27,7 @@ import time
 
 from taosr.configfiles import load_yaml, locate
 from taosr.errors import ConfigError, Interrupted
+from taosr.launcher import INTERRUPTED, TERMINATED
 
 ENGINE_KEYS = ("method", "metric", "parameters", "early_terminate")
 
@@ -136,7 +137,7 @@ def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | 
                 _write_record(run_dir, {"params": params, "extra": list(extra or []), "state": "started"})
                 env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_RUN_GROUP": name}
                 rc = _run_child(cmd + resume, env)
-                if rc in (130, 143):  # the run saved its checkpoint: stop here, a re-run resumes it
+                if rc in (INTERRUPTED, TERMINATED):  # the run saved its checkpoint: stop here, a re-run resumes it
                     raise KeyboardInterrupt
             value = read_metric(run_dir, metric) if metric and not dry_run else None
             row = {"run": f"run{i:03d}", **params, **({metric: value} if metric else {}), "exit": rc,
@@ -160,13 +161,13 @@ def _run_child(cmd: list[str], env: dict[str, str]) -> int:
     terminal (same process group)."""
     import signal
 
-    from taosr.jobs import _Terminated, _raise_on_sigterm
+    from taosr.jobs import Terminated, raise_on_sigterm
 
     proc = subprocess.Popen(cmd, env=env)
-    previous = _raise_on_sigterm()
+    previous = raise_on_sigterm()
     try:
         return proc.wait()
-    except _Terminated:
+    except Terminated:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
         raise KeyboardInterrupt from None

@@ -71,7 +71,7 @@ class RelevanceModule(pl.LightningModule):
                 self.model.config.use_cache = False
         if self.trainer.datamodule is not None:
             self.trainer.datamodule.attach_tokenizer(self.tokenizer)
-            trained = export_meta(self.spec.name_or_path).get("target") if os.path.isdir(self.spec.name_or_path) else None
+            trained = export_meta(self.spec.name_or_path).get("target")  # {} for a preset or hub id
             target = getattr(self.trainer.datamodule, "target", None)
             if stage != "fit" and trained and target and trained != target:
                 print(f"taosr: warning: {self.spec.name_or_path} was trained with data.target: {trained}, and this "
