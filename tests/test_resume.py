@@ -184,6 +184,37 @@ def test_interrupt_between_steps_resumes_bit_identical(tmp_path, cache_dir):
     _assert_same_weights(full, resumed)
 
 
+class InterruptAtBatch(pl.Callback):
+    """Ctrl-C in the forward-backward of the run's ``n``-th batch (counted from 1 over all epochs)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        if trainer.fit_loop.epoch_loop.batch_progress.total.ready == self.n:
+            raise KeyboardInterrupt(f"interrupted in batch {self.n}")
+
+
+@pytest.mark.parametrize("stop", [InterruptAtBatch(8),        # the second batch of a window of two
+                                  InterruptAtBatch(14),       # the second epoch (10 batches an epoch)
+                                  InterruptInValidation(1)],  # a validation after batch 3, inside a window
+                         ids=["window", "epoch2", "validation"])
+def test_interrupt_with_gradient_accumulation_resumes_bit_identical(tmp_path, cache_dir, stop):
+    """An interrupt inside a window of accumulated batches rewinds to the window's first batch (the
+    gradients of the batches before it are not in the checkpoint), with its random state: the same
+    weights, the same data order and the same logged step as the uninterrupted run."""
+    kw = dict(dropout=0.2, accumulate_grad_batches=2, val_every=3)
+    full, tr1, full_log = run(str(tmp_path / "full"), cache_dir, 8, **kw)
+    with pytest.raises(SystemExit):
+        run(str(tmp_path / "part"), cache_dir, 8, extra=[stop], **kw)
+    last = str(tmp_path / "part" / "ckpt" / "last.ckpt")
+    kept = 2 * torch.load(last, map_location="cpu", weights_only=False)["global_step"]  # batches in the saved steps
+    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 8, ckpt=last, **kw)
+    assert tr2.global_step == 8 and res_log.first_ids == full_log.first_ids[kept:]
+    assert tr2.fit_loop.epoch_loop._batches_that_stepped == tr1.fit_loop.epoch_loop._batches_that_stepped
+    _assert_same_weights(full, resumed)
+
+
 @pytest.mark.parametrize("stop", [3, 5])  # the end of a curriculum-shortened epoch (3 batches), and mid-epoch
 def test_resume_after_an_epoch_a_curriculum_shortened_is_bit_identical(tmp_path, cache_dir, stop):
     """The curriculum lets 12 of 40 prompts through: the epoch ends after 3 of the 10 batches the

@@ -4,7 +4,9 @@
   <run>/checkpoints/last.ckpt` works whatever the step interval was;
 - on an exception or Ctrl-C during fit (``save_on_exception``, on by default) ``last.ckpt`` is
   written at the step reached, so nothing since the last periodic save is lost; resuming from it
-  with ``--ckpt_path`` continues at the same step, optimizer state and data position;
+  with ``--ckpt_path`` continues at the same step, optimizer state and data position (with
+  ``accumulate_grad_batches > 1``, an interrupt inside a window of accumulated batches rewinds to
+  the window's first batch: the gradients of the batches before it are not in the checkpoint);
 - the random number generators' states (torch CPU/CUDA, numpy, random) are saved and restored
   (single process): rollouts, sampling and dropout continue as the uninterrupted run would. The
   on-exception checkpoint keeps the states of the start of the interrupted step, whose update it
@@ -78,25 +80,31 @@ def _validation_follows(trainer) -> bool:
         return False
 
 
-def _as_saved_after_last_step(checkpoint: dict[str, Any]) -> None:
+def _as_saved_after_last_step(checkpoint: dict[str, Any], kept: int | None = None) -> None:
     """An exception inside a step leaves Lightning's batch counters part-way (the batch is
     ``ready``/``started`` but not ``processed``), a state Lightning's restore does not expect: it rolls
     back the epoch's counters but not the totals (``total.ready``, whence ``total_batch_idx``: a
     ``val_check_interval`` validation one batch early) and adds one to ``_batches_that_stepped``
     (logged steps one late). Written instead as a checkpoint of the last finished step's
     ``on_train_batch_end`` (processed, not completed), which Lightning restores exactly; the RNG
-    state is the interrupted step's start, and its data position ``current.processed``, as before."""
+    state is the interrupted step's start, and its data position ``current.processed``, as before.
+
+    ``kept``: the epoch's batches to keep (default: all finished ones). With gradient accumulation
+    an interrupt inside a window rewinds to the window's first batch (``kept``, a window boundary):
+    the gradients of its finished batches are not in the checkpoint, so those batches are redone."""
     loop = checkpoint.get("loops", {}).get("fit_loop")
     if not loop or "epoch_loop.batch_progress" not in loop:
         return
     bp = loop["epoch_loop.batch_progress"]
+    back = 0 if kept is None else max(0, bp["current"]["processed"] - kept)
     for part in ("total", "current"):
-        done = bp[part]["processed"]
+        done = bp[part]["processed"] - back
         bp[part].update(ready=done, started=done, processed=done, completed=done - 1)
     bp["is_last_batch"] = False
+    # the totals of the optimizer steps are untouched: no step was taken inside the window
     state = loop.get("epoch_loop.state_dict", {})
     if "_batches_that_stepped" in state:
-        state["_batches_that_stepped"] -= 1
+        state["_batches_that_stepped"] -= 1  # Lightning's restore adds one for the (stepping) batch kept last
 
 
 class _BatchStart(pl.Callback):
@@ -115,6 +123,8 @@ class Checkpoint(ModelCheckpoint):
         self._rng_at_step_start: dict | None = None
         self._rng_after_step: dict | None = None
         self._in_step = False
+        self._mid_window = False         # the last finished batch accumulated its gradients without stepping
+        self._window_done: int | None = None  # the epoch's batches finished before the open step's first one
         self._val_draws = 0              # validation iterators made between the last step and the next
         self._saving_on_exception = False
         self._pending: tuple[dict, bool, int] | None = None  # loaded (rng states, after a step, draws)
@@ -142,10 +152,16 @@ class Checkpoint(ModelCheckpoint):
             self._pending = None
         self._in_step = True
         if self.save_on_exception and trainer.world_size == 1:
-            self._rng_at_step_start = _collect_rng_states()
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1  # the epoch's batches before this one
+            if done % trainer.accumulate_grad_batches == 0 or self._window_done is None:
+                # the first batch of an optimizer step (of a window of accumulated batches): an interrupt
+                # before the step is taken restarts here
+                self._rng_at_step_start, self._window_done = _collect_rng_states(), done
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._in_step = False
+        # with gradient accumulation, a batch that did not step leaves its window open
+        self._mid_window = trainer.accumulate_grad_batches > 1 and trainer.fit_loop.epoch_loop._should_accumulate()
         self._val_draws = int(_validation_follows(trainer))
         if trainer.world_size == 1:
             self._rng_after_step = _collect_rng_states()
@@ -155,7 +171,7 @@ class Checkpoint(ModelCheckpoint):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        after = not (self._saving_on_exception and self._in_step)
+        after = not (self._saving_on_exception and self._redo)
         if after:  # after a step (periodic, final, or an interrupt between steps): the state it left
             rng, draws = self._rng_after_step or _collect_rng_states(), self._val_draws
         else:  # interrupted in a step: it is redone from its start
@@ -168,8 +184,14 @@ class Checkpoint(ModelCheckpoint):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
-        if self._saving_on_exception and self._in_step:
-            _as_saved_after_last_step(checkpoint)
+        if self._saving_on_exception and self._redo:
+            _as_saved_after_last_step(checkpoint, kept=self._window_done)
+
+    @property
+    def _redo(self) -> bool:
+        """Interrupted inside an optimizer step (a batch, or a window of accumulated ones): the
+        checkpoint is of its start, which a resume redoes."""
+        return self._in_step or self._mid_window
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
