@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 import warnings
 
@@ -198,6 +199,14 @@ def _make_cli_classes():
     return TaosrCLI, RunConfig
 
 
+def _program() -> str:
+    """The path of the running ``taosr`` script (a DDP rank is started as ``python <it> fit ...``)."""
+    here = sys.argv[0] if sys.argv else ""
+    if os.path.basename(here).startswith("taosr") and os.path.isfile(here):
+        return here
+    return shutil.which("taosr") or "taosr"
+
+
 def lightning_main(argv: list[str]) -> None:
     inputs = tuple(os.path.realpath(p) for p in config_paths(argv))  # before layered files become YAML text
     argv = expand_config_args(argv)
@@ -207,7 +216,9 @@ def lightning_main(argv: list[str]) -> None:
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.methods.base import RelevanceModule
 
-    sys.argv = ["taosr", *argv]  # LightningCLI reads sys.argv (passing args= too triggers a warning)
+    # LightningCLI reads sys.argv (passing args= too triggers a warning). Lightning's DDP launcher
+    # restarts `python <argv[0]> ...` for the other ranks, so the console script's path is kept.
+    sys.argv = [_program(), *argv]
     try:
         TaosrCLI(
             RelevanceModule,

@@ -29,3 +29,23 @@ def test_grpo_two_processes_gloo(tmp_path, sft_run, samples, cache_dir):
     assert os.path.exists(os.path.join(root, "export", "config.json"))
     metrics = open(next(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f == "metrics.csv")).read()
     assert "train/reward" in metrics and "val/macro_f1" in metrics
+
+
+def test_sft_two_processes_from_the_console_script_with_a_cold_model_cache(tmp_path, cache_dir):
+    """`taosr fit ... --trainer.devices 2` as the README writes it: Lightning restarts the script for
+    rank 1 (`python <argv[0]> fit ...`: argv[0] must be the script, not a bare `taosr` resolved
+    against the working folder), and the micro preset, absent from the cache, is built once (rank 1
+    alone would publish a folder without weights: transformers saves on rank 0 only)."""
+    import shutil
+
+    script = shutil.which("taosr") or os.path.join(os.path.dirname(sys.executable), "taosr")
+    root, models = str(tmp_path / "ddp"), str(tmp_path / "models")
+    cmd = [script, "fit", "--config", os.path.join(ROOT, "configs/sft.yaml"), *small_overrides(root, cache_dir),
+           "--model.init_args.model.cache_dir", models, "--trainer.max_steps", "2",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.logger", "false"]
+    env = {**os.environ, "PL_TORCH_DISTRIBUTED_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    built = [d for d in os.listdir(models) if d.startswith("micro-")]
+    assert len(built) == 1 and os.path.exists(os.path.join(models, built[0], "model.safetensors")), os.listdir(models)
+    assert os.path.exists(os.path.join(root, "export", "config.json"))

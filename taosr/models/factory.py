@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import torch
 
 from taosr.errors import ConfigError
-from taosr.models.presets import TINY_PRESETS, SMOLLM2_PRESET, ensure_smollm2, tiny_config
+from taosr.models.presets import TINY_PRESETS, SMOLLM2_PRESET, ensure_smollm2, publish_folder, tiny_config
 from taosr.models.tokenizer import train_bpe_tokenizer
 
 
@@ -84,11 +84,21 @@ def _build_tiny(spec: ModelSpec, corpus: Callable[[], Iterable[str]] | None) -> 
         torch.manual_seed(spec.seed)          # (a cache miss must not change what the run samples next)
         model = LlamaForCausalLM(cfg)
     model.save_pretrained(tmp)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process won the race: use its folder
-        pass
+    publish_folder(tmp, folder)
     return folder
+
+
+def _built_once(build: Callable[[], str]) -> str:
+    """Build a cached preset folder in one process of a distributed run (the others wait, then read
+    it): transformers' ``save_pretrained`` writes nothing outside rank 0 once torch.distributed is
+    initialised, so a rank that built its own copy would publish a folder without weights."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return build()
+    folder = build() if dist.get_rank() == 0 else None
+    dist.barrier()
+    return folder or build()  # rank 0's folder is complete now: the others find it cached
 
 
 def looks_like_hub_id(name: str) -> bool:
@@ -99,9 +109,9 @@ def looks_like_hub_id(name: str) -> bool:
 def _resolve(spec: ModelSpec, corpus) -> str:
     name = spec.name_or_path
     if name in TINY_PRESETS:
-        return _build_tiny(spec, corpus)
+        return _built_once(lambda: _build_tiny(spec, corpus))
     if name == SMOLLM2_PRESET:
-        return ensure_smollm2(spec.cache_dir)
+        return _built_once(lambda: ensure_smollm2(spec.cache_dir))
     if os.path.isdir(name):
         _check_model_folder(name)
         return name

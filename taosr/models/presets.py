@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import shutil
 
 from taosr.errors import ConfigError
 
@@ -64,5 +65,18 @@ def ensure_smollm2(cache_dir: str) -> str:
     tmp = folder + f".tmp{os.getpid()}"
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    os.replace(tmp, folder)
+    publish_folder(tmp, folder)
     return folder
+
+
+def publish_folder(tmp: str, folder: str) -> None:
+    """Rename a freshly written cache folder into place. Another process that won the race left its
+    own (complete) folder; one without a ``config.json`` is a broken leftover and is replaced."""
+    if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, "config.json")):
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process won the race: use its folder
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        raise ConfigError(f"model cache {folder!r}: no config.json after building it (a full disk?); remove the folder and retry")
