@@ -6,7 +6,7 @@
   as a CUDA graph and without; the graph is reused across calls, sees in-place weight updates and
   is re-captured when a parameter tensor is replaced;
 - the GRM scorer on CUDA (bf16) equals its CPU (fp32) result within bf16 tolerance;
-- 16-mixed with the logger off; noise drawn inside a captured step is fresh at every replay; a
+- 16-mixed with the logger off, and a GRPO fit in 16-mixed (the grad scaler); noise drawn inside a captured step is fresh at every replay; a
   model whose generation config changes scores is evaluated with ``generate``.
 A failed capture is an error in these fits (the decoder would otherwise fall back to eager steps).
 """
@@ -90,6 +90,15 @@ def test_srpo_step_on_cuda(tmp_path, gpu_sft, gpu_grm, gpu_samples, cache_dir, m
     fit("configs/srpo.yaml", str(tmp_path), cache_dir, "--model.init_args.model.name_or_path",
         os.path.join(gpu_sft, "export"), "--model.init_args.grm_path", os.path.join(gpu_grm, "export"),
         "--model.init_args.examiner.mode", mode, *rl_samples_overrides(gpu_samples), *CUDA_BF16)
+    _validated(tmp_path)
+
+
+def test_grpo_step_in_16_mixed_on_cuda(tmp_path, gpu_sft, gpu_samples, cache_dir):
+    """The grad scaler's path: clipping after unscaling, a batch without an update counted (CPU:
+    tests/test_grpo_module.py::test_grpo_under_16_mixed_clips_unscaled_gradients)."""
+    fit("configs/grpo.yaml", str(tmp_path), cache_dir, "--model.init_args.model.name_or_path",
+        os.path.join(gpu_sft, "export"), *rl_samples_overrides(gpu_samples), "--trainer.accelerator", "gpu",
+        "--trainer.devices", "1", "--trainer.precision", "16-mixed")
     _validated(tmp_path)
 
 

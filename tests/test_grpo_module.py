@@ -166,7 +166,7 @@ def test_all_groups_dropped_still_counts_rollout_batches(tmp_path, cache_dir):
 
 
 def _fit_micro(tmp_path, cache_dir, max_steps=2, inject=True, extra_callbacks=(), module_cls=GRPOModule,
-               G=4, **kw):
+               G=4, trainer_kw=None, **kw):
     """A few rollout batches of the micro model (2 prompts x G, 24 new tokens at temperature 1.3).
     The micro model writes no valid answer, so ``inject`` replaces the outcome rewards with a
     deterministic function of each sampled text (reward spread, hence updates)."""
@@ -201,7 +201,7 @@ def _fit_micro(tmp_path, cache_dir, max_steps=2, inject=True, extra_callbacks=()
 
     trainer = pl.Trainer(max_steps=max_steps, max_epochs=-1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         callbacks=[*callbacks, Record()], default_root_dir=str(tmp_path))
+                         callbacks=[*callbacks, Record()], default_root_dir=str(tmp_path), **(trainer_kw or {}))
     trainer.fit(module, dm)
     param_sum = sum(float(p.detach().double().sum()) for p in module.model.parameters())
     return trainer, module, losses, param_sum
@@ -458,3 +458,37 @@ def test_a_step_without_an_update_logs_no_loss(tmp_path, cache_dir):
 
     _, _, losses, _ = _fit_micro(tmp_path, cache_dir, max_steps=3, extra_callbacks=[FlatAt1()])
     assert math.isfinite(losses[0]) and math.isnan(losses[1]) and math.isfinite(losses[2]), losses
+
+
+def _fp16_scaler_plugin():
+    """16-mixed with a gradient scaler, as on CUDA (fp16 autocast and a GradScaler on the CPU)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))
+
+
+@pytest.mark.parametrize("inject", [True, False], ids=["updates", "all_dropped"])
+def test_grpo_under_16_mixed_clips_unscaled_gradients(tmp_path, cache_dir, inject):
+    """Under 16-mixed the gradients are scaled until the precision plugin unscales them inside the
+    optimizer step: clipped before it, an update's gradient norm was max_grad_norm / 65536. A batch
+    whose groups are all dropped has no gradients: it counts its step without the scaler, which
+    would find no inf checks."""
+    import lightning.pytorch as pl
+
+    norms = []
+
+    class Seen(pl.Callback):  # the gradients the update uses (the scaler calls step() after clipping)
+        def on_train_start(self, trainer, pl_module):
+            def pre(opt, *a):
+                grads = [p.grad.float() for g in opt.param_groups for p in g["params"] if p.grad is not None]
+                if grads:  # a counted step without an update has none
+                    norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in grads]))))
+            trainer.optimizers[0].register_step_pre_hook(pre)
+
+    trainer, *_ = _fit_micro(tmp_path, cache_dir, max_steps=2, inject=inject, extra_callbacks=[Seen()],
+                             trainer_kw={"plugins": [_fp16_scaler_plugin()]})
+    assert trainer.global_step == 2
+    if inject:
+        assert norms and all(1e-3 < n <= 1.0 + 1e-3 for n in norms), norms
+    else:
+        assert norms == []

@@ -185,6 +185,22 @@ class GRPOModule(RelevanceModule):
         else:
             self.trainer.strategy.optimizer_step(opt.optimizer, lambda: None)
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip here, not before ``opt.step()``: under 16-mixed the precision plugin unscales the
+        gradients inside the step, just before this hook (clipped before, the scaled gradients were
+        cut to the norm and then divided by the loss scale)."""
+        self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+
+    @staticmethod
+    def _count_step(opt) -> None:
+        """Count a global step without an update: Lightning's optimizer wrapper counts in the hooks
+        around its ``step``, and the plain optimizer's step moves nothing without gradients (the
+        wrapper's step would go through the precision plugin: under 16-mixed the grad scaler finds no
+        inf checks and fails)."""
+        opt._on_before_step()
+        opt.optimizer.step()
+        opt._on_after_step()
+
     def _accumulate(self, r: Rollout, plan: UpdatePlan, adv: torch.Tensor, num_tokens: float, num_seqs: float,
                     distributed: bool = False) -> dict[str, float]:
         """Backward passes of one update's loss over the planned micro-batches (the gradients
@@ -239,8 +255,7 @@ class GRPOModule(RelevanceModule):
                 agg = self._accumulate(r, plan, adv, num_tokens, num_seqs, distributed)
                 if distributed:  # one synchronised backward per rank: all-reduces the accumulated grads
                     self.manual_backward(sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0)
-                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-                self._optimizer_step(opt, count=it == hp.num_iterations - 1)
+                self._optimizer_step(opt, count=it == hp.num_iterations - 1)  # clipped in on_before_optimizer_step
             metrics.update(agg)
             self._update_keys = tuple(agg)
         else:
@@ -248,7 +263,7 @@ class GRPOModule(RelevanceModule):
             # step — no gradient, so no parameter moves — so that max_steps bounds the rollout budget
             # (equal for every method) and a run whose groups are all flat still ends.
             opt.zero_grad(set_to_none=True)
-            opt.step()
+            self._count_step(opt)
             # no update, so no loss: NaN (a gap in the charts; history means skip it), where Lightning
             # would log the last update's values again for the keys this step leaves out
             metrics.update({k: float("nan") for k in getattr(self, "_update_keys", ())})
