@@ -144,8 +144,10 @@ def _restore_rng(path: str, n_rows: int) -> bool:
     if state.get("rows") != n_rows:
         return False
     torch.set_rng_state(state["cpu"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda") and torch.cuda.is_available():
+        from taosr.callbacks.checkpoint import set_cuda_rng_states
+
+        set_cuda_rng_states(state["cuda"])
     return True
 
 

@@ -370,3 +370,20 @@ def test_grpo_fit_interrupted_and_resumed_ends_with_the_uninterrupted_export(tmp
     vals = [sorted(os.path.basename(p) for p in os.listdir(os.path.join(r, "eval")) if p.endswith("-metrics.json"))
             for r in (full, part)]
     assert vals[0] == vals[1] and "val-step6-metrics.json" in vals[0], vals
+
+
+def test_cuda_generator_states_restore_onto_fewer_gpus(monkeypatch):
+    """A run saved where it saw 8 GPUs (an in-process compare) and resumed by a `--jobs` worker that
+    sees one: each visible GPU gets its saved state (set_rng_state_all fails on the missing ones).
+    No GPU here: the CUDA calls are recorded."""
+    from taosr.callbacks import checkpoint
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((int(state[0]), device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("restores every saved GPU"))
+    states = checkpoint._collect_rng_states()
+    states["cuda"] = [torch.tensor([i], dtype=torch.uint8) for i in range(8)]
+    checkpoint._set_rng_states(states)
+    assert calls == [(0, 0)]

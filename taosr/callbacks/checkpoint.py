@@ -64,7 +64,14 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        set_cuda_rng_states(states["cuda"])
+
+
+def set_cuda_rng_states(states: list) -> None:
+    """Restore saved per-GPU generator states onto the GPUs this process sees: a resume may see
+    fewer (``taosr compare --jobs`` gives each worker one), where ``set_rng_state_all`` fails."""
+    for i, state in enumerate(states[: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(state, i)
 
 
 def _validation_follows(trainer) -> bool:
