@@ -30,6 +30,31 @@ def test_lora_merged_names_are_base_names(tmp_path):
     assert not any("lora_" in n or "base_layer" in n for n in mapped)
 
 
+def test_adapter_versions_keep_only_the_latest_folder():
+    """lora_sync: adapter writes the adapter at every sync (about 20 MB for SmolLM2 r16): only the
+    version vLLM will load next stays on disk, under one temporary root."""
+    import os
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from taosr.rl.engines.vllm_engine import AdapterVersions
+
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2))
+    peft = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    versions = AdapterVersions()
+    try:
+        first = versions.save(peft)
+        second = versions.save(peft)
+        assert versions.version == 2 and second != first and not os.path.exists(first)
+        assert os.listdir(versions.root) == ["v2"] and "adapter_config.json" in os.listdir(second)
+    finally:
+        import shutil
+
+        shutil.rmtree(versions.root, ignore_errors=True)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM installed")
 def test_vllm_missing_gives_clear_error():
     with pytest.raises(ConfigError, match=r"pip install 'taosr\[vllm\]'"):

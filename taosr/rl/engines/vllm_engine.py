@@ -7,7 +7,11 @@ built; without it installed, asking for it raises a one-line ConfigError.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import socket
+import tempfile
 from typing import Iterable, Iterator
 
 import torch
@@ -31,6 +35,35 @@ def vllm_weight_items(named_tensors: Iterable[tuple[str, torch.Tensor]], *, peft
         yield name, t
 
 
+class AdapterVersions:
+    """The policy's LoRA adapter for vLLM, one folder per weight sync (vLLM caches a LoRA request by
+    its id, so each version gets a new id and folder) under one temporary root; the previous
+    version's folder is removed when the next is written (a run wrote ~20 MB a step for SmolLM2 r16
+    and kept them all), and the root when the process exits."""
+
+    def __init__(self):
+        self.root: str | None = None
+        self.version, self.path = 0, None
+
+    def save(self, model) -> str:
+        if self.root is None:
+            self.root = tempfile.mkdtemp(prefix=f"taosr_vllm_adapter_{os.getpid()}_")
+            atexit.register(shutil.rmtree, self.root, True)
+        previous = self.path
+        self.version += 1
+        self.path = os.path.join(self.root, f"v{self.version}")
+        model.save_pretrained(self.path)
+        if previous:
+            shutil.rmtree(previous, ignore_errors=True)
+        return self.path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class VLLMEngine:
     def __init__(self, model_path: str | None = None, gpu_memory_utilization: float = 0.3,
                  max_model_len: int = 1024, sleep_level: int = 1, lora_sync: str = "merge",
@@ -46,14 +79,17 @@ class VLLMEngine:
                        max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size, dtype=dtype)
         self.sleep_level, self.lora_sync = sleep_level, lora_sync
         self.llm = None
-        self._adapter_dir, self._adapter_version = None, 0
+        self.adapters = AdapterVersions()
 
     def _build(self, model) -> None:
         from vllm import LLM
 
-        for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                     ("MASTER_PORT", "29533")):
+        # a single process outside torch.distributed: vLLM's external launcher needs these; a free
+        # port, so that two such runs on one machine (compare --jobs) do not both bind one
+        for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(k, v)
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(_free_port())
         path = self.model_path or getattr(model, "name_or_path", None) or model.config._name_or_path
         self.llm = LLM(model=path, distributed_executor_backend="external_launcher",
                        enable_sleep_mode=self.sleep_level > 0, enable_lora=self.lora_sync == "adapter", **self.kw)
@@ -72,9 +108,7 @@ class VLLMEngine:
             self.llm.wake_up(tags=["weights"])
         is_peft = hasattr(model, "peft_config")
         if is_peft and self.lora_sync == "adapter":
-            self._adapter_version += 1
-            self._adapter_dir = f"/tmp/taosr_vllm_adapter_{os.getpid()}_{self._adapter_version}"
-            model.save_pretrained(self._adapter_dir)
+            self.adapters.save(model)
         else:
             with torch.no_grad():
                 if is_peft:
@@ -95,10 +129,11 @@ class VLLMEngine:
                             temperature=spec.temperature if spec.do_sample else 0.0, top_p=spec.top_p,
                             top_k=spec.top_k if spec.top_k else -1)
         kwargs = {}
-        if self._adapter_dir:
+        if self.adapters.path:
             from vllm.lora.request import LoRARequest
 
-            kwargs["lora_request"] = LoRARequest(f"policy{self._adapter_version}", self._adapter_version, self._adapter_dir)
+            v = self.adapters.version
+            kwargs["lora_request"] = LoRARequest(f"policy{v}", v, self.adapters.path)
         outs = self.llm.generate(prompts, sp, use_tqdm=False, **kwargs)
         seqs = [list(c.token_ids) for o in outs for c in o.outputs]
         if self.sleep_level:
