@@ -192,6 +192,37 @@ def test_curriculum_stages_filter_and_advance(dm, capsys):
     assert by_metric.should_advance(0, {"val/macro_f1": 0.6}) and not by_metric.should_advance(0, {"val/macro_f1": 0.4})
 
 
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_the_training_sampler_shards_itself_under_ddp(world):
+    """Each rank takes every world-th allowed index, padded to the longest rank's count (equal steps
+    on every rank), with a curriculum's filter and a resume's skip applied to its own share (Lightning's
+    wrapper of a sampler that yields fewer than its length failed with IndexError)."""
+    from torch.utils.data import DistributedSampler
+
+    from taosr.data.datamodule import ResumableSampler
+
+    def allowed(i):
+        return i % 3 != 0
+
+    def shard(rank, skip=0):
+        s = ResumableSampler(11, seed=4, allowed=allowed, num_replicas=world, rank=rank)
+        s.set_epoch(2)
+        s.skip = skip
+        return list(s)
+
+    order = ResumableSampler(11, seed=4, allowed=allowed)
+    order.set_epoch(2)
+    kept = list(order)
+    assert kept == [i for i in torch.randperm(11, generator=torch.Generator().manual_seed(4 * 100_003 + 2)).tolist()
+                    if allowed(i)]  # one process: the permutation, filtered, as before
+    shards = [shard(r) for r in range(world)]
+    longest = -(-len(kept) // world)
+    for r, sh in enumerate(shards):  # disjoint shares, nothing left out; one short repeats the epoch's first
+        assert sh == kept[r::world] + [kept[0]] * (longest - len(kept[r::world]))
+    assert all(shard(r, skip=2) == shards[r][2:] for r in range(world))  # a resume skips the rank's own examples
+    assert isinstance(order, DistributedSampler) and len(ResumableSampler(11, 0, num_replicas=world)) == -(-11 // world)
+
+
 def test_unknown_view():
     with pytest.raises(ConfigError, match="unknown view"):
         RelevanceDataModule(view="ppo")

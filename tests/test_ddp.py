@@ -1,5 +1,6 @@
 """GRPO under Lightning DDP with 2 CPU processes (gloo): rollouts per rank, groups never split
-across ranks (each rank samples all G completions of its own prompts), normalisers shared."""
+across ranks (each rank samples all G completions of its own prompts), normalisers shared, a
+curriculum's filtered prompts sharded by the training sampler itself; SFT from the `taosr` script."""
 import os
 import subprocess
 import sys
@@ -19,11 +20,14 @@ def test_grpo_two_processes_gloo(tmp_path, sft_run, samples, cache_dir):
            "--model.init_args.model.name_or_path", os.path.join(sft_run, "export"),
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", root,
-           "--model.init_args.dynamic_sampling", "false", *rl_samples_overrides(samples)]
+           "--model.init_args.dynamic_sampling", "false", *rl_samples_overrides(samples),
+           # a curriculum filters the epoch's prompts, so the sampler yields fewer than its length
+           "--data.curriculum", '{"stages": [{"max_difficulty": 0.5, "until_step": 1}, {"max_difficulty": 1.0}]}']
     env = {**os.environ, "PL_TORCH_DISTRIBUTED_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "distributed_backend=gloo" in r.stderr or "gloo" in r.stderr
+    assert r.stdout.count("curriculum advanced to stage 1 at step 1") == 2  # on both ranks, at the same step
     ckpt = torch.load(os.path.join(root, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
     assert os.path.exists(os.path.join(root, "export", "config.json"))

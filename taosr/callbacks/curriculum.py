@@ -12,7 +12,8 @@ class CurriculumCallback(pl.Callback):
         if cur is None:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-        if cur.should_advance(trainer.global_step, metrics):
+        # rank 0 decides (validation metrics are logged there only): every rank's sampler must filter alike
+        if trainer.strategy.broadcast(cur.should_advance(trainer.global_step, metrics), src=0):
             cur.advance(trainer.global_step)
             print(f"taosr: curriculum advanced to stage {cur.stage} at step {trainer.global_step}")
         pl_module.log("curriculum/stage", float(cur.stage), batch_size=1)

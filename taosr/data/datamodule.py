@@ -36,7 +36,7 @@ from typing import Any, Iterator
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from taosr.data.budget import fit_example
 from taosr.data.collate import pad_left, pad_right
@@ -74,12 +74,20 @@ def epoch_finished(batch_progress) -> bool:
     return bool(batch_progress.is_last_batch) and cur.processed >= cur.ready > 0
 
 
-class ResumableSampler(Sampler[int]):
+class ResumableSampler(DistributedSampler):
     """Seeded permutation per epoch that can start part-way: ``skip`` indices of the current
-    epoch are skipped once (set on resume), so a restored run sees the same data order."""
+    epoch are skipped once (set on resume), so a restored run sees the same data order.
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, allowed=None):
+    Under DDP (``num_replicas`` > 1) it shards itself: rank ``r`` takes every ``num_replicas``-th of
+    the epoch's allowed indices from the ``r``-th, and a rank left one short repeats the epoch's first,
+    so that every rank runs the same number of steps. Being a DistributedSampler, Lightning does not
+    wrap it (its wrapper indexes a list of ``len(sampler)`` items: fewer, with a curriculum's filter
+    or a resume's skip, failed), and the skip counts this rank's own examples."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, allowed=None, num_replicas: int = 1, rank: int = 0):
+        # DistributedSampler's own __init__ needs a dataset and an initialised process group
         self.n, self.seed, self.shuffle, self.allowed = n, seed, shuffle, allowed
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.skip = 0, 0
         self.skip_fn = None  # called at the first iteration, if set: the skip of a resumed epoch
 
@@ -92,22 +100,33 @@ class ResumableSampler(Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(self.n, generator=g).tolist()
 
+    def _shard(self) -> Iterator[int]:
+        """This rank's indices of the epoch, allowed ones only (evaluated lazily: a curriculum stage
+        that changes during the epoch applies to the rest of it)."""
+        seen, mine, first = 0, 0, None
+        for i in self._order():
+            if self.allowed is not None and not self.allowed(i):
+                continue
+            if seen % self.num_replicas == self.rank:
+                mine += 1
+                yield i
+            first = i if first is None else first
+            seen += 1
+        if mine < -(-seen // self.num_replicas) and first is not None:
+            yield first  # one short of the longest rank
+
     def __iter__(self) -> Iterator[int]:
         if self.skip_fn is not None:
             self.skip, self.skip_fn = self.skip_fn(), None
         skip, self.skip = self.skip, 0
-        n = 0
-        for i in self._order():
-            if self.allowed is not None and not self.allowed(i):
-                continue
-            n += 1
+        for n, i in enumerate(self._shard(), 1):
             if n > skip:
                 yield i
 
     def __len__(self) -> int:
         # The full epoch: on a mid-epoch resume Lightning's progress already counts the skipped
         # batches, so it expects len - done more, which is exactly what __iter__ yields.
-        return self.n
+        return -(-self.n // self.num_replicas)
 
 
 def _check_size(key: str, value, low: int, optional: bool = False) -> None:
@@ -388,7 +407,9 @@ class RelevanceDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rows, collate = VIEWS.get(self.view)(self)
-        sampler = ResumableSampler(len(rows), self.seed, allowed=self._allowed_fn(rows))
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(len(rows), self.seed, allowed=self._allowed_fn(rows), num_replicas=world, rank=rank)
         # read at the first batch, not now: with a finite max_epochs Lightning builds this loader for
         # estimated_stepping_batches (configure_optimizers) before it restores the loops' progress
         sampler.skip_fn = self._resume_skip
