@@ -125,6 +125,19 @@ def test_sft_test_command_writes_metrics(sft_run, cache_dir):
     assert len(preds) == 6 and {"query", "gold", "pred", "reasoning", "steps"} <= set(preds[0])
 
 
+def test_validate_from_a_checkpoint_names_the_checkpoints_step(tmp_path, sft_run, cache_dir):
+    """A standalone validate restores no training loop (global step 0): its files were val-step0-*."""
+    import torch
+
+    ckpt = os.path.join(sft_run, "checkpoints", "last.ckpt")
+    step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    root = str(tmp_path / "v")
+    args = ["validate", "--config", os.path.join(ROOT, "configs/sft.yaml")] + small_overrides(root, cache_dir)
+    assert main(args + ["--ckpt_path", ckpt, "--trainer.logger", "false"]) == 0
+    assert step > 0 and sorted(os.listdir(os.path.join(root, "eval"))) == [f"val-step{step}-metrics.json",
+                                                                          f"val-step{step}-predictions.jsonl"]
+
+
 def test_predict_command_keeps_its_predictions(tmp_path, sft_run, cache_dir, capsys):
     """`taosr predict` wrote nothing (its records were collected and dropped)."""
     root = str(tmp_path / "p")

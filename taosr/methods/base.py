@@ -168,7 +168,7 @@ class RelevanceModule(pl.LightningModule):
         metrics = compute_metrics(recs)
         if self.trainer.sanity_checking:
             return metrics
-        tag = split if split == "test" else f"{split}-step{self.global_step}"
+        tag = split if split == "test" else f"{split}-step{self.evaluated_step}"
         if self.trainer.is_global_zero:
             write_eval_outputs(os.path.join(self.run_dir, "eval"), tag, metrics, recs)
             self._log_table(split, recs)
@@ -177,6 +177,22 @@ class RelevanceModule(pl.LightningModule):
                       or k.startswith("long_tail/")) and isinstance(v, (int, float)) and not math.isnan(v)}
         self.log_dict(logged, sync_dist=False, rank_zero_only=True)
         return metrics
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._checkpoint_step = checkpoint.get("global_step")
+
+    @property
+    def evaluated_step(self) -> int:
+        """The training step of the weights being evaluated (``val-step<N>`` files): a standalone
+        ``taosr validate --ckpt_path`` restores no training loop, so its global step is 0 while the
+        weights are the checkpoint's step."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        loaded = getattr(self, "_checkpoint_step", None)
+        if self.trainer.state.fn == TrainerFn.VALIDATING and loaded is not None:
+            return int(loaded)
+        return self.global_step
 
     def on_predict_epoch_start(self) -> None:
         self._records = []
@@ -206,7 +222,7 @@ class RelevanceModule(pl.LightningModule):
         data = [[str(r.get(c)) for c in cols] for r in rows]
         for lg in self.loggers:
             if isinstance(lg, WandbLogger):
-                lg.log_table(key=f"{split}/completions_step{self.global_step}", columns=cols, data=data)
+                lg.log_table(key=f"{split}/completions_step{self.evaluated_step}", columns=cols, data=data)
 
     # ------------------------------------------------------------------ export
     def export(self, out_dir: str | None = None) -> str:

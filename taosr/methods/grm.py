@@ -111,7 +111,7 @@ class GRMModule(SFTModule):
         self.log_dict({f"{split}/{k}": v for k, v in m.items() if v == v}, rank_zero_only=True)
         if self.trainer.is_global_zero:
             os.makedirs(os.path.join(self.run_dir, "eval"), exist_ok=True)
-            tag = split if split == "test" else f"{split}-step{self.global_step}"
+            tag = split if split == "test" else f"{split}-step{self.evaluated_step}"
             with open(os.path.join(self.run_dir, "eval", f"{tag}-grm-metrics.json"), "w") as fh:
                 json.dump(m, fh, indent=2)
         return m
