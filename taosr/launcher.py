@@ -117,6 +117,32 @@ def check_checkpoint_method(path: str, ckpt: dict, class_path: str | None) -> No
                           "(--model.init_args.model.name_or_path <run>/export)")
 
 
+def _flat_settings(node, prefix: str = "model") -> dict[str, object]:
+    """A parsed config section as dotted keys (``model.init_args.lr``) and leaf values."""
+    if hasattr(node, "as_dict"):
+        node = node.as_dict()
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, object] = {}
+    for k, v in node.items():
+        out.update(_flat_settings(v, f"{prefix}.{k}"))
+    return out
+
+
+def note_replaced_settings(path: str, before: dict, after: dict) -> None:
+    """Lightning lets a checkpoint's hyperparameters replace the configured model's, command line
+    included: say which ones (a `taosr test --ckpt_path` with other evaluation settings ran with the
+    checkpoint's, silently)."""
+    changed = [k for k in after if k in before and before[k] != after[k]]
+    if not changed:
+        return
+    shown = ", ".join(f"{k} {before[k]!r} -> {after[k]!r}" for k in changed[:4])
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    print(f"taosr: note: --ckpt_path {path}: the checkpoint's settings replace the configured {shown}{more} "
+          "(to evaluate with other settings, start from the run's export: --model.init_args.model.name_or_path "
+          "<run>/export)", file=sys.stderr)
+
+
 def _make_cli_classes():
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
@@ -176,7 +202,10 @@ def _make_cli_classes():
                 model = self.config[sub].get("model")
                 check_checkpoint_method(path, ckpt, getattr(model, "class_path", None))
                 del ckpt
+            before = _flat_settings(self.config[sub].get("model")) if path else {}
             super()._parse_ckpt_path()
+            if path:
+                note_replaced_settings(path, before, _flat_settings(self.config[sub].get("model")))
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand] if self.subcommand else self.config

@@ -138,6 +138,21 @@ def test_validate_from_a_checkpoint_names_the_checkpoints_step(tmp_path, sft_run
                                                                           f"val-step{step}-predictions.jsonl"]
 
 
+def test_a_checkpoint_replacing_configured_settings_says_so(tmp_path, sft_run, cache_dir, capsys):
+    """Lightning lets the checkpoint's hyperparameters replace the configured model's, command line
+    included: the evaluation ran with the checkpoint's settings and nothing said so."""
+    root = str(tmp_path / "t")
+    args = ["test", "--config", os.path.join(ROOT, "configs/sft.yaml")] + small_overrides(root, cache_dir)
+    args += ["--ckpt_path", os.path.join(sft_run, "checkpoints", "last.ckpt"), "--trainer.logger", "false",
+             "--model.init_args.eval_generation.max_new_tokens", "7"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "the checkpoint's settings replace the configured model.init_args.eval_generation.max_new_tokens 7 -> " in err
+    main(["test", "--config", os.path.join(ROOT, "configs/sft.yaml"), *small_overrides(root, cache_dir),
+          "--ckpt_path", os.path.join(sft_run, "checkpoints", "last.ckpt"), "--trainer.logger", "false"])
+    assert "replace the configured" not in capsys.readouterr().err  # the run's own settings: nothing to say
+
+
 def test_predict_command_keeps_its_predictions(tmp_path, sft_run, cache_dir, capsys):
     """`taosr predict` wrote nothing (its records were collected and dropped)."""
     root = str(tmp_path / "p")
