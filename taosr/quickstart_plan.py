@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 
 import yaml
@@ -54,15 +55,26 @@ class QuickstartPlan:
             else dict(self.stages.get(stage, {}))
         return cli_args(over, prefix="--")
 
-    def device_args(self, cpu: bool = False, cuda_available: bool | None = None) -> list[str]:
-        """``--cpu``: the CPU accelerator; else the file's ``cuda`` overrides when CUDA is there."""
+    def device_args(self, cpu: bool = False, cuda_available: bool | None = None,
+                    bf16_supported: bool | None = None) -> list[str]:
+        """``--cpu``: the CPU accelerator; else the file's ``cuda`` overrides when CUDA is there
+        (``bf16-mixed`` becomes ``16-mixed`` on a GPU without bfloat16: a T4, a V100)."""
+        import torch
+
         if cpu:
             return ["--trainer.accelerator", "cpu"]
         if cuda_available is None:
-            import torch
-
             cuda_available = torch.cuda.is_available()
-        return cli_args(self.cuda, prefix="--") if cuda_available else []
+        if not cuda_available:
+            return []
+        over = dict(self.cuda)
+        if over.get("trainer.precision") == "bf16-mixed":
+            if bf16_supported is None:
+                bf16_supported = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+            if not bf16_supported:
+                over["trainer.precision"] = "16-mixed"
+                print("taosr: note: this GPU has no bfloat16: the quick start trains in 16-mixed", file=sys.stderr)
+        return cli_args(over, prefix="--")
 
     def describe(self) -> dict:
         return {"model": self.model, "budgets_file": self.budgets_file, "variant": self.variant,

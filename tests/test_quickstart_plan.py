@@ -69,6 +69,9 @@ def test_device_arguments_cuda_cpu_and_explicit_overrides_win():
     assert qp.device_args(cuda_available=True) == ["--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed"]
     assert qp.device_args(cuda_available=False) == []
     assert qp.device_args(cpu=True, cuda_available=True) == ["--trainer.accelerator", "cpu"]
+    # a GPU without bfloat16 (T4, V100) trains in 16-mixed (the grad scaler's path, tested in test_grpo_module)
+    assert qp.device_args(cuda_available=True, bf16_supported=False) == ["--trainer.accelerator", "gpu",
+                                                                         "--trainer.precision", "16-mixed"]
     extra = qp.device_args(cuda_available=True) + ["--trainer.precision", "32-true"]
     for s in commands("out", qp, qp.budgets, configs=CONFIGS, extra=extra):
         if s.kind != "sample":

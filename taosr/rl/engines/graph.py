@@ -123,7 +123,9 @@ def _cuda_capture(step: Callable[[], None], pool) -> Any:
     g = torch.cuda.CUDAGraph()
     stream = torch.cuda.current_stream()
     try:
-        with torch.cuda.graph(g, pool=pool):
+        # thread_local: CUDA calls from other threads (NCCL's watchdog under DDP) do not invalidate
+        # the capture, as in torch.compile's CUDA graphs
+        with torch.cuda.graph(g, pool=pool, capture_error_mode="thread_local"):
             step()
     except BaseException:
         # an invalidated capture raises from capture_end inside the context's exit, before it gives
