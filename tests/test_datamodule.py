@@ -223,6 +223,30 @@ def test_the_training_sampler_shards_itself_under_ddp(world):
     assert isinstance(order, DistributedSampler) and len(ResumableSampler(11, 0, num_replicas=world)) == -(-11 // world)
 
 
+def test_a_stage_reads_only_its_splits_and_stops_at_a_limit(tmp_path, capsys):
+    """`taosr test` of 8 rows read the whole training file first (62 s for 1M rows), and data.limit_val
+    cut a user's file after reading all of it, silently."""
+    import json
+
+    good = [{"query": f"q{i}", "item": {"title": f"item {i}"}, "label": 1 + i % 4} for i in range(6)]
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"query": "q", "item": {"title": "t"}, "label": 9}\n')  # would fail the whole read
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"query": "q", "label": 9}\n')  # bad after the limit
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in good))
+    dm = RelevanceDataModule(train=str(bad), val=str(val), test=str(test), limit_val=4, data_dir=str(tmp_path / "c"))
+    dm.setup("test")
+    assert len(dm.splits["test"]) == 6 and set(dict.keys(dm.splits)) == {"test"}
+    dm.setup("validate")
+    assert [e.query for e in dm.splits["val"]] == ["q0", "q1", "q2", "q3"]
+    assert f"data.val: the first 4 examples of {val} (data.limit_val; null reads all)" in capsys.readouterr().out
+    from taosr.errors import DataError
+
+    with pytest.raises(DataError, match="train.jsonl:1: field 'label'"):
+        dm.setup("fit")  # the training file is read when fitting
+
+
 def test_unknown_view():
     with pytest.raises(ConfigError, match="unknown view"):
         RelevanceDataModule(view="ppo")

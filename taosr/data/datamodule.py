@@ -129,6 +129,29 @@ class ResumableSampler(DistributedSampler):
         return -(-self.n // self.num_replicas)
 
 
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+class _Splits(dict):
+    """A DataModule's examples per split ("train", "val", "test"), each read on first use."""
+
+    def __init__(self, load):
+        super().__init__()
+        self._read = load
+
+    def __missing__(self, split: str) -> list:
+        if split not in ("train", "val", "test"):
+            raise KeyError(split)
+        rows = self[split] = self._read(split)
+        return rows
+
+    def get(self, split: str, default=None):
+        try:
+            return self[split]
+        except KeyError:
+            return default
+
+
 def _check_size(key: str, value, low: int, optional: bool = False) -> None:
     if value is None and optional:
         return
@@ -197,7 +220,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         self.grm_corrupt_prob = grm_corrupt_prob  # GRM view: chance that a gold step's conclusion is swapped
         self.grm_samples = grm_samples or GRMSamples()  # GRM view: how policy samples are used
         self.tokenizer = None
-        self.splits: dict[str, list[Example]] = {}
+        self.splits: dict[str, list[Example]] = _Splits(self._load)  # each split read on first use
         # Rows cut to fit max_length, per split ("train", "val", "test"): keys of the examples.
         self.truncated: dict[str, set] = defaultdict(set)
         self.targets_cut: dict[str, set] = defaultdict(set)
@@ -240,20 +263,25 @@ class RelevanceDataModule(pl.LightningDataModule):
                       f"while data.train is {self.paths['train']}: pass --data.{split} FILE for your own", file=sys.stderr)
             rows = load_jsonl(os.path.join(self._ensure_synth(), f"{split}.jsonl"))
         else:
-            res = read_examples(dataclasses.replace(self.reader, path=src))
+            lim = self.limits.get(split)
+            res = read_examples(dataclasses.replace(self.reader, path=src, limit=lim))  # stops at the limit
             if res.skipped:
                 print(f"taosr: {src}: skipped {len(res.skipped)} bad rows (on_error=skip); first: {res.skipped[0]}")
             for note in res.notes:  # join counts (data.reader.items / queries)
                 print(f"taosr: {src}: {note}")
-            rows = res.examples
+            if lim and len(res.examples) == lim:
+                print(f"taosr: data.{split}: the first {lim} examples of {src} (data.limit_{split}; null reads all)")
+            return res.examples
         lim = self.limits.get(split)
         return rows[:lim] if lim else rows
 
     def setup(self, stage: str | None = None) -> None:
-        for split in ("train", "val", "test"):
-            if split not in self.splits:
-                self.splits[split] = self._load(split)
-        if not self.splits["train"] and stage in (None, "fit"):
+        # only what the stage uses is read now (a `taosr test` of 8 rows read a 1M-row training file
+        # first); any other split is read when something asks for it (a tiny preset's tokenizer
+        # trains on the training split's texts)
+        for split in STAGE_SPLITS.get(stage, ("train", "val", "test")):
+            self.splits[split]
+        if stage in (None, "fit") and not self.splits["train"]:
             src = self.paths.get("train")
             raise ConfigError("data.train: no training examples" + (f" in {src}" if src else "") + (
                 " (the file is empty: if `taosr reason` wrote it, it explained no pair; see its .report.json and "
@@ -261,8 +289,6 @@ class RelevanceDataModule(pl.LightningDataModule):
 
     def corpus(self) -> Iterator[str]:
         """Texts a tiny preset's tokenizer is trained on: prompts and gold reasoning."""
-        if not self.splits:
-            self.setup("fit")
         for ex in self.splits["train"]:
             yield policy_prompt(ex, target=self.target)
             if self.target != "reasoning":  # (the reasoning corpus, and so the tiny tokenizer, is as before)
