@@ -66,6 +66,8 @@ def data_main(argv: list[str]) -> int:
     h.add_argument("--seed", type=int, default=1, help="first synthetic seed to draw from (not 0, the default data's)")
     c = sub.add_parser("check", help="validate a data file and print counts per tier and query type")
     c.add_argument("file")
+    c.add_argument("--against", metavar="FILE", help="a validation or test file (same reader options): count its "
+                                                      "queries and pairs that also occur in FILE (leakage)")
     add_reader_options(c)
     v = sub.add_parser("convert", help="read a data file (with its joins) and write it as taosr JSONL")
     v.add_argument("file")
@@ -124,7 +126,7 @@ def data_main(argv: list[str]) -> int:
         from taosr.data.check import check_file
 
         spec = reader_spec(a, a.file)
-        print(check_file(spec))
+        print(check_file(spec, against=a.against))
         return 0
     if a.cmd == "convert":
         from taosr.data.check import convert_file

@@ -247,6 +247,20 @@ def test_a_stage_reads_only_its_splits_and_stops_at_a_limit(tmp_path, capsys):
         dm.setup("fit")  # the training file is read when fitting
 
 
+def test_a_validation_file_sharing_training_queries_is_flagged(tmp_path, capsys):
+    """A user's val file cut from the same pairs as train (an ESCI-style split column left unread)
+    gave validation figures on training queries, silently."""
+    import json
+
+    rows = [{"query": f"q{i % 3}", "item": {"title": f"item {i}"}, "label": 1 + i % 4} for i in range(9)]
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
+    val.write_text("".join(json.dumps(r) + "\n" for r in rows[5:] + [{**rows[7], "query": "fresh"}]))
+    RelevanceDataModule(train=str(train), val=str(val), test=None, data_dir=str(tmp_path / "c")).setup("fit")
+    err = capsys.readouterr().err
+    assert f"data.val: 3 of 4 queries of {val} (1 of 5 pairs) also occur in {train}: its figures are not held out" in err
+
+
 def test_unknown_view():
     with pytest.raises(ConfigError, match="unknown view"):
         RelevanceDataModule(view="ppo")

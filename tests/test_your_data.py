@@ -33,6 +33,14 @@ def test_check_reads_the_fixture_with_its_joins(capsys):
     assert "314 of 330 pairs joined a row of" in out and "16 of 330 pairs have no row in" in out
 
 
+def test_check_against_counts_what_a_test_file_shares_with_training(capsys):
+    """The fixture's splits are query-disjoint; a file checked against itself shares everything."""
+    assert main(["data", "check", os.path.join(FIX, "train.csv"), *FLAGS, "--against", os.path.join(FIX, "test.csv")]) == 0
+    assert "0 of 41 queries of" in capsys.readouterr().out
+    assert main(["data", "check", os.path.join(FIX, "test.csv"), *FLAGS, "--against", os.path.join(FIX, "test.csv")]) == 0
+    assert "41 of 41 queries of" in capsys.readouterr().out
+
+
 def test_sample_reads_the_csv_with_the_reader_flags(tmp_path, sft_run, cache_dir, capsys):
     """`taosr sample` reads the graded CSV and its products file as `data convert` does (no convert step)."""
     out = tmp_path / "s.jsonl"

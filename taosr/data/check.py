@@ -38,6 +38,24 @@ def format_summary(s: dict, skipped: list[str] | None = None, path: str = "", no
     return "\n".join(lines)
 
 
+def overlap(train, other) -> dict:
+    """How much of ``other`` (a validation or test set) the training examples already hold: shared
+    queries and shared (query, title) pairs, compared case-insensitively."""
+    queries = {e.query.casefold() for e in train}
+    pairs = {(e.query.casefold(), e.item.title.casefold()) for e in train}
+    other_queries = {e.query.casefold() for e in other}
+    return {"queries": len(other_queries & queries), "of_queries": len(other_queries),
+            "pairs": sum((e.query.casefold(), e.item.title.casefold()) in pairs for e in other), "of_pairs": len(other)}
+
+
+def format_overlap(o: dict, other: str, train: str) -> str:
+    text = (f"{o['queries']} of {o['of_queries']} queries of {other} ({o['pairs']} of {o['of_pairs']} pairs) "
+            f"also occur in {train}")
+    if o["queries"]:
+        text += ": its figures are not held out (split by query)"
+    return text
+
+
 def _read(spec: ReaderSpec):
     res = read_examples(spec)
     if not res.examples:
@@ -48,9 +66,17 @@ def _read(spec: ReaderSpec):
     return res
 
 
-def check_file(spec: ReaderSpec) -> str:
+def check_file(spec: ReaderSpec, against: str | None = None) -> str:
+    """The file's summary; ``against``: a validation or test file (read with the same reader
+    options) whose queries and pairs are looked up in this one."""
+    import dataclasses
+
     res = _read(spec)
-    return format_summary(summarize(res.examples), res.skipped, spec.path, res.notes)
+    text = format_summary(summarize(res.examples), res.skipped, spec.path, res.notes)
+    if against:
+        other = _read(dataclasses.replace(spec, path=against, limit=None))
+        text += "\n" + format_overlap(overlap(res.examples, other.examples), against, spec.path)
+    return text
 
 
 def convert_file(spec: ReaderSpec, out: str) -> str:

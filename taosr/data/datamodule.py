@@ -221,6 +221,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         self.grm_samples = grm_samples or GRMSamples()  # GRM view: how policy samples are used
         self.tokenizer = None
         self.splits: dict[str, list[Example]] = _Splits(self._load)  # each split read on first use
+        self._overlap_checked: set[str] = set()
         # Rows cut to fit max_length, per split ("train", "val", "test"): keys of the examples.
         self.truncated: dict[str, set] = defaultdict(set)
         self.targets_cut: dict[str, set] = defaultdict(set)
@@ -281,11 +282,26 @@ class RelevanceDataModule(pl.LightningDataModule):
         # trains on the training split's texts)
         for split in STAGE_SPLITS.get(stage, ("train", "val", "test")):
             self.splits[split]
+        if stage == "fit" and "val" not in self._overlap_checked:
+            self._overlap_checked.add("val")
+            self._warn_overlap("val")
         if stage in (None, "fit") and not self.splits["train"]:
             src = self.paths.get("train")
             raise ConfigError("data.train: no training examples" + (f" in {src}" if src else "") + (
                 " (the file is empty: if `taosr reason` wrote it, it explained no pair; see its .report.json and "
                 ".unexplained.jsonl)" if src and os.path.isfile(src) and os.path.getsize(src) == 0 else ""))
+
+    def _warn_overlap(self, split: str) -> None:
+        """A user's validation file whose queries the training file holds is not held out (the
+        synthetic default is query-disjoint); `taosr data check TRAIN --against TEST` for a test file."""
+        from taosr.data.check import format_overlap, overlap
+
+        if "synth" in (self.paths.get(split), self.paths.get("train")) or not self.splits[split]:
+            return
+        o = overlap(self.splits["train"], self.splits[split])
+        if o["queries"]:
+            print(f"taosr: warning: data.{split}: {format_overlap(o, self.paths[split], self.paths['train'])}",
+                  file=sys.stderr)
 
     def corpus(self) -> Iterator[str]:
         """Texts a tiny preset's tokenizer is trained on: prompts and gold reasoning."""
