@@ -607,6 +607,11 @@ def test_reasoning_target_names_the_file_and_the_way_out_for_rows_without_steps(
     msg = str(err.value)
     assert msg.startswith(f"data.train ({path}): example train-0 has no gold reasoning steps") and "\n" not in msg
     assert "data.target: label" in msg and "`taosr reason`" in msg and "CoT file" in msg
+    # before the first step, with the count: the training loader is refused at once
+    n = len(d.splits["train"])
+    with pytest.raises(ConfigError, match=rf"^data.train \({path}\): {n} of {n} examples have no gold reasoning steps "
+                                          r"\(first: train-0\); SFT with data.target: reasoning needs them"):
+        d.train_dataloader()
 
 
 def test_unknown_target_is_refused_at_construction():

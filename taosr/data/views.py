@@ -27,6 +27,14 @@ def sft_view(dm) -> tuple[list, Callable]:
         print(f"taosr: data.synth.annotation_regime=heldout: SFT trains on the {len(kept)} annotated of "
               f"{len(rows)} training examples (the unannotated ones serve only as RL prompts)")
         rows = kept
+    missing = [ex for ex in rows if dm.target_spec.gold(ex) is None]
+    if missing:  # before the first step, with the count (the collate found one example at its batch)
+        from taosr.errors import ConfigError
+
+        first = missing[0].id or repr(missing[0].query)
+        raise ConfigError(f"data.train ({dm.paths.get('train')}): {len(missing)} of {len(rows)} examples have no gold "
+                          f"reasoning steps (first: {first}); SFT with data.target: {dm.target} needs them (supply a "
+                          "CoT file, add reasoning with `taosr reason`, or train on the labels alone with data.target: label)")
     return rows, dm.collate_sft
 
 
