@@ -25,7 +25,10 @@ Modes:
 ``--target`` names the prompt the model was trained with (``data.target``): ``label`` by default
 with ``--direct``, ``reasoning`` otherwise.
 
-The file is written under a temporary name and renamed when complete. Prints pairs/s (the
+Rows are appended to ``OUT.partial`` chunk by chunk (its settings in ``OUT.partial.json``; progress
+every 30 s); a re-run with the same settings continues after the last whole chunk (the same output
+as an uninterrupted run), other settings or another file start over. The complete file is written
+under a temporary name and renamed, and the partial files removed. Prints pairs/s (the
 scoring loop: prompts, generation, forward passes; not loading), also per second of this process's
 CPU time (what a shared machine's wall clock hides) and, since every row has a gold
 label, macro F1 of the argmax tier, NDCG@10 of the expected tier and, when rows carry a numeric
@@ -41,7 +44,7 @@ import time
 from taosr.cliargs import ArgumentParser, add_reader_options, reader_spec
 from taosr.errors import ConfigError, TaosrError
 from taosr.reasoning.targets import TARGETS
-from taosr.schema import write_jsonl
+from taosr.schema import append_jsonl, write_json, write_jsonl
 
 
 def parser() -> ArgumentParser:
@@ -79,17 +82,24 @@ def load_model(path: str):
     return model, tok
 
 
-def score_rows(model, tok, dm, examples: list, direct: bool, batch_size: int, max_new_tokens: int) -> list[dict]:
-    """One output row per example (in order); see the module docstring for the fields."""
+def chunk_size(direct: bool, batch_size: int) -> int:
+    """Pairs scored together (direct: a larger pool, sorted by length); the partial file grows by chunks."""
+    return batch_size if not direct else max(batch_size, 1024)
+
+
+def score_rows(model, tok, dm, examples: list, direct: bool, batch_size: int, max_new_tokens: int,
+               start: int = 0, on_chunk=None) -> list[dict]:
+    """One output row per example of ``examples[start:]`` (in order); see the module docstring for the
+    fields. ``on_chunk`` receives each chunk's rows as soon as they are scored."""
     from taosr.eval.generation import GenerationSpec, decode_completions, generate_ids, make_record
     from taosr.eval.scores import DIRECT_PREFIX, LabelSlotCapture, prompt_rows, tier_scores
 
     dev = next(model.parameters()).device
     out: list[dict] = []
     spec = GenerationSpec(max_new_tokens=max_new_tokens)
-    chunk_size = batch_size if not direct else max(batch_size, 1024)  # direct: sort a larger pool by length
-    for s in range(0, len(examples), chunk_size):
-        chunk = list(enumerate(examples[s: s + chunk_size], start=s))
+    size = chunk_size(direct, batch_size)
+    for s in range(start, len(examples), size):
+        chunk = list(enumerate(examples[s: s + size], start=s))
         batch = dm.collate_prompts(chunk)
         prompts = prompt_rows(batch["input_ids"], batch["attention_mask"])
         ids = capture = None
@@ -112,7 +122,52 @@ def score_rows(model, tok, dm, examples: list, direct: bool, batch_size: int, ma
                 row.update(reasoning=text, label=rec["pred"], format_error=rec["format_error"],
                            step_verdicts=rec["step_verdicts"])
             out.append(row)
+        if on_chunk is not None:
+            on_chunk(out[len(out) - len(chunk):])
     return out
+
+
+# ----------------------------------------------------------------------------- resumable output
+def _settings(a, target: str) -> dict:
+    """What the rows depend on: a partial file made with other settings is not continued."""
+    from taosr.sampling import model_fingerprint
+
+    keep = {k: v for k, v in vars(a).items() if k not in ("out", "limit", "model", "file", "target")}
+    return {**keep, "file": os.path.abspath(a.file), "model": model_fingerprint(a.model), "target": target}
+
+
+def resume_rows(part: str, settings: dict, examples: list, size: int) -> list[dict]:
+    """The whole chunks of ``OUT.partial`` that a run with these ``settings`` scored on these examples
+    (a torn last line and a chunk cut short are dropped; other settings or other rows: none)."""
+    import json
+
+    meta = part + ".json"
+    if not (os.path.exists(part) and os.path.exists(meta)):
+        return []
+    try:
+        with open(meta, encoding="utf-8") as fh:
+            same = json.load(fh) == json.loads(json.dumps(settings, default=str))
+    except ValueError:
+        same = False
+    if not same:
+        print(f"taosr: {part}: made with other settings; scoring from the start")
+        return []
+    rows = []
+    with open(part, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                break
+            i = len(rows)
+            ex = examples[i] if i < len(examples) else None
+            if ex is None or (row.get("id"), row.get("query"), row.get("title")) != (ex.id, ex.query, ex.item.title):
+                print(f"taosr: {part}: row {i + 1} is not this file's pair {i + 1}; scoring from the start")
+                return []
+            rows.append(row)
+    return rows[: len(rows) // size * size]
 
 
 def summary(rows: list[dict]) -> str:
@@ -166,15 +221,42 @@ def score_main(argv: list[str]) -> int:
     model, tok = load_model(a.model)
     dm.attach_tokenizer(tok)
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    rows = score_rows(model, tok, dm, examples, a.direct, a.batch_size, a.max_new_tokens)
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # written as it goes (OUT.partial, whole chunks, with its settings in OUT.partial.json); a re-run
+    # with the same settings continues after the last whole chunk
     os.makedirs(parent, exist_ok=True)
+    part, size, settings = a.out + ".partial", chunk_size(a.direct, a.batch_size), _settings(a, target)
+    done = resume_rows(part, settings, examples, size)
+    if done:
+        print(f"taosr: {part}: continuing after {len(done)} of {len(examples)} pairs scored")
+    with open(part, "w", encoding="utf-8") as fh:
+        append_jsonl(fh, done)
+    write_json(part + ".json", settings)
+    t0, c0 = time.perf_counter(), time.process_time()
+    progress = {"rows": 0, "said": t0}
+
+    def keep(chunk: list[dict]) -> None:
+        with open(part, "a", encoding="utf-8") as fh:
+            append_jsonl(fh, chunk)
+        progress["rows"] += len(chunk)
+        now = time.perf_counter()
+        if now - progress["said"] >= 30:  # a long run says how far it is
+            print(f"taosr: scored {len(done) + progress['rows']} of {len(examples)} pairs "
+                  f"({progress['rows'] / (now - t0):.1f} pairs/s)", flush=True)
+            progress["said"] = now
+
+    new_rows = score_rows(model, tok, dm, examples, a.direct, a.batch_size, a.max_new_tokens, start=len(done),
+                          on_chunk=keep)
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rows = done + new_rows
     write_jsonl(a.out, rows)
+    for f in (part, part + ".json"):
+        os.remove(f)
     unscored = sum(r["p_tier"] is None for r in rows)
     mode = "direct" if a.direct else "reasoning"
-    print(f"scored {len(rows)} pairs ({mode}) in {dt:.1f}s: {len(rows) / dt:.1f} pairs/s "
-          f"({cpu:.1f}s of CPU time: {len(rows) / max(cpu, 1e-9):.1f} pairs per CPU-second) -> {a.out}")
+    n = len(new_rows)
+    print(f"scored {n} pairs ({mode}) in {dt:.1f}s: {n / max(dt, 1e-9):.1f} pairs/s "
+          f"({cpu:.1f}s of CPU time: {n / max(cpu, 1e-9):.1f} pairs per CPU-second) -> {a.out}"
+          + (f"; {len(done)} pairs kept from {part}" if done else ""))
     if unscored:
         print(f"{unscored} completions have no label line: no score (null; ranked last)")
     print(summary(rows))

@@ -52,6 +52,49 @@ def test_score_direct_csv_with_column_map(tmp_path, sft_run, csv_file, capsys):
     assert not any(p.name.startswith("scores.jsonl.tmp") for p in tmp_path.iterdir())
 
 
+def test_an_interrupted_score_continues_where_it_stopped(tmp_path, sft_run, csv_file, capsys, monkeypatch):
+    """Ctrl-C after two chunks of 2: OUT.partial keeps them, and the re-run scores the 8 others only,
+    ending with the uninterrupted run's file; another setting starts over. (score kept every row in
+    memory and wrote nothing until the end: an audit lost ~4k scored pairs to a kill.)"""
+    import taosr.scoring as scoring
+
+    path, ids = csv_file
+    args = ["score", path, "--model", os.path.join(sft_run, "export"), "--max-new-tokens", "16", "--batch-size", "2",
+            *MAP]
+    full, out = tmp_path / "full.jsonl", tmp_path / "scores.jsonl"
+    assert main([*args, "--out", str(full)]) == 0
+    real = scoring.score_rows
+
+    def stop_after_two(*a, on_chunk=None, **kw):
+        seen = []
+
+        def chunk(rows):
+            on_chunk(rows)
+            seen.append(rows)
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+        return real(*a, on_chunk=chunk, **kw)
+
+    monkeypatch.setattr(scoring, "score_rows", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(out)])
+    monkeypatch.setattr(scoring, "score_rows", real)
+    assert len(open(f"{out}.partial").readlines()) == 4 and not out.exists()
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "continuing after 4 of 12 pairs scored" in printed and "scored 8 pairs (reasoning)" in printed
+    assert out.read_text() == full.read_text()
+    assert not os.path.exists(f"{out}.partial") and not os.path.exists(f"{out}.partial.json")
+    with pytest.raises(KeyboardInterrupt):  # a partial file of other settings is not continued
+        monkeypatch.setattr(scoring, "score_rows", stop_after_two)
+        main([*args, "--out", str(out)])
+    monkeypatch.setattr(scoring, "score_rows", real)
+    capsys.readouterr()
+    assert main([*args[:-len(MAP)], "--max-length", "200", *MAP, "--out", str(out)]) == 0
+    assert "made with other settings; scoring from the start" in capsys.readouterr().out
+
+
 def test_score_reasoning_writes_the_generated_reasoning(tmp_path, sft_run, csv_file, capsys):
     path, ids = csv_file
     out = tmp_path / "scores.jsonl"
