@@ -79,6 +79,18 @@ def test_jsonl_native_and_bad_fields(tmp_path):
     assert len(res.examples) == 1 and res.examples[0].annotations == {"category": "exact"} and len(res.skipped) == 1
 
 
+def test_a_flat_jsonl_row_is_read_by_column_name_without_a_map(tmp_path):
+    """The README reads JSONL without a nested item by column name; without any reader flag such a
+    row was validated as a taosr row: "field 'title': unknown field"."""
+    p = tmp_path / "flat.jsonl"
+    rows = [{"query": "red shoes", "title": "Red Shoe", "item.brand": "Acme", "label": "Excellent"},
+            {"query": "bag", "item": {"title": "Tote"}, "label": 2}]  # a taosr row in the same file
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    res = read_examples(ReaderSpec(path=str(p)))
+    assert [(e.query, e.item.title, e.item.brand, e.label) for e in res.examples] == [
+        ("red shoes", "Red Shoe", "Acme", 4), ("bag", "Tote", None, 2)]
+
+
 def _esci_files(tmp_path):
     ex = pd.DataFrame({"example_id": [1, 2, 3, 4], "query": ["shoes", "shoes", "zapatos", "bag"],
                        "query_id": [1, 1, 2, 3], "product_id": ["P1", "P2", "P1", "P9"],

@@ -26,8 +26,10 @@ flags, the DataModule's ``data.reader`` section is one (its ``path`` comes from
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import math
 import os
 from dataclasses import dataclass, field
@@ -479,6 +481,19 @@ def _label_kind(v: Any) -> str | None:
         return "text"
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """No cyclic garbage collection while rows are read: each row allocates many objects and none
+    form cycles, yet the collector's full passes took a third of a 200k-row read's CPU time."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def read_examples(spec: ReaderSpec) -> ReadResult:
     spec.validate()
     if spec.path is None:
@@ -494,7 +509,8 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
     joiner = make_joiner(spec)  # after the pairs file's columns were checked (CSV / Parquet)
     columns = getattr(records, "columns", None)
     _check_title_source(spec, columns, joiner)
-    res = read_records(records, spec, plain=plain, joiner=joiner)
+    with _collector_paused():
+        res = read_records(records, spec, plain=plain, joiner=joiner)
     if encoding == "latin-1" and check_encoding(spec.encoding) == AUTO_ENCODING:
         res.notes.append(f"{spec.path} is not UTF-8: read as latin-1 (--encoding / data.reader.encoding chooses another)")
     unread = _unread_columns(columns, spec, required) if columns is not None else []
@@ -531,7 +547,9 @@ def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bo
                 kind = _label_kind(raw.get(label_col))
                 if kind is not None:
                     first_of_kind.setdefault(kind, (where, raw.get(label_col)))
-            if plain:
+            if plain and isinstance(raw, dict) and "item" not in raw:
+                ex = validate_row(flat_to_row(raw, spec, where, joiner), where)  # a flat JSONL row: columns by name
+            elif plain:
                 if spec.query_type and isinstance(raw, dict) and "query_type" not in raw:
                     raw = {**raw, "query_type": spec.query_type}
                 ex = validate_row(raw, where)
