@@ -415,6 +415,13 @@ def test_long_prompts_are_cut_by_rule_and_counted(tmp_path, dm, capsys):
     again = d.collate_sft([d.splits["train"][0], d.splits["train"][3]])
     assert torch.equal(same["input_ids"], again["input_ids"]) and torch.equal(same["loss_mask"], again["loss_mask"])
     assert len(d.truncated["train"]) == 2 and not d.targets_cut["train"]
+    # a cut row is encoded once, not again at every epoch (its search re-encodes the prompt many times)
+    encodes = []
+    real = d.encode_prompt
+    d.encode_prompt = lambda text: encodes.append(text) or real(text)
+    assert torch.equal(d.collate_sft(d.splits["train"])["input_ids"], batch["input_ids"])
+    assert len(encodes) == 2  # the two rows that fit; the cut ones come from the cache
+    del d.encode_prompt
     first = capsys.readouterr().out
     assert first.count("does not fit data.max_length") == 1 and "item fields are cut" in first  # once per split
     # evaluation prompts are capped (no prompt of 100,000 characters reaches generate)

@@ -225,7 +225,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         # Rows cut to fit max_length, per split ("train", "val", "test"): keys of the examples.
         self.truncated: dict[str, set] = defaultdict(set)
         self.targets_cut: dict[str, set] = defaultdict(set)
-        self._fitted: dict[tuple[int, int], tuple[Example, Example]] = {}  # (id, budget) -> (example, shortened)
+        self._fitted: dict[tuple[int, int], tuple[Example, list[int]]] = {}  # (id, budget) -> (example, cut prompt ids)
         self._split_ids: tuple[tuple[int, ...], dict[int, str]] | None = None  # (split sizes, id(example) -> split)
         # Training-pool hooks (each off when None or enabled=false); their state is checkpointed.
         self.rejection_sampling, self.diverse_sampling, self.curriculum = rejection_sampling, diverse_sampling, curriculum
@@ -354,16 +354,17 @@ class RelevanceDataModule(pl.LightningDataModule):
     def fitted_prompt_ids(self, ex: Example, target_len: int = 0) -> list[int]:
         """Prompt ids of ``ex`` that leave ``target_len`` tokens of ``max_length`` free, its item
         fields (then its query) cut by the rule of :mod:`taosr.data.budget` when needed."""
-        ids = self.encode_prompt(self.prompt_text(ex))
         budget = self.max_length - target_len
-        if len(ids) <= budget:
-            return ids
         key = (id(ex), budget)
-        if key not in self._fitted or self._fitted[key][0] is not ex:
+        hit = self._fitted.get(key)
+        if hit is None or hit[0] is not ex:  # a cut row's ids are kept: it is not encoded again every epoch
+            ids = self.encode_prompt(self.prompt_text(ex))
+            if len(ids) <= budget:
+                return ids
             short, _ = fit_example(ex, lambda e: len(self.encode_prompt(self.prompt_text(e))), budget)
-            self._fitted[key] = (ex, short)
+            hit = self._fitted[key] = (ex, self.encode_prompt(self.prompt_text(short)))
         self.note_cut(self.truncated, ex, "the prompt's item fields are cut")
-        return self.encode_prompt(self.prompt_text(self._fitted[key][1]))
+        return list(hit[1])
 
     def encode_example(self, ex: Example, completions: list[str]) -> list[tuple[list[int], list[int]]]:
         """(input_ids, loss_mask) of prompt + completion + eos for each completion, with one prompt
