@@ -166,7 +166,7 @@ def test_all_groups_dropped_still_counts_rollout_batches(tmp_path, cache_dir):
 
 
 def _fit_micro(tmp_path, cache_dir, max_steps=2, inject=True, extra_callbacks=(), module_cls=GRPOModule,
-               G=4, trainer_kw=None, **kw):
+               G=4, trainer_kw=None, config_overrides=None, **kw):
     """A few rollout batches of the micro model (2 prompts x G, 24 new tokens at temperature 1.3).
     The micro model writes no valid answer, so ``inject`` replaces the outcome rewards with a
     deterministic function of each sampled text (reward spread, hence updates)."""
@@ -186,7 +186,7 @@ def _fit_micro(tmp_path, cache_dir, max_steps=2, inject=True, extra_callbacks=()
 
     dm = RelevanceDataModule(view="rl", synth=SynthConfig(n_train=16, n_val=2, n_test=2, seed=3),
                              data_dir=os.path.join(cache_dir, "data"), batch_size=2, val=None, test=None)
-    spec = ModelSpec(name_or_path="micro", cache_dir=os.path.join(cache_dir, "models"))
+    spec = ModelSpec(name_or_path="micro", cache_dir=os.path.join(cache_dir, "models"), config_overrides=config_overrides)
     load_model_and_tokenizer(spec, corpus=dm.corpus)  # build and cache it first: building draws random numbers
     pl.seed_everything(0)
     module = module_cls(model=spec, lr=1e-2, export_dir=None, micro_batch_size=3, table_every=0, **kw)
@@ -492,3 +492,21 @@ def test_grpo_under_16_mixed_clips_unscaled_gradients(tmp_path, cache_dir, injec
         assert norms and all(1e-3 < n <= 1.0 + 1e-3 for n in norms), norms
     else:
         assert norms == []
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_rl_scores_rollouts_without_dropout(tmp_path, cache_dir, disable):
+    """Rollouts sample in eval mode; the update scored them in train mode, with the model's dropout
+    (0.1 in GPT-2/OPT configs): another policy than the one that sampled. Off by default, as TRL's DPO."""
+    import lightning.pytorch as pl
+
+    rates = []
+
+    class Rates(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            assert pl_module.model.training
+            rates.extend(m.attention_dropout for m in pl_module.model.modules() if hasattr(m, "attention_dropout"))
+
+    _fit_micro(tmp_path, cache_dir, max_steps=1, extra_callbacks=[Rates()], config_overrides={"attention_dropout": 0.3},
+               disable_dropout=disable)
+    assert rates and set(rates) == ({0.0} if disable else {0.3})

@@ -98,3 +98,25 @@ def test_smollm2_preset_converts_and_generates(tmp_path):
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 4
+
+
+def test_disable_dropout_zeroes_every_rate_and_keeps_the_config():
+    """nn.Dropout modules (GPT-2's, LoRA's) and attention modules' float rates (Llama's SDPA rate):
+    two train-mode forwards agree after it; the config (an export's) keeps its rates."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from taosr.models.factory import disable_dropout
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, attention_dropout=0.5, attn_implementation="eager"))
+    lora = get_peft_model(llama, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.3, target_modules=["q_proj"]))
+    ids = torch.arange(12).view(1, 12)
+    for model, want in ((gpt2, 1 + 2 * 3), (lora, 2 + 2)):  # gpt2: embd + 3 per block; lora: 2 attn rates + 2 LoRA
+        model.train()
+        assert not torch.equal(model(ids).logits, model(ids).logits)
+        assert disable_dropout(model) == want
+        assert torch.equal(model(ids).logits, model(ids).logits)
+    assert gpt2.config.resid_pdrop == 0.1 and llama.config.attention_dropout == 0.5

@@ -13,16 +13,20 @@ import torch
 from taosr.losses.dpo import dpo_loss, dpo_metrics
 from taosr.losses.sft import sequence_logprobs
 from taosr.methods.base import RelevanceModule
+from taosr.models.factory import disable_dropout
 
 
 class DPOModule(RelevanceModule):
-    def __init__(self, *args, beta: float = 0.1, label_smoothing: float = 0.0, sft_weight: float = 0.0, **kwargs):
+    def __init__(self, *args, beta: float = 0.1, label_smoothing: float = 0.0, sft_weight: float = 0.0,
+                 disable_dropout: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.ref_model = None
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        if self.hparams.disable_dropout:  # policy and reference log-probs of the same weights must agree
+            disable_dropout(self.model)
         if self.ref_model is None and not hasattr(self.model, "disable_adapter"):
             self.ref_model = copy.deepcopy(self.model).eval()
             for p in self.ref_model.parameters():

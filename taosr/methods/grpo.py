@@ -24,6 +24,7 @@ from taosr.errors import ConfigError
 from taosr.losses.policy import LOSS_AGGREGATIONS, policy_loss
 from taosr.losses.sft import gather_logprobs
 from taosr.methods.base import RelevanceModule
+from taosr.models.factory import disable_dropout
 from taosr.models.kvcache import cache_kwargs, output_cache
 from taosr.rl.advantages import frac_zero_std, group_advantages, zero_spread_mask
 from taosr.rl.rollout import Rollout
@@ -38,7 +39,7 @@ class GRPOModule(RelevanceModule):
                  eps_high: float = 0.28, delta: float | None = None, beta: float = 0.0,
                  loss_agg: str = "token_mean", scale_std: bool = True, dynamic_sampling: bool = True,
                  max_grad_norm: float = 1.0, reference: str = "auto", prefix_sharing: bool = True,
-                 dedup_completions: bool = True, table_every: int = 20, **kwargs):
+                 dedup_completions: bool = True, table_every: int = 20, disable_dropout: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -55,6 +56,8 @@ class GRPOModule(RelevanceModule):
     # ------------------------------------------------------------------ log-probs
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        if self.hparams.disable_dropout:  # rollouts sample in eval mode: the update must score that policy
+            disable_dropout(self.model)
         if self.hparams.beta > 0 and self.ref_model is None and not self._is_peft():
             self.ref_model = copy.deepcopy(self.model).eval()
             for p in self.ref_model.parameters():

@@ -178,6 +178,23 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
     return model, tok
 
 
+def disable_dropout(model) -> int:
+    """Zero every dropout rate of ``model`` in place (its config, hence an export's, keeps them):
+    ``nn.Dropout`` modules (LoRA's included) and the float rates attention modules hand to SDPA
+    (``attention_dropout``). Returns how many were non-zero. DPO and GRPO/SRPO compare log-probs of
+    one model under two settings (policy vs reference, rollout vs update): with dropout on, a
+    GPT-2/OPT-style model (0.1) scored the sampled tokens with another policy than the one that
+    sampled them (rollouts run in eval mode). TRL's DPO does the same (``disable_dropout``)."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout) and m.p > 0:
+            m.p, n = 0.0, n + 1
+        rate = getattr(m, "attention_dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            m.attention_dropout, n = 0.0, n + 1
+    return n
+
+
 EXPORT_META = "taosr_export.json"
 
 
