@@ -120,3 +120,32 @@ def test_disable_dropout_zeroes_every_rate_and_keeps_the_config():
         assert disable_dropout(model) == want
         assert torch.equal(model(ids).logits, model(ids).logits)
     assert gpt2.config.resid_pdrop == 0.1 and llama.config.attention_dropout == 0.5
+
+
+def _folder(tmp_path, name, config):
+    """A model folder of another architecture, random weights and the test corpus' tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    tok = train_bpe_tokenizer(TEXTS, 300, str(tmp_path / name))
+    config.vocab_size, config.pad_token_id, config.eos_token_id = len(tok), tok.pad_token_id, tok.eos_token_id
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(tmp_path / name))
+    return str(tmp_path / name)
+
+
+def test_other_architectures_load_with_lora_and_encoders_are_refused(tmp_path):
+    """Any model folder: Bloom has no SDPA attention, and the explicit "sdpa" the factory asked for
+    refused to load it (transformers now chooses); GPT-2's Conv1D layers take LoRA all-linear; BERT
+    loads as a causal LM (an LM head) but attends to the future and keeps no cache: refused in one
+    line (it trained, then failed in its first evaluation)."""
+    from transformers import BertConfig, BloomConfig, GPT2Config
+
+    small = dict(n_layer=2, n_head=2)
+    for name, cfg in (("bloom", BloomConfig(hidden_size=32, **small)), ("gpt2", GPT2Config(n_embd=32, **small))):
+        model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=_folder(tmp_path, name, cfg), lora=LoraSpec(r=2)))
+        _, trainable = count_parameters(model)
+        assert hasattr(model, "peft_config") and trainable > 0 and _logits(model, tok).shape[-1] >= len(tok)
+    bert = _folder(tmp_path, "bert", BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                 intermediate_size=64))
+    with pytest.raises(ConfigError, match=r"^model.name_or_path: '.*bert' \(bert\) returns no key/value cache: not a "
+                                          r"decoder-only causal LM"):
+        load_model_and_tokenizer(ModelSpec(name_or_path=bert))

@@ -41,7 +41,7 @@ class ModelSpec:
     seed: int = 0
     dtype: str = "float32"
     lora: LoraSpec | None = None
-    attn_implementation: str = "sdpa"
+    attn_implementation: str | None = None  # None: transformers' choice (SDPA where the model has it, else eager)
     config_overrides: dict | None = None  # tiny presets only: e.g. {num_hidden_layers: 6, hidden_size: 192}
 
 
@@ -147,13 +147,29 @@ def load_for_inference(name_or_path: str, corpus: Callable[[], Iterable[str]] | 
     return model, tok
 
 
+def _check_decoder(model, path: str) -> None:
+    """An encoder that transformers loads as a causal LM (BERT's LM head: attention sees the future,
+    no key/value cache) trained a few steps and then failed in evaluation: refused in one line."""
+    from taosr.models.kvcache import output_cache
+
+    ids = torch.zeros((1, 2), dtype=torch.long, device=model.device)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    if output_cache(out) is None:
+        kind = getattr(model.config, "model_type", type(model).__name__)
+        raise ConfigError(f"model.name_or_path: {path!r} ({kind}) returns no key/value cache: not a decoder-only causal "
+                          "LM (an encoder?); taosr trains decoder-only models")
+
+
 def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]] | None = None):
     """Build or load ``(model, tokenizer)`` as described in the module docstring."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = _resolve(spec, corpus)
     dtype = _dtype(spec.dtype)
-    kw = {"dtype": dtype, "attn_implementation": spec.attn_implementation}
+    kw = {"dtype": dtype}
+    if spec.attn_implementation:  # an architecture without SDPA (Gemma2, Bloom) refused an explicit "sdpa"
+        kw["attn_implementation"] = spec.attn_implementation
     try:
         if os.path.exists(os.path.join(path, "adapter_config.json")):
             from peft import AutoPeftModelForCausalLM
@@ -165,6 +181,7 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
     except (OSError, ValueError, KeyError) as e:  # missing or unreadable files, unknown model type
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model.name_or_path: cannot load {path!r}: {first}") from None
+    _check_decoder(model, path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if model.config.pad_token_id is None:
