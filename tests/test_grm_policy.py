@@ -161,3 +161,30 @@ def test_policy_sample_settings_without_samples_are_refused(dm):
         assert len(build_grm_rows(dm)) == 3 * len(dm.splits["train"])  # the default without samples: gold rows only
     finally:
         dm.samples_path, dm.grm_samples = saved
+
+
+@pytest.mark.parametrize("arch", ["granite", "gemma2", "cohere", "llama"])
+def test_grm_head_logits_are_the_models_own(arch):
+    """The GRM scores two head rows at the verdict slots; it must equal the model's full logits there,
+    post-processing included (Granite divides by logits_scaling, Cohere multiplies by logit_scale,
+    Gemma 2 soft-caps)."""
+    import transformers as T
+
+    from taosr.rl.grm import head_logits
+
+    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2)
+    cfg = {"granite": lambda: T.GraniteConfig(logits_scaling=8.0, **common),
+           "gemma2": lambda: T.Gemma2Config(head_dim=16, final_logit_softcapping=0.5, **common),
+           "cohere": lambda: T.CohereConfig(logit_scale=3.0, **common),
+           "llama": lambda: T.LlamaConfig(**common)}[arch]()
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(cfg).eval()
+    ids = torch.randint(0, 64, (2, 7))
+    rows = torch.tensor([5, 9])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits[..., rows]
+        h = model.get_decoder()(input_ids=ids).last_hidden_state
+        head = model.get_output_embeddings()
+        got = head_logits(model.config, h, head.weight[rows], None if head.bias is None else head.bias[rows])
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()

@@ -35,6 +35,22 @@ from taosr.reasoning.grm_layout import (LAYOUT, LAYOUT_FILE, MISSING_STEP, RIGHT
                                        encode_candidate, verdict_slot, write_layout)
 from taosr.schema import Example
 
+def head_logits(config, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of the LM head's rows ``weight`` (``bias``) at ``hidden``, with what a model's own
+    forward applies to its logits: Granite's ``logits_scaling`` (divides), Cohere's ``logit_scale``
+    (multiplies), Gemma 2's ``final_logit_softcapping`` (tanh). Without them a Granite GRM scored
+    P(right) 0.879 where its own logits said 0.562 (training reads the real logits)."""
+    logits = torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias).float()
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    if getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    if getattr(config, "final_logit_softcapping", None):
+        cap = config.final_logit_softcapping
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 class GRMScorer:
     """Batched soft step scores from a GRM export (any causal LM folder taosr can load)."""
 
@@ -75,8 +91,8 @@ class GRMScorer:
 
     def _score(self, examples, steps_list) -> torch.Tensor:
         # The decoder's last hidden states at the K slot positions times the LM head's two rows (right,
-        # wrong): batch x K x 2 logits, not batch x length x vocab. (Assumes a plain linear head, as
-        # in Llama/Qwen/SmolLM; a head with logit soft-capping would need the full logits.)
+        # wrong): batch x K x 2 logits, not batch x length x vocab, then what the model's own forward
+        # does to its logits (head_logits).
         dev = next(self.model.parameters()).device
         decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
         pair = self.pair_ids.to(head.weight.device)
@@ -103,7 +119,7 @@ class GRMScorer:
         for s in range(0, len(order), self.batch_size):
             part = order[s:s + self.batch_size]
             h = self._slot_states(decoder, [uniq[u] for u in part], [owner[u] for u in part], dev)  # (B, K, H)
-            logits = torch.nn.functional.linear(h.to(w.dtype), w, b).float()  # (B, K, 2)
+            logits = head_logits(self.model.config, h, w, b)  # (B, K, 2)
             scores[torch.tensor(part)] = torch.softmax(logits, -1)[..., 0].cpu()
         out = scores[torch.tensor(which, dtype=torch.long)] if enc else torch.full((0, len(STEP_KEYS)), float("nan"))
         for n, st in enumerate(steps_list):
