@@ -589,6 +589,28 @@ def test_sliding_window_models_decode_without_capture():
     assert _same_tokens(out, hf_generate_ids(model, TinyTok, ids, torch.ones_like(ids), _greedy(T=12)))
 
 
+def test_sliding_window_models_sample_exactly_with_left_padded_prompts():
+    """A sliding-window cache holds only its window; copied into the decoder's slots its keys did not
+    line up with a left-padded prompt's absolute mask once prompt + generation passed the window:
+    other tokens than generate, silently (rollouts, `taosr sample`, CUDA evaluation). The engine now
+    decodes such models on a growing cache."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from taosr.eval.generation import hf_generate_ids
+    from taosr.rl.engines.hf import HFEngine
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                                             pad_token_id=0, eos_token_id=2, bos_token_id=1)).eval()
+    ids = torch.randint(3, 40, (3, 7))
+    att = torch.ones_like(ids)
+    att[0, :3], att[2, :1] = 0, 0
+    ids[att == 0] = 0
+    spec = _greedy(T=10)
+    assert _same_tokens(HFEngine().generate(model, TinyTok, ids, att, spec), hf_generate_ids(model, TinyTok, ids, att, spec))
+
+
 def test_sliding_window_caches_take_one_dtype_too(monkeypatch):
     """transformers 5.17's StaticLayer (which sliding-window layers inherit from) allocates values in
     the keys' dtype: under bf16 autocast the fallback cache of a sliding-window model gets its inputs

@@ -105,7 +105,7 @@ def generate_ids(model, tokenizer, input_ids: torch.Tensor, attention_mask: torc
     ``logits_processor``: extra processors (not called by the CUDA-graph decoder)."""
     from taosr.rl.engines.graph import decoder_for
 
-    if input_ids.device.type == "cuda" and spec.cuda_graphs and _plain_decoding(model):
+    if input_ids.device.type == "cuda" and spec.cuda_graphs and _plain_greedy(model):
         return decoder_for(model).generate(model, tokenizer, input_ids, attention_mask, spec)
     if input_ids.device.type == "cpu" and not spec.sampling and _plain_greedy(model):
         one = spec if spec.num_return_sequences == 1 else replace(spec, num_return_sequences=1)
@@ -134,7 +134,8 @@ def _plain_decoding(model) -> bool:
 
 
 def _plain_greedy(model) -> bool:
-    """:func:`_plain_decoding`, for a decoder whose cache takes the written-only layers."""
+    """:func:`_plain_decoding`, for a decoder whose cache is plain static layers (not a sliding-window
+    or hybrid cache, whose window-sized layers the decoder's slots cannot line up with left padding)."""
     from taosr.models.kvcache import written_static_cache
 
     return _plain_decoding(model) and written_static_cache(model.config, 1) is not None

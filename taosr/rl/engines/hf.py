@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from taosr.eval.generation import GenerationSpec, hf_generate_ids
-from taosr.models.kvcache import cache_kwargs, output_cache
+from taosr.models.kvcache import cache_kwargs, output_cache, written_static_cache
 from taosr.rl.engines.graph import decoder_for, gumbel_max_sample, make_sampler, warpers
 
 __all__ = ["HFEngine", "gumbel_max_sample", "sample_shared_prefix", "warpers"]
@@ -30,7 +30,9 @@ def sample_shared_prefix(model, tokenizer, input_ids: torch.Tensor, attention_ma
     model (CUDA graphs on CUDA unless ``cuda_graphs`` is off; eager steps read only the cache
     positions written so far: ~10% less time per CPU rollout, ``benchmarks/rollout_rows.py``);
     otherwise a growing cache (reference)."""
-    if static_cache:
+    if static_cache and written_static_cache(model.config, 1) is not None:
+        # (a sliding-window or hybrid cache keeps only its window: copied into the decoder's slots, its
+        # keys no longer lined up with a left-padded prompt's absolute mask; the growing cache is exact)
         return decoder_for(model).generate(model, tokenizer, input_ids, attention_mask, spec, cuda_graphs=cuda_graphs,
                                            written_only=True)
     G = max(1, spec.num_return_sequences)
