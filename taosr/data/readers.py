@@ -533,7 +533,9 @@ def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bo
     or with ``on_error="skip"`` are skipped and counted; the join's counts go to ``notes``."""
     res = ReadResult(path=spec.path)
     label_col = (spec.column_map or {}).get("label", "label")
-    seen_pairs: dict[tuple[str, str], tuple[str, int]] = {}   # (query, title) -> (where, label) of its first row
+    # hash of the casefolded (query, title) -> (where, label) of its first row: a 64-bit hash, not copies of
+    # every text (~375 MB at 1M rows); a collision would only miscount a repeat (p ~ n^2 / 2^65)
+    seen_pairs: dict[int, tuple[str, int]] = {}
     repeats, conflicts = 0, []
     first_of_kind: dict[str, tuple[str, Any]] = {}  # numeric / text -> (where, raw label): mixed columns
     ids: dict[str, str] = {}
@@ -561,7 +563,7 @@ def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bo
                                                        "drop the column map, label map and joins for this file")
                 ex = validate_row(flat_to_row(raw, spec, where, joiner), where)
             check_unique_id(ex, where, ids)
-            pair = (ex.query.casefold(), ex.item.title.casefold())
+            pair = hash((ex.query.casefold(), ex.item.title.casefold()))
             if pair in seen_pairs:
                 repeats += 1
                 if seen_pairs[pair][1] != ex.label:
