@@ -70,7 +70,7 @@ class QuickstartPlan:
         over = dict(self.cuda)
         if over.get("trainer.precision") == "bf16-mixed":
             if bf16_supported is None:
-                bf16_supported = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+                bf16_supported = not torch.cuda.is_available() or torch.cuda.is_bf16_supported(including_emulation=False)
             if not bf16_supported:
                 over["trainer.precision"] = "16-mixed"
                 print("taosr: note: this GPU has no bfloat16: the quick start trains in 16-mixed", file=sys.stderr)

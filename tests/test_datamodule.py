@@ -223,6 +223,34 @@ def test_the_training_sampler_shards_itself_under_ddp(world):
     assert isinstance(order, DistributedSampler) and len(ResumableSampler(11, 0, num_replicas=world)) == -(-11 // world)
 
 
+def test_sharded_epochs_stay_disjoint_and_equal_when_the_curriculum_changes_mid_epoch():
+    """A curriculum stage that changes after some steps: each rank pulls its next index at the same
+    step, and every rank must see the same filter for the same indices (a lazy per-rank filter let
+    ranks disagree: duplicated examples and unequal batch counts, i.e. a DDP hang)."""
+    from taosr.data.datamodule import ResumableSampler
+
+    for n, world, batch, switch in [(59, 4, 2, 3), (23, 2, 1, 5), (40, 3, 4, 1), (17, 4, 3, 2)]:
+        stage = {"s": 0}
+
+        def allowed(i):
+            return i % 3 == 0 if stage["s"] == 0 else True
+
+        iters = [iter(ResumableSampler(n, seed=1, allowed=allowed, num_replicas=world, rank=r)) for r in range(world)]
+        shares, step = [[] for _ in range(world)], 0
+        while True:
+            if step == switch:
+                stage["s"] = 1
+            got = [[x for _, x in zip(range(batch), it)] for it in iters]  # one batch per rank, rank by rank
+            if not any(got):
+                break
+            assert all(len(g) == len(got[0]) for g in got), (n, world, batch, switch, got)  # equal batches
+            for r, g in enumerate(got):
+                shares[r] += g
+            step += 1
+        flat = [i for sh in shares for i in sh]
+        assert len(flat) - len(set(flat)) < world, (n, world, shares)  # only the short last round's padding repeats
+
+
 def test_a_stage_reads_only_its_splits_and_stops_at_a_limit(tmp_path, capsys):
     """`taosr test` of 8 rows read the whole training file first (62 s for 1M rows), and data.limit_val
     cut a user's file after reading all of it, silently."""
@@ -240,7 +268,12 @@ def test_a_stage_reads_only_its_splits_and_stops_at_a_limit(tmp_path, capsys):
     assert len(dm.splits["test"]) == 6 and set(dict.keys(dm.splits)) == {"test"}
     dm.setup("validate")
     assert [e.query for e in dm.splits["val"]] == ["q0", "q1", "q2", "q3"]
-    assert f"data.val: the first 4 examples of {val} (data.limit_val; null reads all)" in capsys.readouterr().out
+    assert f"data.val: the first 4 examples of {val} (data.limit_val / data.reader.limit)" in capsys.readouterr().out
+    # a reader limit of its own still counts (the split's limit must not replace it)
+    from taosr.data.readers import ReaderSpec
+
+    own = RelevanceDataModule(train=str(test), val=None, test=None, reader=ReaderSpec(limit=3), data_dir=str(tmp_path / "c"))
+    assert len(own.splits["train"]) == 3
     from taosr.errors import DataError
 
     with pytest.raises(DataError, match="train.jsonl:1: field 'label'"):
@@ -422,6 +455,11 @@ def test_long_prompts_are_cut_by_rule_and_counted(tmp_path, dm, capsys):
     assert torch.equal(d.collate_sft(d.splits["train"])["input_ids"], batch["input_ids"])
     assert len(encodes) == 2  # the two rows that fit; the cut ones come from the cache
     del d.encode_prompt
+    d.attach_tokenizer(dm.tokenizer)
+    assert d._fitted  # the same tokenizer keeps them; another one's ids would be stale
+    d.attach_tokenizer(type("OtherTokenizer", (), {})())
+    assert not d._fitted
+    d.attach_tokenizer(dm.tokenizer)
     first = capsys.readouterr().out
     assert first.count("does not fit data.max_length") == 1 and "item fields are cut" in first  # once per split
     # evaluation prompts are capped (no prompt of 100,000 characters reaches generate)

@@ -69,7 +69,15 @@ def test_device_arguments_cuda_cpu_and_explicit_overrides_win():
     assert qp.device_args(cuda_available=True) == ["--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed"]
     assert qp.device_args(cuda_available=False) == []
     assert qp.device_args(cpu=True, cuda_available=True) == ["--trainer.accelerator", "cpu"]
-    # a GPU without bfloat16 (T4, V100) trains in 16-mixed (the grad scaler's path, tested in test_grpo_module)
+    # a GPU without bfloat16 (T4, V100) trains in 16-mixed (the grad scaler's path, tested in test_grpo_module);
+    # torch calls emulated bf16 "supported" unless asked for the hardware's own
+    import torch
+
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_available", lambda: True)
+        mp.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: calls.append(0) or including_emulation)
+        assert qp.device_args(cuda_available=True)[-1] == "16-mixed" and calls
     assert qp.device_args(cuda_available=True, bf16_supported=False) == ["--trainer.accelerator", "gpu",
                                                                          "--trainer.precision", "16-mixed"]
     extra = qp.device_args(cuda_available=True) + ["--trainer.precision", "32-true"]

@@ -195,6 +195,31 @@ class InterruptAtBatch(pl.Callback):
             raise KeyboardInterrupt(f"interrupted in batch {self.n}")
 
 
+class InterruptAtBatchEnd(pl.Callback):
+    """Ctrl-C in this callback's on_train_batch_end of step ``step``: after the optimizer step, before
+    the Checkpoint's own on_train_batch_end (checkpoint callbacks run last)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt(f"interrupted after step {self.step}")
+
+
+def test_an_interrupt_after_the_update_keeps_the_batch(tmp_path, cache_dir):
+    """The batch's update is in the weights: the resume must not redo it (rewound to its start, it
+    was applied twice and the epoch ended one step late)."""
+    full, _, full_log = run(str(tmp_path / "full"), cache_dir, 8)
+    with pytest.raises(SystemExit):
+        run(str(tmp_path / "part"), cache_dir, 8, extra=[InterruptAtBatchEnd(5)])
+    last = str(tmp_path / "part" / "ckpt" / "last.ckpt")
+    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 8, ckpt=last)
+    assert tr2.global_step == 8 and res_log.first_ids == full_log.first_ids[5:]
+    for (n, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
 @pytest.mark.parametrize("stop", [InterruptAtBatch(8),        # the second batch of a window of two
                                   InterruptAtBatch(14),       # the second epoch (10 batches an epoch)
                                   InterruptInValidation(1)],  # a validation after batch 3, inside a window

@@ -132,6 +132,7 @@ class Checkpoint(ModelCheckpoint):
         self._in_step = False
         self._mid_window = False         # the last finished batch accumulated its gradients without stepping
         self._window_done: int | None = None  # the epoch's batches finished before the open step's first one
+        self._window_step: int | None = None  # the global step when that window opened
         self._val_draws = 0              # validation iterators made between the last step and the next
         self._saving_on_exception = False
         self._pending: tuple[dict, bool, int] | None = None  # loaded (rng states, after a step, draws)
@@ -164,11 +165,13 @@ class Checkpoint(ModelCheckpoint):
                 # the first batch of an optimizer step (of a window of accumulated batches): an interrupt
                 # before the step is taken restarts here
                 self._rng_at_step_start, self._window_done = _collect_rng_states(), done
+                self._window_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._in_step = False
         # with gradient accumulation, a batch that did not step leaves its window open
-        self._mid_window = trainer.accumulate_grad_batches > 1 and trainer.fit_loop.epoch_loop._should_accumulate()
+        self._mid_window = (trainer.world_size == 1 and trainer.accumulate_grad_batches > 1
+                            and trainer.fit_loop.epoch_loop._should_accumulate())
         self._val_draws = int(_validation_follows(trainer))
         if trainer.world_size == 1:
             self._rng_after_step = _collect_rng_states()
@@ -192,7 +195,10 @@ class Checkpoint(ModelCheckpoint):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
         if self._saving_on_exception and self._redo:
-            _as_saved_after_last_step(checkpoint, kept=self._window_done)
+            # rewound to the window's first batch only while its optimizer step is still to come (an
+            # interrupt after the step, e.g. in another callback's on_train_batch_end, keeps the batch)
+            stepped = trainer.global_step != self._window_step
+            _as_saved_after_last_step(checkpoint, kept=None if stepped else self._window_done)
 
     @property
     def _redo(self) -> bool:

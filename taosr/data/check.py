@@ -41,10 +41,17 @@ def format_summary(s: dict, skipped: list[str] | None = None, path: str = "", no
 def overlap(train, other) -> dict:
     """How much of ``other`` (a validation or test set) the training examples already hold: shared
     queries and shared (query, title) pairs, compared case-insensitively."""
-    queries = {e.query.casefold() for e in train}
-    pairs = {(e.query.casefold(), e.item.title.casefold()) for e in train}
+    # sets of the (smaller) other side; the training examples are streamed past them
     other_queries = {e.query.casefold() for e in other}
-    return {"queries": len(other_queries & queries), "of_queries": len(other_queries),
+    other_pairs = {(e.query.casefold(), e.item.title.casefold()) for e in other}
+    queries, pairs = set(), set()
+    for e in train:
+        q = e.query.casefold()
+        if q in other_queries:
+            queries.add(q)
+            if (q, e.item.title.casefold()) in other_pairs:
+                pairs.add((q, e.item.title.casefold()))
+    return {"queries": len(queries), "of_queries": len(other_queries),
             "pairs": sum((e.query.casefold(), e.item.title.casefold()) in pairs for e in other), "of_pairs": len(other)}
 
 

@@ -101,19 +101,22 @@ class ResumableSampler(DistributedSampler):
         return torch.randperm(self.n, generator=g).tolist()
 
     def _shard(self) -> Iterator[int]:
-        """This rank's indices of the epoch, allowed ones only (evaluated lazily: a curriculum stage
-        that changes during the epoch applies to the rest of it)."""
-        seen, mine, first = 0, 0, None
+        """This rank's indices of the epoch, allowed ones only, taken in rounds of ``num_replicas``
+        allowed indices (the ``rank``-th of each; a short last round gives the epoch's first to the
+        ranks it misses). The filter is evaluated lazily, a round at a time: a curriculum stage that
+        changes during the epoch applies to the rest of it, and alike on every rank (each pulls its
+        next index at the same step), so the shares stay disjoint and equally long."""
+        first, rnd = None, []
         for i in self._order():
             if self.allowed is not None and not self.allowed(i):
                 continue
-            if seen % self.num_replicas == self.rank:
-                mine += 1
-                yield i
             first = i if first is None else first
-            seen += 1
-        if mine < -(-seen // self.num_replicas) and first is not None:
-            yield first  # one short of the longest rank
+            rnd.append(i)
+            if len(rnd) == self.num_replicas:
+                yield rnd[self.rank]
+                rnd = []
+        if rnd:
+            yield rnd[self.rank] if self.rank < len(rnd) else first
 
     def __iter__(self) -> Iterator[int]:
         if self.skip_fn is not None:
@@ -264,14 +267,14 @@ class RelevanceDataModule(pl.LightningDataModule):
                       f"while data.train is {self.paths['train']}: pass --data.{split} FILE for your own", file=sys.stderr)
             rows = load_jsonl(os.path.join(self._ensure_synth(), f"{split}.jsonl"))
         else:
-            lim = self.limits.get(split)
+            lim = min([n for n in (self.limits.get(split), self.reader.limit) if n], default=None)
             res = read_examples(dataclasses.replace(self.reader, path=src, limit=lim))  # stops at the limit
             if res.skipped:
                 print(f"taosr: {src}: skipped {len(res.skipped)} bad rows (on_error=skip); first: {res.skipped[0]}")
             for note in res.notes:  # join counts (data.reader.items / queries)
                 print(f"taosr: {src}: {note}")
             if lim and len(res.examples) == lim:
-                print(f"taosr: data.{split}: the first {lim} examples of {src} (data.limit_{split}; null reads all)")
+                print(f"taosr: data.{split}: the first {lim} examples of {src} (data.limit_{split} / data.reader.limit)")
             return res.examples
         lim = self.limits.get(split)
         return rows[:lim] if lim else rows
@@ -296,8 +299,9 @@ class RelevanceDataModule(pl.LightningDataModule):
         synthetic default is query-disjoint); `taosr data check TRAIN --against TEST` for a test file."""
         from taosr.data.check import format_overlap, overlap
 
-        if "synth" in (self.paths.get(split), self.paths.get("train")) or not self.splits[split]:
-            return
+        if "synth" in (self.paths.get(split), self.paths.get("train")) or self.paths.get(split) == self.paths.get("train") \
+                or not self.splits[split]:
+            return  # (the same file on purpose: `taosr sample --split val --data FILE`)
         o = overlap(self.splits["train"], self.splits[split])
         if o["queries"]:
             print(f"taosr: warning: data.{split}: {format_overlap(o, self.paths[split], self.paths['train'])}",
@@ -321,6 +325,8 @@ class RelevanceDataModule(pl.LightningDataModule):
         yield f"{GRM_HEADER}\nCandidate:\nVerdicts:\n {RIGHT} {WRONG} (missing)"
 
     def attach_tokenizer(self, tokenizer) -> None:
+        if tokenizer is not self.tokenizer:
+            self._fitted.clear()  # cut rows' prompt ids are the previous tokenizer's
         self.tokenizer = tokenizer
 
     # ------------------------------------------------------------------ encoding

@@ -142,7 +142,7 @@ def load_for_inference(name_or_path: str, corpus: Callable[[], Iterable[str]] | 
 
     model, tok = load_model_and_tokenizer(ModelSpec(name_or_path=name_or_path), corpus=corpus)
     if torch.cuda.is_available():
-        model.to("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        model.to("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16)
     model.eval()
     return model, tok
 
@@ -153,8 +153,13 @@ def _check_decoder(model, path: str) -> None:
     from taosr.models.kvcache import output_cache
 
     ids = torch.zeros((1, 2), dtype=torch.long, device=model.device)
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    was_training = model.training  # (a peft adapter folder loads trainable: no dropout draws here)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    finally:
+        model.train(was_training)
     if output_cache(out) is None:
         kind = getattr(model.config, "model_type", type(model).__name__)
         raise ConfigError(f"model.name_or_path: {path!r} ({kind}) returns no key/value cache: not a decoder-only causal "
