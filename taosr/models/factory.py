@@ -96,8 +96,18 @@ def _built_once(build: Callable[[], str]) -> str:
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return build()
-    folder = build() if dist.get_rank() == 0 else None
-    dist.barrier()
+    folder, error = None, None
+    if dist.get_rank() == 0:
+        try:
+            folder = build()
+        except Exception as err:  # noqa: BLE001 - the other ranks must not wait at the barrier for ever
+            error = err
+    failed = [error is not None]
+    dist.broadcast_object_list(failed, src=0)  # (a collective: also the others' wait for rank 0)
+    if error is not None:
+        raise error
+    if failed[0]:
+        raise ConfigError("model.name_or_path: building the preset failed on rank 0 (its error is above)")
     return folder or build()  # rank 0's folder is complete now: the others find it cached
 
 
