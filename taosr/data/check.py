@@ -41,18 +41,19 @@ def format_summary(s: dict, skipped: list[str] | None = None, path: str = "", no
 def overlap(train, other) -> dict:
     """How much of ``other`` (a validation or test set) the training examples already hold: shared
     queries and shared (query, title) pairs, compared case-insensitively."""
-    # sets of the (smaller) other side; the training examples are streamed past them
-    other_queries = {e.query.casefold() for e in other}
-    other_pairs = {(e.query.casefold(), e.item.title.casefold()) for e in other}
+    # the (smaller) other side's keys, casefolded once; the training examples are streamed past them
+    keys = [(e.query.casefold(), e.item.title.casefold()) for e in other]
+    other_queries, other_pairs = {q for q, _ in keys}, set(keys)
     queries, pairs = set(), set()
     for e in train:
         q = e.query.casefold()
         if q in other_queries:
             queries.add(q)
-            if (q, e.item.title.casefold()) in other_pairs:
-                pairs.add((q, e.item.title.casefold()))
+            pair = (q, e.item.title.casefold())
+            if pair in other_pairs:
+                pairs.add(pair)
     return {"queries": len(queries), "of_queries": len(other_queries),
-            "pairs": sum((e.query.casefold(), e.item.title.casefold()) in pairs for e in other), "of_pairs": len(other)}
+            "pairs": sum(k in pairs for k in keys), "of_pairs": len(other)}
 
 
 def format_overlap(o: dict, other: str, train: str) -> str:

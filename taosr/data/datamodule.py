@@ -224,7 +224,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         self.grm_samples = grm_samples or GRMSamples()  # GRM view: how policy samples are used
         self.tokenizer = None
         self.splits: dict[str, list[Example]] = _Splits(self._load)  # each split read on first use
-        self._overlap_checked: set[str] = set()
+        self._overlap_checked = False  # data.val compared with data.train
         # Rows cut to fit max_length, per split ("train", "val", "test"): keys of the examples.
         self.truncated: dict[str, set] = defaultdict(set)
         self.targets_cut: dict[str, set] = defaultdict(set)
@@ -285,8 +285,8 @@ class RelevanceDataModule(pl.LightningDataModule):
         # trains on the training split's texts)
         for split in STAGE_SPLITS.get(stage, ("train", "val", "test")):
             self.splits[split]
-        if stage == "fit" and "val" not in self._overlap_checked:
-            self._overlap_checked.add("val")
+        if stage == "fit" and not self._overlap_checked:  # once, however often fit's setup runs
+            self._overlap_checked = True
             self._warn_overlap("val")
         if stage in (None, "fit") and not self.splits["train"]:
             src = self.paths.get("train")
