@@ -89,6 +89,44 @@ def test_a_products_file_is_parsed_once_per_process_while_unchanged(tmp_path, mo
     assert reads.count(products) == 2 and "2 of 5 product rows joined no pair" in third.notes[0]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl", "csv-fallback"])
+def test_lookup_tables_keep_only_the_columns_a_join_reads(tmp_path, fmt, monkeypatch):
+    """A products row keeps its key, the mapped columns and the default names of unmapped fields,
+    nothing else (ESCI's bullet points would double the memory); the examples equal a full read's."""
+    import taosr.data.readers as readers
+
+    labels, products, queries = wands(tmp_path)
+    df = pd.read_csv(products, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+    df["brand"] = ["acme", None, "zeta", None]  # an unmapped field, read by its default name
+    df["bullets"] = ["x" * 50] * 4
+    if fmt == "parquet":
+        products = str(tmp_path / "product.parquet")
+        df.to_parquet(products)
+    elif fmt == "jsonl":
+        products = str(tmp_path / "product.jsonl")
+        write_jsonl(products, [{k: v for k, v in r.items() if isinstance(v, str)} for r in df.to_dict("records")])
+    else:
+        df.to_csv(products, sep="\t", index=False)
+        if fmt == "csv-fallback":  # one over-long row: pandas refuses the file, it is read row by row
+            with open(products, "a") as fh:
+                fh.write("\t".join(["55555"] + ["x"] * 9) + "\n")
+    spec = wands_spec(labels, products, queries, on_error="skip")
+    res = read_examples(spec)
+    assert [e.item.brand for e in res.examples] == ["acme", None, "zeta"]
+    assert res.examples[0].item.description == "a sturdy salon chair with a hydraulic pump"
+    table = readers.read_table(products, "product_id", WANDS_ITEMS, on_error="skip", defaults=readers.ITEM_DEFAULT_COLUMNS)
+    kept = set().union(*(set(rec) for _, rec in table.rows.values()))
+    assert kept == {"product_id", "product_name", "category hierarchy", "product_description", "product_features",
+                    "brand"}
+    if fmt != "jsonl":  # a JSONL file has no header
+        assert table.columns[-2:] == ["brand", "bullets"]
+    full = readers.read_table
+    monkeypatch.setattr(readers, "read_table", lambda *a, **k: full(*a[:5], **{**k, "defaults": None}))
+    readers._parsed_table.cache_clear()
+    assert read_examples(spec).examples == res.examples  # every column kept: the same examples
+    assert "bullets" in next(iter(full(products, "product_id", WANDS_ITEMS, on_error="skip").rows.values()))[1]
+
+
 def test_pair_fields_win_and_a_pair_with_its_own_title_is_kept(tmp_path):
     """The pairs file's own title / attribute win; the products file fills the empty fields; a
     pair whose key has no product row keeps its own title and is counted."""

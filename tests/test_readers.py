@@ -116,6 +116,15 @@ def test_esci_adapter(tmp_path):
     assert len(res.skipped) == 1
     es = read_esci(e, p, locale="es")
     assert [x.item.title for x in es.examples] == ["Zapatillas"] and es.examples[0].label == 3
+    ex = pd.read_parquet(e)
+    ex.loc[1, "small_version"] = 0  # the large version's pair: left out unless small_version=False
+    ex.to_parquet(e)
+    assert [x.item.title for x in read_esci(e, p, on_error="skip").examples] == ["Running Shoes"]
+    assert len(read_esci(e, p, on_error="skip", small_version=False).examples) == 2
+    pd.read_parquet(p).drop(columns=["product_brand"]).to_parquet(p)  # only the used columns are read ...
+    with pytest.raises(DataError, match=r"field 'product_brand': column missing; columns: product_id, product_title, "
+                                        r"product_description, product_bullet_point, product_color"):
+        read_esci(e, p)  # ... and a missing one is named with the file's whole header
 
 
 def test_tier_names_are_labels_and_other_labels_point_to_the_label_map(tmp_path):
@@ -162,10 +171,11 @@ def test_a_products_file_without_a_title_column_is_named(tmp_path):
     products file and --items-column-map, not a row of the pairs file."""
     pairs, products = tmp_path / "pairs.csv", tmp_path / "products.csv"
     pd.DataFrame({"query": ["a"], "pid": ["P1"], "label": [4]}).to_csv(pairs, index=False)
-    pd.DataFrame({"pid": ["P1"], "name": ["Red shoe"]}).to_csv(products, index=False)
+    pd.DataFrame({"pid": ["P1"], "name": ["Red shoe"], "bullets": ["- red"]}).to_csv(products, index=False)
     spec = dict(path=str(pairs), items=str(products), item_key="pid")
+    # the file's whole header, though a row keeps only the columns a join reads
     with pytest.raises(DataError, match=r"products.csv: no column 'title' for item.title in the products file "
-                                        r"\(columns: pid, name\) nor in .*pairs.csv; name it with --items-column-map"):
+                                        r"\(columns: pid, name, bullets\) nor in .*pairs.csv; name it with --items-column-map"):
         read_examples(ReaderSpec(**spec, on_error="skip"))
     ok = read_examples(ReaderSpec(**spec, items_column_map={"item.title": "name"}))
     assert ok.examples[0].item.title == "Red shoe"

@@ -23,12 +23,13 @@ PRODUCTS_MAP = {"key": "product_id", "item.title": "product_title", "item.brand"
                 "item.attributes.color": "product_color"}
 
 
-def _read(path: str, needed: tuple[str, ...]):
+def _read(path: str, needed: tuple[str, ...], optional: tuple[str, ...] = ()):
     check_data_file(path)
-    df = read_parquet(path)
+    df = read_parquet(path, frozenset(needed + optional))  # only the columns used: not the products' descriptions
+    header = df.attrs["header"]
     for c in needed:
-        if c not in df.columns:
-            raise DataError(path, c, f"column missing; columns: {', '.join(map(str, df.columns))}")
+        if c not in header:
+            raise DataError(path, c, f"column missing; columns: {', '.join(map(str, header))}")
     return df
 
 
@@ -38,7 +39,7 @@ def read_esci(examples_path: str, products_path: str, *, locale: str = "us", spl
     (the products file filtered by locale, then the generic join)."""
     if on_error not in ("raise", "skip"):
         raise DataError(examples_path, "on_error", f"must be 'raise' or 'skip', got {on_error!r}")
-    ex = _read(examples_path, EXAMPLE_COLUMNS)
+    ex = _read(examples_path, EXAMPLE_COLUMNS, ("small_version",))
     pr = _read(products_path, PRODUCT_COLUMNS)
     ex = ex.reset_index(drop=True)
     ex["_row"] = ex.index + 1

@@ -139,6 +139,7 @@ class Table:
     duplicates: list[str] = field(default_factory=list)  # "key at where (first at where)" (on_error=skip)
     bad: list[str] = field(default_factory=list)         # rows that are not objects / not JSON (on_error=skip)
     used: set[str] = field(default_factory=set)          # keys some pair joined
+    columns: list | None = None                          # the file's header (CSV / Parquet), rows may keep fewer
 
     def notes(self, what: str) -> list[str]:
         out = []
@@ -183,7 +184,7 @@ def build_table(records: Iterable[tuple[str, Any]], path: str, key_column: str, 
     """Read ``(where, record)`` pairs into a :class:`Table` keyed by ``key_column``. A record that is
     a :class:`DataError` (a line that is not JSON) or not an object, a missing key or a duplicate
     key raises; with ``on_error="skip"`` it is counted instead (the first row of a key is kept)."""
-    t = Table(path=path, key_column=key_column)
+    t = Table(path=path, key_column=key_column, columns=getattr(records, "columns", None))
     refuse = _refuser(on_error)
     for where, rec, key in _keyed_records(records, t, refuse):
         if key in t.rows:

@@ -35,8 +35,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from taosr.data.join import (ATTRIBUTE_PREFIX, ITEM_FIELDS, PACKED_ATTRIBUTES, Joiner, build_attribute_table, build_table,
-                             is_missing, item_fields)
+from taosr.data.join import (ATTRIBUTE_PREFIX, ITEM_FIELDS, PACKED_ATTRIBUTES, QUERY_FIELDS, Joiner,
+                             build_attribute_table, build_table, is_missing, item_fields)
 from taosr.errors import ConfigError, DataError
 from taosr.labels import TIERS
 from taosr.schema import (ALLOWED_QUERY_TYPES, AUTO_ENCODING, Example, check_data_file, check_encoding, check_unique_id,
@@ -253,12 +253,20 @@ def _check_columns(columns: list[str], required: dict[str, str], path: str, unma
         raise DataError(path, col, f"column mapped to {target!r} is not in the file; columns: {names}")
 
 
-def read_parquet(path: str):
-    """``pandas.read_parquet`` with one-line errors for a file that is not Parquet."""
+def read_parquet(path: str, keep: frozenset[str] | None = None):
+    """``pandas.read_parquet`` with one-line errors for a file that is not Parquet; with ``keep``
+    only those of its columns are read, and the file's whole header is ``df.attrs["header"]``."""
     import pandas as pd
 
     try:
-        return pd.read_parquet(path)
+        if keep is None:
+            return pd.read_parquet(path)
+        import pyarrow.parquet as pq
+
+        header = list(pq.read_schema(path).names)
+        df = pd.read_parquet(path, columns=[c for c in header if c in keep])
+        df.attrs["header"] = header
+        return df
     except (OSError, ValueError, ImportError) as e:  # pyarrow's ArrowInvalid is a ValueError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(path, None, f"not a readable Parquet file ({first[:160]})") from None
@@ -276,13 +284,20 @@ def _csv_separator(path: str, encoding: str) -> str:
     return "\t" if "\t" in head and "," not in head else ","
 
 
-def _read_csv(path: str, encoding: str):
-    """The file as strings (empty cells NaN)."""
+def _read_csv(path: str, encoding: str, keep: frozenset[str] | None = None):
+    """The file as strings (empty cells NaN); with ``keep`` only those of its columns are read, and
+    the file's whole header is ``df.attrs["header"]``."""
     import pandas as pd
 
     sep = _csv_separator(path, encoding)
+    opts = dict(sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
     try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
+        if keep is None:
+            return pd.read_csv(path, **opts)
+        header = list(pd.read_csv(path, nrows=0, **opts).columns)
+        df = pd.read_csv(path, usecols=lambda c: c in keep, **opts)
+        df.attrs["header"] = header
+        return df
     except UnicodeDecodeError as e:
         raise decode_error(path, encoding, e, "line ") from None
     except pd.errors.EmptyDataError:
@@ -330,29 +345,40 @@ def _csv_records(path: str, encoding: str) -> tuple[list[str], list[tuple[str, A
 
 
 def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str],
-                 unmapped: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+                 unmapped: tuple[str, ...] = (), keep: frozenset[str] | None = None) -> Iterator[tuple[str, Any]]:
     """(``file:line N`` / ``file:row N``, flat record) of one file; the ``required`` columns
     (option -> column; ``unmapped``: see :func:`_check_columns`) are checked first: a CSV / Parquet
-    file now, a JSONL file against its first object when it is read."""
+    file now, a JSONL file against its first object when it is read. With ``keep`` a record holds
+    only those columns (a lookup file's unread columns, e.g. long bullet points, are never kept);
+    ``columns`` is still the file's whole header."""
     if fmt == "jsonl":
-        return _jsonl_records(path, encoding, required, unmapped)
+        records = _jsonl_records(path, encoding, required, unmapped)
+        return records if keep is None else ((w, _project(r, keep)) for w, r in records)
     if fmt == "csv":
         enc = resolve_encoding(path, encoding)
         try:
-            df = _read_csv(path, enc)
+            df = _read_csv(path, enc, keep)
         except DataError as e:  # pandas refuses a file with one over-long row: read it row by row instead
             if "not valid CSV" not in e.message:
                 raise
             header, records = _csv_records(path, enc)
             _check_columns(header, required, path, unmapped)
+            if keep is not None:
+                records = [(w, _project(r, keep)) for w, r in records]
             return _Records(iter(records), header)
         base, label = 2, "line"
     else:
-        df = read_parquet(path)
+        df = read_parquet(path, keep)
         base, label = 1, "row"
-    _check_columns(list(df.columns), required, path, unmapped)
+    header = df.attrs.get("header", list(df.columns))
+    _check_columns(header, required, path, unmapped)
     return _Records(((f"{path}:{label} {n + base}", rec) for n, rec in enumerate(df.to_dict(orient="records"))),
-                    list(df.columns))
+                    header)
+
+
+def _project(rec: Any, keep: frozenset[str]) -> Any:
+    """A record's ``keep`` columns (anything else, e.g. a row's DataError, as it is)."""
+    return {k: v for k, v in rec.items() if k in keep} if isinstance(rec, dict) else rec
 
 
 class _Records:
@@ -406,17 +432,24 @@ def _check_title_source(spec: ReaderSpec, pairs_columns: list[str] | None, joine
     if cmap.get("item.title", "item.title") in pairs_columns or ("item.title" not in cmap and "title" in pairs_columns):
         return
     col = joiner.items_map.get("item.title", "title")
-    first = next(iter(joiner.items.table.rows.values()), None)
+    table = joiner.items.table
+    first = next(iter(table.rows.values()), None)
     if first is not None and col not in first[1]:
         raise DataError(spec.items, None, f"no column {col!r} for item.title in the products file (columns: "
-                                          f"{', '.join(map(str, first[1]))}) nor in {spec.path}; name it with "
+                                          f"{', '.join(map(str, table.columns or first[1]))}) nor in {spec.path}; name it with "
                                           f"--items-column-map item.title=COLUMN (data.reader.items_column_map)")
 
 
+ITEM_DEFAULT_COLUMNS = {t: t[5:] for t in ITEM_FIELDS}  # a products file's unmapped field: its short name
+QUERY_DEFAULT_COLUMNS = {t: t for t in QUERY_FIELDS}
+
+
 def read_table(path: str, key_column: str, cmap: dict[str, str] | None, encoding: str = "auto",
-               on_error: str = "raise"):
+               on_error: str = "raise", defaults: dict[str, str] | None = None):
     """A products / queries file read into a :class:`taosr.data.join.Table` keyed by ``key_column``
     (the map's ``key`` column, else the pairs file's key name); the mapped columns must exist.
+    With ``defaults`` (field -> the column an unmapped field is read from) a row keeps only the
+    columns a join reads: the key, the mapped columns and the defaults of unmapped fields.
 
     A file is parsed once per process for the same options while it is unchanged (size and
     modification time): the train, val and test splits of a DataModule join the same products
@@ -425,14 +458,18 @@ def read_table(path: str, key_column: str, cmap: dict[str, str] | None, encoding
     cmap = cmap or {}
     key_col = cmap.get("key", key_column)
     required = tuple(sorted({"key": key_col, **{t: c for t, c in cmap.items() if t != "key"}}.items()))
+    keep = None if defaults is None else frozenset(
+        {c for _, c in required} | {c for t, c in defaults.items() if t not in cmap})
     st = os.stat(path)
-    table = _parsed_table(path, st.st_size, st.st_mtime_ns, key_col, required, encoding, on_error)
+    table = _parsed_table(path, st.st_size, st.st_mtime_ns, key_col, required, encoding, on_error, keep)
     return dataclasses.replace(table, used=set())
 
 
 @functools.lru_cache(maxsize=4)
-def _parsed_table(path: str, size: int, mtime_ns: int, key_col: str, required: tuple, encoding: str, on_error: str):
-    return build_table(iter_records(path, infer_format(path), encoding, dict(required)), path, key_col, on_error)
+def _parsed_table(path: str, size: int, mtime_ns: int, key_col: str, required: tuple, encoding: str, on_error: str,
+                  keep: frozenset[str] | None = None):
+    return build_table(iter_records(path, infer_format(path), encoding, dict(required), keep=keep), path, key_col,
+                       on_error)
 
 
 def read_attribute_table(path: str, key_column: str, cmap: dict[str, str] | None, encoding: str = "auto",
@@ -451,7 +488,8 @@ def read_attribute_table(path: str, key_column: str, cmap: dict[str, str] | None
 @functools.lru_cache(maxsize=2)
 def _parsed_attribute_table(path: str, size: int, mtime_ns: int, cols: tuple[str, str, str], encoding: str, on_error: str):
     required = dict(zip(("key", "name", "value"), cols))
-    return build_attribute_table(iter_records(path, infer_format(path), encoding, required), path, *cols, on_error=on_error)
+    return build_attribute_table(iter_records(path, infer_format(path), encoding, required, keep=frozenset(cols)),
+                                 path, *cols, on_error=on_error)
 
 
 def make_joiner(spec: ReaderSpec) -> Joiner | None:
@@ -460,9 +498,11 @@ def make_joiner(spec: ReaderSpec) -> Joiner | None:
         return None
     items = queries = attributes = None
     if spec.items is not None:
-        items = read_table(spec.items, spec.item_key, spec.items_column_map, spec.encoding, spec.on_error)
+        items = read_table(spec.items, spec.item_key, spec.items_column_map, spec.encoding, spec.on_error,
+                           ITEM_DEFAULT_COLUMNS)
     if spec.queries is not None:
-        queries = read_table(spec.queries, spec.query_key, spec.queries_column_map, spec.encoding, spec.on_error)
+        queries = read_table(spec.queries, spec.query_key, spec.queries_column_map, spec.encoding, spec.on_error,
+                             QUERY_DEFAULT_COLUMNS)
     attributes_key = spec.attributes_key or spec.item_key
     if spec.attributes is not None:
         attributes = read_attribute_table(spec.attributes, attributes_key, spec.attributes_column_map, spec.encoding,
