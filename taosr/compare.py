@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from taosr.configfiles import locate
 from taosr.errors import ConfigError, Interrupted
-from taosr.eval.stats import mean_se, paired_difference
+from taosr.eval.stats import mean_se, paired_difference, pm
 
 METRICS = ("macro_f1", "step_accuracy", "good_f1", "accuracy", "format_error_rate")
 PAIR_METRICS = ("macro_f1", "step_accuracy")
@@ -521,12 +521,6 @@ def pair_rows(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     return rows
 
 
-def _pm(mean: float, se: float, digits: int = 3) -> str:
-    if math.isnan(mean):
-        return "—"
-    return f"{mean:.{digits}f}" if math.isnan(se) else f"{mean:.{digits}f} ± {se:.{digits}f}"
-
-
 def signals_markdown(rows: list[dict]) -> str:
     if not rows:
         return ""
@@ -534,7 +528,7 @@ def signals_markdown(rows: list[dict]) -> str:
     lines = ["## Training signals (each fit's mean over its logged steps; mean ± s.e. over seeds)", "",
              "| arm | seeds | " + " | ".join(names) + " |", "|---" * (len(SIGNALS) + 2) + "|"]
     for r in rows:
-        lines.append(f"| {r['arm']} | {r['seeds']} | " + " | ".join(_pm(r[k], r[f"{k}_se"]) for k in SIGNALS) + " |")
+        lines.append(f"| {r['arm']} | {r['seeds']} | " + " | ".join(pm(r[k], r[f"{k}_se"]) for k in SIGNALS) + " |")
     return "\n".join(lines)
 
 
@@ -545,14 +539,14 @@ def markdown(arms: list[dict], pairs: list[dict], title: str, all_slices: bool =
     for r in arms:
         if keep(r["slice"]):
             lines.append(f"| {r['arm']} | {r['slice']} | {r['seeds']} | {r['n']} | "
-                         + " | ".join(_pm(r[m], r[f"{m}_se"]) for m in METRICS) + " |")
+                         + " | ".join(pm(r[m], r[f"{m}_se"]) for m in METRICS) + " |")
     if pairs:
         lines += ["", "## Paired differences (a − b over the same seeds)", "",
                   "| pair | slice | metric | mean ± s.e. | mean / s.e. | a > b | per seed |", "|---" * 7 + "|"]
         for r in pairs:
             if keep(r["slice"]):
                 z = "—" if math.isnan(r["z"]) else f"{r['z']:+.1f}"
-                lines.append(f"| {r['pair']} | {r['slice']} | {r['metric']} | {_pm(r['mean'], r['se'])} | {z} | "
+                lines.append(f"| {r['pair']} | {r['slice']} | {r['metric']} | {pm(r['mean'], r['se'])} | {z} | "
                              f"{r['wins']}/{r['seeds']} | {r['per_seed']} |")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ import argparse
 import csv
 import glob
 import json
+import math
 import os
 import re
 import subprocess
@@ -242,10 +243,15 @@ def write_summary(out: str, rows: list[dict], metric: str | None, goal: str) -> 
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     md = ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
     md += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
-    scored = [r for r in rows if metric and r.get(metric) is not None]
+    # a failed run's metric is its last validation before the failure, and a NaN would win max(): neither is ranked
+    scored = [r for r in rows if metric and r.get("exit", 0) == 0 and isinstance(r.get(metric), (int, float))
+              and math.isfinite(r[metric])]
     if scored:
         best = (max if goal == "maximize" else min)(scored, key=lambda r: r[metric])
         md.append(f"\nbest: {best['run']} {metric}={best[metric]:.4f}")
+    unranked = [r["run"] for r in rows if metric and r not in scored]
+    if unranked:
+        md.append(f"not ranked (failed, or no finite {metric}): {', '.join(unranked)}")
     with open(os.path.join(out, "summary.md"), "w") as fh:
         fh.write("\n".join(md) + "\n")
     print("\n".join(md))

@@ -105,6 +105,10 @@ def test_bad_option(capsys, case):
 BUILD_CASES = {
     "unknown_loss_agg": (SRPO, ["--model.init_args.loss_agg", "bogus"], ["model.init_args.loss_agg: 'bogus' is unknown"]),
     "eval_zero_new_tokens": (SFT, ["--model.init_args.eval_generation.max_new_tokens", "0"], ["max_new_tokens must be >= 1"]),
+    # n completions per example were zipped with the batch's n-times-fewer indices: wrong examples' metrics
+    "eval_several_sequences": (SFT, ["--model.init_args.eval_generation.do_sample", "true",
+                                     "--model.init_args.eval_generation.num_return_sequences", "2"],
+                               ["eval_generation.num_return_sequences: must be 1", "taosr sample --n"]),
     "foreign_estimator_option": (SRPO, ["--model.init_args.step_advantage.name", "process_sum",
                                         "--model.init_args.step_advantage.lam", "1"],
                                  ["model.init_args.step_advantage.lam: not an option", "process_sum"]),

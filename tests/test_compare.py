@@ -5,7 +5,7 @@ import pytest
 
 from taosr.compare import START, arm_rows, load_spec, markdown, pair_rows, plan_runs
 from taosr.errors import ConfigError
-from taosr.eval.stats import mean_se, paired_difference
+from taosr.eval.stats import mean_se, paired_difference, pm
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,6 +19,10 @@ def test_mean_se_by_hand():
     one = mean_se([0.5, float("nan"), None])
     assert one.n == 1 and one.mean == 0.5 and math.isnan(one.se) and one.fmt() == "0.500"
     assert mean_se([]).n == 0 and mean_se([]).fmt() == "—"
+    # a non-zero s.e. below 0.0005 is shown to its first significant digit, not as "± 0.000"
+    assert mean_se([0.8450, 0.8452, 0.8454, 0.8456]).fmt() == "0.8453 ± 0.0001"
+    assert pm(0.8453, 0.00096) == "0.845 ± 0.001" and pm(0.8453, 0.0) == "0.845 ± 0.000"
+    assert pm(0.8453, 4e-05) == "0.84530 ± 0.00004" and pm(-0.0052, 0.0031) == "-0.005 ± 0.003"
 
 
 def test_paired_difference_pairs_by_seed_and_against_a_constant():

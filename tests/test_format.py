@@ -39,11 +39,19 @@ def test_label_first_mode(examples):
     ("Query understanding: a\nQuery understanding: a\nItem understanding: b\nCategory match: exact\nAttribute match: ok\nJudgment: x\nLabel: 4", "repeated"),
     ("Query understanding: a\nItem understanding: b\nCategory match: exact\nAttribute match: satisfied\nJudgment: excellent\nLabel: 4\nLabel: 3", "after the label"),
     ("Query understanding: a\nItem understanding: \nCategory match: exact\nAttribute match: satisfied\nJudgment: excellent\nLabel: 4", "empty"),
+    # the label line is one tier: a hedge or a note is not read as its first token; a Unicode digit
+    # ("²".isdigit() is True, int("²") raised) is no tier
+    ("Query understanding: a\nItem understanding: b\nCategory match: exact\nAttribute match: satisfied\nJudgment: excellent\nLabel: 4 or 3", "'4 or 3' is not a tier"),
+    ("Query understanding: a\nItem understanding: b\nCategory match: exact\nAttribute match: satisfied\nJudgment: excellent\nLabel: 4 (excellent)", "not a tier"),
+    ("Query understanding: a\nItem understanding: b\nCategory match: exact\nAttribute match: satisfied\nJudgment: excellent\nLabel: \u00b2", "not a tier"),
+    ("Query understanding: a\nItem understanding: b\nCategory match: exact\nAttribute match: satisfied\nJudgment: excellent\nLabel: \u0663", "not a tier"),
 ])
 def test_malformed_never_raises(text, reason):
     p = parse_reasoning(text)
     assert p.format_error
     assert reason in p.error
+    if "not a tier" in reason:
+        assert p.label is None
 
 
 def test_non_text_input():

@@ -43,9 +43,14 @@ def test_compare_runs_notebook(tmp_path, sft_run):
     m = json.load(open(sorted(glob.glob(os.path.join(sft_run, "eval", "val-step*-metrics.json")))[-1]))
     write_report(str(tmp_path / "quickstart"), {"sft": m, "dpo": m})
     assert (tmp_path / "quickstart" / "comparison.png").exists()
-    write_summary(str(tmp_path / "sweeps" / "demo"), [{"run": "run000", "lr": 1e-4, "val/macro_f1": 0.5},
-                                                      {"run": "run001", "lr": 1e-3, "val/macro_f1": 0.6}],
+    # run002 failed after a validation that scored higher, run003 scored NaN: neither is the best run
+    write_summary(str(tmp_path / "sweeps" / "demo"), [{"run": "run000", "lr": 1e-4, "exit": 0, "val/macro_f1": 0.5},
+                                                      {"run": "run001", "lr": 1e-3, "exit": 0, "val/macro_f1": 0.6},
+                                                      {"run": "run002", "lr": 1e-2, "exit": 1, "val/macro_f1": 0.7},
+                                                      {"run": "run003", "lr": 1e-1, "exit": 0, "val/macro_f1": float("nan")}],
                   "val/macro_f1", "maximize")
+    summary = (tmp_path / "sweeps" / "demo" / "summary.md").read_text()
+    assert "best: run001 val/macro_f1=0.6000" in summary and "not ranked (failed, or no finite val/macro_f1): run002, run003" in summary
     nb = execute("compare_runs.ipynb", {"TAOSR_RUNS": str(tmp_path)})
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "rows in" in text and "2 runs" in text
+    assert "rows in" in text and "4 runs" in text and "not plotted (failed or no metric): run002, run003" in text

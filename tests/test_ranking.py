@@ -14,10 +14,22 @@ def test_distribution_renormalises_over_the_four_tiers():
     # log-probs of " 1".." 4" that leave mass on other tokens: 0.1, 0.1, 0.2, 0.4 (sum 0.8)
     logp = torch.tensor([[0.1, 0.1, 0.2, 0.4]]).log()
     p = tier_distribution(logp)
-    assert torch.allclose(p, torch.tensor([[0.125, 0.125, 0.25, 0.5]]))
-    assert torch.allclose(p.sum(-1), torch.ones(1))
+    assert p.dtype == torch.float64
+    assert torch.allclose(p, torch.tensor([[0.125, 0.125, 0.25, 0.5]], dtype=torch.float64))
+    assert torch.allclose(p.sum(-1), torch.ones(1, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
         tier_distribution(torch.zeros(2, 3))
+
+
+def test_confident_items_keep_distinct_scores():
+    """Two items both near P(4) = 1 (as 16-25 queries a run had in the held-out files): in float32
+    their expected tiers are equal and NDCG ranked them by file order; the float64 distribution
+    keeps them apart, the item with less mass on tier 3 first."""
+    logp = torch.tensor([[-16.0, -14.2, -12.0, -2.0e-6], [-16.0, -14.2, -12.01, -2.1e-6]])
+    exp32 = expected_tier(torch.softmax(logp, -1))
+    assert exp32[0] == exp32[1]  # the tie the float32 path had
+    exp = expected_tier(tier_distribution(logp))
+    assert exp[1] > exp[0]
 
 
 def test_expected_tier_and_cumulative_scores():

@@ -40,6 +40,8 @@ def test_label_line_alone_is_read(text, label, span):
     ("Label: 3 related", None, "label '3 related' is not a tier 1-4"),
     ("Label: 3\nLabel: 4", 3, "label given twice"),
     ("Label: 5", None, "label '5' is not a tier 1-4"),
+    ("Label: \u00b2", None, "label '\u00b2' is not a tier 1-4"),  # "²".isdigit(), and int("²") raised
+    ("Label: \u2462", None, "label '\u2462' is not a tier 1-4"),
     ("Label: 0", None, "label '0' is not a tier 1-4"),
     ("Label:", None, "label '' is not a tier 1-4"),
     ("label: 3", None, "missing label line; text besides the label line: 'label: 3'"),

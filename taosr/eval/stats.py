@@ -19,11 +19,22 @@ class Summary:
     n: int
 
     def fmt(self, digits: int = 3) -> str:
-        if self.n == 0:
-            return "—"
-        if self.n == 1 or math.isnan(self.se):
-            return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} ± {self.se:.{digits}f}"
+        return "—" if self.n == 0 else pm(self.mean, self.se if self.n > 1 else math.nan, digits)
+
+
+def pm(mean: float, se: float, digits: int = 3) -> str:
+    """``mean ± se`` to ``digits`` decimals (``mean`` alone when se is nan, ``—`` when mean is); a
+    non-zero se that would print as 0.000 gets the decimals of its first significant digit, the mean
+    too (``0.8453 ± 0.0004``, not ``0.845 ± 0.000``, which reads as no uncertainty)."""
+    if math.isnan(mean):
+        return "—"
+    if math.isnan(se):
+        return f"{mean:.{digits}f}"
+    if 0 < abs(se) < 0.5 * 10 ** -digits:
+        digits = -math.floor(math.log10(abs(se)))
+        if round(abs(se), digits) >= 9.5 * 10 ** -digits:  # 0.00096 -> 0.001: one decimal fewer
+            digits -= 1
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
 def mean_se(values) -> Summary:

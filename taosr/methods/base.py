@@ -56,6 +56,9 @@ class RelevanceModule(pl.LightningModule):
                 raise ConfigError(f"model.init_args.{name}: must be {rule}, got {value}")
         self.spec = model or ModelSpec()
         self.eval_generation = eval_generation or GenerationSpec()
+        if self.eval_generation.num_return_sequences != 1:  # each example's record is one completion
+            raise ConfigError(f"model.init_args.eval_generation.num_return_sequences: must be 1 for evaluation, got "
+                              f"{self.eval_generation.num_return_sequences} (pass@N: taosr sample --n N)")
         self.model = None
         self.tokenizer = None
         self._records: list[dict] = []

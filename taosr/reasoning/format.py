@@ -28,6 +28,14 @@ SEP = " | "
 LABEL_HEADING = "Label"
 _HEADING_TO_KEY = {h.lower(): k for k, h in STEP_HEADINGS.items()}
 _LINE_RE = re.compile(r"^\s*([A-Za-z][A-Za-z ]*?)\s*:\s?(.*)$")
+_TIER_RE = re.compile(r"[1-4]")  # ASCII only: "²".isdigit() is True, int("²") raises
+
+
+def tier_of(content: str) -> int | None:
+    """The tier a label line's content is (the whole of it, spaces trimmed: ``4``), else None
+    (``4 or 3``, ``4 (excellent)``, ``²``, ``Excellent``)."""
+    content = content.strip()
+    return int(content) if _TIER_RE.fullmatch(content) else None
 
 
 def normalize(text: str) -> str:
@@ -123,10 +131,8 @@ def parse_reasoning(text: str, *, label_first: bool = False) -> ParsedReasoning:
                 errors.append("label given twice")
                 continue
             out.label_span = (start, end)
-            lab = content.split()[0] if content.split() else ""
-            if lab.isdigit() and int(lab) in TIERS:
-                out.label = int(lab)
-            else:
+            out.label = tier_of(content)
+            if out.label is None:
                 errors.append(f"label {content[:20]!r} is not a tier 1-4")
             continue
         key = _HEADING_TO_KEY.get(heading)

@@ -21,7 +21,7 @@ from typing import Callable
 from taosr.labels import STEP_KEYS, TIERS
 from taosr.prompts import PROMPT_TEXTS, PromptText
 from taosr.reasoning.format import (LABEL_HEADING, ParsedReasoning, nonblank_lines, not_text_error, parse_reasoning,
-                                    render_reasoning)
+                                    render_reasoning, tier_of)
 from taosr.reasoning.verifier import verify_steps
 from taosr.registry import Registry
 from taosr.schema import Example
@@ -82,9 +82,8 @@ def parse_label(text: str) -> ParsedReasoning:
             continue
         out.label_span = (start, end)
         content = m.group(1)
-        if content.isdigit() and int(content) in TIERS:
-            out.label = int(content)
-        else:
+        out.label = tier_of(content)
+        if out.label is None:
             errors.append(f"label {content[:20]!r} is not a tier 1-4")
     if out.label_span is None:
         errors.insert(0, "empty completion: no label line" if not text.strip() else "missing label line")
