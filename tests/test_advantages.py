@@ -121,6 +121,32 @@ def test_process_sum_std_over_present_steps_only():
     assert adv[1, 2].item() == pytest.approx(-0.6 / std, abs=1e-5)  # missing step 1 adds nothing
 
 
+def test_outcome_plus_step_centres_over_the_completions_that_wrote_the_step():
+    """Group of 4, one step: rewards 1, 1, 0 and a missing step (reward 0). Centred over the three
+    that wrote it: +1/3, +1/3, -2/3, and 0 for the missing one (the mean over all four, 0.5, gave the
+    two right ones +0.5 each, a bonus for writing the step at all). With every step present the
+    numbers are the former ones exactly; with step std the std is over the present ones."""
+    from taosr.rl.advantages import step_centred
+
+    r = torch.tensor([[1.0], [1.0], [0.0], [0.0]])
+    here = torch.tensor([[True], [True], [True], [False]])
+    assert step_centred(r, 4, here).view(-1).tolist() == pytest.approx([1 / 3, 1 / 3, -2 / 3, 0.0])
+    assert step_centred(r, 4).view(-1).tolist() == pytest.approx([0.5, 0.5, -0.5, -0.5])
+    assert torch.equal(step_centred(STEPS, 2, torch.ones_like(STEPS, dtype=torch.bool)), step_centred(STEPS, 2))
+    # std over the three present (unbiased: sqrt((1/9 + 1/9 + 4/9) / 2) = 0.5774)
+    assert step_centred(r, 4, here, scale_std=True, eps=0.0).view(-1).tolist() == \
+        pytest.approx([0.5774, 0.5774, -1.1547, 0.0], abs=1e-4)
+    # fewer than two present, or the present ones equal: no step signal
+    one = torch.tensor([[True], [False], [False], [False]])
+    assert step_centred(r, 4, one).abs().sum() == 0
+    assert step_centred(torch.tensor([[1.0], [1.0], [0.0], [0.0]]), 4,
+                        torch.tensor([[True], [True], [False], [False]])).abs().sum() == 0
+    a = compute_step_advantages("outcome_plus_step", outcome_rewards=torch.zeros(4), step_rewards=r,
+                                correct=torch.zeros(4, dtype=torch.bool), token_step=torch.tensor([[0, 1]] * 4),
+                                group_size=4, lam=1.0, critical_weight=1.0, clamp=None, step_present=here)
+    assert a[:, 0].tolist() == pytest.approx([1 / 3, 1 / 3, -2 / 3, 0.0])
+
+
 def test_outcome_plus_step_soft_scores_stay_small_without_step_std():
     """Soft GRM scores that differ by .02 in a group move the advantage by lam * .01 by default;
     with step_scale_std they become full-size (+-lam * 0.707) — why the default is off."""

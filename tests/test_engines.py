@@ -354,6 +354,9 @@ def test_completion_lengths_stay_on_the_ids_device():
     ids = torch.tensor([[5, 2, 0], [5, 6, 7], [5, 0, 0]])
     assert completion_lengths(ids, 2, 0).tolist() == [2, 3, 1]
     assert completion_lengths(ids, 0, 0).tolist() == [3, 3, 2]
+    # no eos and a pad token sampled inside (pad != eos): the row ends at its last non-pad token, not
+    # after as many tokens as are not pads (which kept the pad and cut the last real token)
+    assert completion_lengths(torch.tensor([[5, 0, 6, 7], [5, 0, 6, 0]]), 2, 0).tolist() == [4, 3]
     meta = torch.empty(3, 4, dtype=torch.long, device="meta")  # any device mismatch raises on meta
     assert completion_lengths(meta, 2, 0).device.type == "meta"
     assert completion_lengths(meta, 0, 0).device.type == "meta"

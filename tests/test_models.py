@@ -79,6 +79,46 @@ def test_export_round_trip(tmp_path, lora, merge):
         assert torch.allclose(_logits(plain.eval(), tok2), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["dpo", "grpo"])
+def test_reference_of_a_run_from_an_adapter_only_export_is_that_export(tmp_path, method):
+    """A stage started from an adapter-only export (merge_lora_on_export: false) trains that adapter
+    on: its reference is the export as loaded, not the adapter disabled (the model before the
+    previous stage: DPO's first loss was 0.639 / 0.708 where log 2 is due). A fresh adapter on a
+    merged export keeps the adapter-disabled reference (no copy)."""
+    import types
+
+    from taosr.methods.dpo import DPOModule
+    from taosr.methods.grpo import GRPOModule
+    from taosr.models.factory import starts_at_base
+
+    spec = ModelSpec(name_or_path="micro", cache_dir=str(tmp_path / "c"), vocab_size=300, lora=LoraSpec(r=4, alpha=8))
+    model, tok = load_model_and_tokenizer(spec, corpus)
+    assert starts_at_base(model)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    out = save_export(model, tok, str(tmp_path / "export"), merge_lora=False)
+    cls = DPOModule if method == "dpo" else GRPOModule
+    kw = {} if method == "dpo" else {"beta": 0.04}
+    mod = cls(model=ModelSpec(name_or_path=out, lora=LoraSpec(r=4, alpha=8)), export_dir=None, **kw)
+    mod._trainer = types.SimpleNamespace(datamodule=None)
+    mod.setup("fit")
+    assert not starts_at_base(mod.model) and mod.ref_model is not None
+    ids = tok(TEXTS[:2], return_tensors="pt", padding=True).input_ids
+    with torch.no_grad():
+        start = mod.model.eval()(input_ids=ids).logits
+        ref = mod.ref_model(input_ids=ids).logits
+        with mod.model.disable_adapter():
+            base = mod.model(input_ids=ids).logits
+    assert torch.equal(ref, start) and not torch.allclose(base, start, atol=1e-3)
+    merged = save_export(model, tok, str(tmp_path / "merged"), merge_lora=True)
+    fresh = cls(model=ModelSpec(name_or_path=merged, lora=LoraSpec(r=4, alpha=8)), export_dir=None, **kw)
+    fresh._trainer = types.SimpleNamespace(datamodule=None)
+    fresh.setup("fit")
+    assert starts_at_base(fresh.model) and fresh.ref_model is None
+
+
 def test_bad_paths_and_missing_corpus(tmp_path):
     with pytest.raises(ConfigError, match="not a preset"):
         load_model_and_tokenizer(ModelSpec(name_or_path=str(tmp_path / "missing" / "model")))

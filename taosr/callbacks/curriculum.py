@@ -18,5 +18,10 @@ class CurriculumCallback(pl.Callback):
             print(f"taosr: curriculum advanced to stage {cur.stage} at step {trainer.global_step}")
         pl_module.log("curriculum/stage", float(cur.stage), batch_size=1)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # after the step, before the next batch is drawn (the sampler filters lazily): with until_step N
+        # batches 0..N-1 are the stage's. At the next batch's start it was one batch late (N+1 batches).
         self._maybe_advance(trainer, pl_module)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._maybe_advance(trainer, pl_module)  # a resumed run at or past a stage's end

@@ -146,9 +146,10 @@ def completion_lengths(ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Ten
     B, L = ids.shape
     is_eos = ids == eos_id
     first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full((B,), L, device=ids.device))
-    if pad_id != eos_id:
-        nonpad = (ids != pad_id).sum(1)
-        first = torch.minimum(first, torch.where(is_eos.any(1), first, nonpad))
+    if pad_id != eos_id:  # no eos: up to the last token that is not padding (a pad sampled inside counts)
+        pos = torch.arange(1, L + 1, device=ids.device).expand(B, L)
+        end = torch.where(ids != pad_id, pos, torch.zeros_like(pos)).amax(1) if L else first
+        first = torch.where(is_eos.any(1), first, end)
     return first
 
 

@@ -13,7 +13,7 @@ import torch
 from taosr.losses.dpo import dpo_loss, dpo_metrics
 from taosr.losses.sft import sequence_logprobs
 from taosr.methods.base import RelevanceModule
-from taosr.models.factory import disable_dropout
+from taosr.models.factory import disable_dropout, starts_at_base
 
 
 class DPOModule(RelevanceModule):
@@ -27,7 +27,7 @@ class DPOModule(RelevanceModule):
         super().setup(stage)
         if self.hparams.disable_dropout:  # policy and reference log-probs of the same weights must agree
             disable_dropout(self.model)
-        if self.ref_model is None and not hasattr(self.model, "disable_adapter"):
+        if self.ref_model is None and not starts_at_base(self.model):  # the reference is the starting policy
             self.ref_model = copy.deepcopy(self.model).eval()
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)

@@ -24,7 +24,7 @@ from taosr.errors import ConfigError
 from taosr.losses.policy import LOSS_AGGREGATIONS, policy_loss
 from taosr.losses.sft import gather_logprobs
 from taosr.methods.base import RelevanceModule
-from taosr.models.factory import disable_dropout
+from taosr.models.factory import disable_dropout, starts_at_base
 from taosr.models.kvcache import cache_kwargs, output_cache
 from taosr.rl.advantages import frac_zero_std, group_advantages, zero_spread_mask
 from taosr.rl.rollout import Rollout
@@ -64,7 +64,10 @@ class GRPOModule(RelevanceModule):
                 p.requires_grad_(False)
 
     def _is_peft(self) -> bool:
-        return hasattr(self.model, "disable_adapter") and self.hparams.reference in ("auto", "adapter_disabled")
+        if self.hparams.reference == "adapter_disabled":
+            return hasattr(self.model, "disable_adapter")
+        # auto: the adapter disabled when that is the starting policy (not a loaded adapter-only export)
+        return self.hparams.reference == "auto" and starts_at_base(self.model)
 
     def _logps(self, model, r: Rollout, rows: slice | torch.Tensor | None = None, entropy: bool = False):
         """Per-token log-probs (and entropies) of the completions of ``rows``, at the temperature

@@ -18,7 +18,7 @@ import torch
 from taosr.errors import ConfigError
 from taosr.methods.grpo import GRPOModule
 from taosr.reasoning.targets import get_target
-from taosr.rl.advantages import StepAdvantageSpec, zero_spread_mask
+from taosr.rl.advantages import StepAdvantageSpec, critical_step_mask, step_centred, zero_spread_mask
 from taosr.rl.examiner import ExaminerSpec
 from taosr.rl.rollout import Rollout
 from taosr.rl.step_scorer import StepScorer
@@ -83,4 +83,8 @@ class SRPOModule(GRPOModule):
         m = super()._rollout_metrics(r, keep)
         if r.steps is not None:
             m.update({k: v for k, v in r.steps.stats.items() if v == v})
+            st = r.steps  # the steps outcome_plus_step's critical weight applies to, in the groups kept
+            s_hat = step_centred(st.rewards, r.group_size, st.present)
+            m["steps/critical_count"] = float((critical_step_mask(st.verdict, r.correct.bool(), s_hat)
+                                               & st.present)[keep].sum())
         return m

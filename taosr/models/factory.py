@@ -190,6 +190,7 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
             from peft import AutoPeftModelForCausalLM
 
             model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kw)
+            model._taosr_loaded_adapter = path  # its adapter is the previous stage's: see starts_at_base()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kw)
         tok = AutoTokenizer.from_pretrained(path)
@@ -208,6 +209,14 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
                         lora_dropout=spec.lora.dropout, target_modules=spec.lora.target_modules)
         model = get_peft_model(model, lc)
     return model, tok
+
+
+def starts_at_base(model) -> bool:
+    """Whether disabling ``model``'s adapter gives the weights this run started from: a peft model
+    whose adapter was added fresh by :func:`load_model_and_tokenizer`. Not for a previous stage's
+    adapter-only export (``merge_lora_on_export: false``), which is loaded and trained on as it is:
+    without its adapter it is the model before that stage (DPO's reference would be the pre-SFT base)."""
+    return hasattr(model, "disable_adapter") and getattr(model, "_taosr_loaded_adapter", None) is None
 
 
 def disable_dropout(model) -> int:

@@ -124,13 +124,39 @@ def outcome_advantage(*, outcome_rewards, step_rewards, correct, token_step, gro
     return _broadcast(a.unsqueeze(1).expand(-1, K + 1).contiguous(), token_step, K)
 
 
+def step_centred(step_rewards: torch.Tensor, group_size: int, step_present: torch.Tensor | None = None,
+                 scale_std: bool = False, eps: float = 1e-4) -> torch.Tensor:
+    """(N, K) s_hat: each step's reward minus the mean of the group's completions that have that
+    step (divided by their std with ``scale_std``); 0 where fewer than two of them differ, and 0 for
+    a missing step (its reward 0 would otherwise pull the mean down and give the completions that
+    wrote the step a bonus for writing it: rewards 1, 1, 0 and a missing one are +1/3, +1/3, -2/3)."""
+    N, K = step_rewards.shape
+    s = step_rewards.float().view(-1, group_size, K)
+    if step_present is None or bool(step_present.all()):
+        centred = s - s.mean(1, keepdim=True)
+        spread = (s.max(1, keepdim=True).values - s.min(1, keepdim=True).values) > 1e-8
+        if scale_std and group_size > 1:
+            centred = centred / (s.std(1, keepdim=True) + eps)
+    else:
+        here = step_present.bool().view(-1, group_size, K)
+        cnt = here.sum(1, keepdim=True).float()
+        centred = (s - (s * here).sum(1, keepdim=True) / cnt.clamp(min=1.0)) * here
+        inf = torch.tensor(float("inf"), device=s.device)
+        spread = (torch.where(here, s, -inf).max(1, keepdim=True).values
+                  - torch.where(here, s, inf).min(1, keepdim=True).values) > 1e-8  # false below two present
+        if scale_std and group_size > 1:
+            centred = centred / ((centred ** 2).sum(1, keepdim=True) / (cnt - 1).clamp(min=1.0)).sqrt().add(eps)
+    return torch.where(spread, centred, torch.zeros_like(centred)).view(N, K)
+
+
 @STEP_ADVANTAGES.register("outcome_plus_step", options=("lam", "critical_weight", "clamp", "step_scale_std"))
 def outcome_plus_step(*, outcome_rewards, step_rewards, correct, token_step, group_size, lam: float = 0.5,
                       critical_weight: float = 2.0, clamp: float | None = 2.0, scale_std: bool = True,
                       step_scale_std: bool = False, eps: float = 1e-4, step_present=None,
                       step_verdict=None) -> torch.Tensor:
     """A(i,k) = A_out(i) + lam * w(i,k) * s_hat(i,k); s_hat = step k's reward minus its group mean
-    at the same step (0 where the group's rewards at k do not vary), divided by the group std only
+    at the same step over the completions that wrote it (:func:`step_centred`; 0 where those rewards
+    do not vary, and for a missing step), divided by the group std only
     with ``step_scale_std`` (off by default: soft GRM scores that differ by a few hundredths would
     otherwise become full-size advantages); w = critical_weight on critical steps
     (:func:`critical_step_mask` on the hard verdicts and s_hat), else 1. Tokens after the last step
@@ -138,12 +164,7 @@ def outcome_plus_step(*, outcome_rewards, step_rewards, correct, token_step, gro
     so lam = 0 gives GRPO's advantages exactly."""
     N, K = step_rewards.shape
     a_out = group_advantages(outcome_rewards, group_size, scale_std, eps)
-    s = step_rewards.float().view(-1, group_size, K)
-    centred = s - s.mean(1, keepdim=True)
-    spread = (s.max(1, keepdim=True).values - s.min(1, keepdim=True).values) > 1e-8
-    if step_scale_std and group_size > 1:
-        centred = centred / (s.std(1, keepdim=True) + eps)
-    s_hat = torch.where(spread, centred, torch.zeros_like(centred)).view(N, K)
+    s_hat = step_centred(step_rewards, group_size, step_present, step_scale_std, eps)
     verdict = step_verdict if step_verdict is not None else (step_rewards >= 0.5).float()
     crit = critical_step_mask(verdict, correct, s_hat)
     w = torch.where(crit, torch.full_like(s_hat, critical_weight), torch.ones_like(s_hat))

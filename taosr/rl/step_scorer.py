@@ -8,7 +8,6 @@ import torch
 from taosr.labels import STEP_KEYS
 from taosr.reasoning.format import token_step_index
 from taosr.reasoning.verifier import verify_steps
-from taosr.rl.advantages import critical_step_mask
 from taosr.rl.examiner import ExaminerSpec, combine_step_rewards, examiner_stats, hard_verdicts
 from taosr.rl.rollout import Rollout, StepScores
 
@@ -47,12 +46,10 @@ class StepScorer:
         for i, (p, text, n, ids) in enumerate(zip(parsed, rollout.texts, lens, comp.tolist())):
             token_step[i, :n] = torch.tensor(token_step_index(ids[:n], tokenizer, p, text), dtype=torch.long)
         stats = examiner_stats(ver, grm, source, present)
-        crit = critical_step_mask(verdict, rollout.correct.bool())
         stats.update({
             "steps/per_response": float(present.sum(1).float().mean()),
             "steps/mean_reward": float(rewards[present].mean()) if present.any() else 0.0,
             "steps/min_reward": float(rewards.masked_fill(~present, 1.0).min(1).values.mean()),
-            "steps/critical_count": float((crit & present).sum()),
             "steps/verifier_accuracy": float(torch.nanmean(ver)) if (~torch.isnan(ver)).any() else float("nan"),
         })
         return StepScores(rewards=rewards, source=source, present=present, verdict=verdict,
