@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(HELP)
+        try:
+            print(HELP, flush=True)
+        except BrokenPipeError:  # taosr --help | head: the reader left
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     cmd, rest = argv[0], argv[1:]
     try:

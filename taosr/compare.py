@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from taosr.configfiles import locate
+from taosr.configfiles import locate, not_found
 from taosr.errors import ConfigError, Interrupted
 from taosr.eval.stats import mean_se, paired_difference, pm
 
@@ -118,7 +118,7 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
 
     path = locate(path)
     if not os.path.isfile(path):
-        raise ConfigError(f"{path}: comparison spec not found")
+        raise ConfigError(not_found(path, "comparison spec"))
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except yaml.MarkedYAMLError as err:
@@ -356,9 +356,11 @@ def _wandb_env(spec: CompareSpec, run: Run, verb: str) -> dict[str, str]:
 
 
 def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry_run: bool = False,
-                jobs: int = 1) -> dict:
+                jobs: int = 1, failures: list[str] | None = None) -> dict:
     """Fit and score every run not done yet; return {arm: {seed: metrics}} (start under seed None).
-    ``jobs`` > 1 runs that many runs at once in worker processes (:mod:`taosr.jobs`)."""
+    ``jobs`` > 1 runs that many runs at once in worker processes (:mod:`taosr.jobs`). A failed run
+    raises at once (ConfigError), unless ``failures`` is a list: then its message is added there and
+    every other run still runs (an overnight compare is not left idle by its first failure)."""
     extra = list(extra or [])
     missing = [f"start.{k}: {v}" for k, v in spec.start.items() if v and not os.path.exists(v)]
     if missing and not dry_run:
@@ -384,10 +386,16 @@ def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry
         record_settings(run, fit, evaluation)
         todo.append((tag, run, steps))
     if jobs > 1 and len(todo) > 1:
-        _run_parallel(spec, todo, jobs)
+        _run_parallel(spec, todo, jobs, failures)
     else:
         for tag, run, steps in todo:
-            _run_here(spec, tag, run, steps)
+            try:
+                _run_here(spec, tag, run, steps)
+            except ConfigError as err:  # (an interrupt is no ConfigError: it stops the compare)
+                if failures is None:
+                    raise
+                failures.append(str(err))
+                print(f"{tag}: {err}", flush=True)
     return collect(runs)
 
 
@@ -415,7 +423,7 @@ def _run_here(spec: CompareSpec, tag: str, run: Run, steps: list[list[str]]) -> 
         print(f"{tag}: {args[0]} took {time.perf_counter() - t0:.0f}s", flush=True)
 
 
-def _run_parallel(spec: CompareSpec, todo: list, jobs: int) -> None:
+def _run_parallel(spec: CompareSpec, todo: list, jobs: int, failures: list[str] | None = None) -> None:
     """The runs in ``jobs`` worker processes, each with its share of the cores (and a GPU where there
     are any); each run's output goes to ``<run>/compare.log``."""
     from taosr.jobs import Task, make_slots, run_parallel
@@ -430,13 +438,16 @@ def _run_parallel(spec: CompareSpec, todo: list, jobs: int) -> None:
         runs[id(t)] = run
         tasks.append(t)
     failed = run_parallel(tasks, slots, env=lambda t, k: _wandb_env(spec, runs[id(t)], t.commands[k][0]),
-                          say=lambda line: print(line, flush=True))
-    if failed:
-        t = failed[0]
+                          say=lambda line: print(line, flush=True), keep_going=failures is not None)
+    msgs = []
+    for t in failed:
         run, (k, rc) = runs[id(t)], t.failed
-        more = f" ({len(failed) - 1} more failed)" if len(failed) > 1 else ""
-        raise ConfigError(f"compare: {run.arm} seed {run.seed}: `taosr {t.commands[k][0]}` failed (exit {rc}), "
-                          f"see {t.log}{more}; fix it and re-run: finished runs are kept")
+        msgs.append(f"compare: {run.arm} seed {run.seed}: `taosr {t.commands[k][0]}` failed (exit {rc}), see {t.log}")
+    if msgs and failures is None:
+        more = f" ({len(msgs) - 1} more failed)" if len(msgs) > 1 else ""
+        raise ConfigError(f"{msgs[0]}{more}; fix it and re-run: finished runs are kept")
+    if failures is not None:
+        failures.extend(msgs)
 
 
 def collect(runs: list[Run]) -> dict:
@@ -635,6 +646,9 @@ def compare_main(argv: list[str]) -> int:
                    help="write the report from the runs finished so far (runs nothing; e.g. while another "
                         "`taosr compare` of the same spec is running)")
     p.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first failed run (default: every other run still runs, the report covers the "
+                        "finished ones and the failures are listed at the end, exit 2)")
     a, extra = p.parse_known_args(argv)
     if a.jobs < 1:
         raise ConfigError(f"--jobs {a.jobs}: must be at least 1")
@@ -647,9 +661,13 @@ def compare_main(argv: list[str]) -> int:
             raise ConfigError(f"--report-only: no finished runs under {out}")
         write_report(out, results, spec.pairs, spec.name)
         return 0
-    results = run_compare(spec, out, extra, a.dry_run, a.jobs)
+    failures: list[str] | None = None if a.fail_fast else []
+    results = run_compare(spec, out, extra, a.dry_run, a.jobs, failures)
     if a.dry_run:
         return 0
+    if not results:  # every run failed
+        raise ConfigError(f"{failures[0]} ({len(failures) - 1} more failed); fix it and re-run" if failures
+                          else f"compare: no finished runs under {out}")
     write_report(out, results, spec.pairs, spec.name)
     if not a.no_wandb:
         import importlib.util
@@ -660,4 +678,9 @@ def compare_main(argv: list[str]) -> int:
         else:
             log_to_wandb(out, spec)
     print(f"compare finished in {time.perf_counter() - t0:.0f}s")
+    if failures:
+        for f in failures:
+            print(f"failed: {f}", file=sys.stderr)
+        raise ConfigError(f"{len(failures)} runs failed (first: {failures[0]}); the report covers the finished runs; "
+                          "fix them and re-run the same command: finished runs are kept")
     return 0

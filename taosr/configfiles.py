@@ -56,6 +56,17 @@ def project_root() -> str | None:
 
 
 _NOTED: set[str] = set()
+OWN_FOLDERS = ("configs", "comparisons", "sweeps", "notebooks")
+
+
+def not_found(path: str, what: str) -> str:
+    """``PATH: <what> not found``, saying why when it names one of taosr's own folders and taosr is not
+    installed from its checkout (a wheel or ``pip install .`` carries the package, not those files)."""
+    first = os.path.normpath(path).split(os.sep)[0]
+    if project_root() is None and not os.path.isabs(path) and first in OWN_FOLDERS:
+        return (f"{path}: {what} not found here, and taosr is not installed from its source checkout, which holds "
+                f"its {first}/ (install with pip install -e <checkout>, or copy the file)")
+    return f"{path}: {what} not found"
 
 
 def locate(path: str) -> str:
@@ -77,7 +88,7 @@ def locate(path: str) -> str:
 def load_yaml(path: str):
     """Parse one YAML file strictly; errors name ``file:line:column``."""
     if not os.path.exists(path):
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(not_found(path, "config file"))
     if os.path.isdir(path):
         raise ConfigError(f"{path}: is a directory, not a config file")
     try:
@@ -120,6 +131,8 @@ def resolve_file(path: str, _stack: tuple[str, ...] = ()) -> tuple[dict, bool]:
     merged: dict = {}
     for b in bases:
         bpath = os.path.join(os.path.dirname(path), b)
+        if not os.path.exists(bpath) and not os.path.isabs(bpath):  # a copy of taosr's configs/sft.yaml:
+            bpath = locate(os.path.normpath(bpath))                  # its configs/_base/ from the checkout
         if not os.path.exists(bpath):
             raise ConfigError(f"{path}: base config {b!r} not found ({bpath})")
         part, _ = resolve_file(bpath, (*_stack, real))

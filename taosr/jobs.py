@@ -167,10 +167,11 @@ def raise_on_sigterm():
 
 def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int], dict[str, str]] | None = None,
                  say: Callable[[str], None] = print, poll_s: float = 0.5,
-                 durations: Durations | None = None) -> list[Task]:
+                 durations: Durations | None = None, keep_going: bool = False) -> list[Task]:
     """Run ``tasks`` over ``slots``, each free slot taking the :func:`next_command`; returns the tasks
-    that failed (``task.failed`` set). ``durations`` (learned here when not given) collects how long
-    each finished command took."""
+    that failed (``task.failed`` set; a failed task's later commands never run). Without
+    ``keep_going`` no task starts after a failure (running ones finish theirs); with it the others all
+    run. ``durations`` (learned here when not given) collects how long each finished command took."""
     ready: list[tuple[Task, int]] = [(t, 0) for t in tasks if t.commands]
     free = list(slots)
     active: dict[int, tuple[Task, int, subprocess.Popen, float, Slot]] = {}
@@ -187,7 +188,7 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
     previous_int = signal.getsignal(signal.SIGINT) if previous is not None else None
     try:
         while ready or active:
-            if failed:  # no new task starts after a failure; running tasks finish theirs
+            if failed and not keep_going:  # no new task starts after a failure; running tasks finish theirs
                 ready = [(t, k) for t, k in ready if k > 0]
             while free and ready:
                 task, k = ready.pop(next_command(ready, durations))

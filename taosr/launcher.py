@@ -53,6 +53,27 @@ def _fill_run_paths(cfg) -> None:
             args["dirpath"] = f"{root}/checkpoints"
 
 
+def last_checkpoint(cfg, command: str = "fit") -> str | None:
+    """``--ckpt_path last``: the ``last.ckpt`` of the run's checkpoint folder (the configured
+    ``dirpath``, else ``<trainer.default_root_dir>/checkpoints``), or None (with a note) when the run
+    has none yet, so one command both starts and resumes a preemptible job."""
+    trainer = cfg.get("trainer")
+    folder = None
+    for cb in (trainer.get("callbacks") if trainer is not None else None) or []:
+        args = getattr(cb, "init_args", None)
+        if args is not None and "dirpath" in args and args.get("dirpath"):
+            folder = args.get("dirpath")
+    root = trainer.get("default_root_dir") if trainer is not None else None
+    folder = folder or os.path.join(root or ".", "checkpoints")
+    path = os.path.join(folder, "last.ckpt")
+    if os.path.isfile(path):
+        print(f"taosr: --ckpt_path last: resuming from {path}", file=sys.stderr)
+        return path
+    what = "starting from the beginning" if command == "fit" else "using the configured model"
+    print(f"taosr: --ckpt_path last: no {path} yet: {what}", file=sys.stderr)
+    return None
+
+
 WANDB_LOGGERS = ("taosr.loggers.AutoWandbLogger", "lightning.pytorch.loggers.WandbLogger",
                  "lightning.pytorch.loggers.wandb.WandbLogger", "WandbLogger", "AutoWandbLogger")
 
@@ -150,6 +171,7 @@ def _make_cli_classes():
         """Writes the resolved config atomically; keeps a finished run's file until this one succeeds."""
 
         inputs: tuple[str, ...] = ()
+        as_given = None  # the config before the run's derived paths and the CSV stand-in were filled in
 
         def __init__(self, *args, **kwargs):
             kwargs["save_to_log_dir"] = False
@@ -167,7 +189,10 @@ def _make_cli_classes():
                 return
             os.makedirs(log_dir, exist_ok=True)
             tmp = os.path.join(log_dir, f".{name}.tmp{os.getpid()}")
-            self.parser.save(self.config, tmp, skip_none=False, overwrite=True, multifile=False)
+            # as given: a re-run of the file with another --trainer.default_root_dir must not write its checkpoints
+            # and logs into this run's folders (the filled-in dirpath / save_dir would point there)
+            config = self.as_given if self.as_given is not None else self.config
+            self.parser.save(config, tmp, skip_none=False, overwrite=True, multifile=False)
             # a fresh folder gets it once the work starts (not when setup fails); a previous run's file
             # is replaced only when this command succeeds
             self._pending = (tmp, final, os.path.exists(final))
@@ -197,6 +222,10 @@ def _make_cli_classes():
         def _parse_ckpt_path(self) -> None:
             sub = self.config.get("subcommand")
             path = self.config[sub].get("ckpt_path") if sub else None
+            if path == "last":  # the run folder's last.ckpt when there is one, else a fresh start
+                path = self.config[sub]["ckpt_path"] = last_checkpoint(self.config[sub], sub)
+            if path in ("hpc", "registry") or (path or "").startswith("registry:"):
+                return super()._parse_ckpt_path()  # Lightning's own lookups
             if path:
                 ckpt = load_checkpoint_meta(path)
                 model = self.config[sub].get("model")
@@ -207,8 +236,15 @@ def _make_cli_classes():
             if path:
                 note_replaced_settings(path, before, _flat_settings(self.config[sub].get("model")))
 
+        def _set_seed(self) -> None:
+            seed = self._get(self.config, "seed_everything")
+            if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= 2**32 - 1:
+                raise ConfigError(f"seed_everything: must be in [0, 2**32 - 1] (or true / false), got {seed}")
+            super()._set_seed()
+
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand] if self.subcommand else self.config
+            RunConfig.as_given = cfg.clone()
             _fill_run_paths(cfg)
             _csv_logger_without_wandb(cfg)
 
@@ -242,6 +278,8 @@ def lightning_main(argv: list[str]) -> None:
     TaosrCLI, RunConfig = _make_cli_classes()
     RunConfig.inputs = inputs
 
+    # every method imported, so --model DPOModule (and --model.help SRPOModule) resolve by their short names
+    from taosr.methods import dpo, grm, grpo, sft, srpo  # noqa: F401
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.methods.base import RelevanceModule
 
@@ -257,6 +295,9 @@ def lightning_main(argv: list[str]) -> None:
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
+            # the modules' configure_optimizers decide (model.init_args.lr / scheduler): LightningCLI's own
+            # --optimizer made an empty parameter list, and its --lr_scheduler was silently ignored
+            auto_configure_optimizers=False,
         )
     finally:
         _finish_wandb_run()
@@ -281,11 +322,42 @@ def _option_for_value(argv: list[str], value: str) -> str | None:
     return found
 
 
+def _nested_key_error(lines: list[str], argv: list[str]) -> str | None:
+    """The full dotted key and innermost cause of a report about a nested option (jsonargparse names
+    only the top group: ``Parser key "model": Expected a <class 'float'>``), or None."""
+    keys = [m.group(1) for ln in lines if (m := re.match(r'Parser key "([^"]+)"', ln))]
+    bad = next((m.group(1) for ln in lines if (m := re.search(r"Option '([^']+)' is not accepted", ln))), None)
+    nested = next((m for ln in reversed(lines) if (m := re.search(r"NestedArg\(key='([^']+)', val='(.*)'\)", ln))), None)
+    if len(keys) < 2 and bad is None and nested is None:
+        return None
+    causes = [ln for ln in lines if re.search(r"not accepted|Expected a <class '(?!NoneType)", ln)]
+    cause = causes[0] if causes else lines[-1]
+    cls = next((m.group(1) for ln in lines if (m := re.search(r"given class_path '[\w.]*?(\w+Module)'", ln))), None)
+    helps = f"taosr fit --model.help {cls} lists its options" if cls else "taosr fit --help lists every option"
+    if nested is not None:  # from the command line: name the option as it was typed
+        sub, val = nested.group(1), nested.group(2)
+        for i, a in enumerate(argv):
+            name, _, inline = a.partition("=")
+            value = inline if inline else (argv[i + 1] if i + 1 < len(argv) else None)
+            if name.startswith("--") and name.endswith("." + sub) and value == val:
+                return f"{name}: {cause.split('. Got value')[0]}, got {val!r} ({helps})"
+    path = [keys[0], "init_args", *keys[1:]] if keys and keys[0] == "model" else keys
+    if bad is not None and (not path or path[-1] != bad):
+        path.append(bad)
+    return f"{'.'.join(path)}: {cause} (a key in a --config file; {helps})"
+
+
 def condense_config_error(message: str, argv: list[str] | None = None) -> str:
     """One line from jsonargparse's multi-line report: the key it names and the most specific cause."""
     lines = [ln.strip().lstrip("- ").strip() for ln in str(message).splitlines() if ln.strip()]
     if not lines:
         return "invalid configuration"
+    interp = next((ln for ln in lines if "Interpolation key" in ln), None)
+    if interp is not None:
+        return f"{interp[interp.index('Interpolation key'):].split(': full_key')[0]}: {INTERPOLATION_SCOPE}"
+    nested = _nested_key_error(lines, argv or [])
+    if nested is not None:
+        return nested
     head = lines[0].rstrip(":")
     causes = [ln for ln in lines[1:] if re.search(r"not accepted|unrecognized|does not exist|not a valid|unable to|"
                                                   r"expected|invalid|no such|not found|must be", ln, re.I)
@@ -318,6 +390,22 @@ def _taosr_cause(err: BaseException) -> TaosrError | None:
     while err is not None and id(err) not in seen:
         if isinstance(err, TaosrError):
             return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+INTERPOLATION_SCOPE = ("${...} resolves within one config file (its base: files included) and ${oc.env:NAME}; a key "
+                       "from another --config file or the command line is not visible there")
+
+
+def _interpolation_cause(err: BaseException) -> str | None:
+    """The first line of an OmegaConf interpolation error behind ``err`` (a ``${...}`` naming a key
+    that file does not hold), else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if type(err).__module__.startswith("omegaconf") and "Interpolation" in type(err).__name__:
+            return str(err).strip().splitlines()[0]
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
@@ -356,6 +444,10 @@ def run_lightning(argv: list[str], verbose: bool = False) -> int:
         return 2
     except (ValueError, TypeError) as err:  # jsonargparse wraps errors raised while it builds the classes
         cause = _taosr_cause(err)
+        interp = _interpolation_cause(err)
+        if interp is not None and not verbose:
+            print(f"taosr: error: {interp}: {INTERPOLATION_SCOPE}", file=sys.stderr)
+            return 2
         if cause is None or verbose:
             raise
         print(f"taosr: error: {cause}", file=sys.stderr)

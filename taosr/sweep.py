@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from taosr.configfiles import load_yaml, locate
+from taosr.configfiles import load_yaml, locate, not_found
 from taosr.errors import ConfigError, Interrupted
 from taosr.launcher import INTERRUPTED, TERMINATED
 
@@ -39,7 +39,7 @@ METHODS = ("grid", "random", "bayes")
 def load_sweep(path: str) -> dict:
     path = locate(path)
     if not os.path.exists(path):
-        raise ConfigError(f"{path}: sweep file not found")
+        raise ConfigError(not_found(path, "sweep file"))
     cfg = load_yaml(path)  # a syntax error or a key set twice names file:line
     if not isinstance(cfg, dict) or "parameters" not in cfg or "method" not in cfg:
         raise ConfigError(f"{path}: a sweep YAML needs 'method' and 'parameters'")

@@ -232,6 +232,43 @@ def test_test_command_never_overwrites_its_input_config(capsys, cache_dir, finis
     assert (finished_copy / "config-test.yaml").exists() and (finished_copy / "eval" / "test-metrics.json").exists()
 
 
+def test_a_saved_config_rerun_elsewhere_writes_only_there(tmp_path, capsys, finished_copy):
+    """<run>/config.yaml re-run with another --trainer.default_root_dir: its checkpoints and logs go
+    to the new folder. The saved file held the first run's filled-in checkpoint dirpath and logger
+    save_dir, so the re-run replaced the first run's last.ckpt."""
+    import yaml
+
+    ckpt = finished_copy / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    saved = yaml.safe_load((finished_copy / "config.yaml").read_text())
+    assert all((cb.get("init_args") or {}).get("dirpath") is None for cb in saved["trainer"]["callbacks"])
+    new = tmp_path / "again"
+    rc = main(["fit", "--config", str(finished_copy / "config.yaml"), "--trainer.default_root_dir", str(new),
+               "--trainer.max_steps", "1"])
+    assert rc == 0, capsys.readouterr().err
+    assert ckpt.read_bytes() == before and (new / "checkpoints" / "last.ckpt").exists()
+    assert sorted(os.listdir(finished_copy / "checkpoints")) == ["last.ckpt"]
+
+
+def test_ckpt_path_last_starts_then_resumes(tmp_path, capsys, finished_copy):
+    """--ckpt_path last (Lightning's keyword, refused as "file not found"): a fresh folder starts from
+    the beginning, the same command then resumes from its last.ckpt."""
+    import torch
+
+    run = tmp_path / "pre"
+    args = ["fit", "--config", str(finished_copy / "config.yaml"), "--trainer.default_root_dir", str(run),
+            "--ckpt_path", "last", "--trainer.max_epochs", "-1"]  # a max_steps stop ends the epoch (Lightning)
+    assert main([*args, "--trainer.max_steps", "1"]) == 0
+    assert "--ckpt_path last: no " in capsys.readouterr().err
+    assert main([*args, "--trainer.max_steps", "2"]) == 0
+    assert f"resuming from {run}/checkpoints/last.ckpt" in capsys.readouterr().err
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    # a third run into the folder replaces last.ckpt: no full-size last-v1.ckpt beside it
+    assert main(["fit", "--config", str(finished_copy / "config.yaml"), "--trainer.default_root_dir", str(run),
+                 "--trainer.max_steps", "1"]) == 0
+    assert os.listdir(run / "checkpoints") == ["last.ckpt"]
+
+
 # ---------------------------------------------------------------- logger off, mixed precision
 def test_logger_off_and_bf16_mixed_with_the_lr_monitor_config(tmp_path, capsys, cache_dir):
     """configs/sft.yaml has a LearningRateMonitor, which raises without a logger: it is skipped with a

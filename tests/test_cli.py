@@ -73,8 +73,64 @@ def test_unknown_command():
     (["--model.init_args.bogus", "3"], "Option 'bogus' is not accepted"),
     (["--data.bogus", "3"], "unrecognized arguments: --data.bogus"),
     (["--trainer.max_steps", "x"], 'Parser key "trainer.max_steps"'),
+    # a nested option is named whole, with the method's help (was: Parser key "model": Expected a <class 'float'>)
+    (["--model.init_args.lr", "abc"], "--model.init_args.lr: Expected a <class 'float'>, got 'abc' "
+                                      "(taosr fit --model.help SFTModule lists its options)"),
+    (["--model.init_args.lrr", "3"], "--model.init_args.lrr: Option 'lrr' is not accepted"),
+    (["--config", "model:\n  init_args:\n    eval_generation:\n      max_new_tokens: 1.5\n"],
+     "model.init_args.eval_generation.max_new_tokens: Expected a <class 'int'>. Got value: 1.5 (a key in a --config file"),
+    # LightningCLI's own optimizer groups are off: the methods configure theirs (model.init_args.lr, scheduler)
+    (["--optimizer", "torch.optim.SGD"], "unrecognized arguments: --optimizer"),
+    (["--lr_scheduler", "torch.optim.lr_scheduler.StepLR"], "unrecognized arguments: --lr_scheduler"),
+    (["--seed_everything", "-5"], "seed_everything: must be in [0, 2**32 - 1]"),  # was a traceback
+    # an overlay interpolating a key of another file: one line saying where ${...} resolves (was 106 lines)
+    (["--config", "trainer:\n  default_root_dir: runs/lr_${model.init_args.lr}\n"],
+     "Interpolation key 'model.init_args.lr' not found: ${...} resolves within one config file"),
 ])
 def test_bad_config_key_or_value_gets_one_line_error(capsys, args, needle):
     rc = main(["fit", "--config", os.path.join(ROOT, "configs", "sft.yaml"), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("taosr: error: ") and needle in err[0], err
+
+
+def test_short_method_names_and_piped_help(tmp_path, capsys):
+    """--model DPOModule resolves (every method is imported before the parser is built); the top-level
+    help piped into a reader that leaves early ends quietly."""
+    rc = main(["fit", "--config", os.path.join(ROOT, "configs", "sft.yaml"), "--model", "DPOModule", "--print_config"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "class_path: taosr.methods.dpo.DPOModule" in out
+    r = subprocess.run(f"{sys.executable} -m taosr.cli --help | head -1", shell=True, capture_output=True, text=True)
+    assert r.stdout.startswith("usage: taosr") and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr
+
+
+def test_a_copied_method_config_finds_its_base(tmp_path, monkeypatch, capsys):
+    """configs/sft.yaml copied into a project folder: its base (_base/trainer.yaml) comes from taosr's
+    checkout, as the file itself would (was: base config '_base/trainer.yaml' not found)."""
+    import shutil
+
+    from taosr.configfiles import resolve_file
+
+    (tmp_path / "configs").mkdir()
+    shutil.copy(os.path.join(ROOT, "configs", "sft.yaml"), tmp_path / "configs" / "sft.yaml")
+    monkeypatch.chdir(tmp_path)
+    data, had_bases = resolve_file("configs/sft.yaml")
+    assert had_bases and "trainer" in data
+    assert "using taosr's own" in capsys.readouterr().err
+
+
+def test_taosr_files_missing_outside_a_checkout_say_why(tmp_path, monkeypatch):
+    """Installed from a wheel (no checkout beside the package), configs/, comparisons/ and sweeps/
+    paths are missing: the error says so (the quick start said "'tiny' is not a model with budgets")."""
+    import taosr.configfiles as cf
+    from taosr.errors import ConfigError
+    from taosr.quickstart_plan import budgets_file_for
+
+    monkeypatch.setattr(cf, "project_root", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"configs/sft.yaml: config file not found here, and taosr is not installed "
+                                          r"from its source checkout.*pip install -e"):
+        cf.load_yaml("configs/sft.yaml")
+    with pytest.raises(ConfigError, match=r"configs/quickstart: folder of per-model budgets not found here, and taosr"):
+        budgets_file_for("tiny")
+    with pytest.raises(ConfigError, match=r"^mine.yaml: config file not found$"):  # a user's own file: as before
+        cf.load_yaml("mine.yaml")

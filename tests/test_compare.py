@@ -261,3 +261,37 @@ def test_compare_end_to_end_lam0_equals_grpo_and_resumes(tmp_path, capsys, cache
             (out / run / "heldout/eval/test-predictions.jsonl").read_text(), run
     grpo_rows = lambda text: [r for r in text.splitlines() if r.startswith("grpo - start")]  # noqa: E731
     assert grpo_rows((par / "pairs.csv").read_text()) == grpo_rows(first)
+
+
+def test_compare_goes_on_after_a_failed_run(tmp_path, capsys, cache_dir, sft_run, samples):
+    """A run that fails (an arm with lr -1, refused when the module is built) does not stop the runs
+    after it: the other arm's fit and the start's evaluation run, the report covers them, and the
+    failure is listed at the end (exit 2). It used to stop there, leaving the rest of the night idle."""
+    import yaml
+
+    from taosr.cli import main
+    from tests.conftest import SMOKE, rl_samples_overrides
+
+    data = {"data.data_dir": os.path.join(cache_dir, "data"), "data.synth": {"n_train": 48, "n_val": 6, "n_test": 6}}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "keepgoing", "start": {"model": os.path.join(sft_run, "export"), "samples": samples}, "seeds": [0],
+        "arms": {"bad": {"config": "configs/grpo.yaml", "set": {"model.init_args.lr": -1.0}},
+                 "grpo": {"config": "configs/grpo.yaml"}},
+        "eval": {"heldout": 8, "set": {**data, "model.init_args.eval_generation.max_new_tokens": 8,
+                                       "model.init_args.model.cache_dir": os.path.join(cache_dir, "models")}},
+        "pairs": [["grpo", "start"]]}))
+    extra = ["--config", SMOKE, "--trainer.max_steps", "1", "--model.init_args.model.cache_dir",
+             os.path.join(cache_dir, "models"), "--data.data_dir", os.path.join(cache_dir, "data"),
+             *rl_samples_overrides(samples)]
+    out = tmp_path / "out"
+    cwd = os.getcwd()
+    os.chdir(ROOT_DIR)
+    try:
+        rc = main(["compare", str(spec), "--out", str(out), "--no-wandb", *extra])
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err
+    assert rc == 2 and "1 runs failed (first: compare: bad seed 0: `taosr fit` failed (exit 2)" in err
+    assert (out / "grpo" / "seed0" / "heldout" / "eval" / "test-metrics.json").exists()
+    assert "grpo - start" in (out / "pairs.csv").read_text()

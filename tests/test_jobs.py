@@ -33,6 +33,11 @@ def test_run_parallel_runs_commands_in_order_and_stops_after_a_failure(tmp_path)
     assert "unknown command 'no-such-command'" in bad_log and "$ taosr --help" not in bad_log  # its next step never ran
     assert not os.path.exists(logs[2])                                      # no new task after a failure
     assert any(line.startswith("bad: taosr no-such-command failed (exit 2)") for line in lines)
+    # keep_going (taosr compare's default): the failure ends only its own task; the next task still runs
+    logs2 = [str(tmp_path / f"k{i}" / "log") for i in range(2)]
+    bad2, other = Task("bad", [["no-such-command"], ["--help"]], logs2[0]), Task("other", [["--help"]], logs2[1])
+    assert run_parallel([bad2, other], [Slot(0, [])], say=lines.append, poll_s=0.05, keep_going=True) == [bad2]
+    assert "$ taosr --help" not in open(logs2[0]).read() and "usage: taosr COMMAND" in open(logs2[1]).read()
 
 
 def test_compare_jobs_must_be_positive(tmp_path):

@@ -125,8 +125,11 @@ class _BatchStart(pl.Callback):
 
 
 class Checkpoint(ModelCheckpoint):
-    def __init__(self, *args, save_on_exception: bool = True, **kwargs):
-        super().__init__(*args, save_on_exception=save_on_exception, **kwargs)
+    def __init__(self, *args, save_on_exception: bool = True, enable_version_counter: bool = False, **kwargs):
+        # no version counter: a re-run into the same folder replaces last.ckpt instead of adding a full-size
+        # last-v1.ckpt, last-v2.ckpt ... beside it (the resume command names last.ckpt)
+        super().__init__(*args, save_on_exception=save_on_exception, enable_version_counter=enable_version_counter,
+                         **kwargs)
         self._rng_at_step_start: dict | None = None
         self._rng_after_step: dict | None = None
         self._in_step = False
