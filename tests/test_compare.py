@@ -295,3 +295,6 @@ def test_compare_goes_on_after_a_failed_run(tmp_path, capsys, cache_dir, sft_run
     assert rc == 2 and "1 runs failed (first: compare: bad seed 0: `taosr fit` failed (exit 2)" in err
     assert (out / "grpo" / "seed0" / "heldout" / "eval" / "test-metrics.json").exists()
     assert "grpo - start" in (out / "pairs.csv").read_text()
+    # the finished run's checkpoint is gone (its export is scored); the failed run keeps what it has
+    assert (out / "grpo" / "seed0" / "export" / "config.json").exists()
+    assert not list((out / "grpo" / "seed0" / "checkpoints").glob("*.ckpt"))

@@ -30,6 +30,13 @@ class CrashAt(pl.Callback):
             raise Crash(f"killed at step {trainer.global_step}")
 
 
+class CrashOnTrainStart(pl.Callback):
+    """An error after a resume's restore, before its first batch (e.g. a file the resumed run needs)."""
+
+    def on_train_start(self, trainer, *args):
+        raise Crash("failed before the first resumed batch")
+
+
 class InterruptMidStep(pl.Callback):
     """Ctrl-C (or any error) in the middle of step ``step + 1``: after its forward pass, before its
     update; no periodic checkpoint covers the step reached."""
@@ -412,3 +419,18 @@ def test_cuda_generator_states_restore_onto_fewer_gpus(monkeypatch):
     states["cuda"] = [torch.tensor([i], dtype=torch.uint8) for i in range(8)]
     checkpoint._set_rng_states(states)
     assert calls == [(0, 0)]
+
+
+def test_a_second_failure_before_the_resumed_first_batch_keeps_the_run_identical(tmp_path, cache_dir):
+    """Interrupted at step 5, resumed, and the resume fails before its first batch: the checkpoint
+    it writes on the way out keeps the random-number state it loaded (it wrote the process's own:
+    the next resume drew other dropout masks), so a third start still ends bit-identical."""
+    full, _, _ = run(str(tmp_path / "full"), cache_dir, 12, dropout=0.2)
+    ckpt = str(tmp_path / "part" / "ckpt" / "last.ckpt")
+    with pytest.raises(Crash):
+        run(str(tmp_path / "part"), cache_dir, 12, extra=[CrashAt(5)], dropout=0.2)
+    with pytest.raises(Crash):
+        run(str(tmp_path / "part"), cache_dir, 12, extra=[CrashOnTrainStart()], ckpt=ckpt, dropout=0.2)
+    resumed, tr, _ = run(str(tmp_path / "part"), cache_dir, 12, ckpt=ckpt, dropout=0.2)
+    assert tr.global_step == 12
+    _assert_same_weights(full, resumed)

@@ -184,6 +184,10 @@ class Checkpoint(ModelCheckpoint):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
+        if self._pending is not None:  # saved after a resume's restore, before its first batch applied the
+            rng, after, draws = self._pending  # loaded states: keep them (the process's own are not the run's)
+            state.update(rng_states=rng, rng_after_step=after, rng_draws_after=draws)
+            return state
         after = not (self._saving_on_exception and self._redo)
         if after:  # after a step (periodic, final, or an interrupt between steps): the state it left
             rng, draws = self._rng_after_step or _collect_rng_states(), self._val_draws

@@ -225,7 +225,8 @@ class RelevanceModule(pl.LightningModule):
         data = [[str(r.get(c)) for c in cols] for r in rows]
         for lg in self.loggers:
             if isinstance(lg, WandbLogger):
-                lg.log_table(key=f"{split}/completions_step{self.evaluated_step}", columns=cols, data=data)
+                # one key per split, versioned by step (a key per step made a panel and ~9 history keys per table)
+                lg.log_table(key=f"{split}/completions", columns=cols, data=data)
 
     # ------------------------------------------------------------------ export
     def export(self, out_dir: str | None = None) -> str:

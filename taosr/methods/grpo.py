@@ -239,6 +239,7 @@ class GRPOModule(RelevanceModule):
     def training_step(self, batch: dict, batch_idx: int):
         r: Rollout = batch["rollout"]
         hp = self.hparams
+        step = self.global_step  # this rollout batch's step (the update below advances it)
         self.fill_logps(r)
         adv = self.advantages(r)
         keep = self.keep_mask(r)
@@ -277,7 +278,7 @@ class GRPOModule(RelevanceModule):
         metrics["dynamic_sampling/skipped_update"] = float(num_seqs == 0)
         metrics["timing_s/update"] = time.perf_counter() - t0
         self.log_dict({f"train/{k}": float(v) for k, v in metrics.items()}, batch_size=len(r))
-        if hp.table_every and batch_idx % hp.table_every == 0:
+        if hp.table_every and step % hp.table_every == 0:  # every table_every steps (batch_idx restarts each epoch)
             self._log_rollout_table(r)
         return None
 
@@ -298,7 +299,7 @@ class GRPOModule(RelevanceModule):
                          "" if st is None else str([round(float(x), 2) for x in st.rewards[i]]),
                          "" if st is None else str(st.source[i].tolist())])
         for lg in loggers:
-            lg.log_table(key=f"train/completions_step{self.global_step}", columns=cols, data=data)
+            lg.log_table(key="train/completions", columns=cols, data=data)  # one key, versioned by step
 
     def _rollout_metrics(self, r: Rollout, keep: torch.Tensor) -> dict[str, float]:
         G = r.group_size
