@@ -434,3 +434,34 @@ def test_a_second_failure_before_the_resumed_first_batch_keeps_the_run_identical
     resumed, tr, _ = run(str(tmp_path / "part"), cache_dir, 12, ckpt=ckpt, dropout=0.2)
     assert tr.global_step == 12
     _assert_same_weights(full, resumed)
+
+
+def test_checkpoints_are_written_beside_their_target_and_a_full_disk_is_one_error(tmp_path, cache_dir, monkeypatch):
+    """No copy through $TMPDIR (Lightning's atomic save made one with mkstemp: a small /tmp failed the
+    first save); a save that finds the disk full removes its partial file, keeps the previous
+    last.ckpt and ends the run with one error (the save-on-exception does not try again)."""
+    import errno
+    import tempfile
+
+    from taosr.callbacks.checkpoint import DiskFull
+
+    def no_tmp(*a, **k):
+        raise AssertionError("a checkpoint went through $TMPDIR")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_tmp)
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) == 3 and hasattr(f, "write"):  # step 2 wrote epoch=0-step=2.ckpt and last.ckpt
+            f.write(b"x" * 1000)  # part of the checkpoint, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(DiskFull, match=r"checkpoint .*step=4.ckpt.tmp: no space left on its disk .* previous checkpoint is kept"):
+        run(str(tmp_path / "r"), cache_dir, 6, every=2)
+    folder = tmp_path / "r" / "ckpt"
+    assert sorted(os.listdir(folder)) == ["epoch=0-step=2.ckpt", "last.ckpt"] and len(calls) == 3
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 2

@@ -21,7 +21,10 @@
   resume is bit-identical there too; a validation that samples (``eval_generation.do_sample``)
   draws more than that and is not replayed;
 - every checkpoint is written under a temporary name and renamed: a crash while saving never leaves
-  a truncated ``last.ckpt`` in place of the previous one;
+  a truncated ``last.ckpt`` in place of the previous one. It is written straight beside its target
+  (:class:`DirectCheckpointIO`: Lightning's atomic save held the whole checkpoint in memory and
+  wrote it through a temporary file in ``$TMPDIR``, so a small /tmp failed the first save); a
+  full disk removes the partial file and ends the run with one line, the previous ``last.ckpt`` kept;
 - under manual optimisation (GRPO, SRPO) a periodic checkpoint holds the weights *after* the step's
   update, which is what a resume needs (it continues with the next rollout batch); Lightning's
   warning that it could hold the pre-update weights instead is silenced.
@@ -33,10 +36,53 @@ import warnings
 from typing import Any
 from weakref import proxy
 
+import errno
+
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from taosr.errors import TaosrError
+
+
+class DiskFull(TaosrError):
+    """A checkpoint that did not fit on its disk (the partial file is removed, the previous one kept)."""
+
+
+class DirectCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` straight into a temporary file beside the target, fsync, rename. Lightning's
+    atomic save serialises the whole checkpoint into memory first and writes it through a temporary
+    file in ``$TMPDIR`` (fsspec's transaction) before moving it: twice the checkpoint's size in
+    memory and in /tmp. Remote paths (``s3://`` ...) keep Lightning's way."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = str(path)
+        if storage_options is not None or "://" in path:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.part{os.getpid()}"
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException as err:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                import shutil
+
+                free = shutil.disk_usage(folder).free
+                raise DiskFull(f"checkpoint {path}: no space left on its disk ({free / 2**20:.0f} MiB free after "
+                               "removing the partial file); the previous checkpoint is kept: free space and resume "
+                               "with --ckpt_path") from None
+            raise
 
 
 def _collect_rng_states() -> dict[str, Any]:
@@ -142,6 +188,8 @@ class Checkpoint(ModelCheckpoint):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
+            trainer.strategy.checkpoint_io = DirectCheckpointIO()
         # Lightning runs checkpoint callbacks last (_reorder_callbacks), so our on_train_batch_start
         # would come after the RolloutCallback's, which samples with the global generator: the
         # restore would follow the resumed run's first rollout and the step-start snapshot would
@@ -241,7 +289,8 @@ class Checkpoint(ModelCheckpoint):
         """Only ``last.ckpt``, only while fitting (Lightning's default also writes a named file)."""
         from lightning.pytorch.trainer.states import TrainerFn
 
-        if trainer.state.fn != TrainerFn.FITTING or not self.dirpath or not self._should_save_on_exception(trainer):
+        if trainer.state.fn != TrainerFn.FITTING or not self.dirpath or not self._should_save_on_exception(trainer) \
+                or isinstance(exception, DiskFull):  # the disk is full: another save would fail the same way
             return
         self._saving_on_exception = True
         try:
