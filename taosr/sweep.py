@@ -70,6 +70,42 @@ def build_command(cfg: dict, params: dict) -> list[str]:
     return out
 
 
+def _first_values(parameters: dict) -> dict:
+    """One value of each sweep parameter (``values[0]``, ``value``, else ``min``) for the pre-check."""
+    out = {}
+    for k, spec in (parameters or {}).items():
+        if isinstance(spec, dict):
+            for key in ("value", "values", "min"):
+                if key in spec:
+                    v = spec[key]
+                    out[k] = _plain(v[0] if key == "values" and isinstance(v, list) and v else v)
+                    break
+    return out
+
+
+def check_command(cfg: dict, extra: list[str], out: str, name: str = "sweep") -> None:
+    """Parse the sweep's taosr command with one value of every parameter and the extra arguments
+    (LightningCLI --print_config: nothing is built or run), so a typo in a parameter's key or an
+    override stops the sweep before its first run (each run failed on it, one after the other)."""
+    import contextlib
+    import io
+
+    from taosr.launcher import LIGHTNING_COMMANDS, run_lightning
+
+    cmd = build_command(cfg, _first_values(cfg.get("parameters")))
+    at = next((i for i, c in enumerate(cmd) if c in LIGHTNING_COMMANDS), None)
+    if at is None:  # not a taosr fit / validate ... command: nothing to parse here
+        return
+    args = [*cmd[at:], "--trainer.default_root_dir", os.path.join(out, "check"), *extra, "--print_config"]
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = run_lightning(args)
+    if rc:
+        lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+        why = lines[-1].removeprefix("taosr: error: ") if lines else f"exit {rc}"
+        raise ConfigError(f"sweep {name}: {why} (checked before the first run)")
+
+
 def read_metric(run_dir: str, name: str) -> float | None:
     split, _, key = name.partition("/")
     if split == "test":
@@ -108,6 +144,7 @@ def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | 
         count = cfg.get("run_cap") or 10
     if not isinstance(count, int) or count < 1:
         raise ConfigError(f"--count {count}: the run budget must be at least 1")
+    check_command(cfg, list(extra or []), out, name)
     runs, rows, started, next_index = _previous_runs(sweeps, out, metric, list(extra or []))
     if runs:
         print(f"[{name}] {len(runs)} runs finished before: kept, the sweep continues after them", flush=True)
@@ -249,7 +286,7 @@ def write_summary(out: str, rows: list[dict], metric: str | None, goal: str) -> 
     if scored:
         best = (max if goal == "maximize" else min)(scored, key=lambda r: r[metric])
         md.append(f"\nbest: {best['run']} {metric}={best[metric]:.4f}")
-    unranked = [r["run"] for r in rows if metric and r not in scored]
+    unranked = [r["run"] for r in rows if metric and r not in scored and (r.get("exit", 0) != 0 or r.get(metric) is not None)]
     if unranked:
         md.append(f"not ranked (failed, or no finite {metric}): {', '.join(unranked)}")
     with open(os.path.join(out, "summary.md"), "w") as fh:

@@ -338,6 +338,13 @@ SWEEP_CASES = {
     "count_negative": ("method: grid\nparameters: {a: {values: [1]}}\ncommand: [x]\n", ["--count", "-3"],
                        ["--count -3"]),
     "bad_parameter_spec": ("method: grid\nparameters: {a: {valuez: [1]}}\ncommand: [x]\n", [], ["bad.yaml", "invalid sweep"]),
+    # the taosr command is parsed with one value of each parameter before the first run (each run failed on it)
+    "override_typo": (f"method: grid\nparameters: {{model.init_args.lr: {{values: [0.001]}}}}\n"
+                      f"command: [taosr, fit, --config, {SFT}, '${{args}}']\n", ["--trainer.max_stepz", "2"],
+                      ["sweep bad: unrecognized arguments: --trainer.max_stepz 2", "checked before the first run"]),
+    "parameter_typo": (f"method: random\nparameters: {{model.init_args.lrr: {{min: 0.001, max: 0.01}}}}\n"
+                       f"command: [taosr, fit, --config, {SFT}, '${{args}}']\n", [],
+                       ["sweep bad: --model.init_args.lrr: Option 'lrr' is not accepted"]),
 }
 
 

@@ -63,13 +63,17 @@ def _assert_same_weights(full, resumed):
         assert torch.equal(a, b), (n, (a - b).abs().max().item())
 
 
-def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000, dropout=0.0, val_every=None, **trainer_kw):
+def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000, dropout=0.0, val_every=None,
+        lora=False, **trainer_kw):
     """``val_every``: validate (greedy, 2 examples) every that many batches within each epoch."""
     pl.seed_everything(0)
     dm = RelevanceDataModule(synth=SynthConfig(n_train=40, n_val=2, n_test=4, seed=5), data_dir=os.path.join(cache, "data"),
                              batch_size=4, val="synth" if val_every else None, test=None, curriculum=curriculum)
     over = {"attention_dropout": dropout} if dropout else None  # dropout: training draws random numbers
-    model = SFTModule(model=ModelSpec(name_or_path="micro", cache_dir=os.path.join(cache, "models"), config_overrides=over), lr=5e-3,
+    from taosr.models.factory import LoraSpec
+
+    model = SFTModule(model=ModelSpec(name_or_path="micro", cache_dir=os.path.join(cache, "models"), config_overrides=over,
+                                      lora=LoraSpec(r=4, alpha=8) if lora else None), lr=5e-3,
                       warmup_steps=2, export_dir=None, eval_generation=GenerationSpec(max_new_tokens=4))
     log = BatchLog()
     val = dict(val_check_interval=val_every) if val_every else dict(limit_val_batches=0)
@@ -465,3 +469,25 @@ def test_checkpoints_are_written_beside_their_target_and_a_full_disk_is_one_erro
     assert sorted(os.listdir(folder)) == ["epoch=0-step=2.ckpt", "last.ckpt"] and len(calls) == 3
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 2
+
+
+def test_a_lora_checkpoint_holds_only_the_trained_weights_and_resumes_bit_identical(tmp_path, cache_dir):
+    """The frozen base weights are not saved (they are loaded again from the start model): the
+    checkpoint holds the adapter and optimizer only, and a resume from it ends with the uninterrupted
+    run's weights exactly. A checkpoint whose frozen weights came from another model is refused."""
+    from taosr.errors import ConfigError
+    from taosr.methods.base import FROZEN_FROM
+
+    full, _, _ = run(str(tmp_path / "full"), cache_dir, 8, lora=True, dropout=0.2)
+    with pytest.raises(Crash):
+        run(str(tmp_path / "part"), cache_dir, 8, extra=[CrashAt(3)], lora=True, dropout=0.2)
+    ckpt = tmp_path / "part" / "ckpt" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["state_dict"] and all("lora_" in k for k in saved["state_dict"])
+    assert saved[FROZEN_FROM] == {"name_or_path": "micro", "tensors": len(
+        [n for n, p in full.named_parameters(remove_duplicate=False) if not p.requires_grad])}
+    resumed, tr, _ = run(str(tmp_path / "part"), cache_dir, 8, ckpt=str(ckpt), lora=True, dropout=0.2)
+    assert tr.global_step == 8
+    _assert_same_weights(full, resumed)
+    with pytest.raises(ConfigError, match="its frozen ones are 'other'"):
+        resumed.on_load_checkpoint({**saved, FROZEN_FROM: {"name_or_path": "other", "tensors": 1}})

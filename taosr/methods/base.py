@@ -31,6 +31,9 @@ MAIN_METRICS = ("macro_f1", "good_f1", "accuracy", "step_accuracy", "format_erro
 RANKING_METRICS = ("ndcg@10", "rmse_grade")  # logged when present (eval_scores; grades in the data)
 
 
+FROZEN_FROM = "taosr_frozen_from"  # checkpoint key: the model folder the unsaved frozen weights come from
+
+
 class RelevanceModule(pl.LightningModule):
     def __init__(
         self,
@@ -181,9 +184,31 @@ class RelevanceModule(pl.LightningModule):
         self.log_dict(logged, sync_dist=False, rank_zero_only=True)
         return metrics
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Frozen weights are not saved: they are the start model's, loaded again from its folder
+        before a restore (a LoRA run's base model made 97% of a SmolLM2 checkpoint, 0.6 GB; DPO's and
+        GRPO's reference copy is frozen too)."""
+        super().on_save_checkpoint(checkpoint)
+        sd = checkpoint.get("state_dict")
+        frozen = [n for n, p in self.named_parameters(remove_duplicate=False)  # tied aliases too (lm_head)
+                  if not p.requires_grad and sd is not None and n in sd]
+        if frozen:
+            for n in frozen:
+                del sd[n]
+            checkpoint[FROZEN_FROM] = {"name_or_path": self.spec.name_or_path, "tensors": len(frozen)}
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self._checkpoint_step = checkpoint.get("global_step")
+        frozen = checkpoint.get(FROZEN_FROM)
+        if frozen and self.model is not None:
+            if frozen["name_or_path"] != self.spec.name_or_path:
+                raise ConfigError(f"--ckpt_path: the checkpoint holds only trained weights; its frozen ones are "
+                                  f"{frozen['name_or_path']!r}'s, but this run loads {self.spec.name_or_path!r} "
+                                  "(use the model it was trained from)")
+            sd = checkpoint["state_dict"]
+            for k, v in self.state_dict().items():  # the frozen weights as loaded from the start model
+                sd.setdefault(k, v)
 
     @property
     def evaluated_step(self) -> int:
