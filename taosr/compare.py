@@ -585,10 +585,25 @@ def markdown(arms: list[dict], pairs: list[dict], title: str, all_slices: bool =
     return "\n".join(lines)
 
 
+def seed_gap_note(results: dict) -> str:
+    """A note when the arms were scored on different seeds (a failed or unfinished run): each arm's
+    mean is over its own seeds, a paired difference over the seeds both have."""
+    seeds = {arm: sorted(s for s in per if s is not None) for arm, per in results.items()}
+    seeds = {a: s for a, s in seeds.items() if s}
+    if len({tuple(s) for s in seeds.values()}) <= 1:
+        return ""
+    listed = "; ".join(f"{a} {' '.join(map(str, s))}" for a, s in seeds.items())
+    return (f"Note: the arms cover different seeds ({listed}): each arm's mean is over its own seeds, "
+            "a paired difference over the seeds both arms have.")
+
+
 def write_report(out: str, results: dict, pairs: list[tuple[str, str]], title: str) -> str:
     arms, prs, sig = arm_rows(results), pair_rows(results, pairs), signal_rows(results)
     os.makedirs(out, exist_ok=True)
-    md = markdown(arms, prs, title) + ("\n\n" + signals_markdown(sig) if sig else "")
+    gap = seed_gap_note(results)
+    md = markdown(arms, prs, title) + ("\n\n" + signals_markdown(sig) if sig else "") + (f"\n\n{gap}" if gap else "")
+    if gap:
+        print(f"taosr: warning: {gap}", file=sys.stderr)
     with open(os.path.join(out, "summary.md"), "w") as fh:
         fh.write(md + "\n")
     for name, rows in (("summary.csv", arms), ("pairs.csv", prs), ("signals.csv", sig)):

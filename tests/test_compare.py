@@ -298,3 +298,13 @@ def test_compare_goes_on_after_a_failed_run(tmp_path, capsys, cache_dir, sft_run
     # the finished run's checkpoint is gone (its export is scored); the failed run keeps what it has
     assert (out / "grpo" / "seed0" / "export" / "config.json").exists()
     assert not list((out / "grpo" / "seed0" / "checkpoints").glob("*.ckpt"))
+
+
+def test_report_notes_arms_scored_on_different_seeds():
+    """After a failed run (compare goes on) the arms can cover different seeds: the report says so."""
+    from taosr.compare import seed_gap_note
+
+    m = {"macro_f1": 0.7}
+    assert seed_gap_note({"grpo": {0: m, 1: m}, "srpo": {0: m, 1: m}, "start": {None: m}}) == ""
+    note = seed_gap_note({"grpo": {0: m, 1: m, 2: m}, "srpo": {0: m, 2: m}, "start": {None: m}})
+    assert note.startswith("Note: the arms cover different seeds (grpo 0 1 2; srpo 0 2)")
