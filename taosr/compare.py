@@ -403,17 +403,23 @@ def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry
             continue
         record_settings(run, fit, evaluation)
         todo.append((tag, run, steps))
+    if not keep_checkpoints and not dry_run:
+        prune_checkpoints(runs)  # runs finished before (a compare stopped by --fail-fast or Ctrl-C)
     if jobs > 1 and len(todo) > 1:
         _run_parallel(spec, todo, jobs, failures)
     else:
         for tag, run, steps in todo:
             try:
                 _run_here(spec, tag, run, steps)
-            except ConfigError as err:  # (an interrupt is no ConfigError: it stops the compare)
+            except Interrupted:
+                raise
+            except Exception as err:  # noqa: BLE001 - a refused value, out of memory ...: the other runs go on
                 if failures is None:
                     raise
-                failures.append(str(err))
-                print(f"{tag}: {err}", flush=True)
+                msg = str(err) if isinstance(err, ConfigError) else \
+                    f"compare: {run.arm} seed {run.seed}: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+                failures.append(msg)
+                print(f"{tag}: {msg}", flush=True)
     if not keep_checkpoints and not dry_run:
         freed = prune_checkpoints(runs)
         if freed:
@@ -706,8 +712,8 @@ def compare_main(argv: list[str]) -> int:
     if a.dry_run:
         return 0
     if not results:  # every run failed
-        raise ConfigError(f"{failures[0]} ({len(failures) - 1} more failed); fix it and re-run" if failures
-                          else f"compare: no finished runs under {out}")
+        more = f" ({len(failures) - 1} more failed)" if failures and len(failures) > 1 else ""
+        raise ConfigError(f"{failures[0]}{more}" if failures else f"compare: no finished runs under {out}")
     write_report(out, results, spec.pairs, spec.name)
     if not a.no_wandb:
         import importlib.util

@@ -131,8 +131,9 @@ def resolve_file(path: str, _stack: tuple[str, ...] = ()) -> tuple[dict, bool]:
     merged: dict = {}
     for b in bases:
         bpath = os.path.join(os.path.dirname(path), b)
-        if not os.path.exists(bpath) and not os.path.isabs(bpath):  # a copy of taosr's configs/sft.yaml:
-            bpath = locate(os.path.normpath(bpath))                  # its configs/_base/ from the checkout
+        if not os.path.exists(bpath) and not os.path.isabs(b):  # a copy of taosr's configs/sft.yaml, wherever
+            own = locate(os.path.normpath(os.path.join("configs", b)))  # it is: the checkout's configs/_base/
+            bpath = own if os.path.exists(own) else bpath
         if not os.path.exists(bpath):
             raise ConfigError(f"{path}: base config {b!r} not found ({bpath})")
         part, _ = resolve_file(bpath, (*_stack, real))

@@ -222,6 +222,7 @@ def _make_cli_classes():
         def _parse_ckpt_path(self) -> None:
             sub = self.config.get("subcommand")
             path = self.config[sub].get("ckpt_path") if sub else None
+            self._ckpt_as_given = path
             if path == "last":  # the run folder's last.ckpt when there is one, else a fresh start
                 path = self.config[sub]["ckpt_path"] = last_checkpoint(self.config[sub], sub)
             if path in ("hpc", "registry") or (path or "").startswith("registry:"):
@@ -245,6 +246,10 @@ def _make_cli_classes():
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             RunConfig.as_given = cfg.clone()
+            if "ckpt_path" in RunConfig.as_given:
+                # a saved config re-run elsewhere must not restore this run's checkpoint: `last` (the re-run's
+                # own folder) is kept, a path is not
+                RunConfig.as_given["ckpt_path"] = "last" if getattr(self, "_ckpt_as_given", None) == "last" else None
             _fill_run_paths(cfg)
             _csv_logger_without_wandb(cfg)
 
@@ -344,7 +349,7 @@ def _nested_key_error(lines: list[str], argv: list[str]) -> str | None:
     path = [keys[0], "init_args", *keys[1:]] if keys and keys[0] == "model" else keys
     if bad is not None and (not path or path[-1] != bad):
         path.append(bad)
-    return f"{'.'.join(path)}: {cause} (a key in a --config file; {helps})"
+    return f"{'.'.join(path)}: {cause} (a nested key of a --config file or a JSON value; {helps})"
 
 
 def condense_config_error(message: str, argv: list[str] | None = None) -> str:

@@ -262,6 +262,10 @@ def test_ckpt_path_last_starts_then_resumes(tmp_path, capsys, finished_copy):
     assert "--ckpt_path last: no " in capsys.readouterr().err
     assert main([*args, "--trainer.max_steps", "2"]) == 0
     assert f"resuming from {run}/checkpoints/last.ckpt" in capsys.readouterr().err
+    # the saved config keeps `last`, not this run's file: re-run elsewhere, it starts there
+    import yaml
+
+    assert yaml.safe_load((run / "config.yaml").read_text())["ckpt_path"] == "last"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
     # a third run into the folder replaces last.ckpt: no full-size last-v1.ckpt beside it
     assert main(["fit", "--config", str(finished_copy / "config.yaml"), "--trainer.default_root_dir", str(run),

@@ -78,7 +78,7 @@ def test_unknown_command():
                                       "(taosr fit --model.help SFTModule lists its options)"),
     (["--model.init_args.lrr", "3"], "--model.init_args.lrr: Option 'lrr' is not accepted"),
     (["--config", "model:\n  init_args:\n    eval_generation:\n      max_new_tokens: 1.5\n"],
-     "model.init_args.eval_generation.max_new_tokens: Expected a <class 'int'>. Got value: 1.5 (a key in a --config file"),
+     "model.init_args.eval_generation.max_new_tokens: Expected a <class 'int'>. Got value: 1.5 (a nested key of a --config file"),
     # LightningCLI's own optimizer groups are off: the methods configure theirs (model.init_args.lr, scheduler)
     (["--optimizer", "torch.optim.SGD"], "unrecognized arguments: --optimizer"),
     (["--lr_scheduler", "torch.optim.lr_scheduler.StepLR"], "unrecognized arguments: --lr_scheduler"),
@@ -116,6 +116,8 @@ def test_a_copied_method_config_finds_its_base(tmp_path, monkeypatch, capsys):
     data, had_bases = resolve_file("configs/sft.yaml")
     assert had_bases and "trainer" in data
     assert "using taosr's own" in capsys.readouterr().err
+    shutil.copy(os.path.join(ROOT, "configs", "sft.yaml"), tmp_path / "mysft.yaml")  # another name, another folder
+    assert resolve_file(str(tmp_path / "mysft.yaml"))[0] == data
 
 
 def test_taosr_files_missing_outside_a_checkout_say_why(tmp_path, monkeypatch):

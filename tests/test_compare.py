@@ -23,6 +23,7 @@ def test_mean_se_by_hand():
     assert mean_se([0.8450, 0.8452, 0.8454, 0.8456]).fmt() == "0.8453 ± 0.0001"
     assert pm(0.8453, 0.00096) == "0.845 ± 0.001" and pm(0.8453, 0.0) == "0.845 ± 0.000"
     assert pm(0.8453, 4e-05) == "0.84530 ± 0.00004" and pm(-0.0052, 0.0031) == "-0.005 ± 0.003"
+    assert mean_se([0.7234] * 3).fmt() == "0.723 ± 0.000"  # equal seeds: float noise in the s.e. is no digit
 
 
 def test_paired_difference_pairs_by_seed_and_against_a_constant():
@@ -308,3 +309,41 @@ def test_report_notes_arms_scored_on_different_seeds():
     assert seed_gap_note({"grpo": {0: m, 1: m}, "srpo": {0: m, 1: m}, "start": {None: m}}) == ""
     note = seed_gap_note({"grpo": {0: m, 1: m, 2: m}, "srpo": {0: m, 2: m}, "start": {None: m}})
     assert note.startswith("Note: the arms cover different seeds (grpo 0 1 2; srpo 0 2)")
+
+
+def test_a_serial_compare_goes_on_after_any_error(tmp_path, monkeypatch):
+    """Without --jobs a run that dies of something other than a refused value (out of memory) is
+    listed and the next runs still run (only a ConfigError was caught: the compare died there)."""
+    import json
+
+    import torch
+    import yaml
+
+    import taosr.compare as cmp
+
+    start = tmp_path / "start"
+    start.mkdir()
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "oom", "start": {"model": str(start)}, "seeds": [0],
+                                         "arms": {"bad": {"config": "configs/grpo.yaml"},
+                                                  "good": {"config": "configs/grpo.yaml"}},
+                                         "eval": {"heldout": 8}, "pairs": [["good", "start"]]}))
+    for name in ("check_commands", "check_settings", "record_settings"):
+        monkeypatch.setattr(cmp, name, lambda *a, **k: None)
+    monkeypatch.setattr(cmp, "evaluation_file", lambda spec, out: str(tmp_path / "heldout.jsonl"))
+    ran = []
+
+    def fake_run(spec, tag, run, steps):
+        ran.append(run.arm)
+        if run.arm == "bad":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        os.makedirs(os.path.dirname(run.metrics_path), exist_ok=True)
+        json.dump({"macro_f1": 0.7}, open(run.metrics_path, "w"))
+
+    monkeypatch.setattr(cmp, "_run_here", fake_run)
+    failures = []
+    results = cmp.run_compare(cmp.load_spec(str(spec_file)), str(tmp_path / "out"), failures=failures)
+    assert ran == ["start", "bad", "good"] and set(results) == {"start", "good"}
+    assert failures == ["compare: bad seed 0: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"]
+    with pytest.raises(torch.OutOfMemoryError):  # --fail-fast: as before
+        cmp.run_compare(cmp.load_spec(str(spec_file)), str(tmp_path / "out2"))

@@ -113,6 +113,9 @@ def test_lookup_tables_keep_only_the_columns_a_join_reads(tmp_path, fmt, monkeyp
     spec = wands_spec(labels, products, queries, on_error="skip")
     res = read_examples(spec)
     assert [e.item.brand for e in res.examples] == ["acme", None, "zeta"]
+    if fmt == "csv-fallback":  # the over-long row is named and counted, not read with its fields shifted
+        assert any(n.startswith("ignored 1 bad product rows") and "10 fields where the header has 9" in n
+                   for n in res.notes), res.notes
     assert res.examples[0].item.description == "a sturdy salon chair with a hydraulic pump"
     table = readers.read_table(products, "product_id", WANDS_ITEMS, on_error="skip", defaults=readers.ITEM_DEFAULT_COLUMNS)
     kept = set().union(*(set(rec) for _, rec in table.rows.values()))

@@ -51,6 +51,18 @@ class DiskFull(TaosrError):
     """A checkpoint that did not fit on its disk (the partial file is removed, the previous one kept)."""
 
 
+def _disk_full(err: BaseException | None) -> bool:
+    """An ENOSPC OSError, itself or behind ``err`` (torch's zip writer reports it as a RuntimeError
+    "unexpected pos" whose context is the OSError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 class DirectCheckpointIO(TorchCheckpointIO):
     """``torch.save`` straight into a temporary file beside the target, fsync, rename. Lightning's
     atomic save serialises the whole checkpoint into memory first and writes it through a temporary
@@ -75,7 +87,7 @@ class DirectCheckpointIO(TorchCheckpointIO):
                 os.remove(tmp)
             except OSError:
                 pass
-            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            if _disk_full(err):
                 import shutil
 
                 free = shutil.disk_usage(folder).free

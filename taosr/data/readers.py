@@ -285,17 +285,19 @@ def _csv_separator(path: str, encoding: str) -> str:
 
 
 def _read_csv(path: str, encoding: str, keep: frozenset[str] | None = None):
-    """The file as strings (empty cells NaN); with ``keep`` only those of its columns are read, and
-    the file's whole header is ``df.attrs["header"]``."""
+    """The file as strings (empty cells NaN); with ``keep`` only those of its columns are kept (the
+    whole file is parsed, so a row with too many fields is still refused), and the file's whole
+    header is ``df.attrs["header"]``."""
     import pandas as pd
 
     sep = _csv_separator(path, encoding)
     opts = dict(sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
     try:
+        df = pd.read_csv(path, **opts)  # every column: with usecols pandas accepts a row with too many fields
         if keep is None:
-            return pd.read_csv(path, **opts)
-        header = list(pd.read_csv(path, nrows=0, **opts).columns)
-        df = pd.read_csv(path, usecols=lambda c: c in keep, **opts)
+            return df
+        header = list(df.columns)
+        df = df[[c for c in header if c in keep]]
         df.attrs["header"] = header
         return df
     except UnicodeDecodeError as e:

@@ -30,6 +30,8 @@ def pm(mean: float, se: float, digits: int = 3) -> str:
         return "—"
     if math.isnan(se):
         return f"{mean:.{digits}f}"
+    if abs(se) <= 1e-12 * max(1.0, abs(mean)):  # equal values: the s.e. is float noise (7.9e-17), not a digit
+        se = 0.0
     if 0 < abs(se) < 0.5 * 10 ** -digits:
         digits = -math.floor(math.log10(abs(se)))
         if round(abs(se), digits) >= 9.5 * 10 ** -digits:  # 0.00096 -> 0.001: one decimal fewer

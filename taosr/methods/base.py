@@ -251,7 +251,7 @@ class RelevanceModule(pl.LightningModule):
         for lg in self.loggers:
             if isinstance(lg, WandbLogger):
                 # one key per split, versioned by step (a key per step made a panel and ~9 history keys per table)
-                lg.log_table(key=f"{split}/completions", columns=cols, data=data)
+                lg.log_table(key=f"{split}/completions", columns=cols, data=data, step=self.evaluated_step)
 
     # ------------------------------------------------------------------ export
     def export(self, out_dir: str | None = None) -> str:

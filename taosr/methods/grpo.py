@@ -279,10 +279,10 @@ class GRPOModule(RelevanceModule):
         metrics["timing_s/update"] = time.perf_counter() - t0
         self.log_dict({f"train/{k}": float(v) for k, v in metrics.items()}, batch_size=len(r))
         if hp.table_every and step % hp.table_every == 0:  # every table_every steps (batch_idx restarts each epoch)
-            self._log_rollout_table(r)
+            self._log_rollout_table(r, step)
         return None
 
-    def _log_rollout_table(self, r: Rollout) -> None:
+    def _log_rollout_table(self, r: Rollout, step: int) -> None:
         """W&B completions table of this rollout batch (with step rewards for SRPO)."""
         from lightning.pytorch.loggers import WandbLogger
 
@@ -299,7 +299,7 @@ class GRPOModule(RelevanceModule):
                          "" if st is None else str([round(float(x), 2) for x in st.rewards[i]]),
                          "" if st is None else str(st.source[i].tolist())])
         for lg in loggers:
-            lg.log_table(key="train/completions", columns=cols, data=data)  # one key, versioned by step
+            lg.log_table(key="train/completions", columns=cols, data=data, step=step)  # one key, versioned by step
 
     def _rollout_metrics(self, r: Rollout, keep: torch.Tensor) -> dict[str, float]:
         G = r.group_size

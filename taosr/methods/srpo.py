@@ -75,8 +75,9 @@ class SRPOModule(GRPOModule):
                 or not self.hparams.get("keep_step_only_groups", False):
             return super().keep_mask(r)
         G = r.group_size
-        steps = r.steps.rewards.view(-1, G, r.steps.rewards.shape[-1])
-        flat_steps = (steps.max(1).values - steps.min(1).values).amax(-1) <= 1e-6
+        # flat where the step term is 0 throughout: no step whose present rewards vary (step_centred's rule)
+        s_hat = step_centred(r.steps.rewards, G, r.steps.present)
+        flat_steps = s_hat.view(-1, G * s_hat.shape[-1]).abs().amax(-1) == 0
         return ~(zero_spread_mask(r.reward, G) & flat_steps.repeat_interleave(G))
 
     def _rollout_metrics(self, r: Rollout, keep: torch.Tensor) -> dict[str, float]:
