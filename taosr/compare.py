@@ -258,10 +258,7 @@ def check_commands(spec: CompareSpec, out: str, test_file: str, extra: list[str]
     nothing is built or run) so that a bad key or value in an arm's ``set:``, the spec's ``set:`` or
     the extra arguments stops the comparison before its first run, naming the arm (an overnight
     comparison would otherwise fail hours in, at that arm's first fit)."""
-    import contextlib
-    import io
-
-    from taosr.launcher import run_lightning
+    from taosr.launcher import parse_error
 
     seed = spec.seeds[0]
     checks = [(f"arms.{a.name}", _fingerprint(fit_args(spec, a, Run(a.name, seed, os.path.join(out, a.name, f"seed{seed}")),
@@ -269,12 +266,8 @@ def check_commands(spec: CompareSpec, out: str, test_file: str, extra: list[str]
               for a in spec.arms]
     checks.append(("eval", eval_args(spec, Run(START, None, os.path.join(out, START)), test_file, spec.start["model"])))
     for what, args in checks:
-        err = io.StringIO()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            rc = run_lightning([*args, "--print_config"])
-        if rc:
-            lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
-            why = lines[-1].removeprefix("taosr: error: ") if lines else f"exit {rc}"
+        why = parse_error(args)
+        if why is not None:
             raise ConfigError(f"compare {spec.name}: {what}: {why}")
 
 

@@ -25,7 +25,7 @@ import sys
 import warnings
 
 from taosr.configfiles import config_paths, expand_config_args
-from taosr.errors import ConfigError, TaosrError
+from taosr.errors import ConfigError, TaosrError, find_cause
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # callbacks that raise without a logger (LearningRateMonitor, DeviceStatsMonitor): skipped with a warning
@@ -391,13 +391,7 @@ def _interrupted_note(argv: list[str]) -> str:
 def _taosr_cause(err: BaseException) -> TaosrError | None:
     """The TaosrError behind an exception (jsonargparse re-raises what a module's or callback's
     constructor raised as a ValueError whose cause chain holds it), or None."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, TaosrError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    return find_cause(err, lambda e: isinstance(e, TaosrError))
 
 
 INTERPOLATION_SCOPE = ("${...} resolves within one config file (its base: files included) and ${oc.env:NAME}; a key "
@@ -407,13 +401,24 @@ INTERPOLATION_SCOPE = ("${...} resolves within one config file (its base: files 
 def _interpolation_cause(err: BaseException) -> str | None:
     """The first line of an OmegaConf interpolation error behind ``err`` (a ``${...}`` naming a key
     that file does not hold), else None."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if type(err).__module__.startswith("omegaconf") and "Interpolation" in type(err).__name__:
-            return str(err).strip().splitlines()[0]
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    found = find_cause(err, lambda e: type(e).__module__.startswith("omegaconf") and "Interpolation" in type(e).__name__)
+    return str(found).strip().splitlines()[0] if found is not None else None
+
+
+def parse_error(argv: list[str]) -> str | None:
+    """Parse a command (``fit ...``) with ``--print_config``, building and running nothing: None when it
+    parses, else its one-line error (what ``taosr compare`` and ``taosr sweep`` check before their
+    first run)."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = run_lightning([*argv, "--print_config"])
+    if not rc:
+        return None
+    lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+    return lines[-1].removeprefix("taosr: error: ") if lines else f"exit {rc}"
 
 
 def run_lightning(argv: list[str], verbose: bool = False) -> int:

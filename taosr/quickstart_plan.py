@@ -109,11 +109,11 @@ def budgets_file_for(model: str, configs: str = "configs") -> str:
 
     if os.path.isdir(model) or looks_like_hub_id(model):
         return os.path.join(folder, f"{PRETRAINED_DEFAULT}.yaml")
-    names = sorted(os.path.splitext(f)[0] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
     if not os.path.isdir(folder):
         from taosr.configfiles import not_found
 
         raise ConfigError(not_found(folder, "folder of per-model budgets"))
+    names = sorted(os.path.splitext(f)[0] for f in os.listdir(folder) if f.endswith(".yaml"))
     raise ConfigError(f"--model: {model!r} is not a model with budgets in {folder} ({', '.join(names) or 'none'}), "
                       "an existing model folder or a Hugging Face id (owner/name)")
 

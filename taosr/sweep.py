@@ -28,7 +28,7 @@ import time
 
 from taosr.configfiles import load_yaml, locate, not_found
 from taosr.errors import ConfigError, Interrupted
-from taosr.launcher import INTERRUPTED, TERMINATED
+from taosr.launcher import INTERRUPTED, LIGHTNING_COMMANDS, TERMINATED, parse_error
 
 ENGINE_KEYS = ("method", "metric", "parameters", "early_terminate")
 
@@ -87,22 +87,12 @@ def check_command(cfg: dict, extra: list[str], out: str, name: str = "sweep") ->
     """Parse the sweep's taosr command with one value of every parameter and the extra arguments
     (LightningCLI --print_config: nothing is built or run), so a typo in a parameter's key or an
     override stops the sweep before its first run (each run failed on it, one after the other)."""
-    import contextlib
-    import io
-
-    from taosr.launcher import LIGHTNING_COMMANDS, run_lightning
-
     cmd = build_command(cfg, _first_values(cfg.get("parameters")))
     at = next((i for i, c in enumerate(cmd) if c in LIGHTNING_COMMANDS), None)
     if at is None:  # not a taosr fit / validate ... command: nothing to parse here
         return
-    args = [*cmd[at:], "--trainer.default_root_dir", os.path.join(out, "check"), *extra, "--print_config"]
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        rc = run_lightning(args)
-    if rc:
-        lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
-        why = lines[-1].removeprefix("taosr: error: ") if lines else f"exit {rc}"
+    why = parse_error([*cmd[at:], "--trainer.default_root_dir", os.path.join(out, "check"), *extra])
+    if why is not None:
         raise ConfigError(f"sweep {name}: {why} (checked before the first run)")
 
 

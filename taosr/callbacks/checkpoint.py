@@ -31,12 +31,12 @@
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import warnings
 from typing import Any
 from weakref import proxy
-
-import errno
 
 import lightning.pytorch as pl
 import torch
@@ -44,7 +44,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from taosr.errors import TaosrError
+from taosr.errors import TaosrError, find_cause
 
 
 class DiskFull(TaosrError):
@@ -54,13 +54,7 @@ class DiskFull(TaosrError):
 def _disk_full(err: BaseException | None) -> bool:
     """An ENOSPC OSError, itself or behind ``err`` (torch's zip writer reports it as a RuntimeError
     "unexpected pos" whose context is the OSError)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            return True
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return False
+    return find_cause(err, lambda e: isinstance(e, OSError) and e.errno == errno.ENOSPC) is not None
 
 
 class DirectCheckpointIO(TorchCheckpointIO):
@@ -88,8 +82,6 @@ class DirectCheckpointIO(TorchCheckpointIO):
             except OSError:
                 pass
             if _disk_full(err):
-                import shutil
-
                 free = shutil.disk_usage(folder).free
                 raise DiskFull(f"checkpoint {path}: no space left on its disk ({free / 2**20:.0f} MiB free after "
                                "removing the partial file); the previous checkpoint is kept: free space and resume "

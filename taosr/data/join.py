@@ -43,6 +43,9 @@ ITEM_FIELDS = ("item.title", "item.brand", "item.category", "item.description", 
 ATTRIBUTE_PREFIX = "item.attributes."
 PACKED_ATTRIBUTES = "item.attributes"
 QUERY_FIELDS = ("query", "query_type")
+# the column a products / queries file's field is read from when its column map does not name one
+ITEM_DEFAULT_COLUMNS = {t: t[5:] for t in ITEM_FIELDS}  # item.title -> title
+QUERY_DEFAULT_COLUMNS = {t: t for t in QUERY_FIELDS}
 _INTEGRAL = re.compile(r"-?\d+\.0+")
 
 
@@ -286,7 +289,7 @@ class Joiner:
             else:
                 pwhere, prec = item_hit
                 # unmapped fields read the column named like the field (title, brand, ...)
-                fill = item_fields(prec, self.items_map, pwhere, default=lambda target: target[5:])
+                fill = item_fields(prec, self.items_map, pwhere, default=ITEM_DEFAULT_COLUMNS.__getitem__)
                 for k, v in fill.items():
                     if k == "attributes":
                         item["attributes"] = {**v, **(item.get("attributes") or {})}
@@ -303,7 +306,7 @@ class Joiner:
                                     "and the pairs file gives no query")
             else:
                 for target in QUERY_FIELDS:
-                    v = query_hit[1].get(self.queries_map.get(target, target))
+                    v = query_hit[1].get(self.queries_map.get(target, QUERY_DEFAULT_COLUMNS[target]))
                     if is_missing(row.get(target)) and not is_missing(v):
                         row[target] = v.strip() if isinstance(v, str) else v
         return row

@@ -35,8 +35,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from taosr.data.join import (ATTRIBUTE_PREFIX, ITEM_FIELDS, PACKED_ATTRIBUTES, QUERY_FIELDS, Joiner,
-                             build_attribute_table, build_table, is_missing, item_fields)
+from taosr.data.join import (ATTRIBUTE_PREFIX, ITEM_DEFAULT_COLUMNS, ITEM_FIELDS, PACKED_ATTRIBUTES, QUERY_DEFAULT_COLUMNS,
+                             Joiner, build_attribute_table, build_table, is_missing, item_fields)
 from taosr.errors import ConfigError, DataError
 from taosr.labels import TIERS
 from taosr.schema import (ALLOWED_QUERY_TYPES, AUTO_ENCODING, Example, check_data_file, check_encoding, check_unique_id,
@@ -284,22 +284,13 @@ def _csv_separator(path: str, encoding: str) -> str:
     return "\t" if "\t" in head and "," not in head else ","
 
 
-def _read_csv(path: str, encoding: str, keep: frozenset[str] | None = None):
-    """The file as strings (empty cells NaN); with ``keep`` only those of its columns are kept (the
-    whole file is parsed, so a row with too many fields is still refused), and the file's whole
-    header is ``df.attrs["header"]``."""
+def _read_csv(path: str, encoding: str):
+    """The file as strings (empty cells NaN)."""
     import pandas as pd
 
     sep = _csv_separator(path, encoding)
-    opts = dict(sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
     try:
-        df = pd.read_csv(path, **opts)  # every column: with usecols pandas accepts a row with too many fields
-        if keep is None:
-            return df
-        header = list(df.columns)
-        df = df[[c for c in header if c in keep]]
-        df.attrs["header"] = header
-        return df
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
     except UnicodeDecodeError as e:
         raise decode_error(path, encoding, e, "line ") from None
     except pd.errors.EmptyDataError:
@@ -359,7 +350,8 @@ def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str],
     if fmt == "csv":
         enc = resolve_encoding(path, encoding)
         try:
-            df = _read_csv(path, enc, keep)
+            # every column parsed (with usecols pandas accepts a row with too many fields), projected below
+            df = _read_csv(path, enc)
         except DataError as e:  # pandas refuses a file with one over-long row: read it row by row instead
             if "not valid CSV" not in e.message:
                 raise
@@ -373,6 +365,8 @@ def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str],
         df = read_parquet(path, keep)
         base, label = 1, "row"
     header = df.attrs.get("header", list(df.columns))
+    if keep is not None:
+        df = df[[c for c in df.columns if c in keep]]
     _check_columns(header, required, path, unmapped)
     return _Records(((f"{path}:{label} {n + base}", rec) for n, rec in enumerate(df.to_dict(orient="records"))),
                     header)
@@ -433,17 +427,13 @@ def _check_title_source(spec: ReaderSpec, pairs_columns: list[str] | None, joine
     cmap = spec.column_map or {}
     if cmap.get("item.title", "item.title") in pairs_columns or ("item.title" not in cmap and "title" in pairs_columns):
         return
-    col = joiner.items_map.get("item.title", "title")
+    col = joiner.items_map.get("item.title", ITEM_DEFAULT_COLUMNS["item.title"])
     table = joiner.items.table
     first = next(iter(table.rows.values()), None)
     if first is not None and col not in first[1]:
         raise DataError(spec.items, None, f"no column {col!r} for item.title in the products file (columns: "
                                           f"{', '.join(map(str, table.columns or first[1]))}) nor in {spec.path}; name it with "
                                           f"--items-column-map item.title=COLUMN (data.reader.items_column_map)")
-
-
-ITEM_DEFAULT_COLUMNS = {t: t[5:] for t in ITEM_FIELDS}  # a products file's unmapped field: its short name
-QUERY_DEFAULT_COLUMNS = {t: t for t in QUERY_FIELDS}
 
 
 def read_table(path: str, key_column: str, cmap: dict[str, str] | None, encoding: str = "auto",

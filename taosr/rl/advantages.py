@@ -132,20 +132,16 @@ def step_centred(step_rewards: torch.Tensor, group_size: int, step_present: torc
     wrote the step a bonus for writing it: rewards 1, 1, 0 and a missing one are +1/3, +1/3, -2/3)."""
     N, K = step_rewards.shape
     s = step_rewards.float().view(-1, group_size, K)
-    if step_present is None or bool(step_present.all()):
-        centred = s - s.mean(1, keepdim=True)
-        spread = (s.max(1, keepdim=True).values - s.min(1, keepdim=True).values) > 1e-8
-        if scale_std and group_size > 1:
-            centred = centred / (s.std(1, keepdim=True) + eps)
-    else:
-        here = step_present.bool().view(-1, group_size, K)
-        cnt = here.sum(1, keepdim=True).float()
-        centred = (s - (s * here).sum(1, keepdim=True) / cnt.clamp(min=1.0)) * here
-        inf = torch.tensor(float("inf"), device=s.device)
-        spread = (torch.where(here, s, -inf).max(1, keepdim=True).values
-                  - torch.where(here, s, inf).min(1, keepdim=True).values) > 1e-8  # false below two present
-        if scale_std and group_size > 1:
-            centred = centred / ((centred ** 2).sum(1, keepdim=True) / (cnt - 1).clamp(min=1.0)).sqrt().add(eps)
+    here = torch.ones_like(s, dtype=torch.bool) if step_present is None else step_present.bool().view(-1, group_size, K)
+    cnt = here.sum(1, keepdim=True).float()
+    centred = (s - (s * here).sum(1, keepdim=True) / cnt.clamp(min=1.0)) * here
+    inf = torch.tensor(float("inf"), device=s.device)
+    spread = (torch.where(here, s, -inf).max(1, keepdim=True).values
+              - torch.where(here, s, inf).min(1, keepdim=True).values) > 1e-8  # false below two present
+    if scale_std and group_size > 1:  # (torch.std's own rounding where every step is present)
+        std = s.std(1, keepdim=True) if bool(here.all()) else \
+            ((centred ** 2).sum(1, keepdim=True) / (cnt - 1).clamp(min=1.0)).sqrt()
+        centred = centred / (std + eps)
     return torch.where(spread, centred, torch.zeros_like(centred)).view(N, K)
 
 
