@@ -64,7 +64,7 @@ def _assert_same_weights(full, resumed):
 
 
 def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000, dropout=0.0, val_every=None,
-        lora=False, **trainer_kw):
+        lora=False, scheduler="cosine", **trainer_kw):
     """``val_every``: validate (greedy, 2 examples) every that many batches within each epoch."""
     pl.seed_everything(0)
     dm = RelevanceDataModule(synth=SynthConfig(n_train=40, n_val=2, n_test=4, seed=5), data_dir=os.path.join(cache, "data"),
@@ -74,7 +74,7 @@ def run(root, cache, max_steps, extra=(), ckpt=None, curriculum=None, every=1000
 
     model = SFTModule(model=ModelSpec(name_or_path="micro", cache_dir=os.path.join(cache, "models"), config_overrides=over,
                                       lora=LoraSpec(r=4, alpha=8) if lora else None), lr=5e-3,
-                      warmup_steps=2, export_dir=None, eval_generation=GenerationSpec(max_new_tokens=4))
+                      warmup_steps=2, scheduler=scheduler, export_dir=None, eval_generation=GenerationSpec(max_new_tokens=4))
     log = BatchLog()
     val = dict(val_check_interval=val_every) if val_every else dict(limit_val_batches=0)
     trainer = pl.Trainer(max_steps=max_steps, default_root_dir=root, logger=False, enable_progress_bar=False,
@@ -494,3 +494,31 @@ def test_a_lora_checkpoint_holds_only_the_trained_weights_and_resumes_bit_identi
     _assert_same_weights(full, resumed)
     with pytest.raises(ConfigError, match="its frozen ones are 'other'"):
         resumed.on_load_checkpoint({**saved, FROZEN_FROM: {"name_or_path": "other", "tensors": 1}})
+
+
+@pytest.mark.parametrize("max_epochs", [-1, 1])
+def test_a_fit_stopped_by_max_steps_inside_an_epoch_continues_that_epoch(tmp_path, cache_dir, max_epochs):
+    """Training longer (`--ckpt_path last --trainer.max_steps N`) after a run stopped by max_steps
+    inside an epoch: Lightning counted that epoch done, so the resume started the next epoch (and with
+    max_epochs 1 trained nothing). With a constant schedule the two legs equal one run of N steps."""
+    kw = dict(scheduler="constant", max_epochs=max_epochs)
+    full, _, full_log = run(str(tmp_path / "full"), cache_dir, 8, **kw)  # 10 batches per epoch
+    _, first, _ = run(str(tmp_path / "part"), cache_dir, 3, **kw)
+    assert first.global_step == 3
+    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 8, ckpt=str(tmp_path / "part" / "ckpt" / "last.ckpt"),
+                                **kw)
+    assert tr2.global_step == 8
+    assert res_log.first_ids == full_log.first_ids[3:]
+    _assert_same_weights(full, resumed)
+
+
+def test_a_fit_that_ends_its_epochs_resumes_with_the_next_epoch(tmp_path, cache_dir):
+    """The epoch's end by limit_train_batches is an end: a resume with more epochs starts the next one."""
+    kw = dict(scheduler="constant", limit_train_batches=3)
+    full, _, full_log = run(str(tmp_path / "full"), cache_dir, -1, max_epochs=2, **kw)
+    run(str(tmp_path / "part"), cache_dir, -1, max_epochs=1, **kw)
+    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, -1, max_epochs=2,
+                                ckpt=str(tmp_path / "part" / "ckpt" / "last.ckpt"), **kw)
+    assert tr2.global_step == 6
+    assert res_log.first_ids == full_log.first_ids[3:]
+    _assert_same_weights(full, resumed)
