@@ -421,6 +421,16 @@ def parse_error(argv: list[str]) -> str | None:
     return lines[-1].removeprefix("taosr: error: ") if lines else f"exit {rc}"
 
 
+# Lightning refuses these with manual optimization (GRPO, SRPO): the taosr options that do the job
+MANUAL_OPTIMIZATION_HINTS = {
+    "Automatic gradient clipping is not supported": " (GRPO/SRPO clip by norm in their update: "
+                                                    "model.init_args.max_grad_norm)",
+    "Automatic gradient accumulation is not supported": " (GRPO/SRPO: data.batch_size prompts make one step; "
+                                                        "model.init_args.micro_batch_size bounds the completions "
+                                                        "in one backward pass)",
+}
+
+
 def run_lightning(argv: list[str], verbose: bool = False) -> int:
     """``argv`` starts with the subcommand; 0 on success, 2 (one line on stderr) on a config error,
     130 when interrupted (Ctrl-C; the checkpoint of the step reached is written first)."""
@@ -443,7 +453,8 @@ def run_lightning(argv: list[str], verbose: bool = False) -> int:
         if verbose:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid trainer setting"
-        print(f"taosr: error: {first}", file=sys.stderr)
+        hint = next((h for needle, h in MANUAL_OPTIMIZATION_HINTS.items() if needle in first), "")
+        print(f"taosr: error: {first}{hint}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # a checkpoint whose weights do not fit the configured model
         first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), None)

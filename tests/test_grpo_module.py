@@ -353,6 +353,14 @@ def test_options_are_checked_at_construction(kwargs, match):
     ({"generation": "zero budget"}, r"generation.max_new_tokens: must be >= 1, got 0$"),
     ({"engine": "trt"}, r"engine: 'trt' is unknown; expected one of hf, vllm$"),
     ({"engine": "vllm", "vllm": {"gpu_mem": 0.3}}, r"vllm.gpu_mem: not an option of rollout engine VLLMEngine"),
+    # greedy rollouts: G alike completions, every group dropped, and the run exited 0
+    ({"generation": GenerationSpec(do_sample=False)}, r"generation: rollouts must sample"),
+    ({"generation": GenerationSpec(do_sample=True, temperature=0)}, r"generation: rollouts must sample"),
+    # replaced by num_generations without a word
+    ({"num_generations": 4, "generation": GenerationSpec(do_sample=True, num_return_sequences=16)},
+     r"generation.num_return_sequences: a prompt's completions are num_generations \(4\)"),
+    # vllm options under the hf engine were never read
+    ({"engine": "hf", "vllm": {"gpu_memory_utilization": 0.5}}, r"vllm: options of the vllm engine, and engine is 'hf'"),
 ])
 def test_rollout_callback_refuses_runs_that_train_nothing(kwargs, match):
     """G < 2 (every group dropped) or a zero completion budget used to exit 0 having trained

@@ -34,6 +34,16 @@ class RolloutCallback(pl.Callback):
                               f"got {num_generations}")
         if int(self.generation.max_new_tokens) < 1:
             raise ConfigError(f"{KEY}.generation.max_new_tokens: must be >= 1, got {self.generation.max_new_tokens}")
+        g = self.generation
+        if not g.do_sample or g.temperature == 0:
+            raise ConfigError(f"{KEY}.generation: rollouts must sample (do_sample: true, temperature > 0); greedy "
+                              "decoding gives a prompt's completions alike, so no group has a reward spread")
+        if g.num_return_sequences not in (1, self.G):
+            raise ConfigError(f"{KEY}.generation.num_return_sequences: a prompt's completions are num_generations "
+                              f"({self.G}); leave num_return_sequences unset, got {g.num_return_sequences}")
+        if engine != "vllm" and vllm:
+            raise ConfigError(f"{KEY}.vllm: options of the vllm engine, and engine is {engine!r} "
+                              "(set engine: vllm, or remove them)")
         self.engine_entry = ENGINES.get(engine, ENGINE_KEY)
         self.engine_entry.check(self._engine_options(), key=f"{KEY}.vllm" if engine == "vllm" else KEY)
         self.spec = replace(self.generation, num_return_sequences=self.G)

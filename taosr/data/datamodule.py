@@ -44,7 +44,7 @@ from taosr.data.grm import GRMSamples
 from taosr.data.hooks import Curriculum, DiverseSampling, RejectionSampling
 from taosr.data.readers import ReaderSpec, read_examples
 from taosr.data.synth import SYNTH_VERSION, SynthConfig, check_config, generate
-from taosr.data.views import VIEWS
+from taosr.data.views import VIEWS, check_hooks
 from taosr.errors import ConfigError
 from taosr.prompts import encode_prompt, policy_prompt
 from taosr.reasoning.format import render_reasoning
@@ -455,8 +455,9 @@ class RelevanceDataModule(pl.LightningDataModule):
         return allowed
 
     def train_dataloader(self) -> DataLoader:
-        rows, collate = VIEWS.get(self.view)(self)
         trainer = getattr(self, "trainer", None)
+        check_hooks(self, trainer.callbacks if trainer is not None else None)
+        rows, collate = VIEWS.get(self.view)(self)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = ResumableSampler(len(rows), self.seed, allowed=self._allowed_fn(rows), num_replicas=world, rank=rank)
         # read at the first batch, not now: with a finite max_epochs Lightning builds this loader for

@@ -17,6 +17,31 @@ from taosr.registry import Registry
 
 VIEWS: Registry = Registry("data view", "data.view")
 
+# The training-pool hooks each view reads (dpo trains on the pairs of its samples file, grm on its own
+# rows): an enabled hook a view does not read would do nothing, silently.
+HOOKS_READ = {"sft": ("rejection_sampling", "diverse_sampling", "curriculum"),
+              "rl": ("rejection_sampling", "diverse_sampling", "curriculum"), "dpo": (), "grm": ()}
+
+
+def check_hooks(dm, callbacks=None) -> None:
+    """Refuse an enabled data hook the view does not read, and a curriculum no callback advances
+    (``callbacks``: the trainer's; None outside a trainer)."""
+    from taosr.errors import ConfigError
+
+    for name in ("rejection_sampling", "diverse_sampling", "curriculum"):
+        hook = getattr(dm, name, None)
+        if hook is None or not hook.enabled:
+            continue
+        if name not in HOOKS_READ.get(dm.view, (name,)):
+            raise ConfigError(f"data.{name}: the {dm.view!r} view does not read it (it filters the sft and rl views' "
+                              f"training prompts); remove it or set data.{name}.enabled: false")
+        if name == "curriculum":
+            from taosr.callbacks.curriculum import CurriculumCallback
+
+            if callbacks is not None and not any(isinstance(c, CurriculumCallback) for c in callbacks):
+                raise ConfigError("data.curriculum: no taosr.callbacks.curriculum.CurriculumCallback in "
+                                  "trainer.callbacks advances its stages (configs/_base/rl.yaml lists it)")
+
 
 @VIEWS.register("sft")
 def sft_view(dm) -> tuple[list, Callable]:

@@ -31,10 +31,13 @@ MAIN_METRICS = ("macro_f1", "good_f1", "accuracy", "step_accuracy", "format_erro
 RANKING_METRICS = ("ndcg@10", "rmse_grade")  # logged when present (eval_scores; grades in the data)
 
 
+CONFIG_OF_VIEW = {"sft": "sft.yaml", "dpo": "dpo.yaml", "rl": "grpo.yaml or srpo.yaml", "grm": "grm.yaml"}
+
 FROZEN_FROM = "taosr_frozen_from"  # checkpoint key: the model folder the unsaved frozen weights come from
 
 
 class RelevanceModule(pl.LightningModule):
+    DATA_VIEW: str | None = None  # the DataModule view a method trains on (data.view); checked at fit
     def __init__(
         self,
         model: ModelSpec | None = None,
@@ -68,6 +71,12 @@ class RelevanceModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
+        view = getattr(self.trainer.datamodule, "view", None)
+        if stage == "fit" and self.DATA_VIEW and view is not None and view != self.DATA_VIEW:
+            # another method's rows would train silently (DPO's pairs read as SFT targets, SFT batches split into
+            # "chosen" and "rejected" halves)
+            raise ConfigError(f"data.view: {type(self).__name__} trains on the {self.DATA_VIEW!r} view, got {view!r} "
+                              f"(--data.view {self.DATA_VIEW}, or start from configs/{CONFIG_OF_VIEW[self.DATA_VIEW]})")
         if self.model is None:
             dm = self.trainer.datamodule
             corpus = dm.corpus if dm is not None else None
@@ -82,6 +91,12 @@ class RelevanceModule(pl.LightningModule):
             if stage != "fit" and trained and target and trained != target:
                 print(f"taosr: warning: {self.spec.name_or_path} was trained with data.target: {trained}, and this "
                       f"evaluation prompts it with data.target: {target} (add --data.target {trained})", file=sys.stderr)
+            chat = export_meta(self.spec.name_or_path).get("use_chat_template")
+            dm_chat = getattr(self.trainer.datamodule, "use_chat_template", None)
+            if chat is not None and dm_chat is None and bool(getattr(self.tokenizer, "chat_template", None)) != chat:
+                self.trainer.datamodule.use_chat_template = chat  # prompted as it was trained
+                print(f"taosr: {self.spec.name_or_path} was trained with data.use_chat_template: {str(chat).lower()}: "
+                      "prompting it alike (set data.use_chat_template to choose)", file=sys.stderr)
 
     @property
     def run_dir(self) -> str:
@@ -257,7 +272,11 @@ class RelevanceModule(pl.LightningModule):
     def export(self, out_dir: str | None = None) -> str:
         out_dir = out_dir or os.path.join(self.run_dir, "export")
         dm = self.trainer.datamodule if self._trainer is not None else None
-        meta = {"target": dm.target} if dm is not None and getattr(dm, "target", None) else None
+        meta = None
+        if dm is not None and getattr(dm, "target", None):  # how the model was prompted: later stages, sample,
+            meta = {"target": dm.target}                      # score and reason prompt it alike
+            if getattr(dm, "use_chat_template", None) is not None:
+                meta["use_chat_template"] = bool(dm.use_chat_template)
         save_export(self.model, self.tokenizer, out_dir, merge_lora=self.hparams.merge_lora_on_export, meta=meta)
         return out_dir
 

@@ -17,6 +17,8 @@ from taosr.models.factory import disable_dropout, starts_at_base
 
 
 class DPOModule(RelevanceModule):
+    DATA_VIEW = "dpo"  # the DataModule view it trains on (data.view)
+
     def __init__(self, *args, beta: float = 0.1, label_smoothing: float = 0.0, sft_weight: float = 0.0,
                  disable_dropout: bool = True, **kwargs):
         super().__init__(*args, **kwargs)

@@ -77,6 +77,8 @@ def policy_truth(rows: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 class GRMModule(SFTModule):
+    DATA_VIEW = "grm"  # the DataModule view it trains on (data.view)
+
     def _grm_eval(self, split: str) -> dict[str, float]:
         dm = self.trainer.datamodule
         rows = grm_eval_rows(dm.splits[split])

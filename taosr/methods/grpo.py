@@ -35,6 +35,8 @@ REFERENCES = ("auto", "adapter_disabled", "copy")
 
 
 class GRPOModule(RelevanceModule):
+    DATA_VIEW = "rl"  # the DataModule view it trains on (data.view)
+
     def __init__(self, *args, num_iterations: int = 1, micro_batch_size: int = 16, eps_low: float = 0.2,
                  eps_high: float = 0.28, delta: float | None = None, beta: float = 0.0,
                  loss_agg: str = "token_mean", scale_std: bool = True, dynamic_sampling: bool = True,
@@ -55,6 +57,9 @@ class GRPOModule(RelevanceModule):
 
     # ------------------------------------------------------------------ log-probs
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer.gradient_clip_algorithm is not None:  # failed at the first update
+            raise ConfigError(f"trainer.gradient_clip_algorithm: {type(self).__name__} clips by norm in its own update "
+                              "(model.init_args.max_grad_norm); remove it")
         super().setup(stage)
         if self.hparams.disable_dropout:  # rollouts sample in eval mode: the update must score that policy
             disable_dropout(self.model)

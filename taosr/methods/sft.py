@@ -6,6 +6,8 @@ from taosr.methods.base import RelevanceModule
 
 
 class SFTModule(RelevanceModule):
+    DATA_VIEW = "sft"  # the DataModule view it trains on (data.view)
+
     def training_step(self, batch, batch_idx):
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         # Targets are the inputs themselves, unless the view supplies others (the GRM view's verdicts).
