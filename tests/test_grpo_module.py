@@ -399,6 +399,11 @@ def test_srpo_options_checked_at_construction():
         SRPOModule(examiner=ExaminerSpec(mode="grm"))
     with pytest.raises(ConfigError, match=r"^model.init_args.examiner.verifier_weight: must be in \[0, 1\]"):
         SRPOModule(examiner=ExaminerSpec(mode="verifier", verifier_weight=1.5))
+    # read by the weighted mode only: it did nothing in the others
+    with pytest.raises(ConfigError, match=r"^model.init_args.examiner.verifier_weight: read by mode weighted only, "
+                                          r"and mode is 'verifier_then_grm'"):
+        SRPOModule(examiner=ExaminerSpec(verifier_weight=0.8))
+    SRPOModule(examiner=ExaminerSpec(mode="weighted", verifier_weight=0.8), grm_path=os.getcwd())  # accepted
     SRPOModule(step_advantage=StepAdvantageSpec(name="process_sum", clamp=1.0, outcome_weight=0.5))  # accepted
 
 

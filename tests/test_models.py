@@ -189,3 +189,33 @@ def test_other_architectures_load_with_lora_and_encoders_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"^model.name_or_path: '.*bert' \(bert\) returns no key/value cache: not a "
                                           r"decoder-only causal LM"):
         load_model_and_tokenizer(ModelSpec(name_or_path=bert))
+
+
+def test_model_settings_a_loaded_model_would_ignore_are_refused(tmp_path):
+    """model.lora asking another rank than an adapter-only export's own adapter (trained on as it is: the
+    run trained r=4 where r=64 was asked), and config_overrides on a folder (loaded with its own
+    config.json), were accepted silently."""
+    spec = ModelSpec(name_or_path="micro", cache_dir=str(tmp_path / "c"), vocab_size=300, lora=LoraSpec(r=4, alpha=8))
+    model, tok = load_model_and_tokenizer(spec, corpus)
+    out = save_export(model, tok, str(tmp_path / "export"), merge_lora=False)
+    load_model_and_tokenizer(ModelSpec(name_or_path=out, lora=LoraSpec(r=4, alpha=8)))  # the same adapter: fine
+    with pytest.raises(ConfigError, match=r"^model.lora: .* adapter-only export .*: r 4 \(asked 64\), alpha 8 \(asked 128\)"):
+        load_model_and_tokenizer(ModelSpec(name_or_path=out, lora=LoraSpec(r=64, alpha=128)))
+    merged = save_export(model, tok, str(tmp_path / "merged"), merge_lora=True)
+    with pytest.raises(ConfigError, match=r"^model.config_overrides: applies to the tiny presets"):
+        load_model_and_tokenizer(ModelSpec(name_or_path=merged, config_overrides={"num_hidden_layers": 6}))
+
+
+def test_an_adapter_disabled_reference_without_lora_is_refused(tmp_path):
+    """reference: adapter_disabled on a policy without an adapter quietly kept a full frozen copy."""
+    import types
+
+    from taosr.methods.grpo import GRPOModule
+
+    spec = ModelSpec(name_or_path="micro", cache_dir=str(tmp_path / "c"), vocab_size=300)
+    model, tok = load_model_and_tokenizer(spec, corpus)
+    out = save_export(model, tok, str(tmp_path / "export"), merge_lora=True)
+    mod = GRPOModule(model=ModelSpec(name_or_path=out), export_dir=None, beta=0.04, reference="adapter_disabled")
+    mod._trainer = types.SimpleNamespace(datamodule=None)
+    with pytest.raises(ConfigError, match=r"^model.init_args.reference: adapter_disabled needs a LoRA policy"):
+        mod.setup("fit")

@@ -57,12 +57,16 @@ class GRPOModule(RelevanceModule):
 
     # ------------------------------------------------------------------ log-probs
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.trainer.gradient_clip_algorithm is not None:  # failed at the first update
+        if stage == "fit" and getattr(self.trainer, "gradient_clip_algorithm", None) is not None:  # failed at the 1st update
             raise ConfigError(f"trainer.gradient_clip_algorithm: {type(self).__name__} clips by norm in its own update "
                               "(model.init_args.max_grad_norm); remove it")
         super().setup(stage)
         if self.hparams.disable_dropout:  # rollouts sample in eval mode: the update must score that policy
             disable_dropout(self.model)
+        if self.hparams.beta > 0 and self.hparams.reference == "adapter_disabled" and not hasattr(self.model,
+                                                                                            "disable_adapter"):
+            raise ConfigError(f"{KEY}.reference: adapter_disabled needs a LoRA policy (model.lora), and this one has "
+                              "no adapter (reference: auto or copy keeps a frozen copy)")
         if self.hparams.beta > 0 and self.ref_model is None and not self._is_peft():
             self.ref_model = copy.deepcopy(self.model).eval()
             for p in self.ref_model.parameters():

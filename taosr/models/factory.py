@@ -181,6 +181,9 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = _resolve(spec, corpus)
+    if spec.config_overrides and spec.name_or_path not in TINY_PRESETS:  # a folder's config was loaded as saved
+        raise ConfigError(f"model.config_overrides: applies to the tiny presets ({', '.join(TINY_PRESETS)}) it builds; "
+                          f"{spec.name_or_path!r} is loaded with its own config.json (remove config_overrides)")
     dtype = _dtype(spec.dtype)
     kw = {"dtype": dtype}
     if spec.attn_implementation:  # an architecture without SDPA (Gemma2, Bloom) refused an explicit "sdpa"
@@ -202,6 +205,8 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
         tok.pad_token = tok.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
+    if spec.lora is not None and hasattr(model, "peft_config"):
+        _check_loaded_adapter(spec.lora, model, path)
     if spec.lora is not None and not hasattr(model, "peft_config"):
         from peft import LoraConfig, get_peft_model
 
@@ -209,6 +214,17 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
                         lora_dropout=spec.lora.dropout, target_modules=spec.lora.target_modules)
         model = get_peft_model(model, lc)
     return model, tok
+
+
+def _check_loaded_adapter(lora: LoraSpec, model, path: str) -> None:
+    """An adapter-only export is trained on with its own adapter: a ``model.lora`` asking another rank
+    or alpha would be ignored (the run trained the export's r=4 where r=64 was asked)."""
+    have = next(iter(model.peft_config.values()))
+    differ = [f"{name} {getattr(have, attr)} (asked {want})" for name, attr, want in
+              (("r", "r", lora.r), ("alpha", "lora_alpha", lora.alpha)) if getattr(have, attr, want) != want]
+    if differ:
+        raise ConfigError(f"model.lora: {path!r} is an adapter-only export trained on with its own adapter: "
+                          f"{', '.join(differ)}; remove model.lora or match it, or start from a merged export")
 
 
 def starts_at_base(model) -> bool:

@@ -53,6 +53,9 @@ class ExaminerSpec:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"model.init_args.examiner.{name}: must be in [0, 1], got {v:g}")
+        if self.mode != "weighted" and self.verifier_weight != ExaminerSpec.verifier_weight:
+            raise ConfigError(f"model.init_args.examiner.verifier_weight: read by mode weighted only, and mode is "
+                              f"{self.mode!r} (set mode: weighted, or remove it)")
         return m
 
 
