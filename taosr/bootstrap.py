@@ -10,8 +10,10 @@ sample that parses without a format error and whose label is the gold tier is ke
 Teacher prompt (:data:`PROMPT_VERSION`), two styles:
 
 - ``policy``: the policy prompt (:func:`taosr.prompts.policy_prompt_text`, the chat template when
-  the tokenizer has one) with a hint line naming the gold tier before ``Reasoning:``. A taosr export
-  was trained on exactly this prompt (less the hint), so it continues in the format.
+  the tokenizer has one, unless the export's ``taosr_export.json`` records it was trained with
+  ``data.use_chat_template: false``, or ``true``: either style then follows the record) with a hint
+  line naming the gold tier before ``Reasoning:``. A taosr export was trained on exactly this prompt
+  (less the hint), so it continues in the format.
 - ``fewshot``: the task instruction, one worked demonstration (:data:`DEMO`, rendered by
   :func:`taosr.reasoning.format.render_reasoning`) and then the policy prompt with its hint. A generic
   LM has never seen the five-step format; one exact example of it is what makes its output parse.
@@ -59,7 +61,7 @@ import time
 from collections import defaultdict
 from typing import Callable, Iterable
 
-from taosr.cliargs import ArgumentParser, add_reader_options, reader_spec
+from taosr.cliargs import ArgumentParser, add_reader_options, options_given, reader_spec, refuse_greedy_settings
 from taosr.errors import ConfigError, DataError, TaosrError
 from taosr.labels import QUERY_TYPES, TIERS, tier_name
 from taosr.prompts import INSTRUCTION, apply_template, encode_prompt, policy_prompt_text
@@ -118,10 +120,22 @@ def teacher_prompt_text(ex: Example, style: str, hint: bool = True, chat: bool =
             f"Example:\n{demo}\n\nNow this one:\n{_with_hint(ex, instruction=False, hint=hint)}")
 
 
-def teacher_prompt(ex: Example, tokenizer, style: str, hint: bool = True) -> str:
-    """The teacher prompt as the model reads it (a user turn when the tokenizer has a chat template)."""
-    chat = bool(getattr(tokenizer, "chat_template", None))
+def teacher_prompt(ex: Example, tokenizer, style: str, hint: bool = True, use_chat_template: bool | None = None) -> str:
+    """The teacher prompt as the model reads it (a user turn when the tokenizer has a chat template).
+    ``use_chat_template`` (not None) overrides the tokenizer: a taosr export trained with
+    ``data.use_chat_template: false`` on a tokenizer with a template is prompted without it
+    (:func:`teacher_chat_template`)."""
+    chat = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None else bool(use_chat_template)
     return apply_template(tokenizer, teacher_prompt_text(ex, style, hint, chat), chat)
+
+
+def teacher_chat_template(name_or_path: str) -> bool | None:
+    """Whether a taosr export was trained with the chat template (``data.use_chat_template`` as its
+    ``taosr_export.json`` records it); None (the tokenizer decides) for any other teacher."""
+    from taosr.models.factory import export_meta
+
+    chat = export_meta(name_or_path).get("use_chat_template")
+    return None if chat is None else bool(chat)
 
 
 # ----------------------------------------------------------------------------- choosing a sample
@@ -157,13 +171,14 @@ def merge_tries(plain: dict, hinted: dict | None) -> dict:
 
 def explain_batches(model, tokenizer, pairs: list[tuple[int, Example]], style: str, hint: str, spec,
                     batch_size: int, seed: int, on_batch: Callable[[list[dict]], None],
-                    max_length: int | None = None) -> None:
+                    max_length: int | None = None, use_chat_template: bool | None = None) -> None:
     """Sample ``spec.num_return_sequences`` rationales for every (index, example) in ``pairs``,
     ``batch_size`` pairs per generate call, with the hint as ``hint`` (:data:`HINT_MODES`) says;
     ``on_batch`` gets each batch's results (:func:`merge_tries`, with ``index``) as soon as they are
     done. Each batch draws from a generator seeded by ``seed`` and its first index, so a resumed run
     draws what an uninterrupted one would. A prompt longer than ``max_length`` tokens has its item
-    fields (a description first) cut by the rule of :mod:`taosr.data.budget`, as training prompts are."""
+    fields (a description first) cut by the rule of :mod:`taosr.data.budget`, as training prompts are.
+    ``use_chat_template``: as :func:`teacher_prompt` (None: the tokenizer decides)."""
     import torch
 
     from taosr.data.collate import pad_left
@@ -177,7 +192,7 @@ def explain_batches(model, tokenizer, pairs: list[tuple[int, Example]], style: s
     from taosr.data.budget import fit_example
 
     def prompt_ids(ex: Example, hinted: bool) -> list[int]:
-        encode = lambda e: encode_prompt(tokenizer, teacher_prompt(e, tokenizer, style, hinted))  # noqa: E731
+        encode = lambda e: encode_prompt(tokenizer, teacher_prompt(e, tokenizer, style, hinted, use_chat_template))  # noqa: E731
         if max_length is not None:
             ex, _ = fit_example(ex, lambda e: len(encode(e)), max_length)
         return encode(ex)
@@ -409,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fallback (STaR): the gold tier is told only for pairs the plain prompt failed; always; never")
     p.add_argument("--no-hint", action="store_const", dest="hint", const="never", help="same as --hint never")
     p.add_argument("--n", type=int, default=4, help="samples per pair (default 4)")
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (then --n 1 and no --top-p)")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--max-length", type=int, default=384,
@@ -418,13 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="pairs per generate call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=1, help="STaR rounds: fine-tune on the kept rationales, retry the rest")
-    p.add_argument("--sft-config", default="configs/sft.yaml", help="config of the fine-tuning between rounds")
+    p.add_argument("--sft-config", default="configs/sft.yaml", help="config of the fine-tuning between rounds "
+                                                                    "(with --rounds 2 or more, as the next two)")
     p.add_argument("--config", action="append", default=[], help="overlay for the fine-tuning (repeatable)")
     p.add_argument("--fit-args", default="", help="more `taosr fit` arguments for the fine-tuning, one string")
     return p
 
 
-def _check_args(a) -> list[str]:
+ROUND_OPTIONS = (("sft_config", "--sft-config"), ("config", "--config"), ("fit_args", "--fit-args"))
+
+
+def _check_args(a, given: set[str] = frozenset()) -> list[str]:
+    """Every value checked before any work; returns the ``--fit-args`` words. ``given``: the options on
+    the command line (:func:`taosr.cliargs.options_given`), for flags that other flags make no-ops."""
     for flag, v, low in (("--n", a.n, 1), ("--batch-size", a.batch_size, 1), ("--max-new-tokens", a.max_new_tokens, 1),
                          ("--limit", a.limit, 1), ("--rounds", a.rounds, 1), ("--max-length", a.max_length, 16)):
         if v is not None and v < low:
@@ -433,6 +454,11 @@ def _check_args(a) -> list[str]:
         raise TaosrError(f"--temperature: must be a number >= 0, got {a.temperature}")
     if not (0 < a.top_p <= 1):
         raise TaosrError(f"--top-p: must be in (0, 1], got {a.top_p}")
+    refuse_greedy_settings(given, a.temperature, a.n)
+    if a.rounds == 1:
+        for dest, flag in ROUND_OPTIONS:
+            if dest in given:
+                raise TaosrError(f"{flag}: only used between rounds; add --rounds 2 or more")
     for path in (a.out, a.out + ".partial", a.out + ".unexplained.jsonl", a.out + ".report.json"):
         if os.path.isdir(path):
             raise TaosrError(f"--out: {path} is a directory; give a file path")
@@ -466,8 +492,9 @@ def _check_args(a) -> list[str]:
 
 
 def reason_main(argv: list[str]) -> int:
-    a = build_parser().parse_args(argv)
-    fit_args = _check_args(a)
+    p = build_parser()
+    a = p.parse_args(argv)
+    fit_args = _check_args(a, options_given(p, argv))
     from taosr.data.readers import read_examples
 
     spec = reader_spec(a, a.data, limit=a.limit)
@@ -507,7 +534,7 @@ def reason_main(argv: list[str]) -> int:
     results: dict[int, dict[int, dict]] = {}
     rounds: list[dict] = []
     teacher, style = a.model, resolve_style(a.prompt_style, a.model)
-    model = tok = None
+    model = tok = chat = None
     t_start = time.perf_counter()
     for rnd in range(1, a.rounds + 1):
         if rnd > 1:
@@ -547,6 +574,10 @@ def reason_main(argv: list[str]) -> int:
             from taosr.models.factory import load_for_inference
 
             model, tok = load_for_inference(teacher)
+            chat = teacher_chat_template(teacher)
+            if chat is not None and bool(getattr(tok, "chat_template", None)) != chat:
+                print(f"taosr: {teacher} was trained with data.use_chat_template: {str(chat).lower()}: prompting it alike",
+                      file=sys.stderr)
         from taosr.eval.generation import GenerationSpec
 
         gspec = GenerationSpec(max_new_tokens=a.max_new_tokens, do_sample=True, temperature=a.temperature,
@@ -563,7 +594,7 @@ def reason_main(argv: list[str]) -> int:
 
             try:
                 explain_batches(model, tok, todo, style, a.hint, gspec, a.batch_size, a.seed * 1000 + rnd, keep,
-                                max_length=a.max_length)
+                                max_length=a.max_length, use_chat_template=chat)
             except KeyboardInterrupt:
                 print(f"taosr: interrupted in round {rnd}: the pairs done are kept in {part}; "
                       "run the same command again to continue", file=sys.stderr)

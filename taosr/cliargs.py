@@ -79,3 +79,34 @@ def reader_spec(a: argparse.Namespace, path: str, **extra):
                       attributes=a.attributes, attributes_key=a.attributes_key,
                       attributes_column_map=key_values(a.attributes_column_map, "--attributes-column-map"), **extra)
     return spec.validate(lambda name: "--" + name.replace("_", "-"))
+
+
+def options_given(p: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option given on the command line ``argv`` (which ``p`` parses without an
+    error), whatever its value (``--synth-seed 0`` counts although 0 is the default): to refuse a flag
+    that the other flags make a no-op, even when the user repeated its default."""
+    saved = [(act, act.default) for act in p._actions]
+    parser_defaults = dict(p._defaults)
+    try:
+        for act, _ in saved:
+            act.default = argparse.SUPPRESS  # an option not given then leaves no attribute
+        p._defaults.clear()
+        ns, _ = p.parse_known_args(argv)
+    finally:
+        for act, default in saved:
+            act.default = default
+        p._defaults.update(parser_defaults)
+    return set(vars(ns))
+
+
+def refuse_greedy_settings(given: set[str], temperature: float, n: int) -> None:
+    """``--temperature 0`` is greedy decoding (:attr:`taosr.eval.generation.GenerationSpec.sampling`):
+    ``--n`` samples of a prompt would all be the same text and ``--top-p`` would be unused."""
+    if temperature != 0:
+        return
+    if n > 1:
+        raise TaosrError(f"--n {n}: --temperature 0 is greedy, so every sample of a prompt would be the same text; "
+                         "give --n 1 or a temperature above 0")
+    if "top_p" in given:
+        raise TaosrError("--top-p: unused with --temperature 0 (greedy decoding); give a temperature above 0 or "
+                         "leave --top-p out")

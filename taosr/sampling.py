@@ -27,7 +27,8 @@ from typing import Callable, Collection
 
 import torch
 
-from taosr.cliargs import ArgumentParser, add_reader_options, reader_flags_given, reader_spec
+from taosr.cliargs import (ArgumentParser, add_reader_options, options_given, reader_flags_given, reader_spec,
+                           refuse_greedy_settings)
 from taosr.errors import DataError, TaosrError
 from taosr.eval.generation import GenerationSpec, decode_completions, make_record
 from taosr.reasoning.targets import TARGETS
@@ -163,6 +164,9 @@ the same prompts; otherwise the command says so and samples again from the start
 only when the new file is complete)."""
 
 
+SYNTH_OPTIONS = ("synth_n_train", "synth_n_val", "synth_n_test", "synth_seed", "data_dir")  # --data synth only
+
+
 def sample_main(argv: list[str]) -> int:
     p = ArgumentParser(prog="taosr sample", description="Offline pass@N sampling from a policy export.",
                                 epilog=RESUME_RULE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,24 +178,31 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--target", default="reasoning", choices=TARGETS.names(),
                    help="the policy's training target (data.target): its prompt and how its output is parsed")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (then --n 1 and no --top-p)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--synth-n-train", type=int, default=3000, help="size of the synthetic train split (as in the config)")
+    p.add_argument("--synth-n-train", type=int, default=3000, help="size of the synthetic train split (as in the "
+                                                                   "config; --data synth only, as the next four)")
     p.add_argument("--synth-n-val", type=int, default=200)
     p.add_argument("--synth-n-test", type=int, default=400)
     p.add_argument("--synth-seed", type=int, default=0)
     p.add_argument("--data-dir", default=".cache/taosr/data", help="cache of the synthetic data")
     add_reader_options(p)
     a = p.parse_args(argv)
+    given = options_given(p, argv)
 
     # Every value is checked before any work (data, model, sampling).
     flags = reader_flags_given(a)
     if a.data == "synth" and flags:
         raise TaosrError(f"{flags[0]}: reader flags apply to a data file; give it with --data FILE")
+    if a.data != "synth":
+        for dest in SYNTH_OPTIONS:
+            if dest in given:
+                raise TaosrError(f"--{dest.replace('_', '-')}: applies to the synthetic data (--data synth), not to "
+                                 f"--data {a.data}; leave it out")
     for flag, v, low in (("--n", a.n, 1), ("--batch-size", a.batch_size, 1), ("--max-new-tokens", a.max_new_tokens, 1),
                          ("--limit", a.limit, 1), ("--synth-n-train", a.synth_n_train, 1),
                          ("--synth-n-val", a.synth_n_val, 0), ("--synth-n-test", a.synth_n_test, 0)):
@@ -201,6 +212,7 @@ def sample_main(argv: list[str]) -> int:
         raise TaosrError(f"--temperature: must be a number >= 0, got {a.temperature}")
     if not (0 < a.top_p <= 1):
         raise TaosrError(f"--top-p: must be in (0, 1], got {a.top_p}")
+    refuse_greedy_settings(given, a.temperature, a.n)
     for path in (a.out, partial_path(a.out)):
         if os.path.isdir(path):
             raise TaosrError(f"--out: {path} is a directory; give a file path")
@@ -210,7 +222,7 @@ def sample_main(argv: list[str]) -> int:
 
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.data.synth import SynthConfig
-    from taosr.models.factory import load_for_inference
+    from taosr.models.factory import export_meta, load_for_inference
 
     paths = {"train": a.data if a.split == "train" else None, "val": a.data if a.split == "val" else None,
              "test": a.data if a.split == "test" else None}
@@ -221,9 +233,12 @@ def sample_main(argv: list[str]) -> int:
         import dataclasses
 
         reader = dataclasses.replace(reader_spec(a, a.data), path=None)  # the DataModule names the file
+    # prompted as the export was trained: with or without the tokenizer's chat template (data.use_chat_template,
+    # recorded in its taosr_export.json; None, the tokenizer's default, for other models)
+    chat = export_meta(a.model).get("use_chat_template")
     dm = RelevanceDataModule(view="sft", target=a.target, synth=SynthConfig(n_train=a.synth_n_train, n_val=a.synth_n_val,
                                                                 n_test=a.synth_n_test, seed=a.synth_seed), data_dir=a.data_dir,
-                             reader=reader, **paths)
+                             reader=reader, use_chat_template=chat, **paths)
     dm.setup("fit")
     rows = dm.splits[a.split][:a.limit] if a.limit else dm.splits[a.split]
     if not rows:
@@ -252,6 +267,7 @@ def sample_main(argv: list[str]) -> int:
     _write_all(part, done)  # a clean base: what is done, without a torn last line
     torch.manual_seed(a.seed)
     model, tok = load_for_inference(a.model, corpus=dm.corpus)  # on the GPU in bf16 where there is one
+    note_chat_template(a.model, tok, chat)
     if done:
         print(f"taosr: continuing {a.out}: {len(done)} of {len(rows)} prompts already sampled")
         if not _restore_rng(rng_path, len(done)):
@@ -279,6 +295,13 @@ def sample_main(argv: list[str]) -> int:
     print(f"sampled {len(new)} prompts x {a.n} in {time.perf_counter() - t0:.1f}s -> {a.out}")
     _summary(list(everything.values()), a.n, a.out)
     return 0
+
+
+def note_chat_template(model: str, tokenizer, chat: bool | None) -> None:
+    """Say so when an export's recorded ``data.use_chat_template`` is not what its tokenizer would do."""
+    if chat is not None and bool(getattr(tokenizer, "chat_template", None)) != chat:
+        print(f"taosr: {model} was trained with data.use_chat_template: {str(chat).lower()}: prompting it alike",
+              file=sys.stderr)
 
 
 def _finish(out: str, rows: dict[int, dict], leftovers: tuple[str, ...], rewrite: bool = True) -> None:

@@ -41,7 +41,7 @@ import os
 import time
 
 
-from taosr.cliargs import ArgumentParser, add_reader_options, reader_spec
+from taosr.cliargs import ArgumentParser, add_reader_options, options_given, reader_spec
 from taosr.errors import ConfigError, TaosrError
 from taosr.reasoning.targets import TARGETS
 from taosr.schema import append_jsonl, write_json, write_jsonl
@@ -64,7 +64,8 @@ def parser() -> ArgumentParser:
                         "one its export recorded, else reasoning")
     p.add_argument("--batch-size", type=int, default=32, help="pairs per generate call / forward pass")
     p.add_argument("--limit", type=int, default=None, help="first N pairs only")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="reasoning mode: tokens generated per pair")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="reasoning mode: tokens generated per pair "
+                                                                   "(--direct generates none)")
     p.add_argument("--max-length", type=int, default=384, help="prompt token budget (as data.max_length)")
     return p
 
@@ -189,7 +190,11 @@ def summary(rows: list[dict]) -> str:
 
 
 def score_main(argv: list[str]) -> int:
-    a = parser().parse_args(argv)
+    p = parser()
+    a = p.parse_args(argv)
+    if a.direct and "max_new_tokens" in options_given(p, argv):
+        raise TaosrError("--max-new-tokens: --direct generates nothing (it reads 'Label:' right after the prompt); "
+                         "leave --max-new-tokens out or score with --reasoning")
     for flag, v in (("--batch-size", a.batch_size), ("--limit", a.limit), ("--max-new-tokens", a.max_new_tokens)):
         if v is not None and v < 1:
             raise TaosrError(f"{flag}: must be at least 1, got {v}")
@@ -211,14 +216,21 @@ def score_main(argv: list[str]) -> int:
 
     # the prompt the model was trained with: --target; --direct reads the label slot of the label prompt;
     # else what the export recorded (a label-only model is prompted as it was trained), else reasoning
-    target = a.target or ("label" if a.direct else export_meta(a.model).get("target") or "reasoning")
+    meta = export_meta(a.model)
+    target = a.target or ("label" if a.direct else meta.get("target") or "reasoning")
+    # with or without the tokenizer's chat template as the export was trained (data.use_chat_template, recorded
+    # in its taosr_export.json); None (the tokenizer's default) for other models
+    chat = meta.get("use_chat_template")
     dm = RelevanceDataModule(train=a.file, val=None, test=None, reader=reader, max_length=a.max_length,
-                             limit_train=a.limit, target=target)
+                             limit_train=a.limit, target=target, use_chat_template=chat)
     dm.setup("score")
     examples = dm.splits["train"]
     if not examples:
         raise TaosrError(f"{a.file}: no pairs to score")
     model, tok = load_model(a.model)
+    from taosr.sampling import note_chat_template
+
+    note_chat_template(a.model, tok, chat)
     dm.attach_tokenizer(tok)
 
     # written as it goes (OUT.partial, whole chunks, with its settings in OUT.partial.json); a re-run

@@ -193,7 +193,7 @@ def read_lines(path):
     (["--label-map", "E=7"], "--label-map: E=7: a tier must be"),
     (["--prompt-style", "chatty"], "invalid choice"),
     (["--rounds", "2", "--config", "missing.yaml"], "--config: missing.yaml: file not found"),
-    (["--fit-args", "'unclosed"], "--fit-args"),
+    (["--rounds", "2", "--fit-args", "'unclosed"], "--fit-args: No closing quotation"),
 ])
 def test_bad_inputs_are_one_line_errors(args, needle, tmp_path, capsys, memorizer):
     model, pairs = memorizer
