@@ -242,3 +242,19 @@ def test_step_advantage_spec_passes_only_the_options_it_sets():
         StepAdvantageSpec(name="process_sum", critical_weight=2.0).check()
     with pytest.raises(ConfigError, match=r"^model.init_args.step_advantage.name: 'x' is unknown"):
         StepAdvantageSpec(name="x").check()
+
+
+def test_outcome_reward_of_a_bare_label_with_and_without_the_format_gate():
+    """A right `Label: N` without its five steps earned correct_weight (only the format bonus less
+    than a full answer); with correct_needs_format it earns nothing."""
+    from taosr.reasoning.format import parse_reasoning, render_reasoning
+    from taosr.rl.rewards import OutcomeRewardSpec, outcome_rewards
+
+    full = render_reasoning({k: "x" for k in ("query", "item", "category", "attribute", "judgment")}, 3)
+    parsed = [parse_reasoning(t) for t in (full, "Label: 3", "Label: 2", full)]
+    gold = [3, 3, 3, 2]
+    plain = outcome_rewards(parsed, gold, OutcomeRewardSpec())
+    assert plain["reward"].tolist() == pytest.approx([1.2, 1.0, 0.0, 0.2])
+    gated = outcome_rewards(parsed, gold, OutcomeRewardSpec(correct_needs_format=True))
+    assert gated["reward"].tolist() == pytest.approx([1.2, 0.0, 0.0, 0.2])
+    assert gated["correct"].tolist() == [1.0, 0.0, 0.0, 0.0] and gated["format"].tolist() == [1.0, 0.0, 0.0, 1.0]
