@@ -19,6 +19,7 @@ and whatever steps could be read are still returned (step rewards for the rest a
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -45,8 +46,9 @@ def normalize(text: str) -> str:
 
 def conclusion(content: str) -> str:
     """The verifiable part of a step: the text before the first `` | ``; when the step writes its
-    evidence first (``evidence => conclusion``), the part after the last ``=>``. Normalised."""
-    head = content.split("|", 1)[0]
+    evidence first (``evidence => conclusion``), the part after the last ``=>``. Normalised, after
+    Unicode NFKC (full-width letters, and the full-width separators ``；`` and ``｜``, read as ASCII)."""
+    head = unicodedata.normalize("NFKC", content).split("|", 1)[0]
     if "=>" in head:
         head = head.rsplit("=>", 1)[1]
     return normalize(head)
