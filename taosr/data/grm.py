@@ -9,7 +9,10 @@ verifier covers all five of its steps; ``steps: covered`` uses every covered ste
 sample (an uncovered step carries no loss), ``balance`` evens out right and wrong verdicts per step
 (policy samples are mostly right: without it the GRM learns to say "right"), ``copies`` repeats the
 policy rows against the gold rows, and ``holdout`` keeps a share of the sampled queries out of
-training for the GRM's validation on policy samples (:func:`policy_split`).
+training for the GRM's validation on policy samples (:func:`policy_split`): their samples, and the
+gold rows of their training examples. Only the samples of training examples are used
+(:func:`taosr.data.pairs.training_samples`). Each input is fitted to ``data.max_length`` as the
+scorer fits it (:func:`collate_grm`).
 """
 from __future__ import annotations
 
@@ -47,10 +50,17 @@ def corrupt_steps(ex, pool: dict[str, list[str]], rng: random.Random, corrupt_pr
 
 
 def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple]:
-    from taosr.reasoning.verifier import verify_steps
-
+    """The GRM's training rows: per training example with five gold steps, the clean gold and
+    ``copies`` corrupted copies; then the policy rows (:func:`policy_rows_split`) ``spec.copies``
+    times. With ``data.grm_samples.holdout`` the examples of the held-out queries give no gold row
+    either (:func:`held_out_queries`): validation scores the GRM on their samples, whose gold steps
+    it must not have been trained on."""
+    spec = dm.grm_samples
+    train_rows, val_rows = policy_rows_split(dm)  # (refuses data.grm_samples without data.samples_path)
+    held = held_out_queries(dm)
     rng = random.Random(dm.seed)
-    train = [ex for ex in dm.splits["train"] if ex.steps and len(ex.steps) == 5]
+    gold5 = [ex for ex in dm.splits["train"] if ex.steps and len(ex.steps) == 5]
+    train = [ex for ex in gold5 if ex.query not in held]
     pool = {k: sorted({conclusion(ex.steps[k]) for ex in train}) for k in STEP_KEYS}
     rows = []
     for ex in train:
@@ -58,15 +68,14 @@ def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple
         for _ in range(copies):
             steps, verdicts = corrupt_steps(ex, pool, rng, corrupt_prob)
             rows.append((ex, steps, verdicts))
-    spec = dm.grm_samples
-    train_rows, val_rows = policy_rows_split(dm)
     if spec.balance:
         train_rows = balance_verdicts(train_rows, random.Random(dm.seed + 1))
     if spec.steps == "covered" or spec.holdout:  # (only with data.samples_path: refused otherwise)
         n = sum(v is not None for _, _, vs in train_rows for v in vs.values())
         print(f"taosr: GRM view: {len(train_rows)} policy samples ({n} verified step verdicts"
               f"{', balanced' if spec.balance else ''}) x {spec.copies} beside {len(rows)} gold rows"
-              + (f"; {len(val_rows)} samples of held-out queries for validation" if spec.holdout else ""))
+              + (f"; {len(val_rows)} samples of {len(held)} held-out queries for validation, their "
+                 f"{len(gold5) - len(train)} training examples held out of the gold rows too" if spec.holdout else ""))
     return rows + train_rows * spec.copies
 
 
@@ -82,8 +91,8 @@ class GRMSamples:
     step the verifier covers and no loss on the others. ``balance``: per step, keep as many right
     verdicts as wrong ones (a seeded choice; the rest carry no loss). ``copies``: times each policy
     row is repeated beside the gold rows. ``holdout``: share of the sampled queries (by a hash of
-    the query text) kept out of training; the GRM's validation scores their samples
-    (``val/grm/policy/...``)."""
+    the query text) kept out of training, their policy samples and the gold rows of every training
+    example of theirs; the GRM's validation scores their samples (``val/grm/policy/...``)."""
     steps: str = "all"
     balance: bool = False
     copies: int = 1
@@ -99,15 +108,15 @@ class GRMSamples:
             raise ConfigError(f"data.grm_samples.holdout: must be in [0, 1), got {h!r}")
 
 
-def policy_rows(samples_path: str, spec: GRMSamples) -> list[tuple]:
-    """(example, steps, verdicts) of the policy samples, verdicts True/False where the offline
-    verifier covers a step and None elsewhere (``steps: covered``), or of fully covered samples
-    only (``steps: all``)."""
+def policy_rows(samples, spec: GRMSamples) -> list[tuple]:
+    """(example, steps, verdicts) of the policy samples (a samples file's path, or its rows),
+    verdicts True/False where the offline verifier covers a step and None elsewhere
+    (``steps: covered``), or of fully covered samples only (``steps: all``)."""
     from taosr.data.samples import load_samples
     from taosr.reasoning.verifier import verify_steps
 
     out = []
-    for row in load_samples(samples_path):
+    for row in load_samples(samples) if isinstance(samples, str) else samples:
         ex, seen = row["example"], set()
         for s in row["samples"]:
             p = parse_reasoning(s["text"])
@@ -141,19 +150,41 @@ def policy_split(rows: list[tuple], spec: GRMSamples, seed: int) -> tuple[list[t
     return [r for r in rows if id(r) not in held], val
 
 
-def policy_rows_split(dm) -> tuple[list[tuple], list[tuple]]:
-    """The DataModule's policy rows, split into training and validation ones (read once, kept on ``dm``)."""
+def _policy_data(dm) -> tuple[list[tuple], list[tuple], set[str]]:
+    """(training policy rows, validation policy rows, held-out queries) of the DataModule's samples
+    file, read once and kept on ``dm``. Only the samples of training examples are read
+    (:func:`taosr.data.pairs.training_samples`: another split's would leak into training); the
+    held-out queries are those of the file's examples that :func:`held_out_query` picks."""
     if not dm.samples_path:
         if dm.grm_samples != GRMSamples():
             raise ConfigError("data.grm_samples is set but data.samples_path is not: point it at the policy "
                               "samples of `taosr sample`")
-        return [], []
-    key = (dm.samples_path, dm.grm_samples.steps, dm.grm_samples.holdout, dm.seed)
+        return [], [], set()
+    from taosr.data.pairs import training_samples
+    from taosr.data.samples import load_samples
+
+    train = dm.splits["train"]
+    key = (dm.samples_path, dm.grm_samples.steps, dm.grm_samples.holdout, dm.seed, id(train), len(train))
     cached = getattr(dm, "_grm_policy_split", None)
     if cached is None or cached[0] != key:
-        cached = dm._grm_policy_split = (key, policy_split(policy_rows(dm.samples_path, dm.grm_samples),
-                                                           dm.grm_samples, dm.seed))
+        spec = dm.grm_samples
+        samples = training_samples(dm, load_samples(dm.samples_path), "GRM view")
+        held = {r["example"].query for r in samples if spec.holdout and held_out_query(r["example"].query, dm.seed,
+                                                                                        spec.holdout)}
+        cached = dm._grm_policy_split = (key, (*policy_split(policy_rows(samples, spec), spec, dm.seed), held))
     return cached[1]
+
+
+def policy_rows_split(dm) -> tuple[list[tuple], list[tuple]]:
+    """The DataModule's policy rows, split into training and validation ones (read once, kept on ``dm``)."""
+    train, val, _ = _policy_data(dm)
+    return train, val
+
+
+def held_out_queries(dm) -> set[str]:
+    """The queries ``data.grm_samples.holdout`` keeps for validation: no policy sample and no gold
+    row of theirs is trained on (empty without a holdout)."""
+    return _policy_data(dm)[2]
 
 
 def balance_verdicts(rows: list[tuple], rng: random.Random) -> list[tuple]:
@@ -170,18 +201,23 @@ def balance_verdicts(rows: list[tuple], rng: random.Random) -> list[tuple]:
 
 
 def collate_grm(dm, batch: list[tuple]) -> dict:
-    """The GRM input of each row (:func:`taosr.rl.grm.encode_candidate`) + eos, with ``targets``:
-    the input, except that the token after each verdict slot is that step's verdict (right or
-    wrong). The loss is on those decision tokens only."""
+    """The GRM input of each row + eos, with ``targets``: the input, except that the token after
+    each verdict slot is that step's verdict (right or wrong). The loss is on those decision tokens
+    only. The input is fitted to ``data.max_length`` as the scorer fits it
+    (:func:`taosr.reasoning.grm_layout.fit_candidate`: the steps whole, the item fields cut; counted
+    in ``dm.truncated``); a row whose verdict slots still lie beyond it trains on the verdicts that
+    fit (counted in ``dm.targets_cut``, reported at the end)."""
     from taosr.data.collate import pad_right
-    from taosr.reasoning.grm_layout import encode_candidate, verdict_slot
+    from taosr.reasoning.grm_layout import fit_candidate, verdict_slot
 
     dm._need_tokenizer()
     tok = dm.tokenizer
     _, right, wrong = verdict_slot(tok)
     enc, targets = [], []
     for ex, steps, v in batch:
-        ids, positions = encode_candidate(tok, ex, steps)
+        ids, positions, cut = fit_candidate(tok, ex, steps, dm.max_length)  # the scorer fits the same way
+        if cut:
+            dm.note_cut(dm.truncated, ex, "the GRM prompt's item fields are cut")
         full = (ids + [tok.eos_token_id])[: dm.max_length]
         tgt, mask = list(full), [0] * len(full)
         for k, p in zip(STEP_KEYS, positions):

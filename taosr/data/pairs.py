@@ -5,14 +5,46 @@ incorrect one (``pairs_per_prompt`` pairs, distinct texts first). For prompts ne
 correctly, the target's gold completion stands in as chosen when ``gold_as_chosen`` is on and the
 example has one (``reasoning``: gold steps; ``label``: always, the ``Label: N`` line). Prompts
 answered correctly every time give no pair. The samples must come from a policy of the same
-target (``taosr sample --target``).
+target (``taosr sample --target``), and only those of training examples are used
+(:func:`training_samples`).
 """
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 from taosr.errors import ConfigError
 from taosr.reasoning.targets import get_target
+
+
+def training_samples(dm, rows: list[dict], view: str) -> list[dict]:
+    """The rows of a samples file (``dm.samples_path``) that may be trained on: their example is in
+    the DataModule's training split (matched by query and item title, the key rejection sampling
+    uses) and their ``split`` field, where present, is ``train``. Samples of validation or test
+    prompts (``taosr sample --split test``) or of other data (another synthetic size) would put
+    held-out examples into training. One line says how many rows were left out and why; a file
+    with no row left is refused (ConfigError naming it)."""
+    from taosr.data.hooks import _key
+
+    train = {_key(ex) for ex in dm.splits["train"]}
+    kept, other_split, outside = [], Counter(), 0
+    for row in rows:
+        split = row.get("split")
+        if split is not None and split != "train":
+            other_split[str(split)] += 1
+        elif _key(row["example"]) not in train:
+            outside += 1
+        else:
+            kept.append(row)
+    why = [f"{n} of split {s!r}" for s, n in sorted(other_split.items())]
+    why += [f"{outside} whose example is not in data.train"] if outside else []
+    if not kept:
+        raise ConfigError(f"data.samples_path: {dm.samples_path} has no sample of a training example "
+                          f"({'; '.join(why)}): sample this run's training data with `taosr sample --split train`")
+    if why:
+        print(f"taosr: {view}: kept {len(kept)}/{len(rows)} sampled prompts of {dm.samples_path} "
+              f"({'; '.join(why)} were left out: only training examples are trained on)")
+    return kept
 
 
 def pairs_from_samples(rows: list[dict], pairs_per_prompt: int = 1, gold_as_chosen: bool = True,
@@ -42,7 +74,7 @@ def build_pairs(dm) -> list[tuple]:
 
     if not dm.samples_path:
         raise ConfigError("data.samples_path: the DPO view needs a `taosr sample` output file")
-    rows = load_samples(dm.samples_path, dm.target)
+    rows = training_samples(dm, load_samples(dm.samples_path, dm.target), "DPO view")
     pairs = pairs_from_samples(rows, dm.pairs_per_prompt, dm.gold_as_chosen, dm.seed, dm.target)
     if not pairs:
         raise ConfigError(f"data.samples_path: {dm.samples_path} yields no preference pairs "

@@ -82,7 +82,7 @@ class GRMModule(SFTModule):
     def _grm_eval(self, split: str) -> dict[str, float]:
         dm = self.trainer.datamodule
         rows = grm_eval_rows(dm.splits[split])
-        scorer = GRMScorer(self.model, self.tokenizer, batch_size=dm.eval_batch_size)
+        scorer = GRMScorer(self.model, self.tokenizer, batch_size=dm.eval_batch_size, max_length=dm.max_length)
         probs = scorer.score_steps([r[0] for r in rows], [r[1] for r in rows])
         truth = torch.tensor([[r[2][k] for k in STEP_KEYS] for r in rows], dtype=torch.bool)
         m = verdict_metrics(probs, truth)
@@ -98,7 +98,9 @@ class GRMModule(SFTModule):
 
     def export(self, out_dir: str | None = None) -> str:
         path = super().export(out_dir)
-        write_layout(path)  # the scorer checks that it reads an export of its own layout
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        # the scorer checks that it reads an export of its own layout, and fits inputs to its training budget
+        write_layout(path, max_length=getattr(dm, "max_length", None))
         return path
 
     def validation_step(self, batch, batch_idx):

@@ -7,8 +7,12 @@
     ...
 
 Training (:mod:`taosr.data.grm`) and scoring (:mod:`taosr.rl.grm`) both build their input with
-:func:`encode_candidate`, so they see the same tokens. An export records its layout
-(:data:`LAYOUT_FILE`); :func:`check_layout` refuses an export of another layout.
+:func:`fit_candidate`, so they see the same tokens. Given a token budget (``data.max_length``) the
+candidate's steps are kept whole and the prompt's item fields (then its query) are cut by the rule
+the policy prompt follows (:func:`taosr.data.budget.fit_example`) to what the steps leave free, so a
+long product description does not push the verdict slots past the budget. An export records its
+layout (:data:`LAYOUT_FILE`, and the budget it was trained with when told); :func:`check_layout`
+refuses an export of another layout.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import functools
 import json
 import os
 
+from taosr.data.budget import fit_example
 from taosr.errors import ConfigError
 from taosr.labels import STEP_KEYS
 from taosr.prompts import encode_prompt, item_block
@@ -48,13 +53,11 @@ def verdict_slot(tok) -> tuple[tuple[int, ...], int, int]:
     return tuple(r[:j]), r[j], w[j]
 
 
-def encode_candidate(tok, ex: Example, steps: dict[str, str]) -> tuple[list[int], list[int]]:
-    """Token ids of the GRM input for one candidate (steps missing from it read ``(missing)``), and
-    for each step the position whose next-token distribution holds the verdict. Training and
-    scoring both build their input here, piece by piece, so they see the same tokens."""
-    ids = encode_prompt(tok, grm_prompt_text(ex))
+def _steps_ids(tok, steps: dict[str, str]) -> tuple[list[int], list[int]]:
+    """The candidate part of the input (each step, then its slot prefix) and each slot's last
+    position in it; tokenised apart from the prompt, so its length does not depend on the prompt."""
     prefix, _, _ = verdict_slot(tok)
-    positions = []
+    ids, positions = [], []
     for n, k in enumerate(STEP_KEYS):
         line = ("\n" if n else "") + render_step(k, steps.get(k, MISSING_STEP)) + "\n"
         ids += tok(line, add_special_tokens=False).input_ids + list(prefix)
@@ -62,9 +65,60 @@ def encode_candidate(tok, ex: Example, steps: dict[str, str]) -> tuple[list[int]
     return ids, positions
 
 
-def write_layout(export_dir: str) -> None:
+def fit_candidate(tok, ex: Example, steps: dict[str, str], max_length: int | None = None
+                  ) -> tuple[list[int], list[int], bool]:
+    """(ids, slot positions, whether the prompt was cut) of the GRM input for one candidate.
+
+    With ``max_length``, the steps are kept whole and the prompt (header, query, item) is fitted to
+    ``max_length - 1 - len(steps)`` tokens (the 1: the decision token after the last slot, which
+    training puts at the input's end) by :func:`taosr.data.budget.fit_example`: the description
+    first, then the other item fields, then the query. A candidate whose steps alone leave too
+    little room keeps the shortest prompt, and its last slots still lie beyond the budget: the
+    caller decides (training counts it, scoring gives those steps no score)."""
+    cand, rel = _steps_ids(tok, steps)
+    prompt = encode_prompt(tok, grm_prompt_text(ex))
+    cut = False
+    if max_length is not None:
+        budget = max_length - 1 - len(cand)
+        if len(prompt) > budget:
+            def n_tokens(e: Example) -> int:
+                return len(encode_prompt(tok, grm_prompt_text(e)))
+
+            short, _ = fit_example(ex, n_tokens, budget)
+            prompt, cut = encode_prompt(tok, grm_prompt_text(short)), True
+    return prompt + cand, [len(prompt) + p for p in rel], cut
+
+
+def slot_fits(position: int, max_length: int | None) -> bool:
+    """Whether a verdict slot's decision token (``position + 1``) lies inside ``max_length`` tokens."""
+    return max_length is None or position + 1 < max_length
+
+
+def encode_candidate(tok, ex: Example, steps: dict[str, str], max_length: int | None = None
+                     ) -> tuple[list[int], list[int]]:
+    """Token ids of the GRM input for one candidate (steps missing from it read ``(missing)``), and
+    for each step the position whose next-token distribution holds the verdict, the prompt fitted
+    to ``max_length`` (:func:`fit_candidate`). Training and scoring both build their input here,
+    piece by piece, so they see the same tokens."""
+    ids, positions, _ = fit_candidate(tok, ex, steps, max_length)
+    return ids, positions
+
+
+def write_layout(export_dir: str, max_length: int | None = None) -> None:
+    """Write the layout file; with ``max_length`` (the training run's ``data.max_length``) the
+    scorer fits its inputs to the same budget (:func:`recorded_max_length`)."""
+    meta = {"layout": LAYOUT, **({"max_length": int(max_length)} if max_length else {})}
     with open(os.path.join(export_dir, LAYOUT_FILE), "w") as fh:
-        json.dump({"layout": LAYOUT}, fh)
+        json.dump(meta, fh)
+
+
+def recorded_max_length(model_path: str) -> int | None:
+    """The token budget a GRM export was trained with, when its layout file records one."""
+    path = os.path.join(model_path, LAYOUT_FILE)
+    if not os.path.isfile(path):
+        return None
+    n = json.load(open(path)).get("max_length")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def check_layout(model_path: str) -> None:

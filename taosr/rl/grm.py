@@ -20,6 +20,15 @@ shared text. One forward pass scores every step of a batch of candidates.
 
 Training is SFT on the ``grm`` view of the DataModule (:mod:`taosr.data.grm`) with the loss on the
 decision tokens only.
+
+Inputs are fitted to a token budget exactly as in training (:func:`~taosr.reasoning.grm_layout.fit_candidate`:
+the steps whole, the item fields cut to what they leave free): ``max_length`` given to the scorer, else
+the one the export records (``taosr_grm.json``), else ``data.max_length``'s default (at most the
+model's ``max_position_embeddings``: never past the positions it has). A
+candidate whose verdict slots still lie beyond the budget (its steps alone nearly fill it) is scored
+on the fitted prefix: the steps whose slot fits get a score, the others NaN (no GRM verdict, as for
+an uncovered step; the examiner gives them ``uncovered_value``), counted in :attr:`GRMScorer.cut`
+and said once per scorer. Nothing is refused: one overlong rollout does not stop an SRPO run.
 """
 from __future__ import annotations
 
@@ -32,7 +41,8 @@ from taosr.labels import STEP_KEYS
 from taosr.models.kvcache import cache_kwargs, output_cache
 from taosr.reasoning.format import ParsedReasoning
 from taosr.reasoning.grm_layout import (LAYOUT, LAYOUT_FILE, MISSING_STEP, RIGHT, WRONG, check_layout,  # noqa: F401
-                                       encode_candidate, verdict_slot, write_layout)
+                                       encode_candidate, recorded_max_length, slot_fits, verdict_slot,
+                                       write_layout)
 from taosr.schema import Example
 
 def head_logits(config, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,17 +61,49 @@ def head_logits(config, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
     return logits
 
 
-class GRMScorer:
-    """Batched soft step scores from a GRM export (any causal LM folder taosr can load)."""
+def default_max_length(model) -> int:
+    """``data.max_length``'s default, at most the model's ``max_position_embeddings``: the budget of
+    a GRM export that records none (``taosr_grm.json``)."""
+    import inspect
 
-    def __init__(self, model, tokenizer, batch_size: int = 32):
+    from taosr.data.datamodule import RelevanceDataModule
+
+    n = inspect.signature(RelevanceDataModule.__init__).parameters["max_length"].default
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(n, limit) if isinstance(limit, int) and limit > 0 else n
+
+
+def _prefix(enc: tuple[list[int], list[int]], fits: list[bool]) -> tuple[list[int], list[int]]:
+    """An input cut after its last slot that fits (slots come in order, so those that fit are the
+    first ones); the slots beyond it point at that last one (their scores are dropped). No slot
+    fits: an empty input."""
+    ids, positions = enc
+    last = max((p for p, ok in zip(positions, fits) if ok), default=None)
+    if last is None:
+        return [], [0] * len(positions)
+    return ids[:last + 1], [p if ok else last for p, ok in zip(positions, fits)]
+
+
+class GRMScorer:
+    """Batched soft step scores from a GRM export (any causal LM folder taosr can load).
+
+    ``max_length``: the token budget inputs are fitted to (the GRM's training ``data.max_length``);
+    None: the DataModule's default ``data.max_length`` (what every shipped config trains with),
+    at most the model's ``max_position_embeddings`` (no fitting without a model)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+        if max_length is None and model is not None:
+            max_length = default_max_length(model)
+        self.max_length = max_length
+        self.cut = 0  # candidates scored on a prefix: some verdict slot beyond max_length
         _, right, wrong = verdict_slot(tokenizer)
         self.pair_ids = torch.tensor([right, wrong])
 
     @classmethod
-    def load(cls, model_path: str, batch_size: int = 32, corpus=None) -> "GRMScorer":
-        """Load a frozen GRM from an export folder written by GRM training."""
+    def load(cls, model_path: str, batch_size: int = 32, corpus=None, max_length: int | None = None) -> "GRMScorer":
+        """Load a frozen GRM from an export folder written by GRM training (``max_length``: by default
+        the budget the export records)."""
         from taosr.models.factory import ModelSpec, load_model_and_tokenizer
 
         check_layout(model_path)
@@ -69,10 +111,10 @@ class GRMScorer:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        return cls(model, tok, batch_size)
+        return cls(model, tok, batch_size, max_length or recorded_max_length(model_path))
 
     def _encode(self, ex: Example, steps: dict[str, str]) -> tuple[list[int], list[int]]:
-        return encode_candidate(self.tok, ex, steps)
+        return encode_candidate(self.tok, ex, steps, self.max_length)
 
     @torch.no_grad()
     def score(self, examples: Sequence[Example], parsed: Sequence[ParsedReasoning]) -> torch.Tensor:
@@ -102,6 +144,17 @@ class GRMScorer:
         # of one example share its prompt: their batch runs it once and the rows continue from its
         # cache. Examples go longest candidate first, so that a batch's rows have similar lengths.
         enc = [self._encode(ex, st) for ex, st in zip(examples, steps_list)]
+        # Slots whose decision token lies beyond max_length were never trained on: each such input is
+        # cut after its last slot that fits and those steps get NaN; an input with none is not run.
+        fits = [[slot_fits(p, self.max_length) for p in e[1]] for e in enc]
+        n_cut = sum(not all(f) for f in fits)
+        if n_cut:
+            if not self.cut:
+                print(f"taosr: GRM scoring: a candidate's verdict slots lie beyond max_length={self.max_length} "
+                      "tokens even with its item fields cut: its steps past it get no GRM score (NaN; counted "
+                      "in GRMScorer.cut)")
+            self.cut += n_cut
+            enc = [e if all(f) else _prefix(e, f) for e, f in zip(enc, fits)]
         index: dict[tuple, int] = {}
         uniq, owner, which = [], [], []  # distinct inputs, the example each belongs to; each candidate's input
         for n, e in enumerate(enc):
@@ -114,7 +167,8 @@ class GRMScorer:
         members: dict[int, list[int]] = {}
         for u, o in enumerate(owner):
             members.setdefault(o, []).append(u)
-        order = [u for m in sorted(members.values(), key=lambda m: -max(len(uniq[u][0]) for u in m)) for u in m]
+        order = [u for m in sorted(members.values(), key=lambda m: -max(len(uniq[u][0]) for u in m)) for u in m
+                 if uniq[u][0]]  # (an input with no slot inside max_length is not run: all NaN)
         scores = torch.full((len(uniq), len(STEP_KEYS)), float("nan"))
         for s in range(0, len(order), self.batch_size):
             part = order[s:s + self.batch_size]
@@ -124,7 +178,7 @@ class GRMScorer:
         out = scores[torch.tensor(which, dtype=torch.long)] if enc else torch.full((0, len(STEP_KEYS)), float("nan"))
         for n, st in enumerate(steps_list):
             for k, key in enumerate(STEP_KEYS):
-                if key not in st:
+                if key not in st or not fits[n][k]:
                     out[n, k] = math.nan
         return out
 
