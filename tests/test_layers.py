@@ -77,9 +77,11 @@ def test_bottom_layers_import_only_the_bottom():
     bottom = {"taosr", "taosr.errors", "taosr.labels", "taosr.registry", "taosr.schema"}
     for m in bottom - {"taosr"}:
         assert closure(g, m) <= bottom, (m, closure(g, m) - bottom)
-    # the text format, the verifier and the GRM layout stand on the schema and prompts only
+    # the prompt-fitting rule stands on the schema alone (the GRM layout fits its input by it, as the data does)
+    assert closure(g, "taosr.data.budget") <= bottom, closure(g, "taosr.data.budget") - bottom
+    # the text format, the verifier and the GRM layout stand on the schema, prompts and that rule only
     allowed = bottom | {"taosr.prompts", "taosr.reasoning", "taosr.reasoning.format", "taosr.reasoning.verifier",
-                        "taosr.reasoning.grm_layout"}
+                        "taosr.reasoning.grm_layout", "taosr.data", "taosr.data.budget"}
     for m in ("taosr.reasoning.format", "taosr.reasoning.verifier", "taosr.reasoning.grm_layout", "taosr.prompts"):
         assert closure(g, m) <= allowed, (m, closure(g, m) - allowed)
     # losses and advantages are pure: no data, models, methods or callbacks

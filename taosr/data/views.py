@@ -38,7 +38,9 @@ def check_hooks(dm, callbacks=None) -> None:
         if name == "curriculum":
             from taosr.callbacks.curriculum import CurriculumCallback
 
-            if callbacks is not None and not any(isinstance(c, CurriculumCallback) for c in callbacks):
+            # (one stage is a fixed filter: nothing to advance)
+            if len(hook.stages) > 1 and callbacks is not None and not any(isinstance(c, CurriculumCallback)
+                                                                          for c in callbacks):
                 raise ConfigError("data.curriculum: no taosr.callbacks.curriculum.CurriculumCallback in "
                                   "trainer.callbacks advances its stages (configs/_base/rl.yaml lists it)")
 
