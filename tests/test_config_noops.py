@@ -41,6 +41,11 @@ def test_a_method_on_another_methods_view_is_refused(tmp_path, cache_dir, capsys
     # SFT lists no CurriculumCallback: the first stage's filter held for the whole run
     ("configs/sft.yaml", ["--data.curriculum", '{"stages": [{"max_difficulty": 0.5, "until_step": 1}, {}]}'],
      "data.curriculum: no taosr.callbacks.curriculum.CurriculumCallback in trainer.callbacks"),
+    # another view's options, changed from their default, did nothing
+    ("configs/sft.yaml", ["--data.grm_corrupt_prob", "0.5"],
+     "data.grm_corrupt_prob: an option of the 'grm' view, and this run trains on the 'sft' view"),
+    ("configs/grm.yaml", ["--data.pairs_per_prompt", "2"],
+     "data.pairs_per_prompt: an option of the 'dpo' view, and this run trains on the 'grm' view"),
 ])
 def test_a_data_hook_the_view_does_not_read_is_refused(tmp_path, cache_dir, capsys, sft_run, samples, cfg, extra, needle):
     start = ["--model.init_args.model.name_or_path", os.path.join(sft_run, "export"), "--data.samples_path", samples]

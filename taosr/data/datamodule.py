@@ -44,7 +44,7 @@ from taosr.data.grm import GRMSamples
 from taosr.data.hooks import Curriculum, DiverseSampling, RejectionSampling
 from taosr.data.readers import ReaderSpec, read_examples
 from taosr.data.synth import SYNTH_VERSION, SynthConfig, check_config, generate
-from taosr.data.views import VIEWS, check_hooks
+from taosr.data.views import VIEWS, check_view_options
 from taosr.errors import ConfigError
 from taosr.prompts import encode_prompt, policy_prompt
 from taosr.reasoning.format import render_reasoning
@@ -456,7 +456,7 @@ class RelevanceDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = getattr(self, "trainer", None)
-        check_hooks(self, trainer.callbacks if trainer is not None else None)
+        check_view_options(self, trainer.callbacks if trainer is not None else None)
         rows, collate = VIEWS.get(self.view)(self)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = ResumableSampler(len(rows), self.seed, allowed=self._allowed_fn(rows), num_replicas=world, rank=rank)

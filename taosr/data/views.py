@@ -23,10 +23,28 @@ HOOKS_READ = {"sft": ("rejection_sampling", "diverse_sampling", "curriculum"),
               "rl": ("rejection_sampling", "diverse_sampling", "curriculum"), "dpo": (), "grm": ()}
 
 
-def check_hooks(dm, callbacks=None) -> None:
-    """Refuse an enabled data hook the view does not read, and a curriculum no callback advances
-    (``callbacks``: the trainer's; None outside a trainer)."""
+# Options one view reads (changed from their default in another view, they would do nothing)
+VIEW_OPTIONS = {"pairs_per_prompt": "dpo", "gold_as_chosen": "dpo", "grm_corrupt_prob": "grm", "grm_samples": "grm"}
+
+
+def check_view_options(dm, callbacks=None) -> None:
+    """Refuse, when training starts, what the view would silently not read: another view's option
+    changed from its default, an enabled data hook the view does not apply, and a curriculum of
+    several stages that no callback advances (``callbacks``: the trainer's; None outside a trainer)."""
+    import inspect
+
     from taosr.errors import ConfigError
+
+    defaults = {k: p.default for k, p in inspect.signature(type(dm).__init__).parameters.items()}
+    for name, view in VIEW_OPTIONS.items():
+        value, default = getattr(dm, name, None), defaults.get(name)
+        if name == "grm_samples":
+            from taosr.data.grm import GRMSamples
+
+            default = GRMSamples()
+        if view != dm.view and value != default:
+            raise ConfigError(f"data.{name}: an option of the {view!r} view, and this run trains on the {dm.view!r} "
+                              "view (remove it)")
 
     for name in ("rejection_sampling", "diverse_sampling", "curriculum"):
         hook = getattr(dm, name, None)
