@@ -171,14 +171,16 @@ def merge_tries(plain: dict, hinted: dict | None) -> dict:
 
 def explain_batches(model, tokenizer, pairs: list[tuple[int, Example]], style: str, hint: str, spec,
                     batch_size: int, seed: int, on_batch: Callable[[list[dict]], None],
-                    max_length: int | None = None, use_chat_template: bool | None = None) -> None:
+                    max_length: int | None = None, use_chat_template: bool | None = None,
+                    scaffold_tokens: int | None = None) -> None:
     """Sample ``spec.num_return_sequences`` rationales for every (index, example) in ``pairs``,
     ``batch_size`` pairs per generate call, with the hint as ``hint`` (:data:`HINT_MODES`) says;
     ``on_batch`` gets each batch's results (:func:`merge_tries`, with ``index``) as soon as they are
     done. Each batch draws from a generator seeded by ``seed`` and its first index, so a resumed run
     draws what an uninterrupted one would. A prompt longer than ``max_length`` tokens has its item
     fields (a description first) cut by the rule of :mod:`taosr.data.budget`, as training prompts are.
-    ``use_chat_template``: as :func:`teacher_prompt` (None: the tokenizer decides)."""
+    ``use_chat_template``: as :func:`teacher_prompt` (None: the tokenizer decides). ``scaffold_tokens``:
+    sample with the format scaffolded (:mod:`taosr.scaffold`), that many tokens per step's line."""
     import torch
 
     from taosr.data.collate import pad_left
@@ -199,9 +201,14 @@ def explain_batches(model, tokenizer, pairs: list[tuple[int, Example]], style: s
 
     def tries(chunk: list[tuple[int, Example]], hinted: bool) -> list[dict]:
         ids = [prompt_ids(ex, hinted) for _, ex in chunk]
-        batch = pad_left(ids, tokenizer.pad_token_id)
-        out = engine.generate(model, tokenizer, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), spec)
-        texts = decode_completions(tokenizer, out)
+        if scaffold_tokens:
+            from taosr.scaffold import scaffold_samples
+
+            texts = scaffold_samples(model, tokenizer, ids, spec, scaffold_tokens)
+        else:
+            batch = pad_left(ids, tokenizer.pad_token_id)
+            out = engine.generate(model, tokenizer, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), spec)
+            texts = decode_completions(tokenizer, out)
         return [pick_rationale(texts[j * n:(j + 1) * n], ex.label) for j, (_, ex) in enumerate(chunk)]
 
     for s in range(0, len(pairs), batch_size):
@@ -316,8 +323,9 @@ def build_report(examples: list[Example], results: dict[int, dict[int, dict]], r
         f = sum(r["format_errors"] for r in res.values())
         m = sum(r["mismatches"] for r in res.values())
         samples, fmt, mis = samples + drawn, fmt + f, mis + m
+        style = meta["settings"]["prompt_style"] + (", scaffold" if meta["settings"].get("scaffold") else "")
         rep["rounds"].append({"round": meta["round"], "teacher": meta["settings"]["teacher"],
-                              "prompt_style": meta["settings"]["prompt_style"], "pairs": len(res), "kept": kept,
+                              "prompt_style": style, "pairs": len(res), "kept": kept,
                               "yield": _share(kept, len(res)), "kept_with_hint": hinted, "samples": drawn,
                               "format_error_rate": _share(f, drawn),
                               "label_mismatch_rate": _share(m, drawn - f),
@@ -427,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (then --n 1 and no --top-p)")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--scaffold", action="store_true",
+                   help="write the step headings and the label line for the teacher, which writes each step's "
+                        "line (--step-tokens at most) and picks the tier at Label: (for teachers whose free "
+                        "samples never parse)")
+    p.add_argument("--step-tokens", type=int, default=48, help="with --scaffold: tokens for one step's line")
     p.add_argument("--max-length", type=int, default=384,
                    help="prompt token budget (as data.max_length): longer prompts have their item fields, "
                         "a description first, cut by the rule of taosr.data.budget")
@@ -447,7 +460,8 @@ def _check_args(a, given: set[str] = frozenset()) -> list[str]:
     """Every value checked before any work; returns the ``--fit-args`` words. ``given``: the options on
     the command line (:func:`taosr.cliargs.options_given`), for flags that other flags make no-ops."""
     for flag, v, low in (("--n", a.n, 1), ("--batch-size", a.batch_size, 1), ("--max-new-tokens", a.max_new_tokens, 1),
-                         ("--limit", a.limit, 1), ("--rounds", a.rounds, 1), ("--max-length", a.max_length, 16)):
+                         ("--limit", a.limit, 1), ("--rounds", a.rounds, 1), ("--max-length", a.max_length, 16),
+                         ("--step-tokens", a.step_tokens, 1)):
         if v is not None and v < low:
             raise TaosrError(f"{flag}: must be at least {low}, got {v}")
     if not (math.isfinite(a.temperature) and a.temperature >= 0):
@@ -455,6 +469,10 @@ def _check_args(a, given: set[str] = frozenset()) -> list[str]:
     if not (0 < a.top_p <= 1):
         raise TaosrError(f"--top-p: must be in (0, 1], got {a.top_p}")
     refuse_greedy_settings(given, a.temperature, a.n)
+    if a.scaffold and "max_new_tokens" in given:
+        raise TaosrError("--max-new-tokens: with --scaffold each step's line has --step-tokens; leave it out")
+    if not a.scaffold and "step_tokens" in given:
+        raise TaosrError("--step-tokens: the budget of a step's line with --scaffold; add --scaffold or leave it out")
     if a.rounds == 1:
         for dest, flag in ROUND_OPTIONS:
             if dest in given:
@@ -512,6 +530,8 @@ def reason_main(argv: list[str]) -> int:
     data_key = hashlib.sha1("".join(keys).encode()).hexdigest()[:16]
     sampling = {"prompt_version": PROMPT_VERSION, "hint": a.hint, "n": a.n, "temperature": a.temperature,
                 "top_p": a.top_p, "max_new_tokens": a.max_new_tokens, "max_length": a.max_length, "seed": a.seed}
+    if a.scaffold:  # (only then: files of free sampling keep their settings)
+        sampling.update(scaffold=True, step_tokens=a.step_tokens)
     report_path, unexp_path, part = a.out + ".report.json", a.out + ".unexplained.jsonl", a.out + ".partial"
 
     run_key = {"data": data_key, "sampling": sampling, "rounds": a.rounds, "model": a.model,
@@ -594,7 +614,8 @@ def reason_main(argv: list[str]) -> int:
 
             try:
                 explain_batches(model, tok, todo, style, a.hint, gspec, a.batch_size, a.seed * 1000 + rnd, keep,
-                                max_length=a.max_length, use_chat_template=chat)
+                                max_length=a.max_length, use_chat_template=chat,
+                                scaffold_tokens=a.step_tokens if a.scaffold else None)
             except KeyboardInterrupt:
                 print(f"taosr: interrupted in round {rnd}: the pairs done are kept in {part}; "
                       "run the same command again to continue", file=sys.stderr)

@@ -241,3 +241,58 @@ def test_rounds_fine_tune_on_the_kept_rationales_and_retry_the_rest(memorizer, t
         assert [(t["round"], t["samples"]) for t in row["provenance"]["tries"]] == [(1, 4), (2, 4)]
     assert all(r["provenance"]["hint"] == "fallback" for r in kept)
     assert r1["samples"] == 2 * r1["pairs"] + 2 * (r1["pairs"] - r1["kept"] + r1["kept_with_hint"])
+
+
+# ----------------------------------------------------------------------------- scaffolded sampling
+def test_scaffold_writes_the_format_and_draws_the_tier_at_the_label_slot(memorizer):
+    """Every scaffolded sample is the five headings in order (the teacher writes their lines) and,
+    when all five lines ended, a label line whose tier is the teacher's choice at `Label:` (greedy:
+    the argmax of label_logprobs); a line that does not end in --step-tokens ends the sample there."""
+    import torch
+
+    from taosr.bootstrap import teacher_prompt
+    from taosr.eval.generation import GenerationSpec
+    from taosr.eval.scores import label_logprobs
+    from taosr.labels import STEP_HEADINGS, STEP_KEYS
+    from taosr.models.factory import load_for_inference
+    from taosr.prompts import encode_prompt
+    from taosr.scaffold import scaffold_samples
+
+    model, pairs = memorizer
+    m, tok = load_for_inference(model)
+    exs = load_jsonl(pairs)[:4]
+    prompts = [encode_prompt(tok, teacher_prompt(ex, tok, "policy", hint=False)) for ex in exs]
+    torch.manual_seed(0)
+    texts = scaffold_samples(m, tok, prompts, GenerationSpec(do_sample=False, max_new_tokens=1), 48)
+    assert len(texts) == 4
+    headings = [STEP_HEADINGS[k] for k in STEP_KEYS]
+    for p, text in zip(prompts, texts):
+        lines = text.split("\n")
+        assert [ln.split(":", 1)[0] for ln in lines[:5]] == headings[:min(5, len(lines))]
+        assert all(ln.split(":", 1)[1].strip() for ln in lines[:5] if ":" in ln)  # no empty line
+        parsed = parse_reasoning(text)
+        if len(lines) == 6:  # finished: the greedy tier at the label slot
+            assert not parsed.format_error, parsed.error
+            logp = label_logprobs(m, tok, [p], [text.rsplit("\n", 1)[0] + "\nLabel:"])
+            assert parsed.label == int(logp.argmax(-1)) + 1
+    assert sum(len(t.split("\n")) == 6 for t in texts) >= 3  # the memoriser ends its lines
+    # sampled, n per prompt; a budget too small for any line: each sample stops inside its first step
+    short = scaffold_samples(m, tok, prompts[:1], GenerationSpec(do_sample=True, num_return_sequences=2,
+                                                                  max_new_tokens=1), 1)
+    assert len(short) == 2 and all(t.startswith(headings[0] + ":") and "\n" not in t for t in short)
+    assert all(parse_reasoning(t).format_error for t in short)
+
+
+def test_reason_with_scaffold_records_it_and_refuses_the_free_budget(memorizer, tmp_path, capsys):
+    model, pairs = memorizer
+    out = str(tmp_path / "out.jsonl")
+    assert main(["reason", "--model", model, "--data", pairs, "--out", out, "--n", "2", "--batch-size", "4",
+                 "--no-hint", "--scaffold", "--step-tokens", "40"]) == 0
+    rep = json.load(open(out + ".report.json"))
+    assert rep["rounds"][0]["prompt_style"] == "policy, scaffold" and rep["kept"] > 0
+    assert all(r["provenance"]["scaffold"] and r["provenance"]["step_tokens"] == 40 for r in read(out))
+    capsys.readouterr()
+    for extra, needle in ((["--scaffold", "--max-new-tokens", "50"], "--max-new-tokens: with --scaffold"),
+                          (["--step-tokens", "20"], "--step-tokens: the budget of a step's line with --scaffold")):
+        assert main(["reason", "--model", model, "--data", pairs, "--out", str(tmp_path / "x.jsonl"), *extra]) == 2
+        assert needle in capsys.readouterr().err
