@@ -21,8 +21,6 @@ VIEWS: Registry = Registry("data view", "data.view")
 # rows): an enabled hook a view does not read would do nothing, silently.
 HOOKS_READ = {"sft": ("rejection_sampling", "diverse_sampling", "curriculum"),
               "rl": ("rejection_sampling", "diverse_sampling", "curriculum"), "dpo": (), "grm": ()}
-
-
 # Options one view reads (changed from their default in another view, they would do nothing)
 VIEW_OPTIONS = {"pairs_per_prompt": "dpo", "gold_as_chosen": "dpo", "grm_corrupt_prob": "grm", "grm_samples": "grm"}
 

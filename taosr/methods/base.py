@@ -38,6 +38,7 @@ FROZEN_FROM = "taosr_frozen_from"  # checkpoint key: the model folder the unsave
 
 class RelevanceModule(pl.LightningModule):
     DATA_VIEW: str | None = None  # the DataModule view a method trains on (data.view); checked at fit
+
     def __init__(
         self,
         model: ModelSpec | None = None,
@@ -86,12 +87,13 @@ class RelevanceModule(pl.LightningModule):
                 self.model.config.use_cache = False
         if self.trainer.datamodule is not None:
             self.trainer.datamodule.attach_tokenizer(self.tokenizer)
-            trained = export_meta(self.spec.name_or_path).get("target")  # {} for a preset or hub id
+            meta = export_meta(self.spec.name_or_path)  # {} for a preset or hub id
+            trained = meta.get("target")
             target = getattr(self.trainer.datamodule, "target", None)
             if stage != "fit" and trained and target and trained != target:
                 print(f"taosr: warning: {self.spec.name_or_path} was trained with data.target: {trained}, and this "
                       f"evaluation prompts it with data.target: {target} (add --data.target {trained})", file=sys.stderr)
-            chat = export_meta(self.spec.name_or_path).get("use_chat_template")
+            chat = meta.get("use_chat_template")
             dm_chat = getattr(self.trainer.datamodule, "use_chat_template", None)
             if chat is not None and dm_chat is None and bool(getattr(self.tokenizer, "chat_template", None)) != chat:
                 self.trainer.datamodule.use_chat_template = chat  # prompted as it was trained
