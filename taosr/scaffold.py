@@ -20,6 +20,7 @@ byte-level BPE vocabularies); another tokenizer is refused in one line.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import torch
@@ -31,6 +32,25 @@ from taosr.eval.scores import DIRECT_PREFIX, split_continuations
 from taosr.labels import STEP_HEADINGS, STEP_KEYS
 
 _FORCE, _LINE, _TIER, _DONE = range(4)
+
+
+_TEXTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _token_texts(tokenizer) -> tuple[list[str], list[int]]:
+    """Each token's text and the special ids, once per tokenizer (a decode per vocabulary entry)."""
+    try:
+        hit = _TEXTS.get(tokenizer)
+    except TypeError:
+        hit = None
+    if hit is None or len(hit[0]) != len(tokenizer):
+        hit = ([tokenizer.decode([i]) for i in range(len(tokenizer))],
+               [i for i in getattr(tokenizer, "all_special_ids", []) if i is not None])
+        try:
+            _TEXTS[tokenizer] = hit
+        except TypeError:
+            pass
+    return hit
 
 
 class ScaffoldProcessor:
@@ -45,8 +65,7 @@ class ScaffoldProcessor:
             raise ConfigError("--scaffold: this tokenizer does not write each tier as one token after 'Label:'; "
                               "sample without --scaffold")
         self.label, self.tiers = list(shared), [t[0] for t in tails]
-        self.texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
-        self.special = [i for i in getattr(tokenizer, "all_special_ids", []) if i is not None]
+        self.texts, self.special = _token_texts(tokenizer)
         self.masks: dict | None = None  # built at the first call, as wide as the model's scores
         self.rows: list[dict] | None = None
 

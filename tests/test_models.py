@@ -219,3 +219,17 @@ def test_an_adapter_disabled_reference_without_lora_is_refused(tmp_path):
     mod._trainer = types.SimpleNamespace(datamodule=None)
     with pytest.raises(ConfigError, match=r"^model.init_args.reference: adapter_disabled needs a LoRA policy"):
         mod.setup("fit")
+
+
+def test_the_adapter_disabled_reference_is_checked_at_fit_only(tmp_path):
+    """Evaluation never uses the reference: `taosr test` of such a config on a merged export runs."""
+    import types
+
+    from taosr.methods.grpo import GRPOModule
+
+    spec = ModelSpec(name_or_path="micro", cache_dir=str(tmp_path / "c"), vocab_size=300)
+    model, tok = load_model_and_tokenizer(spec, corpus)
+    out = save_export(model, tok, str(tmp_path / "export"), merge_lora=True)
+    mod = GRPOModule(model=ModelSpec(name_or_path=out), export_dir=None, beta=0.04, reference="adapter_disabled")
+    mod._trainer = types.SimpleNamespace(datamodule=None)
+    mod.setup("test")  # was refused

@@ -522,3 +522,44 @@ def test_a_fit_that_ends_its_epochs_resumes_with_the_next_epoch(tmp_path, cache_
     assert tr2.global_step == 6
     assert res_log.first_ids == full_log.first_ids[3:]
     _assert_same_weights(full, resumed)
+
+
+class StopAtBatch(pl.Callback):
+    """Asks the trainer to stop (as max_time or an early-stopping rule does) after batch ``n``."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx + 1 == self.n:
+            trainer.should_stop = True
+
+
+def test_a_stop_inside_a_window_of_accumulated_batches_resumes_at_the_windows_start(tmp_path, cache_dir):
+    """A stop (max_time, should_stop) after batch 3 of windows of 2: batch 3's gradients are not in the
+    checkpoint, so the resume redoes it; the two legs equal one run (constant schedule)."""
+    kw = dict(scheduler="constant", accumulate_grad_batches=2)
+    full, tr1, full_log = run(str(tmp_path / "full"), cache_dir, 4, **kw)
+    _, first, _ = run(str(tmp_path / "part"), cache_dir, 4, extra=[StopAtBatch(3)], **kw)
+    assert first.global_step == 1
+    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, 4, ckpt=str(tmp_path / "part" / "ckpt" / "last.ckpt"),
+                                **kw)
+    assert tr2.global_step == 4 and res_log.first_ids == full_log.first_ids[2:]
+    assert tr2.fit_loop.epoch_loop._batches_that_stepped == tr1.fit_loop.epoch_loop._batches_that_stepped
+    _assert_same_weights(full, resumed)
+
+
+def test_an_epoch_a_curriculum_shortened_is_saved_as_ended(tmp_path, cache_dir):
+    """The curriculum's epoch ends when the loader runs dry, with is_last_batch still False: a fit that
+    reached max_epochs there is a finished epoch, not a stop inside one."""
+    cur = Curriculum(stages=[CurriculumStage(max_difficulty=0.5)])  # 12 of 40 prompts: 3 batches an epoch
+    full, _, full_log = run(str(tmp_path / "full"), cache_dir, -1, max_epochs=2, scheduler="constant",
+                            curriculum=Curriculum(stages=[CurriculumStage(max_difficulty=0.5)]))
+    run(str(tmp_path / "part"), cache_dir, -1, max_epochs=1, scheduler="constant", curriculum=cur)
+    last = str(tmp_path / "part" / "ckpt" / "last.ckpt")
+    ep = torch.load(last, map_location="cpu", weights_only=False)["loops"]["fit_loop"]["epoch_progress"]["current"]
+    assert ep["completed"] == 1
+    resumed, tr2, res_log = run(str(tmp_path / "part"), cache_dir, -1, max_epochs=2, scheduler="constant", ckpt=last,
+                                curriculum=Curriculum(stages=[CurriculumStage(max_difficulty=0.5)]))
+    assert res_log.first_ids == full_log.first_ids[3:]
+    _assert_same_weights(full, resumed)

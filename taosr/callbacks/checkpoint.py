@@ -164,22 +164,27 @@ def _as_saved_after_last_step(checkpoint: dict[str, Any], kept: int | None = Non
         state["_batches_that_stepped"] -= 1  # Lightning's restore adds one for the (stepping) batch kept last
 
 
-def _as_saved_inside_the_epoch(checkpoint: dict[str, Any]) -> None:
+def _as_saved_inside_the_epoch(checkpoint: dict[str, Any], data_left: bool = True, kept: int | None = None) -> None:
     """A fit stopped inside an epoch (``max_steps``, ``max_time``, ``trainer.should_stop``) ends that
     epoch in Lightning's loop: its epoch-end hooks run and the epoch counts as done, so a resume with
     a larger ``max_steps`` would start the next epoch and never see the rest of this one (with
     ``max_epochs: 1``, SFT's default, it would train nothing). Written instead as the checkpoint of
-    the last step's ``on_train_batch_end``, which resumes inside the epoch (``_resume_skip``)."""
+    the last step's ``on_train_batch_end``, which resumes inside the epoch (``_resume_skip``).
+
+    ``data_left``: the epoch's loader was not exhausted (an epoch a curriculum shortened ends on the
+    loader's StopIteration with ``is_last_batch`` still False: that is an end). ``kept``: as in
+    :func:`_as_saved_after_last_step`, for a stop inside a window of accumulated batches."""
     loop = checkpoint.get("loops", {}).get("fit_loop")
     if not loop or "epoch_progress" not in loop or "epoch_loop.batch_progress" not in loop:
         return
     bp, ep = loop["epoch_loop.batch_progress"], loop["epoch_progress"]
-    if bp["is_last_batch"] or bp["current"]["processed"] == 0 or ep["current"]["processed"] < ep["current"]["started"]:
+    if not data_left or bp["is_last_batch"] or bp["current"]["processed"] == 0 \
+            or ep["current"]["processed"] < ep["current"]["started"]:
         return  # the epoch ran to its end, or none of it ran, or it is still open (Lightning's own form)
     for part in ("total", "current"):
         ep[part]["processed"] = ep[part]["completed"] = ep[part]["started"] - 1
     checkpoint["epoch"] = ep["current"]["completed"]
-    _as_saved_after_last_step(checkpoint)
+    _as_saved_after_last_step(checkpoint, kept)
 
 
 class _BatchStart(pl.Callback):
@@ -277,7 +282,9 @@ class Checkpoint(ModelCheckpoint):
             stepped = trainer.global_step != self._window_step
             _as_saved_after_last_step(checkpoint, kept=None if stepped else self._window_done)
         else:
-            _as_saved_inside_the_epoch(checkpoint)
+            fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+            _as_saved_inside_the_epoch(checkpoint, data_left=not getattr(fetcher, "done", False),
+                                       kept=self._window_done if self._mid_window else None)
 
     @property
     def _redo(self) -> bool:

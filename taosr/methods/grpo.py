@@ -63,8 +63,8 @@ class GRPOModule(RelevanceModule):
         super().setup(stage)
         if self.hparams.disable_dropout:  # rollouts sample in eval mode: the update must score that policy
             disable_dropout(self.model)
-        if self.hparams.beta > 0 and self.hparams.reference == "adapter_disabled" and not hasattr(self.model,
-                                                                                            "disable_adapter"):
+        if stage == "fit" and self.hparams.beta > 0 and self.hparams.reference == "adapter_disabled" \
+                and not hasattr(self.model, "disable_adapter"):
             raise ConfigError(f"{KEY}.reference: adapter_disabled needs a LoRA policy (model.lora), and this one has "
                               "no adapter (reference: auto or copy keeps a frozen copy)")
         if self.hparams.beta > 0 and self.ref_model is None and not self._is_peft():
