@@ -95,13 +95,12 @@ def test_verifier_reduces_gold_annotation_to_its_conclusion():
     assert step_matches("query", "running shoes; colour black; brand not nike", "running shoes; brand not nike; colour black")
 
 
-def test_verifier_reads_full_width_text_and_counts_repeated_facts():
-    """Full-width letters and separators (NFKC) read as ASCII; a fact written twice is not the gold's
-    one fact (a set compare passed it)."""
+def test_verifier_reads_full_width_text():
+    """Full-width letters and separators (NFKC) read as ASCII (every fact failed); facts compare as a set."""
     from taosr.reasoning.verifier import step_matches
 
     gold = "running shoes (sports footwear); brand not nike"
     assert step_matches("query", "ｒｕｎｎｉｎｇ ｓｈｏｅｓ (sports footwear)； brand not nike ｜ why", gold)
     assert step_matches("query", "running shoes (sports footwear); brand not nike", gold)
-    assert not step_matches("query", "running shoes (sports footwear); brand not nike; brand not nike", gold)
+    assert step_matches("query", "running shoes (sports footwear); brand not nike; brand not nike", gold)  # a set
     assert step_matches("category", "hammer vs sofa => ｅｘａｃｔ", "x vs x => exact")  # the conclusion only
