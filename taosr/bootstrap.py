@@ -591,13 +591,11 @@ def reason_main(argv: list[str]) -> int:
         if good:
             print(f"taosr: continuing {a.out}: round {rnd}: {len(good)} of {len(left)} pairs already sampled")
         if model is None:
-            from taosr.models.factory import load_for_inference
+            from taosr.models.factory import load_for_inference, note_chat_template
 
             model, tok = load_for_inference(teacher)
             chat = teacher_chat_template(teacher)
-            if chat is not None and bool(getattr(tok, "chat_template", None)) != chat:
-                print(f"taosr: {teacher} was trained with data.use_chat_template: {str(chat).lower()}: prompting it alike",
-                      file=sys.stderr)
+            note_chat_template(teacher, tok, chat)
         from taosr.eval.generation import GenerationSpec
 
         gspec = GenerationSpec(max_new_tokens=a.max_new_tokens, do_sample=True, temperature=a.temperature,

@@ -222,7 +222,7 @@ def sample_main(argv: list[str]) -> int:
 
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.data.synth import SynthConfig
-    from taosr.models.factory import export_meta, load_for_inference
+    from taosr.models.factory import export_meta, load_for_inference, note_chat_template
 
     paths = {"train": a.data if a.split == "train" else None, "val": a.data if a.split == "val" else None,
              "test": a.data if a.split == "test" else None}
@@ -295,13 +295,6 @@ def sample_main(argv: list[str]) -> int:
     print(f"sampled {len(new)} prompts x {a.n} in {time.perf_counter() - t0:.1f}s -> {a.out}")
     _summary(list(everything.values()), a.n, a.out)
     return 0
-
-
-def note_chat_template(model: str, tokenizer, chat: bool | None) -> None:
-    """Say so when an export's recorded ``data.use_chat_template`` is not what its tokenizer would do."""
-    if chat is not None and bool(getattr(tokenizer, "chat_template", None)) != chat:
-        print(f"taosr: {model} was trained with data.use_chat_template: {str(chat).lower()}: prompting it alike",
-              file=sys.stderr)
 
 
 def _finish(out: str, rows: dict[int, dict], leftovers: tuple[str, ...], rewrite: bool = True) -> None:

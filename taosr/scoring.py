@@ -212,7 +212,7 @@ def score_main(argv: list[str]) -> int:
     import dataclasses
 
     reader = dataclasses.replace(reader_spec(a, a.file), path=None)  # the DataModule names the file
-    from taosr.models.factory import export_meta
+    from taosr.models.factory import export_meta, note_chat_template
 
     # the prompt the model was trained with: --target; --direct reads the label slot of the label prompt;
     # else what the export recorded (a label-only model is prompted as it was trained), else reasoning
@@ -228,8 +228,6 @@ def score_main(argv: list[str]) -> int:
     if not examples:
         raise TaosrError(f"{a.file}: no pairs to score")
     model, tok = load_model(a.model)
-    from taosr.sampling import note_chat_template
-
     note_chat_template(a.model, tok, chat)
     dm.attach_tokenizer(tok)
 

@@ -206,8 +206,9 @@ def test_model_settings_a_loaded_model_would_ignore_are_refused(tmp_path):
         load_model_and_tokenizer(ModelSpec(name_or_path=merged, config_overrides={"num_hidden_layers": 6}))
 
 
-def test_an_adapter_disabled_reference_without_lora_is_refused(tmp_path):
-    """reference: adapter_disabled on a policy without an adapter quietly kept a full frozen copy."""
+def test_an_adapter_disabled_reference_without_lora_is_refused_at_fit(tmp_path):
+    """reference: adapter_disabled on a policy without an adapter quietly kept a full frozen copy; at fit
+    it is refused, while an evaluation (which never uses the reference) runs."""
     import types
 
     from taosr.methods.grpo import GRPOModule
@@ -215,21 +216,11 @@ def test_an_adapter_disabled_reference_without_lora_is_refused(tmp_path):
     spec = ModelSpec(name_or_path="micro", cache_dir=str(tmp_path / "c"), vocab_size=300)
     model, tok = load_model_and_tokenizer(spec, corpus)
     out = save_export(model, tok, str(tmp_path / "export"), merge_lora=True)
-    mod = GRPOModule(model=ModelSpec(name_or_path=out), export_dir=None, beta=0.04, reference="adapter_disabled")
-    mod._trainer = types.SimpleNamespace(datamodule=None)
-    with pytest.raises(ConfigError, match=r"^model.init_args.reference: adapter_disabled needs a LoRA policy"):
-        mod.setup("fit")
-
-
-def test_the_adapter_disabled_reference_is_checked_at_fit_only(tmp_path):
-    """Evaluation never uses the reference: `taosr test` of such a config on a merged export runs."""
-    import types
-
-    from taosr.methods.grpo import GRPOModule
-
-    spec = ModelSpec(name_or_path="micro", cache_dir=str(tmp_path / "c"), vocab_size=300)
-    model, tok = load_model_and_tokenizer(spec, corpus)
-    out = save_export(model, tok, str(tmp_path / "export"), merge_lora=True)
-    mod = GRPOModule(model=ModelSpec(name_or_path=out), export_dir=None, beta=0.04, reference="adapter_disabled")
-    mod._trainer = types.SimpleNamespace(datamodule=None)
-    mod.setup("test")  # was refused
+    for stage in ("test", "fit"):
+        mod = GRPOModule(model=ModelSpec(name_or_path=out), export_dir=None, beta=0.04, reference="adapter_disabled")
+        mod._trainer = types.SimpleNamespace(datamodule=None)
+        if stage == "test":
+            mod.setup("test")  # was refused
+            continue
+        with pytest.raises(ConfigError, match=r"^model.init_args.reference: adapter_disabled needs a LoRA policy"):
+            mod.setup("fit")

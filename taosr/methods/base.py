@@ -15,7 +15,7 @@ import torch
 
 from taosr.errors import ConfigError
 from taosr.eval.generation import GenerationSpec, decode_completions, generate_ids, make_record, write_eval_outputs
-from taosr.models.factory import ModelSpec, export_meta, load_model_and_tokenizer, save_export
+from taosr.models.factory import ModelSpec, export_meta, load_model_and_tokenizer, note_chat_template, save_export
 from taosr.registry import Registry
 from taosr.serialization import register_safe_globals
 
@@ -94,11 +94,9 @@ class RelevanceModule(pl.LightningModule):
                 print(f"taosr: warning: {self.spec.name_or_path} was trained with data.target: {trained}, and this "
                       f"evaluation prompts it with data.target: {target} (add --data.target {trained})", file=sys.stderr)
             chat = meta.get("use_chat_template")
-            dm_chat = getattr(self.trainer.datamodule, "use_chat_template", None)
-            if chat is not None and dm_chat is None and bool(getattr(self.tokenizer, "chat_template", None)) != chat:
+            if getattr(self.trainer.datamodule, "use_chat_template", None) is None and note_chat_template(
+                    self.spec.name_or_path, self.tokenizer, chat, " (set data.use_chat_template to choose)"):
                 self.trainer.datamodule.use_chat_template = chat  # prompted as it was trained
-                print(f"taosr: {self.spec.name_or_path} was trained with data.use_chat_template: {str(chat).lower()}: "
-                      "prompting it alike (set data.use_chat_template to choose)", file=sys.stderr)
 
     @property
     def run_dir(self) -> str:

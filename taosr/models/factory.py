@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -265,6 +266,16 @@ def export_meta(path: str) -> dict:
         return {}
     return meta if isinstance(meta, dict) else {}
 
+
+
+def note_chat_template(model: str, tokenizer, chat: bool | None, hint: str = "") -> bool:
+    """Whether an export's recorded ``data.use_chat_template`` (``chat``; None: none recorded) is not
+    what its tokenizer would do by default; if so, says that it is prompted as it was trained."""
+    if chat is None or bool(getattr(tokenizer, "chat_template", None)) == chat:
+        return False
+    print(f"taosr: {model} was trained with data.use_chat_template: {str(chat).lower()}: prompting it alike{hint}",
+          file=sys.stderr)
+    return True
 
 def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True, meta: dict | None = None) -> str:
     """Write a Hugging Face folder (model + tokenizer). A peft model is saved merged (a deep copy
