@@ -38,6 +38,7 @@ from taosr.labels import TIER_NAMES
 
 # Bump when the generator's output changes: cached synthetic splits are keyed by it.
 SYNTH_VERSION = 4
+DECISION_STEPS = ("category", "attribute", "judgment")  # steps that state evidence, then "=>"
 
 DEFAULT_TYPE_WEIGHTS = {"category": 0.12, "brand": 0.14, "attribute": 0.14, "negation": 0.15,
                         "alternative": 0.15, "qa": 0.15, "knowledge": 0.15}
@@ -68,6 +69,10 @@ class SynthConfig:
     # In the "heldout" regime: the share of training queries that are annotated (module docstring).
     train_annotation_share: float = 0.5
     annotation_regime: str = "shared"  # shared | heldout (module docstring)
+    # Annotate the decision steps (category, attribute, judgment) with their whole gold text,
+    # evidence first (``a vs b; x vs y => exact``) instead of the bare conclusion: the offline
+    # verifier then checks a step's evidence too (taosr.reasoning.verifier), in every split.
+    annotate_evidence: bool = False
 
 
 @dataclass(frozen=True)
@@ -517,6 +522,9 @@ def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
             item.price = _price(rng, item)
             tiers_done.add(tier)
             out[split].append(to_example(q, item, rng, cfg.attributes_field_share, f"{split}-{len(out[split])}"))
+    if cfg.annotate_evidence:
+        for ex in (e for rows in out.values() for e in rows):
+            ex.annotations = {k: (ex.steps[k] if k in DECISION_STEPS else v) for k, v in ex.annotations.items()}
     if cfg.annotation_regime == "heldout":
         for ex in out["train"]:
             if not annotated_query(ex.query, cfg):

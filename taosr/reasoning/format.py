@@ -54,6 +54,17 @@ def conclusion(content: str) -> str:
     return normalize(head)
 
 
+def evidence(content: str) -> frozenset[str] | None:
+    """The evidence a step states before its conclusion (``hammer vs sofa; tools vs furniture =>
+    different`` gives ``{"hammer vs sofa", "tools vs furniture"}``): the ``;``-separated parts
+    before the last ``=>`` of the text before ``|``, each normalised, as a set (their order is not
+    part of the claim). None when the step states no evidence (no ``=>``)."""
+    head = unicodedata.normalize("NFKC", content).split("|", 1)[0]
+    if "=>" not in head:
+        return None
+    return frozenset(p for p in (normalize(x) for x in head.rsplit("=>", 1)[0].split(";")) if p)
+
+
 def render_step(key: str, content: str) -> str:
     return f"{STEP_HEADINGS[key]}: {content}"
 

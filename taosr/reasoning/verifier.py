@@ -4,15 +4,20 @@ A step is *covered* when the example has a gold conclusion for it. A covered ste
 when the completion has the step and its conclusion equals the gold one after normalisation;
 for the query and item steps (``category; fact; fact``) the first element must match exactly
 and the remaining facts as a set (order-insensitive). Uncovered steps get ``None``
-(the GRM judges them); a covered step missing from a malformed completion gets 0.0. Only the
-conclusion is compared: a step's evidence (``hammer vs sofa => exact``) is not checked.
+(the GRM judges them); a covered step missing from a malformed completion gets 0.0.
+
+The verifier checks what the annotation states. An annotation that is a bare conclusion
+(``exact``) checks the conclusion only: the step's evidence (``hammer vs sofa => exact``) may be
+anything. An annotation that is a whole decision step, evidence first (``hammer vs hammer; tools vs
+tools => exact``), checks the evidence too: the step must state the same evidence parts (a set:
+their order is free) before its ``=>``, so a right conclusion reached from wrong evidence is wrong.
 """
 from __future__ import annotations
 
 import torch
 
 from taosr.labels import STEP_KEYS
-from taosr.reasoning.format import ParsedReasoning, conclusion
+from taosr.reasoning.format import ParsedReasoning, conclusion, evidence
 
 FACT_STEPS = ("query", "item")
 
@@ -25,11 +30,19 @@ def _facts(text: str) -> tuple[str, frozenset]:
     return (parts[0] if parts else ""), frozenset(parts[1:])
 
 
-def step_matches(key: str, predicted: str, gold: str) -> bool:
+def step_matches(key: str, predicted: str, gold: str, *, check_evidence: bool = False) -> bool:
+    """Whether ``predicted``'s conclusion equals ``gold``'s; with ``check_evidence``, also its
+    evidence when ``gold`` states evidence (``... => conclusion``; a bare gold conclusion checks
+    the conclusion only)."""
     p, g = conclusion(predicted), conclusion(gold)
     if key in FACT_STEPS:
-        return _facts(p) == _facts(g)
-    return p == g
+        same = _facts(p) == _facts(g)
+    else:
+        same = p == g
+    if same and check_evidence:
+        want = evidence(gold)
+        return want is None or evidence(predicted) == want
+    return same
 
 
 def verify_steps(parsed: ParsedReasoning, annotations: dict[str, str] | None) -> dict[str, float | None]:
@@ -41,7 +54,7 @@ def verify_steps(parsed: ParsedReasoning, annotations: dict[str, str] | None) ->
         elif k not in parsed.steps:
             out[k] = 0.0
         else:
-            out[k] = 1.0 if step_matches(k, parsed.steps[k], ann[k]) else 0.0
+            out[k] = 1.0 if step_matches(k, parsed.steps[k], ann[k], check_evidence=True) else 0.0
     return out
 
 
