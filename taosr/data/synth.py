@@ -22,6 +22,9 @@ Annotation regimes (``annotation_regime``) say which gold reasoning of the train
   annotations, used by SFT, the GRM and as RL prompts) and an unannotated rest (no gold steps, no
   annotations: RL prompts only). The steps the verifier cannot see are then absent from SFT and
   GRM training too, so the GRM's judgement of them is tested, not recalled.
+
+Annotations are bare conclusions (``exact``) unless ``annotate_evidence`` is set: then the decision
+steps are annotated with their whole gold text, evidence first, and the verifier checks both.
 """
 from __future__ import annotations
 
