@@ -19,20 +19,21 @@ from taosr.reasoning.targets import get_target
 
 def training_samples(dm, rows: list[dict], view: str) -> list[dict]:
     """The rows of a samples file (``dm.samples_path``) that may be trained on: their example is in
-    the DataModule's training split (matched by query and item title, the key rejection sampling
-    uses) and their ``split`` field, where present, is ``train``. Samples of validation or test
-    prompts (``taosr sample --split test``) or of other data (another synthetic size) would put
-    held-out examples into training. One line says how many rows were left out and why; a file
-    with no row left is refused (ConfigError naming it)."""
-    from taosr.data.hooks import _key
+    the DataModule's training split (matched by id, query and item title, or by query and title
+    for a row without an id: :class:`taosr.data.samples.ExampleIndex`, which refuses a fallback
+    that names several examples) and their ``split`` field, where present, is ``train``. Samples of
+    validation or test prompts (``taosr sample --split test``) or of other data (another synthetic
+    size) would put held-out examples into training. One line says how many rows were left out and
+    why; a file with no row left is refused (ConfigError naming it)."""
+    from taosr.data.samples import ExampleIndex
 
-    train = {_key(ex) for ex in dm.splits["train"]}
+    train = ExampleIndex(dm.splits["train"], f"data.samples_path: {dm.samples_path}")
     kept, other_split, outside = [], Counter(), 0
-    for row in rows:
+    for n, row in enumerate(rows, 1):
         split = row.get("split")
         if split is not None and split != "train":
             other_split[str(split)] += 1
-        elif _key(row["example"]) not in train:
+        elif train.find(row["example"], f"sampled prompt {n}") is None:
             outside += 1
         else:
             kept.append(row)

@@ -1,7 +1,15 @@
 """The samples file written by ``taosr sample`` (offline pass@N results), read by DPO pairs,
 rejection / diverse sampling and the GRM view: one JSON object per prompt with ``example``,
-``samples`` (each ``text``, ``correct``, ...) and ``pass_rate``."""
+``samples`` (each ``text``, ``correct``, ...) and ``pass_rate``.
+
+A row's example is matched to the data's by :class:`ExampleIndex`: by its ``id`` (``taosr sample``
+embeds the example, id included) together with its query and item title, so two examples that
+share a query and title are told apart and another data set's ``train-0`` is not this one's; a
+row without an id (a file from elsewhere, or data without ids) falls back to (query, title), and
+is refused when that names several examples."""
 from __future__ import annotations
+
+from collections import defaultdict
 
 from taosr.errors import ConfigError, DataError
 from taosr.schema import iter_jsonl, validate_row
@@ -33,3 +41,30 @@ def load_samples(path: str, target: str | None = None) -> list[dict]:
             raise ConfigError(f"data.samples_path: {path} was sampled with --target {drawn}, but "
                               f"data.target is {target}; sample the policy with --target {target}")
     return rows
+
+
+class ExampleIndex:
+    """Finds the example of ``examples`` a samples row was drawn from (:meth:`find`): by id, query
+    and item title when the row's example has an id; else, as a fallback, by query and title
+    alone, refusing a pair that names more than one example (their samples would be mixed up)."""
+
+    def __init__(self, examples, path: str = "data.samples_path"):
+        self.path = path
+        self.by_id: dict[tuple, object] = {}
+        self.by_text: dict[tuple, list] = defaultdict(list)
+        for ex in examples:
+            if ex.id is not None:
+                self.by_id[(ex.id, ex.query, ex.item.title)] = ex
+            self.by_text[(ex.query, ex.item.title)].append(ex)
+
+    def find(self, ex, where: str | None = None):
+        """The indexed example ``ex`` names, or None when there is none."""
+        if ex.id is not None:
+            return self.by_id.get((ex.id, ex.query, ex.item.title))
+        found = self.by_text.get((ex.query, ex.item.title), [])
+        if len(found) > 1:
+            ids = ", ".join(repr(e.id) for e in found[:4]) + (", ..." if len(found) > 4 else "")
+            raise ConfigError(f"{self.path}{f' ({where})' if where else ''}: a sampled example without an id, query "
+                              f"{ex.query!r} and title {ex.item.title!r}, matches {len(found)} examples (ids {ids}); "
+                              "give the data ids and sample it again with `taosr sample` (it records them)")
+        return found[0] if found else None
