@@ -5,7 +5,9 @@ for another example's conclusion of the same step with probability ``corrupt_pro
 clean and some corrupted rows per example), verdict "wrong" exactly where the conclusion changed;
 and (b) policy samples from ``data.samples_path`` labelled by the offline verifier, as
 ``data.grm_samples`` (:class:`GRMSamples`) says: ``steps: all`` (default) uses a sample only when the
-verifier covers all five of its steps; ``steps: covered`` uses every covered step of every distinct
+verifier covers all five of its steps (few where examples are annotated step by step: 40 of the
+quick start's 2400 samples; the view's line counts the samples left unused and why, and what
+``covered`` would use); ``steps: covered`` uses every covered step of every distinct
 sample (an uncovered step carries no loss), ``balance`` evens out right and wrong verdicts per step
 (policy samples are mostly right: without it the GRM learns to say "right"), ``copies`` repeats the
 policy rows against the gold rows, and ``holdout`` keeps a share of the sampled queries out of
@@ -17,6 +19,7 @@ scorer fits it (:func:`collate_grm`).
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 from taosr.errors import ConfigError
@@ -69,14 +72,37 @@ def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple
             steps, verdicts = corrupt_steps(ex, pool, rng, corrupt_prob)
             rows.append((ex, steps, verdicts))
     if spec.balance:
+        before = len(train_rows)
         train_rows = balance_verdicts(train_rows, random.Random(dm.seed + 1))
-    if spec.steps == "covered" or spec.holdout:  # (only with data.samples_path: refused otherwise)
-        n = sum(v is not None for _, _, vs in train_rows for v in vs.values())
-        print(f"taosr: GRM view: {len(train_rows)} policy samples ({n} verified step verdicts"
-              f"{', balanced' if spec.balance else ''}) x {spec.copies} beside {len(rows)} gold rows"
-              + (f"; {len(val_rows)} samples of {len(held)} held-out queries for validation, their "
-                 f"{len(gold5) - len(train)} training examples held out of the gold rows too" if spec.holdout else ""))
+        unbalanced = before - len(train_rows)
+    if dm.samples_path:
+        print(policy_line(spec, _policy_data(dm)[3], train_rows, val_rows, len(rows),
+                          unbalanced if spec.balance else 0, len(held), len(gold5) - len(train)))
     return rows + train_rows * spec.copies
+
+
+def policy_line(spec: GRMSamples, counts: Counter, train_rows: list, val_rows: list, n_gold: int,
+                unbalanced: int, n_held: int, n_held_examples: int) -> str:
+    """The GRM view's one line on the policy samples: how many sampled completions became rows,
+    how many did not and why (nothing of the samples file is left unused unsaid)."""
+    read = counts["read"]
+    used = read - sum(counts[k] for k in ("not all five steps covered", "repeats", "no covered step"))
+    why = [f"{counts[k]} {k}" for k in ("not all five steps covered", "repeats", "no covered step") if counts[k]]
+    line = (f"taosr: GRM view: policy samples (steps: {spec.steps}): {used} of {read} sampled completions "
+            f"({counts['used_prompts']} of {counts['prompts']} training prompts) used")
+    if why:
+        line += f"; {read - used} unused: {', '.join(why)}"
+        if spec.steps == "all" and counts["not all five steps covered"]:
+            line += (f" by the verifier (`--data.grm_samples.steps covered` would use {counts['covered_would_use']} "
+                     "distinct samples, each on its covered steps)")
+    n = sum(v is not None for _, _, vs in train_rows for v in vs.values())
+    line += (f"; {len(train_rows)} training rows ({n} verified step verdicts"
+             + (f", balanced: {unbalanced} rows left with no verdict dropped" if spec.balance else "")
+             + f") x {spec.copies} beside {n_gold} gold rows")
+    if spec.holdout:
+        line += (f"; {len(val_rows)} samples of {n_held} held-out queries for validation, their "
+                 f"{n_held_examples} training examples held out of the gold rows too")
+    return line
 
 
 STEP_RULES = ("all", "covered")
@@ -108,29 +134,39 @@ class GRMSamples:
             raise ConfigError(f"data.grm_samples.holdout: must be in [0, 1), got {h!r}")
 
 
-def policy_rows(samples, spec: GRMSamples) -> list[tuple]:
+def policy_rows(samples, spec: GRMSamples, counts: Counter | None = None) -> list[tuple]:
     """(example, steps, verdicts) of the policy samples (a samples file's path, or its rows),
     verdicts True/False where the offline verifier covers a step and None elsewhere
-    (``steps: covered``), or of fully covered samples only (``steps: all``)."""
+    (``steps: covered``), or of fully covered samples only (``steps: all``). ``counts``, when
+    given, is told how many sampled completions were read (``read``) and why those left unused
+    were: ``not all five steps covered`` (``steps: all``: also a sample missing a step), ``repeats``
+    and ``no covered step`` (``steps: covered``)."""
     from taosr.data.samples import load_samples
     from taosr.reasoning.verifier import verify_steps
 
+    counts = Counter() if counts is None else counts
     out = []
     for row in load_samples(samples) if isinstance(samples, str) else samples:
         ex, seen = row["example"], set()
         for s in row["samples"]:
+            counts["read"] += 1
             p = parse_reasoning(s["text"])
             v = verify_steps(p, ex.annotations)
             if spec.steps == "all":
                 if all(v[k] is not None for k in STEP_KEYS) and not p.missing_steps:
                     out.append((ex, p.steps, {k: v[k] >= 0.5 for k in STEP_KEYS}))
+                else:
+                    counts["not all five steps covered"] += 1
                 continue
             if s["text"] in seen:
+                counts["repeats"] += 1
                 continue
             seen.add(s["text"])
             verdicts = {k: (None if v[k] is None or k not in p.steps else v[k] >= 0.5) for k in STEP_KEYS}
             if any(x is not None for x in verdicts.values()):
                 out.append((ex, p.steps, verdicts))
+            else:
+                counts["no covered step"] += 1
     return out
 
 
@@ -150,16 +186,18 @@ def policy_split(rows: list[tuple], spec: GRMSamples, seed: int) -> tuple[list[t
     return [r for r in rows if id(r) not in held], val
 
 
-def _policy_data(dm) -> tuple[list[tuple], list[tuple], set[str]]:
-    """(training policy rows, validation policy rows, held-out queries) of the DataModule's samples
-    file, read once and kept on ``dm``. Only the samples of training examples are read
+def _policy_data(dm) -> tuple[list[tuple], list[tuple], set[str], Counter]:
+    """(training policy rows, validation policy rows, held-out queries, counts) of the DataModule's
+    samples file, read once and kept on ``dm``. Only the samples of training examples are read
     (:func:`taosr.data.pairs.training_samples`: another split's would leak into training); the
-    held-out queries are those of the file's examples that :func:`held_out_query` picks."""
+    held-out queries are those of the file's examples that :func:`held_out_query` picks. ``counts``:
+    :func:`policy_rows`'s, with ``prompts`` (training prompts read), ``used_prompts`` and, under
+    ``steps: all``, ``covered_would_use`` (the rows ``steps: covered`` would make of the same file)."""
     if not dm.samples_path:
         if dm.grm_samples != GRMSamples():
             raise ConfigError("data.grm_samples is set but data.samples_path is not: point it at the policy "
                               "samples of `taosr sample`")
-        return [], [], set()
+        return [], [], set(), Counter()
     from taosr.data.pairs import training_samples
     from taosr.data.samples import load_samples
 
@@ -171,13 +209,18 @@ def _policy_data(dm) -> tuple[list[tuple], list[tuple], set[str]]:
         samples = training_samples(dm, load_samples(dm.samples_path), "GRM view")
         held = {r["example"].query for r in samples if spec.holdout and held_out_query(r["example"].query, dm.seed,
                                                                                         spec.holdout)}
-        cached = dm._grm_policy_split = (key, (*policy_split(policy_rows(samples, spec), spec, dm.seed), held))
+        counts = Counter(prompts=len(samples))
+        rows = policy_rows(samples, spec, counts)
+        counts["used_prompts"] = len({id(r[0]) for r in rows})
+        if spec.steps == "all":
+            counts["covered_would_use"] = len(policy_rows(samples, GRMSamples(steps="covered")))
+        cached = dm._grm_policy_split = (key, (*policy_split(rows, spec, dm.seed), held, counts))
     return cached[1]
 
 
 def policy_rows_split(dm) -> tuple[list[tuple], list[tuple]]:
     """The DataModule's policy rows, split into training and validation ones (read once, kept on ``dm``)."""
-    train, val, _ = _policy_data(dm)
+    train, val, _, _ = _policy_data(dm)
     return train, val
 
 
