@@ -15,21 +15,22 @@ from typing import Any
 from taosr.labels import LONG_TAIL_TYPES
 
 
-def _key(ex) -> tuple:
-    return (ex.query, ex.item.title)
-
-
-def _pass_rates(samples_path: str | None, target: str | None = None) -> dict[tuple, dict]:
+def _pass_rates(samples_path: str | None, rows: list, target: str | None = None) -> dict[int, dict]:
+    """Offline statistics of the examples of ``rows`` that ``samples_path`` sampled, keyed by
+    ``id(example)``: a samples row is matched to its example by id (with query and title), so two
+    examples sharing a query and a title keep their own statistics (:class:`ExampleIndex`)."""
     if not samples_path:
         return {}
-    from taosr.data.samples import load_samples
+    from taosr.data.samples import ExampleIndex, load_samples
 
-    out = {}
-    for row in load_samples(samples_path, target):
-        ex = row["example"]
+    index, out = ExampleIndex(rows, samples_path), {}
+    for i, row in enumerate(load_samples(samples_path, target)):
+        ex = index.find(row["example"], where=f"row {i + 1}")
+        if ex is None:
+            continue
         patterns = {(s.get("pred"), tuple(sorted((s.get("step_verdicts") or {}).items()))) for s in row["samples"]}
         labels = {s.get("pred") for s in row["samples"]}
-        out[_key(ex)] = {"pass_rate": row["pass_rate"], "n_patterns": len(patterns), "n_labels": len(labels)}
+        out[id(ex)] = {"pass_rate": row["pass_rate"], "n_patterns": len(patterns), "n_labels": len(labels)}
     return out
 
 
@@ -58,10 +59,10 @@ class RejectionSampling:
             from taosr.errors import ConfigError
 
             raise ConfigError("rejection sampling needs samples_path (output of `taosr sample`)")
-        rates = _pass_rates(path, getattr(dm, "target", None))
+        rates = _pass_rates(path, rows, getattr(dm, "target", None))
         kept, unsampled = [], 0
         for ex in rows:
-            s = rates.get(_key(ex))
+            s = rates.get(id(ex))
             if s is None:
                 unsampled += 1
             elif self.low < s["pass_rate"] < self.high:
@@ -136,12 +137,12 @@ class DiverseSampling:
         if not self.enabled:
             return rows
         by_disagreement = self.rank_by == "disagreement"
-        info = _pass_rates(dm.samples_path, getattr(dm, "target", None)) if by_disagreement else {}
+        info = _pass_rates(dm.samples_path, rows, getattr(dm, "target", None)) if by_disagreement else {}
         seed = self.draw_seed()
         rng = random.Random(seed)
         cells: dict[tuple, list] = defaultdict(list)
         for ex in rows:
-            s = info.get(_key(ex))
+            s = info.get(id(ex))
             score = (s["n_labels"], s["n_patterns"]) if s else (0, 0)
             cells[(ex.label, ex.query_type)].append((score, rng.random(), ex))
         for v in cells.values():
@@ -192,9 +193,9 @@ class Curriculum:
     def filter(self, rows: list, dm) -> list:
         if not self.enabled:
             return rows
-        info = _pass_rates(dm.samples_path, getattr(dm, "target", None))
+        info = _pass_rates(dm.samples_path, rows, getattr(dm, "target", None))
         st = self.stages[self.stage]
-        kept = [ex for ex in rows if difficulty(ex, info.get(_key(ex))) <= st.max_difficulty
+        kept = [ex for ex in rows if difficulty(ex, info.get(id(ex))) <= st.max_difficulty
                 and (not st.query_types or ex.query_type in st.query_types)]
         rule = f"difficulty <= {st.max_difficulty:g}" + (f", query types {', '.join(st.query_types)}" if st.query_types else "")
         if not kept:

@@ -1,0 +1,53 @@
+"""Rejection sampling, diverse sampling and the curriculum read each prompt's own offline pass
+rate: samples rows are matched to their example by id, not by (query, title) alone."""
+import dataclasses
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from taosr.data.hooks import Curriculum, CurriculumStage, RejectionSampling
+from taosr.errors import ConfigError
+from taosr.schema import Example, Item
+
+
+def _twins():
+    a = Example(query="hammer", item=Item(title="Stanley Hammer"), label=4, id="train-0")
+    b = dataclasses.replace(a, label=2, id="train-1", item=Item(title="Stanley Hammer", price=99.0))
+    return [a, b]
+
+
+def _samples(path, rows_rates, with_ids=True):
+    lines = []
+    for ex, rate in rows_rates:
+        d = ex.to_dict()
+        if not with_ids:
+            d.pop("id", None)
+        n_ok = int(rate * 4)
+        samples = [{"text": "Label: 1", "pred": ex.label if i < n_ok else 1, "correct": i < n_ok} for i in range(4)]
+        lines.append(json.dumps({"index": 0, "split": "train", "pass_rate": rate, "example": d, "samples": samples}))
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _dm(path):
+    return SimpleNamespace(samples_path=path, target="reasoning")
+
+
+def test_twins_sharing_query_and_title_keep_their_own_pass_rates(tmp_path):
+    rows = _twins()
+    path = _samples(tmp_path / "s.jsonl", [(rows[0], 0.5), (rows[1], 1.0)])  # the second is always solved
+    kept = RejectionSampling(enabled=True, low=0.0, high=1.0).filter(rows, _dm(path))
+    assert [ex.id for ex in kept] == ["train-0"]  # (query, title) keys gave both the last row's 1.0: none kept
+    cur = Curriculum(enabled=True, stages=[CurriculumStage(max_difficulty=0.25)])
+    assert [ex.id for ex in cur.filter(rows, _dm(path))] == ["train-1"]  # difficulty 0.5 vs 0.0
+
+
+def test_rows_without_ids_fall_back_to_query_and_title_and_refuse_twins(tmp_path):
+    rows = _twins()
+    one = [dataclasses.replace(rows[0], id=None)]
+    path = _samples(tmp_path / "s.jsonl", [(one[0], 0.5)], with_ids=False)
+    assert len(RejectionSampling(enabled=True).filter(one, _dm(path))) == 1
+    two = [dataclasses.replace(ex, id=None) for ex in rows]
+    with pytest.raises(ConfigError, match="matches 2 examples"):
+        RejectionSampling(enabled=True).filter(two, _dm(path))
