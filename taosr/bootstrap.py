@@ -5,7 +5,9 @@ Real relevance data has tiers but no reasoning; SFT on reasoning needs the five 
 them for each labelled pair, given the gold tier as a hint (rationalization, Zelikman et al. 2022,
 "STaR"). ``--n K`` samples per pair are drawn on the rollout engine
 (:class:`taosr.rl.engines.hf.HFEngine`: one prefill per prompt, CUDA graphs on GPU); the first
-sample that parses without a format error and whose label is the gold tier is kept.
+sample that parses without a format error, whose label is the gold tier and whose Judgment step
+names no other tier (:func:`judgment_tiers`; ``exact + satisfied => mismatch`` before ``Label: 4``
+is rejected, counted as a judgment mismatch; a free-form judgment naming no tier is kept) is kept.
 
 Teacher prompt (:data:`PROMPT_VERSION`), two styles:
 
@@ -39,7 +41,8 @@ Output (all beside ``OUT``):
 - ``OUT.unexplained.jsonl``: the pairs no sample explained, as read (nothing is lost), with
   ``provenance`` saying how often they were tried;
 - ``OUT.report.json``: yield (kept / pairs) per tier, per query type and per round, the share of
-  samples with a format error and of parsed samples with another label, pairs per second.
+  samples with a format error, of parsed samples with another label and of parsed samples with the
+  label whose judgment names another tier, pairs per second.
 
 ``--rounds R`` is STaR's outer loop: after round r a policy is fine-tuned (``taosr fit`` with
 ``--sft-config`` plus ``--config`` overlays and ``--fit-args``, from ``--model`` unless the overlays
@@ -54,6 +57,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -63,9 +67,9 @@ from typing import Callable, Iterable
 
 from taosr.cliargs import ArgumentParser, add_reader_options, options_given, reader_spec, refuse_greedy_settings
 from taosr.errors import ConfigError, DataError, TaosrError
-from taosr.labels import QUERY_TYPES, TIERS, tier_name
+from taosr.labels import NAME_TO_TIER, QUERY_TYPES, TIERS, tier_name
 from taosr.prompts import INSTRUCTION, apply_template, encode_prompt, policy_prompt_text
-from taosr.reasoning.format import parse_reasoning, render_reasoning
+from taosr.reasoning.format import conclusion, parse_reasoning, render_reasoning, tier_of
 from taosr.schema import Example, Item, append_jsonl
 
 PROMPT_VERSION = "reason-v1"
@@ -139,13 +143,36 @@ def teacher_chat_template(name_or_path: str) -> bool | None:
 
 
 # ----------------------------------------------------------------------------- choosing a sample
+# Which samples may be kept (recorded in every line's settings and the kept rows' provenance: a file
+# written under an earlier rule is sampled again, not mixed with this one's choices).
+SELECTION = "label+judgment"
+_TIER_WORD = re.compile(r"\b(" + "|".join(NAME_TO_TIER) + r")\b")
+
+
+def judgment_tiers(content: str) -> frozenset[int]:
+    """The tiers a Judgment step's conclusion names: each tier name (excellent, related, mismatch,
+    irrelevant) standing as a word in it, or the conclusion being a bare tier digit. The conclusion
+    is :func:`taosr.reasoning.format.conclusion`'s (after the last ``=>``, before `` | ``), so
+    ``exact + satisfied => mismatch`` names 2 and ``exact + satisfied => excellent | not related``
+    names 4. Negation is not read (``not related`` names 3); ``unrelated`` and ``mismatched`` are
+    other words. Empty for a free-form judgment that names no tier."""
+    c = conclusion(content)
+    digit = tier_of(c)
+    return frozenset({digit} if digit is not None else {NAME_TO_TIER[w] for w in _TIER_WORD.findall(c)})
+
+
 def pick_rationale(texts: list[str], gold: int) -> dict:
-    """The first of ``texts`` that parses without a format error and gives the ``gold`` tier.
+    """The first of ``texts`` that parses without a format error, gives the ``gold`` tier and whose
+    Judgment step names no other tier (:func:`judgment_tiers`: a judgment naming none is kept, one
+    naming another tier than the label, ``exact + satisfied => mismatch`` with ``Label: 4``, teaches
+    reasoning that contradicts its own label).
 
     Returns ``{"sample": j or None, "steps": {...} or None, "format_errors": n, "mismatches": m,
-    "error": first format error or None, "samples": len(texts)}``, counting every sample
-    (``mismatches``: parsed samples with another label)."""
-    out = {"sample": None, "steps": None, "format_errors": 0, "mismatches": 0, "error": None, "samples": len(texts)}
+    "judgment_mismatches": k, "error": first format error or None, "samples": len(texts)}``, counting
+    every sample once, under its first reason (``mismatches``: parsed samples with another label;
+    ``judgment_mismatches``: parsed samples with the gold label whose judgment names another tier)."""
+    out = {"sample": None, "steps": None, "format_errors": 0, "mismatches": 0, "judgment_mismatches": 0,
+           "error": None, "samples": len(texts)}
     for j, text in enumerate(texts):
         p = parse_reasoning(text)
         if p.format_error:
@@ -153,6 +180,8 @@ def pick_rationale(texts: list[str], gold: int) -> dict:
             out["error"] = out["error"] or p.error
         elif p.label != gold:
             out["mismatches"] += 1
+        elif judgment_tiers(p.steps["judgment"]) - {gold}:
+            out["judgment_mismatches"] += 1
         elif out["sample"] is None:
             out["sample"], out["steps"] = j, dict(p.steps)
     return out
@@ -163,7 +192,7 @@ def merge_tries(plain: dict, hinted: dict | None) -> dict:
     sample is numbered among all the pair's samples, plain ones first; counts add up."""
     if hinted is None:
         return {**plain, "hinted": False if plain["sample"] is not None else None}
-    out = {k: plain[k] + hinted[k] for k in ("format_errors", "mismatches", "samples")}
+    out = {k: plain.get(k, 0) + hinted.get(k, 0) for k in ("format_errors", "mismatches", "judgment_mismatches", "samples")}
     kept = hinted["sample"] is not None
     return {**out, "sample": plain["samples"] + hinted["sample"] if kept else None, "steps": hinted["steps"],
             "error": plain["error"] or hinted["error"], "hinted": True if kept else None}
@@ -287,6 +316,7 @@ def unexplained_row(ex: Example, tries: list[dict]) -> dict:
     prov = {"prompt_version": PROMPT_VERSION, "explained": False,
             "tries": [{"round": t["round"], "teacher": t["teacher"], "samples": t["samples"],
                        "format_errors": t["format_errors"], "mismatches": t["mismatches"],
+                       "judgment_mismatches": t.get("judgment_mismatches", 0),
                        "first_error": t["first_error"]} for t in tries]}
     return dataclasses.replace(ex, provenance=prov).to_dict()
 
@@ -313,7 +343,7 @@ def build_report(examples: list[Example], results: dict[int, dict[int, dict]], r
     for name, order in (("by_tier", tier_order), ("by_query_type", qt_order)):
         rep[name] = {k: {"pairs": p, "kept": k_, "yield": _share(k_, p)}
                      for k, (p, k_) in sorted(groups[name].items(), key=lambda kv: order.index(kv[0]))}
-    samples = fmt = mis = 0
+    samples = fmt = mis = jud = 0
     rep["rounds"] = []
     for meta in rounds:
         res = results.get(meta["round"], {})
@@ -322,19 +352,23 @@ def build_report(examples: list[Example], results: dict[int, dict[int, dict]], r
         hinted = sum(r["sample"] is not None and bool(r.get("hinted")) for r in res.values())
         f = sum(r["format_errors"] for r in res.values())
         m = sum(r["mismatches"] for r in res.values())
-        samples, fmt, mis = samples + drawn, fmt + f, mis + m
+        jm = sum(r.get("judgment_mismatches", 0) for r in res.values())
+        samples, fmt, mis, jud = samples + drawn, fmt + f, mis + m, jud + jm
         style = meta["settings"]["prompt_style"] + (", scaffold" if meta["settings"].get("scaffold") else "")
         rep["rounds"].append({"round": meta["round"], "teacher": meta["settings"]["teacher"],
                               "prompt_style": style, "pairs": len(res), "kept": kept,
                               "yield": _share(kept, len(res)), "kept_with_hint": hinted, "samples": drawn,
                               "format_error_rate": _share(f, drawn),
                               "label_mismatch_rate": _share(m, drawn - f),
+                              "judgment_mismatches": jm, "judgment_mismatch_rate": _share(jm, drawn - f),
                               "pairs_sampled_now": meta.get("pairs_sampled_now", 0),
                               "seconds": round(meta.get("seconds", 0.0), 2),
                               "pairs_per_s": _share(meta.get("pairs_sampled_now", 0), meta.get("seconds", 0.0))})
     rep["samples"] = samples
     rep["format_error_rate"] = _share(fmt, samples)
     rep["label_mismatch_rate"] = _share(mis, samples - fmt)
+    rep["judgment_mismatches"] = jud
+    rep["judgment_mismatch_rate"] = _share(jud, samples - fmt)
     return rep
 
 
@@ -344,18 +378,20 @@ def format_report(rep: dict, out: str) -> str:
 
     lines = [f"{out}: kept {rep['kept']} of {rep['pairs']} pairs (yield {pct(rep['yield']).strip()}), "
              f"{rep['unexplained']} unexplained; samples with a format error {pct(rep['format_error_rate']).strip()}, "
-             f"parsed samples with another label {pct(rep['label_mismatch_rate']).strip()}"]
+             f"parsed samples with another label {pct(rep['label_mismatch_rate']).strip()}, "
+             f"with the label but a judgment naming another tier {pct(rep.get('judgment_mismatch_rate')).strip()}"]
     lines.append("tier            pairs   kept   yield")
     for t, g in rep["by_tier"].items():
         lines.append(f"  {t} {tier_name(int(t)):<11} {g['pairs']:6d} {g['kept']:6d}  {pct(g['yield'])}")
     lines.append("query type      pairs   kept   yield")
     for qt, g in rep["by_query_type"].items():
         lines.append(f"  {qt:<13} {g['pairs']:6d} {g['kept']:6d}  {pct(g['yield'])}")
-    lines.append("round  pairs   kept  hinted   yield  format-err  mismatch  pairs/s  teacher")
+    lines.append("round  pairs   kept  hinted   yield  format-err  mismatch  judgment  pairs/s  teacher")
     for r in rep["rounds"]:
         pps = "    -  " if r["pairs_per_s"] is None else f"{r['pairs_per_s']:7.2f}"
         lines.append(f"  {r['round']:<4} {r['pairs']:6d} {r['kept']:6d}  {r['kept_with_hint']:6d}  {pct(r['yield'])}     {pct(r['format_error_rate'])}"
-                     f"    {pct(r['label_mismatch_rate'])}  {pps}  {r['teacher']} ({r['prompt_style']})")
+                     f"    {pct(r['label_mismatch_rate'])}    {pct(r.get('judgment_mismatch_rate'))}  {pps}  "
+                     f"{r['teacher']} ({r['prompt_style']})")
     if rep["rows_skipped"]:
         lines.append(f"skipped {rep['rows_skipped']} bad input rows (first: {rep['first_skipped']})")
     return "\n".join(lines)
@@ -529,7 +565,8 @@ def reason_main(argv: list[str]) -> int:
     keys = [example_key(ex) for ex in examples]
     data_key = hashlib.sha1("".join(keys).encode()).hexdigest()[:16]
     sampling = {"prompt_version": PROMPT_VERSION, "hint": a.hint, "n": a.n, "temperature": a.temperature,
-                "top_p": a.top_p, "max_new_tokens": a.max_new_tokens, "max_length": a.max_length, "seed": a.seed}
+                "top_p": a.top_p, "max_new_tokens": a.max_new_tokens, "max_length": a.max_length, "seed": a.seed,
+                "selection": SELECTION}
     if a.scaffold:  # (only then: files of free sampling keep their settings)
         sampling.update(scaffold=True, step_tokens=a.step_tokens)
     report_path, unexp_path, part = a.out + ".report.json", a.out + ".unexplained.jsonl", a.out + ".partial"
@@ -654,7 +691,8 @@ def _finish(out: str, examples: list[Example], results: dict[int, dict[int, dict
                 kept.append(kept_row(ex, r, meta["settings"], meta["round"]))
                 break
             tries.append({"round": meta["round"], "teacher": meta["settings"]["teacher"], "samples": r["samples"],
-                          "format_errors": r["format_errors"], "mismatches": r["mismatches"], "first_error": r["error"]})
+                          "format_errors": r["format_errors"], "mismatches": r["mismatches"],
+                          "judgment_mismatches": r.get("judgment_mismatches", 0), "first_error": r["error"]})
         else:
             unexplained.append(unexplained_row(ex, tries))
     if os.path.exists(out + ".report.json"):
