@@ -3,7 +3,9 @@
 For every prompt of a split: N sampled completions, each parsed (label, format error) and
 checked (correct, step verdicts against annotations), plus the prompt's pass rate. ``--target``
 is the policy's training target (``data.target``): it sets the prompt and how completions are
-parsed; a ``label`` policy's samples have no steps (step verdicts all null). One JSON
+parsed; without it, the target the export's ``taosr_export.json`` records (as ``taosr score``,
+:func:`taosr.models.factory.prompt_target`), else ``reasoning``; a ``label`` policy's samples have no
+steps (step verdicts all null). One JSON
 line per prompt, self-contained (the example is embedded), so DPO pair building, rejection
 sampling and diverse sampling can read it without the original data::
 
@@ -175,8 +177,9 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--data", default="synth", help="'synth' (embedded default) or a data file (read with the "
                                                    "reader flags below, as in taosr data convert)")
     p.add_argument("--split", default="train", choices=("train", "val", "test"))
-    p.add_argument("--target", default="reasoning", choices=TARGETS.names(),
-                   help="the policy's training target (data.target): its prompt and how its output is parsed")
+    p.add_argument("--target", default=None, choices=TARGETS.names(),
+                   help="the policy's training target (data.target): its prompt and how its output is parsed; "
+                        "default: the one the export records (taosr_export.json), else reasoning")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (then --n 1 and no --top-p)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -222,7 +225,7 @@ def sample_main(argv: list[str]) -> int:
 
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.data.synth import SynthConfig
-    from taosr.models.factory import export_meta, load_for_inference, note_chat_template
+    from taosr.models.factory import export_meta, load_for_inference, note_chat_template, prompt_target
 
     paths = {"train": a.data if a.split == "train" else None, "val": a.data if a.split == "val" else None,
              "test": a.data if a.split == "test" else None}
@@ -236,7 +239,8 @@ def sample_main(argv: list[str]) -> int:
     # prompted as the export was trained: with or without the tokenizer's chat template (data.use_chat_template,
     # recorded in its taosr_export.json; None, the tokenizer's default, for other models)
     chat = export_meta(a.model).get("use_chat_template")
-    dm = RelevanceDataModule(view="sft", target=a.target, synth=SynthConfig(n_train=a.synth_n_train, n_val=a.synth_n_val,
+    target = prompt_target(a.model, a.target)  # --target, else what the export recorded (as in taosr score)
+    dm = RelevanceDataModule(view="sft", target=target, synth=SynthConfig(n_train=a.synth_n_train, n_val=a.synth_n_val,
                                                                 n_test=a.synth_n_test, seed=a.synth_seed), data_dir=a.data_dir,
                              reader=reader, use_chat_template=chat, **paths)
     dm.setup("fit")
@@ -247,8 +251,8 @@ def sample_main(argv: list[str]) -> int:
     part, rng_path = partial_path(a.out), partial_path(a.out) + ".rng"
     sampler = {"model": a.model, "model_fingerprint": model_fingerprint(a.model), "n": a.n,
                "temperature": a.temperature, "top_p": a.top_p, "max_new_tokens": a.max_new_tokens, "seed": a.seed}
-    if a.target != "reasoning":  # recorded only when not the default: older files stay resumable
-        sampler["target"] = a.target
+    if target != "reasoning":  # recorded only when not the default: older files stay resumable
+        sampler["target"] = target
     final = read_sample_lines(a.out)
     partial = read_sample_lines(part)
     done = {**final, **partial}

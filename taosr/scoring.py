@@ -212,12 +212,12 @@ def score_main(argv: list[str]) -> int:
     import dataclasses
 
     reader = dataclasses.replace(reader_spec(a, a.file), path=None)  # the DataModule names the file
-    from taosr.models.factory import export_meta, note_chat_template
+    from taosr.models.factory import export_meta, note_chat_template, prompt_target
 
     # the prompt the model was trained with: --target; --direct reads the label slot of the label prompt;
     # else what the export recorded (a label-only model is prompted as it was trained), else reasoning
     meta = export_meta(a.model)
-    target = a.target or ("label" if a.direct else meta.get("target") or "reasoning")
+    target = prompt_target(a.model, a.target or ("label" if a.direct else None))
     # with or without the tokenizer's chat template as the export was trained (data.use_chat_template, recorded
     # in its taosr_export.json); None (the tokenizer's default) for other models
     chat = meta.get("use_chat_template")

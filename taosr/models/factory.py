@@ -267,6 +267,23 @@ def export_meta(path: str) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def prompt_target(model: str, given: str | None = None) -> str:
+    """The prompt (``data.target``) to give ``model`` in ``taosr sample`` and ``taosr score``: ``given``
+    (their ``--target``) when set, else the target its ``taosr_export.json`` records (a label-only
+    export is prompted as it was trained), else ``reasoning`` (presets, hub ids, older exports)."""
+    if given is not None:
+        return given
+    target = export_meta(model).get("target")
+    if target is None:
+        return "reasoning"
+    from taosr.reasoning.targets import TARGETS
+
+    if target not in TARGETS.names():
+        raise ConfigError(f"{os.path.join(model, EXPORT_META)}: target {target!r} is unknown to this taosr "
+                          f"(expected one of {', '.join(TARGETS.names())}); give --target")
+    return target
+
+
 
 def note_chat_template(model: str, tokenizer, chat: bool | None, hint: str = "") -> bool:
     """Whether an export's recorded ``data.use_chat_template`` (``chat``; None: none recorded) is not
