@@ -40,6 +40,9 @@ def test_paired_difference_pairs_by_seed_and_against_a_constant():
     noisy = {s: 0.7 + 0.05 * ((-1) ** s) * s for s in range(6)}
     lead = paired_difference({s: v + 0.01 for s, v in noisy.items()}, noisy)
     assert lead.diff.mean == pytest.approx(0.01) and lead.diff.se == pytest.approx(0.0, abs=1e-12)
+    # every seed's difference equal: the s.e. is float noise, so mean / s.e. is undefined, not +1.8e14
+    same = paired_difference({0: 0.8237, 1: 0.8886, 2: 0.8079}, {0: 0.8167, 1: 0.8816, 2: 0.8009})
+    assert 0 < same.diff.se < 1e-15 and math.isnan(same.z)
 
 
 def _spec(tmp_path, text):

@@ -22,6 +22,11 @@ class Summary:
         return "—" if self.n == 0 else pm(self.mean, self.se if self.n > 1 else math.nan, digits)
 
 
+def se_is_zero(mean: float, se: float) -> bool:
+    """Whether ``se`` is zero up to float noise: equal values give an s.e. of 7.9e-17, not a digit."""
+    return abs(se) <= 1e-12 * max(1.0, abs(mean))
+
+
 def pm(mean: float, se: float, digits: int = 3) -> str:
     """``mean ± se`` to ``digits`` decimals (``mean`` alone when se is nan, ``—`` when mean is); a
     non-zero se that would print as 0.000 gets the decimals of its first significant digit, the mean
@@ -30,7 +35,7 @@ def pm(mean: float, se: float, digits: int = 3) -> str:
         return "—"
     if math.isnan(se):
         return f"{mean:.{digits}f}"
-    if abs(se) <= 1e-12 * max(1.0, abs(mean)):  # equal values: the s.e. is float noise (7.9e-17), not a digit
+    if se_is_zero(mean, se):
         se = 0.0
     if 0 < abs(se) < 0.5 * 10 ** -digits:
         digits = -math.floor(math.log10(abs(se)))
@@ -61,9 +66,10 @@ class Paired:
 
     @property
     def z(self) -> float:
-        """Mean difference in standard errors (nan when undefined)."""
+        """Mean difference in standard errors (nan when undefined: one seed, or every seed's
+        difference equal, whose s.e. is float noise: 0.007 / 3.8e-17 printed as +1.8e14)."""
         d = self.diff
-        return d.mean / d.se if d.n > 1 and d.se > 0 else float("nan")
+        return d.mean / d.se if d.n > 1 and not se_is_zero(d.mean, d.se) else float("nan")
 
 
 def paired_difference(a: Mapping, b: Mapping | float) -> Paired:
