@@ -372,7 +372,15 @@ def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry
     raises at once (ConfigError), unless ``failures`` is a list: then its message is added there and
     every other run still runs (an overnight compare is not left idle by its first failure). The
     checkpoints of finished runs are removed unless ``keep_checkpoints``."""
-    extra = list(extra or [])
+    from taosr.launcher import shared_arguments
+
+    # the spec's set: and the extra arguments reach every arm: one an arm does not read is a warning there
+    with shared_arguments([*spec.overrides, *(extra or [])]):
+        return _run_compare(spec, out, list(extra or []), dry_run, jobs, failures, keep_checkpoints)
+
+
+def _run_compare(spec: CompareSpec, out: str, extra: list[str], dry_run: bool, jobs: int, failures: list[str] | None,
+                 keep_checkpoints: bool) -> dict:
     missing = [f"start.{k}: {v}" for k, v in spec.start.items() if v and not os.path.exists(v)]
     if missing and not dry_run:
         raise ConfigError(f"{missing[0]} not found (run `taosr quickstart` first, or point the spec at your exports)")

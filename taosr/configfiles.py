@@ -179,3 +179,139 @@ def expand_config_args(argv: list[str]) -> list[str]:
 def resolved_config(path: str) -> dict:
     """The merged content of one config file (what ``--config path`` means), for tests and tools."""
     return resolve_file(path)[0]
+
+
+# ---------------------------------------------------------------------------- who set a key
+# A setting that does nothing is refused only where the user gave it (the command line, YAML text, or a
+# config file of their own), not where taosr's own configs/ set it for every method (taosr.setting_checks).
+# A run's saved <run>/config.yaml holds every key; it lists the keys its run's user set, so a re-run of it
+# means what the run meant.
+USER_KEYS_MARK = "# taosr: keys set by the user:"
+NOT_SETTINGS = frozenset({"config", "print_config", "help"})
+
+
+def own_configs_dir() -> str | None:
+    """The real path of taosr's own ``configs/`` (method configs, ``_base/``, ``experiment/`` overlays)."""
+    root = project_root()
+    return os.path.realpath(os.path.join(root, "configs")) if root else None
+
+
+def is_own_config(path: str) -> bool:
+    own = own_configs_dir()
+    return own is not None and os.path.realpath(path).startswith(own + os.sep)
+
+
+def normalize_key(key: str) -> str:
+    """``--model.lr`` / ``model.lr`` -> ``model.init_args.lr`` (jsonargparse accepts both); ``+=`` dropped."""
+    key = key.lstrip("-").rstrip("+")
+    parts = key.split(".")
+    if len(parts) > 1 and parts[0] == "model" and parts[1] not in ("class_path", "init_args", "dict_kwargs"):
+        parts.insert(1, "init_args")
+    return ".".join(parts)
+
+
+def dotted_keys(node, prefix: str = "") -> set[str]:
+    """The dotted leaf keys of a parsed YAML mapping (an empty mapping, a list or a scalar is a leaf)."""
+    if isinstance(node, dict) and node:
+        out: set[str] = set()
+        for k, v in node.items():
+            if prefix == "" and k == BASE_KEY:
+                continue
+            out |= dotted_keys(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return {normalize_key(prefix)} if prefix else set()
+
+
+def saved_user_keys(path: str) -> set[str] | None:
+    """The keys a saved run config lists as its user's (:data:`USER_KEYS_MARK`), or None for another file."""
+    keys, found = set(), False
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.startswith("#"):
+                break
+            if line.startswith(USER_KEYS_MARK):
+                found = True
+                keys |= {k.strip() for k in line[len(USER_KEYS_MARK):].split(",") if k.strip()}
+    return keys if found else None
+
+
+def user_mark(keys) -> str:
+    """The comment lines of :data:`USER_KEYS_MARK` listing ``keys`` (at most ~100 characters a line)."""
+    lines, line = [], []
+    for k in sorted(keys):
+        if line and len(", ".join([*line, k])) > 100:
+            lines.append(line)
+            line = []
+        line.append(k)
+    lines.append(line)
+    return "".join(f"{USER_KEYS_MARK} {', '.join(ln)}\n" for ln in lines)
+
+
+def file_user_keys(path: str, _stack: tuple[str, ...] = ()) -> set[str]:
+    """The keys ``--config path`` sets that count as the user's: none of taosr's own ``configs/`` files
+    (overlays under ``configs/experiment/`` included: a no-op key there is fixed in the file, not refused),
+    the listed ones of a saved run config, every key of another file (its ``base:`` files by the same rule)."""
+    if is_own_config(path):
+        return set()
+    listed = saved_user_keys(path)
+    if listed is not None:
+        return listed
+    real = os.path.realpath(path)
+    if real in _stack:  # resolve_file has refused the loop already
+        return set()
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        return set()
+    keys = dotted_keys(data)
+    bases = data.get(BASE_KEY) or []
+    for b in [bases] if isinstance(bases, str) else bases:
+        bpath = os.path.join(os.path.dirname(path), b)
+        if not os.path.exists(bpath) and not os.path.isabs(b):  # as resolve_file finds it
+            own = locate(os.path.normpath(os.path.join("configs", b)))
+            bpath = own if os.path.exists(own) else bpath
+        if os.path.exists(bpath):
+            keys |= file_user_keys(bpath, (*_stack, real))
+    return keys
+
+
+def _yaml_mapping(text: str):
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def user_set_keys(argv: list[str]) -> frozenset[str]:
+    """The dotted keys (``model.init_args.grm_path``) the user set in a ``fit|validate|test|predict``
+    command line: its ``--key value`` options (a mapping value by each of its keys), ``--config`` YAML
+    text, and the keys of ``--config`` files by :func:`file_user_keys`. Call it on the arguments
+    before :func:`expand_config_args` (a layered file's text no longer says where a key came from)."""
+    out: set[str] = set()
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if not a.startswith("--"):
+            continue
+        name, eq, value = a.partition("=")
+        if not eq:
+            value = argv[i] if i < len(argv) and not argv[i].startswith("--") else None
+            i += value is not None
+        key = name[2:].rstrip("+")
+        if key == "config" and value is not None:
+            if "\n" in value or value.lstrip().startswith("{"):
+                out |= dotted_keys(_yaml_mapping(value) or {})
+            else:
+                path = locate(value)
+                if os.path.isfile(path):
+                    out |= file_user_keys(path)
+            continue
+        if not key or key in NOT_SETTINGS or key.endswith(".help"):
+            continue
+        mapping = _yaml_mapping(value) if value is not None and value.lstrip().startswith("{") else None
+        if mapping:
+            out |= dotted_keys(mapping, normalize_key(key))
+        else:  # `--model SRPOModule` names the class, it sets none of its options
+            out.add("model.class_path" if normalize_key(key) == "model" else normalize_key(key))
+    return frozenset(out)

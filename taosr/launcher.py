@@ -6,6 +6,8 @@ exit status and turns a bad key, value, config file or checkpoint into one line 
 - config files are read strictly first and layered ones (``base:``) expanded
   (:mod:`taosr.configfiles`): a YAML error or a key set twice names file and line;
 - ``--ckpt_path`` must be a readable Lightning checkpoint of the configured method;
+- a setting the run never reads is refused where the user set it, not where taosr's own ``configs/``
+  did (:mod:`taosr.setting_checks`; who set which key is computed once, :func:`_run_keys`);
 - callbacks that need a logger are dropped with a warning when ``trainer.logger`` is false;
 - a W&B logger becomes a CSVLogger in the same folder, with a warning, where ``wandb`` is not installed;
 - the resolved config is written atomically as ``<run>/config.yaml`` (``config-<command>.yaml`` for
@@ -18,13 +20,15 @@ exit status and turns a bad key, value, config file or checkpoint into one line 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import shutil
 import sys
 import warnings
 
-from taosr.configfiles import config_paths, expand_config_args
+from taosr.configfiles import config_paths, expand_config_args, user_mark, user_set_keys
 from taosr.errors import ConfigError, TaosrError, find_cause
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -172,6 +176,7 @@ def _make_cli_classes():
 
         inputs: tuple[str, ...] = ()
         as_given = None  # the config before the run's derived paths and the CSV stand-in were filled in
+        user_keys: frozenset[str] = frozenset()  # listed in the saved file: a re-run of it means what this run meant
 
         def __init__(self, *args, **kwargs):
             kwargs["save_to_log_dir"] = False
@@ -193,6 +198,10 @@ def _make_cli_classes():
             # and logs into this run's folders (the filled-in dirpath / save_dir would point there)
             config = self.as_given if self.as_given is not None else self.config
             self.parser.save(config, tmp, skip_none=False, overwrite=True, multifile=False)
+            with open(tmp, encoding="utf-8") as fh:
+                text = fh.read()
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(user_mark(self.user_keys) + text)
             # a fresh folder gets it once the work starts (not when setup fails); a previous run's file
             # is replaced only when this command succeeds
             self._pending = (tmp, final, os.path.exists(final))
@@ -219,6 +228,9 @@ def _make_cli_classes():
                 self._pending = None
 
     class TaosrCLI(LightningCLI):
+        user_keys: frozenset[str] = frozenset()  # the dotted keys the user set (configfiles.user_set_keys)
+        shared_keys: frozenset[str] = frozenset()  # those of them a multi-run command gives every run (shared_arguments)
+
         def _parse_ckpt_path(self) -> None:
             sub = self.config.get("subcommand")
             path = self.config[sub].get("ckpt_path") if sub else None
@@ -245,6 +257,9 @@ def _make_cli_classes():
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand] if self.subcommand else self.config
+            from taosr.setting_checks import check_unread_settings
+
+            check_unread_settings(self.subcommand or "", cfg, self.user_keys, self.shared_keys)
             RunConfig.as_given = cfg.clone()
             if "ckpt_path" in RunConfig.as_given:
                 # a saved config re-run elsewhere must not restore this run's checkpoint: `last` (the re-run's
@@ -269,6 +284,59 @@ def _make_cli_classes():
     return TaosrCLI, RunConfig
 
 
+SHARED_ARGS_ENV = "TAOSR_SHARED_ARGS"
+
+
+@contextlib.contextmanager
+def shared_arguments(args):
+    """Within it, ``args`` are the user's arguments to every run of a multi-run command (``taosr sweep``'s
+    extra arguments, ``taosr compare``'s ``set:`` and extra ones, ``taosr quickstart -- ARGS``): a setting
+    among them that one of the runs does not read is a warning there, not a refusal
+    (:mod:`taosr.setting_checks`; a sweep over examiner modes gives all of them one GRM). Held in the
+    environment, so worker processes (``--jobs``, a sweep's runs) see it too."""
+    before = os.environ.get(SHARED_ARGS_ENV)
+    os.environ[SHARED_ARGS_ENV] = json.dumps([str(a) for a in args])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SHARED_ARGS_ENV, None)
+        else:
+            os.environ[SHARED_ARGS_ENV] = before
+
+
+def shared_keys() -> frozenset[str]:
+    """The dotted keys of the :func:`shared_arguments` in force (none outside one)."""
+    raw = os.environ.get(SHARED_ARGS_ENV)
+    try:
+        args = json.loads(raw) if raw else []
+    except ValueError:
+        args = []
+    return user_set_keys(args) if isinstance(args, list) and args else frozenset()
+
+
+RUN_KEYS_ENV = "TAOSR_RUN_KEYS"
+
+
+def _run_keys(argv: list[str], expanded: list[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """The keys the user set and those of them shared by a multi-run command, computed once per command
+    from the arguments as given (after the strict read of each file). They travel in the environment to
+    the ranks Lightning's DDP launcher starts, which get the expanded arguments (a layered config as YAML
+    text, where every key would read as the user's)."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(expanded).encode()).hexdigest()
+    try:
+        saved = json.loads(os.environ.get(RUN_KEYS_ENV) or "{}")
+    except ValueError:
+        saved = {}
+    if isinstance(saved, dict) and saved.get("argv") == digest:
+        return frozenset(saved.get("user") or ()), frozenset(saved.get("shared") or ())
+    user, shared = user_set_keys(argv), shared_keys()
+    os.environ[RUN_KEYS_ENV] = json.dumps({"argv": digest, "user": sorted(user), "shared": sorted(shared)})
+    return user, shared
+
+
 def _program() -> str:
     """The path of the running ``taosr`` script (a DDP rank is started as ``python <it> fit ...``)."""
     here = sys.argv[0] if sys.argv else ""
@@ -279,9 +347,14 @@ def _program() -> str:
 
 def lightning_main(argv: list[str]) -> None:
     inputs = tuple(os.path.realpath(p) for p in config_paths(argv))  # before layered files become YAML text
-    argv = expand_config_args(argv)
+    expanded = expand_config_args(argv)
+    keys_before = os.environ.get(RUN_KEYS_ENV)
+    user, shared = _run_keys(argv, expanded)
+    argv = expanded
     TaosrCLI, RunConfig = _make_cli_classes()
     RunConfig.inputs = inputs
+    TaosrCLI.user_keys, TaosrCLI.shared_keys = user, shared
+    RunConfig.user_keys = user - shared  # a re-run of the saved config is one run: the tool's shared keys are not its
 
     # every method imported, so --model DPOModule (and --model.help SRPOModule) resolve by their short names
     from taosr.methods import dpo, grm, grpo, sft, srpo  # noqa: F401
@@ -306,6 +379,10 @@ def lightning_main(argv: list[str]) -> None:
         )
     finally:
         _finish_wandb_run()
+        if keys_before is None:  # the next command of this process computes its own
+            os.environ.pop(RUN_KEYS_ENV, None)
+        else:
+            os.environ[RUN_KEYS_ENV] = keys_before
 
 
 def _finish_wandb_run() -> None:
@@ -412,10 +489,20 @@ def parse_error(argv: list[str]) -> str | None:
     import contextlib
     import io
 
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = run_lightning([*argv, "--print_config"])
-    if not rc:
+    if not rc:  # --print_config stops before the run's own check of settings it would not read: run it here
+        import yaml
+
+        from taosr.setting_checks import check_unread_settings
+
+        try:
+            cfg = yaml.safe_load(out.getvalue())
+            check_unread_settings(argv[0] if argv else "", cfg if isinstance(cfg, dict) else {},
+                                  user_set_keys(argv), shared_keys(), warn=lambda note: None)
+        except (ConfigError, yaml.YAMLError) as e:
+            return str(e).splitlines()[0] if isinstance(e, ConfigError) else None
         return None
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
     return lines[-1].removeprefix("taosr: error: ") if lines else f"exit {rc}"

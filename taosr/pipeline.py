@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from taosr.cliargs import ArgumentParser
 from taosr.configfiles import locate
 from taosr.data.synth import SynthConfig, heldout
-from taosr.launcher import run_lightning
+from taosr.launcher import run_lightning, shared_arguments
 from taosr.quickstart_plan import DEFAULT_MODEL, QuickstartPlan, load_plan
 from taosr.sampling import sample_main
 from taosr.schema import write_jsonl
@@ -139,7 +139,8 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
     results: dict[str, dict[str, dict]] = {"test": {}, "heldout": {}}
     for step in commands(out, qp, p, configs, seed, extra, heldout_path):
         t = time.perf_counter()
-        metrics = execute(step)
+        with shared_arguments(extra):  # given to every stage: one a stage does not read is a warning (setting_checks)
+            metrics = execute(step)
         dt = time.perf_counter() - t
         timings[step.timing] = timings.get(step.timing, 0.0) + dt
         print(f"quickstart: {step.label} done in {dt:.0f}s", flush=True)

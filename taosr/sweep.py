@@ -28,7 +28,7 @@ import time
 
 from taosr.configfiles import load_yaml, locate, not_found
 from taosr.errors import ConfigError, Interrupted
-from taosr.launcher import INTERRUPTED, LIGHTNING_COMMANDS, TERMINATED, parse_error
+from taosr.launcher import INTERRUPTED, LIGHTNING_COMMANDS, TERMINATED, parse_error, shared_arguments
 
 ENGINE_KEYS = ("method", "metric", "parameters", "early_terminate")
 
@@ -124,6 +124,12 @@ def _plain(v):
 
 def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | None = None,
               dry_run: bool = False) -> list[dict]:
+    # the extra arguments reach every run: a setting one run does not read is a warning there (setting_checks)
+    with shared_arguments(list(extra or [])):
+        return _run_sweep(path, out, count, extra, dry_run)
+
+
+def _run_sweep(path: str, out: str, count: int | None, extra: list[str] | None, dry_run: bool) -> list[dict]:
     import sweeps
 
     cfg = load_sweep(path)

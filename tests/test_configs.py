@@ -283,8 +283,9 @@ def test_srpo_config(tmp_path, sft_run, grm_run, samples, cache_dir, mode, monke
     present steps between the two (the verifier where it covers a step) and reports disagreement."""
     _write_reasoning_rollouts(monkeypatch)
     logs = tmp_path / "logs"
+    grm = ["--model.init_args.grm_path", os.path.join(grm_run, "export")] if mode != "verifier" else []  # else refused
     fit("configs/srpo.yaml", str(tmp_path), cache_dir, "--model.init_args.model.name_or_path",
-        os.path.join(sft_run, "export"), "--model.init_args.grm_path", os.path.join(grm_run, "export"),
+        os.path.join(sft_run, "export"), *grm,
         "--model.init_args.examiner.mode", mode, *rl_samples_overrides(samples),
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.save_dir", str(logs))
     assert os.path.exists(tmp_path / "export" / "config.json")
