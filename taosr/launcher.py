@@ -49,7 +49,7 @@ def _fill_run_paths(cfg) -> None:
     loggers = trainer.get("logger")
     for lg in loggers if isinstance(loggers, list) else [loggers]:
         args = getattr(lg, "init_args", None) if lg is not None and not isinstance(lg, bool) else None
-        if args is not None and "save_dir" in args and args.get("save_dir") in (None, "runs", "."):
+        if args is not None and "save_dir" in args and args.get("save_dir") is None:  # unset; a given one is kept
             args["save_dir"] = root
     for cb in trainer.get("callbacks") or []:
         args = getattr(cb, "init_args", None)

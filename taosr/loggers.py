@@ -2,7 +2,10 @@
 
 ``AutoWandbLogger`` never prompts and never blocks: without ``WANDB_API_KEY`` (or a netrc entry
 for the W&B host) it runs offline and writes under ``save_dir/wandb`` (sync later with
-``wandb sync``). Any Lightning logger (CSVLogger, TensorBoardLogger) can be chosen instead in
+``wandb sync``). ``save_dir`` unset (None, the default) is the run folder: the launcher fills in
+``trainer.default_root_dir`` (:func:`taosr.launcher._fill_run_paths`), so each run logs into its own
+folder; ``runs`` where there is none (the logger built outside a command). A ``save_dir`` the user
+gives, ``runs`` and ``.`` included, is used as given. Any Lightning logger (CSVLogger, TensorBoardLogger) can be chosen instead in
 the config's ``trainer.logger``. ``WANDB_RUN_GROUP``, ``WANDB_JOB_TYPE`` and ``TAOSR_RUN_NAME``
 in the environment set the run's group, job type and name.
 """
@@ -27,7 +30,7 @@ def wandb_credentials_present() -> bool:
 
 
 class AutoWandbLogger(WandbLogger):
-    def __init__(self, project: str = "taosr", name: str | None = None, save_dir: str = "runs",
+    def __init__(self, project: str = "taosr", name: str | None = None, save_dir: str | None = None,
                  offline: bool | None = None, group: str | None = None, tags: list[str] | None = None,
                  **kwargs):
         if offline is None:
@@ -36,6 +39,7 @@ class AutoWandbLogger(WandbLogger):
         os.environ.setdefault("WANDB_CONSOLE", "off")
         if offline:
             os.environ["WANDB_MODE"] = os.environ.get("WANDB_MODE") if os.environ.get("WANDB_MODE") in ("offline", "disabled") else "offline"
+        save_dir = save_dir or "runs"
         os.makedirs(save_dir, exist_ok=True)
         # the environment's group, job type and run name, read now and passed on: wandb reads its
         # environment once per process, and `taosr compare` runs every fit and evaluation of a
