@@ -412,7 +412,10 @@ def sft_round(out: str, rnd: int, rows: list[dict], base: str, sft_config: str, 
     train = os.path.join(rdir, "train.jsonl")
     argv = ["fit", "--config", sft_config, *[x for o in overlays for x in ("--config", o)],
             "--trainer.default_root_dir", rdir, "--model.init_args.model.name_or_path", base,
-            "--data.train", train, "--data.val", "null", "--data.test", "null", *fit_args]
+            "--data.train", train, "--data.val", "null", "--data.test", "null",
+            # no validation data, so no validation: an overlay's integer val_check_interval larger than the
+            # kept rows' batches (the judgment check keeps fewer) made Lightning refuse the run
+            "--trainer.limit_val_batches", "0", *fit_args]
     text = _jsonl(rows)
     marker = os.path.join(rdir, "reason-sft.json")
     stamp = {"train_sha1": hashlib.sha1(text.encode()).hexdigest(), "argv": argv}
