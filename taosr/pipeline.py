@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from taosr.cliargs import ArgumentParser
 from taosr.configfiles import locate
 from taosr.data.synth import SynthConfig, heldout
+from taosr.errors import TaosrError
 from taosr.launcher import run_lightning, shared_arguments
 from taosr.quickstart_plan import DEFAULT_MODEL, QuickstartPlan, load_plan
 from taosr.sampling import sample_main
@@ -61,6 +62,40 @@ def plan(small: bool, model: str = DEFAULT_MODEL, configs: str = "configs") -> d
     return load_plan(model, small, configs=configs).budgets
 
 
+# Overrides after `--` that change which synthetic examples there are: the sample step gets the
+# same through `taosr sample`'s flags, so that it samples the fits' training examples (a quickstart
+# given `-- --data.synth.n_val 6` sampled other data, and DPO found no sample of its examples).
+SAMPLE_FOLLOWS = {"--data.synth.n_train": "--synth-n-train", "--data.synth.n_val": "--synth-n-val",
+                  "--data.synth.n_test": "--synth-n-test", "--data.synth.seed": "--synth-seed",
+                  "--data.data_dir": "--data-dir"}
+# synthetic-data keys that change annotations only, never the examples: nothing for the sampler to follow
+ANNOTATION_KEYS = tuple(f"--data.synth.{k}" for k in ("train_annotation_share", "annotation_regime",
+                                                      "annotate_evidence"))
+
+
+def sample_data_args(extra: list[str]) -> list[str]:
+    """``taosr sample`` flags for the data overrides in ``extra`` (``--key value`` or ``--key=value``;
+    :data:`SAMPLE_FOLLOWS`). An override that changes the data in a way the sample step cannot
+    follow (another synthetic key, a data file) is refused in one line naming it."""
+    args, i = [], 0
+    while i < len(extra):
+        tok = extra[i]
+        i += 1
+        if not tok.startswith("--"):
+            continue
+        key, eq, value = tok.partition("=")
+        if not eq and i < len(extra) and not extra[i].startswith("--"):
+            value, i = extra[i], i + 1
+        if key in SAMPLE_FOLLOWS:
+            args += [SAMPLE_FOLLOWS[key], value]
+        elif key.startswith("--data.synth") and key not in ANNOTATION_KEYS or key.split(".")[:2] in (
+                ["--data", "train"], ["--data", "val"], ["--data", "test"], ["--data", "reader"]):
+            raise TaosrError(f"quickstart: {key} (after --) changes the data, which the sample step cannot follow "
+                             f"(it takes {', '.join(SAMPLE_FOLLOWS)}); run the stages one by one "
+                             "(README: Your own data, end to end) to train on other data")
+    return args
+
+
 def commands(out: str, qp: QuickstartPlan, budgets: dict, configs: str = "configs", seed: int = 0,
              extra: list[str] | None = None, heldout_path: str | None = None) -> list[Step]:
     """Every command of the chain in order (pure: nothing runs). ``extra`` goes last into every
@@ -80,7 +115,8 @@ def commands(out: str, qp: QuickstartPlan, budgets: dict, configs: str = "config
                              "--limit", str(p["sample_prompts"]), "--synth-n-train", str(p["n_train"]),
                              "--synth-n-test", str(p["n_test"]), "--synth-seed", str(seed), "--seed", str(seed),
                              "--max-new-tokens", str(p.get("max_new_tokens", 96)),
-                             "--data-dir", p.get("data_dir", ".cache/taosr/data"), *qp.stage_args("sample")], "dpo"),
+                             "--data-dir", p.get("data_dir", ".cache/taosr/data"), *sample_data_args(extra),
+                             *qp.stage_args("sample")], "dpo"),
              fit("dpo", data + ["--data.samples_path", samples, "--model.init_args.model.name_or_path",
                                 export("sft"), "--trainer.max_epochs", str(p["dpo_epochs"])], "dpo"),
              fit("grm", data + ["--trainer.max_steps", str(p["grm_steps"]), "--data.samples_path", samples,

@@ -220,3 +220,16 @@ def test_a_grm_fit_records_its_training_budget_for_the_scorer(tmp_path, cache_di
     root = fit("configs/grm.yaml", str(tmp_path / "grm"), cache_dir, "--model.init_args.model.name_or_path",
                os.path.join(sft_run, "export"), "--data.samples_path", samples, "--data.max_length", "320")
     assert recorded_max_length(os.path.join(root, "export")) == 320
+
+
+def test_kept_rows_carry_the_runs_example_not_the_files_copy(tmp_path, dm):
+    """The samples file embeds its example with the annotations it was sampled with; the run's
+    settings (a held-out annotation regime, a lower share) decide what is trained on: a gold chosen
+    from the file's steps put steps the run must not see into DPO."""
+    from taosr.data.pairs import training_samples
+    from taosr.data.samples import load_samples
+
+    dm.samples_path = _write_samples(tmp_path / "s.jsonl", [(dm.splits["train"][:3], "train")])
+    rows = training_samples(dm, load_samples(dm.samples_path), "DPO view")
+    assert [r["example"] for r in rows] == dm.splits["train"][:3]
+    assert all(r["example"] is ex for r, ex in zip(rows, dm.splits["train"][:3]))

@@ -129,3 +129,21 @@ def test_bad_budgets_file_is_one_line(tmp_path, text, match):
     assert "\n" not in str(e.value) and str(f) in str(e.value)
     with pytest.raises(ConfigError, match="--model-budgets: .* does not exist"):
         load_plan("tiny", budgets_file=str(tmp_path / "missing.yaml"))
+
+
+def test_sample_step_follows_data_overrides_given_after_the_separator():
+    """`taosr quickstart -- --data.synth.n_val 6` changed the fits' data but not the sample step's: the
+    split of each query depends on every split's size, so the sampled prompts were no training
+    example of the fits and DPO stopped ("has no sample of a training example")."""
+    from taosr.errors import TaosrError
+
+    qp = load_plan("tiny", small=True, configs=CONFIGS)
+    extra = ["--data.synth.n_val", "6", "--data.synth.seed=3", "--data.data_dir", "/d", "--trainer.max_steps", "2",
+             "--data.synth.annotate_evidence", "true"]
+    steps = commands("out", qp, qp.budgets, configs=CONFIGS, extra=extra)
+    sample = next(s for s in steps if s.kind == "sample").argv
+    assert (opt(sample, "--synth-n-val"), opt(sample, "--synth-seed"), opt(sample, "--data-dir")) == ("6", "3", "/d")
+    assert opt(sample, "--synth-n-train") == str(qp.budgets["n_train"]) and "--trainer.max_steps" not in sample
+    for bad in (["--data.synth.items_per_query", "2"], ["--data.train=my.jsonl"], ["--data.synth", "{n_val: 6}"]):
+        with pytest.raises(TaosrError, match=rf"^quickstart: {bad[0].split('=')[0]} \(after --\) changes the data"):
+            commands("out", qp, qp.budgets, configs=CONFIGS, extra=bad)

@@ -23,8 +23,11 @@ def training_samples(dm, rows: list[dict], view: str) -> list[dict]:
     for a row without an id: :class:`taosr.data.samples.ExampleIndex`, which refuses a fallback
     that names several examples) and their ``split`` field, where present, is ``train``. Samples of
     validation or test prompts (``taosr sample --split test``) or of other data (another synthetic
-    size) would put held-out examples into training. One line says how many rows were left out and
-    why; a file with no row left is refused (ConfigError naming it)."""
+    size) would put held-out examples into training. A kept row carries the DataModule's example, not
+    the file's copy: the run's annotation settings (a held-out regime without steps, a lower
+    annotation share) decide the gold chosen and the GRM's verdicts, not those of the sampled data.
+    One line says how many rows were left out and why; a file with no row left is refused
+    (ConfigError naming it)."""
     from taosr.data.samples import ExampleIndex
 
     train = ExampleIndex(dm.splits["train"], f"data.samples_path: {dm.samples_path}")
@@ -33,10 +36,10 @@ def training_samples(dm, rows: list[dict], view: str) -> list[dict]:
         split = row.get("split")
         if split is not None and split != "train":
             other_split[str(split)] += 1
-        elif train.find(row["example"], f"sampled prompt {n}") is None:
+        elif (ex := train.find(row["example"], f"sampled prompt {n}")) is None:
             outside += 1
-        else:
-            kept.append(row)
+        else:  # the run's own example: its annotations, not those the file was sampled with
+            kept.append({**row, "example": ex})
     why = [f"{n} of split {s!r}" for s, n in sorted(other_split.items())]
     why += [f"{outside} whose example is not in data.train"] if outside else []
     if not kept:
