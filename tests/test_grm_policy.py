@@ -26,13 +26,19 @@ def _wrong_category(ex) -> dict:
     return steps
 
 
+def _covered(ex):
+    """``ex`` annotated on category and query only."""
+    return dataclasses.replace(ex, annotations={"category": ex.steps["category"].rsplit("=>", 1)[-1].strip(),
+                                                "query": ex.steps["query"]})
+
+
 def _samples(path, examples) -> str:
     """Per example: its gold reasoning twice (one distinct sample), and once with a wrong category
-    conclusion. Annotations cover category and query only."""
+    conclusion. Annotations cover category and query only (a run reads its own data's: give the
+    DataModule the same, :func:`_covered`)."""
     rows = []
     for ex in examples:
-        ex = dataclasses.replace(ex, annotations={"category": ex.steps["category"].rsplit("=>", 1)[-1].strip(),
-                                                  "query": ex.steps["query"]})
+        ex = _covered(ex)
         gold = render_reasoning(ex.steps, ex.label)
         bad = render_reasoning(_wrong_category(ex), ex.label)
         rows.append({"index": 0, "split": "train", "pass_rate": 1.0, "example": ex.to_dict(),
@@ -81,8 +87,10 @@ def test_holdout_splits_by_query_and_bad_settings_are_refused(tmp_path, dm):
             GRMSamples(**kw)
 
 
-def test_view_repeats_policy_rows_and_trains_only_on_their_verdicts(tmp_path, dm):
+def test_view_repeats_policy_rows_and_trains_only_on_their_verdicts(tmp_path, dm, monkeypatch):
     saved = dm.samples_path, dm.grm_samples
+    train = dm.splits["train"]
+    monkeypatch.setitem(dm.splits, "train", [_covered(ex) for ex in train[:6]] + train[6:])
     try:
         dm.samples_path = _samples(tmp_path / "s.jsonl", dm.splits["train"][:6])
         dm.grm_samples = GRMSamples(steps="covered", copies=3)
@@ -143,12 +151,13 @@ def test_grm_policy_overlay_validates_on_held_out_policy_samples(tmp_path, cache
     root = str(tmp_path / "grm")
     fit("configs/grm.yaml", root, cache_dir, "--data.samples_path", samples,
         "--model.init_args.model.name_or_path", os.path.join(sft_run, "export"),
-        overlays=("configs/experiment/grm_policy.yaml",))
+        "--data.synth.train_annotation_share", "1.0", overlays=("configs/experiment/grm_policy.yaml",))
     m = json.load(open(glob.glob(os.path.join(root, "eval", "val-step*-grm-metrics.json"))[0]))
     for k in ("grm/policy/verdict_accuracy", "grm/policy/auroc", "grm/policy_gold/wrong_step_recall",
               "grm/policy_uncovered/verdict_accuracy"):
         assert k in m, k
-    assert m["grm/policy/wrong_share"] == pytest.approx(0.25)  # category wrong in one of 2 distinct samples; query right
+    # the run's data annotates all five steps: category wrong in one of 2 distinct samples, the rest right
+    assert m["grm/policy/wrong_share"] == pytest.approx(0.1)
 
 
 def test_policy_sample_settings_without_samples_are_refused(dm):

@@ -54,19 +54,21 @@ def _dm(tmp_path, train, val=(), **kw) -> RelevanceDataModule:
 
 
 # ---------------------------------------------------------------- 1. unused policy samples are counted
-def _partly_covered(tmp_path, train) -> str:
+def _partly_covered(tmp_path, train) -> tuple[str, list]:
     """2 prompts annotated on all five steps, 4 on category and query only; each with its gold
-    reasoning twice and once with a wrong category conclusion (18 sampled completions)."""
-    rows = []
+    reasoning twice and once with a wrong category conclusion (18 sampled completions). Returns the
+    samples file and the training split with those annotations (the run's data decides them)."""
+    rows, train = [], list(train)
     for n, ex in enumerate(train[:6]):
-        ex = _annotate(ex, STEP_KEYS if n < 2 else ("category", "query"))
+        ex = train[n] = _annotate(ex, STEP_KEYS if n < 2 else ("category", "query"))
         gold = render_reasoning(ex.steps, ex.label)
         rows.append(_row(ex, [gold, gold, _wrong_category(ex)]))
-    return _write(tmp_path / "samples.jsonl", rows)
+    return _write(tmp_path / "samples.jsonl", rows), train
 
 
 def test_steps_all_says_how_many_samples_it_leaves_unused(tmp_path, synth, capsys):
-    dm = _dm(tmp_path, synth["train"], samples_path=_partly_covered(tmp_path, synth["train"]))
+    path, train = _partly_covered(tmp_path, synth["train"])
+    dm = _dm(tmp_path, train, samples_path=path)
     rows = build_grm_rows(dm)
     assert len(rows) == 3 * len(synth["train"]) + 6  # every sampled copy of the 2 fully covered prompts
     out = capsys.readouterr().out
@@ -77,10 +79,9 @@ def test_steps_all_says_how_many_samples_it_leaves_unused(tmp_path, synth, capsy
 
 
 def test_steps_covered_counts_repeats_and_samples_with_no_covered_step(tmp_path, synth, capsys):
-    train = synth["train"]
-    rows = []
+    train, rows = list(synth["train"]), []
     for n, ex in enumerate(train[:4]):
-        ex = _annotate(ex, ("category",) if n < 3 else ())  # the 4th prompt: nothing the verifier covers
+        ex = train[n] = _annotate(ex, ("category",) if n < 3 else ())  # the 4th prompt: nothing the verifier covers
         gold = render_reasoning(ex.steps, ex.label)
         rows.append(_row(ex, [gold, gold, _wrong_category(ex)]))
     dm = _dm(tmp_path, train, samples_path=_write(tmp_path / "s.jsonl", rows), grm_samples=GRMSamples(steps="covered"))
