@@ -179,6 +179,37 @@ def test_the_default_cache_dir_leaves_hub_ids_in_hfs_own_cache(hub_calls, cache)
     assert len(hub_calls) == 2 and all("cache_dir" not in kw for _, _, kw in hub_calls)
 
 
+def test_an_adapter_of_a_hub_model_takes_its_base_from_the_set_cache_dir(tmp_path, monkeypatch):
+    """An adapter-only export of a hub model loads its base through peft: model.cache_dir reached the
+    hub id itself but not the adapter's base, which was looked up in Hugging Face's own cache. Real
+    loading, offline, from a cache folder in the hub's layout (no download, no stub)."""
+    import huggingface_hub.constants
+    from peft import LoraConfig, get_peft_model
+
+    from taosr.data.synth import SynthConfig, generate
+    from taosr.errors import ConfigError
+    from taosr.models.factory import ModelSpec, load_model_and_tokenizer
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    examples = generate(SynthConfig(n_train=30, n_val=0, n_test=0, seed=1))["train"]
+    model, tok = load_model_and_tokenizer(ModelSpec(name_or_path="micro", cache_dir=str(tmp_path / "presets")),
+                                          lambda: [f"{e.query} {e.item.title}" for e in examples])
+    repo = tmp_path / "hub" / "models--owner--base"
+    model.save_pretrained(repo / "snapshots" / "abc123")
+    tok.save_pretrained(repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    adapter = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=2, lora_alpha=4, target_modules="all-linear"))
+    adapter.peft_config["default"].base_model_name_or_path = "owner/base"
+    adapter.save_pretrained(tmp_path / "adapter")
+    tok.save_pretrained(tmp_path / "adapter")
+
+    loaded, _ = load_model_and_tokenizer(ModelSpec(name_or_path=str(tmp_path / "adapter"), cache_dir=str(tmp_path / "hub")))
+    assert hasattr(loaded, "peft_config") and loaded.config.vocab_size == model.config.vocab_size
+    with pytest.raises(ConfigError, match="^model.name_or_path: cannot load"):  # the default cache has no owner/base
+        load_model_and_tokenizer(ModelSpec(name_or_path=str(tmp_path / "adapter")))
+
+
 # ----------------------------------------------------------------------------- logger save_dir
 def test_an_unset_save_dir_is_the_run_folder_and_a_given_one_is_kept():
     from jsonargparse import Namespace

