@@ -253,11 +253,12 @@ def evaluation_file(spec: CompareSpec, out: str) -> str:
 
 
 # ------------------------------------------------------------------ checks before the first run
-def check_commands(spec: CompareSpec, out: str, test_file: str, extra: list[str]) -> None:
-    """Parse every arm's fit command and the evaluation command (LightningCLI with --print_config:
-    nothing is built or run) so that a bad key or value in an arm's ``set:``, the spec's ``set:`` or
-    the extra arguments stops the comparison before its first run, naming the arm (an overnight
-    comparison would otherwise fail hours in, at that arm's first fit)."""
+def check_commands(spec: CompareSpec, out: str, test_file: str, extra: list[str], build: bool = True) -> None:
+    """Check every arm's fit command and the evaluation command (:func:`taosr.launcher.parse_error`:
+    parsed and, with ``build``, their data module, module and trainer built; nothing is run) so that
+    a bad key or value in an arm's ``set:``, the spec's ``set:`` or the extra arguments stops the
+    comparison before its first run, naming the arm (an overnight comparison would otherwise fail
+    hours in, at that arm's first fit). A dry run only parses (its start may not exist yet)."""
     from taosr.launcher import parse_error
 
     seed = spec.seeds[0]
@@ -266,7 +267,7 @@ def check_commands(spec: CompareSpec, out: str, test_file: str, extra: list[str]
               for a in spec.arms]
     checks.append(("eval", eval_args(spec, Run(START, None, os.path.join(out, START)), test_file, spec.start["model"])))
     for what, args in checks:
-        why = parse_error(args)
+        why = parse_error(args, build=build)
         if why is not None:
             raise ConfigError(f"compare {spec.name}: {what}: {why}")
 
@@ -385,7 +386,7 @@ def _run_compare(spec: CompareSpec, out: str, extra: list[str], dry_run: bool, j
     if missing and not dry_run:
         raise ConfigError(f"{missing[0]} not found (run `taosr quickstart` first, or point the spec at your exports)")
     test_file = evaluation_file(spec, out) if not dry_run else evaluation_path(spec, out)
-    check_commands(spec, out, test_file, extra)
+    check_commands(spec, out, test_file, extra, build=not dry_run)
     arms = {a.name: a for a in spec.arms}
     runs = plan_runs(spec, out)
     todo = []

@@ -230,6 +230,11 @@ def _make_cli_classes():
     class TaosrCLI(LightningCLI):
         user_keys: frozenset[str] = frozenset()  # the dotted keys the user set (configfiles.user_set_keys)
         shared_keys: frozenset[str] = frozenset()  # those of them a multi-run command gives every run (shared_arguments)
+        build_only: bool = False  # check_command: build the data, model and trainer, run nothing
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            if not self.build_only:
+                super()._run_subcommand(subcommand)
 
         def _parse_ckpt_path(self) -> None:
             sub = self.config.get("subcommand")
@@ -267,6 +272,8 @@ def _make_cli_classes():
                 RunConfig.as_given["ckpt_path"] = "last" if getattr(self, "_ckpt_as_given", None) == "last" else None
             _fill_run_paths(cfg)
             _csv_logger_without_wandb(cfg)
+            if self.build_only:  # a logger makes its folder (and W&B its settings) when built: not for a check
+                cfg["trainer"]["logger"] = False
 
         def _drop_callbacks_needing_a_logger(self) -> None:
             if self.trainer.loggers:
@@ -345,7 +352,10 @@ def _program() -> str:
     return shutil.which("taosr") or "taosr"
 
 
-def lightning_main(argv: list[str]) -> None:
+def lightning_main(argv: list[str], build_only: bool = False) -> None:
+    """Run one LightningCLI command (``argv`` starts with the subcommand). ``build_only``: parse it,
+    run taosr's setting checks and build the data module, the module (its constructor's checks; the
+    weights load at setup) and the trainer (Lightning's checks of its settings), then stop."""
     inputs = tuple(os.path.realpath(p) for p in config_paths(argv))  # before layered files become YAML text
     expanded = expand_config_args(argv)
     keys_before = os.environ.get(RUN_KEYS_ENV)
@@ -354,6 +364,7 @@ def lightning_main(argv: list[str]) -> None:
     TaosrCLI, RunConfig = _make_cli_classes()
     RunConfig.inputs = inputs
     TaosrCLI.user_keys, TaosrCLI.shared_keys = user, shared
+    TaosrCLI.build_only = build_only
     RunConfig.user_keys = user - shared  # a re-run of the saved config is one run: the tool's shared keys are not its
 
     # every method imported, so --model DPOModule (and --model.help SRPOModule) resolve by their short names
@@ -482,17 +493,22 @@ def _interpolation_cause(err: BaseException) -> str | None:
     return str(found).strip().splitlines()[0] if found is not None else None
 
 
-def parse_error(argv: list[str]) -> str | None:
-    """Parse a command (``fit ...``) with ``--print_config``, building and running nothing: None when it
-    parses, else its one-line error (what ``taosr compare`` and ``taosr sweep`` check before their
-    first run)."""
+def parse_error(argv: list[str], build: bool = True) -> str | None:
+    """Check a command (``fit ...``) without running it: None when it would start, else its one-line
+    error (what ``taosr compare`` and ``taosr sweep`` check before their first run). The command is
+    parsed, taosr's setting checks run, and (``build``) the data module, the module and the trainer
+    are built (:func:`lightning_main` ``build_only``): a value their constructors refuse
+    (``data.batch_size -4``, an examiner weight outside its mode, a missing GRM export, a trainer
+    setting Lightning refuses) is found here, not hours into an overnight comparison. What needs the
+    weights or the data (setup) is not checked. ``build=False`` parses only (``--print_config``): for
+    a dry run, whose inputs may not exist yet."""
     import contextlib
     import io
 
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = run_lightning([*argv, "--print_config"])
-    if not rc:  # --print_config stops before the run's own check of settings it would not read: run it here
+        rc = run_lightning(argv, build_only=True) if build else run_lightning([*argv, "--print_config"])
+    if not rc and not build:  # --print_config stops before the run's own check of settings it would not read
         import yaml
 
         from taosr.setting_checks import check_unread_settings
@@ -503,6 +519,7 @@ def parse_error(argv: list[str]) -> str | None:
                                   user_set_keys(argv), shared_keys(), warn=lambda note: None)
         except (ConfigError, yaml.YAMLError) as e:
             return str(e).splitlines()[0] if isinstance(e, ConfigError) else None
+    if not rc:
         return None
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
     return lines[-1].removeprefix("taosr: error: ") if lines else f"exit {rc}"
@@ -518,14 +535,15 @@ MANUAL_OPTIMIZATION_HINTS = {
 }
 
 
-def run_lightning(argv: list[str], verbose: bool = False) -> int:
+def run_lightning(argv: list[str], verbose: bool = False, build_only: bool = False) -> int:
     """``argv`` starts with the subcommand; 0 on success, 2 (one line on stderr) on a config error,
-    130 when interrupted (Ctrl-C; the checkpoint of the step reached is written first)."""
+    130 when interrupted (Ctrl-C; the checkpoint of the step reached is written first).
+    ``build_only``: see :func:`lightning_main`."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:
-        lightning_main(argv)
+        lightning_main(argv, build_only=build_only)
     except argparse.ArgumentError as err:  # jsonargparse: bad key, value or config file
         if verbose:
             raise

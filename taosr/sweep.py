@@ -83,15 +83,17 @@ def _first_values(parameters: dict) -> dict:
     return out
 
 
-def check_command(cfg: dict, extra: list[str], out: str, name: str = "sweep") -> None:
-    """Parse the sweep's taosr command with one value of every parameter and the extra arguments
-    (LightningCLI --print_config: nothing is built or run), so a typo in a parameter's key or an
-    override stops the sweep before its first run (each run failed on it, one after the other)."""
+def check_command(cfg: dict, extra: list[str], out: str, name: str = "sweep", build: bool = True) -> None:
+    """Check the sweep's taosr command with one value of every parameter and the extra arguments
+    (:func:`taosr.launcher.parse_error`: parsed and, with ``build``, its data module, module and
+    trainer built; nothing is run), so a typo in a parameter's key or an override, or a value a
+    constructor refuses, stops the sweep before its first run (each run failed on it, one after the
+    other). A dry run only parses."""
     cmd = build_command(cfg, _first_values(cfg.get("parameters")))
     at = next((i for i, c in enumerate(cmd) if c in LIGHTNING_COMMANDS), None)
     if at is None:  # not a taosr fit / validate ... command: nothing to parse here
         return
-    why = parse_error([*cmd[at:], "--trainer.default_root_dir", os.path.join(out, "check"), *extra])
+    why = parse_error([*cmd[at:], "--trainer.default_root_dir", os.path.join(out, "check"), *extra], build=build)
     if why is not None:
         raise ConfigError(f"sweep {name}: {why} (checked before the first run)")
 
@@ -140,7 +142,7 @@ def _run_sweep(path: str, out: str, count: int | None, extra: list[str] | None, 
         count = cfg.get("run_cap") or 10
     if not isinstance(count, int) or count < 1:
         raise ConfigError(f"--count {count}: the run budget must be at least 1")
-    check_command(cfg, list(extra or []), out, name)
+    check_command(cfg, list(extra or []), out, name, build=not dry_run)
     runs, rows, started, next_index = _previous_runs(sweeps, out, metric, list(extra or []))
     if runs:
         print(f"[{name}] {len(runs)} runs finished before: kept, the sweep continues after them", flush=True)

@@ -346,6 +346,10 @@ SWEEP_CASES = {
     "override_typo": (f"method: grid\nparameters: {{model.init_args.lr: {{values: [0.001]}}}}\n"
                       f"command: [taosr, fit, --config, {SFT}, '${{args}}']\n", ["--trainer.max_stepz", "2"],
                       ["sweep bad: unrecognized arguments: --trainer.max_stepz 2", "checked before the first run"]),
+    # ... and its data module, module and trainer built (nothing loaded or run): a value a constructor refuses
+    "constructor_refuses": (f"method: grid\nparameters: {{model.init_args.lr: {{values: [0.001]}}}}\n"
+                            f"command: [taosr, fit, --config, {SFT}, '${{args}}']\n", ["--data.batch_size", "-4"],
+                            ["sweep bad: data.batch_size: must be a whole number >= 1, got -4", "checked before the first run"]),
     "parameter_typo": (f"method: random\nparameters: {{model.init_args.lrr: {{min: 0.001, max: 0.01}}}}\n"
                        f"command: [taosr, fit, --config, {SFT}, '${{args}}']\n", [],
                        ["sweep bad: --model.init_args.lrr: Option 'lrr' is not accepted"]),

@@ -122,6 +122,30 @@ def test_a_bad_option_in_an_arm_stops_the_comparison_before_its_first_run(tmp_pa
         compare_main([bad, "--dry-run", "--out", str(tmp_path / "o")])
 
 
+@pytest.mark.parametrize("edit, needle", [
+    (("set: {trainer.max_steps: 5}", "set: {trainer.max_steps: 5, data.batch_size: -4}"),
+     r"compare t: arms.grpo: data.batch_size: must be a whole number >= 1, got -4"),
+    (("step_advantage.lam: 0.0", "step_advantage.lam: 0.0, model.init_args.examiner.verifier_weight: 0.3"),
+     r"compare t: arms.srpo: model.init_args.examiner.verifier_weight: read by mode weighted only"),
+    (("${start.grm}", "${start.model}/../no-grm"), r"compare t: arms.srpo: model.init_args.grm_path: .* does not exist"),
+])
+def test_a_value_a_constructor_refuses_stops_the_comparison_before_its_first_run(tmp_path, monkeypatch, edit, needle):
+    """The check before the first run builds each arm's data module, module and trainer (nothing is
+    loaded or run): values that parse but that a constructor refuses stopped only that arm's first
+    fit, hours into an overnight comparison (the eleventh stop's open item)."""
+    from taosr.compare import compare_main
+
+    monkeypatch.chdir(tmp_path)
+    for d in ("m/export", "g/export"):
+        os.makedirs(d)
+    open("s.jsonl", "w").close()
+    spec = _spec(tmp_path, GOOD.replace(*edit).replace("configs/", os.path.join(ROOT_DIR, "configs") + "/"))
+    with pytest.raises(ConfigError, match=needle):
+        compare_main([spec, "--out", str(tmp_path / "out")])
+    made = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")}
+    assert made == {"data", "data/heldout-10-s1.jsonl"}  # the evaluation set only: no run folder, log or checkpoint
+
+
 def test_a_run_done_with_other_settings_is_not_reused(tmp_path, capsys):
     """A run folder records the commands it was fitted and scored with; a re-run with another budget
     (or another evaluation set) refuses it instead of averaging it with runs made the new way."""
@@ -268,8 +292,8 @@ def test_compare_end_to_end_lam0_equals_grpo_and_resumes(tmp_path, capsys, cache
 
 
 def test_compare_goes_on_after_a_failed_run(tmp_path, capsys, cache_dir, sft_run, samples):
-    """A run that fails (an arm with lr -1, refused when the module is built) does not stop the runs
-    after it: the other arm's fit and the start's evaluation run, the report covers them, and the
+    """A run that fails (an arm whose model folder is missing, found when the weights load at setup:
+    the check before the first run builds modules but loads nothing) does not stop the runs after it: the other arm's fit and the start's evaluation run, the report covers them, and the
     failure is listed at the end (exit 2). It used to stop there, leaving the rest of the night idle."""
     import yaml
 
@@ -280,7 +304,7 @@ def test_compare_goes_on_after_a_failed_run(tmp_path, capsys, cache_dir, sft_run
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "keepgoing", "start": {"model": os.path.join(sft_run, "export"), "samples": samples}, "seeds": [0],
-        "arms": {"bad": {"config": "configs/grpo.yaml", "set": {"model.init_args.lr": -1.0}},
+        "arms": {"bad": {"config": "configs/grpo.yaml", "set": {"model.init_args.model.name_or_path": str(tmp_path / "gone")}},
                  "grpo": {"config": "configs/grpo.yaml"}},
         "eval": {"heldout": 8, "set": {**data, "model.init_args.eval_generation.max_new_tokens": 8,
                                        "model.init_args.model.cache_dir": os.path.join(cache_dir, "models")}},

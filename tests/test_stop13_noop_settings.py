@@ -59,8 +59,9 @@ def test_min_lr_ratio_with_a_constant_schedule(tmp_path):
     assert _check("fit", "--config", GRPO, "--model.init_args.min_lr_ratio", "0.1") is None
 
 
-def test_keep_step_only_groups_without_dynamic_sampling_or_a_step_term():
-    keep = ["--model.init_args.keep_step_only_groups", "true"]
+def test_keep_step_only_groups_without_dynamic_sampling_or_a_step_term(tmp_path):
+    # srpo.yaml's GRM (runs/grm/export) must exist for the module to be built: a folder stands in
+    keep = ["--model.init_args.keep_step_only_groups", "true", "--model.init_args.grm_path", str(tmp_path)]
     bad = _check("fit", "--config", SRPO, *keep, "--model.init_args.dynamic_sampling", "false")
     assert bad.startswith("model.init_args.keep_step_only_groups: changes which groups dynamic sampling drops, "
                           "and model.init_args.dynamic_sampling is false"), bad
