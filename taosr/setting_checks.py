@@ -12,7 +12,7 @@ default where the run never reads it:
   schedules only);
 - SRPO's ``keep_step_only_groups: true`` without dynamic sampling, or with the ``outcome`` step estimator
   (the rule it changes is dynamic sampling's, and ``outcome`` has no step term);
-- SRPO's ``grm_path`` in an examiner mode that never loads a GRM (``verifier``);
+- SRPO's ``grm_path`` and ``grm_batch_size`` in an examiner mode that never loads a GRM (``verifier``);
 - the GRM's ``eval_generation`` in ``validate`` / ``test`` (GRM evaluation scores step verdicts and
   generates nothing; ``taosr predict`` does generate with it). At ``fit`` it is a warning: the
   checkpoint keeps it for a later ``predict``.
@@ -118,16 +118,20 @@ def check_unread_settings(command: str, cfg, user: frozenset[str] | set[str],
             unread(key, f"{key}: keeps groups for their step term, and step_advantage 'outcome' has none (GRPO's "
                         "rule applies; remove it, or choose outcome_plus_step or process_sum)")
 
-    grm_path, key = init.get("grm_path"), f"{KEY}.grm_path"
-    if fit and srpo and grm_path and _given(user, key):
+    if fit and srpo:
         from taosr.rl.examiner import EXAMINER_MODES
 
         mode = (_plain(init.get("examiner")) or {}).get("mode", "verifier_then_grm")
         found = EXAMINER_MODES.get(mode) if mode in EXAMINER_MODES else None
-        if found is not None and not found.uses_grm:
-            users = ", ".join(n for n in EXAMINER_MODES.names() if EXAMINER_MODES.get(n).uses_grm)
+        users = ", ".join(n for n in EXAMINER_MODES.names() if EXAMINER_MODES.get(n).uses_grm)
+        grm_path, key = init.get("grm_path"), f"{KEY}.grm_path"
+        if found is not None and not found.uses_grm and grm_path and _given(user, key):
             unread(key, f"{key}: examiner.mode {mode!r} never loads a GRM, so {grm_path!r} is unused (remove it or "
                         f"give null, or choose a mode that uses it: {users})")
+        key = f"{KEY}.grm_batch_size"
+        if found is not None and not found.uses_grm and _given(user, key):
+            unread(key, f"{key}: examiner.mode {mode!r} never loads a GRM, so its scoring batch size is unused "
+                        f"(remove it, or choose a mode that uses a GRM: {users})")
 
     if _is(cls, "taosr.methods.grm", "GRMModule") and command in ("fit", "validate", "test"):
         from taosr.eval.generation import GenerationSpec

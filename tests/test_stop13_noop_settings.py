@@ -78,6 +78,10 @@ def test_grm_path_in_verifier_mode():
     # srpo.yaml's own grm_path with the README's verifier-only advice (and sweeps/srpo_ablation.yaml): accepted
     assert _check("fit", "--config", SRPO, *MODE_VERIFIER) is None
     assert _check("fit", "--config", SRPO, *MODE_VERIFIER, "--model.init_args.grm_path", "null") is None
+    # the GRM's scoring batch size alike (fourteenth stop)
+    bad = _check("fit", "--config", SRPO, *MODE_VERIFIER, "--model.init_args.grm_batch_size", "8")
+    assert bad.startswith("model.init_args.grm_batch_size: examiner.mode 'verifier' never loads a GRM, so its "
+                          "scoring batch size is unused"), bad
 
 
 def test_a_setting_given_to_every_run_of_a_sweep_or_comparison_is_a_warning():
