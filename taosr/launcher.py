@@ -258,6 +258,8 @@ def _make_cli_classes():
             seed = self._get(self.config, "seed_everything")
             if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= 2**32 - 1:
                 raise ConfigError(f"seed_everything: must be in [0, 2**32 - 1] (or true / false), got {seed}")
+            if self.build_only:  # a check must not seed the process that runs it (a sweep draws its next values there)
+                return
             super()._set_seed()
 
         def before_instantiate_classes(self) -> None:

@@ -73,11 +73,11 @@ ANNOTATION_KEYS = tuple(f"--data.synth.{k}" for k in ("train_annotation_share", 
                                                       "annotate_evidence"))
 
 
-def sample_data_args(extra: list[str]) -> list[str]:
-    """``taosr sample`` flags for the data overrides in ``extra`` (``--key value`` or ``--key=value``;
-    :data:`SAMPLE_FOLLOWS`). An override that changes the data in a way the sample step cannot
-    follow (another synthetic key, a data file) is refused in one line naming it."""
-    args, i = [], 0
+def data_overrides(extra: list[str]) -> dict[str, str]:
+    """The overrides of :data:`SAMPLE_FOLLOWS` in ``extra`` (``--key value`` or ``--key=value``; the
+    last wins), by key. One that changes the training examples in a way the sample step cannot
+    follow (another example-changing synthetic key, a training data file) is refused in one line."""
+    found, i = {}, 0
     while i < len(extra):
         tok = extra[i]
         i += 1
@@ -87,13 +87,33 @@ def sample_data_args(extra: list[str]) -> list[str]:
         if not eq and i < len(extra) and not extra[i].startswith("--"):
             value, i = extra[i], i + 1
         if key in SAMPLE_FOLLOWS:
-            args += [SAMPLE_FOLLOWS[key], value]
-        elif key.startswith("--data.synth") and key not in ANNOTATION_KEYS or key.split(".")[:2] in (
-                ["--data", "train"], ["--data", "val"], ["--data", "test"], ["--data", "reader"]):
-            raise TaosrError(f"quickstart: {key} (after --) changes the data, which the sample step cannot follow "
-                             f"(it takes {', '.join(SAMPLE_FOLLOWS)}); run the stages one by one "
+            found[key] = value
+        elif key.startswith("--data.synth") and key not in ANNOTATION_KEYS or key == "--data.train" and value != "synth":
+            raise TaosrError(f"quickstart: {key} (after --) changes the training data, which the sample step cannot "
+                             f"follow (it takes {', '.join(SAMPLE_FOLLOWS)}); run the stages one by one "
                              "(README: Your own data, end to end) to train on other data")
-    return args
+    return found
+
+
+def sample_data_args(extra: list[str]) -> list[str]:
+    """``taosr sample`` flags for the data overrides in ``extra`` (:func:`data_overrides`)."""
+    return [a for key, value in data_overrides(extra).items() for a in (SAMPLE_FOLLOWS[key], value)]
+
+
+def synth_base(budgets: dict, seed: int, extra: list[str]) -> SynthConfig:
+    """The synthetic data every stage trains on: the budgets' sizes and ``seed``, with the overrides
+    after ``--`` (the held-out set's queries must be in none of its splits)."""
+    got = data_overrides(extra)
+
+    def whole(key: str, default: int) -> int:
+        value = got.get(f"--data.synth.{key}", default)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise TaosrError(f"quickstart: --data.synth.{key} (after --): must be a whole number, got {value!r}") from None
+
+    return SynthConfig(n_train=whole("n_train", budgets["n_train"]), n_val=whole("n_val", SynthConfig.n_val),
+                       n_test=whole("n_test", budgets["n_test"]), seed=whole("seed", seed))
 
 
 def commands(out: str, qp: QuickstartPlan, budgets: dict, configs: str = "configs", seed: int = 0,
@@ -169,8 +189,8 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
     extra = qp.device_args(cpu) + list(extra or [])
     _write_plan(out, qp, p)
     heldout_path = os.path.join(out, "data", "heldout.jsonl")
-    write_jsonl(heldout_path, heldout(p["heldout"], seed=seed + 1,
-                                      base=SynthConfig(n_train=p["n_train"], n_test=p["n_test"], seed=seed)))
+    base = synth_base(p, seed, extra)  # heldout() skips base.seed: its queries are in no split of base
+    write_jsonl(heldout_path, heldout(p["heldout"], seed=base.seed + 1, base=base))
     timings: dict[str, float] = {}
     results: dict[str, dict[str, dict]] = {"test": {}, "heldout": {}}
     for step in commands(out, qp, p, configs, seed, extra, heldout_path):

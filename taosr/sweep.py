@@ -124,17 +124,26 @@ def _plain(v):
     return v
 
 
+def fixed_arguments(cfg: dict) -> list[str]:
+    """The arguments the sweep's ``command:`` gives every run (those after the taosr subcommand,
+    without the swept ``${args}``)."""
+    cmd = build_command(cfg, {})
+    at = next((i for i, c in enumerate(cmd) if c in LIGHTNING_COMMANDS), None)
+    return [] if at is None else cmd[at + 1:]
+
+
 def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | None = None,
               dry_run: bool = False) -> list[dict]:
-    # the extra arguments reach every run: a setting one run does not read is a warning there (setting_checks)
-    with shared_arguments(list(extra or [])):
-        return _run_sweep(path, out, count, extra, dry_run)
+    cfg = load_sweep(path)
+    # the command's fixed arguments and the extra ones reach every run: a setting one run does not read is a
+    # warning there (setting_checks), e.g. one grm_path in the command of a sweep over examiner modes
+    with shared_arguments([*fixed_arguments(cfg), *(extra or [])]):
+        return _run_sweep(path, cfg, out, count, extra, dry_run)
 
 
-def _run_sweep(path: str, out: str, count: int | None, extra: list[str] | None, dry_run: bool) -> list[dict]:
+def _run_sweep(path: str, cfg: dict, out: str, count: int | None, extra: list[str] | None, dry_run: bool) -> list[dict]:
     import sweeps
 
-    cfg = load_sweep(path)
     engine_cfg = {k: cfg[k] for k in ENGINE_KEYS if k in cfg}
     metric = (cfg.get("metric") or {}).get("name")
     name = cfg.get("name") or os.path.splitext(os.path.basename(path))[0]

@@ -466,3 +466,49 @@ def test_a_random_sweep_keeps_every_finished_run_after_an_interruption(tmp_path,
     folders = sorted(d for d in os.listdir(out) if d.startswith("run"))
     # run000 stays aside unless a later proposal happened to draw its x (then it was resumed there)
     assert folders in ([f"run{i:03d}" for i in range(6)], [f"run{i:03d}" for i in range(5)])
+
+
+def test_a_sweeps_fixed_command_arguments_are_shared_by_its_runs(tmp_path, monkeypatch):
+    """A grm_path fixed in the command of a sweep over examiner modes reaches every run: its verifier
+    runs take it as the sweep's (a warning), not their own (a refusal, exit 2 half-way through the
+    sweep, after the check before the first run had passed on the first mode)."""
+    import json
+
+    from taosr import sweep
+    from taosr.launcher import SHARED_ARGS_ENV, parse_error, shared_arguments
+
+    grm = tmp_path / "grm"
+    grm.mkdir()
+    (tmp_path / "s.yaml").write_text(
+        "name: modes\nmethod: grid\nparameters: {model.init_args.examiner.mode: {values: [verifier_then_grm, verifier]}}\n"
+        f"command: [taosr, fit, --config, {SRPO}, --model.init_args.grm_path, {grm}, '${{args}}']\n")
+    cfg = sweep.load_sweep(str(tmp_path / "s.yaml"))
+    fixed = sweep.fixed_arguments(cfg)
+    assert fixed == ["--config", SRPO, "--model.init_args.grm_path", str(grm)]
+    verifier_run = ["fit", *fixed, "--model.init_args.examiner.mode", "verifier"]
+    assert "never loads a GRM" in parse_error(verifier_run)  # a run's own grm_path: refused
+    with shared_arguments(fixed):
+        assert parse_error(verifier_run) is None
+    seen = []  # what each run's process is given (the fits themselves are not run here)
+    monkeypatch.setattr(sweep, "_run_child", lambda cmd, env: seen.append(json.loads(env[SHARED_ARGS_ENV])) or 0)
+    sweep.run_sweep(str(tmp_path / "s.yaml"), str(tmp_path / "out"), count=2)
+    assert seen == [fixed, fixed]
+
+
+def test_the_check_before_the_first_run_leaves_the_process_random_state_alone(monkeypatch):
+    """The check builds the command's classes but must not seed the process running it: a random
+    sweep draws its next values there, and every re-run of the command drew the same ones."""
+    import random
+
+    import numpy as np
+
+    from taosr.launcher import parse_error
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    random.seed(123)
+    np.random.seed(7)
+    torch.manual_seed(5)
+    before = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    assert parse_error(["fit", "--config", SFT, "--seed_everything", "0"]) is None
+    assert random.getstate() == before[0] and (np.random.get_state()[1] == before[1]).all()
+    assert torch.equal(torch.get_rng_state(), before[2]) and "PL_GLOBAL_SEED" not in os.environ

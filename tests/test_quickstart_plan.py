@@ -145,5 +145,25 @@ def test_sample_step_follows_data_overrides_given_after_the_separator():
     assert (opt(sample, "--synth-n-val"), opt(sample, "--synth-seed"), opt(sample, "--data-dir")) == ("6", "3", "/d")
     assert opt(sample, "--synth-n-train") == str(qp.budgets["n_train"]) and "--trainer.max_steps" not in sample
     for bad in (["--data.synth.items_per_query", "2"], ["--data.train=my.jsonl"], ["--data.synth", "{n_val: 6}"]):
-        with pytest.raises(TaosrError, match=rf"^quickstart: {bad[0].split('=')[0]} \(after --\) changes the data"):
+        with pytest.raises(TaosrError, match=rf"^quickstart: {bad[0].split('=')[0]} \(after --\) changes the training data"):
             commands("out", qp, qp.budgets, configs=CONFIGS, extra=bad)
+    # what leaves the training examples as they are is accepted (the sample step samples the training split)
+    for fine in (["--data.val", "null"], ["--data.test", "mine.jsonl"], ["--data.reader.on_error", "skip"],
+                 ["--data.train", "synth"]):
+        commands("out", qp, qp.budgets, configs=CONFIGS, extra=fine)
+
+
+def test_the_heldout_set_avoids_the_queries_of_the_data_the_overrides_make():
+    """The quick start's held-out set was drawn against the budgets' data (seed, sizes), not the data
+    the overrides after -- make: with --data.synth.seed 1, 103 of 200 held-out queries were training
+    queries."""
+    from taosr.data.synth import generate, heldout
+    from taosr.pipeline import synth_base
+
+    budgets = {"n_train": 200, "n_test": 20}
+    base = synth_base(budgets, 0, ["--data.synth.seed", "1", "--data.synth.n_train=400", "--trainer.max_steps", "2"])
+    assert (base.seed, base.n_train, base.n_val, base.n_test) == (1, 400, 200, 20)
+    assert synth_base(budgets, 3, []).seed == 3
+    train = {ex.query for rows in generate(base).values() for ex in rows}
+    held = heldout(60, seed=base.seed + 1, base=base)
+    assert train and not {ex.query for ex in held} & train
