@@ -186,6 +186,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         pairs_per_prompt: int = 1,
         gold_as_chosen: bool = True,
         grm_corrupt_prob: float = 0.3,
+        grm_corrupt_evidence: float = 0.0,
         grm_samples: GRMSamples | None = None,
         rejection_sampling: RejectionSampling | None = None,
         diverse_sampling: DiverseSampling | None = None,
@@ -221,6 +222,10 @@ class RelevanceDataModule(pl.LightningDataModule):
         if not 0.0 <= grm_corrupt_prob <= 1.0:
             raise ConfigError(f"data.grm_corrupt_prob must be in [0, 1], got {grm_corrupt_prob}")
         self.grm_corrupt_prob = grm_corrupt_prob  # GRM view: chance that a gold step's conclusion is swapped
+        if not 0.0 <= grm_corrupt_evidence <= 1.0:
+            raise ConfigError(f"data.grm_corrupt_evidence must be in [0, 1], got {grm_corrupt_evidence}")
+        # GRM view: chance that a decision step whose conclusion was kept gets one wrong evidence part
+        self.grm_corrupt_evidence = grm_corrupt_evidence
         self.grm_samples = grm_samples or GRMSamples()  # GRM view: how policy samples are used
         self.tokenizer = None
         self.splits: dict[str, list[Example]] = _Splits(self._load)  # each split read on first use

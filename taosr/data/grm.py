@@ -2,7 +2,9 @@
 
 Rows come from (a) gold reasoning with controlled corruptions — each step's conclusion is swapped
 for another example's conclusion of the same step with probability ``corrupt_prob`` (at least one
-clean and some corrupted rows per example), verdict "wrong" exactly where the conclusion changed;
+clean and some corrupted rows per example), and, with ``data.grm_corrupt_evidence``, a decision
+step's evidence part for another example's (conclusion kept) — verdict "wrong" exactly where a
+step changed;
 and (b) policy samples from ``data.samples_path`` labelled by the offline verifier, as
 ``data.grm_samples`` (:class:`GRMSamples`) says: ``steps: all`` (default) uses a sample only when the
 verifier covers all five of its steps (few where examples are annotated step by step: 40 of the
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 
 from taosr.errors import ConfigError
 from taosr.labels import STEP_KEYS
-from taosr.reasoning.format import conclusion, parse_reasoning
+from taosr.data.synth import DECISION_STEPS
+from taosr.reasoning.format import conclusion, normalize, parse_reasoning
 
 
 def swap_conclusion(step_text: str, new_conclusion: str) -> str:
@@ -36,9 +39,52 @@ def swap_conclusion(step_text: str, new_conclusion: str) -> str:
     return new_conclusion
 
 
-def corrupt_steps(ex, pool: dict[str, list[str]], rng: random.Random, corrupt_prob: float = 0.3):
+def evidence_parts(step_text: str) -> list[str] | None:
+    """The ``;``-separated evidence parts a step states before its conclusion, in order (None
+    when it states none)."""
+    head = step_text.split(" | ", 1)[0]
+    if "=>" not in head:
+        return None
+    return [p.strip() for p in head.rsplit("=>", 1)[0].split(";")]
+
+
+def evidence_pool(examples) -> dict[str, list[list[str]]]:
+    """Per decision step, per evidence position, the parts the examples' gold steps state there
+    (sorted, distinct): what :func:`swap_evidence_part` draws a wrong part from."""
+    pool: dict[str, list[set]] = {k: [] for k in DECISION_STEPS}
+    for ex in examples:
+        for k in DECISION_STEPS:
+            for i, part in enumerate(evidence_parts(ex.steps.get(k, "")) or []):
+                while len(pool[k]) <= i:
+                    pool[k].append(set())
+                pool[k][i].add(part)
+    return {k: [sorted(s) for s in parts] for k, parts in pool.items()}
+
+
+def swap_evidence_part(step_text: str, parts_pool: list[list[str]], rng: random.Random) -> str | None:
+    """The step with one evidence part replaced by another example's part at the same position and
+    its conclusion kept (``coffee maker vs coffee maker; kitchen appliances vs ... => exact`` with
+    ``kitchen appliances`` put for ``floor cleaning``): the policy's usual evidence mistake, a right
+    conclusion reached from a wrong fact. None when the step states no evidence or no other part
+    is known for the position drawn."""
+    parts = evidence_parts(step_text)
+    if not parts:
+        return None
+    i = rng.randrange(len(parts))
+    alts = [p for p in (parts_pool[i] if i < len(parts_pool) else []) if normalize(p) != normalize(parts[i])]
+    if not alts:
+        return None
+    parts[i] = rng.choice(alts)
+    return "; ".join(parts) + " => " + conclusion(step_text)
+
+
+def corrupt_steps(ex, pool: dict[str, list[str]], rng: random.Random, corrupt_prob: float = 0.3,
+                  evidence_prob: float = 0.0, ev_pool: dict[str, list[list[str]]] | None = None):
     """(steps, verdicts): a copy of the gold steps with some conclusions swapped for another
-    example's conclusion of the same step (evidence kept); verdict wrong exactly there."""
+    example's conclusion of the same step (evidence kept); verdict wrong exactly there. With
+    ``evidence_prob``, a decision step whose conclusion was kept has one evidence part swapped
+    (:func:`swap_evidence_part`, from ``ev_pool``) with that probability, and is wrong too (no draw
+    is made when it is 0: the rows of the default are as before)."""
     steps, verdicts = dict(ex.steps), {}
     for k in STEP_KEYS:
         if rng.random() < corrupt_prob:
@@ -48,11 +94,16 @@ def corrupt_steps(ex, pool: dict[str, list[str]], rng: random.Random, corrupt_pr
                 steps[k] = swap_conclusion(ex.steps[k], rng.choice(alts))
                 verdicts[k] = False
                 continue
+        if evidence_prob > 0 and k in DECISION_STEPS and rng.random() < evidence_prob:
+            swapped = swap_evidence_part(ex.steps[k], (ev_pool or {}).get(k, []), rng)
+            if swapped is not None:
+                steps[k], verdicts[k] = swapped, False
+                continue
         verdicts[k] = True
     return steps, verdicts
 
 
-def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple]:
+def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2, evidence_prob: float = 0.0) -> list[tuple]:
     """The GRM's training rows: per training example with five gold steps, the clean gold and
     ``copies`` corrupted copies; then the policy rows (:func:`policy_rows_split`) ``spec.copies``
     times. With ``data.grm_samples.holdout`` the examples of the held-out queries give no gold row
@@ -65,11 +116,12 @@ def build_grm_rows(dm, corrupt_prob: float = 0.3, copies: int = 2) -> list[tuple
     gold5 = [ex for ex in dm.splits["train"] if ex.steps and len(ex.steps) == 5]
     train = [ex for ex in gold5 if ex.query not in held]
     pool = {k: sorted({conclusion(ex.steps[k]) for ex in train}) for k in STEP_KEYS}
+    ev_pool = evidence_pool(train) if evidence_prob > 0 else None
     rows = []
     for ex in train:
         rows.append((ex, dict(ex.steps), {k: True for k in STEP_KEYS}))
         for _ in range(copies):
-            steps, verdicts = corrupt_steps(ex, pool, rng, corrupt_prob)
+            steps, verdicts = corrupt_steps(ex, pool, rng, corrupt_prob, evidence_prob, ev_pool)
             rows.append((ex, steps, verdicts))
     if spec.balance:
         before = len(train_rows)

@@ -22,7 +22,8 @@ VIEWS: Registry = Registry("data view", "data.view")
 HOOKS_READ = {"sft": ("rejection_sampling", "diverse_sampling", "curriculum"),
               "rl": ("rejection_sampling", "diverse_sampling", "curriculum"), "dpo": (), "grm": ()}
 # Options one view reads (changed from their default in another view, they would do nothing)
-VIEW_OPTIONS = {"pairs_per_prompt": "dpo", "gold_as_chosen": "dpo", "grm_corrupt_prob": "grm", "grm_samples": "grm"}
+VIEW_OPTIONS = {"pairs_per_prompt": "dpo", "gold_as_chosen": "dpo", "grm_corrupt_prob": "grm", "grm_corrupt_evidence": "grm",
+                "grm_samples": "grm"}
 
 
 def check_view_options(dm, callbacks=None) -> None:
@@ -98,4 +99,5 @@ def rl_view(dm) -> tuple[list, Callable]:
 def grm_view(dm) -> tuple[list, Callable]:
     from taosr.data.grm import build_grm_rows, collate_grm
 
-    return build_grm_rows(dm, corrupt_prob=dm.grm_corrupt_prob), lambda b: collate_grm(dm, b)
+    return (build_grm_rows(dm, corrupt_prob=dm.grm_corrupt_prob, evidence_prob=dm.grm_corrupt_evidence),
+            lambda b: collate_grm(dm, b))

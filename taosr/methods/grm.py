@@ -2,7 +2,9 @@
 
 Validation rows are the held-out split's gold reasoning with seeded corruptions (same recipe as
 training); the GRM's soft score P(right) >= 0.5 is compared with the true verdict per step, and
-the soft score's AUROC (right vs wrong steps) is reported beside it. With ``data.grm_samples.holdout``
+the soft score's AUROC (right vs wrong steps) is reported beside it; ``grm/evidence/...`` scores the
+same split's decision steps with one evidence part swapped in half of them and every conclusion
+kept (a right conclusion from a wrong fact: what the verifier's evidence check catches). With ``data.grm_samples.holdout``
 the policy samples of held-out queries are scored too (what the GRM meets in SRPO): against the
 offline verifier's verdicts on the steps it covers (``grm/policy/...``) and, where the examples carry
 gold steps (the synthetic default), against them on every step (``grm/policy_gold/...``) and on the
@@ -18,6 +20,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from taosr.data.grm import policy_rows_split
+from taosr.data.synth import DECISION_STEPS
 from taosr.labels import STEP_KEYS
 from taosr.methods.sft import SFTModule
 from taosr.reasoning.format import conclusion
@@ -25,13 +28,14 @@ from taosr.reasoning.grm_layout import write_layout
 from taosr.rl.grm import GRMScorer
 
 
-def grm_eval_rows(examples, seed: int = 1234, corrupt_prob: float = 0.3) -> list[tuple]:
-    from taosr.data.grm import corrupt_steps
+def grm_eval_rows(examples, seed: int = 1234, corrupt_prob: float = 0.3, evidence_prob: float = 0.0) -> list[tuple]:
+    from taosr.data.grm import corrupt_steps, evidence_pool
 
     rng = random.Random(seed)
     ex5 = [ex for ex in examples if ex.steps and len(ex.steps) == 5]
     pool = {k: sorted({conclusion(ex.steps[k]) for ex in ex5}) for k in STEP_KEYS}
-    return [(ex, *corrupt_steps(ex, pool, rng, corrupt_prob)) for ex in ex5]
+    ev_pool = evidence_pool(ex5) if evidence_prob > 0 else None
+    return [(ex, *corrupt_steps(ex, pool, rng, corrupt_prob, evidence_prob, ev_pool)) for ex in ex5]
 
 
 def verdict_metrics(probs: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | None = None,
@@ -86,6 +90,13 @@ class GRMModule(SFTModule):
         probs = scorer.score_steps([r[0] for r in rows], [r[1] for r in rows])
         truth = torch.tensor([[r[2][k] for k in STEP_KEYS] for r in rows], dtype=torch.bool)
         m = verdict_metrics(probs, truth)
+        # evidence mistakes alone (conclusions kept): does the GRM flag a right conclusion from a wrong fact?
+        ev = grm_eval_rows(dm.splits[split], corrupt_prob=0.0, evidence_prob=0.5)
+        ev_truth = torch.tensor([[r[2][k] for k in STEP_KEYS] for r in ev], dtype=torch.bool)
+        if ev and not ev_truth.all():
+            decision = torch.tensor([k in DECISION_STEPS for k in STEP_KEYS]).expand_as(ev_truth)
+            ev_probs = scorer.score_steps([r[0] for r in ev], [r[1] for r in ev])
+            m.update(verdict_metrics(ev_probs, ev_truth, decision.clone(), prefix="grm/evidence"))
         policy = policy_rows_split(dm)[1] if split == "val" and dm.grm_samples.holdout else []
         if policy:
             probs = scorer.score_steps([r[0] for r in policy], [r[1] for r in policy])
