@@ -104,11 +104,15 @@ def test_reference_of_a_run_from_an_adapter_only_export_is_that_export(tmp_path,
     mod = cls(model=ModelSpec(name_or_path=out, lora=LoraSpec(r=4, alpha=8)), export_dir=None, **kw)
     mod._trainer = types.SimpleNamespace(datamodule=None)
     mod.setup("fit")
-    assert not starts_at_base(mod.model) and mod.ref_model is not None
+    # the reference is that export's adapter loaded a second time, frozen (taosr.models.reference)
+    assert not starts_at_base(mod.model) and mod.ref_kind == "adapter" and mod.ref_model is None
+    from taosr.models.reference import reference_model
+
     ids = tok(TEXTS[:2], return_tensors="pt", padding=True).input_ids
     with torch.no_grad():
         start = mod.model.eval()(input_ids=ids).logits
-        ref = mod.ref_model(input_ids=ids).logits
+        with reference_model(mod.model, mod.ref_kind) as ref_model:
+            ref = ref_model(input_ids=ids).logits
         with mod.model.disable_adapter():
             base = mod.model(input_ids=ids).logits
     assert torch.equal(ref, start) and not torch.allclose(base, start, atol=1e-3)
@@ -116,7 +120,7 @@ def test_reference_of_a_run_from_an_adapter_only_export_is_that_export(tmp_path,
     fresh = cls(model=ModelSpec(name_or_path=merged, lora=LoraSpec(r=4, alpha=8)), export_dir=None, **kw)
     fresh._trainer = types.SimpleNamespace(datamodule=None)
     fresh.setup("fit")
-    assert starts_at_base(fresh.model) and fresh.ref_model is None
+    assert starts_at_base(fresh.model) and fresh.ref_model is None and fresh.ref_kind == "adapter_disabled"
 
 
 def test_bad_paths_and_missing_corpus(tmp_path):

@@ -224,6 +224,9 @@ class RelevanceModule(pl.LightningModule):
             sd = checkpoint["state_dict"]
             for k, v in self.state_dict().items():  # the frozen weights as loaded from the start model
                 sd.setdefault(k, v)
+            if getattr(self, "ref_model", None) is None:  # a reference copy's buffers in a checkpoint from before
+                for k in [k for k in sd if k.startswith("ref_model.")]:  # the reference became a second adapter
+                    del sd[k]
 
     @property
     def evaluated_step(self) -> int:

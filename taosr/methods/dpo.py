@@ -1,19 +1,20 @@
 """DPO (TaoSR1 stage 2): sigmoid preference loss against a reference policy.
 
-Reference = the same model with its LoRA adapter disabled when LoRA is on (no extra memory),
+Reference (:mod:`taosr.models.reference`): the same model with its LoRA adapter disabled when the
+adapter was added fresh (no extra memory); for a previous stage's adapter-only export, that adapter
+loaded a second time, frozen, and switched to for the reference forward (one adapter's memory);
 else a frozen copy made at setup. Logs TRL's metric names (rewards/chosen, rewards/rejected,
 rewards/accuracies, rewards/margins).
 """
 from __future__ import annotations
-
-import copy
 
 import torch
 
 from taosr.losses.dpo import dpo_loss, dpo_metrics
 from taosr.losses.sft import sequence_logprobs
 from taosr.methods.base import RelevanceModule
-from taosr.models.factory import disable_dropout, starts_at_base
+from taosr.models.factory import disable_dropout
+from taosr.models.reference import build_reference, reference_model
 
 
 class DPOModule(RelevanceModule):
@@ -23,16 +24,15 @@ class DPOModule(RelevanceModule):
                  disable_dropout: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
-        self.ref_model = None
+        self.ref_model = None  # the frozen copy (reference kind "copy" only)
+        self.ref_kind: str | None = None  # taosr.models.reference.reference_kind, set at fit
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.hparams.disable_dropout:  # policy and reference log-probs of the same weights must agree
             disable_dropout(self.model)
-        if self.ref_model is None and not starts_at_base(self.model):  # the reference is the starting policy
-            self.ref_model = copy.deepcopy(self.model).eval()
-            for p in self.ref_model.parameters():
-                p.requires_grad_(False)
+        if stage == "fit" and self.ref_kind is None:  # the reference is the starting policy
+            self.ref_kind, self.ref_model = build_reference(self.model, no_dropout=self.hparams.disable_dropout)
 
     def _seq_logps(self, model, batch) -> torch.Tensor:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -41,12 +41,9 @@ class DPOModule(RelevanceModule):
     def training_step(self, batch, batch_idx):
         n = batch["input_ids"].shape[0] // 2
         lp = self._seq_logps(self.model, batch)
-        with torch.no_grad():
-            if self.ref_model is not None:
-                ref = self._seq_logps(self.ref_model, batch)
-            else:
-                with self.model.disable_adapter():
-                    ref = self._seq_logps(self.model, batch)
+        kind = self.ref_kind or ("copy" if self.ref_model is not None else "adapter_disabled")
+        with torch.no_grad(), reference_model(self.model, kind, self.ref_model) as ref_model:
+            ref = self._seq_logps(ref_model, batch)
         losses, rc, rr = dpo_loss(lp[:n], lp[n:], ref[:n], ref[n:], beta=self.hparams.beta,
                                   label_smoothing=self.hparams.label_smoothing)
         loss = losses.mean()

@@ -15,7 +15,6 @@ are pure functions (:mod:`taosr.rl.advantages`, :mod:`taosr.losses.policy`).
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 
 import torch
@@ -24,8 +23,9 @@ from taosr.errors import ConfigError
 from taosr.losses.policy import LOSS_AGGREGATIONS, policy_loss
 from taosr.losses.sft import gather_logprobs
 from taosr.methods.base import RelevanceModule
-from taosr.models.factory import disable_dropout, starts_at_base
+from taosr.models.factory import disable_dropout
 from taosr.models.kvcache import cache_kwargs, output_cache
+from taosr.models.reference import build_reference, reference_model
 from taosr.rl.advantages import frac_zero_std, group_advantages, zero_spread_mask
 from taosr.rl.rollout import Rollout
 from taosr.rl.update_plan import UpdatePlan, plan_update, trimmed_width
@@ -45,7 +45,8 @@ class GRPOModule(RelevanceModule):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.ref_model = None
+        self.ref_model = None  # the frozen copy (reference kind "copy" only)
+        self.ref_kind: str | None = None  # taosr.models.reference.reference_kind, set at fit when beta > 0
         LOSS_AGGREGATIONS.check(loss_agg, key=f"{KEY}.loss_agg")
         if delta is not None and delta <= 1 + eps_high:
             raise ConfigError(f"{KEY}.delta (dual clip) must exceed 1 + eps_high = {1 + eps_high:g}, got {delta:g}")
@@ -63,20 +64,11 @@ class GRPOModule(RelevanceModule):
         super().setup(stage)
         if self.hparams.disable_dropout:  # rollouts sample in eval mode: the update must score that policy
             disable_dropout(self.model)
-        if stage == "fit" and self.hparams.beta > 0 and self.hparams.reference == "adapter_disabled" \
-                and not hasattr(self.model, "disable_adapter"):
-            raise ConfigError(f"{KEY}.reference: adapter_disabled needs a LoRA policy (model.lora), and this one has "
-                              "no adapter (reference: auto or copy keeps a frozen copy)")
-        if self.hparams.beta > 0 and self.ref_model is None and not self._is_peft():
-            self.ref_model = copy.deepcopy(self.model).eval()
-            for p in self.ref_model.parameters():
-                p.requires_grad_(False)
-
-    def _is_peft(self) -> bool:
-        if self.hparams.reference == "adapter_disabled":
-            return hasattr(self.model, "disable_adapter")
-        # auto: the adapter disabled when that is the starting policy (not a loaded adapter-only export)
-        return self.hparams.reference == "auto" and starts_at_base(self.model)
+        if stage == "fit" and self.hparams.beta > 0 and self.ref_kind is None:
+            # auto: the adapter disabled for a fresh adapter, a second frozen adapter for a loaded
+            # adapter-only export (taosr.models.reference), else a frozen copy; copy: always a copy
+            self.ref_kind, self.ref_model = build_reference(self.model, self.hparams.reference, f"{KEY}.reference",
+                                                            no_dropout=self.hparams.disable_dropout)
 
     def _logps(self, model, r: Rollout, rows: slice | torch.Tensor | None = None, entropy: bool = False):
         """Per-token log-probs (and entropies) of the completions of ``rows``, at the temperature
@@ -146,10 +138,9 @@ class GRPOModule(RelevanceModule):
     def reference_logps(self, r: Rollout) -> torch.Tensor | None:
         if self.hparams.beta <= 0:
             return None
-        if self.ref_model is not None:
-            return self._all_logps(self.ref_model, r)
-        with self.model.disable_adapter():
-            return self._all_logps(self.model, r)
+        kind = self.ref_kind or ("copy" if self.ref_model is not None else "adapter_disabled")
+        with reference_model(self.model, kind, self.ref_model) as ref_model:
+            return self._all_logps(ref_model, r)
 
     def fill_logps(self, r: Rollout) -> None:
         """Step 3 of the rollout order: the log-probs the objective compares against, from the

@@ -261,6 +261,9 @@ def _check_loaded_adapter(lora: LoraSpec, model, path: str) -> None:
                           f"{', '.join(differ)}; remove model.lora or match it, or start from a merged export")
 
 
+REFERENCE_ADAPTER = "reference"  # taosr.models.reference's frozen second adapter: never exported
+
+
 def starts_at_base(model) -> bool:
     """Whether disabling ``model``'s adapter gives the weights this run started from: a peft model
     whose adapter was added fresh by :func:`load_model_and_tokenizer`. Not for a previous stage's
@@ -329,7 +332,8 @@ def note_chat_template(model: str, tokenizer, chat: bool | None, hint: str = "")
 
 def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True, meta: dict | None = None) -> str:
     """Write a Hugging Face folder (model + tokenizer). A peft model is saved merged (a deep copy
-    is merged so the training model keeps its adapter) or as its adapter only. The folder is written
+    is merged so the training model keeps its adapter) or as its adapter only; either way only the
+    policy's adapter, never the frozen reference adapter DPO/GRPO may have added. The folder is written
     under a temporary name and renamed, so a reader never sees half an export and a failed write
     leaves the previous export in place. ``meta`` (e.g. ``{"target": "label"}``) is recorded in
     :data:`EXPORT_META` (:func:`export_meta` reads it)."""
@@ -339,9 +343,13 @@ def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True, meta: d
     os.makedirs(tmp)
     try:
         is_peft = hasattr(model, "peft_config")
+        # the policy's adapter only: never the frozen reference adapter (taosr.models.reference)
+        policy = [n for n in getattr(model, "peft_config", {}) if n != REFERENCE_ADAPTER] or None  # None: all
         if is_peft and merge_lora:
-            merged = copy.deepcopy(model).merge_and_unload()
+            merged = copy.deepcopy(model).merge_and_unload(adapter_names=policy)
             merged.save_pretrained(tmp)
+        elif is_peft:
+            model.save_pretrained(tmp, selected_adapters=policy)
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
