@@ -49,6 +49,12 @@ def test_adapter_versions_keep_only_the_latest_folder():
         second = versions.save(peft)
         assert versions.version == 2 and second != first and not os.path.exists(first)
         assert os.listdir(versions.root) == ["v2"] and "adapter_config.json" in os.listdir(second)
+        # a frozen reference adapter (an adapter-only start's DPO/GRPO reference) is not synced to vLLM
+        from taosr.models.factory import REFERENCE_ADAPTER
+
+        peft.add_adapter(REFERENCE_ADAPTER, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+        third = versions.save(peft)
+        assert REFERENCE_ADAPTER not in os.listdir(third) and "adapter_config.json" in os.listdir(third)
     finally:
         import shutil
 

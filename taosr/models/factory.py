@@ -264,6 +264,12 @@ def _check_loaded_adapter(lora: LoraSpec, model, path: str) -> None:
 REFERENCE_ADAPTER = "reference"  # taosr.models.reference's frozen second adapter: never exported
 
 
+def policy_adapters(model) -> list[str] | None:
+    """The names of ``model``'s own adapters, never the frozen reference adapter (taosr.models.reference):
+    what an export or a weight sync saves (``selected_adapters``); None (all) for a model without any."""
+    return [n for n in getattr(model, "peft_config", {}) if n != REFERENCE_ADAPTER] or None
+
+
 def starts_at_base(model) -> bool:
     """Whether disabling ``model``'s adapter gives the weights this run started from: a peft model
     whose adapter was added fresh by :func:`load_model_and_tokenizer`. Not for a previous stage's
@@ -343,8 +349,7 @@ def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True, meta: d
     os.makedirs(tmp)
     try:
         is_peft = hasattr(model, "peft_config")
-        # the policy's adapter only: never the frozen reference adapter (taosr.models.reference)
-        policy = [n for n in getattr(model, "peft_config", {}) if n != REFERENCE_ADAPTER] or None  # None: all
+        policy = policy_adapters(model)
         if is_peft and merge_lora:
             merged = copy.deepcopy(model).merge_and_unload(adapter_names=policy)
             merged.save_pretrained(tmp)

@@ -52,7 +52,9 @@ class AdapterVersions:
         previous = self.path
         self.version += 1
         self.path = os.path.join(self.root, f"v{self.version}")
-        model.save_pretrained(self.path)
+        from taosr.models.factory import policy_adapters
+
+        model.save_pretrained(self.path, selected_adapters=policy_adapters(model))  # not the reference adapter
         if previous:
             shutil.rmtree(previous, ignore_errors=True)
         return self.path
