@@ -13,7 +13,8 @@ default where the run never reads it:
 - SRPO's ``keep_step_only_groups: true`` without dynamic sampling, or with the ``outcome`` step estimator
   (the rule it changes is dynamic sampling's, and ``outcome`` has no step term);
 - SRPO's ``grm_path`` and ``grm_batch_size`` in an examiner mode that never loads a GRM (``verifier``);
-- the GRM's ``eval_generation`` in ``validate`` / ``test`` (GRM evaluation scores step verdicts and
+- the GRM's ``table_rows`` (never read), and its ``eval_scores`` and ``eval_generation`` in ``validate`` /
+  ``test`` (GRM evaluation scores step verdicts and
   generates nothing; ``taosr predict`` does generate with it). At ``fit`` it is a warning: the
   checkpoint keeps it for a later ``predict``.
 
@@ -148,3 +149,17 @@ def check_unread_settings(command: str, cfg, user: frozenset[str] | set[str],
             else:
                 unread(f"{key}.{mine[0]}", f"{what}: {cls.__name__}'s {command} scores step verdicts and generates "
                                            "nothing (only taosr predict reads eval_generation); remove it")
+        # eval_scores (tier scores of each generation): read by taosr predict only, like eval_generation
+        key = f"{KEY}.eval_scores"
+        if _given(user, key) and init.get("eval_scores", True) is not True:
+            if fit:
+                unread(key, f"{key}: {cls.__name__}'s validation scores step verdicts and generates nothing, so this "
+                            "fit does not read it (the checkpoint keeps it for a taosr predict)", refuse=False)
+            else:
+                unread(key, f"{key}: {cls.__name__}'s {command} scores step verdicts and generates nothing (only "
+                            "taosr predict reads eval_scores); remove it")
+
+    key = f"{KEY}.table_rows"  # in every command, predict's too
+    if _is(cls, "taosr.methods.grm", "GRMModule") and _given(user, key) and init.get("table_rows", 32) != 32:
+        unread(key, f"{key}: {cls.__name__} logs no table of generations (its evaluation scores step verdicts); "
+                    "remove it")

@@ -139,6 +139,23 @@ def test_grm_eval_generation_outside_predict(tmp_path):
     assert len(notes) == 1 and "this fit does not read it" in notes[0]
 
 
+def test_grm_eval_scores_and_table_rows(tmp_path):
+    """The generated-label evaluation's other options (fourteenth stop): the GRM never logs a table of
+    generations, and only taosr predict generates (with tier scores under eval_scores)."""
+    for command in ("fit", "test", "validate", "predict"):
+        bad = _check(command, "--config", GRM, "--model.init_args.table_rows", "8")
+        assert bad.startswith("model.init_args.table_rows: GRMModule logs no table of generations"), bad
+    bad = _check("test", "--config", GRM, "--model.init_args.eval_scores", "false")
+    assert bad == ("model.init_args.eval_scores: GRMModule's test scores step verdicts and generates nothing (only "
+                   "taosr predict reads eval_scores); remove it"), bad
+    assert _check("predict", "--config", GRM, "--model.init_args.eval_scores", "false") is None
+    assert _check("fit", "--config", GRM, "--model.init_args.eval_scores", "false") is None  # a warning at fit
+    # at their defaults, and on a method that generates: accepted
+    assert _check("test", "--config", GRM, "--model.init_args.table_rows", "32") is None
+    assert _check("test", "--config", os.path.join(ROOT, "configs", "sft.yaml"), "--model.init_args.table_rows", "8",
+                  "--model.init_args.eval_scores", "false") is None
+
+
 def test_a_saved_run_config_means_what_its_run_meant(tmp_path, capsys):
     """A re-run of <run>/config.yaml (every key in one file) is refused only for what its run's user set."""
     from taosr.configfiles import user_mark
