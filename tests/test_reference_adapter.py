@@ -365,3 +365,23 @@ def test_the_memory_benchmark_runs(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| second adapter (reference: auto) | adapter | " in p.stdout and "| deep copy (reference: copy" in p.stdout
+
+
+def test_dpo_takes_the_reference_option_as_grpo(tmp_path):
+    """DPO's model.init_args.reference (fourteenth stop): copy keeps a frozen deep copy (as before the
+    second adapter), adapter_disabled the base without the export's adapter; an unknown value is
+    refused when the module is built, before any work."""
+    from taosr.errors import ConfigError
+
+    out, tok = _adapter_export(tmp_path)
+    copy_mod = _module(DPOModule, out, beta=0.1, reference="copy")
+    assert copy_mod.ref_kind == "copy" and copy_mod.ref_model is not None and REF not in copy_mod.model.peft_config
+    second = _module(DPOModule, out, beta=0.1)
+    batch = _dpo_batch(tok)
+    with torch.no_grad():
+        assert torch.allclose(copy_mod._seq_logps(copy_mod.ref_model, batch),
+                              second._seq_logps(second.model, batch), atol=1e-5)  # same weights at step 0
+    assert _module(DPOModule, out, beta=0.1, reference="adapter_disabled").ref_kind == "adapter_disabled"
+    with pytest.raises(ConfigError, match=r"^model.init_args.reference: 'frozen' is unknown; expected one of auto, "
+                                          r"adapter_disabled, copy$"):
+        DPOModule(model=ModelSpec(name_or_path=out), reference="frozen")

@@ -14,15 +14,16 @@ from taosr.losses.dpo import dpo_loss, dpo_metrics
 from taosr.losses.sft import sequence_logprobs
 from taosr.methods.base import RelevanceModule
 from taosr.models.factory import disable_dropout
-from taosr.models.reference import build_reference, reference_model
+from taosr.models.reference import build_reference, check_choice, reference_model
 
 
 class DPOModule(RelevanceModule):
     DATA_VIEW = "dpo"  # the DataModule view it trains on (data.view)
 
     def __init__(self, *args, beta: float = 0.1, label_smoothing: float = 0.0, sft_weight: float = 0.0,
-                 disable_dropout: bool = True, **kwargs):
+                 disable_dropout: bool = True, reference: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
+        check_choice(reference)  # auto | adapter_disabled | copy, as GRPO's (taosr.models.reference)
         self.save_hyperparameters()
         self.ref_model = None  # the frozen copy (reference kind "copy" only)
         self.ref_kind: str | None = None  # taosr.models.reference.reference_kind, set at fit
@@ -32,7 +33,8 @@ class DPOModule(RelevanceModule):
         if self.hparams.disable_dropout:  # policy and reference log-probs of the same weights must agree
             disable_dropout(self.model)
         if stage == "fit" and self.ref_kind is None:  # the reference is the starting policy
-            self.ref_kind, self.ref_model = build_reference(self.model, no_dropout=self.hparams.disable_dropout)
+            self.ref_kind, self.ref_model = build_reference(self.model, self.hparams.get("reference", "auto"),
+                                                            no_dropout=self.hparams.disable_dropout)
 
     def _seq_logps(self, model, batch) -> torch.Tensor:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

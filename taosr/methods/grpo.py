@@ -25,13 +25,12 @@ from taosr.losses.sft import gather_logprobs
 from taosr.methods.base import RelevanceModule
 from taosr.models.factory import disable_dropout
 from taosr.models.kvcache import cache_kwargs, output_cache
-from taosr.models.reference import build_reference, reference_model
+from taosr.models.reference import build_reference, check_choice, reference_model
 from taosr.rl.advantages import frac_zero_std, group_advantages, zero_spread_mask
 from taosr.rl.rollout import Rollout
 from taosr.rl.update_plan import UpdatePlan, plan_update, trimmed_width
 
 KEY = "model.init_args"
-REFERENCES = ("auto", "adapter_disabled", "copy")
 
 
 class GRPOModule(RelevanceModule):
@@ -53,8 +52,7 @@ class GRPOModule(RelevanceModule):
         for name, v, lo in (("num_iterations", num_iterations, 1), ("micro_batch_size", micro_batch_size, 1)):
             if int(v) < lo:
                 raise ConfigError(f"{KEY}.{name}: must be >= {lo}, got {v}")
-        if reference not in REFERENCES:
-            raise ConfigError(f"{KEY}.reference: {reference!r} is unknown; expected one of {', '.join(REFERENCES)}")
+        check_choice(reference, f"{KEY}.reference")
 
     # ------------------------------------------------------------------ log-probs
     def setup(self, stage: str) -> None:

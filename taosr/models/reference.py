@@ -29,6 +29,13 @@ from taosr.errors import ConfigError
 from taosr.models.factory import REFERENCE_ADAPTER, disable_dropout  # (REFERENCE_ADAPTER: never exported)
 
 KINDS = ("adapter_disabled", "adapter", "copy")
+CHOICES = ("auto", "adapter_disabled", "copy")  # the user's option (model.init_args.reference)
+
+
+def check_choice(choice: str, key: str = "model.init_args.reference") -> None:
+    """Refuse an unknown ``reference`` option in one line (at construction: before any work)."""
+    if choice not in CHOICES:
+        raise ConfigError(f"{key}: {choice!r} is unknown; expected one of {', '.join(CHOICES)}")
 
 
 def loaded_adapter(model) -> str | None:
@@ -50,8 +57,7 @@ def reference_kind(model, choice: str = "auto", key: str = "model.init_args.refe
             raise ConfigError(f"{key}: adapter_disabled needs a LoRA policy (model.lora), and this one has "
                               "no adapter (reference: auto or copy keeps a frozen copy)")
         return "adapter_disabled"
-    if choice != "auto":
-        raise ConfigError(f"{key}: {choice!r} is unknown; expected one of auto, adapter_disabled, copy")
+    check_choice(choice, key)
     if not has_adapter:
         return "copy"
     return "adapter" if loaded_adapter(model) is not None else "adapter_disabled"
