@@ -282,12 +282,10 @@ def _yaml_mapping(text: str):
     return value if isinstance(value, dict) else None
 
 
-def user_set_keys(argv: list[str]) -> frozenset[str]:
-    """The dotted keys (``model.init_args.grm_path``) the user set in a ``fit|validate|test|predict``
-    command line: its ``--key value`` options (a mapping value by each of its keys), ``--config`` YAML
-    text, and the keys of ``--config`` files by :func:`file_user_keys`. Call it on the arguments
-    before :func:`expand_config_args` (a layered file's text no longer says where a key came from)."""
-    out: set[str] = set()
+def option_pairs(argv: list[str]):
+    """``(--name, value)`` of each option of a command line, ``--name value`` or ``--name=value``;
+    value None for a flag without one (the next token is an option, or there is none). Tokens that
+    are neither (a subcommand) are skipped."""
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -298,6 +296,16 @@ def user_set_keys(argv: list[str]) -> frozenset[str]:
         if not eq:
             value = argv[i] if i < len(argv) and not argv[i].startswith("--") else None
             i += value is not None
+        yield name, value
+
+
+def user_set_keys(argv: list[str]) -> frozenset[str]:
+    """The dotted keys (``model.init_args.grm_path``) the user set in a ``fit|validate|test|predict``
+    command line: its ``--key value`` options (a mapping value by each of its keys), ``--config`` YAML
+    text, and the keys of ``--config`` files by :func:`file_user_keys`. Call it on the arguments
+    before :func:`expand_config_args` (a layered file's text no longer says where a key came from)."""
+    out: set[str] = set()
+    for name, value in option_pairs(argv):
         key = name[2:].rstrip("+")
         if key == "config" and value is not None:
             if "\n" in value or value.lstrip().startswith("{"):

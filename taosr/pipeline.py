@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from taosr.cliargs import ArgumentParser
-from taosr.configfiles import locate
+from taosr.configfiles import locate, option_pairs
 from taosr.data.synth import SynthConfig, heldout
 from taosr.errors import TaosrError
 from taosr.launcher import run_lightning, shared_arguments
@@ -77,15 +77,9 @@ def data_overrides(extra: list[str]) -> dict[str, str]:
     """The overrides of :data:`SAMPLE_FOLLOWS` in ``extra`` (``--key value`` or ``--key=value``; the
     last wins), by key. One that changes the training examples in a way the sample step cannot
     follow (another example-changing synthetic key, a training data file) is refused in one line."""
-    found, i = {}, 0
-    while i < len(extra):
-        tok = extra[i]
-        i += 1
-        if not tok.startswith("--"):
-            continue
-        key, eq, value = tok.partition("=")
-        if not eq and i < len(extra) and not extra[i].startswith("--"):
-            value, i = extra[i], i + 1
+    found = {}
+    for key, value in option_pairs(extra):
+        value = "" if value is None else value
         if key in SAMPLE_FOLLOWS:
             found[key] = value
         elif key.startswith("--data.synth") and key not in ANNOTATION_KEYS or key == "--data.train" and value != "synth":
