@@ -43,8 +43,7 @@ class DPOModule(RelevanceModule):
     def training_step(self, batch, batch_idx):
         n = batch["input_ids"].shape[0] // 2
         lp = self._seq_logps(self.model, batch)
-        kind = self.ref_kind or ("copy" if self.ref_model is not None else "adapter_disabled")
-        with torch.no_grad(), reference_model(self.model, kind, self.ref_model) as ref_model:
+        with torch.no_grad(), reference_model(self.model, self.ref_kind, self.ref_model) as ref_model:
             ref = self._seq_logps(ref_model, batch)
         losses, rc, rr = dpo_loss(lp[:n], lp[n:], ref[:n], ref[n:], beta=self.hparams.beta,
                                   label_smoothing=self.hparams.label_smoothing)

@@ -136,8 +136,7 @@ class GRPOModule(RelevanceModule):
     def reference_logps(self, r: Rollout) -> torch.Tensor | None:
         if self.hparams.beta <= 0:
             return None
-        kind = self.ref_kind or ("copy" if self.ref_model is not None else "adapter_disabled")
-        with reference_model(self.model, kind, self.ref_model) as ref_model:
+        with reference_model(self.model, self.ref_kind, self.ref_model) as ref_model:
             return self._all_logps(ref_model, r)
 
     def fill_logps(self, r: Rollout) -> None:

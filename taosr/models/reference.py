@@ -147,8 +147,11 @@ def reference_adapter_active(model, name: str = REFERENCE_ADAPTER) -> Iterator[t
 
 
 @contextlib.contextmanager
-def reference_model(model, kind: str, ref_copy: torch.nn.Module | None = None) -> Iterator[torch.nn.Module]:
-    """The module to run for reference log-probs of ``kind`` (use under ``torch.no_grad()``)."""
+def reference_model(model, kind: str | None, ref_copy: torch.nn.Module | None = None) -> Iterator[torch.nn.Module]:
+    """The module to run for reference log-probs of ``kind`` (use under ``torch.no_grad()``); None
+    (a module whose fit setup did not choose one) is the copy when there is one, else the disabled adapter."""
+    if kind is None:
+        kind = "copy" if ref_copy is not None else "adapter_disabled"
     if kind == "copy":
         if ref_copy is None:
             raise RuntimeError("reference: copy without a copy (setup did not run)")
