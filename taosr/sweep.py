@@ -83,17 +83,22 @@ def _first_values(parameters: dict) -> dict:
     return out
 
 
+def lightning_args(cmd: list[str]) -> list[str] | None:
+    """A sweep command's taosr part from its subcommand on (``fit --config ...``); None when it has none."""
+    at = next((i for i, c in enumerate(cmd) if c in LIGHTNING_COMMANDS), None)
+    return None if at is None else cmd[at:]
+
+
 def check_command(cfg: dict, extra: list[str], out: str, name: str = "sweep", build: bool = True) -> None:
     """Check the sweep's taosr command with one value of every parameter and the extra arguments
     (:func:`taosr.launcher.parse_error`: parsed and, with ``build``, its data module, module and
     trainer built; nothing is run), so a typo in a parameter's key or an override, or a value a
     constructor refuses, stops the sweep before its first run (each run failed on it, one after the
     other). A dry run only parses."""
-    cmd = build_command(cfg, _first_values(cfg.get("parameters")))
-    at = next((i for i, c in enumerate(cmd) if c in LIGHTNING_COMMANDS), None)
-    if at is None:  # not a taosr fit / validate ... command: nothing to parse here
+    taosr_args = lightning_args(build_command(cfg, _first_values(cfg.get("parameters"))))
+    if taosr_args is None:  # not a taosr fit / validate ... command: nothing to parse here
         return
-    why = parse_error([*cmd[at:], "--trainer.default_root_dir", os.path.join(out, "check"), *extra], build=build)
+    why = parse_error([*taosr_args, "--trainer.default_root_dir", os.path.join(out, "check"), *extra], build=build)
     if why is not None:
         raise ConfigError(f"sweep {name}: {why} (checked before the first run)")
 
@@ -127,9 +132,8 @@ def _plain(v):
 def fixed_arguments(cfg: dict) -> list[str]:
     """The arguments the sweep's ``command:`` gives every run (those after the taosr subcommand,
     without the swept ``${args}``)."""
-    cmd = build_command(cfg, {})
-    at = next((i for i, c in enumerate(cmd) if c in LIGHTNING_COMMANDS), None)
-    return [] if at is None else cmd[at + 1:]
+    args = lightning_args(build_command(cfg, {}))
+    return args[1:] if args else []
 
 
 def run_sweep(path: str, out: str, count: int | None = None, extra: list[str] | None = None,
