@@ -287,6 +287,10 @@ def _make_cli_classes():
 
         def before_fit(self) -> None:
             self._drop_callbacks_needing_a_logger()
+            from taosr.callbacks.ranks import EndRanksOnFailure
+
+            if not any(isinstance(cb, EndRanksOnFailure) for cb in self.trainer.callbacks):
+                self.trainer.callbacks.append(EndRanksOnFailure())  # one rank's failure ends them all
 
         before_validate = before_test = before_predict = before_fit
 

@@ -1,6 +1,7 @@
 """GRPO under Lightning DDP with 2 CPU processes (gloo): rollouts per rank, groups never split
 across ranks (each rank samples all G completions of its own prompts), normalisers shared, a
-curriculum's filtered prompts sharded by the training sampler itself; SFT from the `taosr` script."""
+curriculum's filtered prompts sharded by the training sampler itself; SFT from the `taosr` script;
+one rank's failure ends every rank, SIGTERM still saves."""
 import os
 import subprocess
 import sys
@@ -53,3 +54,58 @@ def test_sft_two_processes_from_the_console_script_with_a_cold_model_cache(tmp_p
     built = [d for d in os.listdir(models) if d.startswith("micro-")]
     assert len(built) == 1 and os.path.exists(os.path.join(models, built[0], "model.safetensors")), os.listdir(models)
     assert os.path.exists(os.path.join(root, "export", "config.json"))
+
+
+
+def _faulty_sft(tmp_path, cache_dir, **fault):
+    """A 2-process SFT run with ``tests.ddp_faults.FailOneRank`` (``fault``: its TAOSR_* settings);
+    returns (exit code, seconds, stderr, run folder). The output goes to files (a pipe would also
+    wait for an orphaned rank that still holds it); what is left of the run after it is killed."""
+    import signal
+    import time
+
+    root = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "taosr.cli", "fit", "--config", os.path.join(ROOT, "configs/sft.yaml"),
+           *small_overrides(root, cache_dir), "--trainer.max_steps", "5", "--trainer.logger", "false",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.callbacks+=tests.ddp_faults.FailOneRank"]
+    env = {**os.environ, "PL_TORCH_DISTRIBUTED_BACKEND": "gloo", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT,
+           **{f"TAOSR_{k.upper()}": str(v) for k, v in fault.items()}}
+    start = time.monotonic()
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=out, stderr=err, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=300)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return rc, time.monotonic() - start, (tmp_path / "err").read_text(), root
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_one_rank_failing_ends_every_rank(tmp_path, cache_dir, rank):
+    """An error on one rank while the other is inside its step: the failing rank used to write
+    last.ckpt, whose barrier the other never reaches, and the run hung for good (rank 0, measured:
+    still waiting after 10 minutes, SIGTERM included). Now it does not save there (saying so), the
+    ranks it started are killed (rank 0), and a failed child rank is reaped by Lightning's observer:
+    the command ends well before the busy rank would have woken up."""
+    rc, took, stderr, root = _faulty_sft(tmp_path, cache_dir, fail_rank=rank, busy_seconds=400, fault="raise")
+    assert rc != 0, stderr[-3000:]
+    assert took < 250, f"{took:.0f} s"
+    assert f"injected failure on rank {rank}" in stderr
+    assert f"RuntimeError on rank {rank} of 2: no last.ckpt at step 2" in stderr, stderr[-3000:]
+    if rank == 0:
+        assert "RuntimeError on rank 0: ending the other ranks" in stderr
+    assert not os.path.exists(os.path.join(root, "checkpoints", "last.ckpt"))
+
+
+def test_sigterm_to_rank_0_stops_every_rank_with_a_checkpoint(tmp_path, cache_dir):
+    """SIGTERM (a preempted job) is the one stop every rank makes together (Lightning forwards it
+    and raises at the same batch boundary), so a multi-process run still writes last.ckpt then, and
+    ends with 143 (the resume note), not a hang."""
+    rc, _, stderr, root = _faulty_sft(tmp_path, cache_dir, fail_rank=0, fault="sigterm")
+    assert rc == 143, stderr[-3000:]
+    ckpt = torch.load(os.path.join(root, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    assert 2 <= ckpt["global_step"] < 5

@@ -6,7 +6,9 @@
   written at the step reached, so nothing since the last periodic save is lost; resuming from it
   with ``--ckpt_path`` continues at the same step, optimizer state and data position (with
   ``accumulate_grad_batches > 1``, an interrupt inside a window of accumulated batches rewinds to
-  the window's first batch: the gradients of the batches before it are not in the checkpoint);
+  the window's first batch: the gradients of the batches before it are not in the checkpoint). A
+  multi-process run (DDP) saves on an exception only on SIGTERM, which stops every rank together:
+  the save needs every rank (:mod:`taosr.callbacks.ranks`);
 - the random number generators' states (torch CPU/CUDA, numpy, random) are saved and restored
   (single process): rollouts, sampling and dropout continue as the uninterrupted run would. The
   on-exception checkpoint keeps the states of the start of the interrupted step, whose update it
@@ -34,6 +36,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sys
 import warnings
 from typing import Any
 from weakref import proxy
@@ -44,6 +47,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from taosr.callbacks.ranks import stops_every_rank
 from taosr.errors import TaosrError, find_cause
 
 
@@ -322,6 +326,13 @@ class Checkpoint(ModelCheckpoint):
 
         if trainer.state.fn != TrainerFn.FITTING or not self.dirpath or not self._should_save_on_exception(trainer) \
                 or isinstance(exception, DiskFull):  # the disk is full: another save would fail the same way
+            return
+        if trainer.world_size > 1 and not stops_every_rank(exception):
+            # the save ends with a barrier the other ranks, inside their step, never reach (taosr.callbacks.ranks)
+            saved = self._last_checkpoint_saved or "none yet"
+            print(f"taosr: {type(exception).__name__} on rank {trainer.global_rank} of {trainer.world_size}: no "
+                  f"last.ckpt at step {trainer.global_step} (a multi-process run saves on an exception only when "
+                  f"SIGTERM stops every rank); the last checkpoint saved: {saved}", file=sys.stderr)
             return
         self._saving_on_exception = True
         try:
