@@ -235,6 +235,8 @@ class ReferenceKind(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         import json
 
+        if not trainer.is_global_zero:  # under DDP: rank 0 records
+            return
         path = os.path.join(trainer.default_root_dir, "reference_kind.json")
         seen = _reference_kinds(trainer.default_root_dir) if os.path.exists(path) else []
         m = trainer.callback_metrics
@@ -350,6 +352,57 @@ def test_grpo_fit_from_an_adapter_only_export_resumes_bit_identical(tmp_path, ca
     assert main(args(old, "--ckpt_path", ckpt)) == 0
     assert [k[:3] for k in _reference_kinds(old)] == [[1, "copy", False], [2, "adapter", True], [3, "adapter", True]]
     _same_files(full, old, "model.safetensors", atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_fits_from_an_adapter_only_export_in_bf16(tmp_path, cache_dir, adapter_sft, precision):
+    """What a GPU run uses, on CPU: DPO and GRPO (beta > 0) from an adapter-only export under bf16
+    autocast and in bf16 weights. The second-adapter reference is used, DPO's rewards start at 0
+    (the reference's forward is the policy's, in the same precision), both train and export only the
+    policy's adapter / merged weights."""
+    from taosr.cli import main
+    from tests.conftest import ROOT, rl_samples_overrides, small_overrides
+
+    export, samples = adapter_sft
+    common = ["--model.init_args.model.name_or_path", export, "--trainer.precision", precision,
+              "--trainer.max_steps", "2", "--trainer.logger", "false",
+              "--trainer.callbacks+=tests.test_reference_adapter.ReferenceKind"]
+    dpo, grpo = str(tmp_path / "dpo"), str(tmp_path / "grpo")
+    assert main(["fit", "--config", os.path.join(ROOT, "configs/dpo.yaml"), *small_overrides(dpo, cache_dir),
+                 "--data.samples_path", samples, "--model.init_args.merge_lora_on_export", "false", *common]) == 0
+    (step, kind, no_copy, chosen), *_ = _reference_kinds(dpo)
+    assert (step, kind, no_copy) == (1, "adapter", True) and chosen == 0.0
+    assert REF not in os.listdir(os.path.join(dpo, "export"))
+    assert main(["fit", "--config", os.path.join(ROOT, "configs/grpo.yaml"), *small_overrides(grpo, cache_dir),
+                 *rl_samples_overrides(samples), "--model.init_args.beta", "0.04", "--data.batch_size", "2",
+                 "--trainer.callbacks+=tests.test_resume.SpreadRewards", *common]) == 0
+    assert [k[1:3] for k in _reference_kinds(grpo)] == [["adapter", True]] * 2
+    assert os.path.exists(os.path.join(grpo, "export", "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_grpo_from_an_adapter_only_export_under_ddp(tmp_path, cache_dir, adapter_sft):
+    """Two processes (gloo) of GRPO with beta > 0 from an adapter-only export: DDP wraps a model that
+    holds a frozen second adapter (no gradient: DDP must not wait for one), every step uses it, and
+    the export is the policy's."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, rl_samples_overrides, small_overrides
+
+    export, samples = adapter_sft
+    root = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "taosr.cli", "fit", "--config", os.path.join(ROOT, "configs/grpo.yaml"),
+           *small_overrides(root, cache_dir), *rl_samples_overrides(samples),
+           "--model.init_args.model.name_or_path", export, "--model.init_args.beta", "0.04",
+           "--model.init_args.dynamic_sampling", "false", "--trainer.max_steps", "2", "--trainer.logger", "false",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.callbacks+=tests.test_reference_adapter.ReferenceKind"]
+    env = {**os.environ, "PL_TORCH_DISTRIBUTED_BACKEND": "gloo", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [k[1:3] for k in _reference_kinds(root)] == [["adapter", True]] * 2
+    assert os.path.exists(os.path.join(root, "export", "model.safetensors"))
 
 
 def test_the_memory_benchmark_runs(tmp_path):
