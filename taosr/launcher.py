@@ -13,7 +13,7 @@ exit status and turns a bad key, value, config file or checkpoint into one line 
 - the resolved config is written atomically as ``<run>/config.yaml`` (``config-<command>.yaml`` for
   validate/test/predict); where a previous run's file exists it is replaced only when the command
   succeeds, and an input config is never overwritten;
-- Ctrl-C ends with a one-line note naming the checkpoint of the step reached (exit 130); SIGTERM
+- Ctrl-C ends with a one-line note naming the checkpoint a resume starts from and its step (exit 130); SIGTERM
   (a scheduler's preemption, ``kill``) likewise, exit 143 (Lightning ends it as a SystemExit without
   a code, which would otherwise read as success).
 """
@@ -478,7 +478,14 @@ def _interrupted_note(argv: list[str]) -> str:
     for i, a in enumerate(argv):
         if a == "--trainer.default_root_dir" and i + 1 < len(argv):
             root = argv[i + 1]
-    hint = f" (checkpoint of the step reached: {root}/checkpoints/last.ckpt)" if root else ""
+    hint = ""
+    if root:  # what a resume will start from: the step reached, or (a multi-process run stopped by one
+        # rank's error or Ctrl-C, taosr.callbacks.ranks) the last periodic save, or nothing yet
+        path = os.path.join(root, "checkpoints", "last.ckpt")
+        try:
+            hint = f" (checkpoint: {path}, step {load_checkpoint_meta(path)['global_step']})"
+        except ConfigError:
+            hint = f" (no readable {path}: a resume starts from the beginning)"
     return f"interrupted{hint}; resume with the same command plus --ckpt_path <run>/checkpoints/last.ckpt"
 
 

@@ -109,3 +109,4 @@ def test_sigterm_to_rank_0_stops_every_rank_with_a_checkpoint(tmp_path, cache_di
     assert rc == 143, stderr[-3000:]
     ckpt = torch.load(os.path.join(root, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
     assert 2 <= ckpt["global_step"] < 5
+    assert f"(checkpoint: {root}/checkpoints/last.ckpt, step {ckpt['global_step']})" in stderr

@@ -291,8 +291,11 @@ def test_sigterm_saves_the_step_reached_and_exits_non_zero(tmp_path, cache_dir, 
             "--trainer.max_steps", "6", "--trainer.logger", "false",
             "--trainer.callbacks+=tests.test_resume.SigtermAt", "--trainer.callbacks.step", "2"]
     assert main(args) == 143
-    assert "terminated (SIGTERM)" in capsys.readouterr().err
-    assert torch.load(os.path.join(root, "checkpoints", "last.ckpt"), weights_only=False)["global_step"] >= 2
+    err = capsys.readouterr().err
+    step = torch.load(os.path.join(root, "checkpoints", "last.ckpt"), weights_only=False)["global_step"]
+    assert step >= 2
+    # the note names the checkpoint a resume starts from and its step
+    assert f"terminated (SIGTERM); interrupted (checkpoint: {root}/checkpoints/last.ckpt, step {step})" in err, err
     assert not os.path.exists(os.path.join(root, "export"))
 
 
@@ -563,3 +566,16 @@ def test_an_epoch_a_curriculum_shortened_is_saved_as_ended(tmp_path, cache_dir):
                                 curriculum=Curriculum(stages=[CurriculumStage(max_difficulty=0.5)]))
     assert res_log.first_ids == full_log.first_ids[3:]
     _assert_same_weights(full, resumed)
+
+
+def test_the_interrupt_note_names_what_a_resume_starts_from(tmp_path):
+    """The step of the run folder's last.ckpt (a multi-process run stopped by Ctrl-C keeps only its
+    last periodic save), or that there is none."""
+    from taosr.launcher import _interrupted_note
+
+    root = str(tmp_path / "run")
+    argv = ["fit", "--trainer.default_root_dir", root]
+    assert f"(no readable {root}/checkpoints/last.ckpt: a resume starts from the beginning)" in _interrupted_note(argv)
+    os.makedirs(os.path.join(root, "checkpoints"))
+    torch.save({"state_dict": {}, "global_step": 7}, os.path.join(root, "checkpoints", "last.ckpt"))
+    assert f"(checkpoint: {root}/checkpoints/last.ckpt, step 7)" in _interrupted_note(argv)
