@@ -374,3 +374,46 @@ def test_a_serial_compare_goes_on_after_any_error(tmp_path, monkeypatch):
     assert failures == ["compare: bad seed 0: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"]
     with pytest.raises(torch.OutOfMemoryError):  # --fail-fast: as before
         cmp.run_compare(cmp.load_spec(str(spec_file)), str(tmp_path / "out2"))
+
+
+@pytest.mark.parametrize("arm", ["grpo", "srpo"])
+def test_the_smollm2_spec_trains_as_the_smollm2_quick_start_does(arm, capsys):
+    """comparisons/smollm2.yaml restates the SmolLM2 quick start's RL settings (LoRA, lr, budget,
+    rejection band, evaluation sizes): each arm's resolved config equals that quick start's GRPO /
+    SRPO fit but for the run's own paths and seed."""
+    import dataclasses
+    import json
+
+    import yaml
+
+    from taosr.data.synth import SynthConfig
+
+    from taosr import pipeline
+    from taosr.cli import main
+    from taosr.compare import fit_args
+    from taosr.quickstart_plan import load_plan
+
+    def resolved(argv):
+        cwd = os.getcwd()
+        os.chdir(ROOT_DIR)
+        try:
+            assert main([*argv, "--print_config"]) == 0
+        finally:
+            os.chdir(cwd)
+        cfg = yaml.safe_load(capsys.readouterr().out)
+        for where, key in [(cfg, "seed_everything"), (cfg["trainer"], "default_root_dir"), (cfg["data"], "data_dir"),
+                           (cfg["data"], "samples_path"), (cfg["model"]["init_args"], "grm_path"),
+                           (cfg["model"]["init_args"]["model"], "name_or_path")]:
+            where.pop(key, None)  # the run's own paths and seed
+        if cfg["data"]["synth"] is None:  # the data module's default
+            cfg["data"]["synth"] = json.loads(json.dumps(dataclasses.asdict(SynthConfig())))  # keys as YAML prints them
+        return cfg
+
+    qp = load_plan("smollm2-135m", False)
+    quick = next(s.argv for s in pipeline.commands("runs/qs", qp, qp.budgets) if s.kind == "fit" and s.timing == arm)
+    spec = load_spec(os.path.join(ROOT_DIR, "comparisons", "smollm2.yaml"))
+    run = next(r for r in plan_runs(spec, "/nonexistent/out") if r.arm == arm)
+    got, want = resolved(fit_args(spec, next(a for a in spec.arms if a.name == arm), run, [])), resolved(quick)
+    for section in ("model", "data", "trainer"):
+        assert got.pop(section) == want.pop(section), section
+    assert got == want

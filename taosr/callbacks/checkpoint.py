@@ -329,7 +329,7 @@ class Checkpoint(ModelCheckpoint):
             return
         if trainer.world_size > 1 and not stops_every_rank(exception):
             # the save ends with a barrier the other ranks, inside their step, never reach (taosr.callbacks.ranks)
-            saved = self._last_checkpoint_saved or "none yet"
+            saved = self._last_checkpoint_saved or (self.last_path if os.path.exists(self.last_path) else "none")
             print(f"taosr: {type(exception).__name__} on rank {trainer.global_rank} of {trainer.world_size}: no "
                   f"last.ckpt at step {trainer.global_step} (a multi-process run saves on an exception only when "
                   f"SIGTERM stops every rank); the last checkpoint saved: {saved}", file=sys.stderr)
