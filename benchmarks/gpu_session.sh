@@ -15,6 +15,10 @@
 #   quickstart  180  taosr quickstart                                        (target <= 150 s; stage table)
 #   static      240  rollout_throughput.py --only-static                     (named only: generate with the static
 #                                                                             cache, which transformers compiles per shape)
+#   smollm2     540  taosr quickstart --model smollm2-135m                   (named only: issue 16's start, into
+#                                                                             runs/quickstart-smollm2, kept on the machine)
+#   smollm2_study 540  taosr compare comparisons/smollm2.yaml --jobs 4      (named only, right after smollm2 on the
+#                                                                             same warm machine; resumable: run it again)
 # About 12 minutes when the first five run to their limits: run the first three in one call and the
 # quick starts in a second if the device budget is 15 minutes; `static` only where time is left. On a CPU machine every step runs with the
 # scripts' CPU defaults (the tier is skipped): a check of the script, not a measurement.
@@ -52,7 +56,13 @@ run_step() {
     grpo_step)  step grpo_step 90 python3 benchmarks/grpo_gpu_step.py ;;
     qs_small)   step qs_small 75 "$TAOSR" quickstart --small --out "$OUT/qs-small" ;;
     quickstart) step quickstart 180 "$TAOSR" quickstart --out "$OUT/qs" ;;
-    *) echo "gpu_session.sh: unknown step '$1' (tier, rollout, grpo_step, qs_small, quickstart, static)" >&2; return 2 ;;
+    smollm2)    step smollm2 540 "$TAOSR" quickstart --model smollm2-135m --out runs/quickstart-smollm2
+                cp runs/quickstart-smollm2/comparison.md runs/quickstart-smollm2/plan.json "$OUT/" 2>/dev/null ;;
+    smollm2_study) step smollm2_study 540 "$TAOSR" compare comparisons/smollm2.yaml --jobs 4 --no-wandb \
+                     -- --trainer.precision bf16-mixed
+                cp runs/compare/smollm2/summary.md "$OUT/smollm2-summary.md" 2>/dev/null ;;
+    *) echo "gpu_session.sh: unknown step '$1' (tier, rollout, grpo_step, qs_small, quickstart, static, smollm2," \
+            "smollm2_study)" >&2; return 2 ;;
   esac
 }
 
