@@ -386,11 +386,10 @@ def test_the_smollm2_spec_trains_as_the_smollm2_quick_start_does(arm, capsys):
 
     import yaml
 
-    from taosr.data.synth import SynthConfig
-
     from taosr import pipeline
     from taosr.cli import main
     from taosr.compare import fit_args
+    from taosr.data.synth import SynthConfig
     from taosr.quickstart_plan import load_plan
 
     def resolved(argv):

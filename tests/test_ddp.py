@@ -56,11 +56,11 @@ def test_sft_two_processes_from_the_console_script_with_a_cold_model_cache(tmp_p
     assert os.path.exists(os.path.join(root, "export", "config.json"))
 
 
-
 def _faulty_sft(tmp_path, cache_dir, **fault):
     """A 2-process SFT run with ``tests.ddp_faults.FailOneRank`` (``fault``: its TAOSR_* settings);
     returns (exit code, seconds, stderr, run folder). The output goes to files (a pipe would also
-    wait for an orphaned rank that still holds it); what is left of the run after it is killed."""
+    wait for an orphaned rank that still holds it), and whatever is left of the run (a hung rank on
+    the old code) is killed at the end."""
     import signal
     import time
 
