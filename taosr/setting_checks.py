@@ -124,15 +124,16 @@ def check_unread_settings(command: str, cfg, user: frozenset[str] | set[str],
 
         mode = (_plain(init.get("examiner")) or {}).get("mode", "verifier_then_grm")
         found = EXAMINER_MODES.get(mode) if mode in EXAMINER_MODES else None
-        users = ", ".join(n for n in EXAMINER_MODES.names() if EXAMINER_MODES.get(n).uses_grm)
-        grm_path, key = init.get("grm_path"), f"{KEY}.grm_path"
-        if found is not None and not found.uses_grm and grm_path and _given(user, key):
-            unread(key, f"{key}: examiner.mode {mode!r} never loads a GRM, so {grm_path!r} is unused (remove it or "
-                        f"give null, or choose a mode that uses it: {users})")
-        key = f"{KEY}.grm_batch_size"
-        if found is not None and not found.uses_grm and _given(user, key):
-            unread(key, f"{key}: examiner.mode {mode!r} never loads a GRM, so its scoring batch size is unused "
-                        f"(remove it, or choose a mode that uses a GRM: {users})")
+        if found is not None and not found.uses_grm:
+            users = ", ".join(n for n in EXAMINER_MODES.names() if EXAMINER_MODES.get(n).uses_grm)
+            grm_path, key = init.get("grm_path"), f"{KEY}.grm_path"
+            if grm_path and _given(user, key):
+                unread(key, f"{key}: examiner.mode {mode!r} never loads a GRM, so {grm_path!r} is unused (remove it "
+                            f"or give null, or choose a mode that uses it: {users})")
+            key = f"{KEY}.grm_batch_size"
+            if _given(user, key):
+                unread(key, f"{key}: examiner.mode {mode!r} never loads a GRM, so its scoring batch size is unused "
+                            f"(remove it, or choose a mode that uses a GRM: {users})")
 
     if _is(cls, "taosr.methods.grm", "GRMModule") and command in ("fit", "validate", "test"):
         from taosr.eval.generation import GenerationSpec

@@ -47,7 +47,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from taosr.callbacks.ranks import stops_every_rank
+from taosr.callbacks.ranks import raised_alone
 from taosr.errors import TaosrError, find_cause
 
 
@@ -327,7 +327,7 @@ class Checkpoint(ModelCheckpoint):
         if trainer.state.fn != TrainerFn.FITTING or not self.dirpath or not self._should_save_on_exception(trainer) \
                 or isinstance(exception, DiskFull):  # the disk is full: another save would fail the same way
             return
-        if trainer.world_size > 1 and not stops_every_rank(exception):
+        if raised_alone(trainer, exception):
             # the save ends with a barrier the other ranks, inside their step, never reach (taosr.callbacks.ranks)
             saved = self._last_checkpoint_saved or (self.last_path if os.path.exists(self.last_path) else "none")
             print(f"taosr: {type(exception).__name__} on rank {trainer.global_rank} of {trainer.world_size}: no "

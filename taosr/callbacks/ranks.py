@@ -7,8 +7,8 @@ the others are inside a step or a collective. Saving from there (``last.ckpt`` o
 in a barrier the others never reach, and the run hung for good: measured with 2 CPU processes
 (gloo), a rank-0 error at step 2 was still waiting after 10 minutes, SIGTERM included. So:
 
-- :func:`stops_every_rank` says which exceptions every rank raises together (the checkpoint
-  callback saves on exception only for those when ``world_size > 1``);
+- :func:`raised_alone` says whether an exception is one rank's only: a multi-process run and not
+  the coordinated SIGTERM (the checkpoint callback does not save on those);
 - :class:`EndRanksOnFailure` (added to every taosr command) kills the ranks a failing launcher
   process started (Lightning's subprocess launcher: ``taosr fit --trainer.devices N``), as Lightning
   does itself after Ctrl-C. A failing child rank exits, and Lightning's process observer then ends
@@ -22,11 +22,12 @@ import sys
 import lightning.pytorch as pl
 
 
-def stops_every_rank(exception: BaseException) -> bool:
-    """Whether every rank raises ``exception`` at the same point (Lightning's coordinated SIGTERM)."""
+def raised_alone(trainer, exception: BaseException) -> bool:
+    """Whether ``exception`` stops only this rank of a multi-process run: anything but Lightning's
+    coordinated SIGTERM (every rank raises that at the same batch boundary)."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    return isinstance(exception, SIGTERMException)
+    return trainer.world_size > 1 and not isinstance(exception, SIGTERMException)
 
 
 def _started_ranks(trainer):
@@ -43,9 +44,7 @@ class EndRanksOnFailure(pl.Callback):
     """On an exception that only this rank raised, kill the ranks this process started."""
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if trainer.world_size <= 1 or stops_every_rank(exception):
-            return
-        launcher = _started_ranks(trainer)
+        launcher = _started_ranks(trainer) if raised_alone(trainer, exception) else None
         if launcher is None:
             return
         alive = [p.pid for p in launcher.procs if p.poll() is None]
