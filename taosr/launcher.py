@@ -287,12 +287,20 @@ def _make_cli_classes():
 
         def before_fit(self) -> None:
             self._drop_callbacks_needing_a_logger()
-            from taosr.callbacks.ranks import EndRanksOnFailure
+            self._add_rank_callbacks(fit=True)
 
-            if not any(isinstance(cb, EndRanksOnFailure) for cb in self.trainer.callbacks):
-                self.trainer.callbacks.append(EndRanksOnFailure())  # one rank's failure ends them all
+        def _add_rank_callbacks(self, fit: bool = False) -> None:
+            from taosr.callbacks.ranks import CtrlCStopsEveryRank, EndRanksOnFailure
 
-        before_validate = before_test = before_predict = before_fit
+            for kind in (EndRanksOnFailure, CtrlCStopsEveryRank) if fit else (EndRanksOnFailure,):
+                if not any(isinstance(cb, kind) for cb in self.trainer.callbacks):
+                    self.trainer.callbacks.append(kind())  # one rank's failure ends them all; Ctrl-C stops them together
+
+        def before_validate(self) -> None:
+            self._drop_callbacks_needing_a_logger()
+            self._add_rank_callbacks()
+
+        before_test = before_predict = before_validate
 
     return TaosrCLI, RunConfig
 
@@ -592,6 +600,11 @@ def run_lightning(argv: list[str], verbose: bool = False, build_only: bool = Fal
         print(f"taosr: error: {cause}", file=sys.stderr)
         return 2
     except SIGTERMException:  # a SystemExit with no code: it must not read as success
+        from taosr.callbacks.ranks import stopped_by_ctrl_c
+
+        if stopped_by_ctrl_c():  # Ctrl-C in a multi-process fit: every rank stopped together (saved)
+            print(f"taosr: {_interrupted_note(argv)}", file=sys.stderr)
+            return INTERRUPTED
         print(f"taosr: terminated (SIGTERM); {_interrupted_note(argv)}", file=sys.stderr)
         return TERMINATED
     except SystemExit as err:  # Lightning exits 1 after a graceful Ctrl-C shutdown

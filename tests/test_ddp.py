@@ -56,7 +56,7 @@ def test_sft_two_processes_from_the_console_script_with_a_cold_model_cache(tmp_p
     assert os.path.exists(os.path.join(root, "export", "config.json"))
 
 
-def _faulty_sft(tmp_path, cache_dir, **fault):
+def _faulty_sft(tmp_path, cache_dir, extra=(), **fault):
     """A 2-process SFT run with ``tests.ddp_faults.FailOneRank`` (``fault``: its TAOSR_* settings);
     returns (exit code, seconds, stderr, run folder). The output goes to files (a pipe would also
     wait for an orphaned rank that still holds it), and whatever is left of the run (a hung rank on
@@ -68,7 +68,7 @@ def _faulty_sft(tmp_path, cache_dir, **fault):
     cmd = [sys.executable, "-m", "taosr.cli", "fit", "--config", os.path.join(ROOT, "configs/sft.yaml"),
            *small_overrides(root, cache_dir), "--trainer.max_steps", "5", "--trainer.logger", "false",
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-           "--trainer.callbacks+=tests.ddp_faults.FailOneRank"]
+           "--trainer.callbacks+=tests.ddp_faults.FailOneRank", *extra]
     env = {**os.environ, "PL_TORCH_DISTRIBUTED_BACKEND": "gloo", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT,
            **{f"TAOSR_{k.upper()}": str(v) for k, v in fault.items()}}
     start = time.monotonic()
@@ -110,3 +110,30 @@ def test_sigterm_to_rank_0_stops_every_rank_with_a_checkpoint(tmp_path, cache_di
     ckpt = torch.load(os.path.join(root, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
     assert 2 <= ckpt["global_step"] < 5
     assert f"(checkpoint: {root}/checkpoints/last.ckpt, step {ckpt['global_step']})" in stderr
+
+
+@pytest.mark.parametrize("fault,rank", [("sigint_group", 0), ("sigint", 1)])
+def test_ctrl_c_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path, cache_dir, fault, rank):
+    """Ctrl-C in a terminal reaches every rank at a different point of its step; `kill -INT` may reach
+    one rank only. Either way every rank ends the step it is in and they stop together, so last.ckpt
+    holds that step (it used to keep only the last periodic save: the ranks cannot save alone), the
+    command ends with 130 and its resume note, and the resume finishes the run."""
+    rc, _, stderr, root = _faulty_sft(tmp_path, cache_dir, fail_rank=rank, fault=fault)
+    assert rc == 130, stderr[-3000:]
+    assert "every rank stops at the end of this step" in stderr
+    ckpt = torch.load(os.path.join(root, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3  # the step the signal came in (step 2) was finished, then every rank stopped
+    assert f"interrupted (checkpoint: {root}/checkpoints/last.ckpt, step 3)" in stderr, stderr[-3000:]
+    if rank == 0:  # the resume finishes the run
+        rc, _, stderr, _ = _faulty_sft(tmp_path, cache_dir, fail_rank=rank, fault="none",
+                                       extra=["--ckpt_path", os.path.join(root, "checkpoints", "last.ckpt")])
+        assert rc == 0, stderr[-3000:]
+        ckpt = torch.load(os.path.join(root, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+        assert ckpt["global_step"] == 5
+
+
+def test_a_second_ctrl_c_stops_every_rank_at_once_without_saving(tmp_path, cache_dir):
+    rc, took, stderr, root = _faulty_sft(tmp_path, cache_dir, fail_rank=0, fault="sigint_twice")
+    assert rc == 130, stderr[-3000:]
+    assert took < 250, f"{took:.0f} s"
+    assert not os.path.exists(os.path.join(root, "checkpoints", "last.ckpt"))

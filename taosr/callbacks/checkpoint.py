@@ -7,8 +7,8 @@
   with ``--ckpt_path`` continues at the same step, optimizer state and data position (with
   ``accumulate_grad_batches > 1``, an interrupt inside a window of accumulated batches rewinds to
   the window's first batch: the gradients of the batches before it are not in the checkpoint). A
-  multi-process run (DDP) saves on an exception only on SIGTERM, which stops every rank together:
-  the save needs every rank (:mod:`taosr.callbacks.ranks`);
+  multi-process run (DDP) saves on an exception only on SIGTERM or a first Ctrl-C, which stop every
+  rank together after the step they are in: the save needs every rank (:mod:`taosr.callbacks.ranks`);
 - the random number generators' states (torch CPU/CUDA, numpy, random) are saved and restored
   (single process): rollouts, sampling and dropout continue as the uninterrupted run would. The
   on-exception checkpoint keeps the states of the start of the interrupted step, whose update it
@@ -332,7 +332,7 @@ class Checkpoint(ModelCheckpoint):
             saved = self._last_checkpoint_saved or (self.last_path if os.path.exists(self.last_path) else "none")
             print(f"taosr: {type(exception).__name__} on rank {trainer.global_rank} of {trainer.world_size}: no "
                   f"last.ckpt at step {trainer.global_step} (a multi-process run saves on an exception only when "
-                  f"SIGTERM stops every rank); the last checkpoint saved: {saved}", file=sys.stderr)
+                  f"SIGTERM or a first Ctrl-C stops every rank); the last checkpoint saved: {saved}", file=sys.stderr)
             return
         self._saving_on_exception = True
         try:
