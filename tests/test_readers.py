@@ -235,3 +235,36 @@ def test_a_row_with_extra_fields_is_a_bad_row_with_its_own_line(tmp_path):
     p.write_text('query,item.title,label\na,"A\nmulti",4\nb,B,3,extra\nc,"7"" TV" stand,2\n')
     res = read_examples(ReaderSpec(path=str(p), on_error="skip"))
     assert [e.item.title for e in res.examples] == ["A\nmulti", '7" TV stand'] and "d.csv:line 4: 4 fields" in res.skipped[0]
+
+
+def test_a_first_row_one_field_too_long_shifts_no_column(tmp_path):
+    """pandas took a first data row with one field more than the header as an index column and read
+    every row shifted by one (id 'shoes', query 'Nike Air', title '4'): "2 examples OK". Every row is
+    now read against the header; a trailing separator (empty extra fields) is no data."""
+    p = tmp_path / "d.csv"
+    p.write_text("id,query,title,label\nm1,shoes,Nike Air,4,3\nm2,boots,Puma Boot,3,2\n")
+    with pytest.raises(DataError, match=r"d.csv:line 2: 5 fields where the header has 4"):
+        read_examples(ReaderSpec(path=str(p)))
+    p.write_text("id,query,title,label\nm1,shoes,Nike Air,4,\nm2,boots,Puma Boot,3, \n")  # a trailing comma each
+    ex = read_examples(ReaderSpec(path=str(p))).examples
+    assert [(e.id, e.query, e.item.title, e.label) for e in ex] == [("m1", "shoes", "Nike Air", 4),
+                                                                     ("m2", "boots", "Puma Boot", 3)]
+
+
+def test_csv_rows_are_named_by_the_line_they_start_on_after_blank_lines_and_multi_line_fields(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("id,query,title,label\nc1,shoes,Puma,4\n\n\nc2,shoes,Nike,9\n")
+    with pytest.raises(DataError, match=r"d.csv:line 5: field 'label': unknown label '9'"):
+        read_examples(ReaderSpec(path=str(p)))
+    p.write_text('id,query,title,label\nc1,shoes,"Multi\nline\ntitle",4\nc2,shoes,Nike,9\n')
+    with pytest.raises(DataError, match=r"d.csv:line 5: field 'label': unknown label '9'"):
+        read_examples(ReaderSpec(path=str(p)))
+
+
+def test_csv_headers_with_a_repeated_or_empty_name_and_a_field_over_128_kib(tmp_path):
+    p = tmp_path / "d.csv"
+    title = "x" * 200_000
+    p.write_text(f"query,title,label,label,\nshoes,{title},4,3,\n")
+    res = read_examples(ReaderSpec(path=str(p)))
+    assert res.examples[0].item.title == title and res.examples[0].label == 4
+    assert any("not read: label.1, Unnamed: 4" in n for n in res.notes), res.notes

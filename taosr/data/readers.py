@@ -284,48 +284,62 @@ def _csv_separator(path: str, encoding: str) -> str:
     return "\t" if "\t" in head and "," not in head else ","
 
 
-def _read_csv(path: str, encoding: str):
-    """The file as strings (empty cells NaN)."""
-    import pandas as pd
-
-    sep = _csv_separator(path, encoding)
-    try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
-    except UnicodeDecodeError as e:
-        raise decode_error(path, encoding, e, "line ") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(path, None, "empty file: no header line and no rows") from None
-    except pd.errors.ParserError as e:
-        first = str(e).strip().splitlines()[0]
-        raise DataError(path, None, f"not valid CSV ({first[:160]})") from None
+def _csv_header(names: list[str]) -> list[str]:
+    """A CSV header's column names as pandas gives them: an empty name is ``Unnamed: N`` (its
+    position), a repeated one ``NAME.1``, ``NAME.2`` ... (so no column hides another)."""
+    out: list[str] = []
+    for i, name in enumerate(names):
+        name = name if name.strip() else f"Unnamed: {i}"
+        base, n = name, 0
+        while name in out:
+            n += 1
+            name = f"{base}.{n}"
+        out.append(name)
+    return out
 
 
 def _csv_records(path: str, encoding: str) -> tuple[list[str], list[tuple[str, Any]]]:
-    """The header and the ``(file:line N, record)`` of every row, read with :mod:`csv` where pandas
-    refused the file: ``N`` is the line each record starts on (a quoted field may span lines), a row
-    with more fields than the header is its DataError (raised or skipped and counted by the caller),
-    a shorter one has empty fields (as pandas reads it), blank lines are no rows. A quoted field never
-    closed (the rest of the file would be that field) is raised, naming its line."""
+    """The header and the ``(file:line N, record)`` of every row, read with :mod:`csv`: ``N`` is the
+    line each record starts on (blank lines and quoted fields that span lines counted), a row with
+    more fields than the header is its DataError (raised or skipped and counted by the caller) unless
+    the extra fields are empty (a trailing separator), a shorter one has empty fields, blank lines
+    are no rows. A quoted field never closed (the rest of the file would be that field) is raised,
+    naming its line. (pandas, read before, took a first row one field too long as an index column
+    and shifted every column of the file by one, and counted lines without blank ones.)"""
     import csv
     import io
+    import sys
 
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a product description may exceed the 128 KiB default
     sep = _csv_separator(path, encoding)
-    with open(path, encoding=encoding, newline="") as fh:
-        text = fh.read()
+    try:
+        with open(path, encoding=encoding, newline="") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as e:
+        raise decode_error(path, encoding, e, "line ") from None
     reader = csv.reader(io.StringIO(text), delimiter=sep, strict=False)
-    header = next(reader, None) or []
     out: list[tuple[str, Any]] = []
-    line = reader.line_num
-    for row in reader:
-        start, line = line + 1, reader.line_num
-        where = f"{path}:line {start}"
-        if not row:
-            continue
-        if len(row) > len(header):
-            out.append((where, DataError(where, None, f"{len(row)} fields where the header has {len(header)}: "
-                                                      "not a row of this file")))
-            continue
-        out.append((where, {c: (row[i] if i < len(row) else "") for i, c in enumerate(header)}))
+    try:
+        first = next(reader, None)
+        if first is None:
+            raise DataError(path, None, "empty file: no header line and no rows")
+        header = _csv_header(first)
+        line = reader.line_num
+        for row in reader:
+            start, line = line + 1, reader.line_num
+            where = f"{path}:line {start}"
+            if not row:
+                continue
+            if len(row) > len(header):
+                if any(f.strip() for f in row[len(header):]):
+                    out.append((where, DataError(where, None, f"{len(row)} fields where the header has "
+                                                              f"{len(header)} (a separator inside an unquoted "
+                                                              "field?): not a row of this file")))
+                    continue
+                row = row[:len(header)]  # a trailing separator: its empty fields are no data
+            out.append((where, {c: (row[i] if i < len(row) else "") for i, c in enumerate(header)}))
+    except csv.Error as e:  # e.g. a NUL byte
+        raise DataError(f"{path}:line {reader.line_num}", None, f"not valid CSV ({str(e)[:160]})") from None
     if out and isinstance(out[-1][1], dict) and any("\n" in str(v) for v in out[-1][1].values()):
         where = out[-1][0]  # the last record spans lines: is its quote ever closed?
         rest = "".join(text.splitlines(keepends=True)[int(where.rsplit(" ", 1)[1]) - 1:])
@@ -348,28 +362,17 @@ def iter_records(path: str, fmt: str, encoding: str, required: dict[str, str],
         records = _jsonl_records(path, encoding, required, unmapped)
         return records if keep is None else ((w, _project(r, keep)) for w, r in records)
     if fmt == "csv":
-        enc = resolve_encoding(path, encoding)
-        try:
-            # every column parsed (with usecols pandas accepts a row with too many fields), projected below
-            df = _read_csv(path, enc)
-        except DataError as e:  # pandas refuses a file with one over-long row: read it row by row instead
-            if "not valid CSV" not in e.message:
-                raise
-            header, records = _csv_records(path, enc)
-            _check_columns(header, required, path, unmapped)
-            if keep is not None:
-                records = [(w, _project(r, keep)) for w, r in records]
-            return _Records(iter(records), header)
-        base, label = 2, "line"
-    else:
-        df = read_parquet(path, keep)
-        base, label = 1, "row"
+        header, records = _csv_records(path, resolve_encoding(path, encoding))
+        _check_columns(header, required, path, unmapped)
+        if keep is not None:
+            records = [(w, _project(r, keep)) for w, r in records]
+        return _Records(iter(records), header)
+    df = read_parquet(path, keep)
     header = df.attrs.get("header", list(df.columns))
     if keep is not None:
         df = df[[c for c in df.columns if c in keep]]
     _check_columns(header, required, path, unmapped)
-    return _Records(((f"{path}:{label} {n + base}", rec) for n, rec in enumerate(df.to_dict(orient="records"))),
-                    header)
+    return _Records(((f"{path}:row {n + 1}", rec) for n, rec in enumerate(df.to_dict(orient="records"))), header)
 
 
 def _project(rec: Any, keep: frozenset[str]) -> Any:
