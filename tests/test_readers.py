@@ -268,3 +268,18 @@ def test_csv_headers_with_a_repeated_or_empty_name_and_a_field_over_128_kib(tmp_
     res = read_examples(ReaderSpec(path=str(p)))
     assert res.examples[0].item.title == title and res.examples[0].label == 4
     assert any("not read: label.1, Unnamed: 4" in n for n in res.notes), res.notes
+
+
+def test_the_unread_keys_of_a_flat_jsonl_file_are_named_as_a_csv_files_columns_are(tmp_path):
+    """A flat JSONL row's keys nothing reads (`color`; `brand`, which only `item.brand` names) were
+    dropped without a word, where a CSV file's columns are named."""
+    p = tmp_path / "k.jsonl"
+    p.write_text('{"id":"k2","query":"red shoes","title":"Nike Air","brand":"nike","label":4,"color":"red"}\n'
+                 '{"id":"k3","query":"boots","title":"Puma","label":3,"size":"9"}\n')
+    res = read_examples(ReaderSpec(path=str(p)))
+    assert len(res.examples) == 2 and res.examples[0].item.brand is None
+    assert any("3 columns of" in n and "not read: brand, color, size" in n and "item.brand=brand" in n
+               for n in res.notes), res.notes
+    nested = tmp_path / "n.jsonl"
+    nested.write_text('{"id":"n1","query":"q","item":{"title":"T"},"label":4}\n')
+    assert read_examples(ReaderSpec(path=str(nested))).notes == []

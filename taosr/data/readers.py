@@ -165,6 +165,7 @@ class ReadResult:
     examples: list[Example] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # other things counted and reported (not rows skipped)
+    flat_keys: dict = field(default_factory=dict)  # the keys of a JSONL file's flat rows (its "columns"), in order
 
 
 def infer_format(path: str) -> str:
@@ -548,10 +549,15 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
         res = read_records(records, spec, plain=plain, joiner=joiner)
     if encoding == "latin-1" and check_encoding(spec.encoding) == AUTO_ENCODING:
         res.notes.append(f"{spec.path} is not UTF-8: read as latin-1 (--encoding / data.reader.encoding chooses another)")
-    unread = _unread_columns(columns, spec, required) if columns is not None else []
+    if columns is None:  # JSONL: the keys of its flat rows (a nested row's unknown field is an error)
+        columns = list(res.flat_keys)
+    res.flat_keys = {}
+    unread = _unread_columns(columns, spec, required)
     if unread:
+        short = [c for c in unread if f"item.{c}" in ITEM_FIELDS]  # `brand` for item.brand: only the title has a short name
+        example = f"item.{short[0]}={short[0]}" if short else "item.attributes.NAME=COLUMN"
         res.notes.append(f"{len(unread)} columns of {spec.path} are not read: {', '.join(map(str, unread))} "
-                         "(map one with --column-map FIELD=COLUMN, e.g. item.attributes.NAME=COLUMN)")
+                         f"(map one with --column-map FIELD=COLUMN, e.g. {example})")
     return res
 
 
@@ -584,6 +590,8 @@ def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bo
                 kind = _label_kind(raw.get(label_col))
                 if kind is not None:
                     first_of_kind.setdefault(kind, (where, raw.get(label_col)))
+            if isinstance(raw, dict) and "item" not in raw:
+                res.flat_keys.update(dict.fromkeys(raw))
             if plain and isinstance(raw, dict) and "item" not in raw:
                 ex = validate_row(flat_to_row(raw, spec, where, joiner), where)  # a flat JSONL row: columns by name
             elif plain:
