@@ -228,3 +228,37 @@ def test_an_adapter_disabled_reference_without_lora_is_refused_at_fit(tmp_path):
             continue
         with pytest.raises(ConfigError, match=r"^model.init_args.reference: adapter_disabled needs a LoRA policy"):
             mod.setup("fit")
+
+
+def test_an_adapter_only_export_of_a_relative_folder_loads_from_any_working_folder(tmp_path, monkeypatch):
+    """`--model.init_args.model.name_or_path mymodel` (a folder under the working folder) with
+    `merge_lora_on_export: false` wrote base_model_name_or_path "mymodel" into the export's
+    adapter_config.json: loaded from anywhere else it was tried as a hub id (offline: a minute of
+    retries, then "couldn't connect"). The base is now written absolute; an adapter whose base is
+    missing says so."""
+    import json
+    import shutil
+
+    built, _ = load_model_and_tokenizer(ModelSpec(name_or_path="micro", cache_dir=str(tmp_path / "c"), vocab_size=300),
+                                        corpus)
+    src = os.path.join(tmp_path / "c", os.listdir(tmp_path / "c")[0])
+    shutil.copytree(src, tmp_path / "work" / "mymodel")
+    monkeypatch.chdir(tmp_path / "work")
+    model, tok = load_model_and_tokenizer(ModelSpec(name_or_path="mymodel", lora=LoraSpec(r=4, alpha=8)), corpus)
+    out = save_export(model, tok, str(tmp_path / "export"), merge_lora=False)
+    base = json.load(open(os.path.join(out, "adapter_config.json")))["base_model_name_or_path"]
+    assert base == str(tmp_path / "work" / "mymodel")
+    monkeypatch.chdir(tmp_path)
+    loaded, _ = load_model_and_tokenizer(ModelSpec(name_or_path=out), corpus)
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+    shutil.rmtree(tmp_path / "work" / "mymodel")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"its base model '.*mymodel', named in its adapter_config.json, is no folder"):
+        load_model_and_tokenizer(ModelSpec(name_or_path=out), corpus)
+
+
+def test_a_name_that_is_neither_a_folder_nor_a_reachable_hub_id_says_both(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"cannot load 'models/mymodl': .*\('models/mymodl' is no folder under "):
+        load_model_and_tokenizer(ModelSpec(name_or_path="models/mymodl"), corpus)

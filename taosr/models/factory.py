@@ -219,12 +219,12 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
     hub = {}  # a hub id (not a preset or folder) downloads into model.cache_dir when it was set
     if path == spec.name_or_path and not os.path.isdir(path) and hub_cache_dir(spec) is not None:
         hub = {"cache_dir": hub_cache_dir(spec)}
+    base = _adapter_base(path) if os.path.exists(os.path.join(path, "adapter_config.json")) else None
     try:
         if os.path.exists(os.path.join(path, "adapter_config.json")):
             from peft import AutoPeftModelForCausalLM
 
             # an adapter-only export of a hub model: its base is fetched from the same cache
-            base = _adapter_base(path)
             base_hub = {"cache_dir": hub_cache_dir(spec)} if base and not os.path.isdir(base) and hub_cache_dir(spec) else {}
             model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kw, **base_hub)
             model._taosr_loaded_adapter = path  # its adapter is the previous stage's: see starts_at_base()
@@ -233,7 +233,12 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
         tok = AutoTokenizer.from_pretrained(path, **hub)
     except (OSError, ValueError, KeyError) as e:  # missing or unreadable files, unknown model type
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"model.name_or_path: cannot load {path!r}: {first}") from None
+        where = ""  # a hub id that failed may have been meant as a folder (offline, it retried for a minute)
+        if base and not os.path.isdir(base):
+            where = f" (its base model {base!r}, named in its adapter_config.json, is no folder under {os.getcwd()} either)"
+        elif not os.path.isdir(path):
+            where = f" ({path!r} is no folder under {os.getcwd()} either)"
+        raise ConfigError(f"model.name_or_path: cannot load {path!r}: {first}{where}") from None
     _check_decoder(model, path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -355,6 +360,7 @@ def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True, meta: d
             merged.save_pretrained(tmp)
         elif is_peft:
             model.save_pretrained(tmp, selected_adapters=policy)
+            _absolute_base_paths(tmp)
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -366,6 +372,24 @@ def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True, meta: d
         raise
     replace_dir(tmp, out_dir)
     return out_dir
+
+
+def _absolute_base_paths(folder: str) -> None:
+    """An adapter's ``base_model_name_or_path`` that is a folder relative to the working folder
+    (``--model.init_args.model.name_or_path mymodel``, a preset's cache) is written absolute: peft
+    reads it from the working folder of whoever loads the export, which is rarely the same one
+    (it was then tried as a hub id, offline for a minute of retries)."""
+    for root, _, files in os.walk(folder):
+        if "adapter_config.json" not in files:
+            continue
+        path = os.path.join(root, "adapter_config.json")
+        with open(path) as fh:
+            cfg = json.load(fh)
+        base = cfg.get("base_model_name_or_path")
+        if isinstance(base, str) and base and not os.path.isabs(base) and os.path.isdir(base):
+            cfg["base_model_name_or_path"] = os.path.abspath(base)
+            with open(path, "w") as fh:
+                json.dump(cfg, fh, indent=2, sort_keys=True)
 
 
 def replace_dir(src: str, dst: str) -> None:
