@@ -51,3 +51,25 @@ def test_rows_without_ids_fall_back_to_query_and_title_and_refuse_twins(tmp_path
     two = [dataclasses.replace(ex, id=None) for ex in rows]
     with pytest.raises(ConfigError, match="matches 2 examples"):
         RejectionSampling(enabled=True).filter(two, _dm(path))
+
+
+def test_a_missing_samples_file_names_the_option_that_reads_it_and_how_to_do_without(tmp_path):
+    """configs/grpo.yaml and grm.yaml default data.samples_path to runs/sft/samples-train.jsonl: a
+    user's run without it said only "runs/sft/samples-train.jsonl: file not found", a file they
+    never named."""
+    from taosr.data.hooks import DiverseSampling
+    from taosr.data.samples import load_samples
+    from taosr.errors import DataError
+
+    rows, missing = _twins(), str(tmp_path / "runs" / "sft" / "samples-train.jsonl")
+    with pytest.raises(DataError, match=r"samples-train.jsonl: file not found: data.samples_path \(rejection sampling; "
+                                        r"off: --data.rejection_sampling.enabled false\) reads `taosr sample`'s output"):
+        RejectionSampling(enabled=True).filter(rows, _dm(missing))
+    with pytest.raises(DataError, match=r"data.rejection_sampling.samples_path \(rejection sampling"):
+        RejectionSampling(enabled=True, samples_path=missing).filter(rows, _dm(None))
+    with pytest.raises(DataError, match=r"--data.curriculum.enabled false"):
+        Curriculum(enabled=True).filter(rows, _dm(missing))
+    with pytest.raises(DataError, match=r"--data.diverse_sampling.enabled false"):
+        DiverseSampling(enabled=True).filter(rows, _dm(missing))
+    with pytest.raises(DataError, match=r"file not found$"):  # a path the caller named itself: as before
+        load_samples(missing)

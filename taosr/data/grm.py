@@ -258,7 +258,8 @@ def _policy_data(dm) -> tuple[list[tuple], list[tuple], set[str], Counter]:
     cached = getattr(dm, "_grm_policy_split", None)
     if cached is None or cached[0] != key:
         spec = dm.grm_samples
-        samples = training_samples(dm, load_samples(dm.samples_path), "GRM view")
+        samples = training_samples(dm, load_samples(dm.samples_path, read_by="data.samples_path (the GRM view's policy "
+                                                   "samples; gold steps only: --data.samples_path null)"), "GRM view")
         held = {r["example"].query for r in samples if spec.holdout and held_out_query(r["example"].query, dm.seed,
                                                                                         spec.holdout)}
         counts = Counter(prompts=len(samples))

@@ -15,7 +15,7 @@ from typing import Any
 from taosr.labels import LONG_TAIL_TYPES
 
 
-def _pass_rates(samples_path: str | None, rows: list, target: str | None = None) -> dict[int, dict]:
+def _pass_rates(samples_path: str | None, rows: list, target: str | None = None, read_by: str | None = None) -> dict[int, dict]:
     """Offline statistics of the examples of ``rows`` that ``samples_path`` sampled, keyed by
     ``id(example)``: a samples row is matched to its example by id (with query and title), so two
     examples sharing a query and a title keep their own statistics (:class:`ExampleIndex`)."""
@@ -24,7 +24,7 @@ def _pass_rates(samples_path: str | None, rows: list, target: str | None = None)
     from taosr.data.samples import ExampleIndex, load_samples
 
     index, out = ExampleIndex(rows, samples_path), {}
-    for i, row in enumerate(load_samples(samples_path, target)):
+    for i, row in enumerate(load_samples(samples_path, target, read_by)):
         ex = index.find(row["example"], where=f"row {i + 1}")
         if ex is None:
             continue
@@ -59,7 +59,9 @@ class RejectionSampling:
             from taosr.errors import ConfigError
 
             raise ConfigError("rejection sampling needs samples_path (output of `taosr sample`)")
-        rates = _pass_rates(path, rows, getattr(dm, "target", None))
+        key = "data.rejection_sampling.samples_path" if self.samples_path else "data.samples_path"
+        rates = _pass_rates(path, rows, getattr(dm, "target", None),
+                            f"{key} (rejection sampling; off: --data.rejection_sampling.enabled false)")
         kept, unsampled = [], 0
         for ex in rows:
             s = rates.get(id(ex))
@@ -137,7 +139,9 @@ class DiverseSampling:
         if not self.enabled:
             return rows
         by_disagreement = self.rank_by == "disagreement"
-        info = _pass_rates(dm.samples_path, rows, getattr(dm, "target", None)) if by_disagreement else {}
+        info = _pass_rates(dm.samples_path, rows, getattr(dm, "target", None),
+                           "data.samples_path (diverse sampling; off: --data.diverse_sampling.enabled false)") \
+            if by_disagreement else {}
         seed = self.draw_seed()
         rng = random.Random(seed)
         cells: dict[tuple, list] = defaultdict(list)
@@ -193,7 +197,8 @@ class Curriculum:
     def filter(self, rows: list, dm) -> list:
         if not self.enabled:
             return rows
-        info = _pass_rates(dm.samples_path, rows, getattr(dm, "target", None))
+        info = _pass_rates(dm.samples_path, rows, getattr(dm, "target", None),
+                           "data.samples_path (the curriculum; off: --data.curriculum.enabled false)")
         st = self.stages[self.stage]
         kept = [ex for ex in rows if difficulty(ex, info.get(id(ex))) <= st.max_difficulty
                 and (not st.query_types or ex.query_type in st.query_types)]

@@ -78,7 +78,8 @@ def build_pairs(dm) -> list[tuple]:
 
     if not dm.samples_path:
         raise ConfigError("data.samples_path: the DPO view needs a `taosr sample` output file")
-    rows = training_samples(dm, load_samples(dm.samples_path, dm.target), "DPO view")
+    rows = training_samples(dm, load_samples(dm.samples_path, dm.target, "data.samples_path (the DPO view's pairs)"),
+                            "DPO view")
     pairs = pairs_from_samples(rows, dm.pairs_per_prompt, dm.gold_as_chosen, dm.seed, dm.target)
     if not pairs:
         raise ConfigError(f"data.samples_path: {dm.samples_path} yields no preference pairs "

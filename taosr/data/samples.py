@@ -15,9 +15,20 @@ from taosr.errors import ConfigError, DataError
 from taosr.schema import iter_jsonl, validate_row
 
 
-def load_samples(path: str, target: str | None = None) -> list[dict]:
+MAKE_SAMPLES = "taosr sample --model SFT_EXPORT --split train --out FILE"
+
+
+def load_samples(path: str, target: str | None = None, read_by: str | None = None) -> list[dict]:
     """Read a ``taosr sample`` file, validating every line; malformed or empty files raise DataError.
-    With ``target`` (``data.target``), a file sampled with another ``--target`` is refused."""
+    With ``target`` (``data.target``), a file sampled with another ``--target`` is refused.
+    ``read_by`` (the option that reads it, and how to do without: ``"rejection sampling ... ;
+    off: --data.rejection_sampling.enabled false"``) is named when the file does not exist: the
+    path is often a config's default the user never typed."""
+    import os
+
+    if read_by and not os.path.exists(path):
+        raise DataError(path, None, f"file not found: {read_by} reads `taosr sample`'s output here (make it with "
+                                    f"`{MAKE_SAMPLES}`)")
     rows = []
     for where, row in iter_jsonl(path):
         if not isinstance(row, dict):
