@@ -110,8 +110,12 @@ REFUSED = [
             ("graded.csv:line 2", "'grade'")),
     Refused("text-grade-with-thresholds", lambda t: ["data", "check", graded_csv(t, ["2.5", "good"]), *GRADED],
             ("graded.csv:line 3", "'good'", "mixes numeric and text")),
+    # without a label map tier numbers and names mix freely: the error is the unknown name, not the mix
     Refused("mixed-label-types-jsonl", lambda t: ["data", "check", jsonl(t, "m.jsonl", [ROW, {**ROW, "label": "E"}])],
-            ("m.jsonl:2", "'label'", "mixes numeric and text")),
+            ("m.jsonl:2", "'label'", "unknown label 'E'", "--label-map E=4")),
+    Refused("mixed-label-types-with-a-label-map",
+            lambda t: ["data", "check", text(t, "m.csv", "query,title,label\nq,T,E\nq2,T2,4\n"), "--label-map", "E=4"],
+            ("m.csv:line 3", "'label'", "mixes numeric and text")),
     Refused("nan-label-jsonl", lambda t: ["data", "check", jsonl(t, "n.jsonl", [], ['{"query": "q", "item": {"title": "T"}, "label": NaN}'])],
             ("n.jsonl:1", "label")),
     Refused("label-5", lambda t: ["data", "check", jsonl(t, "l.jsonl", [{**ROW, "label": 5}])], ("l.jsonl:1", "label", "5")),

@@ -616,7 +616,7 @@ def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bo
         except DataError as e:
             if e.where == spec.path:  # the file or its columns, not a row: skipping cannot help
                 raise
-            e = _with_mixed_hint(e, label_col, first_of_kind)
+            e = _with_mixed_hint(e, label_col, first_of_kind, spec)
             if spec.on_error == "raise":
                 raise e from None
             res.skipped.append(str(e))
@@ -630,9 +630,13 @@ def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bo
     return res
 
 
-def _with_mixed_hint(e: DataError, label_col: str, first_of_kind: dict[str, tuple[str, Any]]) -> DataError:
-    """A label error in a column that holds both numbers and text says so."""
-    if e.field != label_col or len(first_of_kind) < 2:
+def _with_mixed_hint(e: DataError, label_col: str, first_of_kind: dict[str, tuple[str, Any]],
+                     spec: ReaderSpec) -> DataError:
+    """A label error in a column that holds both numbers and text says so where a label map or
+    thresholds read one kind only (without them tier numbers and tier names mix freely, and the
+    hint pointed away from the fault: `04`, ` EXCELLENT `, an empty label)."""
+    if e.field != label_col or len(first_of_kind) < 2 or not (spec.label_map or spec.label_thresholds) \
+            or "label is missing" in e.message:
         return e
     (w1, v1), (w2, v2) = first_of_kind["numeric"], first_of_kind["text"]
     return DataError(e.where, e.field, f"{e.message} (the column mixes numeric and text labels: "
