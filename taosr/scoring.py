@@ -172,7 +172,8 @@ def resume_rows(part: str, settings: dict, examples: list, size: int) -> list[di
 
 
 def summary(rows: list[dict]) -> str:
-    """Macro F1 (argmax tier), NDCG@10 (expected tier) and, with grades, the grade RMSE."""
+    """Macro F1 (argmax tier), NDCG@10 (expected tier), with grades the grade RMSE and, for
+    reasoning completions, how many break the format (the ``format_error`` field of each row)."""
     from taosr.eval.metrics import compute_metrics
 
     recs = [{**r, "format_error": r.get("format_error", False), "step_verdicts": r.get("step_verdicts") or {}}
@@ -186,6 +187,10 @@ def summary(rows: list[dict]) -> str:
              f"queries ({int(m.get('ndcg@10_skipped_queries', 0))} without a relevant item left out)"]
     if "rmse_grade" in m:
         parts.append(f"grade RMSE {f(m['rmse_grade'])} ({int(m['rmse_grade_n'])} graded pairs)")
+    reasoned = [r for r in rows if "format_error" in r]  # --reasoning: a completion that breaks the format is named
+    if reasoned:
+        bad = sum(bool(r["format_error"]) for r in reasoned)
+        parts.append(f"format errors {bad} of {len(reasoned)} completions ({bad / len(reasoned):.0%})")
     return "; ".join(parts)
 
 

@@ -46,7 +46,7 @@ def test_score_direct_csv_with_column_map(tmp_path, sft_run, csv_file, capsys):
                  "--batch-size", "5", *MAP]) == 0
     printed = capsys.readouterr().out
     assert "scored 12 pairs (direct)" in printed and "pairs/s" in printed
-    assert "macro F1" in printed and "NDCG@10" in printed
+    assert "macro F1" in printed and "NDCG@10" in printed and "format errors" not in printed  # no completions
     rows = _check_rows(out, ids)
     assert all(r["p_tier"] is not None for r in rows) and "reasoning" not in rows[0]
     assert not any(p.name.startswith("scores.jsonl.tmp") for p in tmp_path.iterdir())
@@ -100,9 +100,12 @@ def test_score_reasoning_writes_the_generated_reasoning(tmp_path, sft_run, csv_f
     out = tmp_path / "scores.jsonl"
     assert main(["score", path, "--model", os.path.join(sft_run, "export"), "--out", str(out), "--limit", "4",
                  "--max-new-tokens", "24", *MAP]) == 0
-    assert "scored 4 pairs (reasoning)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "scored 4 pairs (reasoning)" in printed
     rows = _check_rows(out, ids[:4])
     assert all(isinstance(r["reasoning"], str) and "format_error" in r for r in rows)
+    bad = sum(r["format_error"] for r in rows)  # 24 tokens: most completions stop before their label line
+    assert f"format errors {bad} of 4 completions ({bad / 4:.0%})" in printed, printed
 
 
 @pytest.mark.parametrize("case", ["no_model_folder", "not_a_model", "no_file", "bad_label", "bad_flag"])
