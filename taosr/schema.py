@@ -117,7 +117,8 @@ def parse_label(value: Any, where: str, field_name: str = "label") -> int:
 def validate_row(row: Any, where: str) -> Example:
     """Validate one raw row (a dict) and build an :class:`Example`; ``where`` is ``file:line``."""
     if not isinstance(row, dict):
-        raise DataError(where, None, f"row must be a JSON object, got {type(row).__name__}")
+        hint = " (one JSON object per line, JSON Lines: a JSON array is not read)" if isinstance(row, list) else ""
+        raise DataError(where, None, f"row must be a JSON object, got {type(row).__name__}{hint}")
     unknown = set(row) - {"id", "query", "item", "label", "query_type", "steps", "annotations", "grade", "provenance"}
     if unknown:
         raise DataError(where, sorted(unknown)[0], "unknown field")

@@ -93,6 +93,8 @@ REFUSED = [
     Refused("empty-jsonl", lambda t: ["data", "check", text(t, "e.jsonl", "")], ("e.jsonl", "no examples")),
     Refused("blank-lines-jsonl", lambda t: ["data", "check", text(t, "b.jsonl", "\n  \n\n")], ("b.jsonl", "no examples")),
     Refused("missing-file", lambda t: ["data", "check", str(t / "nope.csv")], ("nope.csv", "file not found")),
+    Refused("json-array", lambda t: ["data", "check", text(t, "a.json", '[{"query": "q", "item": {"title": "T"}, "label": 4}]\n')],
+            ("a.json:1", "got list", "JSON Lines")),
     Refused("unknown-extension", lambda t: ["data", "check", text(t, "d.xlsx", "x")], ("d.xlsx", "unknown file type")),
     Refused("csv-bad-quoting", lambda t: ["data", "check", text(t, "q.csv", 'query,title,label\na,"b,4\nc,d,3,9,9\n')],
             ("q.csv", "CSV")),

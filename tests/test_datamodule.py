@@ -722,3 +722,17 @@ def test_the_synthetic_split_beside_a_users_training_file_is_said(tmp_path, caps
     dm.setup("test")
     assert "warning: data.test is the synthetic test split (the config names no data.test), while data.train is " \
            f"{train}" in capsys.readouterr().err
+
+
+def test_a_run_without_a_validation_split_does_not_warn_of_an_empty_list(tmp_path, cache_dir):
+    """`data.val: null` (the your-data overlay): Lightning warned "Total length of `list` across
+    ranks is zero" on every run."""
+    import warnings
+
+    from tests.conftest import fit
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit("configs/sft.yaml", str(tmp_path / "r"), cache_dir, "--data.val", "null", "--trainer.max_steps", "1",
+            "--trainer.logger", "false")
+    assert not [w for w in caught if "across ranks is zero" in str(w.message)]

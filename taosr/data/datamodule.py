@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from collections import defaultdict
 from typing import Any, Iterator
 
@@ -490,7 +491,11 @@ class RelevanceDataModule(pl.LightningDataModule):
                           collate_fn=self.collate_prompts, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._eval_loader("val") if self.splits.get("val") else []
+        if self.splits.get("val"):
+            return self._eval_loader("val")
+        # no validation split (data.val: null): Lightning warns of an empty `list` on every run
+        warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
+        return []
 
     def test_dataloader(self) -> DataLoader:
         if not self.splits.get("test"):
