@@ -73,3 +73,19 @@ def test_a_missing_samples_file_names_the_option_that_reads_it_and_how_to_do_wit
         DiverseSampling(enabled=True).filter(rows, _dm(missing))
     with pytest.raises(DataError, match=r"file not found$"):  # a path the caller named itself: as before
         load_samples(missing)
+
+
+def test_the_default_curriculum_is_written_to_a_config_that_runs_again(tmp_path, capsys):
+    """`--data.curriculum.enabled true` keeps the default stages: the run's config.yaml held "Unable to
+    serialize instance CurriculumStage(...)" for each, and running it again was refused."""
+    from taosr.cli import main
+    from taosr.launcher import parse_error
+
+    assert main(["fit", "--config", "configs/grpo.yaml", "--data.curriculum.enabled", "true", "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    assert "Unable to serialize" not in printed and "until_step: 20" in printed
+    saved = tmp_path / "config.yaml"
+    saved.write_text(printed)
+    assert parse_error(["fit", "--config", str(saved), "--model.init_args.model.name_or_path", "micro"], build=False) is None
+    cur = Curriculum(stages=[{"max_difficulty": 0.3}])
+    assert cur.stages == [CurriculumStage(max_difficulty=0.3)] and Curriculum().stages[0].until_step == 20

@@ -188,11 +188,16 @@ class Curriculum:
     pool when the stage changes (``CurriculumCallback`` drives it); stage and switch history are
     saved in checkpoints."""
     enabled: bool = True
+    # the default stages as plain dicts (made CurriculumStage below): jsonargparse could not write
+    # instances in a default list, and a run's saved config.yaml held "Unable to serialize instance"
     stages: list[CurriculumStage] = field(default_factory=lambda: [
-        CurriculumStage(max_difficulty=0.5, until_step=20), CurriculumStage(max_difficulty=1.0)])
+        {"max_difficulty": 0.5, "until_step": 20}, {"max_difficulty": 1.0}])
     monitor: str = "val/macro_f1"
     stage: int = 0
     history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.stages = [CurriculumStage(**s) if isinstance(s, dict) else s for s in self.stages]
 
     def filter(self, rows: list, dm) -> list:
         if not self.enabled:
