@@ -70,17 +70,39 @@ def build_command(cfg: dict, params: dict) -> list[str]:
     return out
 
 
-def _first_values(parameters: dict) -> dict:
-    """One value of each sweep parameter (``values[0]``, ``value``, else ``min``) for the pre-check."""
-    out = {}
-    for k, spec in (parameters or {}).items():
-        if isinstance(spec, dict):
-            for key in ("value", "values", "min"):
-                if key in spec:
-                    v = spec[key]
-                    out[k] = _plain(v[0] if key == "values" and isinstance(v, list) and v else v)
-                    break
-    return out
+def _values_to_check(spec) -> list:
+    """The values of one sweep parameter the pre-check tries: every one of ``values``, ``value``,
+    else ``min`` and ``max`` of a distribution."""
+    if not isinstance(spec, dict):
+        return []
+    if "value" in spec:
+        return [_plain(spec["value"])]
+    if isinstance(spec.get("values"), list) and spec["values"]:
+        return [_plain(v) for v in spec["values"]]
+    return [_plain(spec[k]) for k in ("min", "max") if k in spec]
+
+
+def _check_points(parameters: dict) -> list[dict]:
+    """Parameter sets that together try every value of every parameter once: the first values of all,
+    then each other value of one parameter with the others at their first (a typo in the third value
+    of a grid failed that run only, hours into the sweep)."""
+    values = {k: _values_to_check(spec) for k, spec in (parameters or {}).items()}
+    first = {k: v[0] for k, v in values.items() if v}
+    points = [first]
+    for k, vs in values.items():
+        points += [{**first, k: v} for v in vs[1:]]
+    return points
+
+
+def grid_size(cfg: dict) -> int | None:
+    """How many runs a grid sweep has (the product of its parameters' value counts); None for another method."""
+    if cfg.get("method") != "grid":
+        return None
+    size = 1
+    for spec in (cfg.get("parameters") or {}).values():
+        if isinstance(spec, dict) and isinstance(spec.get("values"), list):
+            size *= max(1, len(spec["values"]))
+    return size
 
 
 def lightning_args(cmd: list[str]) -> list[str] | None:
@@ -89,18 +111,44 @@ def lightning_args(cmd: list[str]) -> list[str] | None:
     return None if at is None else cmd[at:]
 
 
-def check_command(cfg: dict, extra: list[str], out: str, name: str = "sweep", build: bool = True) -> None:
-    """Check the sweep's taosr command with one value of every parameter and the extra arguments
-    (:func:`taosr.launcher.parse_error`: parsed and, with ``build``, its data module, module and
-    trainer built; nothing is run), so a typo in a parameter's key or an override, or a value a
-    constructor refuses, stops the sweep before its first run (each run failed on it, one after the
-    other). A dry run only parses."""
-    taosr_args = lightning_args(build_command(cfg, _first_values(cfg.get("parameters"))))
-    if taosr_args is None:  # not a taosr fit / validate ... command: nothing to parse here
+def check_command(cfg: dict, extra: list[str], out: str, where: str = "sweep", build: bool = True) -> None:
+    """Check the sweep's taosr command with every value of every parameter (:func:`_check_points`)
+    and the extra arguments (:func:`taosr.launcher.parse_error`: parsed and, with ``build``, its
+    data module, module and trainer built; nothing is run), so a typo in a parameter's key, a value
+    or an override, or a value a constructor refuses, stops the sweep before its first run (each run
+    failed on it, one after the other). A dry run only parses. ``where`` (the sweep file) heads the error."""
+    for params in _check_points(cfg.get("parameters")):
+        taosr_args = lightning_args(build_command(cfg, params))
+        if taosr_args is None:  # not a taosr fit / validate ... command: nothing to parse here
+            return
+        why = parse_error([*taosr_args, "--trainer.default_root_dir", os.path.join(out, "check"), *extra], build=build)
+        if why is not None:
+            tried = ", ".join(f"{k}={v}" for k, v in params.items())
+            raise ConfigError(f"{where}: {why} (checked before the first run, with {tried})")
+
+
+def check_metric(cfg: dict, where: str) -> None:
+    """The sweep metric is one a run writes: ``val/<m>`` (every run validates) or, for a command that
+    tests, ``test/<m>``; a name it never writes left every row empty and the sweep unranked."""
+    metric = (cfg.get("metric") or {}).get("name")
+    if not metric:
         return
-    why = parse_error([*taosr_args, "--trainer.default_root_dir", os.path.join(out, "check"), *extra], build=build)
-    if why is not None:
-        raise ConfigError(f"sweep {name}: {why} (checked before the first run)")
+    split, _, key = str(metric).partition("/")
+    sub = (lightning_args(build_command(cfg, {})) or ["fit"])[0]
+    splits = ("val", "test") if sub in ("test", "validate") else ("val",)
+    if split not in splits or not key:
+        raise ConfigError(f"{where}: metric {metric!r}: a `taosr {sub}` run writes {' and '.join(splits)}/<metric> "
+                          "(e.g. val/macro_f1, val/long_tail/macro_f1)")
+
+
+def metric_keys(run_dir: str, metric: str) -> list[str]:
+    """The metrics a finished run wrote in the metric's split (to name them when the metric is not one)."""
+    split = metric.partition("/")[0]
+    files = sorted(glob.glob(os.path.join(run_dir, "eval", f"{split}*-metrics.json")))
+    if not files:
+        return []
+    with open(files[-1]) as fh:
+        return sorted(f"{split}/{k}" for k in json.load(fh))
 
 
 def read_metric(run_dir: str, name: str) -> float | None:
@@ -151,14 +199,22 @@ def _run_sweep(path: str, cfg: dict, out: str, count: int | None, extra: list[st
     engine_cfg = {k: cfg[k] for k in ENGINE_KEYS if k in cfg}
     metric = (cfg.get("metric") or {}).get("name")
     name = cfg.get("name") or os.path.splitext(os.path.basename(path))[0]
-    if count is None:
-        count = cfg.get("run_cap") or 10
+    size = grid_size(cfg)
+    if count is None:  # a grid runs to its end; random / bayes need a budget
+        count = cfg.get("run_cap") or size or 10
     if not isinstance(count, int) or count < 1:
         raise ConfigError(f"--count {count}: the run budget must be at least 1")
-    check_command(cfg, list(extra or []), out, name, build=not dry_run)
+    if size is not None and count < size:
+        print(f"taosr sweep: warning: --count {count} (or run_cap) is less than the grid's {size} points: the last "
+              f"{size - count} are left out", file=sys.stderr, flush=True)
+    check_metric(cfg, path)
+    check_command(cfg, list(extra or []), out, path, build=not dry_run)
     runs, rows, started, next_index = _previous_runs(sweeps, out, metric, list(extra or []))
     if runs:
         print(f"[{name}] {len(runs)} runs finished before: kept, the sweep continues after them", flush=True)
+    redo = sum(1 for rec in started.values() if rec.get("state") == "finished")
+    if redo:
+        print(f"[{name}] {redo} runs failed before: run again", flush=True)
     try:
         while len(runs) < count:
             try:
@@ -175,7 +231,7 @@ def _run_sweep(path: str, cfg: dict, out: str, count: int | None, extra: list[st
             if i is None:
                 i, next_index = next_index, next_index + 1
             record = started.pop(i, None)
-            run_dir = os.path.join(out, f"run{i:03d}")
+            run_dir = os.path.join(out, row_name(i))
             cmd = build_command(cfg, params) + ["--trainer.default_root_dir", run_dir] + list(extra or [])
             ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
             resume = ["--ckpt_path", ckpt] if record is not None and os.path.isfile(ckpt) else []
@@ -189,19 +245,29 @@ def _run_sweep(path: str, cfg: dict, out: str, count: int | None, extra: list[st
                 if rc in (INTERRUPTED, TERMINATED):  # the run saved its checkpoint: stop here, a re-run resumes it
                     raise KeyboardInterrupt
             value = read_metric(run_dir, metric) if metric and not dry_run else None
-            row = {"run": f"run{i:03d}", **params, **({metric: value} if metric else {}), "exit": rc,
+            if metric and not dry_run and rc == 0 and value is None:
+                known = metric_keys(run_dir, metric)
+                print(f"taosr sweep: warning: {row_name(i)} wrote no {metric}"
+                      + (f" (it wrote {', '.join(known[:12])}{' ...' if len(known) > 12 else ''})" if known else ""),
+                      file=sys.stderr, flush=True)
+            row = {"run": row_name(i), **params, **({metric: value} if metric else {}), "exit": rc,
                    "seconds": round(time.perf_counter() - t0, 1)}
             if not dry_run:
                 _write_record(run_dir, {"params": params, "extra": list(extra or []), "state": "finished", "row": row})
             runs.append(_engine_run(sweeps, row["run"], params, rc, metric, value))
             rows.append(row)
     except KeyboardInterrupt:
-        if rows:
+        if rows and not dry_run:
             write_summary(out, rows, metric, cfg.get("metric", {}).get("goal", "maximize"))
         raise Interrupted(f"sweep {name} interrupted after {len(rows)} finished runs (kept in {out}); re-run the "
                           "same command to continue: the interrupted run resumes from its checkpoint") from None
-    write_summary(out, rows, metric, cfg.get("metric", {}).get("goal", "maximize"))
+    if not dry_run:  # a dry run ran nothing: the summary of the runs that did run stays as it is
+        write_summary(out, rows, metric, cfg.get("metric", {}).get("goal", "maximize"))
     return rows
+
+
+def row_name(i: int) -> str:
+    return f"run{i:03d}"
 
 
 def _run_child(cmd: list[str], env: dict[str, str]) -> int:
@@ -258,8 +324,9 @@ def _engine_run(sweeps, run_name: str, params: dict, rc: int, metric: str | None
 
 def _previous_runs(sweeps, out: str, metric: str | None, extra: list[str]) -> tuple[list, list[dict], dict[int, dict], int]:
     """What earlier ``taosr sweep`` commands into ``out`` left: the engine runs and summary rows of
-    every finished run (any ``runNNN`` folder, in order), the records of the runs they started and did
-    not finish (index -> record), and the next free index. Runs made with other extra arguments are
+    every run that finished well (any ``runNNN`` folder, in order), the records of the runs they
+    started and did not finish or that failed (index -> record: run again, in their folders), and
+    the next free index. Runs made with other extra arguments are
     refused (a sweep mixing budgets would compare unlike runs)."""
     runs, rows, started = [], [], {}
     indices = sorted(int(m.group(1)) for d in (os.listdir(out) if os.path.isdir(out) else [])
@@ -271,7 +338,7 @@ def _previous_runs(sweeps, out: str, metric: str | None, extra: list[str]) -> tu
         if rec.get("extra") != extra:
             raise ConfigError(f"{out}/run{i:03d} ran with other extra arguments ({' '.join(rec.get('extra') or []) or 'none'}; "
                               f"now {' '.join(extra) or 'none'}): use another --out, or the same arguments to continue")
-        if rec.get("state") == "finished":
+        if rec.get("state") == "finished" and rec["row"].get("exit") == 0:
             row = rec["row"]
             runs.append(_engine_run(sweeps, row["run"], rec["params"], row["exit"], metric,
                                     row.get(metric) if metric else None))
@@ -321,8 +388,8 @@ def write_summary(out: str, rows: list[dict], metric: str | None, goal: str) -> 
 def sweep_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="taosr sweep", description="Run a W&B sweep YAML locally (offline).")
     p.add_argument("file")
-    p.add_argument("--count", type=int, default=None, help="the sweep's run budget, runs finished before into --out included (default: run_cap or 10; "
-                        "grids stop when exhausted)")
+    p.add_argument("--count", type=int, default=None, help="the sweep's run budget, runs finished before into --out included (default: run_cap, "
+                        "else a grid's every point, else 10)")
     p.add_argument("--out", default=None, help="default runs/sweeps/<sweep name>")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     a, extra = p.parse_known_args(argv)
@@ -332,6 +399,8 @@ def sweep_main(argv: list[str]) -> int:
     if rows and len(failed) == len(rows):
         raise ConfigError(f"{a.file}: every run of the sweep failed (exit {rows[0]['exit']} first); "
                           f"see {out}/summary.md and the runs' output above")
-    if failed:
-        print(f"taosr sweep: {len(failed)} of {len(rows)} runs failed: {', '.join(failed)}", file=sys.stderr)
+    if failed:  # not a success: a script or scheduler must see it; the same command runs them again
+        print(f"taosr sweep: {len(failed)} of {len(rows)} runs failed: {', '.join(failed)} (the same command runs "
+              "them again, the finished ones kept)", file=sys.stderr)
+        return 2
     return 0

@@ -345,14 +345,28 @@ SWEEP_CASES = {
     # the taosr command is parsed with one value of each parameter before the first run (each run failed on it)
     "override_typo": (f"method: grid\nparameters: {{model.init_args.lr: {{values: [0.001]}}}}\n"
                       f"command: [taosr, fit, --config, {SFT}, '${{args}}']\n", ["--trainer.max_stepz", "2"],
-                      ["sweep bad: unrecognized arguments: --trainer.max_stepz 2", "checked before the first run"]),
+                      ["bad.yaml: unrecognized arguments: --trainer.max_stepz 2", "checked before the first run"]),
     # ... and its data module, module and trainer built (nothing loaded or run): a value a constructor refuses
     "constructor_refuses": (f"method: grid\nparameters: {{model.init_args.lr: {{values: [0.001]}}}}\n"
                             f"command: [taosr, fit, --config, {SFT}, '${{args}}']\n", ["--data.batch_size", "-4"],
-                            ["sweep bad: data.batch_size: must be a whole number >= 1, got -4", "checked before the first run"]),
+                            ["bad.yaml: data.batch_size: must be a whole number >= 1, got -4", "checked before the first run"]),
     "parameter_typo": (f"method: random\nparameters: {{model.init_args.lrr: {{min: 0.001, max: 0.01}}}}\n"
                        f"command: [taosr, fit, --config, {SFT}, '${{args}}']\n", [],
-                       ["sweep bad: --model.init_args.lrr: Option 'lrr' is not accepted"]),
+                       ["bad.yaml: --model.init_args.lrr: Option 'lrr' is not accepted"]),
+    # every value of every parameter is tried, not the first only (a typo in a later one failed that run, hours in)
+    "later_value_refused": (f"method: grid\nparameters: {{model.init_args.step_advantage.name: "
+                            f"{{values: [outcome, outcome_plus_step, outcome_plus_stepz]}}, seed_everything: {{values: [0, 1]}}}}\n"
+                            f"command: [taosr, fit, --config, {SRPO}, --model.init_args.examiner.mode, verifier, "
+                            f"--model.init_args.grm_path, null, '${{args}}']\n", [],
+                            ["bad.yaml: model.init_args.step_advantage.name: 'outcome_plus_stepz' is unknown",
+                             "with model.init_args.step_advantage.name=outcome_plus_stepz, seed_everything=0"]),
+    # a metric no run writes left every row empty, the sweep unranked
+    "metric_no_split": (f"method: grid\nmetric: {{name: macro_f1}}\nparameters: {{model.init_args.lr: {{values: [0.001]}}}}\n"
+                        f"command: [taosr, fit, --config, {SFT}, '${{args}}']\n", [],
+                        ["bad.yaml: metric 'macro_f1'", "val/<metric>"]),
+    "metric_test_of_a_fit": (f"method: grid\nmetric: {{name: test/macro_f1}}\nparameters: {{model.init_args.lr: {{values: [0.001]}}}}\n"
+                             f"command: [taosr, fit, --config, {SFT}, '${{args}}']\n", [],
+                             ["bad.yaml: metric 'test/macro_f1': a `taosr fit` run writes val/<metric>"]),
 }
 
 
@@ -512,3 +526,55 @@ def test_the_check_before_the_first_run_leaves_the_process_random_state_alone(mo
     assert parse_error(["fit", "--config", SFT, "--seed_everything", "0"]) is None
     assert random.getstate() == before[0] and (np.random.get_state()[1] == before[1]).all()
     assert torch.equal(torch.get_rng_state(), before[2]) and "PL_GLOBAL_SEED" not in os.environ
+
+
+def _fake_sweep(tmp_path, values, method="grid", fail_when="False"):
+    (tmp_path / "fake_fit.py").write_text(FAKE_FIT.replace("if x == 2 and", f"if {fail_when}:\n    sys.exit(1)\nif False and"))
+    (tmp_path / "s.yaml").write_text(f"name: s\nprogram: {tmp_path / 'fake_fit.py'}\nmethod: {method}\n"
+                                     "metric: {name: val/macro_f1, goal: maximize}\n"
+                                     f"parameters: {{x: {{values: {values}}}}}\n"
+                                     "command: ['${interpreter}', '${program}', '${args}']\n")
+    return str(tmp_path / "s.yaml")
+
+
+def test_a_grid_runs_to_its_end_by_default(tmp_path, monkeypatch, capsys):
+    """The default --count was 10 whatever the grid: sweeps/grpo_vs_srpo_seeds.yaml (2 estimators x 10
+    seeds) ran the outcome estimator only, and said nothing."""
+    from taosr.sweep import run_sweep
+
+    monkeypatch.setenv("SWEEP_LOG", str(tmp_path / "log"))
+    path = _fake_sweep(tmp_path, list(range(12)))
+    assert [r["x"] for r in run_sweep(path, str(tmp_path / "out"))] == list(range(12))
+    assert len(run_sweep(path, str(tmp_path / "out2"), count=5)) == 5
+    assert "--count 5 (or run_cap) is less than the grid's 12 points: the last 7 are left out" in capsys.readouterr().err
+
+
+def test_failed_sweep_runs_exit_non_zero_and_run_again_with_the_same_command(tmp_path, monkeypatch, capsys):
+    """Some runs failing exited 0, and a re-run counted the failed runs as finished: never redone."""
+    from taosr.cli import main
+
+    monkeypatch.setenv("SWEEP_LOG", str(tmp_path / "log"))
+    path = _fake_sweep(tmp_path, [0, 1, 2], fail_when="x == 1 and not os.environ.get('SWEEP_OK')")
+    out = str(tmp_path / "out")
+    assert main(["sweep", path, "--out", out]) == 2
+    assert "1 of 3 runs failed: run001 (the same command runs them again" in capsys.readouterr().err
+    monkeypatch.setenv("SWEEP_OK", "1")
+    assert main(["sweep", path, "--out", out]) == 0
+    assert "1 runs failed before: run again" in capsys.readouterr().out
+    assert (tmp_path / "log").read_text().splitlines()[-1] == "x=1 resumed=True"  # in its folder, from its checkpoint
+    summary = open(os.path.join(out, "summary.csv")).read()
+    assert summary.count("run001") == 1 and ",0.1," in summary
+
+
+def test_a_dry_run_leaves_the_summary_of_the_runs_that_ran(tmp_path, monkeypatch):
+    from taosr.sweep import run_sweep
+
+    monkeypatch.setenv("SWEEP_LOG", str(tmp_path / "log"))
+    path = _fake_sweep(tmp_path, [0, 1, 2, 3])
+    out = str(tmp_path / "out")
+    run_sweep(path, out, count=2)
+    before = open(os.path.join(out, "summary.md")).read()
+    assert len(run_sweep(path, out, count=4, dry_run=True)) == 4
+    assert open(os.path.join(out, "summary.md")).read() == before
+    run_sweep(path, str(tmp_path / "fresh"), dry_run=True)
+    assert not os.path.exists(os.path.join(str(tmp_path / "fresh"), "summary.md"))
