@@ -155,7 +155,10 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
         if unknown:
             raise ConfigError(f"--arms: {', '.join(unknown)} not in {path} (arms: {', '.join(a.name for a in arms)})")
         arms = [a for a in arms if a.name in only_arms]
-    seeds = list(seeds if seeds else raw.get("seeds") or [0])
+    given = raw.get("seeds", [0]) if not seeds else seeds
+    if not isinstance(given, list) or not given:  # `seeds: 3` was a traceback, `seeds: []` ran seed 0 alone
+        raise ConfigError(f"{path}: seeds must be a non-empty list of integers (e.g. seeds: [0, 1, 2]), got {given!r}")
+    seeds = list(given)
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds must be distinct integers, got {seeds}")
     names = {a.name for a in arms} | {START}
@@ -169,6 +172,9 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
         pairs.append((str(p[0]), str(p[1])))
     ev = raw.get("eval") or {}
     _check_keys(ev, EVAL_KEYS, f"{path}: eval")
+    for key in ("heldout", "heldout_seed"):
+        if key in ev and (not isinstance(ev[key], int) or isinstance(ev[key], bool)):
+            raise ConfigError(f"{path}: eval.{key} must be an integer, got {ev[key]!r}")
     heldout = int(ev.get("heldout", 2000))
     if ev.get("test") is None and heldout < 1:
         raise ConfigError(f"{path}: eval.heldout must be at least 1, got {heldout}")
@@ -306,8 +312,8 @@ def _fingerprint(args: list[str]) -> list[str]:
 def _first_difference(old: list[str], new: list[str]) -> str:
     for i, (a, b) in enumerate(zip(old, new)):
         if a != b:
-            return f"`{' '.join(old[max(0, i - 1):i + 1])}`, now `{' '.join(new[max(0, i - 1):i + 1])}`"
-    longer, which = (old, "was") if len(old) > len(new) else (new, "now")
+            return f"was `{' '.join(old[max(0, i - 1):i + 1])}`, now `{' '.join(new[max(0, i - 1):i + 1])}`"
+    longer, which = (old, "then") if len(old) > len(new) else (new, "now")
     return f"{which} also `{' '.join(longer[min(len(old), len(new)):])}`"
 
 
@@ -321,11 +327,11 @@ def check_settings(spec: CompareSpec, run: Run, fit: list[str] | None, evaluatio
         stored = json.load(fh)
     started = run.fitted or os.path.isfile(os.path.join(run.root, "checkpoints", "last.ckpt"))
     if fit is not None and started and stored.get("fit") and stored["fit"] != _fingerprint(fit):
-        raise ConfigError(f"compare {spec.name}: {run.root} was fitted with other settings (was "
+        raise ConfigError(f"compare {spec.name}: {run.root} was fitted with other settings ("
                           f"{_first_difference(stored['fit'], _fingerprint(fit))}); use another --out, or delete "
                           "that folder to fit it again")
     if run.done and stored.get("eval") and stored["eval"] != _fingerprint(evaluation):
-        raise ConfigError(f"compare {spec.name}: {run.eval_root} was scored with other settings (was "
+        raise ConfigError(f"compare {spec.name}: {run.eval_root} was scored with other settings ("
                           f"{_first_difference(stored['eval'], _fingerprint(evaluation))}); use another --out, or "
                           "delete that folder to score the run again")
 

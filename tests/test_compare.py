@@ -84,6 +84,10 @@ def test_spec_resolves_interpolation_and_plans_runs(tmp_path):
     (("  grpo: {config: configs/grpo.yaml}", "  grpo: {confg: configs/grpo.yaml}"), "arms.grpo.config is missing"),
     (("${start.grm}", "${start.gmr}"), "start.gmr"),
     (("seeds: [0, 1]", "seeds: [0, 1"), "spec.yaml:5: YAML syntax error"),
+    # formerly a TypeError traceback, a ValueError traceback, and seed 0 run alone without a word
+    (("seeds: [0, 1]", "seeds: 3"), "seeds must be a non-empty list of integers (e.g. seeds: [0, 1, 2]), got 3"),
+    (("seeds: [0, 1]", "seeds: []"), "seeds must be a non-empty list of integers"),
+    (("eval: {heldout: 10}", "eval: {heldout: lots}"), "eval.heldout must be an integer, got 'lots'"),
 ])
 def test_bad_specs_get_one_line(tmp_path, edit, message):
     with pytest.raises(ConfigError) as err:
@@ -416,3 +420,12 @@ def test_the_smollm2_spec_trains_as_the_smollm2_quick_start_does(arm, capsys):
     for section in ("model", "data", "trainer"):
         assert got.pop(section) == want.pop(section), section
     assert got == want
+
+
+def test_a_settings_difference_reads_as_a_sentence():
+    """An added argument read "(was now also `--trainer.max_steps 5`)"."""
+    from taosr.compare import _first_difference
+
+    assert _first_difference(["--a", "1"], ["--a", "2"]) == "was `--a 1`, now `--a 2`"
+    assert _first_difference(["--a", "1"], ["--a", "1", "--trainer.max_steps", "5"]) == "now also `--trainer.max_steps 5`"
+    assert _first_difference(["--a", "1", "--b", "2"], ["--a", "1"]) == "then also `--b 2`"
