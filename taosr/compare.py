@@ -76,6 +76,7 @@ class CompareSpec:
     heldout: int = 2000
     heldout_seed: int = 1
     test: str | None = None
+    wandb_group: str | None = None  # the W&B group of its runs (wandb_group(): the name, and --out when not the default)
 
     @property
     def needs_start_eval(self) -> bool:
@@ -347,12 +348,20 @@ def _tag(spec: CompareSpec, i: int, n: int, run: Run) -> str:
     return f"[{spec.name} {i}/{n}] {run.arm}" + ("" if run.seed is None else f" seed {run.seed}")
 
 
+def wandb_group(name: str, out: str) -> str:
+    """A comparison's W&B group: its name, and its ``--out`` folder when that is not the default one
+    (a comparison re-run with another budget into another folder was the same group, its runs named
+    alike)."""
+    default = os.path.join("runs", "compare", name)
+    return name if os.path.normpath(out) == os.path.normpath(default) else f"{name}@{os.path.basename(os.path.normpath(out))}"
+
+
 def _wandb_env(spec: CompareSpec, run: Run, verb: str) -> dict[str, str]:
     """W&B group (the comparison), job type (the arm) and run name (arm, seed and command) of one command."""
     from taosr.loggers import RUN_NAME_ENV
 
     name = run.arm + ("" if run.seed is None else f"-seed{run.seed}") + ("" if verb == "fit" else f"-{verb}")
-    return {"WANDB_RUN_GROUP": spec.name, "WANDB_JOB_TYPE": run.arm, RUN_NAME_ENV: name}
+    return {"WANDB_RUN_GROUP": spec.wandb_group or spec.name, "WANDB_JOB_TYPE": run.arm, RUN_NAME_ENV: name}
 
 
 def prune_checkpoints(runs: list[Run]) -> int:
@@ -672,7 +681,8 @@ def log_to_wandb(out: str, spec: CompareSpec) -> None:
 
     mode = "online" if wandb_credentials_present() and os.environ.get("WANDB_MODE") not in ("offline", "disabled") \
         else ("disabled" if os.environ.get("WANDB_MODE") == "disabled" else "offline")
-    run = wandb.init(project="taosr", group=spec.name, job_type="summary", name=f"{spec.name}-summary",
+    group = spec.wandb_group or spec.name
+    run = wandb.init(project="taosr", group=group, job_type="summary", name=f"{group}-summary",
                      dir=out, mode=mode, reinit="finish_previous")
     for name in ("summary", "pairs", "signals"):
         path = os.path.join(out, f"{name}.csv")
@@ -708,6 +718,7 @@ def compare_main(argv: list[str]) -> int:
         raise ConfigError(f"--jobs {a.jobs}: must be at least 1")
     spec = load_spec(a.spec, a.seeds, a.arms)
     out = a.out or os.path.join("runs", "compare", spec.name)
+    spec.wandb_group = wandb_group(spec.name, out)
     t0 = time.perf_counter()
     if a.report_only:
         results = collect(plan_runs(spec, out))

@@ -205,6 +205,7 @@ def _make_cli_classes():
             # a fresh folder gets it once the work starts (not when setup fails); a previous run's file
             # is replaced only when this command succeeds
             self._pending = (tmp, final, os.path.exists(final))
+            _log_settings_to_wandb(trainer, self.config)
 
         def _commit(self, trainer, finished: bool) -> None:
             if self._pending and trainer.is_global_zero and (finished or not self._pending[2]):
@@ -303,6 +304,24 @@ def _make_cli_classes():
         before_test = before_predict = before_validate
 
     return TaosrCLI, RunConfig
+
+
+def _log_settings_to_wandb(trainer, config) -> None:
+    """The run's settings beside the model's hyperparameters in its W&B config: the trainer, the
+    data (the curriculum, diverse sampling ... a sweep varies), the seed and the method. W&B held
+    the model's init arguments only, so runs that differed in data settings or budget looked alike."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    if not loggers:
+        return
+    cfg = config.as_dict() if hasattr(config, "as_dict") else dict(config)
+    settings = {k: cfg[k] for k in ("seed_everything", "trainer", "data", "ckpt_path") if k in cfg}
+    model = cfg.get("model")
+    if isinstance(model, dict) and model.get("class_path"):
+        settings["method"] = model["class_path"]
+    for lg in loggers:
+        lg.log_hyperparams(settings)
 
 
 SHARED_ARGS_ENV = "TAOSR_SHARED_ARGS"

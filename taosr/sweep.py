@@ -4,7 +4,8 @@ The same YAML runs unchanged with ``wandb sweep FILE`` + ``wandb agent``. Locall
 open-source sweep engine (the ``sweeps`` package) proposes each run (grid, random or bayes, the
 latter fitted on the finished runs' metric), W&B's own macro expansion turns the YAML's
 ``command:`` into the run's command line exactly as ``wandb agent`` would, and each run logs
-offline under ``--out/<run>``. The sweep metric is read from the run's own evaluation files
+under ``--out/<run>`` (W&B group: the sweep's name, run name ``<name>-runNNN``; offline unless W&B
+credentials are configured). The sweep metric is read from the run's own evaluation files
 (``val/<m>`` -> the last ``eval/val-step*-metrics.json``, ``test/<m>`` -> ``eval/test-metrics.json``).
 A summary table (Markdown, CSV) and a chart of the metric per run are written at the end.
 
@@ -240,7 +241,11 @@ def _run_sweep(path: str, cfg: dict, out: str, count: int | None, extra: list[st
             rc = 0
             if not dry_run:
                 _write_record(run_dir, {"params": params, "extra": list(extra or []), "state": "started"})
-                env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_RUN_GROUP": name}
+                # online where W&B credentials are (the logger's rule), grouped by sweep, each run named
+                from taosr.loggers import RUN_NAME_ENV
+
+                env = {**os.environ, "WANDB_RUN_GROUP": name, "WANDB_JOB_TYPE": "sweep",
+                       RUN_NAME_ENV: f"{name}-{row_name(i)}"}
                 rc = _run_child(cmd + resume, env)
                 if rc in (INTERRUPTED, TERMINATED):  # the run saved its checkpoint: stop here, a re-run resumes it
                     raise KeyboardInterrupt

@@ -578,3 +578,42 @@ def test_a_dry_run_leaves_the_summary_of_the_runs_that_ran(tmp_path, monkeypatch
     assert open(os.path.join(out, "summary.md")).read() == before
     run_sweep(path, str(tmp_path / "fresh"), dry_run=True)
     assert not os.path.exists(os.path.join(str(tmp_path / "fresh"), "summary.md"))
+
+
+def test_a_wandb_run_holds_the_runs_settings_not_only_the_models(tmp_path, cache_dir, monkeypatch):
+    """W&B held the model's init arguments only: sweep runs differing in data settings (curriculum,
+    diverse sampling) or budget, and compare fits of other seeds, looked alike there."""
+    from tests.conftest import fit
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("TAOSR_RUN_NAME", "mine-run007")
+    root = str(tmp_path / "r")
+    fit("configs/sft.yaml", root, cache_dir, "--trainer.max_steps", "2", "--data.batch_size", "3",
+        "--seed_everything", "123", "--trainer.logger", "taosr.loggers.AutoWandbLogger")
+    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".wandb")]
+    assert len(files) == 1
+    blob = open(files[0], "rb").read()
+    for needle in (b"mine-run007", b"seed_everything", b"max_steps", b"batch_size", b"taosr.methods.sft.SFTModule"):
+        assert needle in blob, needle
+
+
+def test_compare_groups_another_out_folder_apart_in_wandb():
+    from taosr.compare import wandb_group
+
+    assert wandb_group("srpo_vs_grpo", "runs/compare/srpo_vs_grpo") == "srpo_vs_grpo"
+    assert wandb_group("srpo_vs_grpo", "runs/compare/srpo_vs_grpo/") == "srpo_vs_grpo"
+    assert wandb_group("srpo_vs_grpo", "runs/compare/long_budget") == "srpo_vs_grpo@long_budget"
+
+
+def test_each_sweep_run_is_named_in_wandb_and_not_forced_offline(tmp_path, monkeypatch):
+    from taosr import sweep
+    from taosr.loggers import RUN_NAME_ENV
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("SWEEP_LOG", str(tmp_path / "log"))
+    path = _fake_sweep(tmp_path, [0, 1])
+    seen = []
+    monkeypatch.setattr(sweep, "_run_child", lambda cmd, env: seen.append(
+        (env[RUN_NAME_ENV], env["WANDB_RUN_GROUP"], env["WANDB_JOB_TYPE"], env.get("WANDB_MODE"))) or 0)
+    sweep.run_sweep(path, str(tmp_path / "out"))
+    assert seen == [("s-run000", "s", "sweep", None), ("s-run001", "s", "sweep", None)]
