@@ -413,7 +413,10 @@ def lightning_main(argv: list[str], build_only: bool = False) -> None:
             RelevanceModule,
             RelevanceDataModule,
             subclass_mode_model=True,
-            parser_kwargs={"parser_mode": "omegaconf", "default_env": False, "exit_on_error": False},
+            # no abbreviations: `--trainer.max_step 2` was taken as max_steps (and a re-run spelled right then
+            # read as other settings by taosr compare)
+            parser_kwargs={"parser_mode": "omegaconf", "default_env": False, "exit_on_error": False, "allow_abbrev": False,
+                           **{sub: {"allow_abbrev": False} for sub in LIGHTNING_COMMANDS}},
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,

@@ -617,3 +617,10 @@ def test_each_sweep_run_is_named_in_wandb_and_not_forced_offline(tmp_path, monke
         (env[RUN_NAME_ENV], env["WANDB_RUN_GROUP"], env["WANDB_JOB_TYPE"], env.get("WANDB_MODE"))) or 0)
     sweep.run_sweep(path, str(tmp_path / "out"))
     assert seen == [("s-run000", "s", "sweep", None), ("s-run001", "s", "sweep", None)]
+
+
+def test_an_abbreviated_option_is_refused_not_read_as_the_longer_one(capsys):
+    """argparse took `--trainer.max_step 3` for --trainer.max_steps: a typo that silently worked, and a
+    comparison re-run spelled right then read as other settings."""
+    rc, err = taosr(capsys, "fit", "--config", SFT, "--trainer.max_step", "3", "--print_config")
+    assert_one_line(rc, err, "unrecognized arguments: --trainer.max_step 3")
