@@ -360,8 +360,12 @@ def _wandb_env(spec: CompareSpec, run: Run, verb: str) -> dict[str, str]:
     """W&B group (the comparison), job type (the arm) and run name (arm, seed and command) of one command."""
     from taosr.loggers import RUN_NAME_ENV
 
+    from taosr.launcher import RESUME_HINT_ENV
+
     name = run.arm + ("" if run.seed is None else f"-seed{run.seed}") + ("" if verb == "fit" else f"-{verb}")
-    return {"WANDB_RUN_GROUP": spec.wandb_group or spec.name, "WANDB_JOB_TYPE": run.arm, RUN_NAME_ENV: name}
+    return {"WANDB_RUN_GROUP": spec.wandb_group or spec.name, "WANDB_JOB_TYPE": run.arm, RUN_NAME_ENV: name,
+            # an interrupted run's own note: the comparison resumes it, not `--ckpt_path` by hand
+            RESUME_HINT_ENV: "re-run the taosr compare command to continue (it resumes this run)"}
 
 
 def prune_checkpoints(runs: list[Run]) -> int:
@@ -461,8 +465,8 @@ def _run_here(spec: CompareSpec, tag: str, run: Run, steps: list[list[str]]) -> 
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         if rc in (INTERRUPTED, TERMINATED):
-            raise Interrupted(f"compare: {run.arm} seed {run.seed}: `taosr {args[0]}` interrupted (its checkpoint "
-                              "is saved); finished runs are kept: re-run the same command to continue", rc)
+            raise Interrupted(f"compare: {run.arm} seed {run.seed}: `taosr {args[0]}` interrupted; finished runs are "
+                              "kept: re-run the same command to continue", rc)
         if rc:
             raise ConfigError(f"compare: {run.arm} seed {run.seed}: `taosr {args[0]}` failed (exit {rc}); "
                               f"fix it and re-run: finished runs are kept")

@@ -503,7 +503,13 @@ def condense_config_error(message: str, argv: list[str] | None = None) -> str:
     return f"{text} (taosr fit --help lists every option)"
 
 
+RESUME_HINT_ENV = "TAOSR_RESUME_HINT"  # how to continue, said by a command that runs this one (compare, sweep)
+
+
 def _interrupted_note(argv: list[str]) -> str:
+    by = os.environ.get(RESUME_HINT_ENV)
+    if argv and argv[0] != "fit":  # a test / validate / predict keeps no checkpoint: it is run again
+        return f"interrupted; {by or 'run the same command again'}"
     root = None
     for i, a in enumerate(argv):
         if a == "--trainer.default_root_dir" and i + 1 < len(argv):
@@ -516,7 +522,7 @@ def _interrupted_note(argv: list[str]) -> str:
             hint = f" (checkpoint: {path}, step {load_checkpoint_meta(path)['global_step']})"
         except ConfigError:
             hint = f" (no readable {path}: a resume starts from the beginning)"
-    return f"interrupted{hint}; resume with the same command plus --ckpt_path <run>/checkpoints/last.ckpt"
+    return f"interrupted{hint}; {by or 'resume with the same command plus --ckpt_path <run>/checkpoints/last.ckpt'}"
 
 
 def _taosr_cause(err: BaseException) -> TaosrError | None:

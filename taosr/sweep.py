@@ -244,8 +244,11 @@ def _run_sweep(path: str, cfg: dict, out: str, count: int | None, extra: list[st
                 # online where W&B credentials are (the logger's rule), grouped by sweep, each run named
                 from taosr.loggers import RUN_NAME_ENV
 
+                from taosr.launcher import RESUME_HINT_ENV
+
                 env = {**os.environ, "WANDB_RUN_GROUP": name, "WANDB_JOB_TYPE": "sweep",
-                       RUN_NAME_ENV: f"{name}-{row_name(i)}"}
+                       RUN_NAME_ENV: f"{name}-{row_name(i)}",
+                       RESUME_HINT_ENV: "re-run the taosr sweep command to continue (it resumes this run)"}
                 rc = _run_child(cmd + resume, env)
                 if rc in (INTERRUPTED, TERMINATED):  # the run saved its checkpoint: stop here, a re-run resumes it
                     raise KeyboardInterrupt

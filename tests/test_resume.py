@@ -568,10 +568,18 @@ def test_an_epoch_a_curriculum_shortened_is_saved_as_ended(tmp_path, cache_dir):
     _assert_same_weights(full, resumed)
 
 
-def test_the_interrupt_note_names_what_a_resume_starts_from(tmp_path):
-    """The step of the run folder's last.ckpt (a multi-process run stopped by Ctrl-C keeps only its
-    last periodic save), or that there is none."""
-    from taosr.launcher import _interrupted_note
+def test_the_interrupt_note_names_what_a_resume_starts_from(tmp_path, monkeypatch):
+    """The step of the run folder's last.ckpt (a fit stopped before its first save has none), or that
+    there is none; a test keeps no checkpoint; inside taosr compare / sweep the way to continue is
+    their own command, not `--ckpt_path` by hand."""
+    from taosr.launcher import RESUME_HINT_ENV, _interrupted_note
+
+    assert _interrupted_note(["test", "--trainer.default_root_dir", str(tmp_path)]) == \
+        "interrupted; run the same command again"
+    monkeypatch.setenv(RESUME_HINT_ENV, "re-run the taosr compare command to continue")
+    assert _interrupted_note(["fit", "--trainer.default_root_dir", str(tmp_path)]).endswith(
+        "; re-run the taosr compare command to continue")
+    monkeypatch.delenv(RESUME_HINT_ENV)
 
     root = str(tmp_path / "run")
     argv = ["fit", "--trainer.default_root_dir", root]
