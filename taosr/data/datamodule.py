@@ -469,6 +469,9 @@ class RelevanceDataModule(pl.LightningDataModule):
         # read at the first batch, not now: with a finite max_epochs Lightning builds this loader for
         # estimated_stepping_batches (configure_optimizers) before it restores the loops' progress
         sampler.skip_fn = self._resume_skip
+        # Lightning warns on a mid-epoch resume that the loader "is not resumable" (no state_dict): the
+        # sampler skips the epoch's consumed examples itself, and the resume is bit-identical (tested)
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
         return DataLoader(ListDataset(rows), batch_size=self.batch_size, sampler=sampler,
                           collate_fn=collate, num_workers=self.num_workers, drop_last=False)
 
