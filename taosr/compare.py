@@ -577,7 +577,7 @@ def pair_rows(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
                 if p.diff.n == 0:
                     continue
                 rows.append({"pair": f"{a} - {b}", "slice": sl, "metric": metric, "mean": p.diff.mean,
-                             "se": p.diff.se, "z": p.z, "wins": p.wins, "seeds": p.diff.n,
+                             "se": p.diff.se, "z": p.z, "wins": p.wins, "ties": p.ties, "seeds": p.diff.n,
                              "per_seed": " ".join(f"{d:+.3f}" for d in p.diffs)})
     return rows
 
@@ -608,8 +608,14 @@ def markdown(arms: list[dict], pairs: list[dict], title: str, all_slices: bool =
             if keep(r["slice"]):
                 z = "—" if math.isnan(r["z"]) else f"{r['z']:+.1f}"
                 lines.append(f"| {r['pair']} | {r['slice']} | {r['metric']} | {pm(r['mean'], r['se'])} | {z} | "
-                             f"{r['wins']}/{r['seeds']} | {r['per_seed']} |")
+                             f"{r['wins']}/{r['seeds']}{_ties(r)} | {r['per_seed']} |")
     return "\n".join(lines)
+
+
+def _ties(row: dict) -> str:
+    """`` (1 tie)``: seeds where both arms scored the same, counted in neither direction."""
+    n = row.get("ties") or 0
+    return f" ({n} tie{'s' if n > 1 else ''})" if n else ""
 
 
 def seed_gap_note(results: dict) -> str:

@@ -369,7 +369,9 @@ def write_summary(out: str, rows: list[dict], metric: str | None, goal: str) -> 
     # a failed run's metric is its last validation before the failure, and a NaN would win max(): neither is ranked
     scored = [r for r in rows if metric and r.get("exit", 0) == 0 and isinstance(r.get(metric), (int, float))
               and math.isfinite(r[metric])]
-    if scored:
+    if len(scored) > 1 and len({r[metric] for r in scored}) == 1:  # no run is best
+        md.append(f"\nall {len(scored)} runs tie: {metric}={scored[0][metric]:.4f}")
+    elif scored:
         best = (max if goal == "maximize" else min)(scored, key=lambda r: r[metric])
         md.append(f"\nbest: {best['run']} {metric}={best[metric]:.4f}")
     unranked = [r["run"] for r in rows if metric and r not in scored and (r.get("exit", 0) != 0 or r.get(metric) is not None)]

@@ -624,3 +624,11 @@ def test_an_abbreviated_option_is_refused_not_read_as_the_longer_one(capsys):
     comparison re-run spelled right then read as other settings."""
     rc, err = taosr(capsys, "fit", "--config", SFT, "--trainer.max_step", "3", "--print_config")
     assert_one_line(rc, err, "unrecognized arguments: --trainer.max_step 3")
+
+
+def test_a_sweep_whose_runs_all_tie_names_no_best(tmp_path, capsys):
+    from taosr.sweep import write_summary
+
+    write_summary(str(tmp_path), [{"run": "run000", "m": 0.5, "exit": 0}, {"run": "run001", "m": 0.5, "exit": 0}], "m", "maximize")
+    out = capsys.readouterr().out
+    assert "all 2 runs tie: m=0.5000" in out and "best:" not in out

@@ -35,7 +35,9 @@ def test_paired_difference_pairs_by_seed_and_against_a_constant():
     assert p.diff.se == pytest.approx(mean_se([0.02, 0.01, 0.01]).se)
     assert p.z == pytest.approx(p.diff.mean / p.diff.se)
     c = paired_difference(a, 0.80)                   # a deterministic start scored once
-    assert c.diffs == pytest.approx((0.0, -0.02, 0.01, -0.01)) and c.wins == 1
+    assert c.diffs == pytest.approx((0.0, -0.02, 0.01, -0.01)) and c.wins == 1 and c.ties == 1  # a tie is no loss
+    from taosr.compare import _ties
+    assert (_ties({"ties": 0}), _ties({"ties": 1}), _ties({"ties": 3})) == ("", " (1 tie)", " (3 ties)")
     # pairing removes the shared noise: same spread of seeds, constant lead
     noisy = {s: 0.7 + 0.05 * ((-1) ** s) * s for s in range(6)}
     lead = paired_difference({s: v + 0.01 for s, v in noisy.items()}, noisy)

@@ -71,6 +71,11 @@ class Paired:
         d = self.diff
         return d.mean / d.se if d.n > 1 and not se_is_zero(d.mean, d.se) else float("nan")
 
+    @property
+    def ties(self) -> int:
+        """Seeds where a == b (neither a win nor a loss)."""
+        return sum(d == 0 for d in self.diffs)
+
 
 def paired_difference(a: Mapping, b: Mapping | float) -> Paired:
     """``a`` minus ``b`` seed by seed. ``a`` maps seed -> value; ``b`` too, or is one number (a
