@@ -580,16 +580,21 @@ def test_a_dry_run_leaves_the_summary_of_the_runs_that_ran(tmp_path, monkeypatch
     assert not os.path.exists(os.path.join(str(tmp_path / "fresh"), "summary.md"))
 
 
-def test_a_wandb_run_holds_the_runs_settings_not_only_the_models(tmp_path, cache_dir, monkeypatch):
+def test_a_wandb_run_holds_the_runs_settings_not_only_the_models(tmp_path, cache_dir):
     """W&B held the model's init arguments only: sweep runs differing in data settings (curriculum,
     diverse sampling) or budget, and compare fits of other seeds, looked alike there."""
-    from tests.conftest import fit
+    import subprocess
+    import sys
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("TAOSR_RUN_NAME", "mine-run007")
-    root = str(tmp_path / "r")
-    fit("configs/sft.yaml", root, cache_dir, "--trainer.max_steps", "2", "--data.batch_size", "3",
-        "--seed_everything", "123", "--trainer.logger", "taosr.loggers.AutoWandbLogger")
+    from tests.conftest import small_overrides
+
+    root = str(tmp_path / "r")  # its own process: wandb writes its run file in full when the process ends
+    cmd = [sys.executable, "-m", "taosr.cli", "fit", "--config", SFT, *small_overrides(root, cache_dir),
+           "--trainer.max_steps", "2", "--data.batch_size", "3", "--seed_everything", "123",
+           "--trainer.logger", "taosr.loggers.AutoWandbLogger"]
+    env = {**os.environ, "WANDB_MODE": "offline", "TAOSR_RUN_NAME": "mine-run007"}
+    r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
     files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".wandb")]
     assert len(files) == 1
     blob = open(files[0], "rb").read()
