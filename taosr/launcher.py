@@ -315,7 +315,7 @@ def _log_settings_to_wandb(trainer, config) -> None:
     loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
     if not loggers:
         return
-    cfg = config.as_dict() if hasattr(config, "as_dict") else dict(config)
+    cfg = config.as_dict()
     settings = {k: cfg[k] for k in ("seed_everything", "trainer", "data", "ckpt_path") if k in cfg}
     model = cfg.get("model")
     if isinstance(model, dict) and model.get("class_path"):
@@ -516,7 +516,7 @@ def _interrupted_note(argv: list[str]) -> str:
             root = argv[i + 1]
     hint = ""
     if root:  # what a resume will start from: the step reached, or (a multi-process run stopped by one
-        # rank's error or Ctrl-C, taosr.callbacks.ranks) the last periodic save, or nothing yet
+        # rank's error, taosr.callbacks.ranks) the last periodic save, or nothing yet
         path = os.path.join(root, "checkpoints", "last.ckpt")
         try:
             hint = f" (checkpoint: {path}, step {load_checkpoint_meta(path)['global_step']})"

@@ -29,7 +29,7 @@ import time
 
 from taosr.configfiles import load_yaml, locate, not_found
 from taosr.errors import ConfigError, Interrupted
-from taosr.launcher import INTERRUPTED, LIGHTNING_COMMANDS, TERMINATED, parse_error, shared_arguments
+from taosr.launcher import INTERRUPTED, LIGHTNING_COMMANDS, RESUME_HINT_ENV, TERMINATED, parse_error, shared_arguments
 
 ENGINE_KEYS = ("method", "metric", "parameters", "early_terminate")
 
@@ -145,26 +145,31 @@ def check_metric(cfg: dict, where: str) -> None:
 def metric_keys(run_dir: str, metric: str) -> list[str]:
     """The metrics a finished run wrote in the metric's split (to name them when the metric is not one)."""
     split = metric.partition("/")[0]
-    files = sorted(glob.glob(os.path.join(run_dir, "eval", f"{split}*-metrics.json")))
-    if not files:
+    f = _metrics_file(run_dir, split)
+    if f is None:
         return []
-    with open(files[-1]) as fh:
+    with open(f) as fh:
         return sorted(f"{split}/{k}" for k in json.load(fh))
 
 
-def read_metric(run_dir: str, name: str) -> float | None:
-    split, _, key = name.partition("/")
+def _metrics_file(run_dir: str, split: str) -> str | None:
+    """A run's metrics of ``split``: ``eval/test-metrics.json``, or its last validation's file."""
     if split == "test":
         files = [os.path.join(run_dir, "eval", "test-metrics.json")]
     else:
         files = sorted(glob.glob(os.path.join(run_dir, "eval", f"{split}-step*-metrics.json")),
                        key=lambda f: int(re.search(r"step(\d+)", f).group(1)))[-1:]
-    for f in files:
-        if os.path.exists(f):
-            with open(f) as fh:
-                v = json.load(fh).get(key)
-            return None if v is None else float(v)
-    return None
+    return next((f for f in files if os.path.exists(f)), None)
+
+
+def read_metric(run_dir: str, name: str) -> float | None:
+    split, _, key = name.partition("/")
+    f = _metrics_file(run_dir, split)
+    if f is None:
+        return None
+    with open(f) as fh:
+        v = json.load(fh).get(key)
+    return None if v is None else float(v)
 
 
 def _plain(v):
@@ -243,8 +248,6 @@ def _run_sweep(path: str, cfg: dict, out: str, count: int | None, extra: list[st
                 _write_record(run_dir, {"params": params, "extra": list(extra or []), "state": "started"})
                 # online where W&B credentials are (the logger's rule), grouped by sweep, each run named
                 from taosr.loggers import RUN_NAME_ENV
-
-                from taosr.launcher import RESUME_HINT_ENV
 
                 env = {**os.environ, "WANDB_RUN_GROUP": name, "WANDB_JOB_TYPE": "sweep",
                        RUN_NAME_ENV: f"{name}-{row_name(i)}",

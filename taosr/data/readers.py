@@ -165,7 +165,6 @@ class ReadResult:
     examples: list[Example] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # other things counted and reported (not rows skipped)
-    flat_keys: dict = field(default_factory=dict)  # the keys of a JSONL file's flat rows (its "columns"), in order
 
 
 def infer_format(path: str) -> str:
@@ -545,13 +544,13 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
     joiner = make_joiner(spec)  # after the pairs file's columns were checked (CSV / Parquet)
     columns = getattr(records, "columns", None)
     _check_title_source(spec, columns, joiner)
+    flat_keys: dict = {}  # a JSONL file's "columns": the keys of its flat rows, in order
     with _collector_paused():
-        res = read_records(records, spec, plain=plain, joiner=joiner)
+        res = read_records(records, spec, plain=plain, joiner=joiner, flat_keys=flat_keys)
     if encoding == "latin-1" and check_encoding(spec.encoding) == AUTO_ENCODING:
         res.notes.append(f"{spec.path} is not UTF-8: read as latin-1 (--encoding / data.reader.encoding chooses another)")
     if columns is None:  # JSONL: the keys of its flat rows (a nested row's unknown field is an error)
-        columns = list(res.flat_keys)
-    res.flat_keys = {}
+        columns = list(flat_keys)
     unread = _unread_columns(columns, spec, required)
     if unread:
         short = [c for c in unread if f"item.{c}" in ITEM_FIELDS]  # `brand` for item.brand: only the title has a short name
@@ -568,10 +567,11 @@ def _unread_columns(columns: list, spec: ReaderSpec, required: dict[str, str]) -
 
 
 def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bool = False,
-                 joiner: Joiner | None = None) -> ReadResult:
+                 joiner: Joiner | None = None, flat_keys: dict | None = None) -> ReadResult:
     """Examples from ``(where, record)`` pairs of the pairs file ``spec.path``: nested rows as they
     are (``plain``), else flat records mapped by ``spec`` and joined by ``joiner``. Bad rows raise,
-    or with ``on_error="skip"`` are skipped and counted; the join's counts go to ``notes``."""
+    or with ``on_error="skip"`` are skipped and counted; the join's counts go to ``notes``.
+    ``flat_keys`` collects the keys of the flat (not nested) rows, in order."""
     res = ReadResult(path=spec.path)
     label_col = (spec.column_map or {}).get("label", "label")
     # hash of the casefolded (query, title) -> (where, label) of its first row: a 64-bit hash, not copies of
@@ -590,8 +590,8 @@ def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bo
                 kind = _label_kind(raw.get(label_col))
                 if kind is not None:
                     first_of_kind.setdefault(kind, (where, raw.get(label_col)))
-            if isinstance(raw, dict) and "item" not in raw:
-                res.flat_keys.update(dict.fromkeys(raw))
+            if flat_keys is not None and isinstance(raw, dict) and "item" not in raw:
+                flat_keys.update(dict.fromkeys(raw))
             if plain and isinstance(raw, dict) and "item" not in raw:
                 ex = validate_row(flat_to_row(raw, spec, where, joiner), where)  # a flat JSONL row: columns by name
             elif plain:

@@ -219,9 +219,10 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
     hub = {}  # a hub id (not a preset or folder) downloads into model.cache_dir when it was set
     if path == spec.name_or_path and not os.path.isdir(path) and hub_cache_dir(spec) is not None:
         hub = {"cache_dir": hub_cache_dir(spec)}
-    base = _adapter_base(path) if os.path.exists(os.path.join(path, "adapter_config.json")) else None
+    adapter = os.path.exists(os.path.join(path, "adapter_config.json"))
+    base = _adapter_base(path) if adapter else None
     try:
-        if os.path.exists(os.path.join(path, "adapter_config.json")):
+        if adapter:
             from peft import AutoPeftModelForCausalLM
 
             # an adapter-only export of a hub model: its base is fetched from the same cache
