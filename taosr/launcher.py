@@ -113,6 +113,45 @@ def _csv_logger_without_wandb(cfg, installed: bool | None = None) -> None:
                   f"(pip install wandb for W&B)", file=sys.stderr)
 
 
+def _continue_wandb_run(cfg) -> None:
+    """A fit resumed from a checkpoint of its own run folder logs on into the W&B run the earlier legs
+    logged to (the id :func:`_record_wandb_run` kept), not into a second run of the same name. An
+    ``id`` or ``version`` the config gives wins; a fit from the start, or from another run's
+    checkpoint, gets a new run."""
+    from taosr.loggers import stored_run_id
+
+    trainer = cfg.get("trainer")
+    root = trainer.get("default_root_dir") if trainer is not None else None
+    ckpt = cfg.get("ckpt_path")
+    if not root or not ckpt or not os.path.realpath(ckpt).startswith(os.path.realpath(root) + os.sep):
+        return
+    run_id = stored_run_id(root)
+    if run_id is None:
+        return
+    loggers = trainer.get("logger")
+    for lg in loggers if isinstance(loggers, list) else [loggers]:
+        if getattr(lg, "class_path", None) in WANDB_LOGGERS:
+            args = lg.get("init_args")
+            if args is None or args.get("id") or args.get("version"):
+                return
+            args["id"] = run_id
+            print(f"taosr: W&B: the resumed fit logs on into run {run_id} ({root}/wandb-run.json)", file=sys.stderr)
+            return
+
+
+def _record_wandb_run(trainer) -> None:
+    """Keep the id of a fit's W&B run in its run folder, for :func:`_continue_wandb_run`."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from taosr.loggers import store_run_id
+
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    if loggers and trainer.is_global_zero:
+        run_id = getattr(loggers[0].experiment, "id", None)
+        if isinstance(run_id, str) and run_id:
+            store_run_id(trainer.default_root_dir, run_id, getattr(loggers[0], "_project", None))
+
+
 def load_checkpoint_meta(path: str) -> dict:
     """Read a Lightning checkpoint for the checks before a run; one-line ConfigError if it is not one."""
     import torch
@@ -206,6 +245,8 @@ def _make_cli_classes():
             # is replaced only when this command succeeds
             self._pending = (tmp, final, os.path.exists(final))
             _log_settings_to_wandb(trainer, self.config)
+            if fn == "fit":
+                _record_wandb_run(trainer)
 
         def _commit(self, trainer, finished: bool) -> None:
             if self._pending and trainer.is_global_zero and (finished or not self._pending[2]):
@@ -275,6 +316,8 @@ def _make_cli_classes():
                 RunConfig.as_given["ckpt_path"] = "last" if getattr(self, "_ckpt_as_given", None) == "last" else None
             _fill_run_paths(cfg)
             _csv_logger_without_wandb(cfg)
+            if self.subcommand == "fit" and not self.build_only:
+                _continue_wandb_run(cfg)
             if self.build_only:  # a logger makes its folder (and W&B its settings) when built: not for a check
                 cfg["trainer"]["logger"] = False
 

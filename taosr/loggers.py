@@ -8,15 +8,43 @@ folder; ``runs`` where there is none (the logger built outside a command). A ``s
 gives, ``runs`` and ``.`` included, is used as given. Any Lightning logger (CSVLogger, TensorBoardLogger) can be chosen instead in
 the config's ``trainer.logger``. ``WANDB_RUN_GROUP``, ``WANDB_JOB_TYPE`` and ``TAOSR_RUN_NAME``
 in the environment set the run's group, job type and name.
+
+A fit writes its W&B run id to ``<run>/wandb-run.json`` (:func:`store_run_id`); a fit that resumes
+from a checkpoint in the same run folder logs on into that run (:func:`stored_run_id`, Lightning's
+``resume="allow"``) instead of starting a second one of the same name. Offline, each leg writes its
+own ``offline-run-*`` folder under the same id, and ``wandb sync`` uploads the legs of one id into
+one run, in order of their start.
 """
 from __future__ import annotations
 
+import json
 import netrc
 import os
 
 from lightning.pytorch.loggers import WandbLogger
 
 RUN_NAME_ENV = "TAOSR_RUN_NAME"  # the W&B run name, over the config's (set by `taosr compare` per command)
+RUN_ID_FILE = "wandb-run.json"  # in the run folder: the W&B run a resumed fit logs on into
+
+
+def stored_run_id(run_dir: str) -> str | None:
+    """The W&B run id a fit in ``run_dir`` logged to, or None (no file, or one that is not ours)."""
+    try:
+        with open(os.path.join(run_dir, RUN_ID_FILE), encoding="utf-8") as fh:
+            run_id = json.load(fh).get("id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) and run_id else None
+
+
+def store_run_id(run_dir: str, run_id: str, project: str | None) -> None:
+    """Record the W&B run of the fit in ``run_dir`` (written to a temporary name and renamed)."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, RUN_ID_FILE)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"id": run_id, "project": project}, fh)
+    os.replace(tmp, path)
 
 
 def wandb_credentials_present() -> bool:

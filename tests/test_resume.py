@@ -592,3 +592,69 @@ def test_the_interrupt_note_names_what_a_resume_starts_from(tmp_path, monkeypatc
     os.makedirs(os.path.join(root, "checkpoints"))
     torch.save({"state_dict": {}, "global_step": 7}, os.path.join(root, "checkpoints", "last.ckpt"))
     assert f"(checkpoint: {root}/checkpoints/last.ckpt, step 7)" in _interrupted_note(argv)
+
+
+def test_a_resumed_fit_logs_on_into_its_wandb_run(tmp_path, cache_dir):
+    """A run interrupted and resumed logged a second W&B run of the same name: the resume now reuses
+    the id its first leg kept in <run>/wandb-run.json (offline: a second folder of that id, which
+    `wandb sync` uploads into the one run); a fit from the start gets a new run."""
+    import subprocess
+    import sys
+
+    from taosr.history import _wandb_records
+    from taosr.loggers import stored_run_id
+    from tests.conftest import ROOT, small_overrides
+
+    root = str(tmp_path / "r")  # each leg its own process: wandb completes a run file when the process ends
+    base = [sys.executable, "-m", "taosr.cli", "fit", "--config", os.path.join(ROOT, "configs", "sft.yaml"),
+            *small_overrides(root, cache_dir), "--data.batch_size", "3", "--trainer.logger", "taosr.loggers.AutoWandbLogger"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+
+    def leg(*extra):
+        r = subprocess.run(base + list(extra), cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stderr
+
+    def folders():
+        return sorted(d for d in os.listdir(os.path.join(root, "wandb")) if d.startswith("offline-run-"))
+
+    leg("--trainer.max_steps", "2")
+    first = stored_run_id(root)
+    assert first and [f.rsplit("-", 1)[1] for f in folders()] == [first]
+    err = leg("--trainer.max_steps", "4", "--ckpt_path", "last")
+    assert f"logs on into run {first}" in err
+    assert [f.rsplit("-", 1)[1] for f in folders()] == [first, first] and stored_run_id(root) == first
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    ids = set()
+    for f in folders():
+        for payload in _wandb_records(os.path.join(root, "wandb", f, f"run-{first}.wandb")):
+            rec = pb.Record()
+            rec.ParseFromString(payload)
+            if rec.WhichOneof("record_type") == "run":
+                ids.add(rec.run.run_id)
+    assert ids == {first}
+    leg("--trainer.max_steps", "1")  # from the start again: a new run
+    assert stored_run_id(root) not in (None, first) and len(folders()) == 3
+
+
+def test_only_a_resume_from_its_own_folder_continues_a_wandb_run(tmp_path):
+    from jsonargparse import Namespace
+
+    from taosr.launcher import _continue_wandb_run
+    from taosr.loggers import store_run_id
+
+    root = str(tmp_path / "run")
+    store_run_id(root, "abc123", "taosr")
+
+    def cfg(ckpt, **init_args):
+        lg = Namespace(class_path="taosr.loggers.AutoWandbLogger", init_args=Namespace(project="taosr", **init_args))
+        c = Namespace(ckpt_path=ckpt, trainer=Namespace(default_root_dir=root, logger=lg))
+        _continue_wandb_run(c)
+        return lg.init_args.get("id")
+
+    assert cfg(os.path.join(root, "checkpoints", "last.ckpt")) == "abc123"
+    assert cfg(None) is None  # a fit from the start
+    assert cfg(str(tmp_path / "other" / "checkpoints" / "last.ckpt")) is None  # another run's checkpoint
+    assert cfg(os.path.join(root, "checkpoints", "last.ckpt"), id="mine") == "mine"  # the config's id wins
+    assert cfg(os.path.join(root, "checkpoints", "last.ckpt"), version="v1") is None
