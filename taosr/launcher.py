@@ -519,6 +519,21 @@ def _nested_key_error(lines: list[str], argv: list[str]) -> str | None:
     return f"{'.'.join(path)}: {cause} (a nested key of a --config file or a JSON value; {helps})"
 
 
+def _union_error(lines: list[str], argv: list[str]) -> str | None:
+    """A value no type of a union option takes (``seed_everything: bool | int``): jsonargparse reports
+    the first type only (``Expected a <class 'bool'>`` for ``--seed_everything 0.5``); name them all."""
+    key = re.match(r'Parser key "([^"]+)"', lines[0])
+    subtypes = next((ln for ln in lines if ln.startswith("Subtypes:")), None)
+    given = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Given value:")), None)
+    if key is None or subtypes is None or given is None or not any("Union subtypes" in ln for ln in lines):
+        return None
+    kinds = [k for k in re.findall(r"<class '([\w.]+)'>", subtypes) if k != "NoneType"]
+    what = " or ".join(k.rsplit(".", 1)[-1] for k in kinds) or "another type"
+    option = _option_for_value(argv, given)
+    where = f"option {option}; " if option else ""
+    return f'Parser key "{key.group(1)}": expected {what}, got {given!r} ({where}taosr fit --help lists every option)'
+
+
 def condense_config_error(message: str, argv: list[str] | None = None) -> str:
     """One line from jsonargparse's multi-line report: the key it names and the most specific cause."""
     lines = [ln.strip().lstrip("- ").strip() for ln in str(message).splitlines() if ln.strip()]
@@ -530,6 +545,9 @@ def condense_config_error(message: str, argv: list[str] | None = None) -> str:
     nested = _nested_key_error(lines, argv or [])
     if nested is not None:
         return nested
+    union = _union_error(lines, argv or [])
+    if union is not None:
+        return union
     head = lines[0].rstrip(":")
     causes = [ln for ln in lines[1:] if re.search(r"not accepted|unrecognized|does not exist|not a valid|unable to|"
                                                   r"expected|invalid|no such|not found|must be", ln, re.I)

@@ -631,6 +631,15 @@ def test_an_abbreviated_option_is_refused_not_read_as_the_longer_one(capsys):
     assert_one_line(rc, err, "unrecognized arguments: --trainer.max_step 3")
 
 
+def test_a_value_no_type_of_a_union_option_takes_names_them_all(capsys):
+    """jsonargparse names only the first type of a union: `--seed_everything 0.5` read "Expected a
+    <class 'bool'>", as if a seed had to be true or false."""
+    rc, err = taosr(capsys, "fit", "--config", SFT, "--seed_everything", "0.5", "--print_config")
+    assert_one_line(rc, err, "seed_everything\": expected bool or int, got '0.5' (option --seed_everything;")
+    rc, err = taosr(capsys, "fit", "--config", SFT, "--trainer.limit_val_batches", "abc", "--print_config")
+    assert_one_line(rc, err, "expected int or float, got 'abc' (option --trainer.limit_val_batches;")
+
+
 def test_a_sweep_whose_runs_all_tie_names_no_best(tmp_path, capsys):
     from taosr.sweep import write_summary
 
