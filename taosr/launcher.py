@@ -135,7 +135,8 @@ def _continue_wandb_run(cfg) -> None:
             if args is None or args.get("id") or args.get("version"):
                 return
             args["id"] = run_id
-            print(f"taosr: W&B: the resumed fit logs on into run {run_id} ({root}/wandb-run.json)", file=sys.stderr)
+            if os.environ.get("LOCAL_RANK", "0") == "0":  # once, not from every rank Lightning's DDP launcher starts
+                print(f"taosr: W&B: the resumed fit logs on into run {run_id} ({root}/wandb-run.json)", file=sys.stderr)
             return
 
 
