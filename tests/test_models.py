@@ -145,8 +145,8 @@ def test_smollm2_preset_converts_and_generates(tmp_path):
 
 
 def test_disable_dropout_zeroes_every_rate_and_keeps_the_config():
-    """nn.Dropout modules (GPT-2's, LoRA's) and attention modules' float rates (Llama's SDPA rate):
-    two train-mode forwards agree after it; the config (an export's) keeps its rates."""
+    """nn.Dropout modules (GPT-2's, LoRA's), attention modules' float rates (Llama's SDPA rate) and the
+    config's: two train-mode forwards agree after it."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -158,12 +158,47 @@ def test_disable_dropout_zeroes_every_rate_and_keeps_the_config():
                                          num_attention_heads=2, attention_dropout=0.5, attn_implementation="eager"))
     lora = get_peft_model(llama, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.3, target_modules=["q_proj"]))
     ids = torch.arange(12).view(1, 12)
-    for model, want in ((gpt2, 1 + 2 * 3), (lora, 2 + 2)):  # gpt2: embd + 3 per block; lora: 2 attn rates + 2 LoRA
+    # gpt2: embd + 3 per block + its config's 4 rates; lora: 2 attn rates + 2 LoRA + the config's
+    for model, want in ((gpt2, 1 + 2 * 3 + 4), (lora, 2 + 2 + 1)):
         model.train()
         assert not torch.equal(model(ids).logits, model(ids).logits)
         assert disable_dropout(model) == want
         assert torch.equal(model(ids).logits, model(ids).logits)
-    assert gpt2.config.resid_pdrop == 0.1 and llama.config.attention_dropout == 0.5
+
+
+@pytest.mark.parametrize("arch", ["opt", "bloom", "falcon", "starcoder2"])
+def test_disable_dropout_zeroes_the_float_rates_of_other_architectures(tmp_path, arch):
+    """OPT hands a float `dropout` to F.dropout and skips layers by `layerdrop`, Bloom and StarCoder2 keep
+    float residual rates, Falcon reads its config's at every forward: nn.Dropout and `attention_dropout`
+    alone left them on (two train-mode forwards of OPT differed by 0.13, so the first update's ratio was
+    not 1 and a fresh LoRA's reference differed from the policy). An export keeps the config's rates."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from taosr.models.factory import disable_dropout, save_export
+
+    rates = {"opt": dict(dropout=0.2, attention_dropout=0.2, activation_dropout=0.2, layerdrop=0.3),
+             "bloom": dict(hidden_dropout=0.2, attention_dropout=0.2),
+             "falcon": dict(hidden_dropout=0.2, attention_dropout=0.2),
+             "starcoder2": dict(residual_dropout=0.2, embedding_dropout=0.2, attention_dropout=0.2)}[arch]
+    sizes = {"opt": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=3, num_attention_heads=2, word_embed_proj_dim=32),
+             "bloom": dict(hidden_size=32, n_layer=2, n_head=2),
+             "falcon": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2),
+             "starcoder2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                num_key_value_heads=1)}[arch]
+    cfg = AutoConfig.for_model(arch, vocab_size=64, **sizes, **rates)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).train()
+    ids = torch.arange(12).view(1, 12)
+    assert not torch.equal(model(ids).logits, model(ids).logits)
+    assert disable_dropout(model) > 0
+    assert torch.equal(model(ids).logits, model(ids).logits)
+    tok = train_bpe_tokenizer(TEXTS, 64, str(tmp_path / "tok"))
+    out = save_export(model, tok, str(tmp_path / "export"))
+    saved = json.load(open(os.path.join(out, "config.json")))
+    assert {k: saved.get(k) for k in rates} == rates
 
 
 def _folder(tmp_path, name, config):

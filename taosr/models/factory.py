@@ -284,21 +284,63 @@ def starts_at_base(model) -> bool:
     return hasattr(model, "disable_adapter") and getattr(model, "_taosr_loaded_adapter", None) is None
 
 
+DROPOUT_RATE_NAMES = ("dropout", "pdrop", "layerdrop")  # an attribute or config key naming a rate contains one
+CONFIG_DROPOUT_RATES = "_taosr_config_dropout_rates"  # on the model: the config's rates disable_dropout zeroed
+
+
+def _is_rate(name: str, value) -> bool:
+    return (isinstance(value, float) and value > 0 and not name.startswith("__")
+            and any(k in name.lower() for k in DROPOUT_RATE_NAMES))
+
+
 def disable_dropout(model) -> int:
-    """Zero every dropout rate of ``model`` in place (its config, hence an export's, keeps them):
-    ``nn.Dropout`` modules (LoRA's included) and the float rates attention modules hand to SDPA
-    (``attention_dropout``). Returns how many were non-zero. DPO and GRPO/SRPO compare log-probs of
-    one model under two settings (policy vs reference, rollout vs update): with dropout on, a
-    GPT-2/OPT-style model (0.1) scored the sampled tokens with another policy than the one that
-    sampled them (rollouts run in eval mode). TRL's DPO does the same (``disable_dropout``)."""
+    """Zero every dropout rate of ``model`` in place: ``nn.Dropout`` modules (LoRA's included), the
+    float rates modules keep and pass to ``F.dropout`` / SDPA / layer drop (Llama's
+    ``attention_dropout``, OPT's ``dropout`` and ``layerdrop``, Bloom's ``hidden_dropout``,
+    StarCoder2's ``residual_dropout``) and those of the config, which some modules read at every
+    forward (Falcon's ``hidden_dropout``). The config's are recorded and written back into an
+    export's ``config.json`` (:func:`save_export`), so an export keeps its rates. Returns how many
+    were non-zero. DPO and GRPO/SRPO compare log-probs of one model under two settings (policy vs
+    reference, rollout vs update): with dropout on, a GPT-2/OPT-style model (0.1) scored the
+    sampled tokens with another policy than the one that sampled them (rollouts run in eval mode).
+    TRL's DPO does the same (``disable_dropout``)."""
     n = 0
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout) and m.p > 0:
             m.p, n = 0.0, n + 1
-        rate = getattr(m, "attention_dropout", None)
-        if isinstance(rate, float) and rate > 0:
-            m.attention_dropout, n = 0.0, n + 1
+        for name, value in list(vars(m).items()):
+            if not name.startswith("_") and _is_rate(name, value):
+                setattr(m, name, 0.0)
+                n += 1
+    top, seen = getattr(model, "config", None), set()
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is None or id(cfg) in seen or not hasattr(cfg, "to_dict"):
+            continue
+        seen.add(id(cfg))
+        zeroed = {}
+        for name, value in list(vars(cfg).items()):
+            if not name.startswith("_") and _is_rate(name, value):
+                zeroed[name] = value
+                setattr(cfg, name, 0.0)
+        n += len(zeroed)
+        if zeroed and cfg is top:  # the one an export writes as config.json
+            model.__dict__[CONFIG_DROPOUT_RATES] = {**zeroed, **model.__dict__.get(CONFIG_DROPOUT_RATES, {})}
     return n
+
+
+def _restore_config_rates(model, folder: str) -> None:
+    """Write the config's dropout rates :func:`disable_dropout` zeroed back into ``folder/config.json``."""
+    rates = model.__dict__.get(CONFIG_DROPOUT_RATES)
+    path = os.path.join(folder, "config.json")
+    if not rates or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        saved = json.load(fh)
+    saved.update(rates)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(saved, fh, indent=2, sort_keys=True)
+        fh.write("\n")
 
 
 EXPORT_META = "taosr_export.json"
@@ -364,6 +406,7 @@ def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True, meta: d
             _absolute_base_paths(tmp)
         else:
             model.save_pretrained(tmp)
+        _restore_config_rates(model, tmp)
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, EXPORT_META), "w") as fh:
             json.dump({"merged_lora": bool(is_peft and merge_lora), "adapter_only": bool(is_peft and not merge_lora),
