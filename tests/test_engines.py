@@ -641,3 +641,20 @@ def test_sliding_window_caches_take_one_dtype_too(monkeypatch):
         out = StaticDecoder().generate(model, TinyTok, ids, torch.ones_like(ids),
                                        GenerationSpec(max_new_tokens=8, do_sample=True, temperature=1.0))
     assert out.shape[0] == 3
+
+
+def test_generate_rollouts_refuse_a_generation_config_the_update_cannot_score():
+    """With prefix_sharing: false the hf engine samples with model.generate, which applied the model's
+    generation_config (a repetition penalty an instruct model ships): the update scored plain draws,
+    so the rollouts were off-policy without a word. The default engine ignores the config."""
+    from taosr.eval.generation import GenerationSpec
+    from taosr.rl.engines.hf import HFEngine
+
+    model, Tok = tiny_llama(seed=0), TinyTok
+    ids, att = torch.randint(3, 40, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    spec = GenerationSpec(max_new_tokens=4, do_sample=True, temperature=1.0, num_return_sequences=2)
+    assert HFEngine(prefix_sharing=False).generate(model, Tok, ids, att, spec).shape[0] == 4
+    model.generation_config.repetition_penalty = 1.3
+    with pytest.raises(ConfigError, match=r"prefix_sharing: false .*repetition_penalty=1\.3"):
+        HFEngine(prefix_sharing=False).generate(model, Tok, ids, att, spec)
+    assert HFEngine(prefix_sharing=True).generate(model, Tok, ids, att, spec).shape[0] == 4

@@ -124,13 +124,22 @@ def _plain_decoding(model) -> bool:
     """Whether ``model.generate`` would decode ``model`` token by token with nothing but the spec's
     warpers: nothing in its generation config changes the scores, the search or the stopping rule,
     and it is a decoder-only model."""
-    from taosr.eval.scores import alters_scores
-
     cfg = getattr(model, "config", None)
-    gen = getattr(model, "generation_config", None)
-    if cfg is None or getattr(cfg, "is_encoder_decoder", False) or alters_scores(gen):
+    if cfg is None or getattr(cfg, "is_encoder_decoder", False):
         return False
-    return gen is None or not any(getattr(gen, name, default) not in (None, default) for name, default in _DECODING_DEFAULTS)
+    return not generation_config_extras(model)
+
+
+def generation_config_extras(model) -> list[str]:
+    """The fields of ``model``'s generation config that make ``model.generate`` do more than draw each
+    token from the spec's warpers (penalties, bans, beams, stop strings), as ``name=value``."""
+    from taosr.eval.scores import SCORE_CHANGING_FIELDS
+
+    gen = getattr(model, "generation_config", None)
+    if gen is None:
+        return []
+    return [f"{name}={getattr(gen, name)!r}" for name, default in (*SCORE_CHANGING_FIELDS, *_DECODING_DEFAULTS)
+            if getattr(gen, name, None) not in (None, default)]
 
 
 def _plain_greedy(model) -> bool:

@@ -175,14 +175,18 @@ class LabelSlotCapture:
         return torch.stack(self.steps, 1).cpu() if self.steps else None
 
 
+# generation-config fields (and their neutral values) that make ``generate`` change the scores
+SCORE_CHANGING_FIELDS = (
+    ("repetition_penalty", 1.0), ("encoder_repetition_penalty", 1.0), ("no_repeat_ngram_size", 0),
+    ("bad_words_ids", None), ("suppress_tokens", None), ("begin_suppress_tokens", None), ("sequence_bias", None),
+    ("forced_bos_token_id", None), ("forced_eos_token_id", None), ("min_new_tokens", None), ("min_length", 0))
+
+
 def alters_scores(cfg) -> bool:
     """Whether a generation config makes ``generate`` change greedy scores (penalties, bans, biases)."""
     if cfg is None:
         return False
-    return any((getattr(cfg, name, None) not in (None, default)) for name, default in (
-        ("repetition_penalty", 1.0), ("encoder_repetition_penalty", 1.0), ("no_repeat_ngram_size", 0),
-        ("bad_words_ids", None), ("suppress_tokens", None), ("begin_suppress_tokens", None), ("sequence_bias", None),
-        ("forced_bos_token_id", None), ("forced_eos_token_id", None), ("min_new_tokens", None), ("min_length", 0)))
+    return any((getattr(cfg, name, None) not in (None, default)) for name, default in SCORE_CHANGING_FIELDS)
 
 
 def prompt_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:

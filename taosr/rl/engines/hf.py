@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from taosr.eval.generation import GenerationSpec, hf_generate_ids
+from taosr.errors import ConfigError
+from taosr.eval.generation import GenerationSpec, generation_config_extras, hf_generate_ids
 from taosr.models.kvcache import cache_kwargs, output_cache, written_static_cache
 from taosr.rl.engines.graph import decoder_for, gumbel_max_sample, make_sampler, warpers
 
@@ -86,4 +87,10 @@ class HFEngine:
         if self.prefix_sharing:
             return sample_shared_prefix(model, tokenizer, input_ids, attention_mask, spec,
                                         static_cache=self.static_cache, cuda_graphs=self.cuda_graphs)
+        extras = generation_config_extras(model)
+        if extras:  # generate applies them; the update scores plain draws from the warpers: off-policy
+            raise ConfigError(
+                f"rollout engine hf: prefix_sharing: false samples with model.generate, which applies the model's "
+                f"generation_config ({', '.join(extras)}), but the update scores plain draws: keep prefix_sharing: "
+                f"true (the default, which ignores them) or clear them in the model folder's generation_config.json")
         return hf_generate_ids(model, tokenizer, input_ids, attention_mask, spec)
