@@ -258,3 +258,17 @@ def test_outcome_reward_of_a_bare_label_with_and_without_the_format_gate():
     gated = outcome_rewards(parsed, gold, OutcomeRewardSpec(correct_needs_format=True))
     assert gated["reward"].tolist() == pytest.approx([1.2, 0.0, 0.0, 0.2])
     assert gated["correct"].tolist() == [1.0, 0.0, 0.0, 0.0] and gated["format"].tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_process_sum_gives_a_line_outside_every_step_the_steps_after_it():
+    """Tokens in no step (index K: an unreadable line before later steps) got the outcome term alone;
+    by the process-sum rule they get the sum of the steps that start after them (the label line, after
+    every step, still gets none)."""
+    steps = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    kw = dict(outcome_rewards=torch.tensor([1.0, 0.0]), step_rewards=steps, correct=torch.tensor([True, False]),
+              group_size=2, outcome_weight=0.0, scale_std=False, clamp=None)
+    # row 0: a stray line (3) first, step 0, another stray line, steps 1 and 2, the label line
+    adv = compute_step_advantages("process_sum", token_step=torch.tensor([[3, 0, 3, 1, 2, 3], [0, 1, 2, 3, 3, -1]]), **kw)
+    # row 0 normalised [.5, -.5, .5]: suffixes step 0: .5, step 1: 0, step 2: .5
+    assert adv[0].tolist() == pytest.approx([0.5, 0.5, 0.0, 0.0, 0.5, 0.0])
+    assert adv[1].tolist() == pytest.approx([-0.5, 0.0, -0.5, 0.0, 0.0, 0.0])  # label, eos, padding: 0

@@ -178,7 +178,8 @@ def process_sum(*, outcome_rewards, step_rewards, correct, token_step, group_siz
     advantage is the sum of the normalised rewards of its step and of every step that comes after
     it *in the completion's own order* (the order of ``token_step``, which may differ from the
     canonical one in malformed output), plus ``outcome_weight`` x A_out (process rewards alone get
-    hacked). ``clamp`` as in :func:`outcome_plus_step` (never cuts the outcome term)."""
+    hacked); a token in no step (an unreadable line between steps, the label line) sums the steps
+    that start after it. ``clamp`` as in :func:`outcome_plus_step` (never cuts the outcome term)."""
     N, K = step_rewards.shape
     a_out = group_advantages(outcome_rewards, group_size, scale_std, eps)
     present = torch.ones_like(step_rewards, dtype=torch.bool) if step_present is None else step_present.bool()
@@ -203,4 +204,10 @@ def process_sum(*, outcome_rewards, step_rewards, correct, token_step, group_siz
     suffix = (later.to(norm.dtype) * norm.unsqueeze(1)).sum(-1)
     out_term = outcome_weight * a_out.unsqueeze(1)
     table = torch.cat([suffix, torch.zeros(N, 1, dtype=suffix.dtype, device=suffix.device)], 1) + out_term
-    return _broadcast(_clamp_around(table, outcome_weight * a_out, clamp), token_step, K)
+    per_token = _broadcast(_clamp_around(table, outcome_weight * a_out, clamp), token_step, K)
+    # a token in no step (an unreadable line, the label line) sums the steps that start after it
+    # (none after the last step: the label line keeps the outcome term alone)
+    t = torch.arange(T, device=token_step.device).view(1, T, 1)
+    after = ((first.unsqueeze(1) > t) & (first.unsqueeze(1) < T)).to(norm.dtype)  # (N, T, K)
+    outside = _clamp_around((after * norm.unsqueeze(1)).sum(-1) + out_term, outcome_weight * a_out, clamp)
+    return torch.where(token_step == K, outside, per_token)
