@@ -658,3 +658,40 @@ def test_generate_rollouts_refuse_a_generation_config_the_update_cannot_score():
     with pytest.raises(ConfigError, match=r"prefix_sharing: false .*repetition_penalty=1\.3"):
         HFEngine(prefix_sharing=False).generate(model, Tok, ids, att, spec)
     assert HFEngine(prefix_sharing=True).generate(model, Tok, ids, att, spec).shape[0] == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lora_merged_for_vllm_without_touching_the_base_weights(dtype):
+    """vLLM's merge sync merged the adapter into the trainer's weights and unmerged it after: in bf16
+    every sync rounded the frozen base weights (the policy and the adapter-disabled reference drifted
+    from the start). The merged weights are new tensors now: equal to peft's merge, the model unchanged."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from taosr.rl.engines.vllm_engine import merged_lora_state
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_llama(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])).to(dtype)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    want = dict(vllm_weight_items(copy.deepcopy(model).merge_and_unload().state_dict().items(), peft=False))
+    for _ in range(3):
+        got = dict(vllm_weight_items(merged_lora_state(model), peft=True))
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())  # the trainer's weights untouched
+    assert set(got) == set(want)
+    for n, t in got.items():  # what peft's own merge (of a copy) gives, to the bit
+        assert t.dtype == dtype and torch.equal(t, want[n]), n
+    assert not torch.equal(got["model.layers.0.self_attn.q_proj.weight"],
+                           before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"])
+
+
+def test_weights_go_to_vllm_in_chunks_of_bounded_size():
+    from taosr.rl.engines.vllm_engine import _chunks
+
+    items = [(f"w{i}", torch.zeros(n)) for i, n in enumerate([10, 10, 30, 5, 1])]  # float32: 4 bytes each
+    chunks = list(_chunks(iter(items), max_bytes=80))
+    assert [[n for n, _ in c] for c in chunks] == [["w0", "w1"], ["w2"], ["w3", "w4"]]
+    assert [n for c in chunks for n, _ in c] == [n for n, _ in items]

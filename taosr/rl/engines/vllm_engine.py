@@ -1,7 +1,8 @@
 """vLLM engine colocated with training on the same GPU (optional extra ``taosr[vllm]``).
 
 Before each rollout the trainer's weights are pushed into the engine (LoRA merged into base
-names, or adapter-only as a vLLM LoRA request); with ``sleep_level`` > 0 the engine sleeps
+names, computed as new tensors so the trainer's weights are never changed, or adapter-only as a
+vLLM LoRA request); with ``sleep_level`` > 0 the engine sleeps
 between rollouts so training gets the memory back. vLLM is imported only when this engine is
 built; without it installed, asking for it raises a one-line ConfigError.
 """
@@ -33,6 +34,46 @@ def vllm_weight_items(named_tensors: Iterable[tuple[str, torch.Tensor]], *, peft
             name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
             name = name.replace(".modules_to_save.default.", ".")
         yield name, t
+
+
+def merged_lora_state(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """``model.state_dict()`` with each LoRA layer's base weight replaced by a new tensor holding it
+    plus its active adapters' update (``get_delta_weight``; added in float32, cast back): what
+    ``merge_adapter()`` would leave there, without changing the model. Merging and unmerging in
+    place (as this engine did) added and subtracted the update in the weights' dtype: in bf16 each
+    sync rounded the frozen base weights, so the policy and the adapter-disabled reference drifted
+    from the start (a relative 4e-3 after 100 syncs of a moderate update)."""
+    from peft.tuners.lora import LoraLayer
+
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        lora = set(module.lora_A) | set(getattr(module, "lora_embedding_A", {}))
+        for adapter in module.active_adapters:
+            if adapter in lora and adapter not in module.merged_adapters:
+                d = module.get_delta_weight(adapter).float()
+                key = f"{name}.base_layer.weight"
+                deltas[key] = deltas[key] + d if key in deltas else d
+    for name, t in model.state_dict().items():
+        if name in deltas:
+            t = (t.float() + deltas[name].to(t.device)).to(t.dtype)
+        yield name, t
+
+
+def _chunks(items: Iterable[tuple[str, torch.Tensor]], max_bytes: int = 1 << 29) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """``items`` in lists of at most ``max_bytes`` (one tensor more when a single one is larger), so the
+    merged copies of one list are freed before the next is made (vLLM loads weights by name, in any
+    groups: TRL's colocated sync loads one tensor at a time)."""
+    chunk, size = [], 0
+    for name, t in items:
+        chunk.append((name, t))
+        size += t.numel() * t.element_size()
+        if size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 class AdapterVersions:
@@ -113,13 +154,9 @@ class VLLMEngine:
             self.adapters.save(model)
         else:
             with torch.no_grad():
-                if is_peft:
-                    model.merge_adapter()
-                try:
-                    self._load_weights(list(vllm_weight_items(model.state_dict().items(), peft=is_peft)))
-                finally:
-                    if is_peft:
-                        model.unmerge_adapter()
+                state = merged_lora_state(model) if is_peft else model.state_dict().items()
+                for chunk in _chunks(vllm_weight_items(state, peft=is_peft)):  # a merged copy at a time, not all
+                    self._load_weights(chunk)
         if self.sleep_level:
             self.llm.wake_up(tags=["kv_cache"])
 
