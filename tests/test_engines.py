@@ -363,6 +363,11 @@ def test_completion_lengths_stay_on_the_ids_device():
     # no eos and a pad token sampled inside (pad != eos): the row ends at its last non-pad token, not
     # after as many tokens as are not pads (which kept the pad and cut the last real token)
     assert completion_lengths(torch.tensor([[5, 0, 6, 7], [5, 0, 6, 0]]), 2, 0).tolist() == [4, 3]
+    # taosr's samplers (not ragged): a row without eos ran the whole width, a pad it sampled last included
+    assert completion_lengths(torch.tensor([[5, 0, 6, 0], [5, 2, 0, 0]]), 2, 0, ragged=False).tolist() == [4, 2]
+    from taosr.rl.engines.hf import HFEngine
+
+    assert HFEngine().ragged is False and HFEngine(prefix_sharing=False).ragged is True
     meta = torch.empty(3, 4, dtype=torch.long, device="meta")  # any device mismatch raises on meta
     assert completion_lengths(meta, 2, 0).device.type == "meta"
     assert completion_lengths(meta, 0, 0).device.type == "meta"

@@ -77,7 +77,8 @@ class RolloutCallback(pl.Callback):
         with trainer.precision_plugin.forward_context():  # bf16-mixed / 16-mixed rollouts run in that precision
             comp = self.engine.generate(pl_module.model, tok, batch["input_ids"], batch["attention_mask"], spec)
         t_gen = time.perf_counter() - t0
-        lens = completion_lengths(comp, tok.eos_token_id, tok.pad_token_id).to(comp.device)
+        lens = completion_lengths(comp, tok.eos_token_id, tok.pad_token_id,
+                                  ragged=getattr(self.engine, "ragged", True)).to(comp.device)
         L = comp.shape[1]
         mask = (torch.arange(L, device=comp.device)[None, :] < lens[:, None]).long()
         comp = comp.masked_fill(mask == 0, tok.pad_token_id)

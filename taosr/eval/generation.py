@@ -150,12 +150,17 @@ def _plain_greedy(model) -> bool:
     return _plain_decoding(model) and written_static_cache(model.config, 1) is not None
 
 
-def completion_lengths(ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
-    """Length of each completion including its first eos (the tokens the policy produced)."""
+def completion_lengths(ids: torch.Tensor, eos_id: int, pad_id: int, ragged: bool = True) -> torch.Tensor:
+    """Length of each completion including its first eos (the tokens the policy produced). A row
+    without eos: with ``ragged`` (rows may end before the width without the tokenizer's eos:
+    ``generate`` stops on its generation config's other eos ids, vLLM's rows are padded to the
+    longest) up to its last token that is not padding (a pad sampled inside counts, one sampled
+    last does not); without (taosr's own samplers: a row without eos ran the whole width), the
+    whole width, pads the policy sampled included."""
     B, L = ids.shape
     is_eos = ids == eos_id
     first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full((B,), L, device=ids.device))
-    if pad_id != eos_id:  # no eos: up to the last token that is not padding (a pad sampled inside counts)
+    if ragged and pad_id != eos_id:
         pos = torch.arange(1, L + 1, device=ids.device).expand(B, L)
         end = torch.where(ids != pad_id, pos, torch.zeros_like(pos)).amax(1) if L else first
         first = torch.where(is_eos.any(1), first, end)

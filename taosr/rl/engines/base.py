@@ -14,4 +14,6 @@ class RolloutEngine(Protocol):
     def generate(self, model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  spec: GenerationSpec) -> torch.Tensor:
         """Completion ids (B * spec.num_return_sequences, L), right padded with pad_token_id;
-        the completions of one prompt are contiguous."""
+        the completions of one prompt are contiguous. An engine's ``ragged`` attribute (default
+        True) says whether a row without eos may end before L (then it ends at its last non-pad
+        token; :func:`taosr.eval.generation.completion_lengths`)."""

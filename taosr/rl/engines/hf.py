@@ -78,6 +78,9 @@ class HFEngine:
 
     def __init__(self, prefix_sharing: bool = True, static_cache: bool = True, cuda_graphs: bool = True):
         self.prefix_sharing, self.static_cache, self.cuda_graphs = prefix_sharing, static_cache, cuda_graphs
+        # taosr's samplers stop a row at the tokenizer's eos only, so a row without it ran the whole
+        # width (a pad token it sampled last is its own); generate may stop on other eos ids
+        self.ragged = not prefix_sharing
 
     def sync_weights(self, model) -> None:  # samples straight from the training model
         return None

@@ -123,6 +123,7 @@ class VLLMEngine:
         self.sleep_level, self.lora_sync = sleep_level, lora_sync
         self.llm = None
         self.adapters = AdapterVersions()
+        self.ragged = True  # rows padded to the longest; vLLM may stop on the generation config's other eos ids
 
     def _build(self, model) -> None:
         from vllm import LLM
