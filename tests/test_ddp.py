@@ -137,3 +137,25 @@ def test_a_second_ctrl_c_stops_every_rank_at_once_without_saving(tmp_path, cache
     assert rc == 130, stderr[-3000:]
     assert took < 250, f"{took:.0f} s"
     assert not os.path.exists(os.path.join(root, "checkpoints", "last.ckpt"))
+
+
+def test_a_ddp_update_applies_the_single_process_gradient(tmp_path):
+    """Two GRPO updates of fixed rollout batches, on 2 ranks (each its own prompts, several micro-batch
+    backward passes inside no_sync, then one synchronised pass; normalisers summed over ranks) and in
+    one process over every row: the gradients applied are the same. (Checked by reasoning in an audit
+    before: DDP's forward arms the first micro-batch's backward to all-reduce inside no_sync, and the
+    later reduction averages that part again, which changes nothing; a rank-local normaliser moves them
+    by 0.12.)"""
+    env = {**os.environ, "PL_TORCH_DISTRIBUTED_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
+    got = {}
+    for devices in (1, 2):
+        out = str(tmp_path / f"grads{devices}.pt")
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "ddp_grads.py"), out, str(devices)],
+                           cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        got[devices] = torch.load(out)
+    assert len(got[1]) == len(got[2]) == 2
+    for one, two in zip(got[1], got[2]):
+        assert max(float(v.abs().max()) for v in one.values()) > 0.05
+        for name, g in one.items():
+            assert torch.allclose(g, two[name], atol=1e-6, rtol=1e-5), name
