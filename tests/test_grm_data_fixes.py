@@ -233,3 +233,19 @@ def test_kept_rows_carry_the_runs_example_not_the_files_copy(tmp_path, dm):
     rows = training_samples(dm, load_samples(dm.samples_path), "DPO view")
     assert [r["example"] for r in rows] == dm.splits["train"][:3]
     assert all(r["example"] is ex for r, ex in zip(rows, dm.splits["train"][:3]))
+
+
+def test_a_grm_validated_on_a_file_without_reasoning_skips_its_verdict_metrics(tmp_path, cache_dir, sft_run, samples, capsys):
+    """A user's labelled val file has no gold steps: the GRM's validation crashed ("The size of tensor a
+    (0) must match the size of tensor b (5)"), in a fit and in taosr validate; now its verdict metrics
+    are skipped with a note."""
+    from taosr.schema import write_jsonl
+    from tests.conftest import fit
+
+    dm = RelevanceDataModule(synth=SynthConfig(n_train=48, n_val=6, n_test=6), data_dir=os.path.join(cache_dir, "data"))
+    dm.setup("fit")
+    val = str(tmp_path / "val-labels-only.jsonl")
+    write_jsonl(val, [dataclasses.replace(ex, steps=None) for ex in dm.splits["val"]])
+    fit("configs/grm.yaml", str(tmp_path / "grm"), cache_dir, "--model.init_args.model.name_or_path",
+        os.path.join(sft_run, "export"), "--data.samples_path", samples, "--data.val", val)
+    assert "no val example has the five gold steps" in capsys.readouterr().err

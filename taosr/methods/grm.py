@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 
 import torch
 from torchmetrics.functional.classification import binary_auroc
@@ -87,9 +88,17 @@ class GRMModule(SFTModule):
         dm = self.trainer.datamodule
         rows = grm_eval_rows(dm.splits[split])
         scorer = GRMScorer(self.model, self.tokenizer, batch_size=dm.eval_batch_size, max_length=dm.max_length)
-        probs = scorer.score_steps([r[0] for r in rows], [r[1] for r in rows])
-        truth = torch.tensor([[r[2][k] for k in STEP_KEYS] for r in rows], dtype=torch.bool)
-        m = verdict_metrics(probs, truth)
+        m: dict[str, float] = {}
+        if rows:
+            probs = scorer.score_steps([r[0] for r in rows], [r[1] for r in rows])
+            truth = torch.tensor([[r[2][k] for k in STEP_KEYS] for r in rows], dtype=torch.bool)
+            m = verdict_metrics(probs, truth)
+        elif not getattr(self, "_noted_no_gold", False) and self.trainer.is_global_zero:
+            # a user's labelled val file has no reasoning: nothing to corrupt and judge (it crashed here)
+            self._noted_no_gold = True
+            print(f"taosr: grm: no {split} example has the five gold steps the GRM's {split} metrics judge "
+                  f"(grm/verdict_accuracy, grm/auroc): skipped; point data.{split} at a file taosr reason wrote "
+                  f"to measure them", file=sys.stderr)
         # evidence mistakes alone (conclusions kept): does the GRM flag a right conclusion from a wrong fact?
         ev = grm_eval_rows(dm.splits[split], corrupt_prob=0.0, evidence_prob=0.5)
         ev_truth = torch.tensor([[r[2][k] for k in STEP_KEYS] for r in ev], dtype=torch.bool)
