@@ -64,6 +64,10 @@ def test_wands_shaped_three_files_read_with_options_only(tmp_path):
         f"3 of 4 pairs joined a row of {products} by product_id; 1 of 4 product rows joined no pair",
         f"1 of 4 pairs have no row in {products} (first: key '99999' at {labels}:line 5)",
         f"4 of 4 pairs joined a row of {queries} by query_id; 0 of 2 query rows joined no pair",
+        f"2 columns of {products} are not read: product_class, rating_count (map one with --items-column-map "
+        "FIELD=COLUMN, e.g. item.attributes.NAME=COLUMN)",
+        f"1 column of {queries} is not read: query_class (map one with --queries-column-map FIELD=COLUMN, "
+        "e.g. query_type=COLUMN)",
     ]
 
 
@@ -324,6 +328,10 @@ def test_packed_attributes():
     assert parse_packed('{"color": "red", "size": 42, "gone": null}', "f:1", "features") == {"color": "red", "size": "42"}
     with pytest.raises(DataError, match=r"f:2: field 'features': packed attribute 'just words' is not NAME:VALUE"):
         parse_packed("color:red|just words", "f:2", "features")
+    # name=value; name=value (a catalogue export's), and a lone attribute whose value holds a `;`
+    assert parse_packed("color=black; size=L;", "f:1", "features") == {"color": "black", "size": "L"}
+    assert parse_packed("material: cotton; polyester", "f:1", "features") == {"material": "cotton; polyester"}
+    assert parse_packed("size:a=b|fit:slim", "f:1", "features") == {"size": "a=b", "fit": "slim"}
     with pytest.raises(DataError, match="look like JSON but are not"):
         parse_packed('{"color": ', "f:3", "features")
     with pytest.raises(DataError, match="must be a string or number"):
@@ -424,3 +432,22 @@ def test_grade_is_the_raw_number_and_survives_jsonl(tmp_path):
 def test_bad_grade_in_jsonl_is_refused(grade):
     with pytest.raises(DataError, match=r"f:3: field 'grade': must be a finite number"):
         validate_row({"query": "q", "item": {"title": "T"}, "label": 4, "grade": grade}, "f:3")
+
+
+def test_a_products_files_attributes_column_is_read_and_its_other_columns_named(tmp_path):
+    """A products file's `attributes` column was silently ignored (the short-name default covered the
+    fields, not packed attributes; and a pairs file's `item.attributes` column was counted as read but
+    never read): "150 examples OK" with no attributes and no note. Now both are read, and a lookup file's
+    columns nothing reads are named, as the pairs file's are."""
+    products = tmp_path / "products.csv"
+    products.write_text("pid,title,attributes,product_description,stock\n"
+                        "P1,Shoes,color=red; size=42,long text,3\nP2,Laces,,,0\n")
+    spec = ReaderSpec(path=_pairs(tmp_path), items=str(products), item_key="pid")
+    res = read_examples(spec)
+    assert [ex.item.attributes for ex in res.examples] == [{"color": "red", "size": "42"}, {}]
+    assert (f"2 columns of {products} are not read: product_description, stock (map one with --items-column-map "
+            "FIELD=COLUMN, e.g. item.description=product_description)") in res.notes
+    pairs = tmp_path / "flat.csv"
+    pairs.write_text("query,title,item.attributes,label\nshoes,Shoes,color:red|size:42,4\n")
+    (ex,) = read_examples(ReaderSpec(path=str(pairs))).examples
+    assert ex.item.attributes == {"color": "red", "size": "42"}

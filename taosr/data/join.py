@@ -44,7 +44,7 @@ ATTRIBUTE_PREFIX = "item.attributes."
 PACKED_ATTRIBUTES = "item.attributes"
 QUERY_FIELDS = ("query", "query_type")
 # the column a products / queries file's field is read from when its column map does not name one
-ITEM_DEFAULT_COLUMNS = {t: t[5:] for t in ITEM_FIELDS}  # item.title -> title
+ITEM_DEFAULT_COLUMNS = {**{t: t[5:] for t in ITEM_FIELDS}, PACKED_ATTRIBUTES: "attributes"}  # item.title -> title
 QUERY_DEFAULT_COLUMNS = {t: t for t in QUERY_FIELDS}
 _INTEGRAL = re.compile(r"-?\d+\.0+")
 
@@ -66,9 +66,15 @@ def norm_key(v: Any) -> str | None:
     return text
 
 
+def _name_cut(part: str) -> int:
+    """Where a packed attribute's name ends: its first ``:`` or ``=`` (-1: neither)."""
+    return min((i for i in (part.find(":"), part.find("=")) if i >= 0), default=-1)
+
+
 def parse_packed(value: Any, where: str, column: str) -> dict[str, str]:
-    """Attributes packed in one cell: ``name:value|name:value`` (WANDS ``product_features``) or a
-    JSON object; empty values are dropped, a part without ``name:`` is a DataError."""
+    """Attributes packed in one cell: ``name:value|name:value`` (WANDS ``product_features``),
+    ``name=value; name=value`` (``;`` separates where no ``|`` does) or a JSON object; empty values
+    are dropped, a part without a name and ``:`` or ``=`` is a DataError."""
     if isinstance(value, dict):
         pairs = value.items()
     else:
@@ -83,13 +89,18 @@ def parse_packed(value: Any, where: str, column: str) -> dict[str, str]:
             pairs = obj.items()
         else:
             pairs = []
-            for part in text.split("|"):
+            parts = text.split("|")
+            if len(parts) == 1 and all(_name_cut(p) > 0 for p in text.split(";") if p.strip()):
+                parts = text.split(";")  # name=value; name=value (a value with a `;` in a lone name:value stays whole)
+            for part in parts:
                 if not part.strip():
                     continue
-                name, sep, val = part.partition(":")
-                if not sep or not name.strip():
+                cut = _name_cut(part)
+                name, val = (part[:cut], part[cut + 1:]) if cut >= 0 else (part, "")
+                if cut < 0 or not name.strip():
                     raise DataError(where, column, f"packed attribute {part.strip()[:60]!r} is not NAME:VALUE "
-                                                   "(expected name:value|name:value or a JSON object)")
+                                                   "(expected name:value|name:value, name=value; name=value or a JSON "
+                                                   "object; an empty cell is no attributes)")
                 pairs.append((name, val))
     out = {}
     for name, val in pairs:
@@ -117,10 +128,10 @@ def item_fields(rec: dict, cmap: dict[str, str], where: str,
                 raise DataError(where, col, f"price {v!r} is not a number") from None
         item[target[5:]] = v
     attrs: dict[str, Any] = {}
-    if PACKED_ATTRIBUTES in cmap:
-        v = rec.get(cmap[PACKED_ATTRIBUTES])
-        if not is_missing(v):
-            attrs.update(parse_packed(v, where, cmap[PACKED_ATTRIBUTES]))
+    packed = cmap.get(PACKED_ATTRIBUTES, default(PACKED_ATTRIBUTES))  # unmapped: its default column, as a field's
+    v = rec.get(packed)
+    if not is_missing(v):
+        attrs.update(parse_packed(v, where, packed))
     for target, col in cmap.items():
         if target.startswith(ATTRIBUTE_PREFIX):
             v = rec.get(col)
@@ -312,7 +323,22 @@ class Joiner:
         return row
 
     def notes(self) -> list[str]:
-        return [n for side in (self.items, self.queries, self.attributes) if side is not None for n in side.notes()]
+        out = [n for side in (self.items, self.queries, self.attributes) if side is not None for n in side.notes()]
+        for side, cmap, defaults, flag, example in (
+                (self.items, self.items_map, ITEM_DEFAULT_COLUMNS, "--items-column-map", "item.attributes.NAME=COLUMN"),
+                (self.queries, self.queries_map, QUERY_DEFAULT_COLUMNS, "--queries-column-map", "query_type=COLUMN")):
+            if side is None or not side.table.columns:  # a JSONL file has no header
+                continue
+            read = {side.table.key_column, *cmap.values(), *(c for f, c in defaults.items() if f not in cmap)}
+            unread = [str(c) for c in side.table.columns if c not in read]
+            if unread:
+                # a column named like a field (product_description): suggest that field
+                like = next((f"{f}={c}" for c in unread for f in defaults
+                             if f.startswith("item.") and f.split(".")[-1] in c.lower()), example)
+                out.append(f"{len(unread)} column{'s' if len(unread) > 1 else ''} of {side.table.path} "
+                           f"{'are' if len(unread) > 1 else 'is'} not read: {', '.join(unread)} "
+                           f"(map one with {flag} FIELD=COLUMN, e.g. {like})")
+        return out
 
 
 def _key_text(flat: dict, column: str) -> str:

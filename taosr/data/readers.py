@@ -555,7 +555,8 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
     if unread:
         short = [c for c in unread if f"item.{c}" in ITEM_FIELDS]  # `brand` for item.brand: only the title has a short name
         example = f"item.{short[0]}={short[0]}" if short else "item.attributes.NAME=COLUMN"
-        res.notes.append(f"{len(unread)} columns of {spec.path} are not read: {', '.join(map(str, unread))} "
+        res.notes.append(f"{len(unread)} column{'s' if len(unread) > 1 else ''} of {spec.path} "
+                         f"{'are' if len(unread) > 1 else 'is'} not read: {', '.join(map(str, unread))} "
                          f"(map one with --column-map FIELD=COLUMN, e.g. {example})")
     return res
 
