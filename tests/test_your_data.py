@@ -31,6 +31,8 @@ def test_check_reads_the_fixture_with_its_joins(capsys):
     out = capsys.readouterr().out
     assert "328 examples OK" in out and "skipped 2 bad rows" in out
     assert "314 of 330 pairs joined a row of" in out and "16 of 330 pairs have no row in" in out
+    # how many items carry each optional field (a model trained where all had a price reads the rest badly)
+    assert "item field      count   share\n  brand            314   95.7%" in out and "  attributes       137   41.8%" in out
 
 
 def test_check_against_counts_what_a_test_file_shares_with_training(capsys):

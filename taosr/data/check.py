@@ -20,7 +20,17 @@ def summarize(examples) -> dict:
         "with_steps": sum(bool(e.steps) for e in examples),
         "with_annotations": sum(bool(e.annotations) for e in examples),
         "distinct_queries": len({e.query for e in examples}),
+        # how many items carry each optional field: a model trained where every item had a price writes
+        # another format for items without one (the README's "Items without a price")
+        "item_fields": {f: sum(bool(_present(getattr(e.item, f))) for e in examples) for f in ITEM_OPTIONAL},
     }
+
+
+ITEM_OPTIONAL = ("brand", "category", "attributes", "price", "description")
+
+
+def _present(v) -> bool:
+    return v is not None and v != "" and v != {}
 
 
 def format_summary(s: dict, skipped: list[str] | None = None, path: str = "", notes: list[str] | None = None) -> str:
@@ -32,6 +42,9 @@ def format_summary(s: dict, skipped: list[str] | None = None, path: str = "", no
     lines.append("query type      count   share")
     for qt, n in s["query_types"].items():
         lines.append(f"  {qt:<13} {n:6d}  {n / max(s['total'], 1):6.1%}")
+    lines.append("item field      count   share")
+    for f, n in s["item_fields"].items():
+        lines.append(f"  {f:<13} {n:6d}  {n / max(s['total'], 1):6.1%}")
     if skipped:
         lines.append(f"skipped {len(skipped)} bad rows (first: {skipped[0]})")
     lines.extend(notes or [])  # join counts: pairs without a product / query row, rows no pair joined
