@@ -7,7 +7,9 @@ them for each labelled pair, given the gold tier as a hint (rationalization, Zel
 (:class:`taosr.rl.engines.hf.HFEngine`: one prefill per prompt, CUDA graphs on GPU); the first
 sample that parses without a format error, whose label is the gold tier and whose Judgment step
 names no other tier (:func:`judgment_tiers`; ``exact + satisfied => mismatch`` before ``Label: 4``
-is rejected, counted as a judgment mismatch; a free-form judgment naming no tier is kept) is kept.
+is rejected, counted as a judgment mismatch; a free-form judgment naming no tier is kept) and whose
+Item understanding step names something of the item (:func:`item_grounded`; counted as ungrounded;
+``--allow-ungrounded`` drops this check) is kept.
 
 Teacher prompt (:data:`PROMPT_VERSION`), two styles:
 
@@ -145,8 +147,41 @@ def teacher_chat_template(name_or_path: str) -> bool | None:
 # ----------------------------------------------------------------------------- choosing a sample
 # Which samples may be kept (recorded in every line's settings and the kept rows' provenance: a file
 # written under an earlier rule is sampled again, not mixed with this one's choices).
-SELECTION = "label+judgment"
+SELECTION = "label+judgment+item"
+SELECTION_UNGROUNDED = "label+judgment"  # --allow-ungrounded: the rule before the item check
 _TIER_WORD = re.compile(r"\b(" + "|".join(NAME_TO_TIER) + r")\b")
+_WORD = re.compile(r"[^\W_]{2,}")
+_GENERIC = frozenset({"the", "and", "for", "with", "not", "brand", "none"})  # the step syntax's own words
+
+
+def _words(text: str) -> set[str]:
+    return {w.casefold() for w in _WORD.findall(text or "")} - _GENERIC
+
+
+def _close(a: str, b: str) -> bool:
+    """The same word, one inside the other (4+ letters: `shoe` / `shoes`), or a near spelling
+    (4+ letters, similarity 0.8: `addidas` / `adidas`)."""
+    import difflib
+
+    if a == b:
+        return True
+    if min(len(a), len(b)) < 4:
+        return False
+    return a in b or b in a or difflib.SequenceMatcher(None, a, b).ratio() >= 0.8
+
+
+def item_grounded(item_step: str, ex: Example) -> bool:
+    """Whether the Item understanding step names something of the item (a word of its title, brand,
+    category or attributes, or a near spelling of one). A teacher that does not know a catalogue
+    (the quick start's export on another shop's items) wrote `espresso machine (kitchen
+    appliances)` for a cork yoga mat and reached the gold tier anyway; such a rationale teaches the
+    policy to describe another product. All 3,600 gold item steps of the synthetic data pass. (The
+    query step is not checked: an implicit query's product type is rightly named in other words,
+    `best product for brewing green tea` -> `kettle`.)"""
+    it = ex.item
+    source = _words(" ".join(str(v) for v in (it.title, it.brand, it.category,
+                                              *[f"{k} {v}" for k, v in (it.attributes or {}).items()]) if v))
+    return any(_close(a, b) for a in _words(item_step) for b in source)
 
 
 def judgment_tiers(content: str) -> frozenset[int]:
@@ -161,18 +196,22 @@ def judgment_tiers(content: str) -> frozenset[int]:
     return frozenset({digit} if digit is not None else {NAME_TO_TIER[w] for w in _TIER_WORD.findall(c)})
 
 
-def pick_rationale(texts: list[str], gold: int) -> dict:
+def pick_rationale(texts: list[str], gold: int, ex: Example | None = None) -> dict:
     """The first of ``texts`` that parses without a format error, gives the ``gold`` tier and whose
     Judgment step names no other tier (:func:`judgment_tiers`: a judgment naming none is kept, one
     naming another tier than the label, ``exact + satisfied => mismatch`` with ``Label: 4``, teaches
     reasoning that contradicts its own label).
 
+    With ``ex`` (the pair), its Item understanding step must also name something of the item
+    (:func:`item_grounded`).
+
     Returns ``{"sample": j or None, "steps": {...} or None, "format_errors": n, "mismatches": m,
-    "judgment_mismatches": k, "error": first format error or None, "samples": len(texts)}``, counting
-    every sample once, under its first reason (``mismatches``: parsed samples with another label;
-    ``judgment_mismatches``: parsed samples with the gold label whose judgment names another tier)."""
+    "judgment_mismatches": k, "ungrounded": u, "error": first format error or None, "samples":
+    len(texts)}``, counting every sample once, under its first reason (``mismatches``: parsed samples
+    with another label; ``judgment_mismatches``: parsed samples with the gold label whose judgment
+    names another tier; ``ungrounded``: the rest whose item step names nothing of the item)."""
     out = {"sample": None, "steps": None, "format_errors": 0, "mismatches": 0, "judgment_mismatches": 0,
-           "error": None, "samples": len(texts)}
+           "ungrounded": 0, "error": None, "samples": len(texts)}
     for j, text in enumerate(texts):
         p = parse_reasoning(text)
         if p.format_error:
@@ -182,6 +221,8 @@ def pick_rationale(texts: list[str], gold: int) -> dict:
             out["mismatches"] += 1
         elif judgment_tiers(p.steps["judgment"]) - {gold}:
             out["judgment_mismatches"] += 1
+        elif ex is not None and not item_grounded(p.steps["item"], ex):
+            out["ungrounded"] += 1
         elif out["sample"] is None:
             out["sample"], out["steps"] = j, dict(p.steps)
     return out
@@ -192,7 +233,8 @@ def merge_tries(plain: dict, hinted: dict | None) -> dict:
     sample is numbered among all the pair's samples, plain ones first; counts add up."""
     if hinted is None:
         return {**plain, "hinted": False if plain["sample"] is not None else None}
-    out = {k: plain.get(k, 0) + hinted.get(k, 0) for k in ("format_errors", "mismatches", "judgment_mismatches", "samples")}
+    out = {k: plain.get(k, 0) + hinted.get(k, 0)
+           for k in ("format_errors", "mismatches", "judgment_mismatches", "ungrounded", "samples")}
     kept = hinted["sample"] is not None
     return {**out, "sample": plain["samples"] + hinted["sample"] if kept else None, "steps": hinted["steps"],
             "error": plain["error"] or hinted["error"], "hinted": True if kept else None}
@@ -201,7 +243,7 @@ def merge_tries(plain: dict, hinted: dict | None) -> dict:
 def explain_batches(model, tokenizer, pairs: list[tuple[int, Example]], style: str, hint: str, spec,
                     batch_size: int, seed: int, on_batch: Callable[[list[dict]], None],
                     max_length: int | None = None, use_chat_template: bool | None = None,
-                    scaffold_tokens: int | None = None) -> None:
+                    scaffold_tokens: int | None = None, grounded: bool = True) -> None:
     """Sample ``spec.num_return_sequences`` rationales for every (index, example) in ``pairs``,
     ``batch_size`` pairs per generate call, with the hint as ``hint`` (:data:`HINT_MODES`) says;
     ``on_batch`` gets each batch's results (:func:`merge_tries`, with ``index``) as soon as they are
@@ -209,7 +251,8 @@ def explain_batches(model, tokenizer, pairs: list[tuple[int, Example]], style: s
     draws what an uninterrupted one would. A prompt longer than ``max_length`` tokens has its item
     fields (a description first) cut by the rule of :mod:`taosr.data.budget`, as training prompts are.
     ``use_chat_template``: as :func:`teacher_prompt` (None: the tokenizer decides). ``scaffold_tokens``:
-    sample with the format scaffolded (:mod:`taosr.scaffold`), that many tokens per step's line."""
+    sample with the format scaffolded (:mod:`taosr.scaffold`), that many tokens per step's line.
+    ``grounded``: keep only rationales whose item step names something of the item (:func:`item_grounded`)."""
     import torch
 
     from taosr.data.collate import pad_left
@@ -238,7 +281,8 @@ def explain_batches(model, tokenizer, pairs: list[tuple[int, Example]], style: s
             batch = pad_left(ids, tokenizer.pad_token_id)
             out = engine.generate(model, tokenizer, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), spec)
             texts = decode_completions(tokenizer, out)
-        return [pick_rationale(texts[j * n:(j + 1) * n], ex.label) for j, (_, ex) in enumerate(chunk)]
+        return [pick_rationale(texts[j * n:(j + 1) * n], ex.label, ex if grounded else None)
+                for j, (_, ex) in enumerate(chunk)]
 
     for s in range(0, len(pairs), batch_size):
         chunk = pairs[s: s + batch_size]
@@ -316,7 +360,7 @@ def unexplained_row(ex: Example, tries: list[dict]) -> dict:
     prov = {"prompt_version": PROMPT_VERSION, "explained": False,
             "tries": [{"round": t["round"], "teacher": t["teacher"], "samples": t["samples"],
                        "format_errors": t["format_errors"], "mismatches": t["mismatches"],
-                       "judgment_mismatches": t.get("judgment_mismatches", 0),
+                       "judgment_mismatches": t.get("judgment_mismatches", 0), "ungrounded": t.get("ungrounded", 0),
                        "first_error": t["first_error"]} for t in tries]}
     return dataclasses.replace(ex, provenance=prov).to_dict()
 
@@ -343,7 +387,7 @@ def build_report(examples: list[Example], results: dict[int, dict[int, dict]], r
     for name, order in (("by_tier", tier_order), ("by_query_type", qt_order)):
         rep[name] = {k: {"pairs": p, "kept": k_, "yield": _share(k_, p)}
                      for k, (p, k_) in sorted(groups[name].items(), key=lambda kv: order.index(kv[0]))}
-    samples = fmt = mis = jud = 0
+    samples = fmt = mis = jud = ung = 0
     rep["rounds"] = []
     for meta in rounds:
         res = results.get(meta["round"], {})
@@ -353,7 +397,8 @@ def build_report(examples: list[Example], results: dict[int, dict[int, dict]], r
         f = sum(r["format_errors"] for r in res.values())
         m = sum(r["mismatches"] for r in res.values())
         jm = sum(r.get("judgment_mismatches", 0) for r in res.values())
-        samples, fmt, mis, jud = samples + drawn, fmt + f, mis + m, jud + jm
+        um = sum(r.get("ungrounded", 0) for r in res.values())
+        samples, fmt, mis, jud, ung = samples + drawn, fmt + f, mis + m, jud + jm, ung + um
         style = meta["settings"]["prompt_style"] + (", scaffold" if meta["settings"].get("scaffold") else "")
         rep["rounds"].append({"round": meta["round"], "teacher": meta["settings"]["teacher"],
                               "prompt_style": style, "pairs": len(res), "kept": kept,
@@ -361,6 +406,7 @@ def build_report(examples: list[Example], results: dict[int, dict[int, dict]], r
                               "format_error_rate": _share(f, drawn),
                               "label_mismatch_rate": _share(m, drawn - f),
                               "judgment_mismatches": jm, "judgment_mismatch_rate": _share(jm, drawn - f),
+                              "ungrounded": um, "ungrounded_rate": _share(um, drawn - f),
                               "pairs_sampled_now": meta.get("pairs_sampled_now", 0),
                               "seconds": round(meta.get("seconds", 0.0), 2),
                               "pairs_per_s": _share(meta.get("pairs_sampled_now", 0), meta.get("seconds", 0.0))})
@@ -369,6 +415,8 @@ def build_report(examples: list[Example], results: dict[int, dict[int, dict]], r
     rep["label_mismatch_rate"] = _share(mis, samples - fmt)
     rep["judgment_mismatches"] = jud
     rep["judgment_mismatch_rate"] = _share(jud, samples - fmt)
+    rep["ungrounded"] = ung
+    rep["ungrounded_rate"] = _share(ung, samples - fmt)
     return rep
 
 
@@ -379,18 +427,20 @@ def format_report(rep: dict, out: str) -> str:
     lines = [f"{out}: kept {rep['kept']} of {rep['pairs']} pairs (yield {pct(rep['yield']).strip()}), "
              f"{rep['unexplained']} unexplained; samples with a format error {pct(rep['format_error_rate']).strip()}, "
              f"parsed samples with another label {pct(rep['label_mismatch_rate']).strip()}, "
-             f"with the label but a judgment naming another tier {pct(rep.get('judgment_mismatch_rate')).strip()}"]
+             f"with the label but a judgment naming another tier {pct(rep.get('judgment_mismatch_rate')).strip()}, "
+             f"with an item step naming nothing of the item {pct(rep.get('ungrounded_rate')).strip()}"]
     lines.append("tier            pairs   kept   yield")
     for t, g in rep["by_tier"].items():
         lines.append(f"  {t} {tier_name(int(t)):<11} {g['pairs']:6d} {g['kept']:6d}  {pct(g['yield'])}")
     lines.append("query type      pairs   kept   yield")
     for qt, g in rep["by_query_type"].items():
         lines.append(f"  {qt:<13} {g['pairs']:6d} {g['kept']:6d}  {pct(g['yield'])}")
-    lines.append("round  pairs   kept  hinted   yield  format-err  mismatch  judgment  pairs/s  teacher")
+    lines.append("round  pairs   kept  hinted   yield  format-err  mismatch  judgment  no-item  pairs/s  teacher")
     for r in rep["rounds"]:
         pps = "    -  " if r["pairs_per_s"] is None else f"{r['pairs_per_s']:7.2f}"
         lines.append(f"  {r['round']:<4} {r['pairs']:6d} {r['kept']:6d}  {r['kept_with_hint']:6d}  {pct(r['yield'])}     {pct(r['format_error_rate'])}"
-                     f"    {pct(r['label_mismatch_rate'])}    {pct(r.get('judgment_mismatch_rate'))}  {pps}  "
+                     f"    {pct(r['label_mismatch_rate'])}    {pct(r.get('judgment_mismatch_rate'))}   "
+                     f"{pct(r.get('ungrounded_rate'))}  {pps}  "
                      f"{r['teacher']} ({r['prompt_style']})")
     if rep["rows_skipped"]:
         lines.append(f"skipped {rep['rows_skipped']} bad input rows (first: {rep['first_skipped']})")
@@ -470,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hint", default="fallback", choices=HINT_MODES,
                    help="fallback (STaR): the gold tier is told only for pairs the plain prompt failed; always; never")
     p.add_argument("--no-hint", action="store_const", dest="hint", const="never", help="same as --hint never")
+    p.add_argument("--allow-ungrounded", action="store_true",
+                   help="keep rationales whose Item understanding step names no word of the item's title, brand, "
+                        "category or attributes (e.g. a teacher writing in another language than the catalogue)")
     p.add_argument("--n", type=int, default=4, help="samples per pair (default 4)")
     p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (then --n 1 and no --top-p)")
     p.add_argument("--top-p", type=float, default=0.95)
@@ -569,7 +622,7 @@ def reason_main(argv: list[str]) -> int:
     data_key = hashlib.sha1("".join(keys).encode()).hexdigest()[:16]
     sampling = {"prompt_version": PROMPT_VERSION, "hint": a.hint, "n": a.n, "temperature": a.temperature,
                 "top_p": a.top_p, "max_new_tokens": a.max_new_tokens, "max_length": a.max_length, "seed": a.seed,
-                "selection": SELECTION}
+                "selection": SELECTION_UNGROUNDED if a.allow_ungrounded else SELECTION}
     if a.scaffold:  # (only then: files of free sampling keep their settings)
         sampling.update(scaffold=True, step_tokens=a.step_tokens)
     report_path, unexp_path, part = a.out + ".report.json", a.out + ".unexplained.jsonl", a.out + ".partial"
@@ -653,7 +706,8 @@ def reason_main(argv: list[str]) -> int:
             try:
                 explain_batches(model, tok, todo, style, a.hint, gspec, a.batch_size, a.seed * 1000 + rnd, keep,
                                 max_length=a.max_length, use_chat_template=chat,
-                                scaffold_tokens=a.step_tokens if a.scaffold else None)
+                                scaffold_tokens=a.step_tokens if a.scaffold else None,
+                                grounded=not a.allow_ungrounded)
             except KeyboardInterrupt:
                 print(f"taosr: interrupted in round {rnd}: the pairs done are kept in {part}; "
                       "run the same command again to continue", file=sys.stderr)
@@ -695,7 +749,8 @@ def _finish(out: str, examples: list[Example], results: dict[int, dict[int, dict
                 break
             tries.append({"round": meta["round"], "teacher": meta["settings"]["teacher"], "samples": r["samples"],
                           "format_errors": r["format_errors"], "mismatches": r["mismatches"],
-                          "judgment_mismatches": r.get("judgment_mismatches", 0), "first_error": r["error"]})
+                          "judgment_mismatches": r.get("judgment_mismatches", 0),
+                          "ungrounded": r.get("ungrounded", 0), "first_error": r["error"]})
         else:
             unexplained.append(unexplained_row(ex, tries))
     if os.path.exists(out + ".report.json"):

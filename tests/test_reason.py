@@ -296,3 +296,37 @@ def test_reason_with_scaffold_records_it_and_refuses_the_free_budget(memorizer, 
                           (["--step-tokens", "20"], "--step-tokens: the budget of a step's line with --scaffold")):
         assert main(["reason", "--model", model, "--data", pairs, "--out", str(tmp_path / "x.jsonl"), *extra]) == 2
         assert needle in capsys.readouterr().err
+
+
+def test_a_rationale_whose_item_step_describes_another_product_is_not_kept():
+    """The quick start's export explaining another shop's items reached the gold tier with `espresso
+    machine (kitchen appliances)` for a cork yoga mat: kept, it teaches the policy to describe another
+    product. The item step must name something of the item (a near spelling counts)."""
+    from taosr.bootstrap import item_grounded
+    from taosr.schema import Example, Item
+
+    mat = Example(query="yoga mat", label=4, item=Item(title="Eco-friendly cork yoga mat", brand="Gaiam"))
+    assert not item_grounded("espresso machine (kitchen appliances)", mat)
+    assert item_grounded("yoga mats (fitness); brand gaiam", mat)
+    assert item_grounded("exercise mat (fitness)", mat)          # one word of the title
+    assert item_grounded("floor pad; brand gaim", mat)           # a near spelling of the brand
+    assert not item_grounded("the brand and none", mat)          # the step syntax's own words do not count
+    shoe = Example(query="red shoes", label=4, item=Item(title="Runner", attributes={"color": "red"}))
+    assert item_grounded("sneaker; color red", shoe)             # attributes count
+    steps = dict(STEPS, item="espresso machine (kitchen appliances)")
+    good, bad = render_reasoning(STEPS, 4), render_reasoning(steps, 4)
+    ex = Example(query="q", label=4, item=Item(title=STEPS["item"]))
+    r = pick_rationale([bad, good], gold=4, ex=ex)
+    assert (r["sample"], r["ungrounded"]) == (1, 1)
+    assert pick_rationale([bad], gold=4)["sample"] == 0  # without the pair (--allow-ungrounded): kept
+
+
+def test_every_gold_item_step_of_the_synthetic_data_is_grounded(tmp_path):
+    from taosr.bootstrap import item_grounded
+    from taosr.data.datamodule import RelevanceDataModule
+    from taosr.data.synth import SynthConfig
+
+    dm = RelevanceDataModule(synth=SynthConfig(n_train=600, n_val=100, n_test=100), data_dir=str(tmp_path))
+    dm.setup("fit")
+    exs = [ex for split in ("train", "val", "test") for ex in dm.splits[split]]
+    assert len(exs) == 800 and all(item_grounded(ex.steps["item"], ex) for ex in exs)
