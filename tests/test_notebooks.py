@@ -54,3 +54,25 @@ def test_compare_runs_notebook(tmp_path, sft_run):
     nb = execute("compare_runs.ipynb", {"TAOSR_RUNS": str(tmp_path)})
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "rows in" in text and "4 runs" in text and "not plotted (failed or no metric): run002, run003" in text
+
+
+def test_inspect_run_scores_steps_with_a_grm_on_the_whole_item(tmp_path, sft_run, samples, cache_dir):
+    """The notebook's GRM cell rebuilt each item from its title alone (brand, category, attributes and
+    price dropped: other P(right) than SRPO's scorer gives); records now carry the whole item."""
+    import json
+
+    from tests.conftest import fit
+
+    records = [json.loads(x) for x in open(sorted(glob_predictions(sft_run))[-1])]
+    assert records[0]["item"]["title"] == records[0]["title"] and "price" in records[0]["item"]
+    grm = fit("configs/grm.yaml", str(tmp_path / "grm"), cache_dir, "--model.init_args.model.name_or_path",
+              os.path.join(sft_run, "export"), "--data.samples_path", samples)
+    nb = execute("inspect_run.ipynb", {"TAOSR_RUN": sft_run, "TAOSR_GRM": os.path.join(grm, "export")})
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "macro_f1" in html  # the GRM cell built each Example from the record's item and scored it (no error)
+
+
+def glob_predictions(run):
+    import glob
+
+    return glob.glob(os.path.join(run, "eval", "*-predictions.jsonl"))

@@ -2,6 +2,7 @@
 turn it into prediction records that :mod:`taosr.eval.metrics` scores."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -173,12 +174,14 @@ def decode_completions(tokenizer, ids: torch.Tensor) -> list[str]:
 
 
 def make_record(ex: Example, text: str, index: int | None = None, *, target: str = "reasoning") -> dict[str, Any]:
-    """One prediction record: the example, the raw generation, its parse by the training target
+    """One prediction record: the example (its whole item beside the title, so a reader can rebuild
+    the prompt: the notebook's GRM scores), the raw generation, its parse by the training target
     (``data.target``) and step verdicts (all None for a target without steps: step metrics are NaN)."""
     spec = get_target(target)
     parsed = spec.parse(text)
+    item = {k: v for k, v in dataclasses.asdict(ex.item).items() if v not in (None, {})}
     return {
-        "index": index, "id": ex.id, "query": ex.query, "title": ex.item.title, "query_type": ex.query_type,
+        "index": index, "id": ex.id, "query": ex.query, "title": ex.item.title, "item": item, "query_type": ex.query_type,
         "gold": ex.label, "pred": parsed.label, "format_error": parsed.format_error, "error": parsed.error,
         "reasoning": text, "steps": parsed.steps,
         "step_verdicts": spec.step_verdicts(parsed, ex.annotations),
