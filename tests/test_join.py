@@ -451,3 +451,15 @@ def test_a_products_files_attributes_column_is_read_and_its_other_columns_named(
     pairs.write_text("query,title,item.attributes,label\nshoes,Shoes,color:red|size:42,4\n")
     (ex,) = read_examples(ReaderSpec(path=str(pairs))).examples
     assert ex.item.attributes == {"color": "red", "size": "42"}
+
+
+def test_prices_with_a_currency_sign_or_thousands_commas_are_read():
+    """A real catalogue's `$12.99` or `1,299.00 USD` made the whole pair a bad row; `N/A` still is one,
+    with the way out named."""
+    from taosr.data.join import item_fields, parse_price
+
+    assert [parse_price(v) for v in ("12.5", "$12.99", "1,299.00 USD", "€ 5", 3)] == [12.5, 12.99, 1299.0, 5.0, 3.0]
+    assert [parse_price(v) for v in ("N/A", "12,99", "inf", "nan")] == [None] * 4
+    assert item_fields({"title": "T", "price": "$1,050"}, {}, "f:2", default=lambda t: t[5:])["price"] == 1050.0
+    with pytest.raises(DataError, match=r"price 'N/A' is not a number \(an empty cell is no price"):
+        item_fields({"title": "T", "price": "N/A"}, {}, "f:2", default=lambda t: t[5:])

@@ -66,6 +66,27 @@ def norm_key(v: Any) -> str | None:
     return text
 
 
+_CURRENCY = re.compile(r"^\s*(?:[$€£¥]|USD|EUR|GBP)?\s*(.*?)\s*(?:[$€£¥]|USD|EUR|GBP)?\s*$", re.IGNORECASE)
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+def parse_price(v: Any) -> float | None:
+    """A price as a number: a number, or text like ``12.5``, ``$12.99``, ``1,299.00 USD`` (a currency
+    sign or code and thousands commas dropped); None for anything else (``N/A``, ``12,99`` is
+    ambiguous)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    m = _CURRENCY.match(str(v))
+    text = m.group(1) if m else str(v)
+    if _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
+    try:
+        out = float(text)
+    except ValueError:
+        return None
+    return out if math.isfinite(out) else None
+
+
 def _name_cut(part: str) -> int:
     """Where a packed attribute's name ends: its first ``:`` or ``=`` (-1: neither)."""
     return min((i for i in (part.find(":"), part.find("=")) if i >= 0), default=-1)
@@ -122,10 +143,11 @@ def item_fields(rec: dict, cmap: dict[str, str], where: str,
         if is_missing(v):
             continue
         if target == "item.price":
-            try:
-                v = float(v)
-            except (TypeError, ValueError):
-                raise DataError(where, col, f"price {v!r} is not a number") from None
+            price = parse_price(v)
+            if price is None:
+                raise DataError(where, col, f"price {v!r} is not a number (an empty cell is no price; --skip-invalid "
+                                            "skips the pair)")
+            v = price
         item[target[5:]] = v
     attrs: dict[str, Any] = {}
     packed = cmap.get(PACKED_ATTRIBUTES, default(PACKED_ATTRIBUTES))  # unmapped: its default column, as a field's
