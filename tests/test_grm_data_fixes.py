@@ -104,7 +104,10 @@ def test_dpo_pairs_come_only_from_training_examples(tmp_path, dm, capsys):
     dm.samples_path = _mixed(tmp_path, dm)
     pairs = build_pairs(dm)
     assert sorted(ex.id for ex, _, _ in pairs) == sorted(ex.id for ex in dm.splits["train"][:5])
-    assert "taosr: DPO view: kept 5/10 sampled prompts" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "taosr: DPO view: kept 5/10 sampled prompts" in out
+    # how many training examples the pairs cover (an audit: DPO said nothing of the 86 of 134 without samples)
+    assert f"taosr: DPO view: {len(pairs)} preference pairs from 5 of the {len(dm.splits['train'])} training examples" in out
 
 
 @pytest.mark.parametrize("view", ["grm", "dpo"])

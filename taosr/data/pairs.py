@@ -84,6 +84,10 @@ def build_pairs(dm) -> list[tuple]:
     if not pairs:
         raise ConfigError(f"data.samples_path: {dm.samples_path} yields no preference pairs "
                           "(no prompt has an incorrect sample)")
+    prompts = len({id(ex) for ex, _, _ in pairs})
+    print(f"taosr: DPO view: {len(pairs)} preference pairs from {prompts} of the {len(dm.splits['train'])} training "
+          f"examples ({len(rows)} sampled in {dm.samples_path}; a prompt gives pairs when one of its samples is wrong"
+          f"{' and one right or its gold reasoning can be chosen' if dm.gold_as_chosen else ' and one right'})")
     return pairs
 
 
