@@ -118,7 +118,7 @@ def _continue_wandb_run(cfg) -> None:
     logged to (the id :func:`_record_wandb_run` kept), not into a second run of the same name. An
     ``id`` or ``version`` the config gives wins; a fit from the start, or from another run's
     checkpoint, gets a new run."""
-    from taosr.loggers import stored_run_id
+    from taosr.loggers import RUN_ID_FILE, stored_run_id
 
     trainer = cfg.get("trainer")
     root = trainer.get("default_root_dir") if trainer is not None else None
@@ -136,7 +136,8 @@ def _continue_wandb_run(cfg) -> None:
                 return
             args["id"] = run_id
             if os.environ.get("LOCAL_RANK", "0") == "0":  # once, not from every rank Lightning's DDP launcher starts
-                print(f"taosr: W&B: the resumed fit logs on into run {run_id} ({root}/wandb-run.json)", file=sys.stderr)
+                print(f"taosr: W&B: the resumed fit logs on into run {run_id} ({os.path.join(root, RUN_ID_FILE)})",
+                      file=sys.stderr)
             return
 
 
