@@ -148,6 +148,7 @@ def teacher_chat_template(name_or_path: str) -> bool | None:
 # Which samples may be kept (recorded in every line's settings and the kept rows' provenance: a file
 # written under an earlier rule is sampled again, not mixed with this one's choices).
 SELECTION = "label+judgment+item"
+REJECTIONS = ("format_errors", "mismatches", "judgment_mismatches", "ungrounded")  # a pair's samples not kept, by reason
 SELECTION_UNGROUNDED = "label+judgment"  # --allow-ungrounded: the rule before the item check
 _TIER_WORD = re.compile(r"\b(" + "|".join(NAME_TO_TIER) + r")\b")
 _WORD = re.compile(r"[^\W_]{2,}")
@@ -233,8 +234,7 @@ def merge_tries(plain: dict, hinted: dict | None) -> dict:
     sample is numbered among all the pair's samples, plain ones first; counts add up."""
     if hinted is None:
         return {**plain, "hinted": False if plain["sample"] is not None else None}
-    out = {k: plain.get(k, 0) + hinted.get(k, 0)
-           for k in ("format_errors", "mismatches", "judgment_mismatches", "ungrounded", "samples")}
+    out = {k: plain.get(k, 0) + hinted.get(k, 0) for k in (*REJECTIONS, "samples")}
     kept = hinted["sample"] is not None
     return {**out, "sample": plain["samples"] + hinted["sample"] if kept else None, "steps": hinted["steps"],
             "error": plain["error"] or hinted["error"], "hinted": True if kept else None}
@@ -357,11 +357,9 @@ def kept_row(ex: Example, result: dict, settings: dict, rnd: int) -> dict:
 
 
 def unexplained_row(ex: Example, tries: list[dict]) -> dict:
-    prov = {"prompt_version": PROMPT_VERSION, "explained": False,
-            "tries": [{"round": t["round"], "teacher": t["teacher"], "samples": t["samples"],
-                       "format_errors": t["format_errors"], "mismatches": t["mismatches"],
-                       "judgment_mismatches": t.get("judgment_mismatches", 0), "ungrounded": t.get("ungrounded", 0),
-                       "first_error": t["first_error"]} for t in tries]}
+    """A pair no sample explained, with each try (:func:`_finish`: round, teacher, samples, the
+    :data:`REJECTIONS` counts, first format error)."""
+    prov = {"prompt_version": PROMPT_VERSION, "explained": False, "tries": tries}
     return dataclasses.replace(ex, provenance=prov).to_dict()
 
 
@@ -748,9 +746,7 @@ def _finish(out: str, examples: list[Example], results: dict[int, dict[int, dict
                 kept.append(kept_row(ex, r, meta["settings"], meta["round"]))
                 break
             tries.append({"round": meta["round"], "teacher": meta["settings"]["teacher"], "samples": r["samples"],
-                          "format_errors": r["format_errors"], "mismatches": r["mismatches"],
-                          "judgment_mismatches": r.get("judgment_mismatches", 0),
-                          "ungrounded": r.get("ungrounded", 0), "first_error": r["error"]})
+                          **{k: r.get(k, 0) for k in REJECTIONS}, "first_error": r["error"]})
         else:
             unexplained.append(unexplained_row(ex, tries))
     if os.path.exists(out + ".report.json"):

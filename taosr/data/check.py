@@ -12,6 +12,13 @@ from taosr.schema import write_jsonl
 from taosr.labels import TIER_NAMES
 
 
+ITEM_OPTIONAL = ("brand", "category", "attributes", "price", "description")
+
+
+def _present(v) -> bool:
+    return v is not None and v != "" and v != {}
+
+
 def summarize(examples) -> dict:
     return {
         "total": len(examples),
@@ -22,15 +29,8 @@ def summarize(examples) -> dict:
         "distinct_queries": len({e.query for e in examples}),
         # how many items carry each optional field: a model trained where every item had a price writes
         # another format for items without one (the README's "Items without a price")
-        "item_fields": {f: sum(bool(_present(getattr(e.item, f))) for e in examples) for f in ITEM_OPTIONAL},
+        "item_fields": {f: sum(_present(getattr(e.item, f)) for e in examples) for f in ITEM_OPTIONAL},
     }
-
-
-ITEM_OPTIONAL = ("brand", "category", "attributes", "price", "description")
-
-
-def _present(v) -> bool:
-    return v is not None and v != "" and v != {}
 
 
 def format_summary(s: dict, skipped: list[str] | None = None, path: str = "", notes: list[str] | None = None) -> str:

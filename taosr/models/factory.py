@@ -288,9 +288,14 @@ DROPOUT_RATE_NAMES = ("dropout", "pdrop", "layerdrop")  # an attribute or config
 CONFIG_DROPOUT_RATES = "_taosr_config_dropout_rates"  # on the model: the config's rates disable_dropout zeroed
 
 
-def _is_rate(name: str, value) -> bool:
-    return (isinstance(value, float) and value > 0 and not name.startswith("__")
-            and any(k in name.lower() for k in DROPOUT_RATE_NAMES))
+def _zero_rates(obj) -> dict[str, float]:
+    """Set every non-zero float dropout rate attribute of ``obj`` (a module or a config) to 0; returns
+    the rates it had."""
+    zeroed = {name: v for name, v in vars(obj).items()
+              if isinstance(v, float) and v > 0 and not name.startswith("_") and any(k in name.lower() for k in DROPOUT_RATE_NAMES)}
+    for name in zeroed:
+        setattr(obj, name, 0.0)
+    return zeroed
 
 
 def disable_dropout(model) -> int:
@@ -305,24 +310,16 @@ def disable_dropout(model) -> int:
     sampled tokens with another policy than the one that sampled them (rollouts run in eval mode).
     TRL's DPO does the same (``disable_dropout``)."""
     n = 0
+    top, seen = getattr(model, "config", None), set()
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout) and m.p > 0:
             m.p, n = 0.0, n + 1
-        for name, value in list(vars(m).items()):
-            if not name.startswith("_") and _is_rate(name, value):
-                setattr(m, name, 0.0)
-                n += 1
-    top, seen = getattr(model, "config", None), set()
-    for m in model.modules():
+        n += len(_zero_rates(m))
         cfg = getattr(m, "config", None)
         if cfg is None or id(cfg) in seen or not hasattr(cfg, "to_dict"):
             continue
         seen.add(id(cfg))
-        zeroed = {}
-        for name, value in list(vars(cfg).items()):
-            if not name.startswith("_") and _is_rate(name, value):
-                zeroed[name] = value
-                setattr(cfg, name, 0.0)
+        zeroed = _zero_rates(cfg)
         n += len(zeroed)
         if zeroed and cfg is top:  # the one an export writes as config.json
             model.__dict__[CONFIG_DROPOUT_RATES] = {**zeroed, **model.__dict__.get(CONFIG_DROPOUT_RATES, {})}
