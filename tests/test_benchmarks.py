@@ -60,3 +60,10 @@ def test_update_plan_runs(cache_dir):
     out = _bench("update_plan.py", "--model", "micro", "--prompts", "2", "--G", "4", "--batches", "2", "--new", "6",
                  "--all-groups", cache_dir=cache_dir)
     assert "| rollout order | " in out and "| + repeats computed once (default) | " in out
+
+
+def test_grm_scoring_runs(cache_dir):
+    out = _bench("grm_scoring.py", "--model", "micro", "--prompts", "2", "--G", "3", "--batches", "2", "--new", "6",
+                 cache_dir=cache_dir)
+    assert "| kept groups only, one call per group (SRPO now) | " in out
+    assert "all groups vs kept only: identical" in out

@@ -215,6 +215,8 @@ def _fit_micro(tmp_path, cache_dir, max_steps=2, inject=True, extra_callbacks=()
             r = batch["rollout"]
             c = torch.tensor([float(len(t) % 3 == 0) for t in r.texts], device=r.device)
             r.correct, r.reward = c, c + 0.2 * torch.tensor([float(len(t) % 2) for t in r.texts], device=r.device)
+            if getattr(pl_module, "step_scorer", None) is not None:  # SRPO examines the rows these rewards keep
+                r.steps = pl_module.step_scorer(r, pl_module.tokenizer, pl_module.examined_rows(r))
 
     dm = RelevanceDataModule(view="rl", synth=SynthConfig(n_train=16, n_val=2, n_test=2, seed=3),
                              data_dir=os.path.join(cache_dir, "data"), batch_size=2, val=None, test=None, **(dm_kw or {}))

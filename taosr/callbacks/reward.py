@@ -5,7 +5,8 @@ Completions are parsed by the DataModule's training target (``data.target``: the
 the label, or the label line alone). First the outcome reward of every completion (label correct,
 format valid); then, when the module
 has a step scorer (SRPO: ``pl_module.step_scorer``, a :class:`~taosr.rl.step_scorer.StepScorer`),
-the hybrid examiner's step scores (see :mod:`taosr.rl.examiner`).
+the hybrid examiner's step scores (see :mod:`taosr.rl.examiner`) of the rows the module will keep
+(``pl_module.examined_rows``).
 """
 from __future__ import annotations
 
@@ -34,6 +35,6 @@ class RewardModelCallback(pl.Callback):
         out = outcome_rewards(r.parsed, [ex.label for ex in r.examples], self.outcome, device=r.device)
         r.reward, r.correct, r.format = out["reward"], out["correct"], out["format"]
         scorer = getattr(pl_module, "step_scorer", None)
-        if scorer is not None:
-            r.steps = scorer(r, pl_module.tokenizer)
+        if scorer is not None:  # the rows dynamic sampling keeps (no use examining the others)
+            r.steps = scorer(r, pl_module.tokenizer, pl_module.examined_rows(r))
         r.timings["reward"] = time.perf_counter() - t0

@@ -292,9 +292,14 @@ class GRPOModule(RelevanceModule):
         data = []
         for i in range(n):
             ex = r.examples[i]
+            if st is None:
+                steps = ["", ""]
+            elif st.examined is not None and not bool(st.examined[i]):
+                steps = ["not examined: group dropped"] * 2
+            else:
+                steps = [str([round(float(x), 2) for x in st.rewards[i]]), str(st.source[i].tolist())]
             data.append([ex.query, ex.item.title, ex.label, r.texts[i], float(r.reward[i]), bool(r.correct[i]),
-                         "" if st is None else str([round(float(x), 2) for x in st.rewards[i]]),
-                         "" if st is None else str(st.source[i].tolist())])
+                         *steps])
         for lg in loggers:
             lg.log_table(key="train/completions", columns=cols, data=data, step=step)  # one key, versioned by step
 

@@ -8,6 +8,9 @@ outcome reward go through the selected step-advantage estimator (``step_advantag
 :data:`taosr.rl.advantages.STEP_ADVANTAGES`), which gives every token of step k of rollout i the
 value A(i, k). The outcome part is GRPO's (the module's ``scale_std``), so SRPO with the ``outcome``
 estimator, or with ``lam: 0``, is GRPO exactly.
+
+Only the rows dynamic sampling keeps are examined in full (:meth:`SRPOModule.examined_rows`); the GRM
+scores one kept group per call, at most ``grm_batch_size`` distinct completions per forward.
 """
 from __future__ import annotations
 
@@ -66,14 +69,33 @@ class SRPOModule(GRPOModule):
                                step_verdict=st.verdict, scale_std=self.hparams.scale_std,
                                **self.step_advantage.options())
 
+    def _keep_reads_steps(self) -> bool:
+        """Whether dynamic sampling's rule reads the step rewards (``keep_step_only_groups``)."""
+        return bool(self.hparams.dynamic_sampling and self.step_advantage.name != "outcome"
+                    and self.hparams.get("keep_step_only_groups", False))
+
+    def examined_rows(self, r: Rollout) -> torch.Tensor:
+        """(N,) bool: the rows the step scorer examines in full (GRM, token map), asked by the reward
+        callback once the outcome rewards are set: the rows :meth:`keep_mask` will keep, since a
+        dropped group's advantages are never used; every row when the keep rule reads the step
+        rewards itself."""
+        if self._keep_reads_steps():
+            return torch.ones(len(r), dtype=torch.bool, device=r.device)
+        return super().keep_mask(r)
+
     def keep_mask(self, r: Rollout) -> torch.Tensor:
         """Dynamic sampling. Default (GRPO's rule): drop groups whose outcome rewards have zero spread.
         With ``keep_step_only_groups`` a group is dropped only when its step rewards are flat too, so
         all-correct groups with a wrong step still train on the step term — but their rows (A_out = 0)
         join the token-mean divisor and dilute the outcome signal."""
-        if not self.hparams.dynamic_sampling or self.step_advantage.name == "outcome" \
-                or not self.hparams.get("keep_step_only_groups", False):
-            return super().keep_mask(r)
+        if not self._keep_reads_steps():
+            keep = super().keep_mask(r)
+            examined = r.steps.examined if r.steps is not None else None
+            if examined is not None and bool((keep & ~examined).any()):
+                raise RuntimeError("SRPO: dynamic sampling keeps rows the step scorer did not examine: the outcome "
+                                   "rewards changed after RewardModelCallback scored the steps (a callback listed "
+                                   "after it that sets rewards must score the steps again)")
+            return keep
         G = r.group_size
         # flat where the step term is 0 throughout: no step whose present rewards vary (step_centred's rule)
         s_hat = step_centred(r.steps.rewards, G, r.steps.present)

@@ -35,7 +35,8 @@ class StepScores:
     present: torch.Tensor      # (N, K) bool: the completion contains the step
     verdict: torch.Tensor      # (N, K) float hard verdicts: 1 right, 0 wrong, NaN none
     token_step: torch.Tensor   # (N, T) long: step of each completion token (K after the last step, -1 padding)
-    stats: dict[str, float] = field(default_factory=dict)  # logged as train/steps/...
+    stats: dict[str, float] = field(default_factory=dict)  # logged as train/steps/... (means over examined rows)
+    examined: torch.Tensor | None = None  # (N,) bool: rows examined in full (GRM, token map); None: all
 
 
 @dataclass

@@ -1,0 +1,127 @@
+"""SRPO's GRM scoring of one rollout batch: every completion in one call (batches mixing groups: the
+scorer before 2026-12-03), every completion one group per call, and the groups dynamic sampling
+keeps one group per call (what SRPO does now). Seconds per rollout batch, GRM positions run, and whether
+the kept rows' scores are the same.
+
+    python benchmarks/grm_scoring.py --model runs/quickstart/dpo/export --grm runs/quickstart/grm/export
+    python benchmarks/grm_scoring.py                          # tiny preset, the policy itself as the judge
+
+Rollouts have the RL configs' shape (``--prompts`` 8 x ``--G`` 8, temperature 1.3, up to 96 new
+tokens) from held-out prompts; the outcome rewards (label right, format) decide which groups are
+kept (GRPO's rule: a group whose rewards all equal is dropped). The three ways take each batch in
+turn (the order alternates), so drift of the machine hits them alike.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def main() -> None:
+    import torch
+
+    from eval_generation import load_with_data
+    from taosr.eval.generation import GenerationSpec, completion_lengths
+    from taosr.reasoning.format import parse_reasoning
+    from taosr.rl.advantages import zero_spread_mask
+    from taosr.rl.engines.graph import StaticDecoder
+    from taosr.rl.examiner import ExaminerSpec
+    from taosr.rl.grm import GRMScorer
+    from taosr.rl.rewards import OutcomeRewardSpec, outcome_rewards
+    from taosr.rl.rollout import Rollout
+    from taosr.rl.step_scorer import StepScorer
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny", help="policy: preset, folder or hub id")
+    p.add_argument("--grm", default=None, help="GRM export (default: the policy scores as an untrained judge)")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per rollout batch (data.batch_size)")
+    p.add_argument("--G", type=int, default=8, help="completions per prompt (num_generations)")
+    p.add_argument("--batches", type=int, default=6)
+    p.add_argument("--new", type=int, default=96, help="max new tokens")
+    p.add_argument("--temperature", type=float, default=1.3)
+    p.add_argument("--grm-batch-size", type=int, default=32, help="model.init_args.grm_batch_size")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (compare runs use one per job)")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    model, tok, dm = load_with_data(argparse.Namespace(model=a.model, batch=a.prompts, batches=a.batches),
+                                    tempfile.mkdtemp(prefix="taosr-grm-scoring-"))
+    rows = dm.splits["test"]
+    grm = GRMScorer.load(a.grm, a.grm_batch_size, corpus=dm.corpus) if a.grm else GRMScorer(model, tok, a.grm_batch_size)
+    scorer = StepScorer(ExaminerSpec(mode="grm"), grm)
+    spec = GenerationSpec(max_new_tokens=a.new, do_sample=True, temperature=a.temperature, num_return_sequences=a.G)
+    decoder = StaticDecoder(cuda_graphs=False)
+    tokens = {"mixed": 0, "groups": 0, "kept": 0}
+
+    counting = {"key": None}
+
+    def count(module, args, kwargs):  # positions the GRM's decoder runs, padding included
+        if counting["key"]:
+            tokens[counting["key"]] += int(kwargs["input_ids"].numel())
+
+    grm.model.get_decoder().register_forward_pre_hook(count, with_kwargs=True)
+
+    ways = {
+        "every completion, one call (batches mix groups; before)":
+            ("mixed", lambda r, keep: grm.score(r.examples, r.parsed)),
+        "every completion, one call per group":
+            ("groups", lambda r, keep: scorer._grm_scores(r, torch.ones(len(r), dtype=torch.bool))),
+        "kept groups only, one call per group (SRPO now)":
+            ("kept", lambda r, keep: scorer._grm_scores(r, keep)),
+    }
+    secs = {k: [] for k in ways}
+    kept_share, lengths, max_diff, same = [], [], 0.0, True
+    loader = list(dm.test_dataloader())[: a.batches]
+    for i, b in enumerate(loader):
+        torch.manual_seed(i)
+        out = decoder.generate(model, tok, b["input_ids"], b["attention_mask"], spec, cuda_graphs=False)
+        lens = completion_lengths(out, tok.eos_token_id, tok.pad_token_id)
+        mask = (torch.arange(out.shape[1])[None] < lens[:, None]).long()
+        texts = [tok.decode(o[:n], skip_special_tokens=True) for o, n in zip(out.tolist(), lens.tolist())]
+        r = Rollout(spec=spec, prompt_ids=b["input_ids"].repeat_interleave(a.G, 0),
+                    prompt_mask=b["attention_mask"].repeat_interleave(a.G, 0), completion_ids=out,
+                    completion_mask=mask, texts=texts, example_index=b["index"].repeat_interleave(a.G, 0),
+                    clipped=lens >= a.new)
+        r.examples = [rows[int(j)] for j in r.example_index.tolist()]
+        r.parsed = [parse_reasoning(t) for t in texts]
+        reward = outcome_rewards(r.parsed, [ex.label for ex in r.examples], OutcomeRewardSpec())["reward"]
+        keep = ~zero_spread_mask(reward, a.G)
+        kept_share.append(float(keep.float().mean()))
+        lengths.append(float(lens.float().mean()))
+        got = {}
+        for k in (list(ways) if i % 2 else list(ways)[::-1]):
+            key, fn = ways[k]
+            counting["key"] = key
+            t0 = time.perf_counter()
+            got[k] = fn(r, keep)
+            secs[k].append(time.perf_counter() - t0)
+            counting["key"] = None
+        mixed, groups, kept = (got[k] for k in ways)
+        same = same and torch.equal(kept[keep].nan_to_num(-1), groups[keep].nan_to_num(-1))
+        if keep.any():
+            max_diff = max(max_diff, float((kept[keep] - mixed[keep]).abs().nan_to_num(0).max()))
+    base = secs[next(iter(ways))]
+    print(f"\nGRM scoring ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), policy {a.model}, "
+          f"GRM {a.grm or 'the policy (untrained judge)'}, grm_batch_size {a.grm_batch_size}; {len(base)} rollout "
+          f"batches of {a.prompts} prompts x G = {a.G}, mean completion {statistics.mean(lengths):.1f} tokens, "
+          f"kept by dynamic sampling {statistics.mean(kept_share):.0%} of the rows; torch {torch.__version__}\n")
+    print("| GRM scoring | s / rollout batch | ratio to the first (mean ± s.e. over batches) | GRM positions run / batch (padding included) |")
+    print("|---|---|---|---|")
+    for k, v in secs.items():
+        rt = [x / y for x, y in zip(v, base)]
+        se = statistics.stdev(rt) / len(rt) ** 0.5 if len(rt) > 1 else 0.0
+        print(f"| {k} | {statistics.mean(v):.3f} | {statistics.mean(rt):.3f} ± {se:.3f} | "
+              f"{tokens[ways[k][0]] / len(v):.0f} |")
+    print(f"\nkept rows' scores: one call per group, all groups vs kept only: {'identical' if same else 'DIFFERENT'}; "
+          f"against batches mixing groups: max |difference| {max_diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
