@@ -150,6 +150,27 @@ def test_token_char_ends_offsets_equal_prefix_decoding(bpe, examples):
         assert token_step_index(ids, bpe) == old
 
 
+def test_token_char_ends_is_linear_on_invalid_utf8(bpe):
+    """A sampled stray byte token leaves invalid UTF-8 (a fifth of the embedded default's rollout rows):
+    the incremental decoder gives what decoding every prefix gives, with one decode (it decoded every
+    prefix: quadratic)."""
+    import random
+
+    from taosr.reasoning.format import _token_char_ends_by_prefix, token_char_ends
+
+    rng = random.Random(1)
+    stray = [_byte_piece_id(bpe, b) for b in range(0x80, 0x100)]  # continuation and lead bytes
+    words = bpe.encode("Item understanding: café ☕ mat | ok", add_special_tokens=False)
+    for _ in range(300):
+        ids = [rng.choice(stray) if rng.random() < 0.4 else rng.choice(words + [rng.randrange(len(bpe))])
+               for _ in range(rng.randrange(1, 40))]
+        counting = CountingDecodes(bpe)
+        assert token_char_ends(ids, counting) == _token_char_ends_by_prefix(ids, bpe), ids
+        assert counting.calls == 1
+    lone = words[:3] + [_byte_piece_id(bpe, 0xA9)] + words[3:5]  # a continuation byte alone: one U+FFFD
+    assert "\ufffd" in bpe.decode(lone) and token_char_ends(lone, bpe) == _token_char_ends_by_prefix(lone, bpe)
+
+
 def test_token_step_index_is_linear_for_byte_level_bpe(bpe, examples):
     """One decode for the whole completion instead of one per token."""
     text = "\n".join(render_reasoning(ex.steps, ex.label) for ex in examples[:5])

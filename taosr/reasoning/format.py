@@ -18,6 +18,7 @@ and whatever steps could be read are still returned (step rewards for the rest a
 """
 from __future__ import annotations
 
+import codecs
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -229,37 +230,42 @@ def _token_char_ends_by_prefix(ids: list[int], tokenizer) -> list[int]:
     return ends
 
 
+def _char_ends_of_bytes(pieces: list[bytes]) -> tuple[list[int], str]:
+    """What decoding every prefix of the joined ``pieces`` gives (:func:`_token_char_ends_by_prefix`
+    with a lossy UTF-8 decode: an invalid byte is one U+FFFD, an unfinished character one at the
+    end), in one pass of an incremental decoder; and the decoded text. After each piece the prefix's
+    text is what the decoder has emitted plus a U+FFFD when it holds an unfinished character, so
+    the piece makes progress when it holds none and the emitted text does not end in U+FFFD."""
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    ends, parts, n, prev, last = [], [], 0, 0, ""
+    for piece in pieces:
+        out = dec.decode(piece)
+        if out:
+            parts.append(out)
+            n, last = n + len(out), out[-1]
+        if not dec.getstate()[0] and last != "\ufffd":
+            prev = n
+        ends.append(prev)
+    parts.append(dec.decode(b"", final=True))
+    return ends, "".join(parts)
+
+
 def token_char_ends(token_ids: Sequence[int], tokenizer) -> list[int]:
     """Character offset (in the decoded completion) where each token ends; a token that ends inside
     a multi-byte character gets the offset of the previous token that ended on a character boundary.
 
     Byte-level BPE tokenizers (fast, ByteLevel decoder, no clean-up of spaces; the presets and
     SmolLM2/GPT-2/Llama-3 style models) take a linear path: every token's bytes from the byte-level
-    alphabet, their running sum mapped to character offsets of the UTF-8 text. It is used only when
-    the bytes decode to exactly what ``tokenizer.decode`` gives (valid UTF-8, no U+FFFD); otherwise,
-    and for other tokenizers, every prefix is decoded (exact for any prefix-stable decode, quadratic).
+    alphabet, run through an incremental UTF-8 decoder (:func:`_char_ends_of_bytes`; invalid bytes,
+    which a sampled byte token often leaves, included). It is used only when its text is exactly
+    what ``tokenizer.decode`` gives; otherwise, and for other tokenizers, every prefix is decoded
+    (exact for any prefix-stable decode, quadratic).
     """
     ids = [int(i) for i in token_ids]
     pieces = _token_bytes(ids, tokenizer)
     if pieces is not None:
-        data = b"".join(pieces)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        if text is not None and "\ufffd" not in text and text == tokenizer.decode(ids, skip_special_tokens=True):
-            # chars_before[b]: characters that start before byte b; b is a boundary when it starts one
-            chars_before, n = [], 0
-            for byte in data:
-                chars_before.append(n)
-                n += (byte & 0xC0) != 0x80  # not a continuation byte: a character starts here
-            chars_before.append(n)
-            ends, prev, pos = [], 0, 0
-            for piece in pieces:
-                pos += len(piece)
-                if pos == len(data) or data[pos] & 0xC0 != 0x80:
-                    prev = chars_before[pos]
-                ends.append(prev)
+        ends, text = _char_ends_of_bytes(pieces)
+        if text == tokenizer.decode(ids, skip_special_tokens=True):
             return ends
     return _token_char_ends_by_prefix(ids, tokenizer)
 
