@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from taosr.configfiles import locate, not_found
 from taosr.errors import ConfigError, Interrupted
-from taosr.eval.stats import mean_se, paired_difference, pm
+from taosr.eval.stats import mean_se, paired_difference, pm, seed_order
 
 METRICS = ("macro_f1", "step_accuracy", "good_f1", "accuracy", "format_error_rate")
 PAIR_METRICS = ("macro_f1", "step_accuracy")
@@ -621,7 +621,7 @@ def _ties(row: dict) -> str:
 def seed_gap_note(results: dict) -> str:
     """A note when the arms were scored on different seeds (a failed or unfinished run): each arm's
     mean is over its own seeds, a paired difference over the seeds both have."""
-    seeds = {arm: sorted(s for s in per if s is not None) for arm, per in results.items()}
+    seeds = {arm: sorted((s for s in per if s is not None), key=seed_order) for arm, per in results.items()}
     seeds = {a: s for a, s in seeds.items() if s}
     if len({tuple(s) for s in seeds.values()}) <= 1:
         return ""

@@ -45,6 +45,9 @@ def test_paired_difference_pairs_by_seed_and_against_a_constant():
     # every seed's difference equal: the s.e. is float noise, so mean / s.e. is undefined, not +1.8e14
     same = paired_difference({0: 0.8237, 1: 0.8886, 2: 0.8079}, {0: 0.8167, 1: 0.8816, 2: 0.8009})
     assert 0 < same.diff.se < 1e-15 and math.isnan(same.z)
+    # seeds read back from files are strings: in number order (they sorted 0, 1, 10, 2)
+    many = {str(s): 0.5 for s in (10, 2, 0, 1, 11)}
+    assert paired_difference(many, 0.4).seeds == ("0", "1", "2", "10", "11")
 
 
 def _spec(tmp_path, text):

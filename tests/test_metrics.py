@@ -67,6 +67,7 @@ def test_mixed_with_unparseable():
 def test_absent_tier_is_left_out_of_macro():
     m = compute_metrics([rec(4, 4), rec(1, 1)])
     assert m["macro_f1"] == 1.0  # tiers 3 and 2 appear nowhere: not averaged in
+    assert math.isnan(m["f1/related"]) and math.isnan(m["f1/mismatch"]) and m["f1/excellent"] == 1.0  # (was 0.0)
 
 
 def test_per_type_long_tail_step_accuracy_and_hallucination():

@@ -59,6 +59,11 @@ def test_gain_and_rank_order():
     assert rank_order([2.0, None, 3.0, 2.0, float("nan"), 3.0]) == [2, 5, 0, 3, 1, 4]
     # with golds, records without a score go worst first (input order must not rank for them)
     assert rank_order([2.0, None, 3.0, 2.0, float("nan"), 3.0], [1, 4, 1, 1, 2, 1]) == [2, 5, 0, 3, 4, 1]
+    # a numpy or torch NaN is missing too (it sorted first: -nan compares false both ways)
+    import numpy as np
+    import torch
+
+    assert rank_order([np.float32("nan"), 1.0]) == rank_order([torch.tensor(float("nan")), 1.0]) == [1, 0]
 
 
 def test_ndcg_hand_computed():

@@ -4,7 +4,7 @@ A record: ``gold`` (1-4), ``pred`` (1-4 or None when unparseable), ``format_erro
 ``query_type`` and ``step_verdicts`` (step -> 1.0/0.0/None from the verifier).
 
 - ``macro_f1``: mean F1 over the tiers that occur in gold or predictions (a tier absent from both
-  is left out of the mean rather than counted as 0 or 1);
+  is left out of the mean rather than counted as 0 or 1); its ``f1/<tier>`` is NaN, not 0;
 - an unparseable prediction is wrong for every metric: for the tier F1s it is an extra class that
   is never gold, for Good F1 it counts as the opposite of the gold goodness;
 - ``good_f1``: binary F1 with Good = tiers 4 and 3 as the positive class;
@@ -33,7 +33,7 @@ def _f1s(gold: list[int], pred: list[int | None]) -> tuple[dict[int, float], flo
     p = torch.tensor([0 if x is None else int(x) for x in pred])
     per = multiclass_f1_score(p, g, num_classes=5, average=None, zero_division=0.0)
     present = [t for t in TIER_ORDER if (g == t).any() or (p == t).any()]
-    per_tier = {t: float(per[t]) for t in TIER_ORDER}
+    per_tier = {t: float(per[t]) if t in present else float("nan") for t in TIER_ORDER}  # absent: no F1
     macro = sum(per_tier[t] for t in present) / len(present) if present else float("nan")
     return per_tier, macro
 

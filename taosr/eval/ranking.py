@@ -36,7 +36,8 @@ def gain(tier: int) -> float:
 
 
 def _missing(score) -> bool:
-    return score is None or (isinstance(score, float) and math.isnan(score))
+    """None or NaN (a Python float or a numpy/torch scalar: ``float(x) != float(x)``)."""
+    return score is None or float(score) != float(score)
 
 
 def rank_order(scores: list, golds: list[int] | None = None) -> list[int]:

@@ -77,12 +77,20 @@ class Paired:
         return sum(d == 0 for d in self.diffs)
 
 
+def seed_order(seed) -> tuple:
+    """Sort key for seeds given as ints or strings: by number (0, 1, 2, 10), names after them."""
+    try:
+        return (0, int(str(seed)), "")
+    except ValueError:
+        return (1, 0, str(seed))
+
+
 def paired_difference(a: Mapping, b: Mapping | float) -> Paired:
     """``a`` minus ``b`` seed by seed. ``a`` maps seed -> value; ``b`` too, or is one number (a
     deterministic baseline such as the shared start, scored once). Seeds missing on either side
     or with a NaN value are left out."""
     seeds, diffs = [], []
-    for s in sorted(a, key=str):
+    for s in sorted(a, key=seed_order):
         va = a[s]
         vb = b if not isinstance(b, Mapping) else b.get(s)
         if va is None or vb is None or math.isnan(float(va)) or math.isnan(float(vb)):
