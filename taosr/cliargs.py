@@ -13,6 +13,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise TaosrError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def passed_on(extra: list[str]) -> list[str]:
+    """The arguments ``taosr compare`` / ``sweep`` give every run, without a ``--`` before them (the
+    separator ``taosr quickstart`` takes; kept, it reached every fit as an unknown argument)."""
+    return [x for x in extra if x != "--"]
+
+
 def key_values(items: list[str] | None, flag: str, value=str, key=str) -> dict | None:
     """``KEY=VALUE`` pairs of ``flag`` as a dict (None when none are given); a malformed pair or a
     value that ``value`` / ``key`` cannot convert is one line naming the flag."""

@@ -36,6 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from taosr.cliargs import passed_on
 from taosr.configfiles import locate, not_found
 from taosr.errors import ConfigError, Interrupted
 from taosr.eval.stats import mean_se, paired_difference, pm, seed_order
@@ -724,6 +725,7 @@ def compare_main(argv: list[str]) -> int:
                    help="stop at the first failed run (default: every other run still runs, the report covers the "
                         "finished ones and the failures are listed at the end, exit 2)")
     a, extra = p.parse_known_args(argv)
+    extra = passed_on(extra)
     if a.jobs < 1:
         raise ConfigError(f"--jobs {a.jobs}: must be at least 1")
     spec = load_spec(a.spec, a.seeds, a.arms)

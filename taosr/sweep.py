@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 
+from taosr.cliargs import passed_on
 from taosr.configfiles import load_yaml, locate, not_found
 from taosr.errors import ConfigError, Interrupted
 from taosr.launcher import INTERRUPTED, LIGHTNING_COMMANDS, RESUME_HINT_ENV, TERMINATED, parse_error, shared_arguments
@@ -406,6 +407,7 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--out", default=None, help="default runs/sweeps/<sweep name>")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     a, extra = p.parse_known_args(argv)
+    extra = passed_on(extra)
     out = a.out or os.path.join("runs", "sweeps", os.path.splitext(os.path.basename(a.file))[0])
     rows = run_sweep(a.file, out, a.count, extra, a.dry_run)
     failed = [r["run"] for r in rows if r["exit"] != 0]

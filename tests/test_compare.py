@@ -172,6 +172,7 @@ def test_a_run_done_with_other_settings_is_not_reused(tmp_path, capsys):
     assert os.path.isfile(os.path.join(run.root, RUN_FILE))
     args = [spec_path, "--dry-run", "--arms", "grpo", "--seeds", "0", "--out", out]
     assert compare_main(args + ["--trainer.max_steps", "30"]) == 0  # the same settings: reused
+    assert compare_main(args + ["--", "--trainer.max_steps", "30"]) == 0  # a `--` first (as quickstart's) is dropped
     # the same --out spelled relative to the working folder: still the same settings
     assert compare_main([*args[:-1], os.path.relpath(out), "--trainer.max_steps", "30"]) == 0
     os.makedirs(os.path.dirname(run.metrics_path))

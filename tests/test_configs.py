@@ -338,6 +338,18 @@ def test_sweep_yamls_expand(tmp_path):
         assert len(rows) == 3
 
 
+def test_sweep_and_compare_drop_a_separator_before_their_extra_arguments(tmp_path):
+    """`taosr sweep FILE -- --trainer.max_steps 2`, as quickstart's `--`: the `--` reached every run as
+    an unknown argument (refused by the check before the first run)."""
+    from taosr.cli import main
+    from taosr.cliargs import passed_on
+
+    assert passed_on(["--", "--trainer.max_steps", "2"]) == ["--trainer.max_steps", "2"]
+    sweep = os.path.join(ROOT, "sweeps", "srpo_ablation.yaml")
+    assert main(["sweep", sweep, "--count", "1", "--dry-run", "--out", str(tmp_path / "s"), "--",
+                 "--trainer.max_steps", "2"]) == 0
+
+
 def test_quickstart_pipeline_plumbing(tmp_path, cache_dir):
     """Every stage runs from the previous export and the comparison table, CSV and chart appear."""
     from taosr.pipeline import run
