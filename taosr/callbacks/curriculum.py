@@ -1,7 +1,8 @@
 """CurriculumCallback: advances the DataModule's curriculum stage by step count or metric.
 
 Steps are global steps: in GRPO/SRPO one rollout batch, whatever ``num_iterations`` is. A stage
-with ``until_step: N`` trains batches 0..N-1; with ``data.num_workers > 0`` the DataLoader has
+with ``until_step: N`` ends before global batch N (N counts from the fit's start, not the stage's:
+the first stage trains batches 0..N-1); with ``data.num_workers > 0`` the DataLoader has
 drawn indices ahead (its prefetch), so the switch reaches the batches after those."""
 from __future__ import annotations
 
