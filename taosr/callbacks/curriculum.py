@@ -10,6 +10,8 @@ import lightning.pytorch as pl
 
 
 class CurriculumCallback(pl.Callback):
+    advances_curriculum = True  # what the DataModule's view check looks for (data/views.py)
+
     def _maybe_advance(self, trainer, pl_module) -> None:
         cur = getattr(trainer.datamodule, "curriculum", None)
         if cur is None:

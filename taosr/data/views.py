@@ -53,10 +53,9 @@ def check_view_options(dm, callbacks=None) -> None:
             raise ConfigError(f"data.{name}: the {dm.view!r} view does not read it (it filters the sft and rl views' "
                               f"training prompts); remove it or set data.{name}.enabled: false")
         if name == "curriculum":
-            from taosr.callbacks.curriculum import CurriculumCallback
-
-            # (one stage is a fixed filter: nothing to advance)
-            if len(hook.stages) > 1 and callbacks is not None and not any(isinstance(c, CurriculumCallback)
+            # (one stage is a fixed filter: nothing to advance); a callback that advances the stages
+            # says so (CurriculumCallback.advances_curriculum: this layer imports no callback)
+            if len(hook.stages) > 1 and callbacks is not None and not any(getattr(c, "advances_curriculum", False)
                                                                           for c in callbacks):
                 raise ConfigError("data.curriculum: no taosr.callbacks.curriculum.CurriculumCallback in "
                                   "trainer.callbacks advances its stages (configs/_base/rl.yaml lists it)")
