@@ -623,6 +623,11 @@ def test_sliding_window_models_sample_exactly_with_left_padded_prompts():
     ids[att == 0] = 0
     spec = _greedy(T=10)
     assert _same_tokens(HFEngine().generate(model, TinyTok, ids, att, spec), hf_generate_ids(model, TinyTok, ids, att, spec))
+    # the static decoder itself refuses such a batch (a caller that skipped the routing sampled other tokens)
+    from taosr.rl.engines.graph import StaticDecoder
+
+    with pytest.raises(ValueError, match="sliding window .* left-padded prompt"):
+        StaticDecoder(cuda_graphs=False).generate(model, TinyTok, ids, att, spec, cuda_graphs=False)
 
 
 def test_sliding_window_caches_take_one_dtype_too(monkeypatch):

@@ -348,6 +348,11 @@ class StaticDecoder:
         cache gives, so greedy output matches ``model.generate``'s, at less memory traffic);
         ``logits_processor``: ``generate``-style processors applied to the scores of every step
         (e.g. :class:`taosr.eval.scores.LabelSlotCapture`); only with G = 1."""
+        if written_static_cache(model.config, 1) is None and bool((attention_mask[:, 0] == 0).any()):
+            raise ValueError("StaticDecoder: this model's cache keeps a sliding window (or is hybrid), whose "
+                             "positions cannot line up with a left-padded prompt's mask: it would sample other "
+                             "tokens than generate; decode it on a growing cache (HFEngine(static_cache=False), "
+                             "model.generate), as taosr's rollouts and evaluation route such models")
         G = max(1, int(spec.num_return_sequences))
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         P, T = input_ids.shape[1], int(spec.max_new_tokens)
