@@ -9,6 +9,7 @@ pairs to report::
     start: {model: runs/quickstart/dpo/export, samples: runs/quickstart/sft/samples-train.jsonl,
             grm: runs/quickstart/grm/export}
     seeds: [0, 1, 2]
+    seed_keys: [data.seed]                       # optional: keys set to the seed too (else seed_everything only)
     set: {trainer.max_steps: 60}                 # every arm
     arms:
       grpo: {config: configs/grpo.yaml}
@@ -16,8 +17,9 @@ pairs to report::
     eval: {heldout: 2000}                        # or {test: data/my-test.jsonl}
     pairs: [[srpo, grpo], [grpo, start]]         # "start" = the start export, scored once
 
-Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <seed>`` from the
-start (so all arms have the same rollout budget), then ``taosr test`` on the evaluation set. Runs
+Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <seed>`` (and
+``--<key> <seed>`` for each of ``seed_keys``: a deterministic SFT draws nothing from
+``seed_everything``, so its seeds vary only with ``data.seed``) from the start (so all arms have the same rollout budget), then ``taosr test`` on the evaluation set. Runs
 live under ``--out/<arm>/seed<S>``; a run whose evaluation file exists is skipped and a fit whose
 export exists is only evaluated, so an interrupted comparison continues where it stopped. Each
 fit logs to W&B in the group ``name`` (job type = arm); the report reads each fit's training
@@ -51,7 +53,7 @@ SIGNALS = ("train/reward", "train/rewards/correct/mean", "train/frac_reward_zero
            "train/steps/critical_count", "train/steps/grm_share", "train/steps/verifier_coverage",
            "train/steps/disagreement")
 START = "start"
-SPEC_KEYS = {"name", "start", "seeds", "set", "arms", "eval", "pairs"}
+SPEC_KEYS = {"name", "start", "seeds", "seed_keys", "set", "arms", "eval", "pairs"}
 ARM_KEYS = {"config", "set"}
 EVAL_KEYS = {"heldout", "heldout_seed", "test", "config", "set"}
 START_KEYS = {"model", "samples", "grm"}
@@ -72,6 +74,7 @@ class CompareSpec:
     arms: list[Arm]
     pairs: list[tuple[str, str]]
     overrides: list[str] = field(default_factory=list)
+    seed_keys: list[str] = field(default_factory=list)  # config keys set to the run's seed too (data.seed)
     eval_config: str = "configs/sft.yaml"
     eval_overrides: list[str] = field(default_factory=list)
     heldout: int = 2000
@@ -177,12 +180,16 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
     for key in ("heldout", "heldout_seed"):
         if key in ev and (not isinstance(ev[key], int) or isinstance(ev[key], bool)):
             raise ConfigError(f"{path}: eval.{key} must be an integer, got {ev[key]!r}")
+    seed_keys = raw.get("seed_keys") or []
+    if not isinstance(seed_keys, list) or not all(isinstance(k, str) and k and not k.startswith("-") for k in seed_keys):
+        raise ConfigError(f"{path}: seed_keys must be a list of config keys that take each run's seed too "
+                          f"(e.g. seed_keys: [data.seed]), got {seed_keys!r}")
     heldout = int(ev.get("heldout", 2000))
     if ev.get("test") is None and heldout < 1:
         raise ConfigError(f"{path}: eval.heldout must be at least 1, got {heldout}")
     return CompareSpec(
         name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]), start=dict(start), seeds=seeds,
-        arms=arms, pairs=pairs, overrides=_overrides(raw.get("set"), f"{path}: set"),
+        arms=arms, pairs=pairs, overrides=_overrides(raw.get("set"), f"{path}: set"), seed_keys=list(seed_keys),
         eval_config=locate(str(ev.get("config", "configs/sft.yaml"))), eval_overrides=_overrides(ev.get("set"), f"{path}: eval.set"),
         heldout=heldout, heldout_seed=int(ev.get("heldout_seed", 1)), test=ev.get("test"))
 
@@ -223,6 +230,7 @@ def plan_runs(spec: CompareSpec, out: str) -> list[Run]:
 
 def fit_args(spec: CompareSpec, arm: Arm, run: Run, extra: list[str]) -> list[str]:
     args = ["fit", "--config", arm.config, "--trainer.default_root_dir", run.root, "--seed_everything", str(run.seed),
+            *(a for key in spec.seed_keys for a in (f"--{key}", str(run.seed))),
             "--model.init_args.model.name_or_path", spec.start["model"]]
     if spec.start.get("samples"):
         args += ["--data.samples_path", spec.start["samples"]]
@@ -631,13 +639,31 @@ def seed_gap_note(results: dict) -> str:
             "a paired difference over the seeds both arms have.")
 
 
+def same_seeds_note(results: dict) -> str:
+    """A note naming the arms whose seeds all scored the same (two or more seeds, every metric of
+    every slice equal): their standard errors of 0 say the fit draws nothing from ``seed_everything``
+    (a deterministic SFT of a dropout-free export), not that the arm is precise."""
+    same = []
+    for arm, per in results.items():
+        runs = [m for s, m in per.items() if s is not None]
+        keys = sorted({k for m in runs for k in m if k.endswith("macro_f1")})
+        if len(runs) > 1 and keys and all(len({repr(m.get(k)) for m in runs}) == 1 for k in keys):
+            same.append(arm)
+    if not same:
+        return ""
+    return (f"Note: every seed of {', '.join(same)} scored the same: those fits draw nothing from --seed_everything "
+            "(e.g. SFT of a dropout-free export), so their ± 0 is no precision; vary the data order with "
+            "seed_keys: [data.seed] in the spec.")
+
+
 def write_report(out: str, results: dict, pairs: list[tuple[str, str]], title: str) -> str:
     arms, prs, sig = arm_rows(results), pair_rows(results, pairs), signal_rows(results)
     os.makedirs(out, exist_ok=True)
-    gap = seed_gap_note(results)
+    notes = [n for n in (seed_gap_note(results), same_seeds_note(results)) if n]
+    gap = "\n\n".join(notes)
     md = markdown(arms, prs, title) + ("\n\n" + signals_markdown(sig) if sig else "") + (f"\n\n{gap}" if gap else "")
-    if gap:
-        print(f"taosr: warning: {gap}", file=sys.stderr)
+    for n in notes:
+        print(f"taosr: warning: {n}", file=sys.stderr)
     with open(os.path.join(out, "summary.md"), "w") as fh:
         fh.write(md + "\n")
     for name, rows in (("summary.csv", arms), ("pairs.csv", prs), ("signals.csv", sig)):

@@ -80,6 +80,23 @@ def test_spec_resolves_interpolation_and_plans_runs(tmp_path):
     assert load_spec(_spec(tmp_path, GOOD), seeds=[7]).seeds == [7]
 
 
+
+def test_seed_keys_give_each_run_its_seed(tmp_path):
+    """seed_keys: [data.seed] varies the data order with the seed (a deterministic SFT of a dropout-free
+    export is the same run for every --seed_everything: three seeds scored the same)."""
+    from taosr.compare import fit_args
+
+    spec = load_spec(_spec(tmp_path, GOOD.replace("seeds: [0, 1]", "seeds: [0, 1]\nseed_keys: [data.seed]")))
+    run = plan_runs(spec, "out")[3]
+    assert (run.arm, run.seed) == ("grpo", 1)
+    args = fit_args(spec, spec.arms[0], run, [])
+    assert args[args.index("--seed_everything"):args.index("--seed_everything") + 4] == \
+        ["--seed_everything", "1", "--data.seed", "1"]
+    assert "--data.seed" not in fit_args(load_spec(_spec(tmp_path, GOOD)), spec.arms[0], run, [])  # not by default
+    with pytest.raises(ConfigError, match="seed_keys must be a list of config keys"):
+        load_spec(_spec(tmp_path, GOOD.replace("seeds: [0, 1]", "seeds: [0, 1]\nseed_keys: data.seed")))
+
+
 @pytest.mark.parametrize("edit, message", [
     (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds must be distinct integers"),
     (("pairs: [[srpo, grpo], [grpo, start]]", "pairs: [[srpo, dpo]]"), "pairs: ['srpo', 'dpo'] is not"),
@@ -349,6 +366,17 @@ def test_report_notes_arms_scored_on_different_seeds():
     assert seed_gap_note({"grpo": {0: m, 1: m}, "srpo": {0: m, 1: m}, "start": {None: m}}) == ""
     note = seed_gap_note({"grpo": {0: m, 1: m, 2: m}, "srpo": {0: m, 2: m}, "start": {None: m}})
     assert note.startswith("Note: the arms cover different seeds (grpo 0 1 2; srpo 0 2)")
+
+
+
+def test_report_notes_arms_whose_seeds_all_scored_the_same():
+    from taosr.compare import same_seeds_note
+
+    a, b = {"macro_f1": 0.7, "long_tail/macro_f1": 0.6}, {"macro_f1": 0.71, "long_tail/macro_f1": 0.6}
+    assert same_seeds_note({"grpo": {0: a, 1: b}, "start": {None: a}}) == ""
+    assert same_seeds_note({"sft": {0: a}, "start": {None: a}}) == ""  # one seed: nothing to compare
+    note = same_seeds_note({"sft": {0: a, 1: dict(a), 2: dict(a)}, "grpo": {0: a, 1: b}, "start": {None: a}})
+    assert note.startswith("Note: every seed of sft scored the same") and "seed_keys: [data.seed]" in note
 
 
 def test_a_serial_compare_goes_on_after_any_error(tmp_path, monkeypatch):
