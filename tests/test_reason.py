@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from taosr.bootstrap import (DEMO, PROMPT_VERSION, build_report, hint_line, merge_tries, pick_rationale,
+from taosr.bootstrap import (DEMO, PROMPT_VERSION, build_report, format_report, hint_line, merge_tries, pick_rationale,
                              resolve_style, teacher_prompt_text)
 from taosr.cli import main
 from taosr.reasoning.format import parse_reasoning, render_reasoning
@@ -86,6 +86,12 @@ def test_report_counts_every_pair_per_tier_type_and_round():
     assert r1["label_mismatch_rate"] == 3 / 5
     assert (r2["pairs"], r2["kept"], r2["pairs_per_s"]) == (3, 1, None)
     assert rep["samples"] == 14 and rep["rows_skipped"] == 1
+    assert rep["kept_ungrounded"] == 0 and "item step naming nothing of the item" in format_report(rep, "o")
+    results[2][2] = dict(ok, kept_ungrounded=1)  # kept, its item step naming nothing of the item: counted
+    rep = build_report(exs, results, rounds, skipped=[])
+    assert rep["kept_ungrounded"] == 1
+    assert "kept with an item step naming nothing of the item 1 of 2 (--require-grounded drops them)" in \
+        format_report(rep, "o")
 
 
 # ----------------------------------------------------------------------------- the command
@@ -136,6 +142,7 @@ def test_reason_explains_pairs_and_accounts_for_every_one(memorizer, tmp_path, c
         assert (p["teacher"], p["prompt_version"], p["prompt_style"], p["hint"], p["n"], p["round"]) == \
             (model, PROMPT_VERSION, "policy", "never", 2, 1)
         assert p["sample"] in (0, 1) and p["hinted"] is False and "annotations" not in r
+        assert p["selection"] == "label+judgment" and isinstance(p["item_grounded"], bool)
     for ex in load_jsonl(out):  # ordinary taosr data: the schema reads it, steps and provenance included
         assert not parse_reasoning(render_reasoning(ex.steps, ex.label)).format_error and ex.provenance["round"] == 1
     for ex in load_jsonl(out + ".unexplained.jsonl"):
@@ -316,9 +323,19 @@ def test_a_rationale_whose_item_step_describes_another_product_is_not_kept():
     steps = dict(STEPS, item="espresso machine (kitchen appliances)")
     good, bad = render_reasoning(STEPS, 4), render_reasoning(steps, 4)
     ex = Example(query="q", label=4, item=Item(title=STEPS["item"]))
-    r = pick_rationale([bad, good], gold=4, ex=ex)
-    assert (r["sample"], r["ungrounded"]) == (1, 1)
-    assert pick_rationale([bad], gold=4)["sample"] == 0  # without the pair (--allow-ungrounded): kept
+    r = pick_rationale([bad, good], gold=4, ex=ex)  # required (--require-grounded): the first is rejected
+    assert (r["sample"], r["ungrounded"], r["kept_ungrounded"]) == (1, 1, 0)
+    r = pick_rationale([bad, good], gold=4, ex=ex, require_grounded=False)  # the default: kept, and marked
+    assert (r["sample"], r["ungrounded"], r["kept_ungrounded"]) == (0, 0, 1)
+    assert pick_rationale([bad], gold=4)["sample"] == 0  # without the pair: nothing to check
+
+
+def test_require_grounded_keeps_only_rationales_that_name_the_item(memorizer, tmp_path):
+    model, pairs = memorizer
+    out = str(tmp_path / "g.jsonl")
+    assert reason(model, pairs, out, "--require-grounded", "--limit", "6") == 0
+    kept = read(out)
+    assert all(r["provenance"]["selection"] == "label+judgment+item" and r["provenance"]["item_grounded"] for r in kept)
 
 
 def test_every_gold_item_step_of_the_synthetic_data_is_grounded(tmp_path):
