@@ -29,15 +29,12 @@ def main() -> None:
     import torch
 
     from eval_generation import load_with_data
-    from taosr.eval.generation import GenerationSpec, completion_lengths
+    from taosr.eval.generation import GenerationSpec
     from taosr.reasoning.format import parse_reasoning
-    from taosr.rl.advantages import zero_spread_mask
-    from taosr.rl.engines.graph import StaticDecoder
     from taosr.rl.examiner import ExaminerSpec
     from taosr.rl.grm import GRMScorer
-    from taosr.rl.rewards import OutcomeRewardSpec, outcome_rewards
-    from taosr.rl.rollout import Rollout
     from taosr.rl.step_scorer import StepScorer
+    from update_plan import rollout_batch
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="policy: preset, folder or hub id")
@@ -57,7 +54,6 @@ def main() -> None:
     grm = GRMScorer.load(a.grm, a.grm_batch_size, corpus=dm.corpus) if a.grm else GRMScorer(model, tok, a.grm_batch_size)
     scorer = StepScorer(ExaminerSpec(mode="grm"), grm)
     spec = GenerationSpec(max_new_tokens=a.new, do_sample=True, temperature=a.temperature, num_return_sequences=a.G)
-    decoder = StaticDecoder(cuda_graphs=False)
     tokens = {"mixed": 0, "groups": 0, "kept": 0}
 
     counting = {"key": None}
@@ -80,21 +76,13 @@ def main() -> None:
     kept_share, lengths, max_diff, same = [], [], 0.0, True
     loader = list(dm.test_dataloader())[: a.batches]
     for i, b in enumerate(loader):
-        torch.manual_seed(i)
-        out = decoder.generate(model, tok, b["input_ids"], b["attention_mask"], spec, cuda_graphs=False)
-        lens = completion_lengths(out, tok.eos_token_id, tok.pad_token_id)
-        mask = (torch.arange(out.shape[1])[None] < lens[:, None]).long()
-        texts = [tok.decode(o[:n], skip_special_tokens=True) for o, n in zip(out.tolist(), lens.tolist())]
-        r = Rollout(spec=spec, prompt_ids=b["input_ids"].repeat_interleave(a.G, 0),
-                    prompt_mask=b["attention_mask"].repeat_interleave(a.G, 0), completion_ids=out,
-                    completion_mask=mask, texts=texts, example_index=b["index"].repeat_interleave(a.G, 0),
-                    clipped=lens >= a.new)
+        r, _, kept_rows = rollout_batch(model, tok, b, rows, spec, seed=i)  # outcome rewards, GRPO's keep rule
         r.examples = [rows[int(j)] for j in r.example_index.tolist()]
-        r.parsed = [parse_reasoning(t) for t in texts]
-        reward = outcome_rewards(r.parsed, [ex.label for ex in r.examples], OutcomeRewardSpec())["reward"]
-        keep = ~zero_spread_mask(reward, a.G)
+        r.parsed = [parse_reasoning(t) for t in r.texts]
+        keep = torch.zeros(len(r), dtype=torch.bool)
+        keep[kept_rows] = True
         kept_share.append(float(keep.float().mean()))
-        lengths.append(float(lens.float().mean()))
+        lengths.append(float(r.completion_mask.sum(1).float().mean()))
         got = {}
         for k in (list(ways) if i % 2 else list(ways)[::-1]):
             key, fn = ways[k]
