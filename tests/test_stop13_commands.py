@@ -76,7 +76,7 @@ def test_reason_rejects_and_counts_a_judgment_naming_another_tier(tmp_path, monk
     kept = [json.loads(x) for x in open(out)]
     unexplained = [json.loads(x) for x in open(out + ".unexplained.jsonl")]
     assert [r["query"] for r in kept] == ["b", "c"] and [r["query"] for r in unexplained] == ["a"]
-    assert kept[0]["provenance"]["selection"] == "label+judgment+item"
+    assert kept[0]["provenance"]["selection"] == "label+judgment"  # the default selection (--require-grounded adds +item)
     assert unexplained[0]["provenance"]["tries"][0]["judgment_mismatches"] == 1
     rep = json.load(open(out + ".report.json"))
     assert (rep["kept"], rep["judgment_mismatches"], rep["judgment_mismatch_rate"]) == (2, 1, round(1 / 3, 4))
