@@ -28,6 +28,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 
+def add_rollout_options(p, batches: int) -> None:
+    """The options of the scripts that time a part of an RL step on rollouts of the RL configs' shape
+    (``--model``, ``--prompts``, ``--G``, ``--batches``, ``--new``, ``--temperature``, ``--threads``)."""
+    p.add_argument("--model", default="tiny", help="policy: preset, folder or hub id")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per rollout batch (data.batch_size)")
+    p.add_argument("--G", type=int, default=8, help="completions per prompt (num_generations)")
+    p.add_argument("--batches", type=int, default=batches)
+    p.add_argument("--new", type=int, default=96, help="max new tokens")
+    p.add_argument("--temperature", type=float, default=1.3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (compare runs use one per job)")
+
+
 def load(a, workdir: str):
     """(model, tokenizer, held-out prompt batches) of ``a.batches + 1`` batches of ``a.batch``."""
     model, tok, dm = load_with_data(a, workdir)

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 def main() -> None:
     import torch
 
-    from eval_generation import load_with_data
+    from eval_generation import add_rollout_options, load_with_data
     from taosr.eval.generation import GenerationSpec
     from taosr.reasoning.format import parse_reasoning
     from taosr.rl.examiner import ExaminerSpec
@@ -37,15 +37,9 @@ def main() -> None:
     from update_plan import rollout_batch
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="policy: preset, folder or hub id")
+    add_rollout_options(p, batches=6)
     p.add_argument("--grm", default=None, help="GRM export (default: the policy scores as an untrained judge)")
-    p.add_argument("--prompts", type=int, default=8, help="prompts per rollout batch (data.batch_size)")
-    p.add_argument("--G", type=int, default=8, help="completions per prompt (num_generations)")
-    p.add_argument("--batches", type=int, default=6)
-    p.add_argument("--new", type=int, default=96, help="max new tokens")
-    p.add_argument("--temperature", type=float, default=1.3)
     p.add_argument("--grm-batch-size", type=int, default=32, help="model.init_args.grm_batch_size")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (compare runs use one per job)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model, tok, dm = load_with_data(argparse.Namespace(model=a.model, batch=a.prompts, batches=a.batches),

@@ -31,18 +31,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 def main() -> None:
     import torch
 
-    from eval_generation import load
+    from eval_generation import add_rollout_options, load
     from taosr.eval.generation import GenerationSpec, completion_lengths
     from taosr.rl.engines.graph import StaticDecoder
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="preset, folder or hub id")
-    p.add_argument("--prompts", type=int, default=8, help="prompts per rollout batch (data.batch_size)")
-    p.add_argument("--G", type=int, default=8, help="completions per prompt (num_generations)")
-    p.add_argument("--batches", type=int, default=10)
-    p.add_argument("--new", type=int, default=96, help="max new tokens")
-    p.add_argument("--temperature", type=float, default=1.3)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (compare runs use one per job)")
+    add_rollout_options(p, batches=10)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model, tok, loader = load(argparse.Namespace(model=a.model, batch=a.prompts, batches=a.batches),

@@ -56,20 +56,14 @@ def rollout_batch(model, tok, batch, rows, spec, seed: int, all_groups: bool = F
 def main() -> None:
     import torch
 
-    from eval_generation import load_with_data
+    from eval_generation import add_rollout_options, load_with_data
     from taosr.eval.generation import GenerationSpec
     from taosr.methods.grpo import GRPOModule
     from taosr.rl.update_plan import UpdatePlan, plan_update
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="preset, folder or hub id")
-    p.add_argument("--prompts", type=int, default=8, help="prompts per rollout batch (data.batch_size)")
-    p.add_argument("--G", type=int, default=8, help="completions per prompt (num_generations)")
-    p.add_argument("--batches", type=int, default=6)
-    p.add_argument("--new", type=int, default=96, help="max new tokens")
-    p.add_argument("--temperature", type=float, default=1.3)
+    add_rollout_options(p, batches=6)
     p.add_argument("--micro-batch", type=int, default=32, help="model.init_args.micro_batch_size")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (compare runs use one per job)")
     p.add_argument("--all-groups", action="store_true",
                    help="keep groups without reward spread too (dynamic_sampling: false; a model from scratch has none)")
     a = p.parse_args()
