@@ -19,7 +19,8 @@ pairs to report::
 
 Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <seed>`` (and
 ``--<key> <seed>`` for each of ``seed_keys``: a deterministic SFT draws nothing from
-``seed_everything``, so its seeds vary only with ``data.seed``) from the start (so all arms have the same rollout budget), then ``taosr test`` on the evaluation set. Runs
+``seed_everything``, so its seeds vary only with ``data.seed``) from the start (so all arms have
+the same rollout budget), then ``taosr test`` on the evaluation set. Runs
 live under ``--out/<arm>/seed<S>``; a run whose evaluation file exists is skipped and a fit whose
 export exists is only evaluated, so an interrupted comparison continues where it stopped. Each
 fit logs to W&B in the group ``name`` (job type = arm); the report reads each fit's training
@@ -640,8 +641,8 @@ def seed_gap_note(results: dict) -> str:
 
 
 def same_seeds_note(results: dict) -> str:
-    """A note naming the arms whose seeds all scored the same (two or more seeds, every metric of
-    every slice equal): their standard errors of 0 say the fit draws nothing from ``seed_everything``
+    """A note naming the arms whose seeds all scored the same (two or more seeds, the same macro F1 in
+    every slice): their standard errors of 0 say the fit draws nothing from ``seed_everything``
     (a deterministic SFT of a dropout-free export), not that the arm is precise."""
     same = []
     for arm, per in results.items():
