@@ -40,6 +40,14 @@ def add_rollout_options(p, batches: int) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (compare runs use one per job)")
 
 
+def ratio_text(secs: list[float], base: list[float]) -> str:
+    """``mean ± s.e.`` over batches of the per-batch time ratios ``secs / base`` (s.e. 0 for one batch)."""
+    from taosr.eval.stats import mean_se
+
+    s = mean_se(x / y for x, y in zip(secs, base))
+    return f"{s.mean:.3f} ± {s.se if s.n > 1 else 0.0:.3f}"
+
+
 def load(a, workdir: str):
     """(model, tokenizer, held-out prompt batches) of ``a.batches + 1`` batches of ``a.batch``."""
     model, tok, dm = load_with_data(a, workdir)
@@ -137,10 +145,8 @@ def main() -> None:
     for name, _ in named:
         same = "—" if name == first else (
             "yes" if all(torch.equal(x, y) for x, y in zip(outs[name] + caps[name], ref)) else "no")
-        ratio = [x / y for x, y in zip(secs[name], secs[first])]
-        se = statistics.stdev(ratio) / len(ratio) ** 0.5 if len(ratio) > 1 else 0.0
         rows.append((name, statistics.mean(secs[name]), ntok[name] / sum(secs[name]),
-                     f"{statistics.mean(ratio):.3f} ± {se:.3f}", same))
+                     ratio_text(secs[name], secs[first]), same))
     P = batches[0]["input_ids"].shape[1]
     print(f"\nGreedy evaluation decoding on CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
           f"model {a.model}, {len(batches)} batches of {a.batch} held-out prompts (~{P} tokens), up to {a.new} new "

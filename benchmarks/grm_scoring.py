@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 def main() -> None:
     import torch
 
-    from eval_generation import add_rollout_options, load_with_data
+    from eval_generation import add_rollout_options, load_with_data, ratio_text
     from taosr.eval.generation import GenerationSpec
     from taosr.reasoning.format import parse_reasoning
     from taosr.rl.examiner import ExaminerSpec
@@ -97,9 +97,7 @@ def main() -> None:
     print("| GRM scoring | s / rollout batch | ratio to the first (mean ± s.e. over batches) | GRM positions run / batch (padding included) |")
     print("|---|---|---|---|")
     for k, v in secs.items():
-        rt = [x / y for x, y in zip(v, base)]
-        se = statistics.stdev(rt) / len(rt) ** 0.5 if len(rt) > 1 else 0.0
-        print(f"| {k} | {statistics.mean(v):.3f} | {statistics.mean(rt):.3f} ± {se:.3f} | "
+        print(f"| {k} | {statistics.mean(v):.3f} | {ratio_text(v, base)} | "
               f"{tokens[ways[k][0]] / len(v):.0f} |")
     print(f"\nkept rows' scores: one call per group, all groups vs kept only: {'identical' if same else 'DIFFERENT'}; "
           f"against batches mixing groups: max |difference| {max_diff:.1e}")

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 def main() -> None:
     import torch
 
-    from eval_generation import add_rollout_options, load
+    from eval_generation import add_rollout_options, load, ratio_text
     from taosr.eval.generation import GenerationSpec, completion_lengths
     from taosr.rl.engines.graph import StaticDecoder
 
@@ -70,9 +70,7 @@ def main() -> None:
     print("| decoding | s / rollout batch | ratio to every row (mean ± s.e. over batches) | same tokens |")
     print("|---|---|---|---|")
     for k, v in secs.items():
-        r = [x / y for x, y in zip(v, base)]
-        se = statistics.stdev(r) / len(r) ** 0.5 if len(r) > 1 else 0.0
-        print(f"| {k} | {statistics.mean(v):.2f} | {statistics.mean(r):.3f} ± {se:.3f} | {'—' if v is base else ('yes' if same[k] else 'no')} |")
+        print(f"| {k} | {statistics.mean(v):.2f} | {ratio_text(v, base)} | {'—' if v is base else ('yes' if same[k] else 'no')} |")
 
 
 if __name__ == "__main__":

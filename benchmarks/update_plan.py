@@ -56,7 +56,7 @@ def rollout_batch(model, tok, batch, rows, spec, seed: int, all_groups: bool = F
 def main() -> None:
     import torch
 
-    from eval_generation import add_rollout_options, load_with_data
+    from eval_generation import add_rollout_options, load_with_data, ratio_text
     from taosr.eval.generation import GenerationSpec
     from taosr.methods.grpo import GRPOModule
     from taosr.rl.update_plan import UpdatePlan, plan_update
@@ -123,9 +123,7 @@ def main() -> None:
           "largest gradient difference (relative to the largest gradient) |")
     print("|---|---|---|---|---|")
     for k, v in secs.items():
-        ratio = [x / y for x, y in zip(v, base)]
-        se = statistics.stdev(ratio) / len(ratio) ** 0.5 if len(ratio) > 1 else 0.0
-        print(f"| {k} | {statistics.mean(v):.2f} | {statistics.mean(ratio):.3f} ± {se:.3f} | "
+        print(f"| {k} | {statistics.mean(v):.2f} | {ratio_text(v, base)} | "
               f"{statistics.mean(computed[k]):.1f} | {grad_diff[k]:.1e} |")
 
 
