@@ -60,10 +60,18 @@ def data_main(argv: list[str]) -> int:
     s.add_argument("--tier-weight", nargs="*", metavar="TIER=W", help="tier balance, e.g. 4=0.4 1=0.1")
     s.add_argument("--annotation-regime", default="shared", choices=("shared", "heldout"),
                    help="heldout: only the annotated share of training queries keeps gold steps (see data.synth)")
+    s.add_argument("--price-share", type=float, default=1.0,
+                   help="share of items shown with a price, the rest with none (data.synth.price_share)")
+    s.add_argument("--category-share", type=float, default=0.0,
+                   help="share of items shown with a category path (data.synth.category_share)")
     h = sub.add_parser("heldout", help="write extra test examples whose queries occur in no default split")
     h.add_argument("--out", required=True, help="output JSONL file (use with: taosr test ... --data.test FILE)")
     h.add_argument("--n", type=int, default=2000, help="examples (default 2000)")
     h.add_argument("--seed", type=int, default=1, help="first synthetic seed to draw from (not 0, the default data's)")
+    h.add_argument("--price-share", type=float, default=1.0, help="share of items shown with a price, the rest "
+                                                                  "with none (data.synth.price_share)")
+    h.add_argument("--category-share", type=float, default=0.0, help="share of items shown with a category path "
+                                                                     "(data.synth.category_share)")
     c = sub.add_parser("check", help="validate a data file and print counts per tier and query type")
     c.add_argument("file")
     c.add_argument("--against", metavar="FILE", help="a validation or test file (same reader options): count its "
@@ -104,7 +112,8 @@ def data_main(argv: list[str]) -> int:
             raise TaosrError(f"--out: {a.out} is a file; give a directory")
         cfg = SynthConfig(n_train=a.n, n_val=a.n_val if a.n_val is not None else max(1, a.n // 15),
                           n_test=a.n_test if a.n_test is not None else max(1, int(a.n / 7.5)), seed=a.seed,
-                          items_per_query=a.items_per_query, annotation_regime=a.annotation_regime)
+                          items_per_query=a.items_per_query, annotation_regime=a.annotation_regime,
+                          price_share=a.price_share, category_share=a.category_share)
         if a.type_weight:
             cfg.query_type_weights = key_values(a.type_weight, "--type-weight", float)
         if a.tier_weight:
@@ -115,11 +124,12 @@ def data_main(argv: list[str]) -> int:
         return 0
     if a.cmd == "heldout":
         from taosr.schema import write_jsonl
-        from taosr.data.synth import heldout
+        from taosr.data.synth import SynthConfig, heldout
 
         at_least("--n", a.n, 1)
         writable_file("--out", a.out)
-        n = write_jsonl(a.out, heldout(a.n, seed=a.seed))
+        n = write_jsonl(a.out, heldout(a.n, seed=a.seed, base=SynthConfig(price_share=a.price_share,
+                                                                       category_share=a.category_share)))
         print(f"wrote {n:6d} held-out examples to {a.out}")
         return 0
     if a.cmd == "check":

@@ -67,7 +67,8 @@ def plan(small: bool, model: str = DEFAULT_MODEL, configs: str = "configs") -> d
 # given `-- --data.synth.n_val 6` sampled other data, and DPO found no sample of its examples).
 SAMPLE_FOLLOWS = {"--data.synth.n_train": "--synth-n-train", "--data.synth.n_val": "--synth-n-val",
                   "--data.synth.n_test": "--synth-n-test", "--data.synth.seed": "--synth-seed",
-                  "--data.data_dir": "--data-dir"}
+                  "--data.synth.price_share": "--synth-price-share",
+                  "--data.synth.category_share": "--synth-category-share", "--data.data_dir": "--data-dir"}
 # synthetic-data keys that change annotations only, never the examples: nothing for the sampler to follow
 ANNOTATION_KEYS = tuple(f"--data.synth.{k}" for k in ("train_annotation_share", "annotation_regime",
                                                       "annotate_evidence"))
@@ -106,8 +107,16 @@ def synth_base(budgets: dict, seed: int, extra: list[str]) -> SynthConfig:
         except (TypeError, ValueError):
             raise TaosrError(f"quickstart: --data.synth.{key} (after --): must be a whole number, got {value!r}") from None
 
+    def share(key: str) -> float:
+        value = got.get(f"--data.synth.{key}", getattr(SynthConfig, key))
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise TaosrError(f"quickstart: --data.synth.{key} (after --): must be a number in [0, 1], got {value!r}") from None
+
     return SynthConfig(n_train=whole("n_train", budgets["n_train"]), n_val=whole("n_val", SynthConfig.n_val),
-                       n_test=whole("n_test", budgets["n_test"]), seed=whole("seed", seed))
+                       n_test=whole("n_test", budgets["n_test"]), seed=whole("seed", seed),
+                       price_share=share("price_share"), category_share=share("category_share"))
 
 
 def commands(out: str, qp: QuickstartPlan, budgets: dict, configs: str = "configs", seed: int = 0,

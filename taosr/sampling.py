@@ -166,7 +166,8 @@ the same prompts; otherwise the command says so and samples again from the start
 only when the new file is complete)."""
 
 
-SYNTH_OPTIONS = ("synth_n_train", "synth_n_val", "synth_n_test", "synth_seed", "data_dir")  # --data synth only
+SYNTH_OPTIONS = ("synth_n_train", "synth_n_val", "synth_n_test", "synth_seed", "synth_price_share",
+                 "synth_category_share", "data_dir")  # --data synth only
 
 
 def sample_main(argv: list[str]) -> int:
@@ -192,6 +193,10 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--synth-n-val", type=int, default=200)
     p.add_argument("--synth-n-test", type=int, default=400)
     p.add_argument("--synth-seed", type=int, default=0)
+    p.add_argument("--synth-price-share", type=float, default=1.0,
+                   help="share of items shown with a price (data.synth.price_share)")
+    p.add_argument("--synth-category-share", type=float, default=0.0,
+                   help="share of items shown with a category (data.synth.category_share)")
     p.add_argument("--data-dir", default=".cache/taosr/data", help="cache of the synthetic data")
     add_reader_options(p)
     a = p.parse_args(argv)
@@ -211,6 +216,9 @@ def sample_main(argv: list[str]) -> int:
                          ("--synth-n-val", a.synth_n_val, 0), ("--synth-n-test", a.synth_n_test, 0)):
         if v is not None and v < low:
             raise TaosrError(f"{flag}: must be at least {low}, got {v}")
+    for flag, v in (("--synth-price-share", a.synth_price_share), ("--synth-category-share", a.synth_category_share)):
+        if not 0.0 <= v <= 1.0:
+            raise TaosrError(f"{flag}: must be in [0, 1], got {v}")
     if not (math.isfinite(a.temperature) and a.temperature >= 0):
         raise TaosrError(f"--temperature: must be a number >= 0, got {a.temperature}")
     if not (0 < a.top_p <= 1):
@@ -241,7 +249,10 @@ def sample_main(argv: list[str]) -> int:
     chat = export_meta(a.model).get("use_chat_template")
     target = prompt_target(a.model, a.target)  # --target, else what the export recorded (as in taosr score)
     dm = RelevanceDataModule(view="sft", target=target, synth=SynthConfig(n_train=a.synth_n_train, n_val=a.synth_n_val,
-                                                                n_test=a.synth_n_test, seed=a.synth_seed), data_dir=a.data_dir,
+                                                                n_test=a.synth_n_test, seed=a.synth_seed,
+                                                                price_share=a.synth_price_share,
+                                                                category_share=a.synth_category_share),
+                             data_dir=a.data_dir,
                              reader=reader, use_chat_template=chat, **paths)
     dm.setup("fit")
     rows = dm.splits[a.split][:a.limit] if a.limit else dm.splits[a.split]

@@ -64,6 +64,35 @@ def test_train_annotation_share():
         generate(SynthConfig(n_train=10, n_val=2, n_test=2, train_annotation_share=1.5))
 
 
+def test_price_and_category_shares_change_the_item_fields_only():
+    """Items without a price, or with a catalogue category, in every split; the rest of each example
+    unchanged (neither is read by a gold step or a label), so a policy learns to read the items of
+    catalogues with fewer or more fields than the default's."""
+    from taosr.data.taxonomy import BY_NAME
+
+    full = generate(SynthConfig(n_train=400, n_val=40, n_test=80, seed=3))
+    part = generate(SynthConfig(n_train=400, n_val=40, n_test=80, seed=3, price_share=0.7, category_share=0.4))
+    for split in ("train", "val", "test"):
+        a, b = full[split], part[split]
+        assert all(e.item.price is not None and e.item.category is None for e in a)
+        assert [(e.query, e.item.title, e.item.attributes, e.label, e.steps, e.annotations) for e in a] == \
+            [(e.query, e.item.title, e.item.attributes, e.label, e.steps, e.annotations) for e in b]
+        assert all(y.item.price in (None, x.item.price) for x, y in zip(a, b))
+        for e in b:
+            if e.item.category is not None:  # "group > name", the name the gold item step gives
+                group, name = e.item.category.split(" > ")
+                assert BY_NAME[name].group == group and e.steps["item"].startswith(f"{name} ({group})")
+    rows = [e for split in ("train", "val", "test") for e in part[split]]
+    assert 0.25 < sum(e.item.price is None for e in rows) / len(rows) < 0.35
+    assert 0.35 < sum(e.item.category is not None for e in rows) / len(rows) < 0.45
+    assert any(e.item.price is None for e in part["test"]) and any(e.item.category for e in part["test"])
+    assert all(e.item.price is None for e in generate(SynthConfig(n_train=40, n_val=4, n_test=4, price_share=0.0))["train"])
+    for key in ("price_share", "category_share"):
+        for bad in (1.5, -0.1, True):
+            with pytest.raises(ValueError, match=rf"data.synth.{key} must be in \[0, 1\]"):
+                generate(SynthConfig(n_train=10, n_val=2, n_test=2, **{key: bad}))
+
+
 def _item(cat, brand, **kw):
     return ItemSpec(category=cat, brand=brand, **kw)
 

@@ -246,6 +246,9 @@ class RelevanceDataModule(pl.LightningDataModule):
         fields = dataclasses.asdict(c)
         if fields.get("annotation_regime") == "shared":  # added later: the default keeps the old cache key
             del fields["annotation_regime"]
+        for key, default in (("price_share", 1.0), ("category_share", 0.0)):  # likewise
+            if fields.get(key) == default:
+                del fields[key]
         key = json.dumps({"v": SYNTH_VERSION, **fields}, sort_keys=True, default=str)
         digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         tag = f"synth-s{c.seed}-{c.n_train}-{c.n_val}-{c.n_test}-{digest}"

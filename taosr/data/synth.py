@@ -23,6 +23,11 @@ Annotation regimes (``annotation_regime``) say which gold reasoning of the train
   annotations: RL prompts only). The steps the verifier cannot see are then absent from SFT and
   GRM training too, so the GRM's judgement of them is tested, not recalled.
 
+Item fields: every item has a title, a brand and a price, and some of its stated attributes as
+fields (``attributes_field_share``); ``price_share`` and ``category_share`` set how many show a price
+and a catalogue category, as real catalogues vary (neither changes a label, a gold step or an
+annotation: the defaults, every price and no category, are the quick start's data).
+
 Annotations are bare conclusions (``exact``) unless ``annotate_evidence`` is set: then the decision
 steps are annotated with their whole gold text, evidence first, and the verifier checks both.
 """
@@ -76,6 +81,14 @@ class SynthConfig:
     # evidence first (``a vs b; x vs y => exact``) instead of the bare conclusion: the offline
     # verifier then checks a step's evidence too (taosr.reasoning.verifier), in every split.
     annotate_evidence: bool = False
+    # Share of items, in every split, shown with their price; the rest carry none, as in the many
+    # catalogues without one. No gold step or label reads the price, so only the prompts change: a
+    # policy trained at 1.0 (every item priced) learns "Price:" as part of the prompt and writes
+    # malformed reasoning for an item without it (README: Your own data).
+    price_share: float = 1.0
+    # Share of items, in every split, shown with their category as a catalogue path ("footwear >
+    # running shoes"); the gold item step names it anyway, so only the prompts change.
+    category_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -478,6 +491,10 @@ def check_config(cfg: SynthConfig) -> dict[int, float]:
     share = cfg.train_annotation_share
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
         raise SynthError(f"data.synth.train_annotation_share must be in [0, 1], got {share}")
+    for key in ("price_share", "category_share"):
+        share = getattr(cfg, key)
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+            raise SynthError(f"data.synth.{key} must be in [0, 1], got {share!r}")
     if cfg.annotation_regime not in ANNOTATION_REGIMES:
         raise SynthError(f"data.synth.annotation_regime: {cfg.annotation_regime!r} is unknown; "
                          f"expected one of {', '.join(ANNOTATION_REGIMES)}")
@@ -504,6 +521,7 @@ def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
     want = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     split_w = [(k, v) for k, v in want.items() if v > 0]
     out: dict[str, list[Example]] = {k: [] for k in want}
+    categories: dict[str, list[str]] = {k: [] for k in want}  # each example's category, for category_share
     guard = 0
     while any(len(out[k]) < want[k] for k in want):
         guard += 1
@@ -525,6 +543,18 @@ def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
             item.price = _price(rng, item)
             tiers_done.add(tier)
             out[split].append(to_example(q, item, rng, cfg.attributes_field_share, f"{split}-{len(out[split])}"))
+            categories[split].append(item.category)
+    if cfg.price_share < 1.0:
+        priced = random.Random(f"price-{cfg.seed}")  # own stream: the examples do not change
+        for ex in (e for split in ("train", "val", "test") for e in out[split]):
+            if priced.random() >= cfg.price_share:
+                ex.item.price = None
+    if cfg.category_share > 0.0:
+        shown = random.Random(f"category-{cfg.seed}")  # likewise
+        for split in ("train", "val", "test"):
+            for ex, name in zip(out[split], categories[split]):
+                if shown.random() < cfg.category_share:
+                    ex.item.category = f"{BY_NAME[name].group} > {name}"
     if cfg.annotate_evidence:
         for ex in (e for rows in out.values() for e in rows):
             ex.annotations = {k: (ex.steps[k] if k in DECISION_STEPS else v) for k, v in ex.annotations.items()}
