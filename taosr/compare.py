@@ -223,6 +223,15 @@ class Run:
         return os.path.isfile(self.metrics_path)
 
 
+def named_model(name: str) -> bool:
+    """A start model given by name: a preset (``tiny``, ``smollm2-135m``: SFT arms from scratch or from
+    the packaged model) or a Hugging Face id, loaded by the fits themselves, not a missing folder."""
+    from taosr.models.factory import looks_like_hub_id
+    from taosr.models.presets import SMOLLM2_PRESET, TINY_PRESETS
+
+    return name in TINY_PRESETS or name == SMOLLM2_PRESET or looks_like_hub_id(name)
+
+
 def plan_runs(spec: CompareSpec, out: str) -> list[Run]:
     runs = [Run(START, None, os.path.join(out, START))] if spec.needs_start_eval else []
     runs += [Run(a.name, s, os.path.join(out, a.name, f"seed{s}")) for s in spec.seeds for a in spec.arms]
@@ -411,7 +420,8 @@ def run_compare(spec: CompareSpec, out: str, extra: list[str] | None = None, dry
 
 def _run_compare(spec: CompareSpec, out: str, extra: list[str], dry_run: bool, jobs: int, failures: list[str] | None,
                  keep_checkpoints: bool) -> dict:
-    missing = [f"start.{k}: {v}" for k, v in spec.start.items() if v and not os.path.exists(v)]
+    missing = [f"start.{k}: {v}" for k, v in spec.start.items() if v and not os.path.exists(v)
+               and not (k == "model" and named_model(v))]
     if missing and not dry_run:
         raise ConfigError(f"{missing[0]} not found (run `taosr quickstart` first, or point the spec at your exports)")
     test_file = evaluation_file(spec, out) if not dry_run else evaluation_path(spec, out)

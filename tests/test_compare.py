@@ -417,6 +417,35 @@ def test_a_serial_compare_goes_on_after_any_error(tmp_path, monkeypatch):
         cmp.run_compare(cmp.load_spec(str(spec_file)), str(tmp_path / "out2"))
 
 
+def test_a_start_named_by_preset_or_hub_id_runs_a_missing_folder_is_refused(tmp_path, monkeypatch):
+    """SFT arms start from a preset (`tiny`: from scratch, comparisons/catalogue_fields.yaml) or a
+    hub id; these were refused as missing folders. A missing export is still named in one line."""
+    import json
+
+    import yaml
+
+    import taosr.compare as cmp
+    from taosr.errors import ConfigError
+
+    for name in ("check_commands", "check_settings", "record_settings"):
+        monkeypatch.setattr(cmp, name, lambda *a, **k: None)
+    monkeypatch.setattr(cmp, "evaluation_file", lambda spec, out: str(tmp_path / "heldout.jsonl"))
+    monkeypatch.setattr(cmp, "_run_here", lambda spec, tag, run, steps: (
+        os.makedirs(os.path.dirname(run.metrics_path), exist_ok=True),
+        json.dump({"macro_f1": 0.5}, open(run.metrics_path, "w"))))
+    for i, model in enumerate(("tiny", "smollm2-135m", "HuggingFaceTB/SmolLM2-135M", str(tmp_path / "no" / "export"))):
+        spec_file = tmp_path / f"spec{i}.yaml"
+        spec_file.write_text(yaml.safe_dump({"name": "named", "start": {"model": model}, "seeds": [0],
+                                             "arms": {"sft": {"config": "configs/sft.yaml"}}, "eval": {"heldout": 8},
+                                             "pairs": [["sft", "start"]]}))
+        spec = cmp.load_spec(str(spec_file))
+        if i < 3:
+            assert set(cmp.run_compare(spec, str(tmp_path / f"out{i}"))) == {"start", "sft"}
+        else:
+            with pytest.raises(ConfigError, match=rf"^start.model: {tmp_path}/no/export not found"):
+                cmp.run_compare(spec, str(tmp_path / f"out{i}"))
+
+
 @pytest.mark.parametrize("arm", ["grpo", "srpo"])
 def test_the_smollm2_spec_trains_as_the_smollm2_quick_start_does(arm, capsys):
     """comparisons/smollm2.yaml restates the SmolLM2 quick start's RL settings (LoRA, lr, budget,
