@@ -110,6 +110,9 @@ def test_ndcg_metrics_average_over_queries_with_gain():
     partial = [{"query": "a", "gold": 4, "score": None}, {"query": "a", "gold": 1, "score": None},
                {"query": "b", "gold": 4, "score": 3.0}]
     assert ndcg_metrics(partial)["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1.0) / 2)
+    # records without a query text were ranked together as one query "None"
+    with pytest.raises(ValueError, match=r"^ndcg@10: record 1 has no query text \(got None\)"):
+        ndcg_metrics([{"query": "a", "gold": 4, "score": 1.0}, {"gold": 1, "score": 2.0}])
 
 
 def test_grade_mapping_and_rmse():

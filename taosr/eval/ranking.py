@@ -71,8 +71,11 @@ def ndcg_metrics(records: list[dict], k: int = 10) -> dict[str, float]:
     if all(_missing(r.get("score")) for r in records):  # nothing was scored: there is no ranking to measure
         return {f"ndcg@{k}": float("nan"), f"ndcg@{k}_queries": 0.0, f"ndcg@{k}_skipped_queries": 0.0}
     groups: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        groups[str(r.get("query"))].append(r)
+    for i, r in enumerate(records):
+        if not isinstance(r.get("query"), str):  # records of no query would rank as one query "None"
+            raise ValueError(f"ndcg@{k}: record {i} has no query text (got {r.get('query')!r}); "
+                             "records are ranked per query")
+        groups[r["query"]].append(r)
     vals, skipped = [], 0
     for rs in groups.values():
         v = ndcg_at_k([int(r["gold"]) for r in rs], [r.get("score") for r in rs], k)
