@@ -563,7 +563,8 @@ def arm_rows(results: dict) -> list[dict]:
                    "n": int(max(_value(m, _key(sl, "n")) for m in per.values() if _key(sl, "n") in m))}
             for metric in METRICS:
                 s = mean_se(_value(m, _key(sl, metric)) for m in per.values())
-                row[metric], row[f"{metric}_se"] = s.mean, s.se
+                # seeds with a value (NaN -- no step annotations, no tier -- is left out of the mean)
+                row[metric], row[f"{metric}_se"], row[f"{metric}_seeds"] = s.mean, s.se, s.n
             rows.append(row)
     return rows
 
@@ -620,7 +621,7 @@ def markdown(arms: list[dict], pairs: list[dict], title: str, all_slices: bool =
     for r in arms:
         if keep(r["slice"]):
             lines.append(f"| {r['arm']} | {r['slice']} | {r['seeds']} | {r['n']} | "
-                         + " | ".join(pm(r[m], r[f"{m}_se"]) for m in METRICS) + " |")
+                         + " | ".join(_cell(r, m) for m in METRICS) + " |")
     if pairs:
         lines += ["", "## Paired differences (a − b over the same seeds)", "",
                   "| pair | slice | metric | mean ± s.e. | mean / s.e. | a > b | per seed |", "|---" * 7 + "|"]
@@ -630,6 +631,12 @@ def markdown(arms: list[dict], pairs: list[dict], title: str, all_slices: bool =
                 lines.append(f"| {r['pair']} | {r['slice']} | {r['metric']} | {pm(r['mean'], r['se'])} | {z} | "
                              f"{r['wins']}/{r['seeds']}{_ties(r)} | {r['per_seed']} |")
     return "\n".join(lines)
+
+
+def _cell(row: dict, metric: str) -> str:
+    """``mean ± se``, naming how many seeds it is over when fewer than the row's (the others have none)."""
+    n = row.get(f"{metric}_seeds", row["seeds"])
+    return pm(row[metric], row[f"{metric}_se"]) + (f" ({n} of {row['seeds']} seeds)" if 0 < n < row["seeds"] else "")
 
 
 def _ties(row: dict) -> str:

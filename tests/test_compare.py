@@ -239,6 +239,11 @@ def test_report_rows_and_table():
     assert sig[0]["train/steps/critical_count_se"] == 2.0 and "| srpo | 2 | — |" in signals_markdown(sig)
     md = markdown(arms, pairs, "t")
     assert "| grpo | overall | 2 | 100 | 0.730 ± 0.010 |" in md and "| srpo - grpo | long_tail | macro_f1 | 0.025 ± 0.005 |" in md
+    # a metric some seeds lack (NaN step accuracy: no annotations) says over how many seeds it is
+    results["grpo"][1]["step_accuracy"] = float("nan")
+    g = next(r for r in arm_rows(results) if r["arm"] == "grpo" and r["slice"] == "overall")
+    assert (g["seeds"], g["step_accuracy_seeds"], g["macro_f1_seeds"], g["step_accuracy"]) == (2, 1, 2, 0.81)
+    assert "| grpo | overall | 2 | 100 | 0.730 ± 0.010 | 0.810 (1 of 2 seeds) |" in markdown(arm_rows(results), [], "t")
 
 
 def test_compare_end_to_end_lam0_equals_grpo_and_resumes(tmp_path, capsys, cache_dir, sft_run, samples):
