@@ -15,12 +15,14 @@ pairs to report::
       grpo: {config: configs/grpo.yaml}
       srpo: {config: configs/srpo.yaml, set: {model.init_args.grm_path: "${start.grm}"}}
     eval: {heldout: 2000}                        # or {test: data/my-test.jsonl}
+    # eval.also: {unpriced: data/unpriced.jsonl}   # optional: more sets every run is scored on too
     pairs: [[srpo, grpo], [grpo, start]]         # "start" = the start export, scored once
 
 Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <seed>`` (and
 ``--<key> <seed>`` for each of ``seed_keys``: a deterministic SFT draws nothing from
 ``seed_everything``, so its seeds vary only with ``data.seed``) from the start (so all arms have
-the same rollout budget), then ``taosr test`` on the evaluation set. Runs
+the same rollout budget), then ``taosr test`` on the evaluation set (and on each set of ``eval.also``: its figures are the
+report's ``set:<name>`` rows, paired like the rest). Runs
 live under ``--out/<arm>/seed<S>``; a run whose evaluation file exists is skipped and a fit whose
 export exists is only evaluated, so an interrupted comparison continues where it stopped. Each
 fit logs to W&B in the group ``name`` (job type = arm); the report reads each fit's training
@@ -56,7 +58,8 @@ SIGNALS = ("train/reward", "train/rewards/correct/mean", "train/frac_reward_zero
 START = "start"
 SPEC_KEYS = {"name", "start", "seeds", "seed_keys", "set", "arms", "eval", "pairs"}
 ARM_KEYS = {"config", "set"}
-EVAL_KEYS = {"heldout", "heldout_seed", "test", "config", "set"}
+EVAL_KEYS = {"heldout", "heldout_seed", "test", "config", "set", "also"}
+ALSO_PREFIX = "set:"  # the report's slice of an eval.also set: set:<name> (its metrics: sets/<name>/<metric>)
 START_KEYS = {"model", "samples", "grm"}
 
 
@@ -81,6 +84,7 @@ class CompareSpec:
     heldout: int = 2000
     heldout_seed: int = 1
     test: str | None = None
+    also: dict[str, str] = field(default_factory=dict)  # eval.also: more evaluation sets, by name
     wandb_group: str | None = None  # the W&B group of its runs (wandb_group(): the name, and --out when not the default)
 
     @property
@@ -185,6 +189,11 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
     if not isinstance(seed_keys, list) or not all(isinstance(k, str) and k and not k.startswith("-") for k in seed_keys):
         raise ConfigError(f"{path}: seed_keys must be a list of config keys that take each run's seed too "
                           f"(e.g. seed_keys: [data.seed]), got {seed_keys!r}")
+    also = ev.get("also") or {}
+    if not isinstance(also, dict) or not all(isinstance(k, str) and k.replace("_", "").replace("-", "").isalnum()
+                                             and isinstance(v, str) and v for k, v in also.items()):
+        raise ConfigError(f"{path}: eval.also must map set names (letters, digits, - and _) to data files, "
+                          f"e.g. {{unpriced: data/unpriced.jsonl}}; got {also!r}")
     heldout = int(ev.get("heldout", 2000))
     if ev.get("test") is None and heldout < 1:
         raise ConfigError(f"{path}: eval.heldout must be at least 1, got {heldout}")
@@ -192,7 +201,7 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
         name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]), start=dict(start), seeds=seeds,
         arms=arms, pairs=pairs, overrides=_overrides(raw.get("set"), f"{path}: set"), seed_keys=list(seed_keys),
         eval_config=locate(str(ev.get("config", "configs/sft.yaml"))), eval_overrides=_overrides(ev.get("set"), f"{path}: eval.set"),
-        heldout=heldout, heldout_seed=int(ev.get("heldout_seed", 1)), test=ev.get("test"))
+        heldout=heldout, heldout_seed=int(ev.get("heldout_seed", 1)), test=ev.get("test"), also=dict(also))
 
 
 # ---------------------------------------------------------------------------------------- runs
@@ -222,6 +231,18 @@ class Run:
     def done(self) -> bool:
         return os.path.isfile(self.metrics_path)
 
+    def also_root(self, name: str) -> str:
+        """Where the run is scored on the ``eval.also`` set ``name``."""
+        return os.path.join(self.root, f"also-{name}")
+
+    def also_metrics(self, name: str) -> str:
+        return os.path.join(self.also_root(name), "eval", "test-metrics.json")
+
+    def also_pending(self, spec: "CompareSpec") -> list[str]:
+        """The ``eval.also`` sets this run has not been scored on yet (a set added to a finished
+        comparison is scored on its next run, nothing fitted again)."""
+        return [n for n in spec.also if not os.path.isfile(self.also_metrics(n))]
+
 
 def named_model(name: str) -> bool:
     """A start model given by name: a preset (``tiny``, ``smollm2-135m``: SFT arms from scratch or from
@@ -250,9 +271,19 @@ def fit_args(spec: CompareSpec, arm: Arm, run: Run, extra: list[str]) -> list[st
     return args + spec.overrides + arm.overrides + list(extra)
 
 
-def eval_args(spec: CompareSpec, run: Run, test_file: str, model: str) -> list[str]:
-    return ["test", "--config", spec.eval_config, "--trainer.default_root_dir", run.eval_root,
+def eval_args(spec: CompareSpec, run: Run, test_file: str, model: str, also: str | None = None) -> list[str]:
+    """``taosr test`` of ``model`` on ``test_file`` (with ``also``: on that ``eval.also`` set)."""
+    root = run.eval_root if also is None else run.also_root(also)
+    return ["test", "--config", spec.eval_config, "--trainer.default_root_dir", root,
             "--model.init_args.model.name_or_path", model, "--data.test", test_file, *spec.eval_overrides]
+
+
+def also_files(spec: CompareSpec) -> dict[str, str]:
+    """The ``eval.also`` sets' files, each checked to exist (one line naming the set)."""
+    for name, path in spec.also.items():
+        if not os.path.isfile(path):
+            raise ConfigError(f"eval.also.{name}: {path} not found")
+    return dict(spec.also)
 
 
 def evaluation_path(spec: CompareSpec, out: str) -> str:
@@ -337,9 +368,11 @@ def _first_difference(old: list[str], new: list[str]) -> str:
     return f"{which} also `{' '.join(longer[min(len(old), len(new)):])}`"
 
 
-def check_settings(spec: CompareSpec, run: Run, fit: list[str] | None, evaluation: list[str]) -> None:
+def check_settings(spec: CompareSpec, run: Run, fit: list[str] | None, evaluation: list[str],
+                   also: dict[str, list[str]] | None = None) -> None:
     """A run fitted (or scored) before with other settings is not silently reused: its folder's
-    :data:`RUN_FILE` must name the same fit (and, once scored, evaluation) commands."""
+    :data:`RUN_FILE` must name the same fit (and, once scored, evaluation) commands, and the same
+    command for each ``eval.also`` set it was scored on."""
     path = os.path.join(run.root, RUN_FILE)
     if not os.path.isfile(path):
         return
@@ -354,13 +387,20 @@ def check_settings(spec: CompareSpec, run: Run, fit: list[str] | None, evaluatio
         raise ConfigError(f"compare {spec.name}: {run.eval_root} was scored with other settings ("
                           f"{_first_difference(stored['eval'], _fingerprint(evaluation))}); use another --out, or "
                           "delete that folder to score the run again")
+    for name, args in (also or {}).items():
+        was = (stored.get("also") or {}).get(name)
+        if was and os.path.isfile(run.also_metrics(name)) and was != _fingerprint(args):
+            raise ConfigError(f"compare {spec.name}: {run.also_root(name)} was scored with other settings ("
+                              f"{_first_difference(was, _fingerprint(args))}); use another --out, or delete that "
+                              "folder to score the run again")
 
 
-def record_settings(run: Run, fit: list[str] | None, evaluation: list[str]) -> None:
+def record_settings(run: Run, fit: list[str] | None, evaluation: list[str], also: dict[str, list[str]] | None = None) -> None:
     from taosr.schema import write_json
 
     write_json(os.path.join(run.root, RUN_FILE),
-               {"fit": _fingerprint(fit) if fit is not None else None, "eval": _fingerprint(evaluation)})
+               {"fit": _fingerprint(fit) if fit is not None else None, "eval": _fingerprint(evaluation),
+                "also": {k: _fingerprint(v) for k, v in (also or {}).items()}})
 
 
 def _tag(spec: CompareSpec, i: int, n: int, run: Run) -> str:
@@ -373,6 +413,13 @@ def wandb_group(name: str, out: str) -> str:
     alike)."""
     default = os.path.join("runs", "compare", name)
     return name if os.path.normpath(out) == os.path.normpath(default) else f"{name}@{os.path.basename(os.path.normpath(out))}"
+
+
+def _verb(args: list[str]) -> str:
+    """A command's name in its W&B run name: ``fit``, ``test``, or ``test-<set>`` on an eval.also set."""
+    root = args[args.index("--trainer.default_root_dir") + 1] if "--trainer.default_root_dir" in args else ""
+    base = os.path.basename(os.path.normpath(root))
+    return f"{args[0]}-{base[5:]}" if args[0] == "test" and base.startswith("also-") else args[0]
 
 
 def _wandb_env(spec: CompareSpec, run: Run, verb: str) -> dict[str, str]:
@@ -425,6 +472,7 @@ def _run_compare(spec: CompareSpec, out: str, extra: list[str], dry_run: bool, j
     if missing and not dry_run:
         raise ConfigError(f"{missing[0]} not found (run `taosr quickstart` first, or point the spec at your exports)")
     test_file = evaluation_file(spec, out) if not dry_run else evaluation_path(spec, out)
+    more = also_files(spec) if not dry_run else dict(spec.also)
     check_commands(spec, out, test_file, extra, build=not dry_run)
     arms = {a.name: a for a in spec.arms}
     runs = plan_runs(spec, out)
@@ -432,17 +480,21 @@ def _run_compare(spec: CompareSpec, out: str, extra: list[str], dry_run: bool, j
     for i, run in enumerate(runs, 1):
         tag = _tag(spec, i, len(runs), run)
         fit = fit_args(spec, arms[run.arm], run, extra) if run.seed is not None else None
-        evaluation = eval_args(spec, run, test_file, spec.start["model"] if run.seed is None else run.export)
-        check_settings(spec, run, fit, evaluation)
-        if run.done:
+        model = spec.start["model"] if run.seed is None else run.export
+        evaluation = eval_args(spec, run, test_file, model)
+        also = {name: eval_args(spec, run, path, model, also=name) for name, path in more.items()}
+        check_settings(spec, run, fit, evaluation, also)
+        pending = run.also_pending(spec)
+        if run.done and not pending:
             print(f"{tag}: done, skipped", flush=True)
             continue
-        steps = ([fit] if fit is not None and not run.fitted else []) + [evaluation]  # what is still to run
+        steps = ([fit] if fit is not None and not run.fitted else []) + ([] if run.done else [evaluation]) \
+            + [also[name] for name in pending]  # what is still to run
         if dry_run:
             for args in steps:
                 print(f"{tag}: taosr " + " ".join(args), flush=True)
             continue
-        record_settings(run, fit, evaluation)
+        record_settings(run, fit, evaluation, also)
         todo.append((tag, run, steps))
     if not keep_checkpoints and not dry_run:
         prune_checkpoints(runs)  # runs finished before (a compare stopped by --fail-fast or Ctrl-C)
@@ -476,7 +528,7 @@ def _run_here(spec: CompareSpec, tag: str, run: Run, steps: list[list[str]]) -> 
     for args in steps:
         print(f"{tag}: taosr " + " ".join(args), flush=True)
         t0 = time.perf_counter()
-        env = _wandb_env(spec, run, args[0])
+        env = _wandb_env(spec, run, _verb(args))
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -507,7 +559,7 @@ def _run_parallel(spec: CompareSpec, todo: list, jobs: int, failures: list[str] 
         t = Task(tag, steps, os.path.join(run.root, "compare.log"), group=run.arm)
         runs[id(t)] = run
         tasks.append(t)
-    failed = run_parallel(tasks, slots, env=lambda t, k: _wandb_env(spec, runs[id(t)], t.commands[k][0]),
+    failed = run_parallel(tasks, slots, env=lambda t, k: _wandb_env(spec, runs[id(t)], _verb(t.commands[k])),
                           say=lambda line: print(line, flush=True), keep_going=failures is not None)
     msgs = []
     for t in failed:
@@ -529,6 +581,11 @@ def collect(runs: list[Run]) -> dict:
         if run.done:
             with open(run.metrics_path) as fh:
                 m = json.load(fh)
+            for name in os.listdir(run.root):  # eval.also sets: sets/<name>/<metric>
+                path = os.path.join(run.root, name, "eval", "test-metrics.json")
+                if name.startswith("also-") and os.path.isfile(path):
+                    with open(path) as fh:
+                        m.update({f"sets/{name[5:]}/{k}": v for k, v in json.load(fh).items()})
             hist = run_history(run.root) if run.seed is not None else None
             if hist:
                 m.update({k: mean_of(hist, k) for k in SIGNALS})
@@ -538,12 +595,15 @@ def collect(runs: list[Run]) -> dict:
 
 # ---------------------------------------------------------------------------------------- report
 def slices(results: dict) -> list[str]:
-    types = sorted({k.split("/")[1] for per in results.values() for m in per.values() for k in m
-                    if k.startswith("by_type/")})
-    return ["overall", "long_tail"] + types
+    keys = {k for per in results.values() for m in per.values() for k in m}
+    types = sorted({k.split("/")[1] for k in keys if k.startswith("by_type/")})
+    sets = sorted({ALSO_PREFIX + k.split("/")[1] for k in keys if k.startswith("sets/")})
+    return ["overall", "long_tail"] + sets + types
 
 
 def _key(sl: str, metric: str) -> str:
+    if sl.startswith(ALSO_PREFIX):  # an eval.also set: its overall figures
+        return f"sets/{sl[len(ALSO_PREFIX):]}/{metric}"
     return metric if sl == "overall" else (f"long_tail/{metric}" if sl == "long_tail" else f"by_type/{sl}/{metric}")
 
 
@@ -615,7 +675,7 @@ def signals_markdown(rows: list[dict]) -> str:
 
 
 def markdown(arms: list[dict], pairs: list[dict], title: str, all_slices: bool = True) -> str:
-    keep = lambda sl: all_slices or sl in ("overall", "long_tail")  # noqa: E731
+    keep = lambda sl: all_slices or sl in ("overall", "long_tail") or sl.startswith(ALSO_PREFIX)  # noqa: E731
     lines = [f"## {title}: mean ± standard error over seeds", "",
              "| arm | slice | seeds | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 4) + "|"]
     for r in arms:

@@ -110,6 +110,8 @@ def test_seed_keys_give_each_run_its_seed(tmp_path):
     (("seeds: [0, 1]", "seeds: 3"), "seeds must be a non-empty list of integers (e.g. seeds: [0, 1, 2]), got 3"),
     (("seeds: [0, 1]", "seeds: []"), "seeds must be a non-empty list of integers"),
     (("eval: {heldout: 10}", "eval: {heldout: lots}"), "eval.heldout must be an integer, got 'lots'"),
+    (("eval: {heldout: 10}", "eval: {heldout: 10, also: [a.jsonl]}"), "eval.also must map set names"),
+    (("eval: {heldout: 10}", "eval: {heldout: 10, also: {a/b: x.jsonl}}"), "eval.also must map set names"),
 ])
 def test_bad_specs_get_one_line(tmp_path, edit, message):
     with pytest.raises(ConfigError) as err:
@@ -449,6 +451,73 @@ def test_a_start_named_by_preset_or_hub_id_runs_a_missing_folder_is_refused(tmp_
         else:
             with pytest.raises(ConfigError, match=rf"^start.model: {tmp_path}/no/export not found"):
                 cmp.run_compare(spec, str(tmp_path / f"out{i}"))
+
+
+def test_eval_also_scores_every_run_on_more_sets_and_a_set_added_later_fits_nothing(tmp_path, monkeypatch):
+    """eval.also: each run (and the start) is scored on more sets too, reported as set:<name> rows
+    and paired like the rest; a set added to a finished comparison is only scored; a set scored
+    before from another file is refused, as the main evaluation is."""
+    import json
+
+    import yaml
+
+    import taosr.compare as cmp
+
+    monkeypatch.setattr(cmp, "check_commands", lambda *a, **k: None)
+    monkeypatch.setattr(cmp, "evaluation_file", lambda spec, out: str(tmp_path / "heldout.jsonl"))
+    ran = []
+
+    def fake_run(spec, tag, run, steps):
+        for args in steps:
+            root = args[args.index("--trainer.default_root_dir") + 1]
+            ran.append((run.arm, run.seed, args[0], os.path.basename(root), cmp._verb(args)))
+            if args[0] == "fit":
+                os.makedirs(run.export, exist_ok=True)
+                open(os.path.join(run.export, "config.json"), "w").write("{}")
+            else:
+                data = args[args.index("--data.test") + 1]
+                f1 = {"main": 0.5, "unpriced": 0.3, "fixture": 0.2}[os.path.basename(data).split(".")[0]]
+                f1 += 0.1 * (run.arm == "b") + 0.01 * (run.seed or 0)
+                os.makedirs(os.path.join(root, "eval"), exist_ok=True)
+                json.dump({"n": 10, "macro_f1": f1}, open(os.path.join(root, "eval", "test-metrics.json"), "w"))
+
+    monkeypatch.setattr(cmp, "_run_here", fake_run)
+    for name in ("unpriced", "fixture"):
+        (tmp_path / f"{name}.jsonl").write_text("{}\n")
+    spec = {"name": "also", "start": {"model": "tiny"}, "seeds": [0, 1],
+            "arms": {"a": {"config": "configs/sft.yaml"}, "b": {"config": "configs/sft.yaml"}},
+            "eval": {"heldout": 8, "also": {"unpriced": str(tmp_path / "unpriced.jsonl")}}, "pairs": [["b", "a"], ["b", "start"]]}
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    monkeypatch.setattr(cmp, "evaluation_file", lambda spec, out: str(tmp_path / "main.jsonl"))
+    out = str(tmp_path / "out")
+    results = cmp.run_compare(cmp.load_spec(str(spec_file)), out)
+    assert ("start", None, "test", "also-unpriced", "test-unpriced") in ran and ("b", 1, "fit", "seed1", "fit") in ran
+    assert len(ran) == 1 * 2 + 4 * 3  # the start scored twice; each of 4 runs fitted and scored twice
+    assert results["b"][1]["sets/unpriced/macro_f1"] == pytest.approx(0.41) and results["b"][1]["macro_f1"] == pytest.approx(0.61)
+    pairs = cmp.pair_rows(results, [("b", "a")])
+    r = next(p for p in pairs if p["slice"] == "set:unpriced" and p["metric"] == "macro_f1")
+    assert r["mean"] == pytest.approx(0.1) and r["wins"] == 2
+    assert "| b | set:unpriced | 2 | 10 | 0.405 ± 0.005 |" in cmp.markdown(cmp.arm_rows(results), pairs, "t", all_slices=False)
+    # a set added later: only it is scored, nothing is fitted or scored again
+    ran.clear()
+    spec["eval"]["also"]["fixture"] = str(tmp_path / "fixture.jsonl")
+    spec_file.write_text(yaml.safe_dump(spec))
+    results = cmp.run_compare(cmp.load_spec(str(spec_file)), out)
+    assert sorted({(a[2], a[3]) for a in ran}) == [("test", "also-fixture")] and len(ran) == 5
+    assert results["a"][0]["sets/fixture/macro_f1"] == pytest.approx(0.2)
+    # the same set name from another file: refused, nothing runs
+    ran.clear()
+    (tmp_path / "other.jsonl").write_text("{}\n")
+    spec["eval"]["also"]["fixture"] = str(tmp_path / "other.jsonl")
+    spec_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"also-fixture was scored with other settings"):
+        cmp.run_compare(cmp.load_spec(str(spec_file)), out)
+    spec["eval"]["also"]["fixture"] = str(tmp_path / "missing.jsonl")
+    spec_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"^eval.also.fixture: .*missing.jsonl not found"):
+        cmp.run_compare(cmp.load_spec(str(spec_file)), out)
+    assert ran == []
 
 
 @pytest.mark.parametrize("arm", ["grpo", "srpo"])
