@@ -96,6 +96,10 @@ def data_main(argv: list[str]) -> int:
         if v is not None and v < low:
             raise TaosrError(f"{flag}: must be at least {low}, got {v}")
 
+    def share(flag: str, v: float) -> None:
+        if not 0.0 <= v <= 1.0:
+            raise TaosrError(f"{flag}: must be in [0, 1], got {v}")
+
     def writable_file(flag: str, path: str) -> None:
         if os.path.isdir(path):
             raise TaosrError(f"{flag}: {path} is a directory; give a file path")
@@ -108,6 +112,8 @@ def data_main(argv: list[str]) -> int:
         at_least("--n-val", a.n_val, 0)
         at_least("--n-test", a.n_test, 0)
         at_least("--items-per-query", a.items_per_query, 1)
+        share("--price-share", a.price_share)
+        share("--category-share", a.category_share)
         if os.path.exists(a.out) and not os.path.isdir(a.out):
             raise TaosrError(f"--out: {a.out} is a file; give a directory")
         cfg = SynthConfig(n_train=a.n, n_val=a.n_val if a.n_val is not None else max(1, a.n // 15),
@@ -127,6 +133,8 @@ def data_main(argv: list[str]) -> int:
         from taosr.data.synth import SynthConfig, heldout
 
         at_least("--n", a.n, 1)
+        share("--price-share", a.price_share)
+        share("--category-share", a.category_share)
         writable_file("--out", a.out)
         n = write_jsonl(a.out, heldout(a.n, seed=a.seed, base=SynthConfig(price_share=a.price_share,
                                                                        category_share=a.category_share)))

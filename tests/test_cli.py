@@ -39,6 +39,20 @@ def test_heldout_then_check(tmp_path, capsys):
     assert "30 examples OK" in capsys.readouterr().out
 
 
+def test_synth_and_heldout_write_the_item_fields_asked_for(tmp_path, capsys):
+    """--price-share / --category-share: items without a price, with a category path; the same
+    examples otherwise (the held-out set's items with and without the fields pair up)."""
+    rows = lambda path: [json.loads(line) for line in open(path)]  # noqa: E731
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--n", "60", "--price-share", "0",
+                 "--category-share", "1"]) == 0
+    assert all(r["item"]["price"] is None and " > " in r["item"]["category"] for r in rows(tmp_path / "s" / "train.jsonl"))
+    assert main(["data", "heldout", "--out", str(tmp_path / "full.jsonl"), "--n", "20"]) == 0
+    assert main(["data", "heldout", "--out", str(tmp_path / "bare.jsonl"), "--n", "20", "--price-share", "0"]) == 0
+    full, bare = rows(tmp_path / "full.jsonl"), rows(tmp_path / "bare.jsonl")
+    assert all(f["item"]["price"] is not None and b["item"]["price"] is None for f, b in zip(full, bare))
+    assert [(f["query"], f["item"]["title"], f["label"]) for f in full] == [(b["query"], b["item"]["title"], b["label"]) for b in bare]
+
+
 def test_malformed_file_gets_one_line_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     good = {"query": "red shoes", "item": {"title": "Red Shoes"}, "label": 4}

@@ -499,18 +499,23 @@ def test_views_are_a_registry():
 
 
 def test_default_synth_cache_key_is_unchanged(tmp_path):
-    """The annotation regime added to SynthConfig does not move the default data's cache folder."""
+    """The settings added to SynthConfig later (the annotation regime, the price and category
+    shares) do not move the default data's cache folder; another value does, an int or a float alike."""
     import dataclasses
     import hashlib
 
     from taosr.data.synth import SYNTH_VERSION
 
     c = SynthConfig()
-    old = {k: v for k, v in dataclasses.asdict(c).items() if k != "annotation_regime"}
+    old = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("annotation_regime", "price_share", "category_share")}
     digest = hashlib.sha1(json.dumps({"v": SYNTH_VERSION, **old}, sort_keys=True, default=str).encode()).hexdigest()[:10]
     assert RelevanceDataModule(data_dir=str(tmp_path)).synth_dir().endswith(digest)
     held = RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(annotation_regime="heldout"))
     assert held.synth_dir() != RelevanceDataModule(data_dir=str(tmp_path)).synth_dir()
+    assert digest == "3584c87b1e"  # the key of the data generated before these settings existed
+    shown = [RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(category_share=v)).synth_dir() for v in (1, 1.0)]
+    assert shown[0] == shown[1] != RelevanceDataModule(data_dir=str(tmp_path)).synth_dir()
+    assert RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(price_share=1)).synth_dir().endswith(digest)
 
 
 def test_heldout_regime_views(tmp_path, dm, capsys):

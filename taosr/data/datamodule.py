@@ -249,6 +249,8 @@ class RelevanceDataModule(pl.LightningDataModule):
         for key, default in (("price_share", 1.0), ("category_share", 0.0)):  # likewise
             if fields.get(key) == default:
                 del fields[key]
+            elif key in fields:
+                fields[key] = float(fields[key])  # 1 and 1.0 are the same data
         key = json.dumps({"v": SYNTH_VERSION, **fields}, sort_keys=True, default=str)
         digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         tag = f"synth-s{c.seed}-{c.n_train}-{c.n_val}-{c.n_test}-{digest}"
