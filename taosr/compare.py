@@ -23,8 +23,8 @@ Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <
 ``seed_everything``, so its seeds vary only with ``data.seed``) from the start (so all arms have
 the same rollout budget), then ``taosr test`` on the evaluation set (and on each set of ``eval.also``: its figures are the
 report's ``set:<name>`` rows, paired like the rest). Runs
-live under ``--out/<arm>/seed<S>``; a run whose evaluation file exists is skipped and a fit whose
-export exists is only evaluated, so an interrupted comparison continues where it stopped. Each
+live under ``--out/<arm>/seed<S>``; a run scored on every set is skipped and a fit whose
+export exists is only evaluated (on the sets it lacks), so an interrupted comparison continues where it stopped. Each
 fit logs to W&B in the group ``name`` (job type = arm); the report reads each fit's training
 signals (rewards, critical steps, GRM/verifier disagreement) back from its log. ``--jobs N`` runs N runs at once in worker
 processes with their own cores (and GPU), see :mod:`taosr.jobs`. The report (``summary.md``, ``.csv``,
@@ -279,11 +279,30 @@ def eval_args(spec: CompareSpec, run: Run, test_file: str, model: str, also: str
 
 
 def also_files(spec: CompareSpec) -> dict[str, str]:
-    """The ``eval.also`` sets' files, each checked to exist (one line naming the set)."""
+    """The ``eval.also`` sets' files, each checked to exist and read (one line naming the set)."""
     for name, path in spec.also.items():
         if not os.path.isfile(path):
             raise ConfigError(f"eval.also.{name}: {path} not found")
+        check_eval_file(spec, f"eval.also.{name}", path)
     return dict(spec.also)
+
+
+def check_eval_file(spec: CompareSpec, what: str, path: str) -> None:
+    """Read an evaluation file before the first fit, so a bad row stops the comparison now rather than
+    failing every run's evaluation after its fit (one line naming the file and row). Files read with
+    a ``data.reader`` (of the eval config or ``eval.set``) are left to the evaluation itself."""
+    from taosr.configfiles import resolved_config
+
+    if any(a.startswith("--data.reader") for a in spec.eval_overrides) or \
+            ((resolved_config(spec.eval_config).get("data") or {}).get("reader") is not None):
+        return
+    from taosr.data.readers import load_examples
+    from taosr.errors import DataError
+
+    try:
+        load_examples(path)
+    except DataError as e:
+        raise ConfigError(f"{what}: {str(e).splitlines()[0]}") from None
 
 
 def evaluation_path(spec: CompareSpec, out: str) -> str:
@@ -297,6 +316,7 @@ def evaluation_file(spec: CompareSpec, out: str) -> str:
     if spec.test:
         if not os.path.isfile(spec.test):
             raise ConfigError(f"eval.test: {spec.test} not found")
+        check_eval_file(spec, "eval.test", spec.test)
         return spec.test
     path = evaluation_path(spec, out)
     if not os.path.isfile(path):
@@ -352,7 +372,9 @@ def _fingerprint(args: list[str]) -> list[str]:
             continue
         if a in _PATH_OPTIONS and i + 1 < len(args):
             v = args[i + 1]
-            out += [a, os.path.abspath(v) if os.sep in v or os.path.exists(v) else v]
+            # a model's hub id stays as it is, wherever the command runs
+            named = a.endswith("name_or_path") and not os.path.exists(v) and named_model(v)
+            out += [a, os.path.abspath(v) if (os.sep in v or os.path.exists(v)) and not named else v]
             i += 2
             continue
         out.append(a)
@@ -396,11 +418,17 @@ def check_settings(spec: CompareSpec, run: Run, fit: list[str] | None, evaluatio
 
 
 def record_settings(run: Run, fit: list[str] | None, evaluation: list[str], also: dict[str, list[str]] | None = None) -> None:
+    """Write the run's :data:`RUN_FILE`; the eval.also sets scored before and no longer in the spec
+    keep their commands, so a set added back from another file is refused, not reported as scored."""
     from taosr.schema import write_json
 
-    write_json(os.path.join(run.root, RUN_FILE),
-               {"fit": _fingerprint(fit) if fit is not None else None, "eval": _fingerprint(evaluation),
-                "also": {k: _fingerprint(v) for k, v in (also or {}).items()}})
+    path = os.path.join(run.root, RUN_FILE)
+    kept = {}
+    if os.path.isfile(path):
+        with open(path) as fh:
+            kept = json.load(fh).get("also") or {}
+    write_json(path, {"fit": _fingerprint(fit) if fit is not None else None, "eval": _fingerprint(evaluation),
+                      "also": {**kept, **{k: _fingerprint(v) for k, v in (also or {}).items()}}})
 
 
 def _tag(spec: CompareSpec, i: int, n: int, run: Run) -> str:
@@ -518,7 +546,7 @@ def _run_compare(spec: CompareSpec, out: str, extra: list[str], dry_run: bool, j
         if freed:
             print(f"[{spec.name}] removed the checkpoints of finished runs ({freed / 2**20:.0f} MiB; "
                   "--keep-checkpoints keeps them)", flush=True)
-    return collect(runs)
+    return collect(runs, spec.also)
 
 
 def _run_here(spec: CompareSpec, tag: str, run: Run, steps: list[list[str]]) -> None:
@@ -572,8 +600,10 @@ def _run_parallel(spec: CompareSpec, todo: list, jobs: int, failures: list[str] 
         failures.extend(msgs)
 
 
-def collect(runs: list[Run]) -> dict:
-    """{arm: {seed: the evaluation's metrics + the fit's mean training signals (SIGNALS)}}."""
+def collect(runs: list[Run], also: dict[str, str] | None = None) -> dict:
+    """{arm: {seed: the evaluation's metrics + the fit's mean training signals (SIGNALS)}}, with the
+    metrics of the ``also`` sets (the spec's eval.also; a set dropped from it is not reported) as
+    ``sets/<name>/<metric>``."""
     from taosr.history import mean_of, run_history
 
     results: dict[str, dict] = {}
@@ -581,11 +611,10 @@ def collect(runs: list[Run]) -> dict:
         if run.done:
             with open(run.metrics_path) as fh:
                 m = json.load(fh)
-            for name in os.listdir(run.root):  # eval.also sets: sets/<name>/<metric>
-                path = os.path.join(run.root, name, "eval", "test-metrics.json")
-                if name.startswith("also-") and os.path.isfile(path):
-                    with open(path) as fh:
-                        m.update({f"sets/{name[5:]}/{k}": v for k, v in json.load(fh).items()})
+            for name in also or {}:
+                if os.path.isfile(run.also_metrics(name)):
+                    with open(run.also_metrics(name)) as fh:
+                        m.update({f"sets/{name}/{k}": v for k, v in json.load(fh).items()})
             hist = run_history(run.root) if run.seed is not None else None
             if hist:
                 m.update({k: mean_of(hist, k) for k in SIGNALS})
@@ -837,7 +866,7 @@ def compare_main(argv: list[str]) -> int:
     spec.wandb_group = wandb_group(spec.name, out)
     t0 = time.perf_counter()
     if a.report_only:
-        results = collect(plan_runs(spec, out))
+        results = collect(plan_runs(spec, out), spec.also)
         if not results:
             raise ConfigError(f"--report-only: no finished runs under {out}")
         write_report(out, results, spec.pairs, spec.name)

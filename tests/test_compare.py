@@ -455,44 +455,54 @@ def test_a_start_named_by_preset_or_hub_id_runs_a_missing_folder_is_refused(tmp_
 
 def test_eval_also_scores_every_run_on_more_sets_and_a_set_added_later_fits_nothing(tmp_path, monkeypatch):
     """eval.also: each run (and the start) is scored on more sets too, reported as set:<name> rows
-    and paired like the rest; a set added to a finished comparison is only scored; a set scored
-    before from another file is refused, as the main evaluation is."""
+    and paired like the rest, its W&B runs named -test-<set>; a set added to a finished comparison
+    is only scored; a set dropped from the spec is not reported, and one scored before from another
+    file is refused (also after it was dropped and added back), as the main evaluation is; a bad row
+    in a set's file stops the comparison before its first run."""
     import json
 
     import yaml
 
     import taosr.compare as cmp
+    import taosr.launcher as launcher
+    from taosr.loggers import RUN_NAME_ENV
 
     monkeypatch.setattr(cmp, "check_commands", lambda *a, **k: None)
-    monkeypatch.setattr(cmp, "evaluation_file", lambda spec, out: str(tmp_path / "heldout.jsonl"))
     ran = []
 
-    def fake_run(spec, tag, run, steps):
-        for args in steps:
-            root = args[args.index("--trainer.default_root_dir") + 1]
-            ran.append((run.arm, run.seed, args[0], os.path.basename(root), cmp._verb(args)))
-            if args[0] == "fit":
-                os.makedirs(run.export, exist_ok=True)
-                open(os.path.join(run.export, "config.json"), "w").write("{}")
-            else:
-                data = args[args.index("--data.test") + 1]
-                f1 = {"main": 0.5, "unpriced": 0.3, "fixture": 0.2}[os.path.basename(data).split(".")[0]]
-                f1 += 0.1 * (run.arm == "b") + 0.01 * (run.seed or 0)
-                os.makedirs(os.path.join(root, "eval"), exist_ok=True)
-                json.dump({"n": 10, "macro_f1": f1}, open(os.path.join(root, "eval", "test-metrics.json"), "w"))
+    def fake_lightning(args, **kw):
+        root = args[args.index("--trainer.default_root_dir") + 1]
+        ran.append((args[0], os.path.relpath(root, tmp_path / "out"), os.environ[RUN_NAME_ENV]))
+        if args[0] == "fit":
+            os.makedirs(os.path.join(root, "export"), exist_ok=True)
+            open(os.path.join(root, "export", "config.json"), "w").write("{}")
+        else:
+            data = os.path.basename(args[args.index("--data.test") + 1]).split(".")[0]
+            f1 = {"main": 0.5, "unpriced": 0.3, "fixture": 0.2, "other": 0.9}[data]
+            f1 += 0.1 * ("/b/" in root) + 0.01 * ("seed1" in root)
+            os.makedirs(os.path.join(root, "eval"), exist_ok=True)
+            json.dump({"n": 10, "macro_f1": f1}, open(os.path.join(root, "eval", "test-metrics.json"), "w"))
+        return 0
 
-    monkeypatch.setattr(cmp, "_run_here", fake_run)
-    for name in ("unpriced", "fixture"):
-        (tmp_path / f"{name}.jsonl").write_text("{}\n")
+    monkeypatch.setattr(launcher, "run_lightning", fake_lightning)
+    row = json.dumps({"query": "red shoes", "item": {"title": "Red Shoes"}, "label": 4}) + "\n"
+    for name in ("main", "unpriced", "fixture", "other"):
+        (tmp_path / f"{name}.jsonl").write_text(row)
+    monkeypatch.setattr(cmp, "evaluation_file", lambda spec, out: str(tmp_path / "main.jsonl"))
     spec = {"name": "also", "start": {"model": "tiny"}, "seeds": [0, 1],
             "arms": {"a": {"config": "configs/sft.yaml"}, "b": {"config": "configs/sft.yaml"}},
             "eval": {"heldout": 8, "also": {"unpriced": str(tmp_path / "unpriced.jsonl")}}, "pairs": [["b", "a"], ["b", "start"]]}
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(spec))
-    monkeypatch.setattr(cmp, "evaluation_file", lambda spec, out: str(tmp_path / "main.jsonl"))
-    out = str(tmp_path / "out")
-    results = cmp.run_compare(cmp.load_spec(str(spec_file)), out)
-    assert ("start", None, "test", "also-unpriced", "test-unpriced") in ran and ("b", 1, "fit", "seed1", "fit") in ran
+    spec_file, out = tmp_path / "spec.yaml", str(tmp_path / "out")
+
+    def compare(**also):
+        spec["eval"]["also"] = {k: str(tmp_path / v) for k, v in also.items()}
+        spec_file.write_text(yaml.safe_dump(spec))
+        ran.clear()
+        return cmp.run_compare(cmp.load_spec(str(spec_file)), out)
+
+    results = compare(unpriced="unpriced.jsonl")
+    assert ("test", "start/also-unpriced", "start-test-unpriced") in ran and ("fit", "b/seed1", "b-seed1") in ran
+    assert ("test", "b/seed1/heldout", "b-seed1-test") in ran
     assert len(ran) == 1 * 2 + 4 * 3  # the start scored twice; each of 4 runs fitted and scored twice
     assert results["b"][1]["sets/unpriced/macro_f1"] == pytest.approx(0.41) and results["b"][1]["macro_f1"] == pytest.approx(0.61)
     pairs = cmp.pair_rows(results, [("b", "a")])
@@ -500,24 +510,35 @@ def test_eval_also_scores_every_run_on_more_sets_and_a_set_added_later_fits_noth
     assert r["mean"] == pytest.approx(0.1) and r["wins"] == 2
     assert "| b | set:unpriced | 2 | 10 | 0.405 ± 0.005 |" in cmp.markdown(cmp.arm_rows(results), pairs, "t", all_slices=False)
     # a set added later: only it is scored, nothing is fitted or scored again
-    ran.clear()
-    spec["eval"]["also"]["fixture"] = str(tmp_path / "fixture.jsonl")
-    spec_file.write_text(yaml.safe_dump(spec))
-    results = cmp.run_compare(cmp.load_spec(str(spec_file)), out)
-    assert sorted({(a[2], a[3]) for a in ran}) == [("test", "also-fixture")] and len(ran) == 5
+    results = compare(unpriced="unpriced.jsonl", fixture="fixture.jsonl")
+    assert sorted({(a[0], os.path.basename(a[1])) for a in ran}) == [("test", "also-fixture")] and len(ran) == 5
     assert results["a"][0]["sets/fixture/macro_f1"] == pytest.approx(0.2)
-    # the same set name from another file: refused, nothing runs
-    ran.clear()
-    (tmp_path / "other.jsonl").write_text("{}\n")
-    spec["eval"]["also"]["fixture"] = str(tmp_path / "other.jsonl")
-    spec_file.write_text(yaml.safe_dump(spec))
-    with pytest.raises(ConfigError, match=r"also-fixture was scored with other settings"):
-        cmp.run_compare(cmp.load_spec(str(spec_file)), out)
-    spec["eval"]["also"]["fixture"] = str(tmp_path / "missing.jsonl")
-    spec_file.write_text(yaml.safe_dump(spec))
+    # a set dropped from the spec is no longer reported
+    results = compare(unpriced="unpriced.jsonl")
+    assert ran == [] and "sets/fixture/macro_f1" not in results["a"][0] and "sets/unpriced/macro_f1" in results["a"][0]
+    # the same name from another file: refused, nothing runs -- also after it was dropped (above) and added back
+    for again in ({"unpriced": "unpriced.jsonl", "fixture": "other.jsonl"}, {"fixture": "other.jsonl"}):
+        with pytest.raises(ConfigError, match=r"also-fixture was scored with other settings"):
+            compare(**again)
+        assert ran == []
     with pytest.raises(ConfigError, match=r"^eval.also.fixture: .*missing.jsonl not found"):
-        cmp.run_compare(cmp.load_spec(str(spec_file)), out)
+        compare(fixture="missing.jsonl")
+    (tmp_path / "bad.jsonl").write_text(row + '{"query": "x", "item": {"title": "X"}}\n')
+    with pytest.raises(ConfigError, match=r"^eval.also.late: .*bad.jsonl:2: field 'label'"):
+        compare(late="bad.jsonl")
     assert ran == []
+
+
+def test_a_hub_id_start_has_the_same_fingerprint_from_any_folder(tmp_path, monkeypatch):
+    """A hub id in a command was made absolute like a path: resumed from another folder, the runs
+    read as fitted with other settings."""
+    from taosr.compare import _fingerprint
+
+    args = ["fit", "--model.init_args.model.name_or_path", "HuggingFaceTB/SmolLM2-135M", "--data.test", "nodir/t.jsonl"]
+    here = _fingerprint(args)
+    monkeypatch.chdir(tmp_path)
+    there = _fingerprint(args)
+    assert here[2] == there[2] == "HuggingFaceTB/SmolLM2-135M" and here[4] != there[4]  # a real path is absolute
 
 
 @pytest.mark.parametrize("arm", ["grpo", "srpo"])
