@@ -21,10 +21,10 @@ pairs to report::
 Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <seed>`` (and
 ``--<key> <seed>`` for each of ``seed_keys``: a deterministic SFT draws nothing from
 ``seed_everything``, so its seeds vary only with ``data.seed``) from the start (so all arms have
-the same rollout budget), then ``taosr test`` on the evaluation set (and on each set of ``eval.also``: its figures are the
-report's ``set:<name>`` rows, paired like the rest). Runs
-live under ``--out/<arm>/seed<S>``; a run scored on every set is skipped and a fit whose
-export exists is only evaluated (on the sets it lacks), so an interrupted comparison continues where it stopped. Each
+the same rollout budget), then ``taosr test`` on the evaluation set (and on each set of
+``eval.also``: its figures are the report's ``set:<name>`` rows, paired like the rest). Runs live
+under ``--out/<arm>/seed<S>``; a run scored on every set is skipped and a fit whose export exists is
+only evaluated (on the sets it lacks), so an interrupted comparison continues where it stopped. Each
 fit logs to W&B in the group ``name`` (job type = arm); the report reads each fit's training
 signals (rewards, critical steps, GRM/verifier disagreement) back from its log. ``--jobs N`` runs N runs at once in worker
 processes with their own cores (and GPU), see :mod:`taosr.jobs`. The report (``summary.md``, ``.csv``,
@@ -417,7 +417,8 @@ def check_settings(spec: CompareSpec, run: Run, fit: list[str] | None, evaluatio
                               "folder to score the run again")
 
 
-def record_settings(run: Run, fit: list[str] | None, evaluation: list[str], also: dict[str, list[str]] | None = None) -> None:
+def record_settings(run: Run, fit: list[str] | None, evaluation: list[str],
+                    also: dict[str, list[str]] | None = None) -> None:
     """Write the run's :data:`RUN_FILE`; the eval.also sets scored before and no longer in the spec
     keep their commands, so a set added back from another file is refused, not reported as scored."""
     from taosr.schema import write_json

@@ -84,7 +84,7 @@ class SynthConfig:
     # Share of items, in every split, shown with their price; the rest carry none, as in the many
     # catalogues without one. No gold step or label reads the price, so only the prompts change: a
     # policy trained at 1.0 (every item priced) learns "Price:" as part of the prompt and writes
-    # malformed reasoning for an item without it (README: Your own data).
+    # malformed reasoning for an item without it (README: Catalogue fields).
     price_share: float = 1.0
     # Share of items, in every split, shown with their category as a catalogue path ("footwear >
     # running shoes"); the gold item step names it anyway, so only the prompts change.
