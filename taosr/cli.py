@@ -64,6 +64,8 @@ def data_main(argv: list[str]) -> int:
                    help="share of items shown with a price, the rest with none (data.synth.price_share)")
     s.add_argument("--category-share", type=float, default=0.0,
                    help="share of items shown with a category path (data.synth.category_share)")
+    s.add_argument("--description-share", type=float, default=0.0,
+                   help="share of items shown with a description (data.synth.description_share)")
     h = sub.add_parser("heldout", help="write extra test examples whose queries occur in no default split")
     h.add_argument("--out", required=True, help="output JSONL file (use with: taosr test ... --data.test FILE)")
     h.add_argument("--n", type=int, default=2000, help="examples (default 2000)")
@@ -72,6 +74,8 @@ def data_main(argv: list[str]) -> int:
                                                                   "with none (data.synth.price_share)")
     h.add_argument("--category-share", type=float, default=0.0, help="share of items shown with a category path "
                                                                      "(data.synth.category_share)")
+    h.add_argument("--description-share", type=float, default=0.0, help="share of items shown with a description "
+                                                                        "(data.synth.description_share)")
     c = sub.add_parser("check", help="validate a data file and print counts per tier and query type")
     c.add_argument("file")
     c.add_argument("--against", metavar="FILE", help="a validation or test file (same reader options): count its "
@@ -114,12 +118,14 @@ def data_main(argv: list[str]) -> int:
         at_least("--items-per-query", a.items_per_query, 1)
         share("--price-share", a.price_share)
         share("--category-share", a.category_share)
+        share("--description-share", a.description_share)
         if os.path.exists(a.out) and not os.path.isdir(a.out):
             raise TaosrError(f"--out: {a.out} is a file; give a directory")
         cfg = SynthConfig(n_train=a.n, n_val=a.n_val if a.n_val is not None else max(1, a.n // 15),
                           n_test=a.n_test if a.n_test is not None else max(1, int(a.n / 7.5)), seed=a.seed,
                           items_per_query=a.items_per_query, annotation_regime=a.annotation_regime,
-                          price_share=a.price_share, category_share=a.category_share)
+                          price_share=a.price_share, category_share=a.category_share,
+                          description_share=a.description_share)
         if a.type_weight:
             cfg.query_type_weights = key_values(a.type_weight, "--type-weight", float)
         if a.tier_weight:
@@ -135,9 +141,11 @@ def data_main(argv: list[str]) -> int:
         at_least("--n", a.n, 1)
         share("--price-share", a.price_share)
         share("--category-share", a.category_share)
+        share("--description-share", a.description_share)
         writable_file("--out", a.out)
-        n = write_jsonl(a.out, heldout(a.n, seed=a.seed, base=SynthConfig(price_share=a.price_share,
-                                                                       category_share=a.category_share)))
+        base = SynthConfig(price_share=a.price_share, category_share=a.category_share,
+                           description_share=a.description_share)
+        n = write_jsonl(a.out, heldout(a.n, seed=a.seed, base=base))
         print(f"wrote {n:6d} held-out examples to {a.out}")
         return 0
     if a.cmd == "check":

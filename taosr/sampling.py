@@ -167,7 +167,7 @@ only when the new file is complete)."""
 
 
 SYNTH_OPTIONS = ("synth_n_train", "synth_n_val", "synth_n_test", "synth_seed", "synth_price_share",
-                 "synth_category_share", "data_dir")  # --data synth only
+                 "synth_category_share", "synth_description_share", "data_dir")  # --data synth only
 
 
 def sample_main(argv: list[str]) -> int:
@@ -189,7 +189,7 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synth-n-train", type=int, default=3000, help="size of the synthetic train split (as in the "
-                                                                   "config; --data synth only, as the next four)")
+                                                                   "config; --data synth only, as every --synth-* option and --data-dir)")
     p.add_argument("--synth-n-val", type=int, default=200)
     p.add_argument("--synth-n-test", type=int, default=400)
     p.add_argument("--synth-seed", type=int, default=0)
@@ -197,6 +197,8 @@ def sample_main(argv: list[str]) -> int:
                    help="share of items shown with a price (data.synth.price_share)")
     p.add_argument("--synth-category-share", type=float, default=0.0,
                    help="share of items shown with a category (data.synth.category_share)")
+    p.add_argument("--synth-description-share", type=float, default=0.0,
+                   help="share of items shown with a description (data.synth.description_share)")
     p.add_argument("--data-dir", default=".cache/taosr/data", help="cache of the synthetic data")
     add_reader_options(p)
     a = p.parse_args(argv)
@@ -216,7 +218,8 @@ def sample_main(argv: list[str]) -> int:
                          ("--synth-n-val", a.synth_n_val, 0), ("--synth-n-test", a.synth_n_test, 0)):
         if v is not None and v < low:
             raise TaosrError(f"{flag}: must be at least {low}, got {v}")
-    for flag, v in (("--synth-price-share", a.synth_price_share), ("--synth-category-share", a.synth_category_share)):
+    for flag, v in (("--synth-price-share", a.synth_price_share), ("--synth-category-share", a.synth_category_share),
+                    ("--synth-description-share", a.synth_description_share)):
         if not 0.0 <= v <= 1.0:
             raise TaosrError(f"{flag}: must be in [0, 1], got {v}")
     if not (math.isfinite(a.temperature) and a.temperature >= 0):
@@ -251,7 +254,8 @@ def sample_main(argv: list[str]) -> int:
     dm = RelevanceDataModule(view="sft", target=target, synth=SynthConfig(n_train=a.synth_n_train, n_val=a.synth_n_val,
                                                                 n_test=a.synth_n_test, seed=a.synth_seed,
                                                                 price_share=a.synth_price_share,
-                                                                category_share=a.synth_category_share),
+                                                                category_share=a.synth_category_share,
+                                                                description_share=a.synth_description_share),
                              data_dir=a.data_dir,
                              reader=reader, use_chat_template=chat, **paths)
     dm.setup("fit")

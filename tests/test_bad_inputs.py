@@ -182,6 +182,8 @@ REFUSED = [
                                                     "1.5"], ("--price-share", "[0, 1]", "1.5"), ("out",)),
     Refused("heldout-negative-category-share", lambda t: ["data", "heldout", "--out", str(t / "h.jsonl"), "--n", "5",
                                                           "--category-share", "-0.5"], ("--category-share", "-0.5"), ("h.jsonl",)),
+    Refused("synth-description-share-above-1", lambda t: ["data", "synth", "--out", str(t / "out"), "--n", "30",
+                                                          "--description-share", "2"], ("--description-share", "[0, 1]"), ("out",)),
     Refused("heldout-out-is-a-directory", lambda t: ["data", "heldout", "--out", str(t), "--n", "5"], ("--out", "directory")),
     Refused("esci-examples-not-parquet", lambda t: ["data", "esci", "--examples", text(t, "ex.parquet", "nope"),
                                                     "--products", text(t, "pr.parquet", "nope"), "--out", str(t / "o.jsonl")],
@@ -438,19 +440,21 @@ def _sample_args(sft_run, cache_dir, out, *extra):
 
 
 def test_sample_shows_the_items_of_the_fits_field_shares(tmp_path, sft_run, cache_dir):
-    """`--synth-price-share` / `--synth-category-share` sample the examples the fits train on with
-    data.synth.price_share / category_share (the quick start passes them on): the same items."""
+    """`--synth-price-share` / `--synth-category-share` / `--synth-description-share` sample the
+    examples the fits train on with data.synth.*_share (the quick start passes them on): the same items."""
     import json
 
     from taosr.data.synth import SynthConfig, generate
 
     out = tmp_path / "s.jsonl"
-    assert main(_sample_args(sft_run, cache_dir, out, "--synth-price-share", "0.5", "--synth-category-share", "0.5")) == 0
+    assert main(_sample_args(sft_run, cache_dir, out, "--synth-price-share", "0.5", "--synth-category-share", "0.5",
+                             "--synth-description-share", "0.5")) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    want = generate(SynthConfig(n_train=48, n_val=6, n_test=6, price_share=0.5, category_share=0.5))["train"][:6]
+    want = generate(SynthConfig(n_train=48, n_val=6, n_test=6, price_share=0.5, category_share=0.5,
+                                description_share=0.5))["train"][:6]
     assert [r["example"] for r in rows] == [e.to_dict() for e in want]
     assert any(e.item.price is None for e in want) and any(e.item.price is not None for e in want)
-    assert any(e.item.category for e in want)
+    assert any(e.item.category for e in want) and any(e.item.description for e in want)
 
 
 def test_sample_interrupted_then_resumed_equals_uninterrupted(tmp_path, sft_run, cache_dir, capsys, monkeypatch):

@@ -40,7 +40,8 @@ def test_heldout_then_check(tmp_path, capsys):
 
 
 def test_synth_and_heldout_write_the_item_fields_asked_for(tmp_path, capsys):
-    """--price-share / --category-share: items without a price, with a category path; the same
+    """--price-share / --category-share / --description-share: items without a price, with a
+    category path, with a description; the same
     examples otherwise (the held-out set's items with and without the fields pair up)."""
     rows = lambda path: [json.loads(line) for line in open(path)]  # noqa: E731
     assert main(["data", "synth", "--out", str(tmp_path / "s"), "--n", "60", "--price-share", "0",
@@ -51,6 +52,11 @@ def test_synth_and_heldout_write_the_item_fields_asked_for(tmp_path, capsys):
     full, bare = rows(tmp_path / "full.jsonl"), rows(tmp_path / "bare.jsonl")
     assert all(f["item"]["price"] is not None and b["item"]["price"] is None for f, b in zip(full, bare))
     assert [(f["query"], f["item"]["title"], f["label"]) for f in full] == [(b["query"], b["item"]["title"], b["label"]) for b in bare]
+    assert main(["data", "heldout", "--out", str(tmp_path / "desc.jsonl"), "--n", "20", "--description-share", "1"]) == 0
+    desc = rows(tmp_path / "desc.jsonl")
+    assert all("description" not in f["item"] and d["item"]["description"] for f, d in zip(full, desc))
+    assert main(["data", "synth", "--out", str(tmp_path / "d"), "--n", "60", "--description-share", "1"]) == 0
+    assert all(r["item"]["description"] for r in rows(tmp_path / "d" / "test.jsonl"))
 
 
 def test_malformed_file_gets_one_line_error(tmp_path):

@@ -95,6 +95,7 @@ def test_greedy_with_one_sample_passes_the_checks(tmp_path):
 @pytest.mark.parametrize("flag, value", [("--synth-n-train", "100"), ("--synth-n-val", "5"), ("--synth-n-test", "5"),
                                          ("--synth-seed", "3"), ("--synth-seed", "0"),  # 0: its default, still given
                                          ("--synth-price-share", "0.5"), ("--synth-category-share", "0.5"),
+                                         ("--synth-description-share", "0.5"),
                                          ("--data-dir", "somewhere")])
 def test_sample_refuses_synth_flags_with_a_data_file(flag, value, tmp_path, capsys):
     data = _pairs(tmp_path)

@@ -499,15 +499,16 @@ def test_views_are_a_registry():
 
 
 def test_default_synth_cache_key_is_unchanged(tmp_path):
-    """The settings added to SynthConfig later (the annotation regime, the price and category
-    shares) do not move the default data's cache folder; another value does, an int or a float alike."""
+    """The settings added to SynthConfig later (the annotation regime, the price, category and
+    description shares) do not move the default data's cache folder; another value does, an int or a float alike."""
     import dataclasses
     import hashlib
 
     from taosr.data.synth import SYNTH_VERSION
 
     c = SynthConfig()
-    old = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("annotation_regime", "price_share", "category_share")}
+    old = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("annotation_regime", "price_share", "category_share",
+                                                                  "description_share")}
     digest = hashlib.sha1(json.dumps({"v": SYNTH_VERSION, **old}, sort_keys=True, default=str).encode()).hexdigest()[:10]
     assert RelevanceDataModule(data_dir=str(tmp_path)).synth_dir().endswith(digest)
     held = RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(annotation_regime="heldout"))
@@ -516,6 +517,9 @@ def test_default_synth_cache_key_is_unchanged(tmp_path):
     shown = [RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(category_share=v)).synth_dir() for v in (1, 1.0)]
     assert shown[0] == shown[1] != RelevanceDataModule(data_dir=str(tmp_path)).synth_dir()
     assert RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(price_share=1)).synth_dir().endswith(digest)
+    assert RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(description_share=0)).synth_dir().endswith(digest)
+    described = RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(description_share=0.5)).synth_dir()
+    assert not described.endswith(digest) and described not in shown
 
 
 def test_heldout_regime_views(tmp_path, dm, capsys):

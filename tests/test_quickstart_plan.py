@@ -140,12 +140,13 @@ def test_sample_step_follows_data_overrides_given_after_the_separator():
     qp = load_plan("tiny", small=True, configs=CONFIGS)
     extra = ["--data.synth.n_val", "6", "--data.synth.seed=3", "--data.data_dir", "/d", "--trainer.max_steps", "2",
              "--data.synth.annotate_evidence", "true", "--data.synth.price_share", "0.7",
-             "--data.synth.category_share=0.3"]
+             "--data.synth.category_share=0.3", "--data.synth.description_share", "0.4"]
     steps = commands("out", qp, qp.budgets, configs=CONFIGS, extra=extra)
     sample = next(s for s in steps if s.kind == "sample").argv
     assert (opt(sample, "--synth-n-val"), opt(sample, "--synth-seed"), opt(sample, "--data-dir")) == ("6", "3", "/d")
     # the prompts change: the sampler must show the same items
-    assert (opt(sample, "--synth-price-share"), opt(sample, "--synth-category-share")) == ("0.7", "0.3")
+    assert (opt(sample, "--synth-price-share"), opt(sample, "--synth-category-share"),
+            opt(sample, "--synth-description-share")) == ("0.7", "0.3", "0.4")
     assert opt(sample, "--synth-n-train") == str(qp.budgets["n_train"]) and "--trainer.max_steps" not in sample
     for bad in (["--data.synth.items_per_query", "2"], ["--data.train=my.jsonl"], ["--data.synth", "{n_val: 6}"]):
         with pytest.raises(TaosrError, match=rf"^quickstart: {bad[0].split('=')[0]} \(after --\) changes the training data"):
@@ -168,8 +169,9 @@ def test_the_heldout_set_avoids_the_queries_of_the_data_the_overrides_make():
     base = synth_base(budgets, 0, ["--data.synth.seed", "1", "--data.synth.n_train=400", "--trainer.max_steps", "2"])
     assert (base.seed, base.n_train, base.n_val, base.n_test) == (1, 400, 200, 20)
     assert synth_base(budgets, 3, []).seed == 3
-    shares = synth_base(budgets, 0, ["--data.synth.price_share=0.5", "--data.synth.category_share", "0.2"])
-    assert (shares.price_share, shares.category_share) == (0.5, 0.2)  # held-out items like the fits'
+    shares = synth_base(budgets, 0, ["--data.synth.price_share=0.5", "--data.synth.category_share", "0.2",
+                                     "--data.synth.description_share=0.3"])
+    assert (shares.price_share, shares.category_share, shares.description_share) == (0.5, 0.2, 0.3)  # as the fits'
     with pytest.raises(TaosrError, match=r"^quickstart: --data.synth.price_share \(after --\): must be a number"):
         synth_base(budgets, 0, ["--data.synth.price_share", "half"])
     train = {ex.query for rows in generate(base).values() for ex in rows}

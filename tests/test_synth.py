@@ -93,6 +93,46 @@ def test_price_and_category_shares_change_the_item_fields_only():
                 generate(SynthConfig(n_train=10, n_val=2, n_test=2, **{key: bad}))
 
 
+def test_descriptions_restate_the_title_and_change_nothing_else():
+    """description_share: a share of items in every split gets catalogue copy that restates only what
+    its title shows (so no label, gold step or annotation changes), of varied lengths; the default
+    gives none, and the other fields are the same examples'."""
+    import re
+
+    from taosr.data.synth import _DESC_FACTS, _DESC_FILLER, _DESC_OPENERS
+
+    base = dict(n_train=400, n_val=40, n_test=80, seed=5, price_share=0.8, category_share=0.3)
+    plain, desc = generate(SynthConfig(**base)), generate(SynthConfig(**base, description_share=0.6))
+    for split in ("train", "val", "test"):
+        assert all(e.item.description is None for e in plain[split])
+        a, b = plain[split], desc[split]
+        # the other field shares draw the same items with and without descriptions
+        assert [e.to_dict() for e in a] == [{**e.to_dict(), "item": {k: v for k, v in e.to_dict()["item"].items()
+                                                                     if k != "description"}} for e in b]
+    rows = [e for split in ("train", "val", "test") for e in desc[split]]
+    shown = [e for e in rows if e.item.description]
+    assert 0.55 < len(shown) / len(rows) < 0.65 and any(e.item.description for e in desc["test"])
+    lengths = sorted(len(e.item.description) for e in shown)
+    assert lengths[0] < 100 and lengths[-1] > 450  # short and long copy, as catalogues have
+    facts = [re.escape(f).replace(r"\{v\}", "(.+)") for forms in _DESC_FACTS.values() for f in forms]
+    for e in shown:
+        name, group = re.match(r"(.+?) \((.+?)\)", e.steps["item"]).groups()
+        first, *rest = [x if x.endswith(".") else x + "." for x in e.item.description.split(". ")]
+        assert first in {o.format(title=e.item.title, brand=e.item.brand.title(), category=name, group=group)
+                         for o in _DESC_OPENERS}, first
+        title = e.item.title.lower()
+        for line in rest:
+            if line in _DESC_FILLER:
+                continue
+            m = next((re.fullmatch(f, line) for f in facts if re.fullmatch(f, line)), None)
+            assert m is not None, line  # every other line is a fact line, and its value is in the title
+            value = m.group(1).lower()
+            assert {"men": "men's", "women": "women's", "kids": "kids'"}.get(value, value) in title, (line, title)
+    for bad in (1.5, -0.1, True):
+        with pytest.raises(ValueError, match=r"data.synth.description_share must be in \[0, 1\]"):
+            generate(SynthConfig(n_train=10, n_val=2, n_test=2, description_share=bad))
+
+
 def _item(cat, brand, **kw):
     return ItemSpec(category=cat, brand=brand, **kw)
 

@@ -246,7 +246,7 @@ class RelevanceDataModule(pl.LightningDataModule):
         fields = dataclasses.asdict(c)
         if fields.get("annotation_regime") == "shared":  # added later: the default keeps the old cache key
             del fields["annotation_regime"]
-        for key, default in (("price_share", 1.0), ("category_share", 0.0)):  # likewise
+        for key, default in (("price_share", 1.0), ("category_share", 0.0), ("description_share", 0.0)):  # likewise
             if fields.get(key) == default:
                 del fields[key]
             elif key in fields:

@@ -24,9 +24,10 @@ Annotation regimes (``annotation_regime``) say which gold reasoning of the train
   GRM training too, so the GRM's judgement of them is tested, not recalled.
 
 Item fields: every item has a title, a brand and a price, and some of its stated attributes as
-fields (``attributes_field_share``); ``price_share`` and ``category_share`` set how many show a price
-and a catalogue category, as real catalogues vary (neither changes a label, a gold step or an
-annotation: the defaults, every price and no category, are the quick start's data).
+fields (``attributes_field_share``); ``price_share``, ``category_share`` and ``description_share`` set
+how many show a price, a catalogue category and a free-text description, as real catalogues vary
+(none changes a label, a gold step or an annotation: the defaults, every price, no category and no
+description, are the quick start's data).
 
 Annotations are bare conclusions (``exact``) unless ``annotate_evidence`` is set: then the decision
 steps are annotated with their whole gold text, evidence first, and the verifier checks both.
@@ -89,6 +90,12 @@ class SynthConfig:
     # Share of items, in every split, shown with their category as a catalogue path ("footwear >
     # running shoes"); the gold item step names it anyway, so only the prompts change.
     category_share: float = 0.0
+    # Share of items, in every split, shown with a free-text description, catalogue copy of 1 to 17
+    # sentences (20 to 620 characters, about 300 on average) that restates what the title says (brand, category,
+    # color, material, gender, feature) among shipping, care and warranty lines; a description
+    # never states a fact the title leaves out, so labels and gold steps stay as they are. A policy
+    # that never saw one can break down on a catalogue's descriptions (README: Catalogue fields).
+    description_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -386,6 +393,40 @@ def _price(rng: random.Random, item: ItemSpec) -> float:
     return round(max(1.0, round(base)) - 0.01, 2)
 
 
+# Catalogue copy for descriptions: openers name the product, fact lines restate a field the title
+# already shows, filler lines state nothing a relevance rule reads.
+_DESC_OPENERS = ("The {title} is built for everyday use.", "Meet the {title}.", "{title}.",
+                 "Introducing the {title} from {brand}.", "A {category} by {brand} for every day.",
+                 "Shop the {title}, part of our {group} range.")
+_DESC_FACTS = {
+    "color": ("Finished in {v}.", "Color: {v}.", "Comes in {v}."),
+    "material": ("Made of {v}.", "Material: {v}.", "Crafted from {v}."),
+    "gender": ("Designed for {v}.", "Fit: {v}."),
+    "feature": ("Key feature: {v}.", "Features: {v}."),
+}
+_DESC_FILLER = ("Backed by the manufacturer's limited warranty.", "Free returns within 30 days.",
+                "Ships in 2-3 business days.", "Wipe clean with a damp cloth.", "Packaging may vary.",
+                "Dimensions and weight vary by size; see the specification sheet for details.",
+                "Customers rate it highly for everyday use.", "Makes a thoughtful gift.", "Imported.",
+                "No assembly required.", "Please check the size chart before ordering.",
+                "Store in a cool, dry place.", "Actual product may look slightly different from the photos.",
+                "Satisfaction guaranteed or your money back.", "Easy to use, right out of the box.",
+                "Designed and tested to last.", "See the product page for care instructions.")
+
+
+def _description(rng: random.Random, item: ItemSpec, title: str) -> str:
+    """Catalogue copy for one item: an opener, the title's facts in a shuffled order (each with
+    probability 0.7), then 0-12 filler lines mixed in."""
+    group = BY_NAME[item.category].group
+    lines = [_pick(rng, _DESC_OPENERS).format(title=title, brand=item.brand.title(), category=item.category,
+                                              group=group)]
+    facts = [_pick(rng, forms).format(v=getattr(item, key)) for key, forms in _DESC_FACTS.items()
+             if getattr(item, key) and rng.random() < 0.7]
+    body = facts + rng.sample(_DESC_FILLER, rng.randrange(0, 13))
+    rng.shuffle(body)
+    return " ".join(lines + body)
+
+
 # ----------------------------------------------------------------------------- gold steps
 def gold_steps(q: QuerySpec, item: ItemSpec) -> tuple[dict[str, str], dict[str, str]]:
     """(step texts, step conclusions) for one (query, item) pair."""
@@ -491,7 +532,7 @@ def check_config(cfg: SynthConfig) -> dict[int, float]:
     share = cfg.train_annotation_share
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
         raise SynthError(f"data.synth.train_annotation_share must be in [0, 1], got {share}")
-    for key in ("price_share", "category_share"):
+    for key in ("price_share", "category_share", "description_share"):
         share = getattr(cfg, key)
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
             raise SynthError(f"data.synth.{key} must be in [0, 1], got {share!r}")
@@ -521,7 +562,7 @@ def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
     want = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
     split_w = [(k, v) for k, v in want.items() if v > 0]
     out: dict[str, list[Example]] = {k: [] for k in want}
-    categories: dict[str, list[str]] = {k: [] for k in want}  # each example's category, for category_share
+    specs: dict[str, list[ItemSpec]] = {k: [] for k in want}  # each example's item, for the field shares
     guard = 0
     while any(len(out[k]) < want[k] for k in want):
         guard += 1
@@ -543,7 +584,7 @@ def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
             item.price = _price(rng, item)
             tiers_done.add(tier)
             out[split].append(to_example(q, item, rng, cfg.attributes_field_share, f"{split}-{len(out[split])}"))
-            categories[split].append(item.category)
+            specs[split].append(item)
     if cfg.price_share < 1.0:
         priced = random.Random(f"price-{cfg.seed}")  # own stream: the examples do not change
         for ex in (e for split in ("train", "val", "test") for e in out[split]):
@@ -552,9 +593,15 @@ def generate(cfg: SynthConfig | None = None) -> dict[str, list[Example]]:
     if cfg.category_share > 0.0:
         shown = random.Random(f"category-{cfg.seed}")  # likewise
         for split in ("train", "val", "test"):
-            for ex, name in zip(out[split], categories[split]):
+            for ex, spec in zip(out[split], specs[split]):
                 if shown.random() < cfg.category_share:
-                    ex.item.category = f"{BY_NAME[name].group} > {name}"
+                    ex.item.category = f"{BY_NAME[spec.category].group} > {spec.category}"
+    if cfg.description_share > 0.0:
+        described = random.Random(f"description-{cfg.seed}")  # likewise
+        for split in ("train", "val", "test"):
+            for ex, spec in zip(out[split], specs[split]):
+                if described.random() < cfg.description_share:
+                    ex.item.description = _description(described, spec, ex.item.title)
     if cfg.annotate_evidence:
         for ex in (e for rows in out.values() for e in rows):
             ex.annotations = {k: (ex.steps[k] if k in DECISION_STEPS else v) for k, v in ex.annotations.items()}
