@@ -55,6 +55,7 @@ def test_synth_and_heldout_write_the_item_fields_asked_for(tmp_path, capsys):
     assert main(["data", "heldout", "--out", str(tmp_path / "desc.jsonl"), "--n", "20", "--description-share", "1"]) == 0
     desc = rows(tmp_path / "desc.jsonl")
     assert all("description" not in f["item"] and d["item"]["description"] for f, d in zip(full, desc))
+    assert [(f["query"], f["item"]["title"], f["label"]) for f in full] == [(d["query"], d["item"]["title"], d["label"]) for d in desc]
     assert main(["data", "synth", "--out", str(tmp_path / "d"), "--n", "60", "--description-share", "1"]) == 0
     assert all(r["item"]["description"] for r in rows(tmp_path / "d" / "test.jsonl"))
 

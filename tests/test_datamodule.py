@@ -520,6 +520,8 @@ def test_default_synth_cache_key_is_unchanged(tmp_path):
     assert RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(description_share=0)).synth_dir().endswith(digest)
     described = RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(description_share=0.5)).synth_dir()
     assert not described.endswith(digest) and described not in shown
+    assert RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(description_share=1)).synth_dir() == \
+        RelevanceDataModule(data_dir=str(tmp_path), synth=SynthConfig(description_share=1.0)).synth_dir()
 
 
 def test_heldout_regime_views(tmp_path, dm, capsys):
