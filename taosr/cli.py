@@ -45,7 +45,7 @@ add --verbose to any command to see tracebacks for user errors.
 """
 
 def data_main(argv: list[str]) -> int:
-    from taosr.cliargs import ArgumentParser, add_reader_options, key_values, reader_spec
+    from taosr.cliargs import ArgumentParser, add_reader_options, add_share_options, key_values, reader_spec, share_settings
 
     p = ArgumentParser(prog="taosr data", description="Data commands.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -60,22 +60,12 @@ def data_main(argv: list[str]) -> int:
     s.add_argument("--tier-weight", nargs="*", metavar="TIER=W", help="tier balance, e.g. 4=0.4 1=0.1")
     s.add_argument("--annotation-regime", default="shared", choices=("shared", "heldout"),
                    help="heldout: only the annotated share of training queries keeps gold steps (see data.synth)")
-    s.add_argument("--price-share", type=float, default=1.0,
-                   help="share of items shown with a price, the rest with none (data.synth.price_share)")
-    s.add_argument("--category-share", type=float, default=0.0,
-                   help="share of items shown with a category path (data.synth.category_share)")
-    s.add_argument("--description-share", type=float, default=0.0,
-                   help="share of items shown with a description (data.synth.description_share)")
+    add_share_options(s)
     h = sub.add_parser("heldout", help="write extra test examples whose queries occur in no default split")
     h.add_argument("--out", required=True, help="output JSONL file (use with: taosr test ... --data.test FILE)")
     h.add_argument("--n", type=int, default=2000, help="examples (default 2000)")
     h.add_argument("--seed", type=int, default=1, help="first synthetic seed to draw from (not 0, the default data's)")
-    h.add_argument("--price-share", type=float, default=1.0, help="share of items shown with a price, the rest "
-                                                                  "with none (data.synth.price_share)")
-    h.add_argument("--category-share", type=float, default=0.0, help="share of items shown with a category path "
-                                                                     "(data.synth.category_share)")
-    h.add_argument("--description-share", type=float, default=0.0, help="share of items shown with a description "
-                                                                        "(data.synth.description_share)")
+    add_share_options(h)
     c = sub.add_parser("check", help="validate a data file and print counts per tier and query type")
     c.add_argument("file")
     c.add_argument("--against", metavar="FILE", help="a validation or test file (same reader options): count its "
@@ -100,10 +90,6 @@ def data_main(argv: list[str]) -> int:
         if v is not None and v < low:
             raise TaosrError(f"{flag}: must be at least {low}, got {v}")
 
-    def share(flag: str, v: float) -> None:
-        if not 0.0 <= v <= 1.0:
-            raise TaosrError(f"{flag}: must be in [0, 1], got {v}")
-
     def writable_file(flag: str, path: str) -> None:
         if os.path.isdir(path):
             raise TaosrError(f"{flag}: {path} is a directory; give a file path")
@@ -116,16 +102,12 @@ def data_main(argv: list[str]) -> int:
         at_least("--n-val", a.n_val, 0)
         at_least("--n-test", a.n_test, 0)
         at_least("--items-per-query", a.items_per_query, 1)
-        share("--price-share", a.price_share)
-        share("--category-share", a.category_share)
-        share("--description-share", a.description_share)
+        shares = share_settings(a)
         if os.path.exists(a.out) and not os.path.isdir(a.out):
             raise TaosrError(f"--out: {a.out} is a file; give a directory")
         cfg = SynthConfig(n_train=a.n, n_val=a.n_val if a.n_val is not None else max(1, a.n // 15),
                           n_test=a.n_test if a.n_test is not None else max(1, int(a.n / 7.5)), seed=a.seed,
-                          items_per_query=a.items_per_query, annotation_regime=a.annotation_regime,
-                          price_share=a.price_share, category_share=a.category_share,
-                          description_share=a.description_share)
+                          items_per_query=a.items_per_query, annotation_regime=a.annotation_regime, **shares)
         if a.type_weight:
             cfg.query_type_weights = key_values(a.type_weight, "--type-weight", float)
         if a.tier_weight:
@@ -139,13 +121,9 @@ def data_main(argv: list[str]) -> int:
         from taosr.data.synth import SynthConfig, heldout
 
         at_least("--n", a.n, 1)
-        share("--price-share", a.price_share)
-        share("--category-share", a.category_share)
-        share("--description-share", a.description_share)
+        shares = share_settings(a)
         writable_file("--out", a.out)
-        base = SynthConfig(price_share=a.price_share, category_share=a.category_share,
-                           description_share=a.description_share)
-        n = write_jsonl(a.out, heldout(a.n, seed=a.seed, base=base))
+        n = write_jsonl(a.out, heldout(a.n, seed=a.seed, base=SynthConfig(**shares)))
         print(f"wrote {n:6d} held-out examples to {a.out}")
         return 0
     if a.cmd == "check":

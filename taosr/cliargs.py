@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from taosr.data.synth import FIELD_SHARES, SynthConfig
 from taosr.errors import TaosrError
 
 
@@ -34,6 +35,26 @@ def key_values(items: list[str] | None, flag: str, value=str, key=str) -> dict |
         except ValueError:
             bad = k if key is not str else v
             raise TaosrError(f"{flag}: {it!r}: {bad!r} is not a number") from None
+    return out
+
+
+def add_share_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--[PREFIX]price-share`` etc.: one flag per synthetic item-field share (``FIELD_SHARES``)."""
+    for name, shows in FIELD_SHARES.items():
+        p.add_argument(f"--{prefix}{name.replace('_', '-')}", type=float, default=getattr(SynthConfig, name),
+                       help=f"share of items shown with {shows} (data.synth.{name})")
+
+
+def share_settings(a: argparse.Namespace, prefix: str = "") -> dict[str, float]:
+    """The shares of :func:`add_share_options` as ``SynthConfig`` keyword arguments, each out of
+    [0, 1] refused in one line naming its flag."""
+    out = {}
+    for name in FIELD_SHARES:
+        flag = f"--{prefix}{name.replace('_', '-')}"
+        v = getattr(a, flag[2:].replace("-", "_"))
+        if not 0.0 <= v <= 1.0:
+            raise TaosrError(f"{flag}: must be in [0, 1], got {v}")
+        out[name] = v
     return out
 
 

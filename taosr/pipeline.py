@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from taosr.cliargs import ArgumentParser
 from taosr.configfiles import locate, option_pairs
-from taosr.data.synth import SynthConfig, heldout
+from taosr.data.synth import FIELD_SHARES, SynthConfig, heldout
 from taosr.errors import TaosrError
 from taosr.launcher import run_lightning, shared_arguments
 from taosr.quickstart_plan import DEFAULT_MODEL, QuickstartPlan, load_plan
@@ -67,9 +67,8 @@ def plan(small: bool, model: str = DEFAULT_MODEL, configs: str = "configs") -> d
 # given `-- --data.synth.n_val 6` sampled other data, and DPO found no sample of its examples).
 SAMPLE_FOLLOWS = {"--data.synth.n_train": "--synth-n-train", "--data.synth.n_val": "--synth-n-val",
                   "--data.synth.n_test": "--synth-n-test", "--data.synth.seed": "--synth-seed",
-                  "--data.synth.price_share": "--synth-price-share",
-                  "--data.synth.category_share": "--synth-category-share",
-                  "--data.synth.description_share": "--synth-description-share", "--data.data_dir": "--data-dir"}
+                  **{f"--data.synth.{name}": f"--synth-{name.replace('_', '-')}" for name in FIELD_SHARES},
+                  "--data.data_dir": "--data-dir"}
 # synthetic-data keys that change annotations only, never the examples: nothing for the sampler to follow
 ANNOTATION_KEYS = tuple(f"--data.synth.{k}" for k in ("train_annotation_share", "annotation_regime",
                                                       "annotate_evidence"))
@@ -117,8 +116,7 @@ def synth_base(budgets: dict, seed: int, extra: list[str]) -> SynthConfig:
 
     return SynthConfig(n_train=whole("n_train", budgets["n_train"]), n_val=whole("n_val", SynthConfig.n_val),
                        n_test=whole("n_test", budgets["n_test"]), seed=whole("seed", seed),
-                       price_share=share("price_share"), category_share=share("category_share"),
-                       description_share=share("description_share"))
+                       **{name: share(name) for name in FIELD_SHARES})
 
 
 def commands(out: str, qp: QuickstartPlan, budgets: dict, configs: str = "configs", seed: int = 0,

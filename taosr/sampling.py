@@ -29,8 +29,9 @@ from typing import Callable, Collection
 
 import torch
 
-from taosr.cliargs import (ArgumentParser, add_reader_options, options_given, reader_flags_given, reader_spec,
-                           refuse_greedy_settings)
+from taosr.cliargs import (ArgumentParser, add_reader_options, add_share_options, options_given, reader_flags_given,
+                           reader_spec, refuse_greedy_settings, share_settings)
+from taosr.data.synth import FIELD_SHARES
 from taosr.errors import DataError, TaosrError
 from taosr.eval.generation import GenerationSpec, decode_completions, make_record
 from taosr.reasoning.targets import TARGETS
@@ -166,8 +167,8 @@ the same prompts; otherwise the command says so and samples again from the start
 only when the new file is complete)."""
 
 
-SYNTH_OPTIONS = ("synth_n_train", "synth_n_val", "synth_n_test", "synth_seed", "synth_price_share",
-                 "synth_category_share", "synth_description_share", "data_dir")  # --data synth only
+SYNTH_OPTIONS = ("synth_n_train", "synth_n_val", "synth_n_test", "synth_seed",
+                 *(f"synth_{name}" for name in FIELD_SHARES), "data_dir")  # --data synth only
 
 
 def sample_main(argv: list[str]) -> int:
@@ -193,12 +194,7 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--synth-n-val", type=int, default=200)
     p.add_argument("--synth-n-test", type=int, default=400)
     p.add_argument("--synth-seed", type=int, default=0)
-    p.add_argument("--synth-price-share", type=float, default=1.0,
-                   help="share of items shown with a price (data.synth.price_share)")
-    p.add_argument("--synth-category-share", type=float, default=0.0,
-                   help="share of items shown with a category (data.synth.category_share)")
-    p.add_argument("--synth-description-share", type=float, default=0.0,
-                   help="share of items shown with a description (data.synth.description_share)")
+    add_share_options(p, prefix="synth-")
     p.add_argument("--data-dir", default=".cache/taosr/data", help="cache of the synthetic data")
     add_reader_options(p)
     a = p.parse_args(argv)
@@ -218,10 +214,7 @@ def sample_main(argv: list[str]) -> int:
                          ("--synth-n-val", a.synth_n_val, 0), ("--synth-n-test", a.synth_n_test, 0)):
         if v is not None and v < low:
             raise TaosrError(f"{flag}: must be at least {low}, got {v}")
-    for flag, v in (("--synth-price-share", a.synth_price_share), ("--synth-category-share", a.synth_category_share),
-                    ("--synth-description-share", a.synth_description_share)):
-        if not 0.0 <= v <= 1.0:
-            raise TaosrError(f"{flag}: must be in [0, 1], got {v}")
+    shares = share_settings(a, prefix="synth-")
     if not (math.isfinite(a.temperature) and a.temperature >= 0):
         raise TaosrError(f"--temperature: must be a number >= 0, got {a.temperature}")
     if not (0 < a.top_p <= 1):
@@ -252,10 +245,7 @@ def sample_main(argv: list[str]) -> int:
     chat = export_meta(a.model).get("use_chat_template")
     target = prompt_target(a.model, a.target)  # --target, else what the export recorded (as in taosr score)
     dm = RelevanceDataModule(view="sft", target=target, synth=SynthConfig(n_train=a.synth_n_train, n_val=a.synth_n_val,
-                                                                n_test=a.synth_n_test, seed=a.synth_seed,
-                                                                price_share=a.synth_price_share,
-                                                                category_share=a.synth_category_share,
-                                                                description_share=a.synth_description_share),
+                                                                n_test=a.synth_n_test, seed=a.synth_seed, **shares),
                              data_dir=a.data_dir,
                              reader=reader, use_chat_template=chat, **paths)
     dm.setup("fit")

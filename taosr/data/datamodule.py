@@ -44,7 +44,7 @@ from taosr.data.collate import pad_left, pad_right
 from taosr.data.grm import GRMSamples
 from taosr.data.hooks import Curriculum, DiverseSampling, RejectionSampling
 from taosr.data.readers import ReaderSpec, read_examples
-from taosr.data.synth import SYNTH_VERSION, SynthConfig, check_config, generate
+from taosr.data.synth import FIELD_SHARES, SYNTH_VERSION, SynthConfig, check_config, generate
 from taosr.data.views import VIEWS, check_view_options
 from taosr.errors import ConfigError
 from taosr.prompts import encode_prompt, policy_prompt
@@ -246,8 +246,8 @@ class RelevanceDataModule(pl.LightningDataModule):
         fields = dataclasses.asdict(c)
         if fields.get("annotation_regime") == "shared":  # added later: the default keeps the old cache key
             del fields["annotation_regime"]
-        for key, default in (("price_share", 1.0), ("category_share", 0.0), ("description_share", 0.0)):  # likewise
-            if fields.get(key) == default:
+        for key in FIELD_SHARES:  # likewise
+            if fields.get(key) == getattr(SynthConfig, key):
                 del fields[key]
             elif key in fields:
                 fields[key] = float(fields[key])  # 1 and 1.0 are the same data

@@ -99,6 +99,12 @@ class SynthConfig:
     description_share: float = 0.0
 
 
+# The item-field shares above, each with what it shows (flag help): every command that makes
+# synthetic data takes them from here (flags, checks, the quick start, the cache key).
+FIELD_SHARES = {"price_share": "a price, the rest with none", "category_share": "a category path",
+                "description_share": "a description"}
+
+
 @dataclass(frozen=True)
 class Constraint:
     kind: str   # brand, not_brand, color, material, not_material, gender, cheaper_than, feature
@@ -532,7 +538,7 @@ def check_config(cfg: SynthConfig) -> dict[int, float]:
     share = cfg.train_annotation_share
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
         raise SynthError(f"data.synth.train_annotation_share must be in [0, 1], got {share}")
-    for key in ("price_share", "category_share", "description_share"):
+    for key in FIELD_SHARES:
         share = getattr(cfg, key)
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
             raise SynthError(f"data.synth.{key} must be in [0, 1], got {share!r}")
