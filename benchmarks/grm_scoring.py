@@ -1,7 +1,9 @@
 """SRPO's GRM scoring of one rollout batch: every completion in one call (batches mixing groups: the
 scorer before 2026-12-03), every completion one group per call, and the groups dynamic sampling
 keeps one group per call (what SRPO does now). Seconds per rollout batch, GRM positions run, and whether
-the kept rows' scores are the same.
+the kept rows' scores are the same. Also the time to build the GRM inputs of a batch (tokenising), with
+the scorer's memo (per group: each distinct prompt and step line once, in one batched tokenizer call
+each) and one candidate at a time (the scorer before 2026-12-04).
 
     python benchmarks/grm_scoring.py --model runs/quickstart/dpo/export --grm runs/quickstart/grm/export
     python benchmarks/grm_scoring.py                          # tiny preset, the policy itself as the judge
@@ -32,6 +34,7 @@ def main() -> None:
     from taosr.eval.generation import GenerationSpec
     from taosr.reasoning.format import parse_reasoning
     from taosr.rl.examiner import ExaminerSpec
+    from taosr.reasoning.grm_layout import candidates_memo
     from taosr.rl.grm import GRMScorer
     from taosr.rl.step_scorer import StepScorer
     from update_plan import rollout_batch
@@ -67,6 +70,7 @@ def main() -> None:
             ("kept", lambda r, keep: scorer._grm_scores(r, keep)),
     }
     secs = {k: [] for k in ways}
+    build = {"memo": [], "no memo": []}
     kept_share, lengths, max_diff, same = [], [], 0.0, True
     loader = list(dm.test_dataloader())[: a.batches]
     for i, b in enumerate(loader):
@@ -77,6 +81,15 @@ def main() -> None:
         keep[kept_rows] = True
         kept_share.append(float(keep.float().mean()))
         lengths.append(float(r.completion_mask.sum(1).float().mean()))
+        for k in (list(build) if i % 2 else list(build)[::-1]):
+            t0 = time.perf_counter()
+            inputs = []
+            for g in range(0, len(r), a.G):  # one scorer call per group, as SRPO calls it
+                exs, steps = r.examples[g:g + a.G], [p.steps for p in r.parsed[g:g + a.G]]
+                memo = candidates_memo(grm.tok, exs, steps) if k == "memo" else None
+                inputs += [grm._encode(e, st, memo) for e, st in zip(exs, steps)]
+            build[k].append(time.perf_counter() - t0)
+            same = same and inputs == [grm._encode(e, p.steps) for e, p in zip(r.examples, r.parsed)]
         got = {}
         for k in (list(ways) if i % 2 else list(ways)[::-1]):
             key, fn = ways[k]
@@ -99,6 +112,9 @@ def main() -> None:
     for k, v in secs.items():
         print(f"| {k} | {statistics.mean(v):.3f} | {ratio_text(v, base)} | "
               f"{tokens[ways[k][0]] / len(v):.0f} |")
+    print(f"\nbuilding the GRM inputs of a batch, one call per group (tokenising): {statistics.mean(build['memo']) * 1e3:.1f} ms with the "
+          f"scorer's memo, {statistics.mean(build['no memo']) * 1e3:.1f} ms one candidate at a time (ratio "
+          f"{ratio_text(build['memo'], build['no memo'])})")
     print(f"\nkept rows' scores: one call per group, all groups vs kept only: {'identical' if same else 'DIFFERENT'}; "
           f"against batches mixing groups: max |difference| {max_diff:.1e}")
 

@@ -86,7 +86,13 @@ def policy_prompt(ex: Example, tokenizer=None, use_chat_template: bool | None = 
 def encode_prompt(tok, text: str) -> list[int]:
     """Token ids of a prompt: BOS first unless the tokenizer has a chat template (whose rendered
     text already starts the sequence); no other special tokens."""
-    ids = tok(text, add_special_tokens=False).input_ids
-    if tok.bos_token_id is not None and not getattr(tok, "chat_template", None):
-        ids = [tok.bos_token_id] + ids
-    return ids
+    return encode_prompts(tok, [text])[0]
+
+
+def encode_prompts(tok, texts: list[str]) -> list[list[int]]:
+    """:func:`encode_prompt` of each text, in one tokenizer call (a fast tokenizer runs a batch at
+    once: about twice as fast as one call per text)."""
+    if not texts:
+        return []
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None and not getattr(tok, "chat_template", None) else []
+    return [bos + ids for ids in tok(list(texts), add_special_tokens=False).input_ids]

@@ -16,7 +16,7 @@ from taosr.errors import ConfigError
 from taosr.labels import STEP_KEYS
 from taosr.models.factory import ModelSpec, load_model_and_tokenizer
 from taosr.reasoning.format import render_reasoning
-from taosr.reasoning.grm_layout import encode_candidate, verdict_slot
+from taosr.reasoning.grm_layout import _steps_ids, candidates_memo, encode_candidate, verdict_slot
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +252,64 @@ def test_a_grm_validated_on_a_file_without_reasoning_skips_its_verdict_metrics(t
     fit("configs/grm.yaml", str(tmp_path / "grm"), cache_dir, "--model.init_args.model.name_or_path",
         os.path.join(sft_run, "export"), "--data.samples_path", samples, "--data.val", val)
     assert "no val example has the five gold steps" in capsys.readouterr().err
+
+
+class _CountingTokenizer:
+    """A tokenizer that counts the texts it tokenises (everything else is the real one's)."""
+
+    def __init__(self, tok):
+        self._tok, self.texts, self.calls = tok, [], []
+
+    def __call__(self, text, **kw):
+        self.calls.append(text)
+        self.texts += text if isinstance(text, list) else [text]
+        return self._tok(text, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def test_the_scoring_memo_tokenises_each_prompt_and_step_line_once_and_changes_no_id(dm):
+    """A rollout group: G candidates of one example that differ in one step. With the memo each
+    example's prompt (and its fitted prompt, for a long description) and each distinct step line
+    are tokenised once per call, and every candidate's ids and slot positions are the ones it gets
+    alone."""
+    tok = dm.tokenizer
+    examples = [dm.splits["train"][3], _long(dm.splits["train"][4])]
+    cands = []
+    for ex in examples:
+        for g in range(4):
+            steps = dict(ex.steps)
+            steps["attribute"] = f"{steps['attribute']} {('good', 'bad')[g % 2]}"
+            cands.append((ex, steps))
+    # (both variants tokenise to equal lengths here, so the long prompt is fitted to one budget)
+    assert len({len(_steps_ids(tok, st)[0]) for ex, st in cands if ex is examples[1]}) == 1
+    alone = [encode_candidate(tok, ex, st, dm.max_length) for ex, st in cands]
+    verdict_slot(tok)  # (cached per tokenizer)
+
+    def prompt_texts(counter):
+        return [t for t in counter.texts if t.startswith("Judge each reasoning step")]
+
+    once = _CountingTokenizer(tok)  # one candidate per example: the prompt work (fitting included) of one
+    verdict_slot(once)
+    for ex, st in cands[::4]:
+        encode_candidate(once, ex, st, dm.max_length)
+    counting = _CountingTokenizer(tok)
+    verdict_slot(counting)
+    counting.texts.clear()
+    memo: dict = {}
+    shared = [encode_candidate(counting, ex, st, dm.max_length, memo) for ex, st in cands]
+    assert shared == alone
+    assert len(prompt_texts(once)) > len(examples)  # the long one's prompt is fitted by trial cuts
+    assert prompt_texts(counting) == prompt_texts(once)  # per example, not per candidate
+    step_lines = [t for t in counting.texts if not t.startswith("Judge each reasoning step")]
+    assert len(step_lines) == len(set(step_lines)) == len(examples) * (len(STEP_KEYS) - 1 + 2)  # 4 shared + 2 variants
+    # the scorer's memo: every distinct line and prompt in one batched call each, the same ids
+    batched = _CountingTokenizer(tok)
+    verdict_slot(batched)
+    batched.calls.clear()
+    memo = candidates_memo(batched, [ex for ex, _ in cands], [st for _, st in cands])
+    assert sorted(map(len, batched.calls)) == [len(examples), len(step_lines)]
+    batched.texts.clear()
+    assert [encode_candidate(batched, ex, st, dm.max_length, memo) for ex, st in cands] == alone
+    assert batched.texts and all(t.startswith("Judge each") for t in batched.texts)  # only the long one's fitting

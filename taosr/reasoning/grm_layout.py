@@ -23,7 +23,7 @@ import os
 from taosr.data.budget import fit_example
 from taosr.errors import ConfigError
 from taosr.labels import STEP_KEYS
-from taosr.prompts import encode_prompt, item_block
+from taosr.prompts import encode_prompt, encode_prompts, item_block
 from taosr.reasoning.format import render_step
 from taosr.schema import Example
 
@@ -53,20 +53,47 @@ def verdict_slot(tok) -> tuple[tuple[int, ...], int, int]:
     return tuple(r[:j]), r[j], w[j]
 
 
-def _steps_ids(tok, steps: dict[str, str]) -> tuple[list[int], list[int]]:
+def _step_lines(steps: dict[str, str]) -> list[str]:
+    """The candidate's step lines, in order (each slot prefix follows its line)."""
+    return [("\n" if n else "") + render_step(k, steps.get(k, MISSING_STEP)) + "\n" for n, k in enumerate(STEP_KEYS)]
+
+
+def _steps_ids(tok, steps: dict[str, str], memo: dict | None = None) -> tuple[list[int], list[int]]:
     """The candidate part of the input (each step, then its slot prefix) and each slot's last
-    position in it; tokenised apart from the prompt, so its length does not depend on the prompt."""
+    position in it; tokenised apart from the prompt, so its length does not depend on the prompt.
+    ``memo``: step lines already tokenised (a rollout group's candidates share most of theirs)."""
     prefix, _, _ = verdict_slot(tok)
     ids, positions = [], []
-    for n, k in enumerate(STEP_KEYS):
-        line = ("\n" if n else "") + render_step(k, steps.get(k, MISSING_STEP)) + "\n"
-        ids += tok(line, add_special_tokens=False).input_ids + list(prefix)
+    for line in _step_lines(steps):
+        ids += _memo(memo, ("line", line), lambda: tok(line, add_special_tokens=False).input_ids) + list(prefix)
         positions.append(len(ids) - 1)
     return ids, positions
 
 
-def fit_candidate(tok, ex: Example, steps: dict[str, str], max_length: int | None = None
-                  ) -> tuple[list[int], list[int], bool]:
+def candidates_memo(tok, examples, steps_list) -> dict:
+    """A memo for :func:`fit_candidate` over these candidates, filled in two batched tokenizer calls:
+    every distinct step line, and every distinct prompt (the fitted prompts of those cut to the
+    budget are added as :func:`fit_candidate` meets them). The ids are the ones it makes alone."""
+    lines = list(dict.fromkeys(line for steps in steps_list for line in _step_lines(steps)))
+    texts = list(dict.fromkeys(grm_prompt_text(ex) for ex in examples))
+    memo: dict = {}
+    if lines:
+        memo.update(zip((("line", x) for x in lines), tok(lines, add_special_tokens=False).input_ids))
+    memo.update(zip((("prompt", x) for x in texts), encode_prompts(tok, texts)))
+    return memo
+
+
+def _memo(memo: dict | None, key, make):
+    """``make()``, once per ``key`` when a memo is given (the ids are never changed in place)."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
+def fit_candidate(tok, ex: Example, steps: dict[str, str], max_length: int | None = None,
+                  memo: dict | None = None) -> tuple[list[int], list[int], bool]:
     """(ids, slot positions, whether the prompt was cut) of the GRM input for one candidate.
 
     With ``max_length``, the steps are kept whole and the prompt (header, query, item) is fitted to
@@ -74,9 +101,14 @@ def fit_candidate(tok, ex: Example, steps: dict[str, str], max_length: int | Non
     training puts at the input's end) by :func:`taosr.data.budget.fit_example`: the description
     first, then the other item fields, then the query. A candidate whose steps alone leave too
     little room keeps the shortest prompt, and its last slots still lie beyond the budget: the
-    caller decides (training counts it, scoring gives those steps no score)."""
-    cand, rel = _steps_ids(tok, steps)
-    prompt = encode_prompt(tok, grm_prompt_text(ex))
+    caller decides (training counts it, scoring gives those steps no score).
+
+    ``memo``: a dict kept across the candidates of one call (the scorer's rollout batch), so that
+    an example's prompt and a step line shared by several candidates are tokenised once; the ids
+    are the same with or without it."""
+    cand, rel = _steps_ids(tok, steps, memo)
+    text = grm_prompt_text(ex)
+    prompt = _memo(memo, ("prompt", text), lambda: encode_prompt(tok, text))
     cut = False
     if max_length is not None:
         budget = max_length - 1 - len(cand)
@@ -84,24 +116,27 @@ def fit_candidate(tok, ex: Example, steps: dict[str, str], max_length: int | Non
             def n_tokens(e: Example) -> int:
                 return len(encode_prompt(tok, grm_prompt_text(e)))
 
-            short, _ = fit_example(ex, n_tokens, budget)
-            prompt, cut = encode_prompt(tok, grm_prompt_text(short)), True
+            def fitted() -> list[int]:
+                short, _ = fit_example(ex, n_tokens, budget)
+                return encode_prompt(tok, grm_prompt_text(short))
+
+            prompt, cut = _memo(memo, ("fitted", text, budget), fitted), True
     return prompt + cand, [len(prompt) + p for p in rel], cut
+
+
+def encode_candidate(tok, ex: Example, steps: dict[str, str], max_length: int | None = None,
+                     memo: dict | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of the GRM input for one candidate (steps missing from it read ``(missing)``), and
+    for each step the position whose next-token distribution holds the verdict, the prompt fitted
+    to ``max_length`` (:func:`fit_candidate`; ``memo`` as there). Training and scoring both build
+    their input here, piece by piece, so they see the same tokens."""
+    ids, positions, _ = fit_candidate(tok, ex, steps, max_length, memo)
+    return ids, positions
 
 
 def slot_fits(position: int, max_length: int | None) -> bool:
     """Whether a verdict slot's decision token (``position + 1``) lies inside ``max_length`` tokens."""
     return max_length is None or position + 1 < max_length
-
-
-def encode_candidate(tok, ex: Example, steps: dict[str, str], max_length: int | None = None
-                     ) -> tuple[list[int], list[int]]:
-    """Token ids of the GRM input for one candidate (steps missing from it read ``(missing)``), and
-    for each step the position whose next-token distribution holds the verdict, the prompt fitted
-    to ``max_length`` (:func:`fit_candidate`). Training and scoring both build their input here,
-    piece by piece, so they see the same tokens."""
-    ids, positions, _ = fit_candidate(tok, ex, steps, max_length)
-    return ids, positions
 
 
 def write_layout(export_dir: str, max_length: int | None = None) -> None:

@@ -40,8 +40,8 @@ import torch
 from taosr.labels import STEP_KEYS
 from taosr.models.kvcache import cache_kwargs, output_cache
 from taosr.reasoning.format import ParsedReasoning
-from taosr.reasoning.grm_layout import (LAYOUT, LAYOUT_FILE, MISSING_STEP, RIGHT, WRONG, check_layout,  # noqa: F401
-                                       encode_candidate, recorded_max_length, slot_fits, verdict_slot,
+from taosr.reasoning.grm_layout import (LAYOUT, LAYOUT_FILE, MISSING_STEP, RIGHT, WRONG, candidates_memo,  # noqa: F401
+                                       check_layout, encode_candidate, recorded_max_length, slot_fits, verdict_slot,
                                        write_layout)
 from taosr.schema import Example
 
@@ -113,8 +113,8 @@ class GRMScorer:
             p.requires_grad_(False)
         return cls(model, tok, batch_size, max_length or recorded_max_length(model_path))
 
-    def _encode(self, ex: Example, steps: dict[str, str]) -> tuple[list[int], list[int]]:
-        return encode_candidate(self.tok, ex, steps, self.max_length)
+    def _encode(self, ex: Example, steps: dict[str, str], memo: dict | None = None) -> tuple[list[int], list[int]]:
+        return encode_candidate(self.tok, ex, steps, self.max_length, memo)
 
     @torch.no_grad()
     def score(self, examples: Sequence[Example], parsed: Sequence[ParsedReasoning]) -> torch.Tensor:
@@ -142,8 +142,10 @@ class GRMScorer:
         b = head.bias[pair] if getattr(head, "bias", None) is not None else None
         # A group's candidates often repeat one another: each distinct input is scored once. Candidates
         # of one example share its prompt: their batch runs it once and the rows continue from its
-        # cache. Examples go longest candidate first, so that a batch's rows have similar lengths.
-        enc = [self._encode(ex, st) for ex, st in zip(examples, steps_list)]
+        # cache. Examples go longest candidate first, so that a batch's rows have similar lengths. The
+        # memo holds each distinct prompt and step line, tokenised in one batched call each.
+        memo = candidates_memo(self.tok, examples, steps_list)
+        enc = [self._encode(ex, st, memo) for ex, st in zip(examples, steps_list)]
         # Slots whose decision token lies beyond max_length were never trained on: each such input is
         # cut after its last slot that fits and those steps get NaN; an input with none is not run.
         fits = [[slot_fits(p, self.max_length) for p in e[1]] for e in enc]
