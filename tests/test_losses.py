@@ -6,7 +6,7 @@ import torch
 
 from taosr.losses.dpo import dpo_loss, dpo_metrics
 from taosr.losses.policy import LOSS_AGGREGATIONS, k3_kl, policy_loss
-from taosr.losses.sft import gather_logprobs, sequence_logprobs, sft_loss
+from taosr.losses.sft import gather_logprobs, sequence_logprobs, sft_loss, token_entropy
 
 
 def test_sft_loss_masks_prompt_tokens():
@@ -28,6 +28,23 @@ def test_gather_logprobs_matches_log_softmax():
     x = torch.randn(2, 3, 5)
     t = torch.randint(0, 5, (2, 3))
     assert torch.allclose(gather_logprobs(x, t), torch.log_softmax(x, -1).gather(-1, t[..., None]).squeeze(-1), atol=1e-6)
+
+
+def test_token_entropy_by_hand_and_in_chunks():
+    # uniform over 4: log 4; one certain token: 0; two equal of a near-impossible rest: log 2
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [60.0, 0.0, 0.0, 0.0], [30.0, 30.0, -30.0, -30.0]]])
+    assert token_entropy(logits)[0].tolist() == pytest.approx([math.log(4), 0.0, math.log(2)], abs=1e-5)
+    # any chunking gives the definition's numbers; bf16 logits are read in float32; the input is untouched
+    x = (torch.randn(7, 5, 11) * 4).to(torch.bfloat16)
+    before = x.clone()
+    logp = torch.log_softmax(x.float(), -1)
+    want = -(logp.exp() * logp).sum(-1)
+    for budget in (1, 5 * 11 * 3, 5 * 11 * 7, 10 ** 6):  # chunks of 1, 3 and 7 rows (the last: all at once)
+        got = token_entropy(x, max_elements=budget)
+        assert got.dtype == torch.float32 and got.shape == (7, 5)
+        assert torch.allclose(got, want, atol=1e-5)
+    assert torch.equal(x, before)
+    assert token_entropy(torch.zeros(0, 5, 11)).shape == (0, 5)
 
 
 def test_dpo_loss_hand_computed():

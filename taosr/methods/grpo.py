@@ -21,7 +21,7 @@ import torch
 
 from taosr.errors import ConfigError
 from taosr.losses.policy import LOSS_AGGREGATIONS, policy_loss
-from taosr.losses.sft import gather_logprobs
+from taosr.losses.sft import gather_logprobs, token_entropy
 from taosr.methods.base import RelevanceModule
 from taosr.models.factory import disable_dropout
 from taosr.models.kvcache import cache_kwargs, output_cache
@@ -95,10 +95,7 @@ class GRPOModule(RelevanceModule):
         lp = gather_logprobs(logits, c_ids)
         if not entropy:
             return lp
-        with torch.no_grad():
-            logp_all = torch.log_softmax(logits, -1)
-            ent = -(logp_all.exp() * logp_all).sum(-1)
-        return lp, ent
+        return lp, token_entropy(logits.detach())
 
     def _shared_prefix_logits(self, model, r: Rollout, idx: torch.Tensor, c_ids: torch.Tensor,
                               c_mask: torch.Tensor) -> torch.Tensor:
