@@ -71,7 +71,7 @@ def main() -> None:
     }
     secs = {k: [] for k in ways}
     build = {"memo": [], "no memo": []}
-    kept_share, lengths, max_diff, same = [], [], 0.0, True
+    kept_share, lengths, max_diff, same, same_ids = [], [], 0.0, True, True
     loader = list(dm.test_dataloader())[: a.batches]
     for i, b in enumerate(loader):
         r, _, kept_rows = rollout_batch(model, tok, b, rows, spec, seed=i)  # outcome rewards, GRPO's keep rule
@@ -89,7 +89,7 @@ def main() -> None:
                 memo = candidates_memo(grm.tok, exs, steps) if k == "memo" else None
                 inputs += [grm._encode(e, st, memo) for e, st in zip(exs, steps)]
             build[k].append(time.perf_counter() - t0)
-            same = same and inputs == [grm._encode(e, p.steps) for e, p in zip(r.examples, r.parsed)]
+            same_ids = same_ids and inputs == [grm._encode(e, p.steps) for e, p in zip(r.examples, r.parsed)]
         got = {}
         for k in (list(ways) if i % 2 else list(ways)[::-1]):
             key, fn = ways[k]
@@ -114,7 +114,7 @@ def main() -> None:
               f"{tokens[ways[k][0]] / len(v):.0f} |")
     print(f"\nbuilding the GRM inputs of a batch, one call per group (tokenising): {statistics.mean(build['memo']) * 1e3:.1f} ms with the "
           f"scorer's memo, {statistics.mean(build['no memo']) * 1e3:.1f} ms one candidate at a time (ratio "
-          f"{ratio_text(build['memo'], build['no memo'])})")
+          f"{ratio_text(build['memo'], build['no memo'])}); the inputs: {'identical' if same_ids else 'DIFFERENT'}")
     print(f"\nkept rows' scores: one call per group, all groups vs kept only: {'identical' if same else 'DIFFERENT'}; "
           f"against batches mixing groups: max |difference| {max_diff:.1e}")
 

@@ -313,3 +313,31 @@ def test_the_scoring_memo_tokenises_each_prompt_and_step_line_once_and_changes_n
     batched.texts.clear()
     assert [encode_candidate(batched, ex, st, dm.max_length, memo) for ex, st in cands] == alone
     assert batched.texts and all(t.startswith("Judge each") for t in batched.texts)  # only the long one's fitting
+
+
+def test_the_scoring_memo_keeps_each_fit_apart(dm):
+    """Fitted prompts are kept per example and budget: candidates of one long example whose steps
+    differ in length are fitted to their own budgets, and two items that render the same prompt
+    text from different fields (an attribute value holding "; size=...") are each cut by their own
+    fields."""
+    tok = dm.tokenizer
+    base = _long(dm.splits["train"][5])
+    one = dataclasses.replace(base, item=dataclasses.replace(base.item, attributes={"color": "red; size=" + "x" * 300}))
+    two = dataclasses.replace(base, item=dataclasses.replace(base.item, attributes={"color": "red", "size": "x" * 300}))
+    from taosr.reasoning.grm_layout import grm_prompt_text
+
+    assert grm_prompt_text(one) == grm_prompt_text(two)
+    cands = []
+    for ex in (one, two):
+        for extra in ("", " and more words" * 3, " and more words" * 6):
+            steps = dict(ex.steps)
+            steps["attribute"] = steps["attribute"] + extra
+            cands.append((ex, steps))
+    assert len({len(_steps_ids(tok, st)[0]) for _, st in cands}) == 3  # three budgets
+    budget = len(_steps_ids(tok, base.steps)[0]) + 120  # room for a prompt cut into its attributes
+    alone = [encode_candidate(tok, ex, st, budget) for ex, st in cands]
+    prompts = [ids[:len(ids) - len(_steps_ids(tok, st)[0])] for (ids, _), (_, st) in zip(alone, cands)]
+    assert len({tuple(x) for x in prompts[:3]}) > 1 and len({tuple(x) for x in prompts[3:]}) > 1  # per budget
+    assert any(prompts[i] != prompts[i + 3] for i in range(3))  # per item, at one budget
+    memo = candidates_memo(tok, [ex for ex, _ in cands], [st for _, st in cands])
+    assert [encode_candidate(tok, ex, st, budget, memo) for ex, st in cands] == alone

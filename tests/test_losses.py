@@ -31,21 +31,43 @@ def test_gather_logprobs_matches_log_softmax():
 
 
 def test_token_entropy_by_hand_and_in_chunks():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestVocabTensor(TorchDispatchMode):
+        """The most values of any new (.., V) tensor an op makes (a view or an in-place result shares
+        an input's storage: no new memory)."""
+
+        def __init__(self, vocab):
+            super().__init__()
+            self.vocab, self.most = vocab, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if (isinstance(t, torch.Tensor) and t.dim() and t.shape[-1] == self.vocab
+                        and t.untyped_storage().data_ptr() not in inputs):
+                    self.most = max(self.most, t.numel())
+            return out
+
     # uniform over 4: log 4; one certain token: 0; two equal of a near-impossible rest: log 2
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [60.0, 0.0, 0.0, 0.0], [30.0, 30.0, -30.0, -30.0]]])
     assert token_entropy(logits)[0].tolist() == pytest.approx([math.log(4), 0.0, math.log(2)], abs=1e-5)
-    # any chunking gives the definition's numbers; bf16 logits are read in float32; the input is untouched
-    x = (torch.randn(7, 5, 11) * 4).to(torch.bfloat16)
-    before = x.clone()
-    logp = torch.log_softmax(x.float(), -1)
+    # any chunking gives the definition's numbers; bf16 logits are read in float32; the input is
+    # untouched; no op makes a vocabulary-wide tensor larger than the budget (one position at least)
+    x = (torch.randn(7, 5, 11) * 4).to(torch.bfloat16).requires_grad_()
+    before = x.detach().clone()
+    logp = torch.log_softmax(x.detach().float(), -1)
     want = -(logp.exp() * logp).sum(-1)
-    for budget in (1, 5 * 11 * 3, 5 * 11 * 7, 10 ** 6):  # chunks of 1, 3 and 7 rows (the last: all at once)
-        got = token_entropy(x, max_elements=budget)
-        assert got.dtype == torch.float32 and got.shape == (7, 5)
+    for budget in (1, 11 * 2, 11 * 5, 11 * 5 * 3, 10 ** 6):  # 1 and 2 positions, a row, 3 rows, all at once
+        with LargestVocabTensor(11) as seen:
+            got = token_entropy(x, max_elements=budget)
+        assert seen.most <= max(budget, 11) if budget < 10 ** 6 else seen.most == 7 * 5 * 11, (budget, seen.most)
+        assert got.dtype == torch.float32 and got.shape == (7, 5) and got.grad_fn is None
         assert torch.allclose(got, want, atol=1e-5)
-    assert torch.equal(x, before)
+    assert torch.equal(x.detach(), before)
     assert token_entropy(torch.zeros(0, 5, 11)).shape == (0, 5)
-
+    assert token_entropy(torch.zeros(2, 0, 11), max_elements=1).shape == (2, 0)
 
 def test_dpo_loss_hand_computed():
     # logits = (pc - pr) - (rc - rr) = (-1 - -3) - (-2 - -2) = 2; beta .5 -> loss = -log sigmoid(1)

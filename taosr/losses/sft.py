@@ -16,19 +16,28 @@ def token_entropy(logits: torch.Tensor, max_elements: int = 2 ** 24) -> torch.Te
     """Entropy of each position's next-token distribution: (B, T, V) -> (B, T) float32, no gradient.
 
     With ``d`` the logits less their maximum, ``e = exp(d)`` and ``z = sum(e)``, the entropy is
-    ``log z - sum(e * d) / z``; computed a chunk of rows at a time (as many as keep a chunk within
-    ``max_elements`` values, at least one) with ``e * d`` made in place, so the extra memory is about
-    two chunks of float32 (128 MiB by default), not the three whole micro-batches of a log-softmax,
-    its exp and their product: with a 150k vocabulary and long completions those are gigabytes (TRL
-    chunks its entropy for the same reason). Logits are a model's raw output (finite)."""
-    rows = max(1, max_elements // max(1, logits.shape[1] * logits.shape[2]))
-    out = []
-    for c in logits.split(rows):
+    ``log z - sum(e * d) / z``, computed a chunk at a time with ``e * d`` made in place: whole rows
+    while a row has at most ``max_elements`` values, else positions of one row. So the extra memory
+    is two chunks of at most ``max_elements`` float32 values (64 MiB each by default), not the three
+    whole micro-batches of a log-softmax, its exp and their product: with a 150k vocabulary and long
+    completions those are gigabytes (TRL chunks its entropy for the same reason). Logits are a
+    model's raw output (finite)."""
+    B, T, V = logits.shape
+    out = torch.empty((B, T), dtype=torch.float32, device=logits.device)
+    if T * V <= max_elements:
+        n = max_elements // max(1, T * V)
+        spans = [(slice(b, b + n), slice(None)) for b in range(0, B, n)]
+    else:  # a row alone is over the budget: pieces of one row's positions
+        n = max(1, max_elements // max(1, V))
+        spans = [(slice(b, b + 1), slice(t, t + n)) for b in range(B) for t in range(0, T, n)]
+    for rows, positions in spans:
+        c = logits[rows, positions]
         d = c.float() - c.amax(-1, keepdim=True).float()
         e = d.exp()
         z = e.sum(-1)
-        out.append(z.log() - e.mul_(d).sum(-1) / z)
-    return torch.cat(out) if out else logits.new_zeros(logits.shape[:-1], dtype=torch.float32)
+        out[rows, positions] = z.log() - e.mul_(d).sum(-1) / z
+        del d, e  # freed before the next chunk's are made
+    return out
 
 
 def shift_for_causal_lm(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor):

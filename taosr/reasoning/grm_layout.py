@@ -104,8 +104,8 @@ def fit_candidate(tok, ex: Example, steps: dict[str, str], max_length: int | Non
     caller decides (training counts it, scoring gives those steps no score).
 
     ``memo``: a dict kept across the candidates of one call (the scorer's rollout batch), so that
-    an example's prompt and a step line shared by several candidates are tokenised once; the ids
-    are the same with or without it."""
+    an example's prompt (and its prompt fitted to a budget) and a step line shared by several
+    candidates are tokenised once; the ids are the same with or without it."""
     cand, rel = _steps_ids(tok, steps, memo)
     text = grm_prompt_text(ex)
     prompt = _memo(memo, ("prompt", text), lambda: encode_prompt(tok, text))
@@ -116,11 +116,14 @@ def fit_candidate(tok, ex: Example, steps: dict[str, str], max_length: int | Non
             def n_tokens(e: Example) -> int:
                 return len(encode_prompt(tok, grm_prompt_text(e)))
 
-            def fitted() -> list[int]:
+            def fitted() -> tuple[Example, list[int]]:
                 short, _ = fit_example(ex, n_tokens, budget)
-                return encode_prompt(tok, grm_prompt_text(short))
+                return ex, encode_prompt(tok, grm_prompt_text(short))
 
-            prompt, cut = _memo(memo, ("fitted", text, budget), fitted), True
+            # keyed by the example itself, not its text: fit_example cuts each field on its own, and
+            # two items can render the same text from different fields (an attribute value holding
+            # "; size=..."). The entry holds the example, so its id is not reused while the memo lives.
+            prompt, cut = _memo(memo, ("fitted", id(ex), budget), fitted)[1], True
     return prompt + cand, [len(prompt) + p for p in rel], cut
 
 
