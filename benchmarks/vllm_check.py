@@ -5,8 +5,11 @@
 1. builds the colocated engine from the export, 2. perturbs the trainer's weights (and, with
 --lora, wraps them in a LoRA adapter with non-zero B so the merge path is exercised), 3. pushes
 them into vLLM, 4. compares greedy completions of HF ``generate`` and vLLM token by token, and
-5. times a sampled rollout of prompts x G completions with sleep/wake around it.
-Prints a small report; exits non-zero when greedy outputs disagree beyond the first tokens.
+5. times a sampled rollout of prompts x G completions with sleep/wake around it, and 6. scores that
+rollout's tokens with the trainer's forward against the log-probs vLLM reported for them (the
+mismatch GRPO/SRPO's ``rollout_is`` corrects: ``taosr.rl.sampler_correction``; ``--dtype bfloat16``
+for vLLM's dtype in a bf16 run). Prints a small report; exits non-zero when greedy outputs disagree
+beyond the first tokens.
 """
 from __future__ import annotations
 
@@ -15,13 +18,32 @@ import sys
 import time
 
 
+def trainer_logps(model, prompt_ids, prompt_mask, comp, comp_mask, temperature: float, rows: int = 16):
+    """The trainer's log-prob of each completion token at ``temperature`` (as GRPO scores them), ``rows``
+    completions per forward."""
+    import torch
+
+    out = torch.zeros(comp.shape, dtype=torch.float32, device=comp.device)
+    W = comp.shape[1]
+    with torch.no_grad():
+        for i in range(0, len(comp), rows):
+            sl = slice(i, i + rows)
+            ids = torch.cat([prompt_ids[sl], comp[sl]], 1)
+            att = torch.cat([prompt_mask[sl], comp_mask[sl]], 1)
+            pos = (att.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=W + 1).logits[:, :-1]
+            out[sl] = torch.log_softmax(logits.float() / temperature, -1).gather(-1, comp[sl, :, None])[..., 0]
+    return out * comp_mask
+
+
 def main() -> int:
     import torch
 
     from taosr.data.datamodule import RelevanceDataModule
-    from taosr.eval.generation import GenerationSpec, generate_ids
+    from taosr.eval.generation import GenerationSpec, completion_lengths, generate_ids
     from taosr.models.factory import LoraSpec, ModelSpec, load_model_and_tokenizer
     from taosr.rl.engines.vllm_engine import VLLMEngine
+    from taosr.rl.sampler_correction import sampler_is_weights
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
@@ -30,6 +52,8 @@ def main() -> int:
     p.add_argument("--G", type=int, default=8)
     p.add_argument("--max-new", type=int, default=96)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.3)
+    p.add_argument("--dtype", default="float32", help="vLLM's dtype (the trainer's model stays fp32)")
+    p.add_argument("--temperature", type=float, default=1.3)
     a = p.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this check needs a GPU")
@@ -48,7 +72,7 @@ def main() -> int:
     batch = dm.collate_prompts(list(enumerate(dm.splits["train"][: a.prompts])))
     ids, att = batch["input_ids"].cuda(), batch["attention_mask"].cuda()
     engine = VLLMEngine(model_path=a.model, gpu_memory_utilization=a.gpu_memory_utilization,
-                        max_model_len=1024, sleep_level=1, dtype="float32")
+                        max_model_len=1024, sleep_level=1, dtype=a.dtype)
     t0 = time.perf_counter()
     engine.sync_weights(model)
     t_sync = time.perf_counter() - t0
@@ -58,13 +82,24 @@ def main() -> int:
     same = sum(int(h[:8].tolist() == v[:8].tolist()) for h, v in zip(hf, vl))
     engine.sync_weights(model)
     t1 = time.perf_counter()
-    out = engine.generate(model, tok, ids, att, GenerationSpec(max_new_tokens=a.max_new, do_sample=True,
-                                                               num_return_sequences=a.G))
+    spec = GenerationSpec(max_new_tokens=a.max_new, do_sample=True, temperature=a.temperature, num_return_sequences=a.G)
+    out, sampler_lp = engine.sample(model, tok, ids, att, spec)
     t_gen = time.perf_counter() - t1
-    n_tok = int((out != tok.pad_token_id).sum())
+    lens = completion_lengths(out, tok.eos_token_id, tok.pad_token_id, ragged=True).to(out.device)
+    mask = (torch.arange(out.shape[1], device=out.device)[None, :] < lens[:, None]).long()
+    n_tok = int(mask.sum())
+    train_lp = trainer_logps(model, ids.repeat_interleave(a.G, 0), att.repeat_interleave(a.G, 0), out, mask,
+                             a.temperature)
+    _, m = sampler_is_weights(train_lp, sampler_lp.masked_fill(mask == 0, 0.0), mask, mode="sequence_mask")
+    _, mt = sampler_is_weights(train_lp, sampler_lp.masked_fill(mask == 0, 0.0), mask, mode="token_truncate")
     print(f"weight sync: {t_sync:.2f}s ({'LoRA merged' if a.lora else 'plain'})")
     print(f"greedy agreement (first 8 tokens) HF vs vLLM: {same}/{len(hf)}")
     print(f"sampled rollout: {out.shape[0]} completions, {n_tok} tokens in {t_gen:.2f}s = {n_tok / t_gen:.0f} tokens/s")
+    print(f"sampler mismatch (vLLM {a.dtype} vs trainer fp32, temperature {a.temperature}): |dlogp| per token mean "
+          f"{m['sampler/logp_diff_mean']:.2e} max {m['sampler/logp_diff_max']:.2e}; token ratio min/mean/max "
+          f"{mt['sampler/is_ratio_min']:.3f}/{mt['sampler/is_ratio_mean']:.3f}/{mt['sampler/is_ratio_max']:.3f}; "
+          f"sequence ratio min/mean/max {m['sampler/is_ratio_min']:.3f}/{m['sampler/is_ratio_mean']:.3f}/"
+          f"{m['sampler/is_ratio_max']:.3f}, outside [0, 3] {m['sampler/is_bounded_frac']:.1%}")
     return 0 if same >= 0.9 * len(hf) else 1
 
 

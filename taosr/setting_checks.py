@@ -13,6 +13,9 @@ default where the run never reads it:
 - SRPO's ``keep_step_only_groups: true`` without dynamic sampling, or with the ``outcome`` step estimator
   (the rule it changes is dynamic sampling's, and ``outcome`` has no step term);
 - SRPO's ``grm_path`` and ``grm_batch_size`` in an examiner mode that never loads a GRM (``verifier``);
+- GRPO/SRPO's ``rollout_is``, ``rollout_is_max`` and ``rollout_is_min`` with an on-policy rollout
+  engine (``hf``: it samples from the trainer's own model and reports no sampler log-probs, so there
+  is no mismatch to correct);
 - the GRM's ``table_rows`` (never read), and its ``eval_scores`` and ``eval_generation`` in ``validate`` /
   ``test`` (GRM evaluation scores step verdicts and
   generates nothing; ``taosr predict`` does generate with it). At ``fit`` it is a warning: the
@@ -77,6 +80,18 @@ def _user_fields(user, key: str, value: dict | None, default: dict) -> list[str]
     return [f for f in default if _given(user, f"{key}.{f}") and value.get(f, default[f]) != default[f]]
 
 
+def _rollout_engine(cfg: dict) -> str:
+    """The ``engine`` of the config's RolloutCallback (its default, ``hf``, when unset or absent)."""
+    trainer = _plain(cfg.get("trainer")) or {}
+    for cb in (trainer.get("callbacks") if isinstance(trainer, dict) else None) or []:
+        cb = _plain(cb)
+        path = cb.get("class_path") if isinstance(cb, dict) else getattr(cb, "class_path", None)
+        if str(path or "").rsplit(".", 1)[-1] == "RolloutCallback":
+            args = _plain(cb.get("init_args") if isinstance(cb, dict) else getattr(cb, "init_args", None)) or {}
+            return str(args.get("engine") or "hf")
+    return "hf"
+
+
 def check_unread_settings(command: str, cfg, user: frozenset[str] | set[str],
                           shared: frozenset[str] | set[str] = frozenset(),
                           warn: Callable[[str], None] | None = None) -> None:
@@ -118,6 +133,18 @@ def check_unread_settings(command: str, cfg, user: frozenset[str] | set[str],
         elif step == "outcome":
             unread(key, f"{key}: keeps groups for their step term, and step_advantage 'outcome' has none (GRPO's "
                         "rule applies; remove it, or choose outcome_plus_step or process_sum)")
+
+    if fit and _is(cls, "taosr.methods.grpo", "GRPOModule"):
+        from taosr.rl.engines import ENGINES
+
+        engine = _rollout_engine(cfg)
+        for name, default in (("rollout_is", "sequence_mask"), ("rollout_is_max", 3.0), ("rollout_is_min", None)):
+            key = f"{KEY}.{name}"
+            if (_given(user, key) and init.get(name, default) != default and engine in ENGINES
+                    and ENGINES.get(engine).on_policy):
+                unread(key, f"{key}: corrects the mismatch of an engine that samples apart from the trainer (vllm), "
+                            f"and the rollout engine is {engine!r}, which samples from the trainer's own model "
+                            "(remove it, or set the RolloutCallback's engine: vllm)")
 
     if fit and srpo:
         from taosr.rl.examiner import EXAMINER_MODES

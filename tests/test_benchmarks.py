@@ -67,3 +67,23 @@ def test_grm_scoring_runs(cache_dir):
                  cache_dir=cache_dir)
     assert "| kept groups only, one call per group (SRPO now) | " in out
     assert "all groups vs kept only: identical" in out
+
+
+def test_vllm_checks_scoring_of_the_trainer_side_is_grpos():
+    """benchmarks/vllm_check.py (GPU only) compares vLLM's log-probs with ``trainer_logps``: on CPU, that
+    scoring (chunked rows, left-padded prompts, a completion that ended early) is GRPO's own."""
+    import importlib.util
+
+    import torch
+
+    from tests.test_grpo_module import _rollout, _tiny
+    from taosr.methods.grpo import GRPOModule
+
+    spec = importlib.util.spec_from_file_location("vllm_check", os.path.join(ROOT, "benchmarks", "vllm_check.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model, r = _tiny(), _rollout(temperature=1.3)
+    with torch.no_grad():
+        want = GRPOModule(prefix_sharing=False)._logps(model, r) * r.completion_mask
+    got = bench.trainer_logps(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, 1.3, rows=3)
+    assert torch.allclose(got, want, atol=1e-5)

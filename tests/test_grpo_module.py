@@ -198,7 +198,7 @@ def test_all_groups_dropped_still_counts_rollout_batches(tmp_path, cache_dir):
 
 
 def _fit_micro(tmp_path, cache_dir, max_steps=2, inject=True, extra_callbacks=(), module_cls=GRPOModule,
-               G=4, trainer_kw=None, config_overrides=None, dm_kw=None, **kw):
+               G=4, trainer_kw=None, config_overrides=None, dm_kw=None, engine=None, **kw):
     """A few rollout batches of the micro model (2 prompts x G, 24 new tokens at temperature 1.3).
     The micro model writes no valid answer, so ``inject`` replaces the outcome rewards with a
     deterministic function of each sampled text (reward spread, hence updates)."""
@@ -226,6 +226,8 @@ def _fit_micro(tmp_path, cache_dir, max_steps=2, inject=True, extra_callbacks=()
     module = module_cls(model=spec, lr=1e-2, export_dir=None, micro_batch_size=3, table_every=0, **kw)
     rollout = RolloutCallback(num_generations=G, generation=GenerationSpec(do_sample=True, temperature=1.3,
                                                                            max_new_tokens=24))
+    if engine is not None:
+        rollout.engine = engine
     callbacks = [rollout, RewardModelCallback(), *([Inject()] if inject else []), *extra_callbacks]
     losses = []
 
@@ -465,12 +467,14 @@ def test_all_logps_give_every_row_its_own_log_probs():
     assert torch.allclose(got[mask], want[mask], atol=1e-5) and bool((got[~mask] == 0).all())
 
 
-@pytest.mark.parametrize("loss_agg,per_token,beta", [("token_mean", False, 0.0), ("seq_mean", False, 0.0),
-                                                     ("dr_grpo", True, 0.0), ("token_mean", True, 0.04)])
-def test_planned_update_gives_the_full_batch_gradient(loss_agg, per_token, beta):
+@pytest.mark.parametrize("loss_agg,per_token,beta,sampler", [
+    ("token_mean", False, 0.0, False), ("seq_mean", False, 0.0, False), ("dr_grpo", True, 0.0, False),
+    ("token_mean", True, 0.04, False), ("token_mean", True, 0.04, True), ("seq_mean", False, 0.0, True)])
+def test_planned_update_gives_the_full_batch_gradient(loss_agg, per_token, beta, sampler):
     """The planned update (repeats computed once and weighted, groups sorted by length, micro-batches
     trimmed) gives the loss and gradient of one plain forward over every kept row; with beta > 0 also
-    with old log-probs from other weights (ratio away from 1, clipping on) and the KL term."""
+    with old log-probs from other weights (ratio away from 1, clipping on) and the KL term; with
+    ``sampler`` also with the rollout's importance-sampling weights on each row's tokens."""
     from taosr.losses.policy import policy_loss
     from taosr.rl.update_plan import plan_update
 
@@ -491,6 +495,11 @@ def test_planned_update_gives_the_full_batch_gradient(loss_agg, per_token, beta)
         adv = adv[:, None] * torch.linspace(0.5, 1.5, r.completion_ids.shape[1])[None, :]
     keep = torch.tensor([0, 1, 2, 3, 5, 6, 7])
     mask = r.completion_mask.float()
+    if sampler:  # weights per token, alike on a row's repeats (same tokens: the same sampler log-probs)
+        r.is_weights = (0.5 + torch.rand(r.completion_ids.shape, generator=torch.Generator().manual_seed(4)))
+        for a, b in ((2, 0), (3, 0), (6, 5)):
+            r.is_weights[a] = r.is_weights[b]
+        r.is_weights = r.is_weights * mask
     kw = dict(num_tokens=float(mask[keep].sum()), num_seqs=float(len(keep)))
     # reference: one plain forward over the kept rows, no weights
     mod = GRPOModule(prefix_sharing=False, loss_agg=loss_agg, beta=beta)
@@ -501,7 +510,8 @@ def test_planned_update_gives_the_full_batch_gradient(loss_agg, per_token, beta)
     ref_lp = r.ref_logps[keep, :W] if r.ref_logps is not None else None
     want, want_m = policy_loss(lp, old, adv[keep, :W] if per_token else adv[keep], mask[keep, :W],
                                loss_agg=loss_agg, num_tokens=kw["num_tokens"], num_sequences=kw["num_seqs"],
-                               max_completion_length=r.max_new_tokens, ref_logps=ref_lp, beta=beta)
+                               max_completion_length=r.max_new_tokens, ref_logps=ref_lp, beta=beta,
+                               is_weights=r.is_weights[keep, :W] if sampler else None)
     want.backward()
     want_grads = [p.grad.clone() for p in model.parameters()]
     if beta:
@@ -587,3 +597,65 @@ def test_rl_scores_rollouts_without_dropout(tmp_path, cache_dir, disable):
     _fit_micro(tmp_path, cache_dir, max_steps=1, extra_callbacks=[Rates()], config_overrides={"attention_dropout": 0.3},
                disable_dropout=disable)
     assert rates and set(rates) == ({0.0} if disable else {0.3})
+
+
+class _ReportingHF:
+    """The HF engine's draws plus the sampler log-probs an off-policy engine (vLLM) reports with them:
+    here the trainer's own forward at the sampling temperature (what a sampler that matches the
+    trainer reports), lowered by ``shift`` per token on the odd rows, or on all with ``odd_only``
+    off (a sampler that disagrees there)."""
+
+    def __init__(self, shift: float = 0.0, odd_only: bool = True):
+        from taosr.rl.engines.hf import HFEngine
+
+        self.hf, self.shift, self.odd_only, self.ragged = HFEngine(), shift, odd_only, False
+
+    def sync_weights(self, model):
+        return None
+
+    @torch.no_grad()
+    def sample(self, model, tokenizer, input_ids, attention_mask, spec):
+        comp = self.hf.generate(model, tokenizer, input_ids, attention_mask, spec)
+        G, W = spec.num_return_sequences, comp.shape[1]
+        ids = torch.cat([input_ids.repeat_interleave(G, 0), comp], 1)
+        att = torch.cat([attention_mask.repeat_interleave(G, 0), torch.ones_like(comp)], 1)
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        was = model.training
+        model.eval()
+        logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits[:, -W - 1:-1].float()
+        model.train(was)
+        lps = torch.log_softmax(logits / spec.temperature, -1).gather(-1, comp[..., None])[..., 0]
+        lps[slice(1, None, 2) if self.odd_only else slice(None)] -= self.shift
+        return comp, lps
+
+
+def test_a_reporting_engine_logs_its_mismatch_and_the_correction_weights_the_update(tmp_path, cache_dir):
+    """End to end (one rollout batch each): an engine that reports sampler log-probs gets old log-probs
+    computed and its mismatch logged; with the trainer's own log-probs the corrected update is the plain
+    one (weights 1, up to rounding); with a sampler that disagrees on odd rows the mismatch is logged and,
+    with ``rollout_is`` on, those rows' sequence ratio e^24 > 3 masks them (the gradient changes); with it
+    off, nothing but the logging changes. Gradients are compared (AdamW's first step is lr * sign(g): a
+    near-zero gradient's rounding would decide the parameters)."""
+    import lightning.pytorch as pl
+
+    def run(name, **kw):
+        grads = []
+
+        class Grad(pl.Callback):
+            def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+                grads.append(torch.cat([p.grad.flatten() for p in pl_module.model.parameters() if p.grad is not None]))
+
+        tr, *_ = _fit_micro(tmp_path / name, cache_dir, max_steps=1, extra_callbacks=[Grad()], **kw)
+        return {k: float(v) for k, v in tr.callback_metrics.items()}, grads[0]
+
+    _, plain = run("plain")
+    m, matched = run("matched", engine=_ReportingHF(0.0))
+    assert m["train/sampler/logp_diff_max"] < 1e-4 and m["train/sampler/is_bounded_frac"] == 0
+    scale = float(plain.abs().max())
+    assert scale > 0 and torch.allclose(matched, plain, atol=1e-4 * scale)
+    m, off = run("off", engine=_ReportingHF(1.0, odd_only=False), rollout_is=None)
+    assert m["train/sampler/logp_diff_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert torch.allclose(off, plain, atol=1e-4 * scale)
+    m, masked = run("masked", engine=_ReportingHF(1.0))
+    assert m["train/sampler/is_bounded_frac"] == 0.5 and m["train/sampler/is_ratio_max"] > 3
+    assert float((masked - plain).abs().max()) > 0.05 * scale

@@ -195,3 +195,20 @@ def test_no_shipped_config_or_overlay_is_refused(cfg):
             why = _check(command, *args)
             assert why is None or not any(k in why for k in ("min_lr_ratio", "keep_step_only", "grm_path", "eval_generation")), \
                 (cfg, overlay, command, why)
+
+
+def test_sampler_correction_with_an_on_policy_engine(tmp_path):
+    """rollout_is* weight the mismatch of an engine that samples apart from the trainer (vLLM); the HF
+    engine samples from the trainer's model and reports no sampler log-probs: set there, refused."""
+    for flag, value in (("rollout_is", "token_truncate"), ("rollout_is", "null"), ("rollout_is_max", "2.0"),
+                        ("rollout_is_min", "0.5")):
+        bad = _check("fit", "--config", SRPO, f"--model.init_args.{flag}", value)
+        assert bad is not None and bad.startswith(
+            f"model.init_args.{flag}: corrects the mismatch of an engine that samples apart from the trainer (vllm), "
+            "and the rollout engine is 'hf'"), (flag, bad)
+    # at its default, or with the vllm engine (the check needs no vLLM installed): accepted
+    assert _check("fit", "--config", GRPO, "--model.init_args.rollout_is", "sequence_mask") is None
+    vllm = tmp_path / "vllm.yaml"
+    vllm.write_text(f"base: [{GRPO}]\ntrainer:\n  callbacks:\n    - class_path: taosr.callbacks.rollout.RolloutCallback\n"
+                    "      init_args: {engine: vllm}\n")
+    assert _check("fit", "--config", str(vllm), "--model.init_args.rollout_is", "token_truncate") is None

@@ -99,3 +99,37 @@ def test_policy_loss_matches_trl_grpo(ours, theirs, beta, adv_dim, delta):
         assert m[k] == pytest.approx(standin._metrics["train"][k][0], abs=1e-6)
     if beta:
         assert m["kl"] == pytest.approx(standin._metrics["train"]["kl"][0], abs=1e-6)
+
+
+@pytest.mark.parametrize("ours,theirs", MAPPING)
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("mode", ["token_truncate", "sequence_mask"])
+def test_sampler_corrected_loss_matches_trl_vllm_importance_sampling(ours, theirs, beta, mode):
+    """With the sampler-mismatch weights, our loss is TRL's with its vLLM importance-sampling correction
+    given the same ratio (it weights the policy term only, not the KL term)."""
+    from taosr.rl.sampler_correction import sampler_is_weights
+
+    g = torch.Generator().manual_seed(2)
+    B, P, T = 8, 3, 7
+    lp = -torch.rand(B, T, generator=g) * 2
+    old = lp + (torch.rand(B, T, generator=g) - 0.5) * 0.8
+    sampler = old + (torch.rand(B, T, generator=g) - 0.5) * 0.6  # vLLM's log-probs of the same tokens
+    ref = lp + (torch.rand(B, T, generator=g) - 0.5) * 0.3
+    mask = (torch.rand(B, T, generator=g) > 0.25).long()
+    mask[:, 0] = 1
+    adv = torch.randn(B, generator=g)
+    w, _ = sampler_is_weights(old, sampler, mask, mode=mode, cap_max=2.0)
+    assert bool((w[mask.bool()] != 1).all())
+    inputs = {"prompt_ids": torch.zeros(B, P, dtype=torch.long), "prompt_mask": torch.ones(B, P, dtype=torch.long),
+              "completion_ids": torch.zeros(B, T, dtype=torch.long), "completion_mask": mask, "advantages": adv,
+              "old_per_token_logps": old, "ref_per_token_logps": ref, "importance_sampling_ratio": w,
+              "num_items_in_batch": mask.sum().float()}
+    standin = _grpo_standin(theirs, beta, 0.2, 0.28, T, lp, torch.zeros(B, T))
+    standin.use_vllm = standin.vllm_importance_sampling_correction = True
+    trl_loss = GRPOTrainer._compute_loss(standin, None, inputs)
+    loss, _ = policy_loss(lp, old, adv, mask, eps_low=0.2, eps_high=0.28, ref_logps=ref, beta=beta, loss_agg=ours,
+                          max_completion_length=T, is_weights=w)
+    assert torch.allclose(loss, trl_loss, atol=1e-6), (float(loss), float(trl_loss))
+    plain, _ = policy_loss(lp, old, adv, mask, eps_low=0.2, eps_high=0.28, ref_logps=ref, beta=beta, loss_agg=ours,
+                           max_completion_length=T)
+    assert abs(float(plain) - float(loss)) > 1e-4  # the weights moved it

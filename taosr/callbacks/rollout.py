@@ -75,17 +75,21 @@ class RolloutCallback(pl.Callback):
         t0 = time.perf_counter()
         self.engine.sync_weights(pl_module.model)
         with trainer.precision_plugin.forward_context():  # bf16-mixed / 16-mixed rollouts run in that precision
-            comp = self.engine.generate(pl_module.model, tok, batch["input_ids"], batch["attention_mask"], spec)
+            comp, sampler_lp = self.engine.sample(pl_module.model, tok, batch["input_ids"], batch["attention_mask"],
+                                                  spec)
         t_gen = time.perf_counter() - t0
         lens = completion_lengths(comp, tok.eos_token_id, tok.pad_token_id,
                                   ragged=getattr(self.engine, "ragged", True)).to(comp.device)
         L = comp.shape[1]
         mask = (torch.arange(L, device=comp.device)[None, :] < lens[:, None]).long()
         comp = comp.masked_fill(mask == 0, tok.pad_token_id)
+        if sampler_lp is not None:
+            sampler_lp = sampler_lp.to(comp.device).masked_fill(mask == 0, 0.0)
         texts = [tok.decode(r[:n], skip_special_tokens=True) for r, n in zip(comp.tolist(), lens.tolist())]
         batch["rollout"] = Rollout(
             spec=spec, prompt_ids=batch["input_ids"].repeat_interleave(G, 0),
             prompt_mask=batch["attention_mask"].repeat_interleave(G, 0), completion_ids=comp, completion_mask=mask,
             texts=texts, example_index=batch["index"].repeat_interleave(G, 0).to(comp.device),
             clipped=~(comp == tok.eos_token_id).any(1), on_policy=self.engine_entry.on_policy,
-            timings={"rollout": t_gen}, perf_tokens_per_s=float(mask.sum()) / max(t_gen, 1e-9))
+            timings={"rollout": t_gen}, perf_tokens_per_s=float(mask.sum()) / max(t_gen, 1e-9),
+            sampler_logps=sampler_lp)

@@ -57,9 +57,12 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
                 ref_logps: torch.Tensor | None = None, beta: float = 0.0, loss_agg: str = "token_mean",
                 num_tokens: float | None = None, num_sequences: float | None = None,
                 max_completion_length: int | None = None,
-                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                weights: torch.Tensor | None = None,
+                is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate (+ beta * k3 KL). ``advantages`` is (B,) per sequence or (B, T) per token.
-    ``loss_agg`` names a registered aggregation (an unknown name is a ConfigError from the registry)."""
+    ``loss_agg`` names a registered aggregation (an unknown name is a ConfigError from the registry).
+    ``is_weights`` (B, T): constants multiplying each token's surrogate term, not the KL term (the
+    sampler-mismatch correction, :mod:`taosr.rl.sampler_correction`; as TRL applies its vLLM ratio)."""
     aggregate = LOSS_AGGREGATIONS.get(loss_agg)
     mask = mask.to(logps.dtype)
     adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)
@@ -73,6 +76,8 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
     if delta is not None:
         ratio = torch.clamp(ratio, max=delta)
     per_token = -torch.min(ratio * adv, clipped * adv)
+    if is_weights is not None:
+        per_token = per_token * is_weights.to(per_token.dtype)
     metrics: dict[str, float] = {}
     # the metrics' mask counts a row's copies too
     wmask = mask if weights is None else mask * weights.to(mask.dtype).unsqueeze(1)

@@ -28,6 +28,7 @@ from taosr.models.kvcache import cache_kwargs, output_cache
 from taosr.models.reference import build_reference, check_choice, reference_model
 from taosr.rl.advantages import frac_zero_std, group_advantages, zero_spread_mask
 from taosr.rl.rollout import Rollout
+from taosr.rl.sampler_correction import check_is_settings, sampler_is_weights
 from taosr.rl.update_plan import UpdatePlan, plan_update, trimmed_width
 
 KEY = "model.init_args"
@@ -40,7 +41,9 @@ class GRPOModule(RelevanceModule):
                  eps_high: float = 0.28, delta: float | None = None, beta: float = 0.0,
                  loss_agg: str = "token_mean", scale_std: bool = True, dynamic_sampling: bool = True,
                  max_grad_norm: float = 1.0, reference: str = "auto", prefix_sharing: bool = True,
-                 dedup_completions: bool = True, table_every: int = 20, disable_dropout: bool = True, **kwargs):
+                 dedup_completions: bool = True, table_every: int = 20, disable_dropout: bool = True,
+                 rollout_is: str | None = "sequence_mask", rollout_is_max: float | None = 3.0,
+                 rollout_is_min: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -53,6 +56,7 @@ class GRPOModule(RelevanceModule):
             if int(v) < lo:
                 raise ConfigError(f"{KEY}.{name}: must be >= {lo}, got {v}")
         check_choice(reference, f"{KEY}.reference")
+        check_is_settings(rollout_is, rollout_is_max, rollout_is_min, KEY)
 
     # ------------------------------------------------------------------ log-probs
     def setup(self, stage: str) -> None:
@@ -140,12 +144,28 @@ class GRPOModule(RelevanceModule):
         """Step 3 of the rollout order: the log-probs the objective compares against, from the
         weights the rollout was sampled with (before any update of this batch). With one update per
         rollout batch and on-policy sampling the ratio is 1 at the update: old log-probs equal the
-        update's own (detached), so that forward pass is skipped (as TRL)."""
+        update's own (detached), so that forward pass is skipped (as TRL). A rollout with the
+        engine's own log-probs (``r.sampler_logps``) gets old log-probs too: the correction
+        (:meth:`correct_sampler`) compares the two."""
         t1 = time.perf_counter()
-        need_old = self.hparams.num_iterations > 1 or not r.on_policy
+        need_old = self.hparams.num_iterations > 1 or not r.on_policy or r.sampler_logps is not None
         r.old_logps = self.policy_logps(r) if need_old else None
         r.ref_logps = self.reference_logps(r)
         r.timings["old_logps"] = time.perf_counter() - t1
+
+    def correct_sampler(self, r: Rollout) -> dict[str, float]:
+        """When the engine reported its own log-probs (``r.sampler_logps``: vLLM), their mismatch with
+        the trainer's old log-probs (metrics ``sampler/*``, returned) and, with ``rollout_is`` set, the
+        importance-sampling weights of each token's policy term (``r.is_weights``;
+        :mod:`taosr.rl.sampler_correction`). Nothing for an on-policy engine (HF)."""
+        hp = self.hparams
+        if r.sampler_logps is None:
+            return {}
+        mode = hp.get("rollout_is")
+        w, metrics = sampler_is_weights(r.old_logps, r.sampler_logps, r.completion_mask, mode=mode or "token_truncate",
+                                        cap_max=hp.get("rollout_is_max", 3.0), cap_min=hp.get("rollout_is_min"))
+        r.is_weights = w if mode else None
+        return metrics
 
     # ------------------------------------------------------------------ advantages
     def advantages(self, r: Rollout) -> torch.Tensor:
@@ -218,9 +238,11 @@ class GRPOModule(RelevanceModule):
             a = adv[rows, :W] if adv.dim() == 2 else adv[rows]
             ref = r.ref_logps[rows, :W] if r.ref_logps is not None else None
             old = r.old_logps[rows, :W] if r.old_logps is not None else lp.detach()
+            isw = r.is_weights[rows, :W] if r.is_weights is not None else None
             loss, m = policy_loss(lp, old, a, m_rows, eps_low=hp.eps_low, eps_high=hp.eps_high, delta=hp.delta,
                                   ref_logps=ref, beta=hp.beta, loss_agg=hp.loss_agg, num_tokens=num_tokens,
-                                  num_sequences=num_seqs, max_completion_length=r.max_new_tokens, weights=w)
+                                  num_sequences=num_seqs, max_completion_length=r.max_new_tokens, weights=w,
+                                  is_weights=isw)
             with self._no_sync(distributed):
                 self.manual_backward(loss)
             share = float((m_rows.sum(1) * w).sum()) / total  # tokens of the rows these stand for
@@ -235,9 +257,11 @@ class GRPOModule(RelevanceModule):
         hp = self.hparams
         step = self.global_step  # this rollout batch's step (the update below advances it)
         self.fill_logps(r)
+        sampler_metrics = self.correct_sampler(r)
         adv = self.advantages(r)
         keep = self.keep_mask(r)
         metrics = self._rollout_metrics(r, keep)
+        metrics.update(sampler_metrics)
         opt = self.optimizers()
         sched = self.lr_schedulers()
         idx = keep.nonzero().flatten()

@@ -6,14 +6,16 @@ One rollout batch (prompts x G completions) is filled in a fixed order, each par
    engine and builds the Rollout: prompt and completion tensors, masks, ``texts``,
    ``example_index``, ``clipped``, the :class:`~taosr.eval.generation.GenerationSpec` it sampled
    with (``spec``: the loss reads the temperature and the completion budget from it) and
-   whether the completions come from the trainer's current weights (``on_policy``);
+   whether the completions come from the trainer's current weights (``on_policy``), and the
+   engine's own log-prob of each sampled token where it reports them (``sampler_logps``: vLLM);
    ``timings["rollout"]``, ``perf_tokens_per_s``.
 2. :class:`~taosr.callbacks.reward.RewardModelCallback` (next callback) parses the texts
    (``parsed``), looks up the ``examples``, sets the outcome rewards (``reward``, ``correct``,
    ``format``), then, when the module has a step scorer (SRPO), the step scores (``steps``:
    :class:`StepScores`); ``timings["reward"]``.
 3. The module's ``training_step`` fills ``old_logps`` / ``ref_logps`` (when its objective needs
-   them; ``timings["old_logps"]``), computes advantages and updates the policy.
+   them; ``timings["old_logps"]``) and, with ``sampler_logps``, the importance-sampling weights of
+   the sampler's mismatch (``is_weights``), computes advantages and updates the policy.
 
 Every tensor lives on the device of ``completion_ids``.
 """
@@ -53,6 +55,7 @@ class Rollout:
     on_policy: bool = True         # sampled from the trainer's current weights (HF engine)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: rollout, reward, old_logps
     perf_tokens_per_s: float | None = None
+    sampler_logps: torch.Tensor | None = None  # (N, T) the engine's log-prob of each token (NaN unknown, 0 padding)
     # 2. the reward callback
     parsed: list[Any] | None = None        # taosr.reasoning.format.ParsedReasoning per completion
     examples: list[Any] | None = None      # taosr.schema.Example per completion
@@ -63,6 +66,7 @@ class Rollout:
     # 3. the module
     old_logps: torch.Tensor | None = None
     ref_logps: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None  # (N, T) taosr.rl.sampler_correction weights of the policy term
 
     @property
     def group_size(self) -> int:

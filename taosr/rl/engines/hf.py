@@ -85,6 +85,11 @@ class HFEngine:
     def sync_weights(self, model) -> None:  # samples straight from the training model
         return None
 
+    def sample(self, model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               spec: GenerationSpec) -> tuple[torch.Tensor, None]:
+        """The ids; no sampler log-probs (the sampler is the trainer's own model: on-policy)."""
+        return self.generate(model, tokenizer, input_ids, attention_mask, spec), None
+
     def generate(self, model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  spec: GenerationSpec) -> torch.Tensor:
         if self.prefix_sharing:

@@ -4,7 +4,12 @@ Before each rollout the trainer's weights are pushed into the engine (LoRA merge
 names, computed as new tensors so the trainer's weights are never changed, or adapter-only as a
 vLLM LoRA request); with ``sleep_level`` > 0 the engine sleeps
 between rollouts so training gets the memory back. vLLM is imported only when this engine is
-built; without it installed, asking for it raises a one-line ConfigError.
+built; without it installed, asking for it raises a one-line ConfigError. Rollouts (:meth:`VLLMEngine.sample`)
+ask vLLM for the log-prob of each sampled token after its temperature / top-k / top-p
+(``logprobs_mode="processed_logprobs"``), for the importance-sampling correction of its mismatch
+with the trainer's forward (:mod:`taosr.rl.sampler_correction`). The model's
+``generation_config.json`` is not read (``generation_config="vllm"``), so a row stops at the
+tokenizer's eos or its budget, as with the HF engine.
 """
 from __future__ import annotations
 
@@ -101,6 +106,31 @@ class AdapterVersions:
         return self.path
 
 
+def completions_from_outputs(outs, pad_token_id: int, logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """vLLM ``RequestOutput`` s (each with ``.outputs``: one ``CompletionOutput`` per sample, holding
+    ``token_ids`` and, when asked, ``logprobs``: one ``{token_id: Logprob}`` per position) -> ids
+    (N, L) right padded with ``pad_token_id``, the samples of a prompt contiguous, and with
+    ``logprobs`` the (N, L) log-prob of each sampled token (0 past a row's end; NaN where vLLM gave
+    none or a NaN), else None."""
+    seqs = [c for o in outs for c in o.outputs]
+    L = max(1, max((len(c.token_ids) for c in seqs), default=0))
+    ids = torch.full((len(seqs), L), pad_token_id, dtype=torch.long)
+    lps = torch.zeros(len(seqs), L) if logprobs else None
+    for i, c in enumerate(seqs):
+        toks = list(c.token_ids)
+        ids[i, :len(toks)] = torch.tensor(toks, dtype=torch.long)
+        if lps is None:
+            continue
+        per_pos = c.logprobs if c.logprobs is not None else [None] * len(toks)
+        row = [float("nan")] * len(toks)
+        for t, (tok, at) in enumerate(zip(toks, per_pos)):
+            entry = at.get(tok) if at is not None else None
+            if entry is not None and entry.logprob is not None:
+                row[t] = float(entry.logprob)
+        lps[i, :len(toks)] = torch.tensor(row, dtype=torch.float32)
+    return ids, lps
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,7 +153,7 @@ class VLLMEngine:
         self.sleep_level, self.lora_sync = sleep_level, lora_sync
         self.llm = None
         self.adapters = AdapterVersions()
-        self.ragged = True  # rows padded to the longest; vLLM may stop on the generation config's other eos ids
+        self.ragged = True  # rows padded to the longest (each stops at the tokenizer's eos or max_tokens)
 
     def _build(self, model) -> None:
         from vllm import LLM
@@ -136,7 +166,12 @@ class VLLMEngine:
             os.environ["MASTER_PORT"] = str(_free_port())
         path = self.model_path or getattr(model, "name_or_path", None) or model.config._name_or_path
         self.llm = LLM(model=path, distributed_executor_backend="external_launcher",
-                       enable_sleep_mode=self.sleep_level > 0, enable_lora=self.lora_sync == "adapter", **self.kw)
+                       enable_sleep_mode=self.sleep_level > 0, enable_lora=self.lora_sync == "adapter",
+                       logprobs_mode="processed_logprobs",  # the sampled distribution's: temperature, top-k/p applied
+                       # no generation_config.json: vLLM would stop on its other eos ids (Qwen's <|endoftext|>,
+                       # also its pad token) where taosr's own samplers stop on the tokenizer's eos only
+                       generation_config="vllm",
+                       **self.kw)
 
     def _load_weights(self, items: list[tuple[str, torch.Tensor]]) -> None:
         def load(worker, items=items):  # runs inside the (in-process) worker
@@ -162,12 +197,19 @@ class VLLMEngine:
             self.llm.wake_up(tags=["kv_cache"])
 
     def generate(self, model, tokenizer, input_ids, attention_mask, spec: GenerationSpec) -> torch.Tensor:
+        return self._run(tokenizer, input_ids, attention_mask, spec, logprobs=False)[0]
+
+    def sample(self, model, tokenizer, input_ids, attention_mask, spec: GenerationSpec):
+        """The ids and vLLM's log-prob of each sampled token (:func:`completions_from_outputs`)."""
+        return self._run(tokenizer, input_ids, attention_mask, spec, logprobs=True)
+
+    def _run(self, tokenizer, input_ids, attention_mask, spec: GenerationSpec, logprobs: bool):
         from vllm import SamplingParams
 
         prompts = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(input_ids, attention_mask)]
         sp = SamplingParams(n=spec.num_return_sequences, max_tokens=spec.max_new_tokens,
                             temperature=spec.temperature if spec.do_sample else 0.0, top_p=spec.top_p,
-                            top_k=spec.top_k if spec.top_k else -1)
+                            top_k=spec.top_k if spec.top_k else -1, logprobs=0 if logprobs else None)
         kwargs = {}
         if self.adapters.path:
             from vllm.lora.request import LoRARequest
@@ -175,11 +217,7 @@ class VLLMEngine:
             v = self.adapters.version
             kwargs["lora_request"] = LoRARequest(f"policy{v}", v, self.adapters.path)
         outs = self.llm.generate(prompts, sp, use_tqdm=False, **kwargs)
-        seqs = [list(c.token_ids) for o in outs for c in o.outputs]
         if self.sleep_level:
             self.llm.sleep(level=self.sleep_level)
-        L = max(1, max(len(s) for s in seqs))
-        out = torch.full((len(seqs), L), tokenizer.pad_token_id, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        return out.to(input_ids.device)
+        ids, lps = completions_from_outputs(outs, tokenizer.pad_token_id, logprobs=logprobs)
+        return ids.to(input_ids.device), (lps.to(input_ids.device) if lps is not None else None)
