@@ -495,11 +495,9 @@ def test_planned_update_gives_the_full_batch_gradient(loss_agg, per_token, beta,
         adv = adv[:, None] * torch.linspace(0.5, 1.5, r.completion_ids.shape[1])[None, :]
     keep = torch.tensor([0, 1, 2, 3, 5, 6, 7])
     mask = r.completion_mask.float()
-    if sampler:  # weights per token, alike on a row's repeats (same tokens: the same sampler log-probs)
-        r.is_weights = (0.5 + torch.rand(r.completion_ids.shape, generator=torch.Generator().manual_seed(4)))
-        for a, b in ((2, 0), (3, 0), (6, 5)):
-            r.is_weights[a] = r.is_weights[b]
-        r.is_weights = r.is_weights * mask
+    if sampler:  # weights per token, each row its own, the repeats' too (an engine's log-probs of equal tokens
+        # can differ in the last bits; the planned update weights a representative by its copies' mean)
+        r.is_weights = (0.5 + torch.rand(r.completion_ids.shape, generator=torch.Generator().manual_seed(4))) * mask
     kw = dict(num_tokens=float(mask[keep].sum()), num_seqs=float(len(keep)))
     # reference: one plain forward over the kept rows, no weights
     mod = GRPOModule(prefix_sharing=False, loss_agg=loss_agg, beta=beta)

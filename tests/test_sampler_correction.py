@@ -1,8 +1,10 @@
 """The importance-sampling correction of an off-policy rollout engine (vLLM): weights per mode on
 hand-made log-probs, its settings' errors, vLLM outputs read into ids and log-probs, and the GRPO
 update wiring (the weights reach the loss of every planned micro-batch, and a run logs the mismatch)."""
+import importlib.util
 import math
-from types import SimpleNamespace
+import sys
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
@@ -39,6 +41,7 @@ def test_weights_by_hand(mode, cap_max, cap_min, want):
     # |log-ratio| over the known completion tokens: ln2, ln2, ln4, ln5 (the NaN and the padding left out)
     assert m["sampler/logp_diff_mean"] == pytest.approx((2 * math.log(2) + math.log(4) + math.log(5)) / 4, rel=1e-6)
     assert m["sampler/logp_diff_max"] == pytest.approx(math.log(5), rel=1e-6)
+    assert m["sampler/unknown_frac"] == pytest.approx(1 / 5)  # row 1's NaN among the 5 completion tokens
     rhos = [2, 0.5, 4, 0.2, 1] if mode.startswith("token") else [4, 0.2]
     assert m["sampler/is_ratio_min"] == pytest.approx(min(rhos), rel=1e-6)
     assert m["sampler/is_ratio_max"] == pytest.approx(max(rhos), rel=1e-6)
@@ -68,6 +71,8 @@ def test_weights_carry_no_gradient():
     ("token_mask", 0.0, None, r"rollout_is_max: must be > 0"),
     ("token_mask", 2.0, 2.0, r"rollout_is_min: must be >= 0 and below rollout_is_max \(2.0\), got 2.0"),
     ("token_mask", 2.0, -1.0, r"rollout_is_min"),
+    ("sequence_truncate", None, None, r"model.init_args.rollout_is: 'sequence_truncate' clamps the ratio to "
+                                      r"\[rollout_is_min, rollout_is_max\], and both are null"),
 ])
 def test_bad_settings_are_one_line_errors(mode, cap_max, cap_min, match):
     with pytest.raises(ConfigError, match=match):
@@ -76,6 +81,50 @@ def test_bad_settings_are_one_line_errors(mode, cap_max, cap_min, match):
 
     with pytest.raises(ConfigError, match=match):
         GRPOModule(rollout_is=mode, rollout_is_max=cap_max, rollout_is_min=cap_min)
+
+
+def test_a_nan_ratio_weighs_zero_and_counts_as_bounded():
+    """+inf and -inf log-ratios in one sequence give a NaN sequence ratio: neither clamped nor masked by
+    the comparisons, so it is taken out explicitly."""
+    train = torch.tensor([[0.0, -1.0], [-1.0, -1.0]])
+    sampler = torch.tensor([[-math.inf, -1.0], [-1.0, -1.0]])
+    train[0, 1] = -math.inf
+    sampler[0, 1] = -0.5  # -inf - (-0.5) = -inf;  0 - (-inf) = +inf: the sum is NaN
+    for mode in ("sequence_truncate", "sequence_mask"):
+        w, m = sampler_is_weights(train, sampler, torch.ones(2, 2), mode=mode)
+        assert w.tolist() == [[0.0, 0.0], [1.0, 1.0]], mode
+        assert m["sampler/is_bounded_frac"] == 0.5
+
+
+@pytest.mark.parametrize("mode,top_p,top_k,on_policy,refused", [
+    ("sequence_mask", 0.9, 0, False, True), ("sequence_truncate", 1.0, 50, False, True),
+    ("sequence_mask", 1.0, 0, False, False), ("token_truncate", 0.9, 50, False, False),
+    ("sequence_mask", 0.9, 0, True, False), (None, 0.9, 0, False, False)])
+def test_sequence_correction_of_truncated_sampling_is_refused(mode, top_p, top_k, on_policy, refused):
+    from taosr.eval.generation import GenerationSpec
+    from taosr.rl.sampler_correction import check_sampler_spec
+
+    spec = GenerationSpec(do_sample=True, temperature=1.0, top_p=top_p, top_k=top_k)
+    if refused:
+        with pytest.raises(ConfigError, match=r"^model.init_args.rollout_is: '.*' multiplies a sequence's token ratios, "
+                                              r"and the rollouts sample with top_p"):
+            check_sampler_spec(mode, spec, on_policy, "model.init_args")
+    else:
+        check_sampler_spec(mode, spec, on_policy, "model.init_args")
+
+
+def test_the_rollout_callback_refuses_it_before_building_the_engine():
+    from taosr.callbacks.rollout import RolloutCallback
+    from taosr.eval.generation import GenerationSpec
+    from taosr.methods.grpo import GRPOModule
+
+    gen = GenerationSpec(do_sample=True, temperature=1.0, top_p=0.9)
+    cb = RolloutCallback(engine="vllm", generation=gen)
+    with pytest.raises(ConfigError, match=r"rollout_is: 'sequence_mask' multiplies"):
+        cb.setup(None, GRPOModule(), "fit")
+    if importlib.util.find_spec("vllm") is None:  # a token mode passes the check and reaches the engine
+        with pytest.raises(ConfigError, match=r"needs vLLM"):
+            cb.setup(None, GRPOModule(rollout_is="token_truncate"), "fit")
 
 
 def test_off_and_good_settings_pass():
@@ -124,3 +173,41 @@ def test_hf_engine_reports_no_sampler_log_probs():
     got, lps = HFEngine().sample(model, tok, ids, torch.ones_like(ids), spec)
     torch.manual_seed(1)
     assert torch.equal(got, HFEngine().generate(model, tok, ids, torch.ones_like(ids), spec)) and lps is None
+
+
+def test_the_vllm_engine_asks_for_processed_log_probs_of_the_sampled_tokens(monkeypatch):
+    """What the engine hands vLLM (vLLM cannot run on this CPU machine: a stand-in module records the
+    calls): ``LLM(logprobs_mode="processed_logprobs")`` (log-probs after temperature, as the update scores)
+    and ``SamplingParams(logprobs=0)`` (the sampled token's) for rollouts, none for ``generate``."""
+    calls = {}
+
+    class LLM:
+        def __init__(self, **kw):
+            calls["llm"] = kw
+
+        def generate(self, prompts, sp, use_tqdm=False, **kw):
+            calls.setdefault("sp", []).append(sp.kw)
+            c = SimpleNamespace(token_ids=[5, 1], logprobs=[{5: _lp(-0.5)}, {1: _lp(-0.25)}] if sp.kw["logprobs"] == 0
+                                else None)
+            return [SimpleNamespace(outputs=[c] * sp.kw["n"]) for _ in prompts]
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    fake = ModuleType("vllm")
+    fake.LLM, fake.SamplingParams = LLM, SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    from taosr.eval.generation import GenerationSpec
+    from taosr.rl.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(model_path="m", sleep_level=0)
+    engine._build(None)
+    assert calls["llm"]["logprobs_mode"] == "processed_logprobs" and calls["llm"]["model"] == "m"
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=1)
+    ids, mask = torch.tensor([[0, 3, 4]]), torch.tensor([[0, 1, 1]])
+    spec = GenerationSpec(do_sample=True, temperature=1.3, max_new_tokens=4, num_return_sequences=2)
+    out, lps = engine.sample(None, tok, ids, mask, spec)
+    assert calls["sp"][-1]["logprobs"] == 0 and calls["sp"][-1]["temperature"] == 1.3
+    assert out.tolist() == [[5, 1], [5, 1]] and lps.tolist() == [[-0.5, -0.25], [-0.5, -0.25]]
+    assert torch.equal(engine.generate(None, tok, ids, mask, spec), out) and calls["sp"][-1]["logprobs"] is None

@@ -16,6 +16,7 @@ from taosr.eval.generation import GenerationSpec, completion_lengths
 from taosr.reasoning.targets import get_target
 from taosr.rl.engines import ENGINE_KEY, ENGINES
 from taosr.rl.rollout import Rollout
+from taosr.rl.sampler_correction import check_sampler_spec
 
 KEY = "trainer.callbacks[RolloutCallback].init_args"
 
@@ -53,6 +54,9 @@ class RolloutCallback(pl.Callback):
         return dict(self.vllm_kwargs) if self.engine_name == "vllm" else {"prefix_sharing": self.prefix_sharing}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":  # before the engine is built (vLLM takes minutes to start)
+            hp = getattr(pl_module, "hparams", {})
+            check_sampler_spec(hp.get("rollout_is"), self.spec, self.engine_entry.on_policy, "model.init_args")
         if self.engine is None and stage == "fit":
             self.engine = self.engine_entry.build(**self._engine_options())
         if stage == "fit":
@@ -75,8 +79,9 @@ class RolloutCallback(pl.Callback):
         t0 = time.perf_counter()
         self.engine.sync_weights(pl_module.model)
         with trainer.precision_plugin.forward_context():  # bf16-mixed / 16-mixed rollouts run in that precision
-            comp, sampler_lp = self.engine.sample(pl_module.model, tok, batch["input_ids"], batch["attention_mask"],
-                                                  spec)
+            sample = getattr(self.engine, "sample", None)  # an engine with generate only reports no log-probs
+            args = (pl_module.model, tok, batch["input_ids"], batch["attention_mask"], spec)
+            comp, sampler_lp = sample(*args) if sample is not None else (self.engine.generate(*args), None)
         t_gen = time.perf_counter() - t0
         lens = completion_lengths(comp, tok.eos_token_id, tok.pad_token_id,
                                   ragged=getattr(self.engine, "ragged", True)).to(comp.device)

@@ -18,6 +18,7 @@ import contextlib
 import time
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from taosr.errors import ConfigError
 from taosr.losses.policy import LOSS_AGGREGATIONS, policy_loss
@@ -29,7 +30,7 @@ from taosr.models.reference import build_reference, check_choice, reference_mode
 from taosr.rl.advantages import frac_zero_std, group_advantages, zero_spread_mask
 from taosr.rl.rollout import Rollout
 from taosr.rl.sampler_correction import check_is_settings, sampler_is_weights
-from taosr.rl.update_plan import UpdatePlan, plan_update, trimmed_width
+from taosr.rl.update_plan import UpdatePlan, mean_over_copies, plan_update, trimmed_width
 
 KEY = "model.init_args"
 
@@ -165,6 +166,10 @@ class GRPOModule(RelevanceModule):
         w, metrics = sampler_is_weights(r.old_logps, r.sampler_logps, r.completion_mask, mode=mode or "token_truncate",
                                         cap_max=hp.get("rollout_is_max", 3.0), cap_min=hp.get("rollout_is_min"))
         r.is_weights = w if mode else None
+        if metrics.get("sampler/unknown_frac", 0.0) > 0 and not getattr(self, "_warned_unknown", False):
+            self._warned_unknown = True
+            rank_zero_warn(f"taosr: the rollout engine gave no log-prob for {metrics['sampler/unknown_frac']:.1%} of "
+                           "the sampled tokens: they weigh as if it agreed with the trainer (train/sampler/unknown_frac)")
         return metrics
 
     # ------------------------------------------------------------------ advantages
@@ -229,6 +234,8 @@ class GRPOModule(RelevanceModule):
         hp = self.hparams
         mask = r.completion_mask.float()
         total = max(float((mask[plan.rows].sum(1) * plan.weight).sum()), 1.0)
+        # the sampler-mismatch weights of each representative: its copies' mean (they may differ)
+        is_w = mean_over_copies(plan, r.is_weights[plan.inputs.to(r.device)]) if r.is_weights is not None else None
         agg: dict[str, float] = {}
         for sl in plan.micro_batches:
             rows, w = plan.rows[sl], plan.weight[sl]
@@ -238,7 +245,7 @@ class GRPOModule(RelevanceModule):
             a = adv[rows, :W] if adv.dim() == 2 else adv[rows]
             ref = r.ref_logps[rows, :W] if r.ref_logps is not None else None
             old = r.old_logps[rows, :W] if r.old_logps is not None else lp.detach()
-            isw = r.is_weights[rows, :W] if r.is_weights is not None else None
+            isw = is_w[sl, :W] if is_w is not None else None
             loss, m = policy_loss(lp, old, a, m_rows, eps_low=hp.eps_low, eps_high=hp.eps_high, delta=hp.delta,
                                   ref_logps=ref, beta=hp.beta, loss_agg=hp.loss_agg, num_tokens=num_tokens,
                                   num_sequences=num_seqs, max_completion_length=r.max_new_tokens, weights=w,

@@ -37,6 +37,26 @@ def check_is_settings(mode: str | None, cap_max: float | None, cap_min: float | 
         raise ConfigError(f"{key}.rollout_is_max: must be > 0 (or null: no upper bound), got {cap_max}")
     if cap_min is not None and (cap_min < 0 or (cap_max is not None and cap_min >= cap_max)):
         raise ConfigError(f"{key}.rollout_is_min: must be >= 0 and below rollout_is_max ({cap_max}), got {cap_min}")
+    if mode.endswith("truncate") and cap_max is None and cap_min is None:
+        raise ConfigError(f"{key}.rollout_is: {mode!r} clamps the ratio to [rollout_is_min, rollout_is_max], and both "
+                          "are null (give rollout_is_max, e.g. 3.0)")
+
+
+def check_sampler_spec(mode: str | None, spec, on_policy: bool, key: str) -> None:
+    """Refuse a sequence-level correction of an off-policy engine that samples with top-k / top-p: the
+    engine's log-probs are its truncated distribution's (each token's at least the full one's) while
+    the update scores the full distribution, so every token's ratio is <= 1 and a sequence's, their
+    product, shrinks with its length (0.95 a token over 96 tokens: 0.007), scaling its policy term
+    down by orders of magnitude. Token modes keep each token's own ratio (mildly below 1)."""
+    if mode is None or on_policy or not mode.startswith("sequence"):
+        return
+    top_p = spec.top_p if spec.top_p is not None else 1.0
+    if top_p < 1.0 or spec.top_k:
+        raise ConfigError(
+            f"{key}.rollout_is: {mode!r} multiplies a sequence's token ratios, and the rollouts sample with "
+            f"top_p {top_p:g} / top_k {spec.top_k or 0}: the engine's log-probs are of that truncated distribution "
+            "and the update scores the full one, so every ratio is <= 1 and the product shrinks with the length; "
+            "sample with top_p: 1.0 and top_k: 0, or use rollout_is: token_truncate (or null)")
 
 
 @torch.no_grad()
@@ -49,8 +69,10 @@ def sampler_is_weights(train_logps: torch.Tensor, sampler_logps: torch.Tensor, m
     forward (before the update) and under the engine's sampler (NaN where unknown); ``mask`` (N, T)
     the completion tokens. Padding gets weight 0. Metrics (over completion tokens; the ratio's over
     sequences in the sequence modes): ``sampler/logp_diff_mean`` / ``_max`` (|log pi_old - log
-    pi_sampler|, known tokens only), ``sampler/is_ratio_min`` / ``_mean`` / ``_max`` (before the
-    bounds), ``sampler/is_bounded_frac`` (the share truncated or masked).
+    pi_sampler|, known tokens only), ``sampler/unknown_frac`` (the share of tokens without a sampler
+    log-prob: they weigh as if the two agreed), ``sampler/is_ratio_min`` / ``_mean`` / ``_max``
+    (before the bounds), ``sampler/is_bounded_frac`` (the share truncated or masked; a NaN ratio, from
+    infinite log-probs, counts there and weighs 0).
     """
     if mode not in IS_MODES:
         raise ValueError(f"sampler_is_weights: mode {mode!r} is not one of {', '.join(IS_MODES)}")
@@ -66,9 +88,10 @@ def sampler_is_weights(train_logps: torch.Tensor, sampler_logps: torch.Tensor, m
     rho = torch.exp(log_rho)
     lo = cap_min if cap_min is not None else -math.inf
     hi = cap_max if cap_max is not None else math.inf
-    outside = (rho < lo) | (rho > hi)
+    bad = torch.isnan(rho)
+    outside = (rho < lo) | (rho > hi) | bad
     if mode.endswith("truncate"):
-        w = rho.clamp(min=cap_min, max=cap_max)
+        w = rho.clamp(min=cap_min, max=cap_max).masked_fill(bad, 0.0)
     else:
         w = rho.masked_fill(outside, 0.0)
     weights = w.expand_as(diff) * valid.to(w.dtype)
@@ -76,6 +99,8 @@ def sampler_is_weights(train_logps: torch.Tensor, sampler_logps: torch.Tensor, m
     d = diff.abs()[known]
     metrics["sampler/logp_diff_mean"] = float(d.mean()) if d.numel() else 0.0
     metrics["sampler/logp_diff_max"] = float(d.max()) if d.numel() else 0.0
+    n_valid = int(valid.sum())
+    metrics["sampler/unknown_frac"] = float((valid & ~known).sum()) / n_valid if n_valid else 0.0
     r = rho[units]
     if r.numel():
         metrics.update({"sampler/is_ratio_min": float(r.min()), "sampler/is_ratio_mean": float(r.mean()),

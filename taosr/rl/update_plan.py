@@ -25,6 +25,7 @@ class UpdatePlan:
     weight: torch.Tensor         # (U,) float: how many of the planned rows each stands for
     inverse: torch.Tensor        # (len(input rows),) position in ``rows`` of each input row's representative
     micro_batches: list[slice]   # consecutive slices of ``rows``, each at most micro_batch_size long
+    inputs: torch.Tensor | None = None  # (len(input rows),) the rows planned, in the order ``inverse`` follows
 
     @property
     def duplicates(self) -> int:
@@ -72,7 +73,19 @@ def plan_update(completion_ids: torch.Tensor, completion_mask: torch.Tensor, row
     return UpdatePlan(rows=torch.tensor(ordered, dtype=torch.long, device=dev),
                       weight=torch.tensor([float(count[r]) for r in ordered], device=dev),
                       inverse=torch.tensor([position[r] for r in rep_of], dtype=torch.long, device=dev),
-                      micro_batches=[slice(s, min(s + mb, len(ordered))) for s in range(0, len(ordered), mb)])
+                      micro_batches=[slice(s, min(s + mb, len(ordered))) for s in range(0, len(ordered), mb)],
+                      inputs=rows.to(dev))
+
+
+def mean_over_copies(plan: UpdatePlan, values: torch.Tensor) -> torch.Tensor:
+    """(U, ...) the mean of ``values`` (one row per planned input row, ``plan.inputs`` order) over the
+    rows each representative stands for. A quantity the loss is linear in and that may differ
+    between copies (the sampler-mismatch weights: an engine's log-probs of equal tokens can differ
+    in the last bits) is exact this way: the representative's loss times its copies times their mean
+    weight is the sum of the copies' weighted losses."""
+    out = torch.zeros((len(plan.rows), *values.shape[1:]), dtype=values.dtype, device=values.device)
+    out.index_add_(0, plan.inverse.to(values.device), values)
+    return out / plan.weight.to(values.device, values.dtype).view(-1, *[1] * (values.dim() - 1))
 
 
 def trimmed_width(completion_mask: torch.Tensor) -> int:

@@ -7,9 +7,7 @@ between rollouts so training gets the memory back. vLLM is imported only when th
 built; without it installed, asking for it raises a one-line ConfigError. Rollouts (:meth:`VLLMEngine.sample`)
 ask vLLM for the log-prob of each sampled token after its temperature / top-k / top-p
 (``logprobs_mode="processed_logprobs"``), for the importance-sampling correction of its mismatch
-with the trainer's forward (:mod:`taosr.rl.sampler_correction`). The model's
-``generation_config.json`` is not read (``generation_config="vllm"``), so a row stops at the
-tokenizer's eos or its budget, as with the HF engine.
+with the trainer's forward (:mod:`taosr.rl.sampler_correction`).
 """
 from __future__ import annotations
 
@@ -153,7 +151,7 @@ class VLLMEngine:
         self.sleep_level, self.lora_sync = sleep_level, lora_sync
         self.llm = None
         self.adapters = AdapterVersions()
-        self.ragged = True  # rows padded to the longest (each stops at the tokenizer's eos or max_tokens)
+        self.ragged = True  # rows padded to the longest; vLLM may stop on the generation config's other eos ids
 
     def _build(self, model) -> None:
         from vllm import LLM
@@ -168,9 +166,6 @@ class VLLMEngine:
         self.llm = LLM(model=path, distributed_executor_backend="external_launcher",
                        enable_sleep_mode=self.sleep_level > 0, enable_lora=self.lora_sync == "adapter",
                        logprobs_mode="processed_logprobs",  # the sampled distribution's: temperature, top-k/p applied
-                       # no generation_config.json: vLLM would stop on its other eos ids (Qwen's <|endoftext|>,
-                       # also its pad token) where taosr's own samplers stop on the tokenizer's eos only
-                       generation_config="vllm",
                        **self.kw)
 
     def _load_weights(self, items: list[tuple[str, torch.Tensor]]) -> None:
