@@ -178,7 +178,8 @@ def test_hf_engine_reports_no_sampler_log_probs():
 def test_the_vllm_engine_asks_for_processed_log_probs_of_the_sampled_tokens(monkeypatch):
     """What the engine hands vLLM (vLLM cannot run on this CPU machine: a stand-in module records the
     calls): ``LLM(logprobs_mode="processed_logprobs")`` (log-probs after temperature, as the update scores)
-    and ``SamplingParams(logprobs=0)`` (the sampled token's) for rollouts, none for ``generate``."""
+    and ``SamplingParams(logprobs=0)`` (the sampled token's) for rollouts, none for ``generate``; an empty
+    generation config folder (vLLM would stop on the model's other eos ids)."""
     calls = {}
 
     class LLM:
@@ -204,6 +205,12 @@ def test_the_vllm_engine_asks_for_processed_log_probs_of_the_sampled_tokens(monk
     engine = VLLMEngine(model_path="m", sleep_level=0)
     engine._build(None)
     assert calls["llm"]["logprobs_mode"] == "processed_logprobs" and calls["llm"]["model"] == "m"
+    # vLLM reads this folder's generation config, not the model's: no eos ids beyond the tokenizer's
+    import json
+    import os
+
+    with open(os.path.join(calls["llm"]["generation_config"], "generation_config.json")) as f:
+        assert json.load(f) == {}
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=1)
     ids, mask = torch.tensor([[0, 3, 4]]), torch.tensor([[0, 1, 1]])
     spec = GenerationSpec(do_sample=True, temperature=1.3, max_new_tokens=4, num_return_sequences=2)

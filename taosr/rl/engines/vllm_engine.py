@@ -7,7 +7,9 @@ between rollouts so training gets the memory back. vLLM is imported only when th
 built; without it installed, asking for it raises a one-line ConfigError. Rollouts (:meth:`VLLMEngine.sample`)
 ask vLLM for the log-prob of each sampled token after its temperature / top-k / top-p
 (``logprobs_mode="processed_logprobs"``), for the importance-sampling correction of its mismatch
-with the trainer's forward (:mod:`taosr.rl.sampler_correction`).
+with the trainer's forward (:mod:`taosr.rl.sampler_correction`). vLLM reads an empty generation
+config instead of the model's (:func:`plain_generation_config`), so a row stops where the HF
+engine's would: at the tokenizer's eos or its budget.
 """
 from __future__ import annotations
 
@@ -129,6 +131,20 @@ def completions_from_outputs(outs, pad_token_id: int, logprobs: bool = False) ->
     return ids, lps
 
 
+def plain_generation_config() -> str:
+    """A folder holding an empty ``generation_config.json``, for vLLM's ``generation_config``. vLLM adds
+    every ``eos_token_id`` of the model's generation config to a request's stop tokens ("auto" and
+    "vllm" both read the model's file); taosr's samplers and the update stop a completion at the
+    tokenizer's eos only, so from that file vLLM cut rows at Qwen's ``<|endoftext|>`` (also its pad
+    token), which then read as clipped. With this folder vLLM stops at its tokenizer's eos (and
+    ``max_tokens``) only. Removed when the process exits."""
+    folder = tempfile.mkdtemp(prefix=f"taosr_vllm_generation_{os.getpid()}_")
+    atexit.register(shutil.rmtree, folder, True)
+    with open(os.path.join(folder, "generation_config.json"), "w") as f:
+        f.write("{}\n")
+    return folder
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -151,7 +167,7 @@ class VLLMEngine:
         self.sleep_level, self.lora_sync = sleep_level, lora_sync
         self.llm = None
         self.adapters = AdapterVersions()
-        self.ragged = True  # rows padded to the longest; vLLM may stop on the generation config's other eos ids
+        self.ragged = True  # rows padded to the longest (a row stops at the tokenizer's eos or max_tokens)
 
     def _build(self, model) -> None:
         from vllm import LLM
@@ -166,6 +182,7 @@ class VLLMEngine:
         self.llm = LLM(model=path, distributed_executor_backend="external_launcher",
                        enable_sleep_mode=self.sleep_level > 0, enable_lora=self.lora_sync == "adapter",
                        logprobs_mode="processed_logprobs",  # the sampled distribution's: temperature, top-k/p applied
+                       generation_config=plain_generation_config(),  # stop at the tokenizer's eos only, as taosr's samplers
                        **self.kw)
 
     def _load_weights(self, items: list[tuple[str, torch.Tensor]]) -> None:
