@@ -163,7 +163,7 @@ class GRPOModule(RelevanceModule):
         if r.sampler_logps is None:
             return {}
         mode = hp.get("rollout_is")
-        w, metrics = sampler_is_weights(r.old_logps, r.sampler_logps, r.completion_mask, mode=mode or "token_truncate",
+        w, metrics = sampler_is_weights(r.old_logps, r.sampler_logps, r.completion_mask, mode=mode or "token_mask",
                                         cap_max=hp.get("rollout_is_max", 3.0), cap_min=hp.get("rollout_is_min"))
         r.is_weights = w if mode else None
         if metrics.get("sampler/unknown_frac", 0.0) > 0 and not getattr(self, "_warned_unknown", False):
