@@ -216,5 +216,6 @@ def test_the_vllm_engine_asks_for_processed_log_probs_of_the_sampled_tokens(monk
     spec = GenerationSpec(do_sample=True, temperature=1.3, max_new_tokens=4, num_return_sequences=2)
     out, lps = engine.sample(None, tok, ids, mask, spec)
     assert calls["sp"][-1]["logprobs"] == 0 and calls["sp"][-1]["temperature"] == 1.3
+    assert calls["sp"][-1]["top_k"] == 0 and calls["sp"][-1]["top_p"] == 1.0  # untruncated ("0 or -1": off)
     assert out.tolist() == [[5, 1], [5, 1]] and lps.tolist() == [[-0.5, -0.25], [-0.5, -0.25]]
     assert torch.equal(engine.generate(None, tok, ids, mask, spec), out) and calls["sp"][-1]["logprobs"] is None

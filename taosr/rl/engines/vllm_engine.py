@@ -221,7 +221,7 @@ class VLLMEngine:
         prompts = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(input_ids, attention_mask)]
         sp = SamplingParams(n=spec.num_return_sequences, max_tokens=spec.max_new_tokens,
                             temperature=spec.temperature if spec.do_sample else 0.0, top_p=spec.top_p,
-                            top_k=spec.top_k if spec.top_k else -1, logprobs=0 if logprobs else None)
+                            top_k=spec.top_k or 0, logprobs=0 if logprobs else None)  # top_k 0: off
         kwargs = {}
         if self.adapters.path:
             from vllm.lora.request import LoRARequest
