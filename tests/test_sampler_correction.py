@@ -199,6 +199,11 @@ def test_the_vllm_engine_asks_for_processed_log_probs_of_the_sampled_tokens(monk
     fake = ModuleType("vllm")
     fake.LLM, fake.SamplingParams = LLM, SamplingParams
     monkeypatch.setitem(sys.modules, "vllm", fake)
+    # the engine sets vLLM's single-process launcher variables where unset: set here, they are restored after
+    # (left in this process, WORLD_SIZE=1 and LOCAL_RANK=0 made later DDP tests' subprocesses skip rank 1)
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                 ("MASTER_PORT", "29599")):
+        monkeypatch.setenv(k, v)
     from taosr.eval.generation import GenerationSpec
     from taosr.rl.engines.vllm_engine import VLLMEngine
 
