@@ -224,3 +224,66 @@ def test_the_vllm_engine_asks_for_processed_log_probs_of_the_sampled_tokens(monk
     assert calls["sp"][-1]["top_k"] == 0 and calls["sp"][-1]["top_p"] == 1.0  # untruncated ("0 or -1": off)
     assert out.tolist() == [[5, 1], [5, 1]] and lps.tolist() == [[-0.5, -0.25], [-0.5, -0.25]]
     assert torch.equal(engine.generate(None, tok, ids, mask, spec), out) and calls["sp"][-1]["logprobs"] is None
+
+
+def test_the_vllm_engine_syncs_weights_and_sleeps_in_order(monkeypatch):
+    """The colocated engine's call order against a stand-in vLLM (it cannot run here): wake the weights,
+    load every trainer tensor by name (through ``collective_rpc`` into the worker's model), reset the
+    prefix cache, wake the KV cache; after sampling, sleep again at the configured level."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from taosr.eval.generation import GenerationSpec
+    from taosr.rl.engines.vllm_engine import VLLMEngine
+
+    log, loaded = [], {}
+
+    class Runner:
+        def __init__(self):
+            self.model = SimpleNamespace(load_weights=lambda items: loaded.update({n: t.clone() for n, t in items}))
+
+    class LLM:
+        def __init__(self, **kw):
+            log.append(("init", kw["enable_sleep_mode"]))
+
+        def wake_up(self, tags=None):
+            log.append(("wake_up", tuple(tags)))
+
+        def sleep(self, level=1):
+            log.append(("sleep", level))
+
+        def collective_rpc(self, fn):
+            log.append(("load",))
+            fn(SimpleNamespace(model_runner=Runner()))
+
+        def reset_prefix_cache(self):
+            log.append(("reset_prefix_cache",))
+
+        def generate(self, prompts, sp, use_tqdm=False, **kw):
+            log.append(("generate", len(prompts)))
+            c = SimpleNamespace(token_ids=[5, 1], logprobs=[{5: _lp(-0.5)}, {1: _lp(-0.25)}])
+            return [SimpleNamespace(outputs=[c] * sp.kw["n"]) for _ in prompts]
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    fake = ModuleType("vllm")
+    fake.LLM, fake.SamplingParams = LLM, SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                 ("MASTER_PORT", "29599")):
+        monkeypatch.setenv(k, v)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))
+    engine = VLLMEngine(model_path="m", sleep_level=1)
+    engine.sync_weights(model)
+    assert log == [("init", True), ("wake_up", ("weights",)), ("load",), ("reset_prefix_cache",),
+                   ("wake_up", ("kv_cache",))]
+    want = model.state_dict()
+    assert set(loaded) == set(want) and all(torch.equal(loaded[n], want[n]) for n in want)
+    log.clear()
+    spec = GenerationSpec(do_sample=True, temperature=1.0, max_new_tokens=4, num_return_sequences=2)
+    engine.sample(model, SimpleNamespace(pad_token_id=0, eos_token_id=1), torch.tensor([[3, 4]]),
+                  torch.ones(1, 2, dtype=torch.long), spec)
+    assert log == [("generate", 1), ("sleep", 1)]
