@@ -175,6 +175,24 @@ def test_hf_engine_reports_no_sampler_log_probs():
     assert torch.equal(got, HFEngine().generate(model, tok, ids, torch.ones_like(ids), spec)) and lps is None
 
 
+class _SamplingParams:
+    def __init__(self, **kw):
+        self.kw = kw
+
+
+def _stand_in_vllm(monkeypatch, llm_cls) -> None:
+    """Install a stand-in ``vllm`` module (``LLM`` = ``llm_cls``; ``SamplingParams`` keeps its kwargs).
+    The engine sets vLLM's single-process launcher variables where unset: they are set here first so
+    that monkeypatch restores them (left in this process, WORLD_SIZE=1 and LOCAL_RANK=0 made later DDP
+    tests' subprocesses skip rank 1)."""
+    fake = ModuleType("vllm")
+    fake.LLM, fake.SamplingParams = llm_cls, _SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                 ("MASTER_PORT", "29599")):
+        monkeypatch.setenv(k, v)
+
+
 def test_the_vllm_engine_asks_for_processed_log_probs_of_the_sampled_tokens(monkeypatch):
     """What the engine hands vLLM (vLLM cannot run on this CPU machine: a stand-in module records the
     calls): ``LLM(logprobs_mode="processed_logprobs")`` (log-probs after temperature, as the update scores)
@@ -192,18 +210,7 @@ def test_the_vllm_engine_asks_for_processed_log_probs_of_the_sampled_tokens(monk
                                 else None)
             return [SimpleNamespace(outputs=[c] * sp.kw["n"]) for _ in prompts]
 
-    class SamplingParams:
-        def __init__(self, **kw):
-            self.kw = kw
-
-    fake = ModuleType("vllm")
-    fake.LLM, fake.SamplingParams = LLM, SamplingParams
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-    # the engine sets vLLM's single-process launcher variables where unset: set here, they are restored after
-    # (left in this process, WORLD_SIZE=1 and LOCAL_RANK=0 made later DDP tests' subprocesses skip rank 1)
-    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                 ("MASTER_PORT", "29599")):
-        monkeypatch.setenv(k, v)
+    _stand_in_vllm(monkeypatch, LLM)
     from taosr.eval.generation import GenerationSpec
     from taosr.rl.engines.vllm_engine import VLLMEngine
 
@@ -263,16 +270,7 @@ def test_the_vllm_engine_syncs_weights_and_sleeps_in_order(monkeypatch):
             c = SimpleNamespace(token_ids=[5, 1], logprobs=[{5: _lp(-0.5)}, {1: _lp(-0.25)}])
             return [SimpleNamespace(outputs=[c] * sp.kw["n"]) for _ in prompts]
 
-    class SamplingParams:
-        def __init__(self, **kw):
-            self.kw = kw
-
-    fake = ModuleType("vllm")
-    fake.LLM, fake.SamplingParams = LLM, SamplingParams
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                 ("MASTER_PORT", "29599")):
-        monkeypatch.setenv(k, v)
+    _stand_in_vllm(monkeypatch, LLM)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))
