@@ -19,21 +19,22 @@ import time
 
 
 def trainer_logps(model, prompt_ids, prompt_mask, comp, comp_mask, temperature: float, rows: int = 16):
-    """The trainer's log-prob of each completion token at ``temperature`` (as GRPO scores them), ``rows``
-    completions per forward."""
+    """The trainer's log-prob of each completion token at ``temperature``, computed by GRPO's own
+    scoring (:meth:`GRPOModule._all_logps`: micro-batches of ``rows``, zero past a completion's end).
+    ``prompt_ids`` / ``prompt_mask``: one row per completion."""
     import torch
 
-    out = torch.zeros(comp.shape, dtype=torch.float32, device=comp.device)
-    W = comp.shape[1]
+    from taosr.eval.generation import GenerationSpec
+    from taosr.methods.grpo import GRPOModule
+    from taosr.rl.rollout import Rollout
+
+    spec = GenerationSpec(do_sample=True, temperature=temperature, max_new_tokens=comp.shape[1])
+    n = len(comp)
+    r = Rollout(spec=spec, prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=comp,
+                completion_mask=comp_mask, texts=[""] * n, example_index=torch.arange(n, device=comp.device),
+                clipped=torch.zeros(n, dtype=torch.bool, device=comp.device))
     with torch.no_grad():
-        for i in range(0, len(comp), rows):
-            sl = slice(i, i + rows)
-            ids = torch.cat([prompt_ids[sl], comp[sl]], 1)
-            att = torch.cat([prompt_mask[sl], comp_mask[sl]], 1)
-            pos = (att.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=W + 1).logits[:, :-1]
-            out[sl] = torch.log_softmax(logits.float() / temperature, -1).gather(-1, comp[sl, :, None])[..., 0]
-    return out * comp_mask
+        return GRPOModule(micro_batch_size=rows)._all_logps(model, r)
 
 
 def main() -> int:
