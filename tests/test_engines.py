@@ -2,6 +2,7 @@
 mapping (plain and LoRA-merged) and its clear error without vLLM installed."""
 import contextlib
 import importlib.util
+import weakref
 
 import pytest
 import torch
@@ -233,6 +234,58 @@ def test_graphs_see_in_place_updates_and_recapture_when_weights_are_replaced():
     from taosr.eval.generation import GenerationSpec
     d.generate(model, TinyTok, ids, att, GenerationSpec(max_new_tokens=10, do_sample=True, temperature=0.7))
     assert d.captures == 3 and len(next(iter(d.slots.values())).graphs) == 2
+
+
+class _PoolRule:
+    """Captures under the caching allocator's rule for graph memory pools (torch 2.11,
+    ``create_or_incref_pool``): any number of live graphs may share a pool, but once a pool's last graph
+    is freed its id stays known with no user and a capture into it fails an internal assert."""
+
+    def __init__(self):
+        self.users, self.made = {}, 0
+
+    def new_pool(self):
+        self.made += 1
+        return ("pool", self.made)
+
+    def capture(self, step, pool):
+        if self.users.get(pool) == 0:
+            raise RuntimeError("it->second->use_count > 0 INTERNAL ASSERT FAILED")
+        self.users[pool] = self.users.get(pool, 0) + 1
+        g = _Replayer(step)
+        weakref.finalize(g, self.users.__setitem__, pool, self.users[pool] - 1)
+        return g
+
+
+def test_recapture_after_every_graph_was_freed_takes_a_new_pool():
+    """Replaced weights drop every graph, and a longer cache replaces a bucket's slot with its graphs:
+    the next capture must not reuse the freed pool (the first GPU run's failure), while graphs alive
+    side by side keep sharing one."""
+    import warnings
+
+    from taosr.eval.generation import hf_generate_ids
+
+    model = tiny_llama(seed=2)
+    d = _graph_decoder()
+    rule = _PoolRule()
+    d._capture, d._new_pool = rule.capture, rule.new_pool
+    ids, att = _prompts()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed capture would warn and decode eagerly
+        d.generate(model, TinyTok, ids, att, _greedy())
+        ids5, att5 = _prompts(B=5)
+        d.generate(model, TinyTok, ids5, att5, _greedy())  # a second bucket, alive beside the first
+        assert d.captures == 2 and rule.made == 1
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # replaced
+        out = d.generate(model, TinyTok, ids, att, _greedy())
+        assert d.captures == 3 and rule.made == 2 and not d.capture_failed
+        assert _same_tokens(out, hf_generate_ids(model, TinyTok, ids, att, _greedy()))
+        for s in list(d.slots.values()):  # only the 4-row bucket has a graph now
+            if s.batch != 4:
+                s.graphs.clear()
+        long_ids, long_att = _prompts(B=4, P=120)  # outgrows the 128-position cache: the slot is replaced
+        d.generate(model, TinyTok, long_ids, long_att, _greedy())
+        assert d.captures == 4 and rule.made == 3 and not d.capture_failed
 
 
 def test_weights_signature_sees_lora_merge_and_disabled_adapters():

@@ -171,6 +171,7 @@ class StaticDecoder:
         self._signature = None
         self._pool = None
         self._capture = _cuda_capture   # (step, pool) -> an object with .replay(); tests swap in a stand-in
+        self._new_pool = None           # () -> a pool id; None: torch.cuda.graph_pool_handle for real captures
         self._graph_devices = ("cuda",)
 
     # ------------------------------------------------------------------ slots
@@ -316,15 +317,23 @@ class StaticDecoder:
                 layer.keys, layer.values, layer.batch_size = k, v, k.shape[0]
         return n
 
+    def _graph_pool(self):
+        """The memory pool the next capture shares with the decoder's live graphs (one pool for every
+        bucket). PyTorch keeps a pool's id after its last graph is freed but refuses to capture into it
+        again (an internal assert of the caching allocator, seen on an H200 with torch 2.11), so with no
+        graph alive (weights replaced, a bucket's slot outgrown) the next capture starts a new pool."""
+        if self._pool is None or not any(s.graphs for s in self.slots.values()):
+            new = self._new_pool or (torch.cuda.graph_pool_handle if self._capture is _cuda_capture else (lambda: None))
+            self._pool = new()
+        return self._pool
+
     def _graph(self, s: _Slot, key: tuple, step: Callable[[], None]):
         """Capture ``step`` (after ``warmup`` eager runs have been made on this slot); None on failure."""
         import time
 
         t0 = time.perf_counter()
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle() if self._capture is _cuda_capture else None
         try:
-            g = self._capture(step, self._pool)
+            g = self._capture(step, self._graph_pool())
         except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager steps
             self.capture_failed = True
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
