@@ -8,17 +8,22 @@
 # `bash ../shared/gpu/bundle.sh` here):
 #   source .gpu/env.sh; bash benchmarks/gpu_session.sh [STEP ...]
 # Steps, in this order when none is named (limits in seconds; GPU_SESSION_SCALE=0.5 halves them):
-#   tier        240  python3 -m pytest -m gpu tests/test_gpu.py            (the GPU test tier)
+#   tier        240  python3 -m pytest -m gpu tests/test_gpu.py            (the GPU test tier; -n 4 with pytest-xdist)
 #   rollout     150  benchmarks/rollout_throughput.py --reps 2 --skip-static (tokens/s: generate vs engine vs graphs)
-#   grpo_step    90  benchmarks/grpo_gpu_step.py                             (rollout / update split, SmolLM2 + LoRA)
+#   grpo_step   150  benchmarks/grpo_gpu_step.py                             (rollout / update split, SmolLM2 + LoRA)
 #   qs_small     75  taosr quickstart --small                                (target <= 60 s)
 #   quickstart  180  taosr quickstart                                        (target <= 150 s; stage table)
 #   static      240  rollout_throughput.py --only-static                     (named only: generate with the static
 #                                                                             cache, which transformers compiles per shape)
+#   smollm2_small 150 taosr quickstart --model smollm2-135m --small        (named only: the pretrained chain on CUDA)
 #   smollm2     540  taosr quickstart --model smollm2-135m                   (named only: issue 16's start, into
 #                                                                             runs/quickstart-smollm2, kept on the machine)
 #   smollm2_study 540  taosr compare comparisons/smollm2.yaml --jobs 4      (named only, right after smollm2 on the
 #                                                                             same warm machine; resumable: run it again)
+# GPU_SESSION_DEADLINE=S: each step's limit is cut to what is left of S seconds from the start, and a
+# step with under 30 s left is skipped (fill one device call with steps in order of value).
+# Quick-start folders stay out of $OUT (the device tool brings back at most 8 files): each step's
+# output file holds its stage times and table.
 # About 12 minutes when the first five run to their limits: run the first three in one call and the
 # quick starts in a second if the device budget is 15 minutes; `static` only where time is left. On a CPU machine every step runs with the
 # scripts' CPU defaults (the tier is skipped): a check of the script, not a measurement.
@@ -36,10 +41,14 @@ print(f"{gpu}; torch {torch.__version__}; transformers {transformers.__version__
       f"{os.cpu_count()} CPUs; python {platform.python_version()}")
 EOF
 
-limit() { python3 -c "print(max(10, int($1 * $SCALE)))"; }
+DEADLINE=${GPU_SESSION_DEADLINE:-0}
+limit() {  # limit BASE_S: scaled, then cut to the deadline (0 when under 30 s are left)
+  python3 -c "l=max(10, int($1 * $SCALE)); d=$DEADLINE - $SECONDS; print(l if $DEADLINE <= 0 else (min(l, d) if d >= 30 else 0))"
+}
 
 step() {  # step NAME LIMIT_S COMMAND...
   local name=$1 lim; lim=$(limit "$2"); shift 2
+  if [ "$lim" -eq 0 ]; then echo "$name: skipped (deadline)" | tee -a "$OUT/steps.txt"; return 0; fi
   echo "== $name (limit ${lim}s): $*"
   local t0=$SECONDS
   timeout -k 10 "$lim" "$@" > "$OUT/$name.txt" 2>&1
@@ -50,19 +59,23 @@ step() {  # step NAME LIMIT_S COMMAND...
 
 run_step() {
   case $1 in
-    tier)       step tier 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py ;;
-    rollout)    step rollout 150 python3 benchmarks/rollout_throughput.py --reps 2 --skip-static ;;
+    tier)       local par=(); python3 -c "import xdist" 2>/dev/null && par=(-n 4 --dist load)
+                step tier 240 python3 -m pytest -m gpu -q -p no:cacheprovider -rfE --durations 12 "${par[@]}" \
+                  tests/test_gpu.py ;;
+    rollout)    step rollout 150 python3 benchmarks/rollout_throughput.py --reps 2 --skip-static ${ROLLOUT_ARGS:-} ;;
     static)     step static 240 python3 benchmarks/rollout_throughput.py --reps 2 --only-static ;;
-    grpo_step)  step grpo_step 90 python3 benchmarks/grpo_gpu_step.py ;;
-    qs_small)   step qs_small 75 "$TAOSR" quickstart --small --out "$OUT/qs-small" ;;
-    quickstart) step quickstart 180 "$TAOSR" quickstart --out "$OUT/qs" ;;
+    grpo_step)  step grpo_step 150 python3 benchmarks/grpo_gpu_step.py ;;
+    qs_small)   step qs_small 75 "$TAOSR" quickstart --small --out runs/gpu_session/qs-small ;;
+    quickstart) step quickstart 180 "$TAOSR" quickstart --out runs/gpu_session/qs ;;
+    smollm2_small) step smollm2_small 150 "$TAOSR" quickstart --model smollm2-135m --small \
+                     --out runs/gpu_session/qs-smollm2-small ;;
     smollm2)    step smollm2 540 "$TAOSR" quickstart --model smollm2-135m --out runs/quickstart-smollm2
                 cp runs/quickstart-smollm2/comparison.md runs/quickstart-smollm2/plan.json "$OUT/" 2>/dev/null ;;
     smollm2_study) step smollm2_study 540 "$TAOSR" compare comparisons/smollm2.yaml --jobs 4 --no-wandb \
                      -- --trainer.precision bf16-mixed
                 cp runs/compare/smollm2/summary.md "$OUT/smollm2-summary.md" 2>/dev/null ;;
-    *) echo "gpu_session.sh: unknown step '$1' (tier, rollout, grpo_step, qs_small, quickstart, static, smollm2," \
-            "smollm2_study)" >&2; return 2 ;;
+    *) echo "gpu_session.sh: unknown step '$1' (tier, rollout, grpo_step, qs_small, quickstart, static, smollm2_small," \
+            "smollm2, smollm2_study)" >&2; return 2 ;;
   esac
 }
 
