@@ -45,6 +45,9 @@ from taosr.cliargs import passed_on
 from taosr.configfiles import locate, not_found
 from taosr.errors import ConfigError, Interrupted
 from taosr.eval.stats import mean_se, paired_difference, pm, seed_order
+from taosr.run_record import first_difference as _first_difference
+from taosr.run_record import fingerprint as _fingerprint
+from taosr.run_record import named_model
 
 METRICS = ("macro_f1", "step_accuracy", "good_f1", "accuracy", "format_error_rate")
 PAIR_METRICS = ("macro_f1", "step_accuracy")
@@ -244,15 +247,6 @@ class Run:
         return [n for n in spec.also if not os.path.isfile(self.also_metrics(n))]
 
 
-def named_model(name: str) -> bool:
-    """A start model given by name: a preset (``tiny``, ``smollm2-135m``: SFT arms from scratch or from
-    the packaged model) or a Hugging Face id, loaded by the fits themselves, not a missing folder."""
-    from taosr.models.factory import looks_like_hub_id
-    from taosr.models.presets import SMOLLM2_PRESET, TINY_PRESETS
-
-    return name in TINY_PRESETS or name == SMOLLM2_PRESET or looks_like_hub_id(name)
-
-
 def plan_runs(spec: CompareSpec, out: str) -> list[Run]:
     runs = [Run(START, None, os.path.join(out, START))] if spec.needs_start_eval else []
     runs += [Run(a.name, s, os.path.join(out, a.name, f"seed{s}")) for s in spec.seeds for a in spec.arms]
@@ -350,44 +344,6 @@ def check_commands(spec: CompareSpec, out: str, test_file: str, extra: list[str]
 
 
 RUN_FILE = "compare-run.json"  # in each run's folder: the commands it was fitted and scored with
-
-
-# options whose value is a path: compared as absolute paths (`--out runs/x` and `--out $PWD/runs/x` agree)
-_PATH_OPTIONS = ("--trainer.default_root_dir", "--data.test", "--data.samples_path", "--model.init_args.model.name_or_path",
-                 "--model.init_args.grm_path")
-
-
-def _fingerprint(args: list[str]) -> list[str]:
-    """A command without its ``--ckpt_path`` (a resume), with config files as the real paths they
-    are read from (:func:`locate`) and other paths absolute (a preset name stays as it is)."""
-    out, i = [], 0
-    while i < len(args):
-        a = args[i]
-        if a == "--ckpt_path":
-            i += 2
-            continue
-        if a == "--config" and i + 1 < len(args):
-            out += [a, os.path.realpath(locate(args[i + 1]))]
-            i += 2
-            continue
-        if a in _PATH_OPTIONS and i + 1 < len(args):
-            v = args[i + 1]
-            # a model's hub id stays as it is, wherever the command runs
-            named = a.endswith("name_or_path") and not os.path.exists(v) and named_model(v)
-            out += [a, os.path.abspath(v) if (os.sep in v or os.path.exists(v)) and not named else v]
-            i += 2
-            continue
-        out.append(a)
-        i += 1
-    return out
-
-
-def _first_difference(old: list[str], new: list[str]) -> str:
-    for i, (a, b) in enumerate(zip(old, new)):
-        if a != b:
-            return f"was `{' '.join(old[max(0, i - 1):i + 1])}`, now `{' '.join(new[max(0, i - 1):i + 1])}`"
-    longer, which = (old, "then") if len(old) > len(new) else (new, "now")
-    return f"{which} also `{' '.join(longer[min(len(old), len(new)):])}`"
 
 
 def check_settings(spec: CompareSpec, run: Run, fit: list[str] | None, evaluation: list[str],

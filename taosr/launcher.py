@@ -373,21 +373,31 @@ SHARED_ARGS_ENV = "TAOSR_SHARED_ARGS"
 
 
 @contextlib.contextmanager
+def _environment(name: str, value: str):
+    """``os.environ[name] = value`` within it (worker processes inherit it), restored after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def shared_arguments(args):
     """Within it, ``args`` are the user's arguments to every run of a multi-run command (``taosr sweep``'s
     extra arguments, ``taosr compare``'s ``set:`` and extra ones, ``taosr quickstart -- ARGS``): a setting
     among them that one of the runs does not read is a warning there, not a refusal
     (:mod:`taosr.setting_checks`; a sweep over examiner modes gives all of them one GRM). Held in the
     environment, so worker processes (``--jobs``, a sweep's runs) see it too."""
-    before = os.environ.get(SHARED_ARGS_ENV)
-    os.environ[SHARED_ARGS_ENV] = json.dumps([str(a) for a in args])
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(SHARED_ARGS_ENV, None)
-        else:
-            os.environ[SHARED_ARGS_ENV] = before
+    return _environment(SHARED_ARGS_ENV, json.dumps([str(a) for a in args]))
+
+
+def resume_hint(text: str):
+    """Within it, an interrupted run ends its note with ``text`` (how the command that runs it continues)."""
+    return _environment(RESUME_HINT_ENV, text)
 
 
 def shared_keys() -> frozenset[str]:

@@ -15,6 +15,9 @@ set, under ``--out`` (default ``runs/quickstart``).
 folder or Hugging Face id (the smollm2 budgets; ``--model-budgets FILE`` to replace them). Where
 CUDA is available the file's ``cuda`` overrides (smollm2: accelerator gpu, bf16-mixed) go to every
 fit and test; ``--cpu`` or arguments after ``--`` win. ``<out>/plan.json`` records what was used.
+
+The same command run again keeps the steps it finished (``<out>/quickstart-steps.json``,
+:class:`StepRecord`), resumes an interrupted fit from its ``last.ckpt`` and runs the rest.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ from taosr.cliargs import ArgumentParser
 from taosr.configfiles import locate, option_pairs
 from taosr.data.synth import FIELD_SHARES, SynthConfig, heldout
 from taosr.errors import TaosrError
-from taosr.launcher import run_lightning, shared_arguments
+from taosr.launcher import resume_hint, run_lightning, shared_arguments
 from taosr.quickstart_plan import DEFAULT_MODEL, QuickstartPlan, load_plan
+from taosr.run_record import PATH_OPTIONS, SAMPLE_PATH_OPTIONS, first_difference, fingerprint
 from taosr.sampling import sample_main
 from taosr.schema import write_jsonl
 
@@ -175,10 +179,91 @@ def execute(step: Step) -> dict | None:
     if rc:
         what = f"test of {step.argv[-1]}" if step.kind == "test" else step.argv[2]
         raise SystemExit(f"quickstart: {what} failed (exit {rc})")
-    if step.kind == "test":
-        with open(os.path.join(step.root, "eval", "test-metrics.json")) as fh:
-            return json.load(fh)
-    return None
+    return read_metrics(step) if step.kind == "test" else None
+
+
+def read_metrics(step: Step) -> dict:
+    with open(os.path.join(step.root, "eval", "test-metrics.json")) as fh:
+        return json.load(fh)
+
+
+def step_output(step: Step) -> str:
+    """The file whose presence says a step finished: a fit's export, the samples, a test's metrics."""
+    if step.kind == "sample":
+        return step.argv[step.argv.index("--out") + 1]
+    return os.path.join(step.root, "export", "config.json") if step.kind == "fit" else \
+        os.path.join(step.root, "eval", "test-metrics.json")
+
+
+class StepRecord:
+    """``<out>/quickstart-steps.json``: each step's command (:func:`taosr.run_record.fingerprint`),
+    whether it finished and its seconds, so that the same command run again keeps the finished steps,
+    resumes an interrupted fit from its ``last.ckpt`` and runs the rest. A step whose command changed
+    (other budgets, model or overrides) runs again, and so does every step after it."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, "quickstart-steps.json")
+        self.steps: dict[str, dict] = {}
+        if os.path.isfile(self.path):
+            try:
+                with open(self.path) as fh:
+                    self.steps = json.load(fh)["steps"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise TaosrError(f"quickstart: {self.path} cannot be read ({type(e).__name__}); delete it to run "
+                                 "every step again") from None
+
+    @staticmethod
+    def _fingerprint(step: Step) -> list[str]:
+        return fingerprint(step.argv, SAMPLE_PATH_OPTIONS if step.kind == "sample" else PATH_OPTIONS)
+
+    def _same(self, step: Step) -> dict | None:
+        rec = self.steps.get(step.label)
+        return rec if rec is not None and rec.get("argv") == self._fingerprint(step) else None
+
+    def finished(self, step: Step) -> tuple[float | None, str]:
+        """(seconds it took, "") for a step finished before with this command and still on disk; else
+        (None, why it runs: "" when it never ran)."""
+        rec = self.steps.get(step.label)
+        if rec is None:
+            return None, ""
+        if self._same(step) is None:
+            return None, ("ran before with other settings (" + first_difference(rec.get("argv") or [], self._fingerprint(step))
+                          + "): running it and every later step again")
+        if not rec.get("done"):
+            return None, "interrupted before: " + ("resuming it" if self.resumable(step) else "running it again")
+        if not os.path.exists(step_output(step)):
+            return None, f"{step_output(step)} is gone: running it and every later step again"
+        return float(rec.get("seconds", 0.0)), ""
+
+    def resumable(self, step: Step) -> str | None:
+        """The ``last.ckpt`` an interrupted fit of this same command left, or None."""
+        ckpt = os.path.join(step.root, "checkpoints", "last.ckpt") if step.kind == "fit" else None
+        rec = self._same(step)
+        return ckpt if ckpt and rec and not rec.get("done") and os.path.isfile(ckpt) else None
+
+    def seconds(self, step: Step) -> float:
+        return float(self.steps[step.label]["seconds"])
+
+    def start(self, step: Step) -> list[str]:
+        """Mark the step started; its command (plus ``--ckpt_path`` when it resumes an interrupted fit)."""
+        ckpt = self.resumable(step)
+        before = float(self.steps[step.label].get("seconds", 0.0)) if ckpt else 0.0
+        self.steps[step.label] = {"argv": self._fingerprint(step), "done": False, "seconds": before}
+        self._write()
+        return step.argv + ["--ckpt_path", ckpt] if ckpt else list(step.argv)
+
+    def stop(self, step: Step, dt: float) -> None:
+        self.steps[step.label]["seconds"] += dt
+        self._write()
+
+    def done(self, step: Step) -> None:
+        self.steps[step.label]["done"] = True
+        self._write()
+
+    def _write(self) -> None:
+        from taosr.schema import write_json
+
+        write_json(self.path, {"steps": self.steps})
 
 
 def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, extra: list[str] | None = None,
@@ -196,11 +281,30 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
     write_jsonl(heldout_path, heldout(p["heldout"], seed=base.seed + 1, base=base))
     timings: dict[str, float] = {}
     results: dict[str, dict[str, dict]] = {"test": {}, "heldout": {}}
+    record = StepRecord(out)
+    rerun = False  # once a step runs, every later one runs too: it reads that step's output
     for step in commands(out, qp, p, configs, seed, extra, heldout_path):
+        earlier, why = record.finished(step)
+        if earlier is not None and not rerun:
+            timings[step.timing] = timings.get(step.timing, 0.0) + earlier
+            print(f"quickstart: {step.label} done earlier ({earlier:.0f}s), kept", flush=True)
+            if step.result:
+                results[step.result[0]][step.result[1]] = read_metrics(step)
+            continue
+        if why:
+            print(f"quickstart: {step.label}: {why}", flush=True)
+        rerun = True
         t = time.perf_counter()
-        with shared_arguments(extra):  # given to every stage: one a stage does not read is a warning (setting_checks)
-            metrics = execute(step)
-        dt = time.perf_counter() - t
+        argv = record.start(step)
+        try:
+            # given to every stage: one a stage does not read is a warning (setting_checks)
+            with shared_arguments(extra), resume_hint("re-run the same taosr quickstart command to continue "
+                                                      "(finished stages are kept, this one resumes)"):
+                metrics = execute(Step(step.kind, argv, step.timing, step.result))
+        finally:
+            record.stop(step, time.perf_counter() - t)
+        record.done(step)
+        dt = record.seconds(step)
         timings[step.timing] = timings.get(step.timing, 0.0) + dt
         print(f"quickstart: {step.label} done in {dt:.0f}s", flush=True)
         if step.result:

@@ -350,10 +350,8 @@ def test_sweep_and_compare_drop_a_separator_before_their_extra_arguments(tmp_pat
                  "--trainer.max_steps", "2"]) == 0
 
 
-def test_quickstart_pipeline_plumbing(tmp_path, cache_dir):
-    """Every stage runs from the previous export and the comparison table, CSV and chart appear."""
-    from taosr.pipeline import run
-
+def _quickstart_smoke(tmp_path, cache_dir) -> tuple[list[str], dict]:
+    """Arguments after -- and budgets that shrink the quick start to seconds a stage."""
     extra = ["--model.init_args.model.cache_dir", os.path.join(cache_dir, "models"),
              "--model.init_args.eval_generation.max_new_tokens", "24", "--data.synth.n_val", "6",
              "--data.limit_val", "4", "--data.eval_batch_size", "6", "--trainer.limit_val_batches", "1",
@@ -361,12 +359,70 @@ def test_quickstart_pipeline_plumbing(tmp_path, cache_dir):
     plan = {"n_train": 48, "n_test": 6, "sft_epochs": 1, "sample_prompts": 8, "samples": 2, "rl_steps": 2,
             "rl_prompts": 2, "grm_steps": 2, "dpo_epochs": 1, "max_new_tokens": 24, "rejection_band": (-1, 2),
             "heldout": 6, "data_dir": os.path.join(cache_dir, "data")}
+    return extra, plan
+
+
+def test_quickstart_pipeline_plumbing(tmp_path, cache_dir):
+    """Every stage runs from the previous export and the comparison table, CSV and chart appear."""
+    from taosr.pipeline import run
+
+    extra, plan = _quickstart_smoke(tmp_path, cache_dir)
     results = run(str(tmp_path / "qs"), configs=os.path.join(ROOT, "configs"), extra=extra, plan_overrides=plan)
     assert set(results) == {"sft", "dpo", "grpo", "srpo"}
     for f in ("comparison.md", "comparison.csv", "comparison.png"):
         assert (tmp_path / "qs" / f).exists()
     table = (tmp_path / "qs" / "comparison.md").read_text()
     assert "| srpo | test | overall | 6 |" in table and "| srpo | heldout | overall | 6 |" in table
+
+
+def test_quickstart_run_again_keeps_finished_steps_and_resumes_an_interrupted_fit(tmp_path, cache_dir, monkeypatch,
+                                                                                   capsys):
+    """The same command again after an interrupt: the finished stages are kept, the interrupted GRPO fit
+    resumes from its last.ckpt (step 1 of 2) and the steps after it run; with nothing left it runs
+    nothing; with other RL settings the RL fits and everything after them run again."""
+    import taosr.pipeline as pipeline
+    from taosr.launcher import load_checkpoint_meta
+
+    extra, plan = _quickstart_smoke(tmp_path, cache_dir)
+    out = str(tmp_path / "qs")
+    ran, real = [], pipeline.execute
+
+    def interrupted_grpo(step):  # GRPO stops after its first step, as at a SIGTERM
+        ran.append(step)
+        if step.label == "fit grpo":
+            real(pipeline.Step(step.kind, step.argv + ["--trainer.max_steps", "1"], step.timing, step.result))
+            raise SystemExit("quickstart: grpo failed (exit 143)")
+        return real(step)
+
+    def chain(plan=plan):
+        return pipeline.run(out, configs=os.path.join(ROOT, "configs"), extra=extra, plan_overrides=plan)
+
+    monkeypatch.setattr(pipeline, "execute", interrupted_grpo)
+    with pytest.raises(SystemExit):
+        chain()
+    assert [s.label for s in ran] == ["fit sft", "sample", "fit dpo", "fit grm", "fit grpo"]
+    ckpt = os.path.join(out, "grpo", "checkpoints", "last.ckpt")
+    assert load_checkpoint_meta(ckpt)["global_step"] == 1
+
+    monkeypatch.setattr(pipeline, "execute", lambda step: ran.append(step) or real(step))
+    ran.clear()
+    first = chain()
+    assert [s.label for s in ran][:2] == ["fit grpo", "fit srpo"] and len(ran) == 2 + 8  # + every test
+    assert ran[0].argv[-2:] == ["--ckpt_path", ckpt]  # resumed, not started over
+    assert load_checkpoint_meta(ckpt)["global_step"] == 2
+    said = capsys.readouterr().out
+    assert "quickstart: fit sft done earlier" in said and "quickstart: fit grpo: interrupted before: resuming it" in said
+    times = json.load(open(os.path.join(out, "quickstart-steps.json")))["steps"]
+    assert all(r["done"] and r["seconds"] > 0 for r in times.values()) and len(times) == 14
+
+    ran.clear()
+    assert chain() == first and ran == []  # nothing left to run: the table from the kept metrics
+    ran.clear()
+    chain({**plan, "rl_steps": 1})
+    assert [s.label for s in ran][:2] == ["fit grpo", "fit srpo"] and len(ran) == 10
+    assert "--ckpt_path" not in ran[0].argv
+    assert "fit grpo: ran before with other settings (was `--trainer.max_steps 2`, now `--trainer.max_steps 1`)" in \
+        capsys.readouterr().out
 
 
 @pytest.mark.slow

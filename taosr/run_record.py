@@ -1,0 +1,59 @@
+"""What a command ran with, for the drivers that skip work done before (``taosr compare``,
+``taosr quickstart``): a command's fingerprint (its arguments without ``--ckpt_path``, config files
+as the real paths they are read from, other paths absolute) and the first place two of them differ,
+for a one-line refusal to reuse work done under other settings."""
+from __future__ import annotations
+
+import os
+
+from taosr.configfiles import locate
+
+# options whose value is a path: compared as absolute paths (`--out runs/x` and `--out $PWD/runs/x` agree)
+PATH_OPTIONS = ("--trainer.default_root_dir", "--data.test", "--data.samples_path", "--model.init_args.model.name_or_path",
+                "--model.init_args.grm_path")
+# the same for `taosr sample`'s own flags
+SAMPLE_PATH_OPTIONS = ("--model", "--out", "--data-dir")
+
+
+def named_model(name: str) -> bool:
+    """A model given by name: a preset (``tiny``, ``smollm2-135m``) or a Hugging Face id, loaded by the
+    fits themselves, not a missing folder."""
+    from taosr.models.factory import looks_like_hub_id
+    from taosr.models.presets import SMOLLM2_PRESET, TINY_PRESETS
+
+    return name in TINY_PRESETS or name == SMOLLM2_PRESET or looks_like_hub_id(name)
+
+
+def fingerprint(args: list[str], paths: tuple[str, ...] = PATH_OPTIONS) -> list[str]:
+    """A command without its ``--ckpt_path`` (a resume), with config files as the real paths they
+    are read from (:func:`locate`) and the values of ``paths`` options absolute (a preset name or hub
+    id stays as it is)."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--ckpt_path":
+            i += 2
+            continue
+        if a == "--config" and i + 1 < len(args):
+            out += [a, os.path.realpath(locate(args[i + 1]))]
+            i += 2
+            continue
+        if a in paths and i + 1 < len(args):
+            v = args[i + 1]
+            # a model's hub id stays as it is, wherever the command runs
+            named = a.endswith(("name_or_path", "--model")) and not os.path.exists(v) and named_model(v)
+            out += [a, os.path.abspath(v) if (os.sep in v or os.path.exists(v)) and not named else v]
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def first_difference(old: list[str], new: list[str]) -> str:
+    """Where two fingerprints part, in a few words: ``was `--lr 1`, now `--lr 2```."""
+    for i, (a, b) in enumerate(zip(old, new)):
+        if a != b:
+            return f"was `{' '.join(old[max(0, i - 1):i + 1])}`, now `{' '.join(new[max(0, i - 1):i + 1])}`"
+    longer, which = (old, "then") if len(old) > len(new) else (new, "now")
+    return f"{which} also `{' '.join(longer[min(len(old), len(new)):])}`"
