@@ -11,13 +11,14 @@
 #   tier        240  python3 -m pytest -m gpu tests/test_gpu.py            (the GPU test tier; -n 4 with pytest-xdist)
 #   rollout     150  benchmarks/rollout_throughput.py --reps 2 --skip-static (tokens/s: generate vs engine vs graphs)
 #   grpo_step   150  benchmarks/grpo_gpu_step.py                             (rollout / update split, SmolLM2 + LoRA)
-#   qs_small     75  taosr quickstart --small                                (target <= 60 s)
-#   quickstart  180  taosr quickstart                                        (target <= 150 s; stage table)
+#   qs_small     75  taosr quickstart --small                                (target <= 60 s; H200: 35 s)
+#   quickstart  180  taosr quickstart                                        (target <= 150 s; H200: 127 s)
 #   static      240  rollout_throughput.py --only-static                     (named only: generate with the static
 #                                                                             cache, which transformers compiles per shape)
 #   smollm2_small 150 taosr quickstart --model smollm2-135m --small        (named only: the pretrained chain on CUDA)
 #   smollm2     540  taosr quickstart --model smollm2-135m                   (named only: issue 16's start, into
-#                                                                             runs/quickstart-smollm2, kept on the machine)
+#                                                                             runs/quickstart-smollm2, kept on the machine;
+#                                                                             stopped at its limit it resumes when run again)
 #   smollm2_study 540  taosr compare comparisons/smollm2.yaml --jobs 4      (named only, right after smollm2 on the
 #                                                                             same warm machine; resumable: run it again)
 # GPU_SESSION_DEADLINE=S: each step's limit is cut to what is left of S seconds from the start, and a
