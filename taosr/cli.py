@@ -40,6 +40,7 @@ data and pipeline:
   sweep      run a W&B sweep YAML locally with the open-source `sweeps` engine
   quickstart run SFT -> DPO -> GRPO -> SRPO [--model tiny|smollm2-135m|FOLDER|HF-ID] [--small] and print a comparison table
   compare    methods x seeds from one shared start: mean ± s.e. and paired differences (comparisons/*.yaml)
+  delta      an export as a small low-rank delta against its base, and back: taosr delta pack|unpack ... --base B
 
 add --verbose to any command to see tracebacks for user errors.
 """
@@ -189,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             from taosr.compare import compare_main
 
             return compare_main(rest)
+        if cmd == "delta":
+            from taosr.packing import delta_main
+
+            return delta_main(rest)
         if cmd in LIGHTNING_COMMANDS:
             return run_lightning(argv, verbose)
         print(f"taosr: error: unknown command {cmd!r}\n\n{HELP}", file=sys.stderr)
