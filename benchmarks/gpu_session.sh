@@ -19,6 +19,9 @@
 #   smollm2     540  taosr quickstart --model smollm2-135m                   (named only: issue 16's start, into
 #                                                                             runs/quickstart-smollm2, kept on the machine;
 #                                                                             stopped at its limit it resumes when run again)
+#   smollm2_pack 150 taosr delta pack of that start's DPO and GRM exports + its samples (named only:
+#                                                                             $OUT/smollm2-start.tar.part-*, for a later session)
+#   smollm2_restore 150 the start rebuilt from parts carried in .gpu/start/ (named only)
 #   smollm2_study 540  taosr compare comparisons/smollm2.yaml --jobs 4      (named only, right after smollm2 on the
 #                                                                             same warm machine; resumable: run it again)
 # GPU_SESSION_DEADLINE=S: each step's limit is cut to what is left of S seconds from the start, and a
@@ -58,6 +61,23 @@ step() {  # step NAME LIMIT_S COMMAND...
   tail -n 30 "$OUT/$name.txt"
 }
 
+# The SmolLM2 study's start (DPO and GRM exports, training samples) as files that outlive the machine:
+# the exports as low-rank deltas against SmolLM2 (`taosr delta`, ~20 MB each), one tar split into
+# 15 MiB parts under $OUT. A later session carries the parts in .gpu/start/ (any number per call:
+# each call copies what it carries to /tmp/start) and `smollm2_restore` rebuilds the start.
+export TAOSR OUT
+PACK_START='set -e; q=runs/quickstart-smollm2; p=runs/smollm2-start; rm -rf "$p"; mkdir -p "$p"
+for s in dpo grm; do "$TAOSR" delta pack "$q/$s/export" --base smollm2-135m --out "$p/$s"; done
+cp "$q/sft/samples-train.jsonl" "$q/plan.json" "$p/"
+cp "$q/comparison.md" "$q/quickstart-steps.json" "$p/" 2>/dev/null || true
+tar -cf runs/smollm2-start.tar -C runs smollm2-start
+split -b 15m runs/smollm2-start.tar "$OUT/smollm2-start.tar.part-"; md5sum runs/smollm2-start.tar; ls -l "$OUT"'
+RESTORE_START='set -e; ls /tmp/start/smollm2-start.tar.part-* > /dev/null; mkdir -p runs
+cat /tmp/start/smollm2-start.tar.part-* | tar -xf - -C runs; q=runs/quickstart-smollm2; p=runs/smollm2-start
+for s in dpo grm; do "$TAOSR" delta unpack "$p/$s" --base smollm2-135m --out "$q/$s/export"; done
+mkdir -p "$q/sft"; cp "$p/samples-train.jsonl" "$q/sft/"; cat "$p/comparison.md" 2>/dev/null || true'
+mkdir -p /tmp/start; cp .gpu/start/smollm2-start.tar.part-* /tmp/start/ 2>/dev/null
+
 run_step() {
   case $1 in
     tier)       local par=(); python3 -c "import xdist" 2>/dev/null && par=(-n 4 --dist load)
@@ -70,13 +90,14 @@ run_step() {
     quickstart) step quickstart 180 "$TAOSR" quickstart --out runs/gpu_session/qs ;;
     smollm2_small) step smollm2_small 150 "$TAOSR" quickstart --model smollm2-135m --small \
                      --out runs/gpu_session/qs-smollm2-small ;;
-    smollm2)    step smollm2 540 "$TAOSR" quickstart --model smollm2-135m --out runs/quickstart-smollm2
-                cp runs/quickstart-smollm2/comparison.md runs/quickstart-smollm2/plan.json "$OUT/" 2>/dev/null ;;
+    smollm2)    step smollm2 540 "$TAOSR" quickstart --model smollm2-135m --out runs/quickstart-smollm2 ;;
+    smollm2_pack) step smollm2_pack 150 bash -c "$PACK_START" ;;
+    smollm2_restore) step smollm2_restore 150 bash -c "$RESTORE_START" ;;
     smollm2_study) step smollm2_study 540 "$TAOSR" compare comparisons/smollm2.yaml --jobs 4 --no-wandb \
                      -- --trainer.precision bf16-mixed
                 cp runs/compare/smollm2/summary.md "$OUT/smollm2-summary.md" 2>/dev/null ;;
     *) echo "gpu_session.sh: unknown step '$1' (tier, rollout, grpo_step, qs_small, quickstart, static, smollm2_small," \
-            "smollm2, smollm2_study)" >&2; return 2 ;;
+            "smollm2, smollm2_pack, smollm2_restore, smollm2_study)" >&2; return 2 ;;
   esac
 }
 
