@@ -19,6 +19,7 @@
 #   smollm2     540  taosr quickstart --model smollm2-135m                   (named only: issue 16's start, into
 #                                                                             runs/quickstart-smollm2, kept on the machine;
 #                                                                             stopped at its limit it resumes when run again)
+#   smollm2_start 540 the same with --start-only: SFT, samples, DPO, GRM (named only: the study's start alone)
 #   smollm2_pack 150 taosr delta pack of that start's DPO and GRM exports + its samples (named only:
 #                                                                             $OUT/smollm2-start.tar.part-*, for a later session)
 #   smollm2_restore 150 the start rebuilt from parts carried in .gpu/start/ (named only)
@@ -91,13 +92,15 @@ run_step() {
     smollm2_small) step smollm2_small 150 "$TAOSR" quickstart --model smollm2-135m --small \
                      --out runs/gpu_session/qs-smollm2-small ;;
     smollm2)    step smollm2 540 "$TAOSR" quickstart --model smollm2-135m --out runs/quickstart-smollm2 ;;
+    smollm2_start) step smollm2_start 540 "$TAOSR" quickstart --model smollm2-135m --start-only \
+                     --out runs/quickstart-smollm2 ;;
     smollm2_pack) step smollm2_pack 150 bash -c "$PACK_START" ;;
     smollm2_restore) step smollm2_restore 150 bash -c "$RESTORE_START" ;;
     smollm2_study) step smollm2_study 540 "$TAOSR" compare comparisons/smollm2.yaml --jobs 4 --no-wandb \
                      -- --trainer.precision bf16-mixed
                 cp runs/compare/smollm2/summary.md "$OUT/smollm2-summary.md" 2>/dev/null ;;
     *) echo "gpu_session.sh: unknown step '$1' (tier, rollout, grpo_step, qs_small, quickstart, static, smollm2_small," \
-            "smollm2, smollm2_pack, smollm2_restore, smollm2_study)" >&2; return 2 ;;
+            "smollm2, smollm2_start, smollm2_pack, smollm2_restore, smollm2_study)" >&2; return 2 ;;
   esac
 }
 

@@ -37,6 +37,8 @@ from taosr.run_record import PATH_OPTIONS, SAMPLE_PATH_OPTIONS, first_difference
 from taosr.sampling import sample_main
 from taosr.schema import write_jsonl
 
+# the steps that make taosr compare's shared start (the DPO export, the training samples, the GRM)
+START_STEPS = ("fit sft", "sample", "fit dpo", "fit grm")
 METRICS = ("macro_f1", "good_f1", "accuracy", "step_accuracy", "format_error_rate")
 STAGES = ("sft", "dpo", "grpo", "srpo")
 
@@ -268,10 +270,12 @@ class StepRecord:
 
 def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, extra: list[str] | None = None,
         plan_overrides: dict | None = None, model: str = DEFAULT_MODEL, budgets_file: str | None = None,
-        cpu: bool = False, qplan: QuickstartPlan | None = None) -> dict[str, dict]:
+        cpu: bool = False, qplan: QuickstartPlan | None = None, start_only: bool = False) -> dict[str, dict]:
     """Run every stage; ``extra`` CLI overrides go to every fit/test (last, so they win),
     ``plan_overrides`` change budgets. ``model``/``budgets_file`` pick the budgets file (or pass
-    ``qplan``); its per-stage overrides and, on CUDA, its ``cuda`` ones go to each fit/test."""
+    ``qplan``); its per-stage overrides and, on CUDA, its ``cuda`` ones go to each fit/test.
+    ``start_only``: only the steps of :data:`START_STEPS` (``taosr compare``'s shared start), no
+    report; the same command without it later keeps them."""
     qp = qplan or load_plan(model, small, budgets_file, configs)
     p = {**qp.budgets, **(plan_overrides or {})}
     extra = qp.device_args(cpu) + list(extra or [])
@@ -284,6 +288,8 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
     record = StepRecord(out)
     rerun = False  # once a step runs, every later one runs too: it reads that step's output
     for step in commands(out, qp, p, configs, seed, extra, heldout_path):
+        if start_only and step.label not in START_STEPS:
+            continue
         earlier, why = record.finished(step)
         if earlier is not None and not rerun:
             timings[step.timing] = timings.get(step.timing, 0.0) + earlier
@@ -309,6 +315,10 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
         print(f"quickstart: {step.label} done in {dt:.0f}s", flush=True)
         if step.result:
             results[step.result[0]][step.result[1]] = metrics
+    if start_only:
+        print(f"quickstart: the start is ready: policy {os.path.join(out, 'dpo', 'export')}, samples "
+              f"{os.path.join(out, 'sft', 'samples-train.jsonl')}, GRM {os.path.join(out, 'grm', 'export')}", flush=True)
+        return {}
     write_report(out, results["test"], timings, heldout=results["heldout"],
                  used=f"model {qp.model}; budgets {qp.budgets_file} ({qp.variant})"
                  + (f", changed: {json.dumps(plan_overrides, default=str)}" if plan_overrides else "")
@@ -411,6 +421,9 @@ def quickstart_main(argv: list[str]) -> int:
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is available")
     p.add_argument("--configs", default="configs", help="folder with sft/dpo/grm/grpo/srpo.yaml")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start-only", action="store_true",
+                   help="only SFT, sampling, DPO and the GRM (taosr compare's shared start): no RL stages, no "
+                        "evaluation; the same command without it later keeps them")
     a = p.parse_args(argv)
     a.configs = locate(a.configs)  # taosr's own configs/ when the current folder has none
     a.model_budgets = locate(a.model_budgets) if a.model_budgets else None
@@ -420,7 +433,8 @@ def quickstart_main(argv: list[str]) -> int:
     if a.cpu:  # `taosr sample` too: it samples on the GPU where it sees one
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     try:
-        run(a.out, small=a.small, configs=a.configs, seed=a.seed, extra=passthrough, cpu=a.cpu, qplan=qp)
+        run(a.out, small=a.small, configs=a.configs, seed=a.seed, extra=passthrough, cpu=a.cpu, qplan=qp,
+            start_only=a.start_only)
     finally:
         if a.cpu:
             os.environ.pop("CUDA_VISIBLE_DEVICES") if hidden is None else os.environ.update(CUDA_VISIBLE_DEVICES=hidden)

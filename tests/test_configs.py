@@ -375,9 +375,21 @@ def test_quickstart_pipeline_plumbing(tmp_path, cache_dir):
     assert "| srpo | test | overall | 6 |" in table and "| srpo | heldout | overall | 6 |" in table
 
 
+def test_quickstart_start_only_flag_reaches_the_chain(tmp_path, monkeypatch):
+    import taosr.pipeline as pipeline
+    from taosr.cli import main
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run", lambda out, **kw: seen.append((out, kw["start_only"])) or {})
+    assert main(["quickstart", "--start-only", "--out", str(tmp_path / "a")]) == 0
+    assert main(["quickstart", "--out", str(tmp_path / "b")]) == 0
+    assert seen == [(str(tmp_path / "a"), True), (str(tmp_path / "b"), False)]
+
+
 def test_quickstart_run_again_keeps_finished_steps_and_resumes_an_interrupted_fit(tmp_path, cache_dir, monkeypatch,
                                                                                    capsys):
-    """The same command again after an interrupt: the finished stages are kept, the interrupted GRPO fit
+    """`--start-only` runs SFT, sampling, DPO and the GRM alone; the whole chain run next keeps them.
+    The same command again after an interrupt: the finished stages are kept, the interrupted GRPO fit
     resumes from its last.ckpt (step 1 of 2) and the steps after it run; with nothing left it runs
     nothing; with other RL settings the RL fits and everything after them run again."""
     import taosr.pipeline as pipeline
@@ -394,13 +406,20 @@ def test_quickstart_run_again_keeps_finished_steps_and_resumes_an_interrupted_fi
             raise SystemExit("quickstart: grpo failed (exit 143)")
         return real(step)
 
-    def chain(plan=plan):
-        return pipeline.run(out, configs=os.path.join(ROOT, "configs"), extra=extra, plan_overrides=plan)
+    def chain(plan=plan, start_only=False):
+        return pipeline.run(out, configs=os.path.join(ROOT, "configs"), extra=extra, plan_overrides=plan,
+                            start_only=start_only)
 
     monkeypatch.setattr(pipeline, "execute", interrupted_grpo)
+    assert chain(start_only=True) == {}
+    assert [s.label for s in ran] == ["fit sft", "sample", "fit dpo", "fit grm"]
+    assert os.path.isfile(os.path.join(out, "grm", "export", "config.json"))
+    assert not os.path.exists(os.path.join(out, "comparison.md"))
+    assert "quickstart: the start is ready: policy " in capsys.readouterr().out
+    ran.clear()
     with pytest.raises(SystemExit):
         chain()
-    assert [s.label for s in ran] == ["fit sft", "sample", "fit dpo", "fit grm", "fit grpo"]
+    assert [s.label for s in ran] == ["fit grpo"]
     ckpt = os.path.join(out, "grpo", "checkpoints", "last.ckpt")
     assert load_checkpoint_meta(ckpt)["global_step"] == 1
 
