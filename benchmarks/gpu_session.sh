@@ -23,8 +23,11 @@
 #   smollm2_pack 150 taosr delta pack of that start's DPO and GRM exports + its samples (named only:
 #                                                                             $OUT/smollm2-start.tar.part-*, for a later session)
 #   smollm2_restore 150 the start rebuilt from parts carried in .gpu/start/ (named only)
-#   smollm2_study 540  taosr compare comparisons/smollm2.yaml --jobs 4      (named only, right after smollm2 on the
-#                                                                             same warm machine; resumable: run it again)
+#   smollm2_study 540  taosr compare comparisons/smollm2.yaml --jobs 4      (named only, after smollm2_start or
+#                                                                             smollm2_restore; resumable: run it again;
+#                                                                             STUDY_ARGS="--seeds 0 1" for fewer; its finished
+#                                                                             runs' scores come back as $OUT/smollm2-results.tar,
+#                                                                             which smollm2_restore reads from .gpu/start/)
 # GPU_SESSION_DEADLINE=S: each step's limit is cut to what is left of S seconds from the start, and a
 # step with under 30 s left is skipped (fill one device call with steps in order of value).
 # Quick-start folders stay out of $OUT (the device tool brings back at most 8 files): each step's
@@ -76,8 +79,10 @@ split -b 15m runs/smollm2-start.tar "$OUT/smollm2-start.tar.part-"; md5sum runs/
 RESTORE_START='set -e; ls /tmp/start/smollm2-start.tar.part-* > /dev/null; mkdir -p runs
 cat /tmp/start/smollm2-start.tar.part-* | tar -xf - -C runs; q=runs/quickstart-smollm2; p=runs/smollm2-start
 for s in dpo grm; do "$TAOSR" delta unpack "$p/$s" --base smollm2-135m --out "$q/$s/export"; done
-mkdir -p "$q/sft"; cp "$p/samples-train.jsonl" "$q/sft/"; cat "$p/comparison.md" 2>/dev/null || true'
-mkdir -p /tmp/start; cp .gpu/start/smollm2-start.tar.part-* /tmp/start/ 2>/dev/null
+mkdir -p "$q/sft"; cp "$p/samples-train.jsonl" "$q/sft/"; cat "$p/comparison.md" 2>/dev/null || true
+if [ -f /tmp/start/smollm2-results.tar ]; then tar -xf /tmp/start/smollm2-results.tar; echo "earlier study runs:"
+  find runs/compare/smollm2 -path "*heldout/eval/test-metrics.json"; fi'
+mkdir -p /tmp/start; cp .gpu/start/smollm2-start.tar.part-* .gpu/start/smollm2-results.tar /tmp/start/ 2>/dev/null
 
 run_step() {
   case $1 in
@@ -97,8 +102,12 @@ run_step() {
     smollm2_pack) step smollm2_pack 150 bash -c "$PACK_START" ;;
     smollm2_restore) step smollm2_restore 150 bash -c "$RESTORE_START" ;;
     smollm2_study) step smollm2_study 540 "$TAOSR" compare comparisons/smollm2.yaml --jobs 4 --no-wandb \
-                     -- --trainer.precision bf16-mixed
-                cp runs/compare/smollm2/summary.md "$OUT/smollm2-summary.md" 2>/dev/null ;;
+                     ${STUDY_ARGS:-} -- --trainer.precision bf16-mixed
+                cp runs/compare/smollm2/summary.md "$OUT/smollm2-summary.md" 2>/dev/null
+                # the finished runs' scores, records and training logs (no weights): a later session's
+                # compare restored with them skips those runs and reports every seed
+                find runs/compare/smollm2 \( -name test-metrics.json -o -name compare-run.json -o -name metrics.csv \) \
+                  -print0 2>/dev/null | tar -cf "$OUT/smollm2-results.tar" --null -T - 2>/dev/null ;;
     *) echo "gpu_session.sh: unknown step '$1' (tier, rollout, grpo_step, qs_small, quickstart, static, smollm2_small," \
             "smollm2, smollm2_start, smollm2_pack, smollm2_restore, smollm2_study)" >&2; return 2 ;;
   esac

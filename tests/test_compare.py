@@ -453,15 +453,11 @@ def test_a_start_named_by_preset_or_hub_id_runs_a_missing_folder_is_refused(tmp_
                 cmp.run_compare(spec, str(tmp_path / f"out{i}"))
 
 
-def test_eval_also_scores_every_run_on_more_sets_and_a_set_added_later_fits_nothing(tmp_path, monkeypatch):
-    """eval.also: each run (and the start) is scored on more sets too, reported as set:<name> rows
-    and paired like the rest, its W&B runs named -test-<set>; a set added to a finished comparison
-    is only scored; a set dropped from the spec is not reported, and one scored before from another
-    file is refused (also after it was dropped and added back), as the main evaluation is; a bad row
-    in a set's file stops the comparison before its first run."""
+def _fake_runs(tmp_path, monkeypatch) -> list:
+    """Fits and evaluations of a comparison under ``tmp_path/out`` stood in by files (a fit writes an
+    export, a test a macro F1 by data set, arm b +0.1, seed 1 +0.01), evaluated on ``main.jsonl``;
+    returns the list of (command, run folder, W&B run name) they append to."""
     import json
-
-    import yaml
 
     import taosr.compare as cmp
     import taosr.launcher as launcher
@@ -485,10 +481,56 @@ def test_eval_also_scores_every_run_on_more_sets_and_a_set_added_later_fits_noth
         return 0
 
     monkeypatch.setattr(launcher, "run_lightning", fake_lightning)
+    monkeypatch.setattr(cmp, "evaluation_file", lambda spec, out: str(tmp_path / "main.jsonl"))
+    return ran
+
+
+def test_runs_kept_as_scores_alone_are_reported_and_not_run_again(tmp_path, monkeypatch):
+    """What a lent GPU session brings back of a comparison (each run's scores, records and logs; no
+    weights): restored into the folder, a later session's comparison with more seeds skips those
+    runs and reports every seed."""
+    import json
+    import shutil
+
+    import yaml
+
+    import taosr.compare as cmp
+
+    ran = _fake_runs(tmp_path, monkeypatch)
+    (tmp_path / "main.jsonl").write_text(json.dumps({"query": "red shoes", "item": {"title": "Red Shoes"}, "label": 4}) + "\n")
+    spec = {"name": "carried", "start": {"model": "tiny"}, "seeds": [0],
+            "arms": {"a": {"config": "configs/sft.yaml"}, "b": {"config": "configs/sft.yaml"}},
+            "eval": {"heldout": 8}, "pairs": [["b", "a"]]}
+    spec_file, out = tmp_path / "spec.yaml", str(tmp_path / "out")
+    spec_file.write_text(yaml.safe_dump(spec))
+    cmp.run_compare(cmp.load_spec(str(spec_file)), out)
+    assert len(ran) == 4
+    for arm in ("a", "b"):  # the weights stay on the machine that is given back
+        shutil.rmtree(os.path.join(out, arm, "seed0", "export"))
+    ran.clear()
+    spec["seeds"] = [0, 1]
+    spec_file.write_text(yaml.safe_dump(spec))
+    results = cmp.run_compare(cmp.load_spec(str(spec_file)), out)
+    assert sorted(r[1] for r in ran) == ["a/seed1", "a/seed1/heldout", "b/seed1", "b/seed1/heldout"]
+    assert results["b"][0]["macro_f1"] == pytest.approx(0.6) and results["b"][1]["macro_f1"] == pytest.approx(0.61)
+
+
+def test_eval_also_scores_every_run_on_more_sets_and_a_set_added_later_fits_nothing(tmp_path, monkeypatch):
+    """eval.also: each run (and the start) is scored on more sets too, reported as set:<name> rows
+    and paired like the rest, its W&B runs named -test-<set>; a set added to a finished comparison
+    is only scored; a set dropped from the spec is not reported, and one scored before from another
+    file is refused (also after it was dropped and added back), as the main evaluation is; a bad row
+    in a set's file stops the comparison before its first run."""
+    import json
+
+    import yaml
+
+    import taosr.compare as cmp
+
+    ran = _fake_runs(tmp_path, monkeypatch)
     row = json.dumps({"query": "red shoes", "item": {"title": "Red Shoes"}, "label": 4}) + "\n"
     for name in ("main", "unpriced", "fixture", "other"):
         (tmp_path / f"{name}.jsonl").write_text(row)
-    monkeypatch.setattr(cmp, "evaluation_file", lambda spec, out: str(tmp_path / "main.jsonl"))
     spec = {"name": "also", "start": {"model": "tiny"}, "seeds": [0, 1],
             "arms": {"a": {"config": "configs/sft.yaml"}, "b": {"config": "configs/sft.yaml"}},
             "eval": {"heldout": 8, "also": {"unpriced": str(tmp_path / "unpriced.jsonl")}}, "pairs": [["b", "a"], ["b", "start"]]}
