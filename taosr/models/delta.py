@@ -28,6 +28,7 @@ import shutil
 import torch
 
 from taosr.errors import ConfigError
+from taosr.models.factory import folder_written
 
 FORMAT = "taosr-delta/1"
 WEIGHTS, RECORD = "delta.safetensors", "delta.json"
@@ -113,10 +114,7 @@ def pack(export: str, base_weights: dict[str, torch.Tensor], out: str, dtype: st
                 continue
         tensors[f"{name}.full"] = w.contiguous()
         kinds[name] = {**entry, "kind": "full"}
-    tmp = f"{os.path.normpath(out)}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    with folder_written(out) as tmp:
         save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
         for f in sorted(os.listdir(export)):
             src = os.path.join(export, f)
@@ -126,12 +124,6 @@ def pack(export: str, base_weights: dict[str, torch.Tensor], out: str, dtype: st
                   "dtype": dtype, "rel_tol": rel_tol, "max_rank": max_rank, "max_abs_error": worst, "tensors": kinds}
         with open(os.path.join(tmp, RECORD), "w") as fh:
             json.dump(record, fh, indent=1)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    from taosr.models.factory import replace_dir
-
-    replace_dir(tmp, out)
     return record
 
 
@@ -175,19 +167,10 @@ def unpack(pack_dir: str, base_weights: dict[str, torch.Tensor], out: str) -> di
         if list(weights[name].shape) != entry["shape"]:
             raise ConfigError(f"taosr delta unpack: {name} rebuilt as {tuple(weights[name].shape)}, recorded "
                               f"{tuple(entry['shape'])}: the pack is damaged")
-    tmp = f"{os.path.normpath(out)}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    with folder_written(out) as tmp:
         save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(tmp, "model.safetensors"),
                   metadata={"format": "pt"})
         for f in sorted(os.listdir(pack_dir)):
             if f not in (WEIGHTS, RECORD) and os.path.isfile(os.path.join(pack_dir, f)):
                 shutil.copy2(os.path.join(pack_dir, f), os.path.join(tmp, f))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    from taosr.models.factory import replace_dir
-
-    replace_dir(tmp, out)
     return record

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -388,11 +389,7 @@ def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True, meta: d
     under a temporary name and renamed, so a reader never sees half an export and a failed write
     leaves the previous export in place. ``meta`` (e.g. ``{"target": "label"}``) is recorded in
     :data:`EXPORT_META` (:func:`export_meta` reads it)."""
-    out_dir = os.path.normpath(out_dir)
-    tmp = f"{out_dir}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    with folder_written(out_dir) as tmp:
         is_peft = hasattr(model, "peft_config")
         policy = policy_adapters(model)
         if is_peft and merge_lora:
@@ -408,11 +405,24 @@ def save_export(model, tokenizer, out_dir: str, merge_lora: bool = True, meta: d
         with open(os.path.join(tmp, EXPORT_META), "w") as fh:
             json.dump({"merged_lora": bool(is_peft and merge_lora), "adapter_only": bool(is_peft and not merge_lora),
                        **(meta or {})}, fh)
+    return os.path.normpath(out_dir)
+
+
+@contextlib.contextmanager
+def folder_written(out_dir: str):
+    """A temporary folder beside ``out_dir`` to write into: renamed to ``out_dir`` when the block ends
+    (:func:`replace_dir`), removed when it raises, so a reader never sees half a folder and a failed
+    write leaves the previous one in place."""
+    out_dir = os.path.normpath(out_dir)
+    tmp = f"{out_dir}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, out_dir)
-    return out_dir
 
 
 def _absolute_base_paths(folder: str) -> None:
