@@ -250,6 +250,9 @@ class StepRecord:
         """Mark the step started; its command (plus ``--ckpt_path`` when it resumes an interrupted fit)."""
         ckpt = self.resumable(step)
         before = float(self.steps[step.label].get("seconds", 0.0)) if ckpt else 0.0
+        stale = os.path.join(step.root, "checkpoints", "last.ckpt") if step.kind == "fit" and not ckpt else None
+        if stale and os.path.isfile(stale):  # another command's: a fresh fit interrupted early must not resume it
+            os.remove(stale)
         self.steps[step.label] = {"argv": self._fingerprint(step), "done": False, "seconds": before}
         self._write()
         return step.argv + ["--ckpt_path", ckpt] if ckpt else list(step.argv)

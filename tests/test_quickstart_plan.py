@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from taosr.errors import ConfigError
+from taosr.errors import ConfigError, TaosrError
 from taosr.pipeline import Step, commands
 from taosr.quickstart_plan import load_plan
 
@@ -177,3 +177,37 @@ def test_the_heldout_set_avoids_the_queries_of_the_data_the_overrides_make():
     train = {ex.query for rows in generate(base).values() for ex in rows}
     held = heldout(60, seed=base.seed + 1, base=base)
     assert train and not {ex.query for ex in held} & train
+
+
+def test_step_record_resumes_only_its_own_interrupted_fit(tmp_path):
+    """An interrupted fit of the same command resumes from its last.ckpt; a fit whose command changed
+    starts fresh and removes the other command's last.ckpt, so that its own interrupt cannot resume it."""
+    from taosr.pipeline import StepRecord
+
+    root = tmp_path / "grpo"
+    (root / "checkpoints").mkdir(parents=True)
+    ckpt = root / "checkpoints" / "last.ckpt"
+    ckpt.write_text("x")
+    step = Step("fit", ["fit", "--trainer.default_root_dir", str(root), "--trainer.max_steps", "2"], "grpo")
+    rec = StepRecord(str(tmp_path))
+    assert rec.finished(step) == (None, "") and rec.start(step)[-2:] == ["--trainer.max_steps", "2"]  # never ran
+    assert not ckpt.exists()
+    rec.stop(step, 3.0)
+    ckpt.write_text("x")  # what the interrupted fit saved
+    again = StepRecord(str(tmp_path))
+    assert again.finished(step) == (None, "interrupted before: resuming it")
+    assert again.start(step)[-2:] == ["--ckpt_path", str(ckpt)] and ckpt.exists()
+    again.stop(step, 2.0)
+    other = Step("fit", ["fit", "--trainer.default_root_dir", str(root), "--trainer.max_steps", "4"], "grpo")
+    later = StepRecord(str(tmp_path))
+    assert later.finished(other)[1].startswith("ran before with other settings (was `--trainer.max_steps 2`")
+    assert "--ckpt_path" not in later.start(other) and not ckpt.exists()
+    later.stop(other, 1.0)
+    later.done(other)
+    assert later.seconds(other) == 1.0
+    (root / "export").mkdir()
+    (root / "export" / "config.json").write_text("{}")
+    assert StepRecord(str(tmp_path)).finished(other) == (1.0, "")
+    (tmp_path / "quickstart-steps.json").write_text("{not json")
+    with pytest.raises(TaosrError, match=r"quickstart-steps.json cannot be read"):
+        StepRecord(str(tmp_path))
