@@ -21,7 +21,7 @@
 #                                                                             stopped at its limit it resumes when run again)
 #   smollm2_start 540 the same with --start-only: SFT, samples, DPO, GRM (named only: the study's start alone)
 #   smollm2_pack 150 taosr delta pack of that start's DPO and GRM exports + its samples (named only:
-#                                                                             $OUT/smollm2-start.tar.part-*, for a later session)
+#                                                                             $OUT/smollm2-start-<md5>.tar.part-*, for a later session)
 #   smollm2_restore 150 the start rebuilt from parts carried in .gpu/start/ (named only)
 #   smollm2_study 540  taosr compare comparisons/smollm2.yaml --jobs 4      (named only, after smollm2_start or
 #                                                                             smollm2_restore; resumable: run it again;
@@ -67,22 +67,31 @@ step() {  # step NAME LIMIT_S COMMAND...
 
 # The SmolLM2 study's start (DPO and GRM exports, training samples) as files that outlive the machine:
 # the exports as low-rank deltas against SmolLM2 (`taosr delta`, ~20 MB each), one tar split into
-# 15 MiB parts under $OUT. A later session carries the parts in .gpu/start/ (any number per call:
+# 15 MiB parts under $OUT, named by the tar's md5 (restore checks it). A later session carries the parts in .gpu/start/ (any number per call:
 # each call copies what it carries to /tmp/start) and `smollm2_restore` rebuilds the start.
 export TAOSR OUT
 PACK_START='set -e; q=runs/quickstart-smollm2; p=runs/smollm2-start; rm -rf "$p"; mkdir -p "$p"
 for s in dpo grm; do "$TAOSR" delta pack "$q/$s/export" --base smollm2-135m --out "$p/$s"; done
 cp "$q/sft/samples-train.jsonl" "$q/plan.json" "$p/"
 cp "$q/comparison.md" "$q/quickstart-steps.json" "$p/" 2>/dev/null || true
-tar -cf runs/smollm2-start.tar -C runs smollm2-start
-split -b 15m runs/smollm2-start.tar "$OUT/smollm2-start.tar.part-"; md5sum runs/smollm2-start.tar; ls -l "$OUT"'
-RESTORE_START='set -e; ls /tmp/start/smollm2-start.tar.part-* > /dev/null; mkdir -p runs
-cat /tmp/start/smollm2-start.tar.part-* | tar -xf - -C runs; q=runs/quickstart-smollm2; p=runs/smollm2-start
+tar -cf runs/smollm2-start.tar -C runs smollm2-start; size=$(stat -c %s runs/smollm2-start.tar)
+if [ "$size" -gt 58720256 ]; then echo "smollm2_pack: the start is $size bytes, over the 56 MiB the device returns" \
+  "beside the step files (an export that packs whole, e.g. bf16 weights?)"; exit 1; fi
+tag=$(md5sum runs/smollm2-start.tar | cut -c1-12)
+split -b 15m runs/smollm2-start.tar "$OUT/smollm2-start-$tag.tar.part-"; ls -l "$OUT"'
+RESTORE_START='set -e; mkdir -p runs
+tags=$(ls /tmp/start | sed -n "s/^smollm2-start-\([0-9a-f]*\)\.tar\.part-.*/\1/p" | sort -u)
+if [ "$(echo "$tags" | grep -c .)" -ne 1 ]; then echo "smollm2_restore: .gpu/start/ must hold the parts of one" \
+  "start (smollm2-start-<md5>.tar.part-*); found: ${tags:-none}"; exit 1; fi
+cat /tmp/start/smollm2-start-$tags.tar.part-* > /tmp/smollm2-start.tar
+if [ "$(md5sum /tmp/smollm2-start.tar | cut -c1-12)" != "$tags" ]; then echo "smollm2_restore: the parts do not" \
+  "make the packed start (checksum): one is missing or damaged"; exit 1; fi
+tar -xf /tmp/smollm2-start.tar -C runs; q=runs/quickstart-smollm2; p=runs/smollm2-start
 for s in dpo grm; do "$TAOSR" delta unpack "$p/$s" --base smollm2-135m --out "$q/$s/export"; done
 mkdir -p "$q/sft"; cp "$p/samples-train.jsonl" "$q/sft/"; cat "$p/comparison.md" 2>/dev/null || true
 if [ -f /tmp/start/smollm2-results.tar ]; then tar -xf /tmp/start/smollm2-results.tar; echo "earlier study runs:"
   find runs/compare/smollm2 -path "*heldout/eval/test-metrics.json"; fi'
-mkdir -p /tmp/start; cp .gpu/start/smollm2-start.tar.part-* .gpu/start/smollm2-results.tar /tmp/start/ 2>/dev/null
+mkdir -p /tmp/start; cp .gpu/start/smollm2-start-*.tar.part-* .gpu/start/smollm2-results.tar /tmp/start/ 2>/dev/null
 
 run_step() {
   case $1 in

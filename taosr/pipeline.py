@@ -22,6 +22,7 @@ The same command run again keeps the steps it finished (``<out>/quickstart-steps
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import time
@@ -210,13 +211,29 @@ class StepRecord:
             try:
                 with open(self.path) as fh:
                     self.steps = json.load(fh)["steps"]
+                if not isinstance(self.steps, dict) or not all(isinstance(r, dict) for r in self.steps.values()):
+                    raise TypeError("steps is not a mapping of records")
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise TaosrError(f"quickstart: {self.path} cannot be read ({type(e).__name__}); delete it to run "
                                  "every step again") from None
 
     @staticmethod
     def _fingerprint(step: Step) -> list[str]:
-        return fingerprint(step.argv, SAMPLE_PATH_OPTIONS if step.kind == "sample" else PATH_OPTIONS)
+        """The command, plus the content of what it reads by path that no argument spells out: each
+        config (with its bases) and the test file (the held-out set is rewritten from its budget)."""
+        fp = fingerprint(step.argv, SAMPLE_PATH_OPTIONS if step.kind == "sample" else PATH_OPTIONS)
+        for key, value in zip(step.argv, step.argv[1:]):
+            if key == "--config":
+                from taosr.configfiles import resolved_config
+
+                text = json.dumps(resolved_config(locate(value)), sort_keys=True, default=str).encode()
+            elif key == "--data.test" and os.path.isfile(value):
+                with open(value, "rb") as fh:
+                    text = fh.read()
+            else:
+                continue
+            fp.append(f"{key} {value} sha256:{hashlib.sha256(text).hexdigest()[:16]}")
+        return fp
 
     def _same(self, step: Step) -> dict | None:
         rec = self.steps.get(step.label)
@@ -246,13 +263,19 @@ class StepRecord:
     def seconds(self, step: Step) -> float:
         return float(self.steps[step.label]["seconds"])
 
-    def start(self, step: Step) -> list[str]:
-        """Mark the step started; its command (plus ``--ckpt_path`` when it resumes an interrupted fit)."""
-        ckpt = self.resumable(step)
+    def start(self, step: Step, later: tuple[str, ...] | list[str] = (), resume: bool = True) -> list[str]:
+        """Mark the step started; its command (plus ``--ckpt_path`` when it resumes an interrupted fit:
+        only with ``resume``, i.e. when no earlier step ran again). A fresh start forgets the records
+        of the ``later`` steps (the whole chain after it): they were built on this step's old output,
+        and a run cut short here, or a ``--start-only`` run, must not keep them next time."""
+        ckpt = self.resumable(step) if resume else None
         before = float(self.steps[step.label].get("seconds", 0.0)) if ckpt else 0.0
         stale = os.path.join(step.root, "checkpoints", "last.ckpt") if step.kind == "fit" and not ckpt else None
         if stale and os.path.isfile(stale):  # another command's: a fresh fit interrupted early must not resume it
             os.remove(stale)
+        if not ckpt:
+            for label in later:
+                self.steps.pop(label, None)
         self.steps[step.label] = {"argv": self._fingerprint(step), "done": False, "seconds": before}
         self._write()
         return step.argv + ["--ckpt_path", ckpt] if ckpt else list(step.argv)
@@ -289,8 +312,10 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
     timings: dict[str, float] = {}
     results: dict[str, dict[str, dict]] = {"test": {}, "heldout": {}}
     record = StepRecord(out)
-    rerun = False  # once a step runs, every later one runs too: it reads that step's output
-    for step in commands(out, qp, p, configs, seed, extra, heldout_path):
+    rerun = False  # once a fit or the sampling runs, every later step runs too: it reads that output
+    chain = commands(out, qp, p, configs, seed, extra, heldout_path)
+    labels = [s.label for s in chain]
+    for i, step in enumerate(chain):
         if start_only and step.label not in START_STEPS:
             continue
         earlier, why = record.finished(step)
@@ -300,11 +325,14 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
             if step.result:
                 results[step.result[0]][step.result[1]] = read_metrics(step)
             continue
+        if rerun and step.label in record.steps:
+            why = "an earlier step ran again: running it again"
         if why:
             print(f"quickstart: {step.label}: {why}", flush=True)
-        rerun = True
         t = time.perf_counter()
-        argv = record.start(step)
+        leaf = step.kind == "test"  # a test's metrics feed no later step
+        argv = record.start(step, later=() if leaf else labels[i + 1:], resume=not rerun)
+        rerun = rerun or not leaf
         try:
             # given to every stage: one a stage does not read is a warning (setting_checks)
             with shared_arguments(extra), resume_hint("re-run the same taosr quickstart command to continue "

@@ -442,6 +442,17 @@ def test_quickstart_run_again_keeps_finished_steps_and_resumes_an_interrupted_fi
     assert "--ckpt_path" not in ran[0].argv
     assert "fit grpo: ran before with other settings (was `--trainer.max_steps 2`, now `--trainer.max_steps 1`)" in \
         capsys.readouterr().out
+    # another held-out set (its size is in no argument, the file's content is): only its evaluations
+    ran.clear()
+    chain({**plan, "rl_steps": 1, "heldout": 8})
+    assert [s.label for s in ran] == [f"test {m} (heldout)" for m in ("sft", "dpo", "grpo", "srpo")]
+    # the start built again alone with other settings: the whole chain after it runs next time
+    ran.clear()
+    chain({**plan, "rl_steps": 1, "heldout": 8, "grm_steps": 1}, start_only=True)
+    assert [s.label for s in ran] == ["fit grm"]
+    ran.clear()
+    chain({**plan, "rl_steps": 1, "heldout": 8, "grm_steps": 1})
+    assert [s.label for s in ran][:2] == ["fit grpo", "fit srpo"] and len(ran) == 10
 
 
 @pytest.mark.slow

@@ -141,3 +141,22 @@ def test_cli_pack_and_unpack(tmp_path, chain, capsys):
     assert os.path.isfile(tmp_path / "rebuilt" / "model.safetensors")
     assert main(["delta", "pack", export, "--base", str(tmp_path / "nope"), "--out", str(tmp_path / "p")]) == 2
     assert "--base: " in capsys.readouterr().err
+
+
+def test_a_damaged_pack_and_scalar_tensors(tmp_path, chain):
+    """A pack whose record or factors were cut is one line; 0-dim tensors fingerprint like any other."""
+    from taosr.models.delta import weights_fingerprint
+
+    base, export, _ = chain
+    assert weights_fingerprint({"s": torch.tensor(1.5)}) != weights_fingerprint({"s": torch.tensor(2.5)})
+    pack(export, load_weights(base, "base"), str(tmp_path / "pack"))
+    rec = json.load(open(tmp_path / "pack" / "delta.json"))
+    name = next(n for n, t in rec["tensors"].items() if t["kind"] == "low_rank")
+    rec["tensors"][name + "_gone"] = rec["tensors"][name]  # factors the weights file does not hold
+    json.dump(rec, open(tmp_path / "pack" / "delta.json", "w"))
+    with pytest.raises(ConfigError, match=r"_gone cannot be rebuilt .*the pack is damaged"):
+        unpack(str(tmp_path / "pack"), load_weights(base, "base"), str(tmp_path / "x"))
+    json.dump({"format": rec["format"]}, open(tmp_path / "pack" / "delta.json", "w"))
+    with pytest.raises(ConfigError, match=r"lacks base_fingerprint or tensors"):
+        unpack(str(tmp_path / "pack"), load_weights(base, "base"), str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()

@@ -253,7 +253,11 @@ class _PoolRule:
             raise RuntimeError("it->second->use_count > 0 INTERNAL ASSERT FAILED")
         self.users[pool] = self.users.get(pool, 0) + 1
         g = _Replayer(step)
-        weakref.finalize(g, self.users.__setitem__, pool, self.users[pool] - 1)
+
+        def freed():
+            self.users[pool] -= 1
+
+        weakref.finalize(g, freed)
         return g
 
 

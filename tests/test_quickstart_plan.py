@@ -211,3 +211,25 @@ def test_step_record_resumes_only_its_own_interrupted_fit(tmp_path):
     (tmp_path / "quickstart-steps.json").write_text("{not json")
     with pytest.raises(TaosrError, match=r"quickstart-steps.json cannot be read"):
         StepRecord(str(tmp_path))
+
+
+def test_a_fresh_start_forgets_the_steps_after_it_and_a_rerun_chain_never_resumes(tmp_path):
+    """A step that starts fresh drops the records of the chain after it (they read its old output),
+    and a fit after a step that ran again starts fresh even with its own interrupted checkpoint."""
+    from taosr.pipeline import StepRecord
+
+    def fit(name):
+        return Step("fit", ["fit", "--trainer.default_root_dir", str(tmp_path / name)], name)
+
+    sft, dpo, grm = fit("sft"), fit("dpo"), fit("grm")
+    rec = StepRecord(str(tmp_path))
+    for s in (sft, dpo, grm):
+        rec.start(s)
+        rec.stop(s, 1.0)
+    rec.done(sft)
+    (tmp_path / "dpo" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "dpo" / "checkpoints" / "last.ckpt").write_text("x")  # dpo interrupted
+    assert rec.resumable(dpo) is not None
+    assert "--ckpt_path" not in rec.start(dpo, later=["fit grm"], resume=False)  # sft ran again before it
+    assert not (tmp_path / "dpo" / "checkpoints" / "last.ckpt").exists()
+    assert set(StepRecord(str(tmp_path)).steps) == {"fit sft", "fit dpo"}  # grm forgotten, on disk too

@@ -62,7 +62,7 @@ def weights_fingerprint(weights: dict[str, torch.Tensor]) -> str:
     for name in sorted(weights):
         t = weights[name].contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -139,6 +139,8 @@ def read_record(pack_dir: str) -> dict:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ConfigError(f"taosr delta unpack: {path}: format {record.get('format') if isinstance(record, dict) else None!r}, "
                           f"expected {FORMAT!r}")
+    if not isinstance(record.get("base_fingerprint"), str) or not isinstance(record.get("tensors"), dict):
+        raise ConfigError(f"taosr delta unpack: {path} lacks base_fingerprint or tensors: the pack is damaged")
     return record
 
 
@@ -153,17 +155,25 @@ def unpack(pack_dir: str, base_weights: dict[str, torch.Tensor], out: str) -> di
         raise ConfigError(f"taosr delta unpack: the base's weights are not those {pack_dir} was packed against "
                           f"(packed against {record.get('base') or 'another base'}; fingerprint {fp[:12]} != "
                           f"{record['base_fingerprint'][:12]})")
-    stored = load_file(os.path.join(pack_dir, WEIGHTS))
+    try:
+        stored = load_file(os.path.join(pack_dir, WEIGHTS))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a cut or foreign file
+        raise ConfigError(f"taosr delta unpack: {os.path.join(pack_dir, WEIGHTS)} cannot be read "
+                          f"({type(e).__name__}): the pack is damaged") from None
     weights: dict[str, torch.Tensor] = {}
     for name, entry in record["tensors"].items():
-        dtype = getattr(torch, entry["dtype"])
-        if entry["kind"] == "same":
-            weights[name] = base_weights[name].clone()
-        elif entry["kind"] == "low_rank":
-            a, b = stored[f"{name}.a"].float(), stored[f"{name}.b"].float()
-            weights[name] = (base_weights[name].float() + a @ b).to(dtype)
-        else:
-            weights[name] = stored[f"{name}.full"]
+        try:
+            dtype = getattr(torch, entry["dtype"])
+            if entry["kind"] == "same":
+                weights[name] = base_weights[name].clone()
+            elif entry["kind"] == "low_rank":
+                a, b = stored[f"{name}.a"].float(), stored[f"{name}.b"].float()
+                weights[name] = (base_weights[name].float() + a @ b).to(dtype)
+            else:
+                weights[name] = stored[f"{name}.full"]
+        except (KeyError, AttributeError, TypeError, RuntimeError) as e:
+            raise ConfigError(f"taosr delta unpack: {name} cannot be rebuilt from {pack_dir} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'missing'}): the pack is damaged") from None
         if list(weights[name].shape) != entry["shape"]:
             raise ConfigError(f"taosr delta unpack: {name} rebuilt as {tuple(weights[name].shape)}, recorded "
                               f"{tuple(entry['shape'])}: the pack is damaged")
