@@ -186,7 +186,7 @@ def execute(step: Step) -> dict | None:
 
 
 def read_metrics(step: Step) -> dict:
-    with open(os.path.join(step.root, "eval", "test-metrics.json")) as fh:
+    with open(step_output(step)) as fh:
         return json.load(fh)
 
 
@@ -198,15 +198,22 @@ def step_output(step: Step) -> str:
         os.path.join(step.root, "eval", "test-metrics.json")
 
 
+def last_ckpt(step: Step) -> str | None:
+    """Where a fit leaves the checkpoint a resume starts from (None for the other steps)."""
+    return os.path.join(step.root, "checkpoints", "last.ckpt") if step.kind == "fit" else None
+
+
 class StepRecord:
     """``<out>/quickstart-steps.json``: each step's command (:func:`taosr.run_record.fingerprint`),
     whether it finished and its seconds, so that the same command run again keeps the finished steps,
     resumes an interrupted fit from its ``last.ckpt`` and runs the rest. A step whose command changed
-    (other budgets, model or overrides) runs again, and so does every step after it."""
+    (other budgets, model or overrides) runs again, and so does every step after it: a fresh start
+    forgets the records of the chain after it."""
 
     def __init__(self, out: str):
         self.path = os.path.join(out, "quickstart-steps.json")
         self.steps: dict[str, dict] = {}
+        self._fingerprints: dict[tuple, list[str]] = {}  # by command: configs and test files are read once
         if os.path.isfile(self.path):
             try:
                 with open(self.path) as fh:
@@ -217,10 +224,16 @@ class StepRecord:
                 raise TaosrError(f"quickstart: {self.path} cannot be read ({type(e).__name__}); delete it to run "
                                  "every step again") from None
 
-    @staticmethod
-    def _fingerprint(step: Step) -> list[str]:
+    def _fingerprint(self, step: Step) -> list[str]:
         """The command, plus the content of what it reads by path that no argument spells out: each
         config (with its bases) and the test file (the held-out set is rewritten from its budget)."""
+        key = (step.kind, tuple(step.argv))
+        if key not in self._fingerprints:
+            self._fingerprints[key] = self._compute_fingerprint(step)
+        return self._fingerprints[key]
+
+    @staticmethod
+    def _compute_fingerprint(step: Step) -> list[str]:
         fp = fingerprint(step.argv, SAMPLE_PATH_OPTIONS if step.kind == "sample" else PATH_OPTIONS)
         for key, value in zip(step.argv, step.argv[1:]):
             if key == "--config":
@@ -256,24 +269,23 @@ class StepRecord:
 
     def resumable(self, step: Step) -> str | None:
         """The ``last.ckpt`` an interrupted fit of this same command left, or None."""
-        ckpt = os.path.join(step.root, "checkpoints", "last.ckpt") if step.kind == "fit" else None
-        rec = self._same(step)
+        ckpt, rec = last_ckpt(step), self._same(step)
         return ckpt if ckpt and rec and not rec.get("done") and os.path.isfile(ckpt) else None
 
     def seconds(self, step: Step) -> float:
         return float(self.steps[step.label]["seconds"])
 
-    def start(self, step: Step, later: tuple[str, ...] | list[str] = (), resume: bool = True) -> list[str]:
-        """Mark the step started; its command (plus ``--ckpt_path`` when it resumes an interrupted fit:
-        only with ``resume``, i.e. when no earlier step ran again). A fresh start forgets the records
-        of the ``later`` steps (the whole chain after it): they were built on this step's old output,
-        and a run cut short here, or a ``--start-only`` run, must not keep them next time."""
-        ckpt = self.resumable(step) if resume else None
+    def start(self, step: Step, later: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """Mark the step started; its command (plus ``--ckpt_path`` when it resumes an interrupted fit).
+        A fresh start forgets the records of the ``later`` steps (the chain after it): they were built
+        on this step's old output, so neither this run, nor one cut short here, nor a ``--start-only``
+        run keeps or resumes them; a fresh fit also removes a ``last.ckpt`` left in its folder."""
+        ckpt = self.resumable(step)
         before = float(self.steps[step.label].get("seconds", 0.0)) if ckpt else 0.0
-        stale = os.path.join(step.root, "checkpoints", "last.ckpt") if step.kind == "fit" and not ckpt else None
-        if stale and os.path.isfile(stale):  # another command's: a fresh fit interrupted early must not resume it
-            os.remove(stale)
         if not ckpt:
+            stale = last_ckpt(step)
+            if stale and os.path.isfile(stale):  # another command's: an early interrupt must not resume it
+                os.remove(stale)
             for label in later:
                 self.steps.pop(label, None)
         self.steps[step.label] = {"argv": self._fingerprint(step), "done": False, "seconds": before}
@@ -312,27 +324,23 @@ def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, 
     timings: dict[str, float] = {}
     results: dict[str, dict[str, dict]] = {"test": {}, "heldout": {}}
     record = StepRecord(out)
-    rerun = False  # once a fit or the sampling runs, every later step runs too: it reads that output
     chain = commands(out, qp, p, configs, seed, extra, heldout_path)
     labels = [s.label for s in chain]
     for i, step in enumerate(chain):
         if start_only and step.label not in START_STEPS:
             continue
-        earlier, why = record.finished(step)
-        if earlier is not None and not rerun:
+        earlier, why = record.finished(step)  # a step after one that ran fresh has no record left
+        if earlier is not None:
             timings[step.timing] = timings.get(step.timing, 0.0) + earlier
             print(f"quickstart: {step.label} done earlier ({earlier:.0f}s), kept", flush=True)
             if step.result:
                 results[step.result[0]][step.result[1]] = read_metrics(step)
             continue
-        if rerun and step.label in record.steps:
-            why = "an earlier step ran again: running it again"
         if why:
             print(f"quickstart: {step.label}: {why}", flush=True)
         t = time.perf_counter()
-        leaf = step.kind == "test"  # a test's metrics feed no later step
-        argv = record.start(step, later=() if leaf else labels[i + 1:], resume=not rerun)
-        rerun = rerun or not leaf
+        # a fit or the sampling feeds every later step; a test's metrics feed none
+        argv = record.start(step, later=() if step.kind == "test" else labels[i + 1:])
         try:
             # given to every stage: one a stage does not read is a warning (setting_checks)
             with shared_arguments(extra), resume_hint("re-run the same taosr quickstart command to continue "

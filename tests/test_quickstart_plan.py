@@ -214,8 +214,8 @@ def test_step_record_resumes_only_its_own_interrupted_fit(tmp_path):
 
 
 def test_a_fresh_start_forgets_the_steps_after_it_and_a_rerun_chain_never_resumes(tmp_path):
-    """A step that starts fresh drops the records of the chain after it (they read its old output),
-    and a fit after a step that ran again starts fresh even with its own interrupted checkpoint."""
+    """A step that starts fresh drops the records of the chain after it (they read its old output), so a
+    fit after it starts fresh even with its own interrupted checkpoint, which it removes."""
     from taosr.pipeline import StepRecord
 
     def fit(name):
@@ -230,6 +230,8 @@ def test_a_fresh_start_forgets_the_steps_after_it_and_a_rerun_chain_never_resume
     (tmp_path / "dpo" / "checkpoints").mkdir(parents=True)
     (tmp_path / "dpo" / "checkpoints" / "last.ckpt").write_text("x")  # dpo interrupted
     assert rec.resumable(dpo) is not None
-    assert "--ckpt_path" not in rec.start(dpo, later=["fit grm"], resume=False)  # sft ran again before it
+    rec.start(sft, later=["fit dpo", "fit grm"])  # sft runs again
+    assert set(StepRecord(str(tmp_path)).steps) == {"fit sft"}  # dpo and grm forgotten, on disk too
+    assert rec.resumable(dpo) is None and rec.finished(dpo) == (None, "")
+    assert "--ckpt_path" not in rec.start(dpo, later=["fit grm"])
     assert not (tmp_path / "dpo" / "checkpoints" / "last.ckpt").exists()
-    assert set(StepRecord(str(tmp_path)).steps) == {"fit sft", "fit dpo"}  # grm forgotten, on disk too
