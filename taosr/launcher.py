@@ -323,6 +323,13 @@ def _make_cli_classes():
             if self.build_only:  # a logger makes its folder (and W&B its settings) when built: not for a check
                 cfg["trainer"]["logger"] = False
 
+        def _instantiate_trainer(self, config: dict, callbacks: list):
+            from taosr.callbacks.progress import LineProgress, wants_lines
+
+            if wants_lines({**config, "callbacks": [*(config.get("callbacks") or []), *callbacks]}):
+                callbacks = [*callbacks, LineProgress()]  # a log file sees lines, not a bar drawn at the end
+            return super()._instantiate_trainer(config, callbacks)
+
         def _drop_callbacks_needing_a_logger(self) -> None:
             if self.trainer.loggers:
                 return
