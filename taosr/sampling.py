@@ -29,6 +29,7 @@ from typing import Callable, Collection
 
 import torch
 
+from taosr.callbacks.progress import env_interval, progress_line
 from taosr.cliargs import (ArgumentParser, add_reader_options, add_share_options, options_given, reader_flags_given,
                            reader_spec, refuse_greedy_settings, share_settings)
 from taosr.data.synth import FIELD_SHARES
@@ -286,11 +287,17 @@ def sample_main(argv: list[str]) -> int:
                           top_p=a.top_p, num_return_sequences=a.n)
     t0 = time.perf_counter()
     new: list[dict] = []
+    every, said = env_interval(), [t0]
     with open(part, "a", encoding="utf-8") as fh:
         def keep(batch_rows: list[dict]) -> None:
             append_jsonl(fh, batch_rows)
             new.extend(batch_rows)
             _save_rng(rng_path, len(done) + len(new))
+            now = time.perf_counter()
+            if now - said[0] >= every and len(done) + len(new) < len(rows):  # a long run says how far it is
+                print("taosr: " + progress_line("sample", "prompt", len(done) + len(new), len(rows), now - t0,
+                                                len(new)), flush=True)
+                said[0] = now
 
         try:
             sample_split(model, tok, dm, a.split, spec, a.batch_size, a.limit, skip=set(done), on_batch=keep,

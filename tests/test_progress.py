@@ -107,3 +107,15 @@ def test_the_interval_holds_lines_back_and_rank_zero_alone_prints():
         assert stream.getvalue().splitlines() == said
     finally:
         progress.time.perf_counter = real
+
+
+def test_sampling_says_how_far_it_is(tmp_path, sft_run, cache_dir, monkeypatch, capsys):
+    from taosr.cli import main
+
+    monkeypatch.setenv("TAOSR_PROGRESS_SECONDS", "0")
+    out = str(tmp_path / "samples.jsonl")
+    assert main(["sample", "--model", os.path.join(sft_run, "export"), "--out", out, "--n", "2", "--limit", "12",
+                 "--batch-size", "4", "--max-new-tokens", "8", "--synth-n-train", "48", "--synth-n-val", "6",
+                 "--synth-n-test", "6", "--data-dir", os.path.join(cache_dir, "data")]) == 0
+    said = [ln.split(",")[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("taosr: sample ")]
+    assert said == ["taosr: sample prompt 4/12 (33%)", "taosr: sample prompt 8/12 (67%)"]  # the last: its summary
