@@ -87,3 +87,10 @@ def test_vllm_checks_scoring_of_the_trainer_side_is_grpos():
         want = GRPOModule(prefix_sharing=False)._logps(model, r) * r.completion_mask
     got = bench.trainer_logps(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, 1.3, rows=3)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_cpu_precision_runs(cache_dir):
+    out = _bench("cpu_precision.py", "--model", "micro", "--threads", "1", "--reps", "2", "--batch", "2", "--length", "12",
+                 "--prompts", "2", "--G", "2", "--prompt-length", "6", "--new-tokens", "5", cache_dir=cache_dir)
+    assert "| work | float32 s | bf16 autocast s | float32 / bf16 |" in out
+    assert "| rollout, 2 x 2 x 5 new tokens (20 tokens) | " in out
