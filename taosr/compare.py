@@ -47,6 +47,7 @@ from taosr.errors import ConfigError, Interrupted
 from taosr.eval.stats import mean_se, paired_difference, pm, seed_order
 from taosr.run_record import first_difference as _first_difference
 from taosr.run_record import fingerprint as _fingerprint
+from taosr.run_record import relocated as _relocated
 from taosr.run_record import named_model
 
 METRICS = ("macro_f1", "step_accuracy", "good_f1", "accuracy", "format_error_rate")
@@ -351,11 +352,9 @@ def check_settings(spec: CompareSpec, run: Run, fit: list[str] | None, evaluatio
     """A run fitted (or scored) before with other settings is not silently reused: its folder's
     :data:`RUN_FILE` must name the same fit (and, once scored, evaluation) commands, and the same
     command for each ``eval.also`` set it was scored on."""
-    path = os.path.join(run.root, RUN_FILE)
-    if not os.path.isfile(path):
+    stored = read_settings(run)
+    if stored is None:
         return
-    with open(path) as fh:
-        stored = json.load(fh)
     started = run.fitted or os.path.isfile(os.path.join(run.root, "checkpoints", "last.ckpt"))
     if fit is not None and started and stored.get("fit") and stored["fit"] != _fingerprint(fit):
         raise ConfigError(f"compare {spec.name}: {run.root} was fitted with other settings ("
@@ -379,13 +378,29 @@ def record_settings(run: Run, fit: list[str] | None, evaluation: list[str],
     keep their commands, so a set added back from another file is refused, not reported as scored."""
     from taosr.schema import write_json
 
+    kept = (read_settings(run) or {}).get("also") or {}
+    write_json(os.path.join(run.root, RUN_FILE),
+               {"at": os.path.abspath(run.root), "fit": _fingerprint(fit) if fit is not None else None,
+                "eval": _fingerprint(evaluation), "also": {**kept, **{k: _fingerprint(v) for k, v in (also or {}).items()}}})
+
+
+def read_settings(run: Run) -> dict | None:
+    """The run's :data:`RUN_FILE` (None when it has none), its commands as they read from where the
+    folder is now: a record names the folder it was written in (``at``), and when the tree holding it
+    moved (a checkout copied elsewhere, a lent machine's other path) the paths under that tree are
+    moved with it (:func:`taosr.run_record.relocated`), so the runs are not refused as other settings."""
     path = os.path.join(run.root, RUN_FILE)
-    kept = {}
-    if os.path.isfile(path):
-        with open(path) as fh:
-            kept = json.load(fh).get("also") or {}
-    write_json(path, {"fit": _fingerprint(fit) if fit is not None else None, "eval": _fingerprint(evaluation),
-                      "also": {**kept, **{k: _fingerprint(v) for k, v in (also or {}).items()}}})
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        stored = json.load(fh)
+    at = stored.get("at")
+
+    def here(fp):
+        return _relocated(fp, at, run.root) if isinstance(fp, list) else fp
+
+    return {**stored, "fit": here(stored.get("fit")), "eval": here(stored.get("eval")),
+            "also": {k: here(v) for k, v in (stored.get("also") or {}).items()}}
 
 
 def _tag(spec: CompareSpec, i: int, n: int, run: Run) -> str:

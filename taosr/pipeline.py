@@ -34,7 +34,7 @@ from taosr.data.synth import FIELD_SHARES, SynthConfig, heldout
 from taosr.errors import TaosrError
 from taosr.launcher import resume_hint, run_lightning, shared_arguments
 from taosr.quickstart_plan import DEFAULT_MODEL, QuickstartPlan, load_plan
-from taosr.run_record import PATH_OPTIONS, SAMPLE_PATH_OPTIONS, first_difference, fingerprint
+from taosr.run_record import PATH_OPTIONS, SAMPLE_PATH_OPTIONS, first_difference, fingerprint, relocated
 from taosr.sampling import sample_main
 from taosr.schema import write_jsonl
 
@@ -217,9 +217,14 @@ class StepRecord:
         if os.path.isfile(self.path):
             try:
                 with open(self.path) as fh:
-                    self.steps = json.load(fh)["steps"]
+                    saved = json.load(fh)
+                self.steps = saved["steps"]
                 if not isinstance(self.steps, dict) or not all(isinstance(r, dict) for r in self.steps.values()):
                     raise TypeError("steps is not a mapping of records")
+                # written elsewhere (the folder moved with its checkout): its commands' paths move along
+                for rec in self.steps.values():
+                    if isinstance(rec.get("argv"), list):
+                        rec["argv"] = relocated(rec["argv"], saved.get("at"), out)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise TaosrError(f"quickstart: {self.path} cannot be read ({type(e).__name__}); delete it to run "
                                  "every step again") from None
@@ -303,7 +308,7 @@ class StepRecord:
     def _write(self) -> None:
         from taosr.schema import write_json
 
-        write_json(self.path, {"steps": self.steps})
+        write_json(self.path, {"at": os.path.abspath(os.path.dirname(self.path)), "steps": self.steps})
 
 
 def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, extra: list[str] | None = None,

@@ -57,3 +57,42 @@ def first_difference(old: list[str], new: list[str]) -> str:
             return f"was `{' '.join(old[max(0, i - 1):i + 1])}`, now `{' '.join(new[max(0, i - 1):i + 1])}`"
     longer, which = (old, "then") if len(old) > len(new) else (new, "now")
     return f"{which} also `{' '.join(longer[min(len(old), len(new)):])}`"
+
+
+def moved_roots(then: str, now: str) -> tuple[str, str] | None:
+    """Where a tree moved: a record written in folder ``then`` now read in ``now`` (both absolute)
+    gives the two roots above the folders' common tail (``/work/main/runs/x`` read as ``/srv/p/runs/x``:
+    ``/work/main`` -> ``/srv/p``). None when the folder has not moved, or nothing of its path is common
+    (its own name changed: nothing tells which part moved), or one of the roots would be ``/``."""
+    t, n = os.path.normpath(then).split(os.sep), os.path.normpath(now).split(os.sep)
+    k = 0
+    while k < min(len(t), len(n)) and t[len(t) - 1 - k] == n[len(n) - 1 - k] and t[len(t) - 1 - k]:
+        k += 1
+    old, new = os.sep.join(t[:len(t) - k]), os.sep.join(n[:len(n) - k])
+    if k == 0 or t == n or not old or not new:  # a root of "/" would move every path, outside the tree too
+        return None
+    return old, new
+
+
+def relocated(recorded: list[str], then: str | None, now: str) -> list[str]:
+    """A fingerprint recorded by a record in folder ``then``, as it reads from the record's folder
+    ``now``: the absolute paths under the tree that moved with it (the runs, a start and data inside a
+    moved checkout) point into the new place, every other value stays. A record without ``then``
+    (written before records named their folder) is returned as it is."""
+    roots = moved_roots(then, os.path.abspath(now)) if then else None
+    if roots is None:
+        return list(recorded)
+    old, new = roots
+    head = old.rstrip(os.sep) + os.sep
+
+    def move(v: str) -> str:
+        if v == old:
+            return new
+        if v.startswith(head):
+            return os.path.join(new, v[len(head):])
+        if " " in v and v.split(" ", 2)[1].startswith(head):  # a content hash line: "--config PATH sha256:..."
+            key, path, rest = (v.split(" ", 2) + [""])[:3]
+            return " ".join(x for x in (key, move(path), rest) if x)
+        return v
+
+    return [move(v) for v in recorded]

@@ -632,3 +632,42 @@ def test_a_settings_difference_reads_as_a_sentence():
     assert _first_difference(["--a", "1"], ["--a", "2"]) == "was `--a 1`, now `--a 2`"
     assert _first_difference(["--a", "1"], ["--a", "1", "--trainer.max_steps", "5"]) == "now also `--trainer.max_steps 5`"
     assert _first_difference(["--a", "1", "--b", "2"], ["--a", "1"]) == "then also `--b 2`"
+
+
+def test_a_comparison_moved_with_its_checkout_keeps_its_runs(tmp_path, monkeypatch):
+    """Each run's record names the folder it was written in: the tree moved (a checkout at another
+    path, a lent machine's other folder), the comparison run again from there skips every finished run
+    instead of refusing them as fitted with other settings; an older record (no folder) is as strict as
+    before."""
+    import json
+    import shutil
+
+    import yaml
+
+    import taosr.compare as cmp
+
+    ran = _fake_runs(tmp_path, monkeypatch)
+    a, b = tmp_path / "a" / "main", tmp_path / "b" / "main"
+    a.mkdir(parents=True)
+    (a / "main.jsonl").write_text(json.dumps({"query": "red shoes", "item": {"title": "Red Shoes"}, "label": 4}) + "\n")
+    monkeypatch.setattr(cmp, "evaluation_file", lambda spec, out: os.path.join(os.path.dirname(out), "main.jsonl"))
+    spec = {"name": "moved", "start": {"model": "tiny"}, "seeds": [0],
+            "arms": {"a": {"config": "configs/sft.yaml", "set": {"data.samples_path": str(a / "samples.jsonl")}}},
+            "eval": {"heldout": 8}, "pairs": [["a", "start"]]}
+    (a / "spec.yaml").write_text(yaml.safe_dump(spec))
+    cmp.run_compare(cmp.load_spec(str(a / "spec.yaml")), str(a / "out"))
+    assert len(ran) == 3  # the fit, its evaluation, the start's
+    b.parent.mkdir()
+    shutil.move(str(a), str(b))
+    spec["arms"]["a"]["set"]["data.samples_path"] = str(b / "samples.jsonl")  # the spec names the new place
+    (b / "spec.yaml").write_text(yaml.safe_dump(spec))
+    ran.clear()
+    cmp.run_compare(cmp.load_spec(str(b / "spec.yaml")), str(b / "out"))
+    assert ran == []
+    record = b / "out" / "a" / "seed0" / cmp.RUN_FILE
+    stored = json.loads(record.read_text())
+    assert stored["at"] == str(a / "out" / "a" / "seed0")  # kept as written: read relative to where it is now
+    del stored["at"]  # as written before records named their folder
+    record.write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match=r"a/seed0 was fitted with other settings"):
+        cmp.run_compare(cmp.load_spec(str(b / "spec.yaml")), str(b / "out"))

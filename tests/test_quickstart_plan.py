@@ -235,3 +235,40 @@ def test_a_fresh_start_forgets_the_steps_after_it_and_a_rerun_chain_never_resume
     assert rec.resumable(dpo) is None and rec.finished(dpo) == (None, "")
     assert "--ckpt_path" not in rec.start(dpo, later=["fit grm"])
     assert not (tmp_path / "dpo" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_moved_quick_start_keeps_its_finished_steps_and_resumes_its_fit(tmp_path):
+    """The records name the folder they were written in: the whole folder moved (a checkout copied to
+    another path), the same command from the new place keeps what finished and resumes what was cut."""
+    import shutil
+
+    from taosr.pipeline import StepRecord
+
+    def steps(base):
+        cfg = base / "sft.yaml"
+        return (Step("fit", ["fit", "--config", str(cfg), "--trainer.default_root_dir", str(base / "qs" / "sft")], "sft"),
+                Step("fit", ["fit", "--config", str(cfg), "--trainer.default_root_dir", str(base / "qs" / "dpo"),
+                             "--model.init_args.model.name_or_path", str(base / "qs" / "sft" / "export")], "dpo"))
+
+    a = tmp_path / "a" / "main"
+    (a / "qs" / "sft" / "export").mkdir(parents=True)
+    (a / "qs" / "sft" / "export" / "config.json").write_text("{}")
+    (a / "sft.yaml").write_text("trainer: {max_steps: 2}\n")
+    sft, dpo = steps(a)
+    rec = StepRecord(str(a / "qs"))
+    for s in (sft, dpo):
+        rec.start(s)
+        rec.stop(s, 2.0)
+    rec.done(sft)
+    (a / "qs" / "dpo" / "checkpoints").mkdir(parents=True)
+    (a / "qs" / "dpo" / "checkpoints" / "last.ckpt").write_text("x")  # dpo interrupted
+    b = tmp_path / "elsewhere" / "main"
+    shutil.move(str(a.parent), str(b.parent))
+    sft, dpo = steps(b)
+    moved = StepRecord(str(b / "qs"))
+    assert moved.finished(sft) == (2.0, "")
+    assert moved.finished(dpo) == (None, "interrupted before: resuming it")
+    assert moved.start(dpo)[-2:] == ["--ckpt_path", str(b / "qs" / "dpo" / "checkpoints" / "last.ckpt")]
+    # a config whose content changed still counts as another command, wherever the folder is
+    (b / "sft.yaml").write_text("trainer: {max_steps: 3}\n")
+    assert StepRecord(str(b / "qs")).finished(sft)[1].startswith("ran before with other settings")
