@@ -47,6 +47,7 @@ from taosr.errors import ConfigError, Interrupted
 from taosr.eval.stats import mean_se, paired_difference, pm, seed_order
 from taosr.run_record import first_difference as _first_difference
 from taosr.run_record import fingerprint as _fingerprint
+from taosr.run_record import record_place
 from taosr.run_record import relocated as _relocated
 from taosr.run_record import named_model
 
@@ -380,24 +381,31 @@ def record_settings(run: Run, fit: list[str] | None, evaluation: list[str],
 
     kept = (read_settings(run) or {}).get("also") or {}
     write_json(os.path.join(run.root, RUN_FILE),
-               {"at": os.path.abspath(run.root), "fit": _fingerprint(fit) if fit is not None else None,
+               {"place": record_place(run.root), "fit": _fingerprint(fit) if fit is not None else None,
                 "eval": _fingerprint(evaluation), "also": {**kept, **{k: _fingerprint(v) for k, v in (also or {}).items()}}})
 
 
 def read_settings(run: Run) -> dict | None:
     """The run's :data:`RUN_FILE` (None when it has none), its commands as they read from where the
-    folder is now: a record names the folder it was written in (``at``), and when the tree holding it
-    moved (a checkout copied elsewhere, a lent machine's other path) the paths under that tree are
-    moved with it (:func:`taosr.run_record.relocated`), so the runs are not refused as other settings."""
+    folder is now: a record keeps where it was written (``place``), and when the checkout holding it
+    moved (copied to another path or machine, run from its root again) the paths under it move along
+    (:func:`taosr.run_record.relocated`), so the runs are not refused as other settings."""
     path = os.path.join(run.root, RUN_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as fh:
-        stored = json.load(fh)
-    at = stored.get("at")
+    try:
+        with open(path) as fh:
+            stored = json.load(fh)
+        fps = [stored.get("fit"), stored.get("eval"), *(stored.get("also") or {}).values()]
+        if not all(fp is None or isinstance(fp, list) and all(isinstance(v, str) for v in fp) for fp in fps):
+            raise TypeError("a command is not a list of strings")
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise ConfigError(f"compare: {path} cannot be read ({type(e).__name__}: {e}); delete that run folder "
+                          "to run it again") from None
+    place = stored.get("place")
 
     def here(fp):
-        return _relocated(fp, at, run.root) if isinstance(fp, list) else fp
+        return _relocated(fp, place, run.root) if fp is not None else None
 
     return {**stored, "fit": here(stored.get("fit")), "eval": here(stored.get("eval")),
             "also": {k: here(v) for k, v in (stored.get("also") or {}).items()}}

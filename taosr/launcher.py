@@ -51,10 +51,15 @@ def _fill_run_paths(cfg) -> None:
         args = getattr(lg, "init_args", None) if lg is not None and not isinstance(lg, bool) else None
         if args is not None and "save_dir" in args and args.get("save_dir") is None:  # unset; a given one is kept
             args["save_dir"] = root
-    for cb in trainer.get("callbacks") or []:
+    for cb in as_list(trainer.get("callbacks")):
         args = getattr(cb, "init_args", None)
         if args is not None and "dirpath" in args and args.get("dirpath") is None:
             args["dirpath"] = f"{root}/checkpoints"
+
+
+def as_list(value) -> list:
+    """``trainer.callbacks`` as a list: Lightning takes one callback or a list (None: none)."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def last_checkpoint(cfg, command: str = "fit") -> str | None:
@@ -63,7 +68,7 @@ def last_checkpoint(cfg, command: str = "fit") -> str | None:
     has none yet, so one command both starts and resumes a preemptible job."""
     trainer = cfg.get("trainer")
     folder = None
-    for cb in (trainer.get("callbacks") if trainer is not None else None) or []:
+    for cb in as_list(trainer.get("callbacks") if trainer is not None else None):
         args = getattr(cb, "init_args", None)
         if args is not None and "dirpath" in args and args.get("dirpath"):
             folder = args.get("dirpath")
@@ -326,7 +331,7 @@ def _make_cli_classes():
         def _instantiate_trainer(self, config: dict, callbacks: list):
             from taosr.callbacks.progress import LineProgress, wants_lines
 
-            if wants_lines({**config, "callbacks": [*(config.get("callbacks") or []), *callbacks]}):
+            if wants_lines({**config, "callbacks": [*as_list(config.get("callbacks")), *callbacks]}):
                 callbacks = [*callbacks, LineProgress()]  # a log file sees lines, not a bar drawn at the end
             return super()._instantiate_trainer(config, callbacks)
 

@@ -34,7 +34,7 @@ from taosr.data.synth import FIELD_SHARES, SynthConfig, heldout
 from taosr.errors import TaosrError
 from taosr.launcher import resume_hint, run_lightning, shared_arguments
 from taosr.quickstart_plan import DEFAULT_MODEL, QuickstartPlan, load_plan
-from taosr.run_record import PATH_OPTIONS, SAMPLE_PATH_OPTIONS, first_difference, fingerprint, relocated
+from taosr.run_record import PATH_OPTIONS, SAMPLE_PATH_OPTIONS, first_difference, fingerprint, record_place, relocated
 from taosr.sampling import sample_main
 from taosr.schema import write_jsonl
 
@@ -224,7 +224,7 @@ class StepRecord:
                 # written elsewhere (the folder moved with its checkout): its commands' paths move along
                 for rec in self.steps.values():
                     if isinstance(rec.get("argv"), list):
-                        rec["argv"] = relocated(rec["argv"], saved.get("at"), out)
+                        rec["argv"] = relocated(rec["argv"], saved.get("place"), out)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise TaosrError(f"quickstart: {self.path} cannot be read ({type(e).__name__}); delete it to run "
                                  "every step again") from None
@@ -308,7 +308,7 @@ class StepRecord:
     def _write(self) -> None:
         from taosr.schema import write_json
 
-        write_json(self.path, {"at": os.path.abspath(os.path.dirname(self.path)), "steps": self.steps})
+        write_json(self.path, {"place": record_place(os.path.dirname(self.path) or "."), "steps": self.steps})
 
 
 def run(out: str, small: bool = False, configs: str = "configs", seed: int = 0, extra: list[str] | None = None,

@@ -5,6 +5,7 @@ for a one-line refusal to reuse work done under other settings."""
 from __future__ import annotations
 
 import os
+import re
 
 from taosr.configfiles import locate
 
@@ -59,30 +60,27 @@ def first_difference(old: list[str], new: list[str]) -> str:
     return f"{which} also `{' '.join(longer[min(len(old), len(new)):])}`"
 
 
-def moved_roots(then: str, now: str) -> tuple[str, str] | None:
-    """Where a tree moved: a record written in folder ``then`` now read in ``now`` (both absolute)
-    gives the two roots above the folders' common tail (``/work/main/runs/x`` read as ``/srv/p/runs/x``:
-    ``/work/main`` -> ``/srv/p``). None when the folder has not moved, or nothing of its path is common
-    (its own name changed: nothing tells which part moved), or one of the roots would be ``/``."""
-    t, n = os.path.normpath(then).split(os.sep), os.path.normpath(now).split(os.sep)
-    k = 0
-    while k < min(len(t), len(n)) and t[len(t) - 1 - k] == n[len(n) - 1 - k] and t[len(t) - 1 - k]:
-        k += 1
-    old, new = os.sep.join(t[:len(t) - k]), os.sep.join(n[:len(n) - k])
-    if k == 0 or t == n or not old or not new:  # a root of "/" would move every path, outside the tree too
-        return None
-    return old, new
+
+def record_place(folder: str) -> dict[str, str]:
+    """What a record keeps of where it was written: its folder and the working folder its paths were
+    made absolute against (both resolved), for :func:`relocated`."""
+    return {"at": os.path.realpath(folder), "cwd": os.path.realpath(os.getcwd())}
 
 
-def relocated(recorded: list[str], then: str | None, now: str) -> list[str]:
-    """A fingerprint recorded by a record in folder ``then``, as it reads from the record's folder
-    ``now``: the absolute paths under the tree that moved with it (the runs, a start and data inside a
-    moved checkout) point into the new place, every other value stays. A record without ``then``
-    (written before records named their folder) is returned as it is."""
-    roots = moved_roots(then, os.path.abspath(now)) if then else None
-    if roots is None:
+_HASH_LINE = re.compile(r"^(--\S+) (.+) (sha256:[0-9a-f]+)$")  # the quick start's "--config PATH sha256:..."
+
+
+def relocated(recorded: list[str], place: dict | None, folder: str) -> list[str]:
+    """A fingerprint written by a record at ``place`` (:func:`record_place`), as it reads from the
+    record's ``folder`` now. When the working folder moved and the record lies at the same place
+    under it (a checkout copied to another path or machine and run from its root again), the paths
+    under the old working folder point into the new one; paths outside it, and every record that
+    cannot tell (written before records kept their place, or moved otherwise), stay as they are."""
+    if not isinstance(place, dict) or not isinstance(place.get("at"), str) or not isinstance(place.get("cwd"), str):
         return list(recorded)
-    old, new = roots
+    old, new = place["cwd"], os.path.realpath(os.getcwd())
+    if old == new or os.path.relpath(place["at"], old) != os.path.relpath(os.path.realpath(folder), new):
+        return list(recorded)
     head = old.rstrip(os.sep) + os.sep
 
     def move(v: str) -> str:
@@ -90,9 +88,9 @@ def relocated(recorded: list[str], then: str | None, now: str) -> list[str]:
             return new
         if v.startswith(head):
             return os.path.join(new, v[len(head):])
-        if " " in v and v.split(" ", 2)[1].startswith(head):  # a content hash line: "--config PATH sha256:..."
-            key, path, rest = (v.split(" ", 2) + [""])[:3]
-            return " ".join(x for x in (key, move(path), rest) if x)
+        m = _HASH_LINE.match(v)
+        if m and (m.group(2) == old or m.group(2).startswith(head)):
+            return f"{m.group(1)} {move(m.group(2))} {m.group(3)}"
         return v
 
-    return [move(v) for v in recorded]
+    return [move(v) if isinstance(v, str) else v for v in recorded]

@@ -655,19 +655,25 @@ def test_a_comparison_moved_with_its_checkout_keeps_its_runs(tmp_path, monkeypat
             "arms": {"a": {"config": "configs/sft.yaml", "set": {"data.samples_path": str(a / "samples.jsonl")}}},
             "eval": {"heldout": 8}, "pairs": [["a", "start"]]}
     (a / "spec.yaml").write_text(yaml.safe_dump(spec))
-    cmp.run_compare(cmp.load_spec(str(a / "spec.yaml")), str(a / "out"))
+    monkeypatch.chdir(a)  # run from the checkout's root, as the README's commands are
+    cmp.run_compare(cmp.load_spec("spec.yaml"), "out")
     assert len(ran) == 3  # the fit, its evaluation, the start's
     b.parent.mkdir()
     shutil.move(str(a), str(b))
     spec["arms"]["a"]["set"]["data.samples_path"] = str(b / "samples.jsonl")  # the spec names the new place
     (b / "spec.yaml").write_text(yaml.safe_dump(spec))
     ran.clear()
-    cmp.run_compare(cmp.load_spec(str(b / "spec.yaml")), str(b / "out"))
+    monkeypatch.chdir(b)
+    cmp.run_compare(cmp.load_spec("spec.yaml"), "out")
     assert ran == []
     record = b / "out" / "a" / "seed0" / cmp.RUN_FILE
     stored = json.loads(record.read_text())
-    assert stored["at"] == str(a / "out" / "a" / "seed0")  # kept as written: read relative to where it is now
-    del stored["at"]  # as written before records named their folder
+    assert stored["place"] == {"at": os.path.realpath(a / "out" / "a" / "seed0"), "cwd": os.path.realpath(a)}
+    stored["also"] = {"x": "not a command"}
+    record.write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match=r"a/seed0/compare-run.json cannot be read \(TypeError"):
+        cmp.run_compare(cmp.load_spec("spec.yaml"), "out")
+    del stored["place"], stored["also"]  # as written before records kept their place
     record.write_text(json.dumps(stored))
     with pytest.raises(ConfigError, match=r"a/seed0 was fitted with other settings"):
-        cmp.run_compare(cmp.load_spec(str(b / "spec.yaml")), str(b / "out"))
+        cmp.run_compare(cmp.load_spec("spec.yaml"), "out")

@@ -119,3 +119,47 @@ def test_sampling_says_how_far_it_is(tmp_path, sft_run, cache_dir, monkeypatch, 
                  "--synth-n-test", "6", "--data-dir", os.path.join(cache_dir, "data")]) == 0
     said = [ln.split(",")[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("taosr: sample ")]
     assert said == ["taosr: sample prompt 4/12 (33%)", "taosr: sample prompt 8/12 (67%)"]  # the last: its summary
+
+
+def test_the_total_is_lightnings_estimate_and_each_dataloader_restarts_the_rate(monkeypatch):
+    import taosr.callbacks.progress as progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+
+    class _Trainer:  # one epoch of 100 batches ends the fit before max_steps 300
+        max_steps, global_step, sanity_checking, estimated_stepping_batches = 300, 0, False, 100
+        num_val_batches = [3, 4]
+        callback_metrics = {"val/macro_f1/dataloader_idx_0": 0.5, "val/macro_f1/dataloader_idx_1": 0.25}
+
+    stream = io.StringIO()
+    bar, tr = LineProgress(every_s=0, stream=stream), _Trainer()
+    bar.on_train_start(tr, None)
+    clock[0], tr.global_step = 40.0, 10
+    bar.on_train_batch_end(tr, None, None, None, 9)
+    assert stream.getvalue().splitlines()[-1].startswith("taosr: fit step 10/100 (10%), 4 s/step, 6m00s left")
+    bar.on_validation_start(tr, None)
+    for idx, dl, t in ((0, 0, 41.0), (1, 0, 42.0), (2, 0, 43.0), (0, 1, 143.0), (1, 1, 145.0)):
+        clock[0] = t
+        bar.on_validation_batch_end(tr, None, None, None, idx, dl)
+    said = stream.getvalue().splitlines()
+    # the second dataloader's rate counts from its own first batch, not the loop's start
+    assert said[-2] == "taosr: validation (dataloader 1) batch 1/4 (25%), 0 s/batch, 0s left"
+    assert said[-1] == "taosr: validation (dataloader 1) batch 2/4 (50%), 1 s/batch, 2s left"
+    bar.on_validation_end(tr, None)
+    assert stream.getvalue().splitlines()[-1] == ("taosr: validation at step 10: val/macro_f1/dataloader_idx_0 0.5, "
+                                                  "val/macro_f1/dataloader_idx_1 0.25")
+
+
+def test_a_single_callback_in_place_of_a_list_runs(tmp_path, cache_dir):
+    """Lightning takes one callback for trainer.callbacks; the run-path filling and the progress bar
+    choice read it as a list of one (they iterated it as a list and failed with a key error)."""
+    from taosr.cli import main
+
+    overlay = tmp_path / "one_callback.yaml"
+    overlay.write_text("trainer:\n  callbacks:\n    class_path: taosr.callbacks.checkpoint.Checkpoint\n"
+                       "    init_args: {save_last: true, save_top_k: 0}\n")
+    root = str(tmp_path / "run")
+    assert main(["fit", "--config", os.path.join(ROOT, "configs", "sft.yaml"), *small_overrides(root, str(cache_dir)),
+                 "--config", str(overlay), "--trainer.logger", "false"]) == 0
+    assert os.path.isfile(os.path.join(root, "checkpoints", "last.ckpt"))

@@ -237,7 +237,7 @@ def test_a_fresh_start_forgets_the_steps_after_it_and_a_rerun_chain_never_resume
     assert not (tmp_path / "dpo" / "checkpoints" / "last.ckpt").exists()
 
 
-def test_a_moved_quick_start_keeps_its_finished_steps_and_resumes_its_fit(tmp_path):
+def test_a_moved_quick_start_keeps_its_finished_steps_and_resumes_its_fit(tmp_path, monkeypatch):
     """The records name the folder they were written in: the whole folder moved (a checkout copied to
     another path), the same command from the new place keeps what finished and resumes what was cut."""
     import shutil
@@ -254,8 +254,9 @@ def test_a_moved_quick_start_keeps_its_finished_steps_and_resumes_its_fit(tmp_pa
     (a / "qs" / "sft" / "export").mkdir(parents=True)
     (a / "qs" / "sft" / "export" / "config.json").write_text("{}")
     (a / "sft.yaml").write_text("trainer: {max_steps: 2}\n")
+    monkeypatch.chdir(a)
     sft, dpo = steps(a)
-    rec = StepRecord(str(a / "qs"))
+    rec = StepRecord("qs")
     for s in (sft, dpo):
         rec.start(s)
         rec.stop(s, 2.0)
@@ -264,11 +265,12 @@ def test_a_moved_quick_start_keeps_its_finished_steps_and_resumes_its_fit(tmp_pa
     (a / "qs" / "dpo" / "checkpoints" / "last.ckpt").write_text("x")  # dpo interrupted
     b = tmp_path / "elsewhere" / "main"
     shutil.move(str(a.parent), str(b.parent))
+    monkeypatch.chdir(b)
     sft, dpo = steps(b)
-    moved = StepRecord(str(b / "qs"))
+    moved = StepRecord("qs")
     assert moved.finished(sft) == (2.0, "")
     assert moved.finished(dpo) == (None, "interrupted before: resuming it")
     assert moved.start(dpo)[-2:] == ["--ckpt_path", str(b / "qs" / "dpo" / "checkpoints" / "last.ckpt")]
     # a config whose content changed still counts as another command, wherever the folder is
     (b / "sft.yaml").write_text("trainer: {max_steps: 3}\n")
-    assert StepRecord(str(b / "qs")).finished(sft)[1].startswith("ran before with other settings")
+    assert StepRecord("qs").finished(sft)[1].startswith("ran before with other settings")

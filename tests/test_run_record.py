@@ -1,22 +1,29 @@
-"""A command's fingerprint and its records read from a moved folder (taosr/run_record.py)."""
-from taosr.run_record import moved_roots, relocated
+"""A command's fingerprint and its records read from a moved checkout (taosr/run_record.py)."""
+import os
+
+from taosr.run_record import record_place, relocated
+
+REC = ["fit", "--config", "/work/main/configs/grpo.yaml", "--model.init_args.model.name_or_path", "/work/models/m",
+       "--trainer.default_root_dir", "/work/main/runs/x/seed0", "--x", "/work/mainly", "--y", "/work/main",
+       "--config configs/sft.yaml sha256:ab", "--data.test /work/main/h.jsonl sha256:cd",
+       "--note copy /work/main/runs/old", "smollm2-135m"]
 
 
-def test_moved_roots_are_what_lies_above_the_common_tail():
-    assert moved_roots("/work/main/runs/x/seed0", "/srv/p/runs/x/seed0") == ("/work/main", "/srv/p")
-    assert moved_roots("/a/runs/x", "/a/runs/x") is None  # not moved
-    assert moved_roots("/a/runs/x", "/a/runs/y") is None  # its own name changed: no telling what moved
-    assert moved_roots("/a/x", "/b/c/a/x") is None  # a root of "/" would move every path
-    assert moved_roots("/b/c/a/x", "/a/x") is None
-
-
-def test_relocated_moves_only_the_paths_under_the_moved_tree():
-    rec = ["fit", "--config", "/work/main/configs/grpo.yaml", "--model.init_args.model.name_or_path", "/data/m",
-           "--trainer.default_root_dir", "/work/main/runs/x/seed0", "--x", "/work/mainly", "--y", "/work/main",
-           "--config configs/sft.yaml sha256:ab", "--data.test /work/main/h.jsonl sha256:cd", "smollm2-135m"]
-    got = relocated(rec, "/work/main/runs/x/seed0", "/srv/p/runs/x/seed0")
-    assert got == ["fit", "--config", "/srv/p/configs/grpo.yaml", "--model.init_args.model.name_or_path", "/data/m",
-                   "--trainer.default_root_dir", "/srv/p/runs/x/seed0", "--x", "/work/mainly", "--y", "/srv/p",
-                   "--config configs/sft.yaml sha256:ab", "--data.test /srv/p/h.jsonl sha256:cd", "smollm2-135m"]
-    assert relocated(rec, None, "/srv/p/runs/x/seed0") == rec  # an older record: as it is
-    assert relocated(rec, "/work/main/runs/x/seed0", "/work/main/runs/x/seed0") == rec
+def test_relocated_moves_the_paths_under_the_old_working_folder_only(tmp_path, monkeypatch):
+    new = tmp_path / "scratch" / "work" / "main"  # the old path kept inside the new one
+    (new / "runs" / "x" / "seed0").mkdir(parents=True)
+    monkeypatch.chdir(new)
+    place = {"at": "/work/main/runs/x/seed0", "cwd": "/work/main"}
+    got = relocated(REC, place, "runs/x/seed0")
+    n = os.path.realpath(new)
+    assert got == ["fit", "--config", f"{n}/configs/grpo.yaml", "--model.init_args.model.name_or_path", "/work/models/m",
+                   "--trainer.default_root_dir", f"{n}/runs/x/seed0", "--x", "/work/mainly", "--y", n,
+                   "--config configs/sft.yaml sha256:ab", f"--data.test {n}/h.jsonl sha256:cd",
+                   "--note copy /work/main/runs/old", "smollm2-135m"]  # a value that only contains a path stays
+    # what cannot tell: an older record, a record elsewhere under the working folder, nothing moved
+    assert relocated(REC, None, "runs/x/seed0") == REC
+    assert relocated(REC, {"at": "/work/main/runs/x/seed0"}, "runs/x/seed0") == REC
+    assert relocated(REC, place, "runs/y/seed0") == REC
+    assert relocated(REC, {"at": 5, "cwd": "/work/main"}, "runs/x/seed0") == REC
+    assert relocated(REC, record_place("runs/x/seed0"), "runs/x/seed0") == REC
+    assert record_place("runs/x/seed0") == {"at": f"{n}/runs/x/seed0", "cwd": n}

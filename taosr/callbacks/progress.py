@@ -115,19 +115,20 @@ class LineProgress(ProgressBar):
         st["said"] = now
 
     def _train_total(self, trainer) -> float | None:
-        if trainer.max_steps is not None and trainer.max_steps > 0:
-            return float(trainer.max_steps)
+        """Lightning's estimate (the fewer of ``max_steps`` and the epochs' steps), else ``max_steps``."""
         try:
             return float(trainer.estimated_stepping_batches)
-        except Exception:  # noqa: BLE001 - no estimate (an iterable without a length): show the count alone
-            return None
+        except Exception:  # noqa: BLE001 - no estimate (an iterable without a length)
+            return float(trainer.max_steps) if trainer.max_steps is not None and trainer.max_steps > 0 else None
 
     def _shown(self, trainer, keys) -> dict[str, float]:
+        """The logged values of ``keys``; with several dataloaders Lightning suffixes each
+        (``val/macro_f1/dataloader_idx_1``): those are shown under their full names."""
         got = {}
         for k in keys:
-            v = trainer.callback_metrics.get(k)
-            if v is not None and getattr(v, "numel", lambda: 1)() == 1:
-                got[k] = float(v)
+            for name, v in trainer.callback_metrics.items():
+                if (name == k or name.startswith(k + "/dataloader_idx_")) and getattr(v, "numel", lambda: 1)() == 1:
+                    got[name] = float(v)
         return got
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -147,11 +148,18 @@ class LineProgress(ProgressBar):
 
     def _eval_start(self, key: str) -> None:
         self._start(key, 0)
+        self._loop[key]["dataloader"] = 0
 
     def _eval_batch(self, key: str, what: str, batch_idx: int, totals, dataloader_idx: int) -> None:
+        st = self._loop.get(key)
+        if st is None:
+            return
+        if dataloader_idx != st["dataloader"]:  # batch_idx restarts with each dataloader: so does the rate
+            st.update(t0=time.perf_counter(), dataloader=dataloader_idx)
         if self._due(key):
             total = totals[dataloader_idx] if dataloader_idx < len(totals) else None
-            self._report(key, what, "batch", batch_idx + 1, total)
+            self._report(key, what + (f" (dataloader {dataloader_idx})" if dataloader_idx else ""), "batch",
+                         batch_idx + 1, total)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
@@ -193,8 +201,9 @@ def wants_lines(trainer_config: dict, stream=None) -> bool:
     is configured, and ``stream`` (stdout) is not a terminal."""
     if trainer_config.get("enable_progress_bar") is False:
         return False
-    cbs = trainer_config.get("callbacks") or []
-    if any(isinstance(cb, ProgressBar) for cb in (cbs if isinstance(cbs, list) else [cbs])):
+    cbs = trainer_config.get("callbacks")
+    cbs = [] if cbs is None else cbs if isinstance(cbs, (list, tuple)) else [cbs]
+    if any(isinstance(cb, ProgressBar) for cb in cbs):
         return False
     stream = stream or sys.stdout
     try:
