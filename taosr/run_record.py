@@ -1,7 +1,9 @@
 """What a command ran with, for the drivers that skip work done before (``taosr compare``,
 ``taosr quickstart``): a command's fingerprint (its arguments without ``--ckpt_path``, config files
 as the real paths they are read from, other paths absolute) and the first place two of them differ,
-for a one-line refusal to reuse work done under other settings."""
+for a one-line refusal to reuse work done under other settings; and where a record of them was
+written (:func:`record_place`), so that a checkout moved elsewhere reads its records there
+(:func:`relocated`)."""
 from __future__ import annotations
 
 import os
@@ -58,7 +60,6 @@ def first_difference(old: list[str], new: list[str]) -> str:
             return f"was `{' '.join(old[max(0, i - 1):i + 1])}`, now `{' '.join(new[max(0, i - 1):i + 1])}`"
     longer, which = (old, "then") if len(old) > len(new) else (new, "now")
     return f"{which} also `{' '.join(longer[min(len(old), len(new)):])}`"
-
 
 
 def record_place(folder: str) -> dict[str, str]:
