@@ -564,7 +564,9 @@ def _run_parallel(spec: CompareSpec, todo: list, jobs: int, failures: list[str] 
     runs = {}
     tasks = []
     for tag, run, steps in todo:
-        t = Task(tag, steps, os.path.join(run.root, "compare.log"), group=run.arm)
+        # seed by seed: a comparison stopped early leaves whole seeds (the start's evaluation with the first)
+        rank = 0 if run.seed is None else spec.seeds.index(run.seed)
+        t = Task(tag, steps, os.path.join(run.root, "compare.log"), group=run.arm, rank=rank)
         runs[id(t)] = run
         tasks.append(t)
     failed = run_parallel(tasks, slots, env=lambda t, k: _wandb_env(spec, runs[id(t)], _verb(t.commands[k])),

@@ -9,12 +9,15 @@ progress bars never reach the terminal. A small model gains little from a second
 so N one-core jobs finish a batch of runs nearly N times sooner than one job with N threads.
 
 Which command a free worker starts (:func:`next_command`): the commands of one task still run in
-order, but not necessarily in one slot, and a free worker takes the ready command expected to run
-longest, fits before evaluations. Durations are learned as commands finish (:class:`Durations`,
-mean seconds per task group and command: a compare arm's fits take alike), and a group with none
-finished counts as the longest, so every arm's first fit starts early. Longest-first keeps a long
-fit from starting last while the other workers sit idle (list scheduling, longest processing
-time first), and evaluations, a fifth of a fit's time, fill the end.
+order, but not necessarily in one slot. A free worker takes a ready command of the lowest *rank*
+(``taosr compare`` ranks its runs by seed), then a fit before an evaluation, then the one expected
+to run longest. Durations are learned as commands finish (:class:`Durations`, mean seconds per
+task group and command: a compare arm's fits take alike), and a group with none finished counts
+as the longest, so every arm's first fit starts early. Longest-first keeps a long fit from
+starting last while the other workers sit idle (list scheduling, longest processing time first);
+within a rank evaluations, a fifth of a fit's time, fill its end. Ranks first make a comparison
+stopped early (a time limit, a lent machine given back) leave whole seeds, every arm fitted and
+scored, which are what its paired differences need, rather than many seeds of the slowest arm.
 
 A failed command ends its task; running tasks finish, no new task starts, and the failures are
 returned (the caller names them and their logs). Ctrl-C, or SIGTERM to this process, is passed on
@@ -60,6 +63,7 @@ class Task:
     commands: list[list[str]]      # taosr argv lists, run in order
     log: str                       # file the commands' output is appended to
     group: str = ""                # tasks of one group (a compare arm) are expected to take alike
+    rank: int = 0                  # lower ranks start first (a compare: the seed's place in its seeds)
     failed: tuple[int, int] | None = field(default=None, init=False)  # (command index, exit status)
 
 
@@ -83,14 +87,15 @@ class Durations:
 
 def next_command(ready: list[tuple[Task, int]], durations: Durations) -> int:
     """Index into ``ready`` ((task, command index) pairs, in the order they became ready) of the
-    command a free worker should start: training before evaluation (a short evaluation never holds
-    up a fit, and evaluations fill the end), then the longest expected (a group with no finished
-    command of that verb counts as infinitely long, so it is measured early), then the earliest ready."""
+    command a free worker should start: the lowest task rank, then training before evaluation (a
+    short evaluation never holds up a fit, and evaluations fill the end of their rank), then the
+    longest expected (a group with no finished command of that verb counts as infinitely long, so it
+    is measured early), then the earliest ready."""
     def key(i: int):
         task, k = ready[i]
         verb = task.commands[k][0]
         est = durations.expect(task.group, verb)
-        return (verb not in TRAINING_VERBS, -(math.inf if est is None else est), i)
+        return (task.rank, verb not in TRAINING_VERBS, -(math.inf if est is None else est), i)
 
     return min(range(len(ready)), key=key)
 

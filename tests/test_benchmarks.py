@@ -43,9 +43,10 @@ def test_rollout_rows_runs(cache_dir):
     assert "| + written positions only (default) | " in out
 
 
-def test_compare_schedule_replays_a_log_in_both_orders(tmp_path, cache_dir):
+def test_compare_schedule_replays_a_log_in_each_order(tmp_path, cache_dir):
     # two arms, b's fits 5/3 of a's: in submission order b seed 1's fit starts last (130 min);
-    # longest first starts it while a's fits fill the other worker (110 min; all work / 2 = 105)
+    # longest first starts it while a's fits fill the other worker (110 min; all work / 2 = 105), and so
+    # does seed by seed (what compare runs now), which also has seed 0 whole 40 minutes sooner
     took = [("1/5", "start", None, "test", 10), ("2/5", "a", 0, "fit", 30), ("2/5", "a", 0, "test", 10),
             ("3/5", "b", 0, "fit", 50), ("3/5", "b", 0, "test", 10), ("4/5", "a", 1, "fit", 30),
             ("4/5", "a", 1, "test", 10), ("5/5", "b", 1, "fit", 50), ("5/5", "b", 1, "test", 10)]
@@ -53,7 +54,10 @@ def test_compare_schedule_replays_a_log_in_both_orders(tmp_path, cache_dir):
     log.write_text("[spec] 5 runs in 2 workers: cpus 0; cpus 1\n" + "".join(
         f"[spec {i}] {arm}{'' if s is None else f' seed {s}'}: {verb} took {m * 60}s\n" for i, arm, s, verb, m in took))
     out = _bench("compare_schedule.py", str(log), "--jobs", "2", cache_dir=cache_dir)
-    assert f"| {log} | 9 | 12600 | 130.0 | 110.0 | 105.0 |" in out
+    assert f"| {log} | 9 | 12600 | 130.0 | 110.0 | 110.0 | 105.0 |" in out
+    # longest first fits b seed 1 before a seed 0 is scored; seed by seed scores seed 0 first
+    assert f"| {log} | longest | 0: 100.0, 1: 110.0 |" in out
+    assert f"| {log} | seeds | 0: 60.0, 1: 110.0 |" in out
 
 
 def test_update_plan_runs(cache_dir):

@@ -80,6 +80,41 @@ def test_next_command_prefers_fits_then_the_longest_then_the_unmeasured():
     assert next_command([(grpo0, 1), (start, 0), (srpo0, 1)], d) == 2
 
 
+def test_next_command_takes_the_lowest_rank_first_so_a_stopped_comparison_leaves_whole_seeds():
+    """A lent machine given back mid-comparison keeps what finished: with the slowest arm measured,
+    longest-first alone would fit that arm's every seed before the other arm's second, leaving one
+    pair. Ranks (seeds) come first: seed 0's evaluations before seed 1's fits, longest first within."""
+    from taosr.jobs import Durations, next_command
+
+    d = Durations()
+    d.add("grpo", "fit", 300.0)
+    d.add("srpo", "fit", 500.0)
+    grpo0 = Task("grpo0", [["fit"], ["test"]], "/nonexistent/g0.log", group="grpo", rank=0)
+    grpo1 = Task("grpo1", [["fit"], ["test"]], "/nonexistent/g1.log", group="grpo", rank=1)
+    srpo1 = Task("srpo1", [["fit"], ["test"]], "/nonexistent/s1.log", group="srpo", rank=1)
+    srpo2 = Task("srpo2", [["fit"], ["test"]], "/nonexistent/s2.log", group="srpo", rank=2)
+    assert next_command([(srpo2, 0), (srpo1, 0), (grpo0, 1)], d) == 2   # seed 0's evaluation first
+    assert next_command([(srpo2, 0), (grpo1, 0), (srpo1, 0)], d) == 2   # then seed 1, the longer arm
+    assert next_command([(srpo2, 0), (grpo1, 0)], d) == 1
+    assert next_command([(grpo1, 1), (srpo2, 0)], d) == 0               # within seed 1 still before seed 2
+
+
+def test_compare_ranks_its_parallel_runs_by_seed(monkeypatch, capsys):
+    """`taosr compare --jobs` hands each run's rank (its seed's place, the start with the first) to the
+    workers: the order of --seeds, not the seed's value."""
+    import taosr.jobs
+    from taosr.compare import _run_parallel, load_spec, plan_runs
+
+    spec = load_spec(os.path.join(ROOT, "comparisons", "srpo_vs_grpo.yaml"), seeds=[7, 3])
+    runs = plan_runs(spec, "/nonexistent/out")
+    seen = {}
+    monkeypatch.setattr(taosr.jobs, "run_parallel",
+                        lambda tasks, slots, **kw: seen.update({t.name: t.rank for t in tasks}) or [])
+    _run_parallel(spec, [(f"{r.arm}{r.seed}", r, [["fit"], ["test"]]) for r in runs], jobs=2)
+    assert len(seen) == len(runs) > 3 and seen["startNone"] == 0, seen
+    assert all(rank == {"7": 0, "3": 1}[name[-1]] for name, rank in seen.items() if name != "startNone"), seen
+
+
 def test_run_parallel_keeps_each_task_in_order_over_two_slots_and_learns_durations(tmp_path):
     from taosr.jobs import Durations
 
