@@ -9,7 +9,8 @@ exit status and turns a bad key, value, config file or checkpoint into one line 
 - a setting the run never reads is refused where the user set it, not where taosr's own ``configs/``
   did (:mod:`taosr.setting_checks`; who set which key is computed once, :func:`_run_keys`);
 - callbacks that need a logger are dropped with a warning when ``trainer.logger`` is false;
-- a W&B logger becomes a CSVLogger in the same folder, with a warning, where ``wandb`` is not installed;
+- a W&B logger becomes a CSVLogger in the same folder, with a warning, where ``wandb`` is not installed,
+  and with a note under ``WANDB_MODE=disabled`` (where W&B would keep no history);
 - the resolved config is written atomically as ``<run>/config.yaml`` (``config-<command>.yaml`` for
   validate/test/predict); where a previous run's file exists it is replaced only when the command
   succeeds, and an input config is never overwritten;
@@ -93,10 +94,12 @@ def _wandb_installed() -> bool:
     return importlib.util.find_spec("wandb") is not None
 
 
-def _csv_logger_without_wandb(cfg, installed: bool | None = None) -> None:
-    """Where the ``wandb`` package is missing (a bare GPU image), a W&B logger in the config becomes a
-    CSVLogger in the same folder (``<save_dir>/<name>/version_N/metrics.csv``), with a one-line warning,
-    instead of failing the run at its first line."""
+def _csv_logger_instead_of_wandb(cfg, installed: bool | None = None, mode: str | None = None) -> None:
+    """A W&B logger in the config becomes a CSVLogger in the same folder
+    (``<save_dir>/<name>/version_N/metrics.csv``) where W&B would keep nothing: the ``wandb`` package
+    is missing (a bare GPU image; a one-line warning instead of failing the run at its first line), or
+    ``WANDB_MODE=disabled`` (``mode``, default the environment's; a one-line note), where wandb writes
+    no file and the run's history (``taosr compare``'s training signals, the notebooks) would be lost."""
     trainer = cfg.get("trainer")
     loggers = trainer.get("logger") if trainer is not None else None
     items = loggers if isinstance(loggers, list) else [loggers]
@@ -104,7 +107,8 @@ def _csv_logger_without_wandb(cfg, installed: bool | None = None) -> None:
         return
     if installed is None:
         installed = _wandb_installed()
-    if installed:
+    disabled = (os.environ.get("WANDB_MODE") if mode is None else mode) == "disabled"
+    if installed and not disabled:
         return
     from jsonargparse import Namespace
 
@@ -114,8 +118,12 @@ def _csv_logger_without_wandb(cfg, installed: bool | None = None) -> None:
             save_dir = args.get("save_dir") or trainer.get("default_root_dir") or "runs"
             lg.class_path = "lightning.pytorch.loggers.CSVLogger"
             lg.init_args = Namespace(save_dir=save_dir, name=args.get("name") or "csv")
-            print(f"taosr: warning: wandb is not installed: logging to CSV under {save_dir} "
-                  f"(pip install wandb for W&B)", file=sys.stderr)
+            if not installed:
+                print(f"taosr: warning: wandb is not installed: logging to CSV under {save_dir} "
+                      f"(pip install wandb for W&B)", file=sys.stderr)
+            else:
+                print(f"taosr: WANDB_MODE=disabled: logging to CSV under {save_dir} (W&B keeps nothing when "
+                      f"disabled; WANDB_MODE=offline keeps a local run to sync later)", file=sys.stderr)
 
 
 def _continue_wandb_run(cfg) -> None:
@@ -322,7 +330,7 @@ def _make_cli_classes():
                 # own folder) is kept, a path is not
                 RunConfig.as_given["ckpt_path"] = "last" if getattr(self, "_ckpt_as_given", None) == "last" else None
             _fill_run_paths(cfg)
-            _csv_logger_without_wandb(cfg)
+            _csv_logger_instead_of_wandb(cfg)
             if self.subcommand == "fit" and not self.build_only:
                 _continue_wandb_run(cfg)
             if self.build_only:  # a logger makes its folder (and W&B its settings) when built: not for a check

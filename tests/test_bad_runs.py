@@ -300,22 +300,41 @@ def test_missing_wandb_logs_to_csv_in_the_run_folder(tmp_path, capsys, cache_dir
     assert not (root / "wandb").exists() and (root / "export" / "config.json").exists()
 
 
+def test_wandb_disabled_logs_to_csv_so_the_history_is_kept(tmp_path, capsys, cache_dir, monkeypatch):
+    """WANDB_MODE=disabled (a user's or gpu_session.sh's way to keep W&B quiet) made wandb write nothing,
+    so a fit's history was lost: `taosr compare`'s training-signals table read NaN for every arm. The
+    W&B logger becomes a CSVLogger in the run folder with a one-line note, and the history reads back."""
+    from taosr.history import run_history
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    root = tmp_path / "run"
+    rc, err = taosr(capsys, "fit", "--config", SFT, *small_overrides(str(root), cache_dir))
+    assert rc == 0 and "Traceback" not in err, err
+    assert f"taosr: WANDB_MODE=disabled: logging to CSV under {root}" in err and "warning: wandb" not in err
+    assert list(root.glob("sft/version_*/metrics.csv")) and not (root / "wandb").exists()
+    assert any("train/loss" in row for row in run_history(str(root)))
+
+
 def test_csv_fallback_leaves_other_loggers_and_installed_wandb_alone():
     from jsonargparse import Namespace
 
-    from taosr.launcher import _csv_logger_without_wandb
+    from taosr.launcher import _csv_logger_instead_of_wandb
 
     def cfg(cp):
         return Namespace(trainer=Namespace(default_root_dir="r", logger=Namespace(
             class_path=cp, init_args=Namespace(save_dir="r", name="x"))))
-    c = cfg("taosr.loggers.AutoWandbLogger")
-    _csv_logger_without_wandb(c, installed=True)
-    assert c.trainer.logger.class_path == "taosr.loggers.AutoWandbLogger"
+    for mode in (None, "offline", "online", ""):
+        c = cfg("taosr.loggers.AutoWandbLogger")
+        _csv_logger_instead_of_wandb(c, installed=True, mode=mode or "")
+        assert c.trainer.logger.class_path == "taosr.loggers.AutoWandbLogger"
     c = cfg("lightning.pytorch.loggers.TensorBoardLogger")
-    _csv_logger_without_wandb(c, installed=False)
+    _csv_logger_instead_of_wandb(c, installed=True, mode="disabled")
+    assert c.trainer.logger.class_path.endswith("TensorBoardLogger")
+    c = cfg("lightning.pytorch.loggers.TensorBoardLogger")
+    _csv_logger_instead_of_wandb(c, installed=False)
     assert c.trainer.logger.class_path.endswith("TensorBoardLogger")
     c = cfg("taosr.loggers.AutoWandbLogger")
-    _csv_logger_without_wandb(c, installed=False)
+    _csv_logger_instead_of_wandb(c, installed=False)
     assert c.trainer.logger.class_path == "lightning.pytorch.loggers.CSVLogger"
     assert dict(c.trainer.logger.init_args) == {"save_dir": "r", "name": "x"}
 
