@@ -56,10 +56,11 @@ PAIR_METRICS = ("macro_f1", "step_accuracy")
 # training signals read back from each fit's log (taosr.history), mean over its logged steps:
 # outcome reward and accuracy, the share of groups with no reward spread (no gradient), entropy,
 # and SRPO's step signal: critical steps per batch, the share of steps only the GRM judged, the
-# share the verifier covers, and how often the GRM disagrees with the verifier where both judge
+# share the verifier covers, how often the GRM disagrees with the verifier where both judge, and the
+# rollouts' step accuracy (the share of verifier-covered steps that are right)
 SIGNALS = ("train/reward", "train/rewards/correct/mean", "train/frac_reward_zero_std", "train/entropy",
            "train/steps/critical_count", "train/steps/grm_share", "train/steps/verifier_coverage",
-           "train/steps/disagreement")
+           "train/steps/disagreement", "train/steps/verifier_accuracy")
 START = "start"
 SPEC_KEYS = {"name", "start", "seeds", "seed_keys", "set", "arms", "eval", "pairs"}
 ARM_KEYS = {"config", "set"}
