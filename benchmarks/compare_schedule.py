@@ -76,7 +76,7 @@ def replay(runs, workers: int, order: str) -> tuple[float, dict[int, float]]:
         else:
             ended[seed_of[id(task)]] = max(ended.get(seed_of[id(task)], 0.0), now)
     start = ended.pop(None, 0.0)
-    return now, {seed: max(t, start) for seed, t in ended.items()}
+    return now, {seed: max(ended[seed], start) for seed in seeds if seed in ended}
 
 
 def main() -> None:
