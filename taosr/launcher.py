@@ -98,7 +98,8 @@ def _csv_logger_instead_of_wandb(cfg, installed: bool | None = None, mode: str |
     """A W&B logger in the config becomes a CSVLogger in the same folder
     (``<save_dir>/<name>/version_N/metrics.csv``) where W&B would keep nothing: the ``wandb`` package
     is missing (a bare GPU image; a one-line warning instead of failing the run at its first line), or
-    ``WANDB_MODE=disabled`` (``mode``, default the environment's; a one-line note), where wandb writes
+    W&B disabled (``mode``, default the environment's ``WANDB_MODE``, or ``disabled`` where
+    ``WANDB_DISABLED`` is true; a one-line note), where wandb writes
     no file and the run's history (``taosr compare``'s training signals, the notebooks) would be lost."""
     trainer = cfg.get("trainer")
     loggers = trainer.get("logger") if trainer is not None else None
@@ -107,7 +108,10 @@ def _csv_logger_instead_of_wandb(cfg, installed: bool | None = None, mode: str |
         return
     if installed is None:
         installed = _wandb_installed()
-    disabled = (os.environ.get("WANDB_MODE") if mode is None else mode) == "disabled"
+    if mode is None:  # wandb reads WANDB_DISABLED=true as mode disabled too
+        mode = "disabled" if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes") \
+            else os.environ.get("WANDB_MODE")
+    disabled = mode == "disabled"
     if installed and not disabled:
         return
     from jsonargparse import Namespace
@@ -122,8 +126,9 @@ def _csv_logger_instead_of_wandb(cfg, installed: bool | None = None, mode: str |
                 print(f"taosr: warning: wandb is not installed: logging to CSV under {save_dir} "
                       f"(pip install wandb for W&B)", file=sys.stderr)
             else:
-                print(f"taosr: WANDB_MODE=disabled: logging to CSV under {save_dir} (W&B keeps nothing when "
-                      f"disabled; WANDB_MODE=offline keeps a local run to sync later)", file=sys.stderr)
+                print(f"taosr: W&B is disabled (WANDB_MODE=disabled or WANDB_DISABLED): logging to CSV under "
+                      f"{save_dir} (W&B keeps nothing when disabled; WANDB_MODE=offline keeps a local run to sync "
+                      f"later)", file=sys.stderr)
 
 
 def _continue_wandb_run(cfg) -> None:

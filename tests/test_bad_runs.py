@@ -310,7 +310,8 @@ def test_wandb_disabled_logs_to_csv_so_the_history_is_kept(tmp_path, capsys, cac
     root = tmp_path / "run"
     rc, err = taosr(capsys, "fit", "--config", SFT, *small_overrides(str(root), cache_dir))
     assert rc == 0 and "Traceback" not in err, err
-    assert f"taosr: WANDB_MODE=disabled: logging to CSV under {root}" in err and "warning: wandb" not in err
+    assert f"taosr: W&B is disabled (WANDB_MODE=disabled or WANDB_DISABLED): logging to CSV under {root}" in err
+    assert "warning: wandb" not in err
     assert list(root.glob("sft/version_*/metrics.csv")) and not (root / "wandb").exists()
     assert any("train/loss" in row for row in run_history(str(root)))
 
@@ -330,6 +331,12 @@ def test_csv_fallback_leaves_other_loggers_and_installed_wandb_alone():
     c = cfg("lightning.pytorch.loggers.TensorBoardLogger")
     _csv_logger_instead_of_wandb(c, installed=True, mode="disabled")
     assert c.trainer.logger.class_path.endswith("TensorBoardLogger")
+    from unittest import mock
+    for env, csv in (({"WANDB_DISABLED": "true"}, True), ({"WANDB_DISABLED": "false"}, False)):
+        c = cfg("taosr.loggers.AutoWandbLogger")
+        with mock.patch.dict(os.environ, {**env, "WANDB_MODE": "offline"}):
+            _csv_logger_instead_of_wandb(c, installed=True)
+        assert c.trainer.logger.class_path.endswith("CSVLogger") == csv, env
     c = cfg("lightning.pytorch.loggers.TensorBoardLogger")
     _csv_logger_instead_of_wandb(c, installed=False)
     assert c.trainer.logger.class_path.endswith("TensorBoardLogger")
