@@ -90,8 +90,14 @@ whole=""; for t in $tags; do cat /tmp/start/smollm2-start-$t.tar.part-* > /tmp/s
   else rm -f /tmp/smollm2-start-$t.tar; fi; done
 if [ -z "$whole" ]; then echo "smollm2_restore: the parts in /tmp/start (tags: $(echo $tags)) do not make a packed" \
   "start (checksum): one is missing or damaged"; exit 1; fi
-if [ "$(echo $whole | wc -w)" -ne 1 ]; then echo "smollm2_restore: /tmp/start holds more than one whole start" \
-  "($(echo $whole)); remove the ones not wanted"; exit 1; fi
+if [ "$(echo $whole | wc -w)" -gt 1 ]; then  # several whole starts: the one this call carries parts of
+  here=$(ls .gpu/start 2>/dev/null | sed -n "s/^smollm2-start-\([0-9a-f]*\)\.tar\.part-.*/\1/p" | sort -u)
+  pick=""; for t in $whole; do if echo "$here" | grep -qx "$t"; then pick="$pick $t"; fi; done
+  if [ "$(echo $pick | wc -w)" -ne 1 ]; then for t in $whole; do rm -f /tmp/smollm2-start-$t.tar; done
+    echo "smollm2_restore: /tmp/start holds more than one whole start ($(echo $whole)) and .gpu/start/ does" \
+      "not carry parts of exactly one of them; remove the ones not wanted"; exit 1; fi
+  for t in $whole; do if [ "$t" != "$(echo $pick)" ]; then rm -f /tmp/smollm2-start-$t.tar; fi; done
+  whole=$pick; fi
 whole=$(echo $whole); mv /tmp/smollm2-start-$whole.tar /tmp/smollm2-start.tar; echo "smollm2_restore: start $whole"
 tar -xf /tmp/smollm2-start.tar -C runs; q=runs/quickstart-smollm2; p=runs/smollm2-start
 for s in dpo grm; do "$TAOSR" delta unpack "$p/$s" --base smollm2-135m --out "$q/$s/export"; done
