@@ -199,11 +199,11 @@ class LineProgress(ProgressBar):
 def wants_lines(trainer_config: dict, stream=None) -> bool:
     """Whether the launcher adds :class:`LineProgress`: the bar is not turned off, no progress bar
     is configured, and ``stream`` (stdout) is not a terminal."""
-    from taosr.launcher import as_list  # Lightning's one callback or list of them
-
     if trainer_config.get("enable_progress_bar") is False:
         return False
-    if any(isinstance(cb, ProgressBar) for cb in as_list(trainer_config.get("callbacks"))):
+    cbs = trainer_config.get("callbacks")
+    cbs = [] if cbs is None else cbs if isinstance(cbs, (list, tuple)) else [cbs]
+    if any(isinstance(cb, ProgressBar) for cb in cbs):
         return False
     stream = stream or sys.stdout
     try:
