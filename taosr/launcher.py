@@ -111,8 +111,7 @@ def _csv_logger_instead_of_wandb(cfg, installed: bool | None = None, mode: str |
     if mode is None:  # wandb reads WANDB_DISABLED=true as mode disabled too
         mode = "disabled" if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes") \
             else os.environ.get("WANDB_MODE")
-    disabled = mode == "disabled"
-    if installed and not disabled:
+    if installed and mode != "disabled":
         return
     from jsonargparse import Namespace
 
