@@ -24,6 +24,7 @@ import struct
 BLOCK = 32768
 HEADER = 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+WANDB_STEP = "trainer/global_step"  # the step Lightning's WandbLogger logs with each row (a CSV row's ``step``)
 
 
 def _wandb_records(path: str):
@@ -94,17 +95,21 @@ def csv_history(path: str) -> list[dict[str, float]]:
 
 
 def run_history(run_root: str) -> list[dict[str, float]] | None:
-    """Every logged row of the run in ``run_root`` (all its offline W&B runs or CSV versions, oldest
-    first: a resumed fit adds one); None when there is no history or it cannot be read."""
+    """Every logged row of the run in ``run_root``: its CSV versions' rows, then its offline W&B runs'
+    rows (each file's rows in order; a resumed fit adds a version or a run); None when there is no
+    history or it cannot be read. Where both kinds exist, a W&B row counts only for a step no CSV row
+    logged: a CSVLogger beside W&B logs the same rows twice, while a fit resumed after switching
+    between offline W&B and ``WANDB_MODE=disabled`` (a CSV leg) keeps each leg's own steps (a step
+    both legs logged, redone after the resume, is read from the CSV)."""
     csvs = sorted(glob.glob(os.path.join(run_root, "*", "version_*", "metrics.csv")))
     runs = sorted(glob.glob(os.path.join(run_root, "wandb", "*run-*", "run-*.wandb")))
     rows: list[dict[str, float]] = []
     try:
         for p in csvs:
             rows += csv_history(p)
-        if not csvs:
-            for p in runs:
-                rows += wandb_history(p)
+        logged = {r["step"] for r in rows if "step" in r}
+        for p in runs:  # a W&B row without a step, where CSVs exist, cannot be told from a CSV row's twin
+            rows += [r for r in wandb_history(p) if not csvs or (WANDB_STEP in r and r[WANDB_STEP] not in logged)]
     except Exception:  # noqa: BLE001 - an unreadable or foreign-format log: no history, not a failure
         return None
     return rows or None

@@ -45,3 +45,42 @@ def test_unreadable_history_is_none_not_an_error(tmp_path):
     (d / "run-x.wandb").write_bytes(b"not a wandb file")
     assert run_history(str(tmp_path)) is None
     assert run_history(str(tmp_path / "missing")) is None
+
+
+def test_a_fit_resumed_across_wandb_and_csv_keeps_both_legs(tmp_path):
+    """A fit logged steps 0-24 to offline W&B, was interrupted, and resumed from its step-20 checkpoint
+    with W&B disabled (a CSV leg of steps 20-39). Before, the history read only the CSV when any existed
+    and lost the first leg; now it keeps W&B's steps the CSV lacks, and a step both logged once."""
+    import wandb
+
+    run = wandb.init(project="t", dir=str(tmp_path), mode="offline", reinit="finish_previous")
+    for step in range(25):  # as Lightning's WandbLogger logs: the step rides in the row
+        run.log({"train/reward": 1.0, "trainer/global_step": step})
+    run.finish()
+    d = tmp_path / "grpo" / "version_0"
+    d.mkdir(parents=True)
+    d.joinpath("metrics.csv").write_text("step,train/reward\n" + "".join(f"{s},3.0\n" for s in range(20, 40)))
+    size, t0 = -1, time.time()
+    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    while os.path.getsize(files[0]) != size and time.time() - t0 < 10:  # wandb's writer may still flush
+        size = os.path.getsize(files[0])
+        time.sleep(0.5)
+    rows = run_history(str(tmp_path))
+    steps = sorted(r.get("step", r.get("trainer/global_step")) for r in rows if "train/reward" in r)
+    assert steps == list(range(40))
+    assert mean_of(rows, "train/reward") == (20 * 1.0 + 20 * 3.0) / 40
+
+
+def test_a_csv_logger_beside_wandb_is_not_counted_twice(tmp_path):
+    import wandb
+
+    run = wandb.init(project="t", dir=str(tmp_path), mode="offline", reinit="finish_previous")
+    for step in range(5):
+        run.log({"train/reward": float(step), "trainer/global_step": step})
+    run.log({"other": 1.0})  # a row without a step: not told apart from a CSV twin, so left out
+    run.finish()
+    d = tmp_path / "grpo" / "version_0"
+    d.mkdir(parents=True)
+    d.joinpath("metrics.csv").write_text("step,train/reward\n" + "".join(f"{s},{s}.0\n" for s in range(5)))
+    rows = run_history(str(tmp_path))
+    assert len(rows) == 5 and mean_of(rows, "train/reward") == 2.0
