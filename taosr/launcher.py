@@ -86,6 +86,7 @@ def last_checkpoint(cfg, command: str = "fit") -> str | None:
 
 WANDB_LOGGERS = ("taosr.loggers.AutoWandbLogger", "lightning.pytorch.loggers.WandbLogger",
                  "lightning.pytorch.loggers.wandb.WandbLogger", "WandbLogger", "AutoWandbLogger")
+CSV_LOGGERS = ("lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger", "CSVLogger")
 
 
 def _wandb_installed() -> bool:
@@ -115,6 +116,13 @@ def _csv_logger_instead_of_wandb(cfg, installed: bool | None = None, mode: str |
         return
     from jsonargparse import Namespace
 
+    if any(getattr(lg, "class_path", None) in CSV_LOGGERS for lg in items if lg is not None):
+        # a CSVLogger is listed beside W&B: it keeps the history already; a second one would log each row twice
+        trainer["logger"] = [lg for lg in items if getattr(lg, "class_path", None) not in WANDB_LOGGERS]
+        why = "warning: wandb is not installed" if not installed else \
+            "W&B is disabled (WANDB_MODE=disabled or WANDB_DISABLED)"
+        print(f"taosr: {why}: logging to the config's CSVLogger only", file=sys.stderr)
+        return
     for lg in items:
         if getattr(lg, "class_path", None) in WANDB_LOGGERS:
             args = lg.get("init_args") or {}

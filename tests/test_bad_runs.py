@@ -316,6 +316,28 @@ def test_wandb_disabled_logs_to_csv_so_the_history_is_kept(tmp_path, capsys, cac
     assert any("train/loss" in row for row in run_history(str(root)))
 
 
+def test_wandb_disabled_beside_a_listed_csv_logger_logs_each_row_once(tmp_path, capsys, cache_dir, monkeypatch):
+    """A config listing a CSVLogger beside W&B got a second CSVLogger under WANDB_MODE=disabled (the
+    W&B one swapped): two metrics.csv files of the same rows, and the run's history counted each twice.
+    The W&B logger is dropped instead; the listed CSVLogger keeps the history."""
+    from taosr.history import run_history
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    root = tmp_path / "run"
+    overlay = tmp_path / "loggers.yaml"
+    overlay.write_text("trainer:\n  logger:\n"
+                       "    - {class_path: taosr.loggers.AutoWandbLogger, init_args: {name: sft}}\n"
+                       f"    - {{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {root}, "
+                       "name: mine}}\n")
+    rc, err = taosr(capsys, "fit", "--config", SFT, *small_overrides(str(root), cache_dir), "--config", str(overlay))
+    assert rc == 0 and "Traceback" not in err, err
+    assert "logging to the config's CSVLogger only" in err
+    assert [p.relative_to(root).parts[0] for p in root.glob("*/version_*/metrics.csv")] == ["mine"]
+    rows = run_history(str(root))
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    assert steps and len(steps) == len(set(steps))
+
+
 def test_csv_fallback_leaves_other_loggers_and_installed_wandb_alone():
     from jsonargparse import Namespace
 
