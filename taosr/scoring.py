@@ -131,10 +131,10 @@ def score_rows(model, tok, dm, examples: list, direct: bool, batch_size: int, ma
 # ----------------------------------------------------------------------------- resumable output
 def _settings(a, target: str) -> dict:
     """What the rows depend on: a partial file made with other settings is not continued."""
-    from taosr.sampling import model_fingerprint
+    from taosr.sampling import content_fingerprint, model_fingerprint
 
     keep = {k: v for k, v in vars(a).items() if k not in ("out", "limit", "model", "file", "target")}
-    return {**keep, "file": os.path.abspath(a.file), "model": model_fingerprint(a.model), "target": target}
+    return {**keep, "file": content_fingerprint(a.file), "model": model_fingerprint(a.model), "target": target}
 
 
 def resume_rows(part: str, settings: dict, examples: list, size: int) -> list[dict]:

@@ -445,6 +445,44 @@ def _sample_args(sft_run, cache_dir, out, *extra):
             "--synth-n-test", "6", "--data-dir", os.path.join(cache_dir, "data"), *extra]
 
 
+def test_sample_interrupted_in_a_moved_tree_continues(tmp_path, sft_run, cache_dir, capsys, monkeypatch):
+    """A project folder (export and partial sample file) copied elsewhere, as a checkout or a lent
+    machine's copy is, gets new file times: the policy's fingerprint held them, so the re-run there
+    sampled everything again. It is the export's content now: the copy continues where it stopped."""
+    import shutil
+
+    import taosr.sampling as sampling
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(os.path.join(sft_run, "export"), a / "export", copy_function=shutil.copy)
+    monkeypatch.chdir(a)
+    args = _sample_args(sft_run, cache_dir, "s.jsonl")
+    args[args.index("--model") + 1] = "export"
+    assert main(args) == 0
+    whole = (a / "s.jsonl").read_bytes()
+    (a / "s.jsonl").unlink()
+    real_save, calls = sampling._save_rng, []
+
+    def save_then_interrupt(path, n_rows):
+        real_save(path, n_rows)
+        calls.append(n_rows)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sampling, "_save_rng", save_then_interrupt)
+    assert main(args) == 130
+    monkeypatch.setattr(sampling, "_save_rng", real_save)
+    shutil.copytree(a, b, copy_function=shutil.copy)  # a plain copy: new modification times
+    for f in (b / "export").iterdir():
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    monkeypatch.chdir(b)
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "continuing" in out and "sampling again" not in out
+    assert (b / "s.jsonl").read_bytes() == whole
+
+
 def test_sample_shows_the_items_of_the_fits_field_shares(tmp_path, sft_run, cache_dir):
     """`--synth-price-share` / `--synth-category-share` / `--synth-description-share` sample the
     examples the fits train on with data.synth.*_share (the quick start passes them on): the same items."""

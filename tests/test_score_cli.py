@@ -95,6 +95,46 @@ def test_an_interrupted_score_continues_where_it_stopped(tmp_path, sft_run, csv_
     assert "made with other settings; scoring from the start" in capsys.readouterr().out
 
 
+def test_an_interrupted_score_continues_in_a_moved_tree(tmp_path, sft_run, csv_file, capsys, monkeypatch):
+    """The partial file recorded the data file's absolute path and the export's file times: the same
+    folder copied elsewhere scored everything again. Both are contents now: the copy continues."""
+    import shutil
+
+    import taosr.scoring as scoring
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    shutil.copy(csv_file[0], a / "pairs.csv")
+    shutil.copytree(os.path.join(sft_run, "export"), a / "export", copy_function=shutil.copy)
+    args = ["score", "pairs.csv", "--model", "export", "--max-new-tokens", "16", "--batch-size", "2", *MAP,
+            "--out", "scores.jsonl"]
+    real = scoring.score_rows
+
+    def stop_after_two(*a, on_chunk=None, **kw):
+        seen = []
+
+        def chunk(rows):
+            on_chunk(rows)
+            seen.append(rows)
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+        return real(*a, on_chunk=chunk, **kw)
+
+    monkeypatch.chdir(a)
+    monkeypatch.setattr(scoring, "score_rows", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    monkeypatch.setattr(scoring, "score_rows", real)
+    shutil.copytree(a, b, copy_function=shutil.copy)
+    for f in (b / "export").iterdir():
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    monkeypatch.chdir(b)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "continuing after 4 of 12 pairs scored" in capsys.readouterr().out
+    _check_rows(b / "scores.jsonl", csv_file[1])
+
+
 def test_score_reasoning_writes_the_generated_reasoning(tmp_path, sft_run, csv_file, capsys):
     path, ids = csv_file
     out = tmp_path / "scores.jsonl"
