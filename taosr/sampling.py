@@ -132,9 +132,13 @@ def model_fingerprint(name_or_path: str) -> str:
 
 def resume_mismatch(done: dict[int, dict], rows: list, split: str, sampler: dict) -> str | None:
     """Why rows already in the file cannot be kept for this run (None: they can): another model or
-    sampling settings, another split, or another prompt at an index (other data)."""
+    sampling settings, another split, or another prompt at an index (other data). A policy folder is
+    known by its content (``model_fingerprint``), not by the path it was given as (a moved tree)."""
+    def identity(s: dict) -> dict:
+        return {k: v for k, v in s.items() if k != "model"} if s.get("model_fingerprint") else s
+
     for i, row in sorted(done.items()):
-        if row.get("sampler") != sampler:
+        if not isinstance(row.get("sampler"), dict) or identity(row["sampler"]) != identity(sampler):
             theirs = row.get("sampler") or {}
             diff = [k for k in dict.fromkeys([*sampler, *theirs]) if theirs.get(k) != sampler.get(k)]
             return f"prompt {i} was sampled with other settings ({', '.join(diff) or 'unrecorded'})"
@@ -288,6 +292,8 @@ def sample_main(argv: list[str]) -> int:
         return 0
 
     os.makedirs(parent, exist_ok=True)
+    for row in done.values():  # the policy's path as given now (the same content: resume_mismatch)
+        row["sampler"] = sampler
     _write_all(part, done)  # a clean base: what is done, without a torn last line
     torch.manual_seed(a.seed)
     model, tok = load_for_inference(a.model, corpus=dm.corpus)  # on the GPU in bf16 where there is one

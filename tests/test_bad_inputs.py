@@ -472,6 +472,8 @@ def test_sample_interrupted_in_a_moved_tree_continues(tmp_path, sft_run, cache_d
     monkeypatch.setattr(sampling, "_save_rng", save_then_interrupt)
     assert main(args) == 130
     monkeypatch.setattr(sampling, "_save_rng", real_save)
+    c = tmp_path / "c"
+    shutil.copytree(a, c, copy_function=shutil.copy)
     shutil.copytree(a, b, copy_function=shutil.copy)  # a plain copy: new modification times
     for f in (b / "export").iterdir():
         os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
@@ -481,6 +483,15 @@ def test_sample_interrupted_in_a_moved_tree_continues(tmp_path, sft_run, cache_d
     out = capsys.readouterr().out
     assert "continuing" in out and "sampling again" not in out
     assert (b / "s.jsonl").read_bytes() == whole
+    # the policy given by another path to the same files (here absolute): the same policy, continued,
+    # and every row names it as given now
+    monkeypatch.chdir(c)
+    args[args.index("--model") + 1] = str(c / "export")
+    assert main(args) == 0
+    assert "continuing" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (c / "s.jsonl").read_text().splitlines()]
+    assert {r["sampler"]["model"] for r in rows} == {str(c / "export")}
+    assert [r["samples"] for r in rows] == [json.loads(line)["samples"] for line in whole.decode().splitlines()]
 
 
 def test_sample_shows_the_items_of_the_fits_field_shares(tmp_path, sft_run, cache_dir):
