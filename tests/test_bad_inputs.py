@@ -461,14 +461,7 @@ def test_sample_interrupted_in_a_moved_tree_continues(tmp_path, sft_run, cache_d
     assert main(args) == 0
     whole = (a / "s.jsonl").read_bytes()
     (a / "s.jsonl").unlink()
-    real_save, calls = sampling._save_rng, []
-
-    def save_then_interrupt(path, n_rows):
-        real_save(path, n_rows)
-        calls.append(n_rows)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
+    real_save, save_then_interrupt = sampling._save_rng, _interrupt_at_second_save(sampling._save_rng)
     monkeypatch.setattr(sampling, "_save_rng", save_then_interrupt)
     assert main(args) == 130
     monkeypatch.setattr(sampling, "_save_rng", real_save)
@@ -512,6 +505,18 @@ def test_sample_shows_the_items_of_the_fits_field_shares(tmp_path, sft_run, cach
     assert any(e.item.category for e in want) and any(e.item.description for e in want)
 
 
+def _interrupt_at_second_save(real_save):
+    """``taosr sample``'s per-batch save of its random state, then Ctrl-C after the second batch."""
+    calls = []
+
+    def save_then_interrupt(path, n_rows):
+        real_save(path, n_rows)
+        calls.append(n_rows)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+    return save_then_interrupt
+
+
 def test_sample_interrupted_then_resumed_equals_uninterrupted(tmp_path, sft_run, cache_dir, capsys, monkeypatch):
     import taosr.sampling as sampling
 
@@ -521,14 +526,7 @@ def test_sample_interrupted_then_resumed_equals_uninterrupted(tmp_path, sft_run,
 
     # Ctrl-C after the second batch: what was done is kept in OUT.partial, OUT is not written.
     out = tmp_path / "s.jsonl"
-    real_save, calls = sampling._save_rng, []
-
-    def save_then_interrupt(path, n_rows):
-        real_save(path, n_rows)
-        calls.append(n_rows)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
+    real_save, save_then_interrupt = sampling._save_rng, _interrupt_at_second_save(sampling._save_rng)
     monkeypatch.setattr(sampling, "_save_rng", save_then_interrupt)
     assert main(_sample_args(sft_run, cache_dir, out)) == 130
     assert "run the same command again" in capsys.readouterr().err

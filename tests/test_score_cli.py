@@ -52,6 +52,20 @@ def test_score_direct_csv_with_column_map(tmp_path, sft_run, csv_file, capsys):
     assert not any(p.name.startswith("scores.jsonl.tmp") for p in tmp_path.iterdir())
 
 
+def _stop_after_two_chunks(real):
+    """``score_rows`` that keeps two chunks (its ``on_chunk`` called) and then is interrupted (Ctrl-C)."""
+    def stop_after_two(*a, on_chunk=None, **kw):
+        seen = []
+
+        def chunk(rows):
+            on_chunk(rows)
+            seen.append(rows)
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+        return real(*a, on_chunk=chunk, **kw)
+    return stop_after_two
+
+
 def test_an_interrupted_score_continues_where_it_stopped(tmp_path, sft_run, csv_file, capsys, monkeypatch):
     """Ctrl-C after two chunks of 2: OUT.partial keeps them, and the re-run scores the 8 others only,
     ending with the uninterrupted run's file; another setting starts over. (score kept every row in
@@ -63,17 +77,7 @@ def test_an_interrupted_score_continues_where_it_stopped(tmp_path, sft_run, csv_
             *MAP]
     full, out = tmp_path / "full.jsonl", tmp_path / "scores.jsonl"
     assert main([*args, "--out", str(full)]) == 0
-    real = scoring.score_rows
-
-    def stop_after_two(*a, on_chunk=None, **kw):
-        seen = []
-
-        def chunk(rows):
-            on_chunk(rows)
-            seen.append(rows)
-            if len(seen) == 2:
-                raise KeyboardInterrupt
-        return real(*a, on_chunk=chunk, **kw)
+    real, stop_after_two = scoring.score_rows, _stop_after_two_chunks(scoring.score_rows)
 
     monkeypatch.setattr(scoring, "score_rows", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
@@ -108,17 +112,7 @@ def test_an_interrupted_score_continues_in_a_moved_tree(tmp_path, sft_run, csv_f
     shutil.copytree(os.path.join(sft_run, "export"), a / "export", copy_function=shutil.copy)
     args = ["score", "pairs.csv", "--model", "export", "--max-new-tokens", "16", "--batch-size", "2", *MAP,
             "--out", "scores.jsonl"]
-    real = scoring.score_rows
-
-    def stop_after_two(*a, on_chunk=None, **kw):
-        seen = []
-
-        def chunk(rows):
-            on_chunk(rows)
-            seen.append(rows)
-            if len(seen) == 2:
-                raise KeyboardInterrupt
-        return real(*a, on_chunk=chunk, **kw)
+    real, stop_after_two = scoring.score_rows, _stop_after_two_chunks(scoring.score_rows)
 
     monkeypatch.chdir(a)
     monkeypatch.setattr(scoring, "score_rows", stop_after_two)
