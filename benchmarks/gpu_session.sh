@@ -80,26 +80,9 @@ if [ "$size" -gt 58720256 ]; then echo "smollm2_pack: the start is $size bytes, 
 tag=$(md5sum runs/smollm2-start.tar | cut -c1-12)
 split -b 15m runs/smollm2-start.tar "$OUT/smollm2-start-$tag.tar.part-"; ls -l "$OUT"'
 RESTORE_START='set -e; mkdir -p runs
-start_tags() { ls "$1" 2>/dev/null | sed -n "s/^smollm2-start-\([0-9a-f]*\)\.tar\.part-.*/\1/p" | sort -u; }
-tags=$(start_tags /tmp/start)
-if [ -z "$tags" ]; then echo "smollm2_restore: no parts of a start (smollm2-start-<md5>.tar.part-*) were carried" \
-  "in .gpu/start/"; exit 1; fi
 # /tmp/start gathers the parts of every call on this machine (and of earlier uses of it): the start is
-# the one tag whose parts join to its md5
-whole=""; for t in $tags; do cat /tmp/start/smollm2-start-$t.tar.part-* > /tmp/smollm2-start-$t.tar
-  if [ "$(md5sum /tmp/smollm2-start-$t.tar | cut -c1-12)" = "$t" ]; then whole="$whole $t"
-  else rm -f /tmp/smollm2-start-$t.tar; fi; done
-if [ -z "$whole" ]; then echo "smollm2_restore: the parts in /tmp/start (tags: $(echo $tags)) do not make a packed" \
-  "start (checksum): one is missing or damaged"; exit 1; fi
-if [ "$(echo $whole | wc -w)" -gt 1 ]; then  # several whole starts: the one this call carries parts of
-  here=$(start_tags .gpu/start)
-  pick=""; for t in $whole; do if echo "$here" | grep -qx "$t"; then pick="$pick $t"; fi; done
-  if [ "$(echo $pick | wc -w)" -ne 1 ]; then for t in $whole; do rm -f /tmp/smollm2-start-$t.tar; done
-    echo "smollm2_restore: /tmp/start holds more than one whole start ($(echo $whole)) and .gpu/start/ does" \
-      "not carry parts of exactly one of them; remove the ones not wanted"; exit 1; fi
-  for t in $whole; do if [ "$t" != "$(echo $pick)" ]; then rm -f /tmp/smollm2-start-$t.tar; fi; done
-  whole=$pick; fi
-whole=$(echo $whole); mv /tmp/smollm2-start-$whole.tar /tmp/smollm2-start.tar; echo "smollm2_restore: start $whole"
+# the one tag whose parts join to its md5 (where several do, the one .gpu/start/ carries now)
+python3 benchmarks/start_parts.py /tmp/start .gpu/start /tmp/smollm2-start.tar
 tar -xf /tmp/smollm2-start.tar -C runs; q=runs/quickstart-smollm2; p=runs/smollm2-start
 for s in dpo grm; do "$TAOSR" delta unpack "$p/$s" --base smollm2-135m --out "$q/$s/export"; done
 mkdir -p "$q/sft"; cp "$p/samples-train.jsonl" "$q/sft/"; cat "$p/comparison.md" 2>/dev/null || true

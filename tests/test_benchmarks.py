@@ -98,3 +98,53 @@ def test_cpu_precision_runs(cache_dir):
                  "--prompts", "2", "--G", "2", "--prompt-length", "6", "--new-tokens", "5", cache_dir=cache_dir)
     assert "| work | float32 s | bf16 autocast s | float32 / bf16 |" in out
     assert "| rollout, 2 x 2 x 5 new tokens (20 tokens) | " in out
+
+
+def _packed(folder, payload: bytes, size: int = 5) -> str:
+    """``payload`` split as smollm2_pack splits a start: parts named by the md5 of the whole."""
+    import hashlib
+
+    tag = hashlib.md5(payload).hexdigest()[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, i in enumerate(range(0, len(payload), size)):
+        (folder / f"smollm2-start-{tag}.tar.part-a{'abcdefghijklmnopqrstuvwxyz'[k]}").write_bytes(payload[i:i + size])
+    return tag
+
+
+def _restore(gathered, carried, out):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "start_parts.py"), str(gathered),
+                           str(carried), str(out)], capture_output=True, text=True, timeout=60)
+
+
+def test_start_parts_picks_the_whole_start_among_stale_and_several(tmp_path):
+    """gpu_session.sh smollm2_restore's choice of start (benchmarks/start_parts.py), on parts as a lent
+    machine gathers them in /tmp/start: every call's own, and leftovers of other starts."""
+    gathered, carried, out = tmp_path / "gathered", tmp_path / "carried", tmp_path / "start.tar"
+    real = b"the real start's tar, in several parts" * 3
+    tag = _packed(gathered, real)
+    stale = _packed(gathered, b"an older start, one part of it lost" * 2)
+    sorted(gathered.glob(f"*{stale}*"))[-1].unlink()
+    p = _restore(gathered, carried, out)
+    assert p.returncode == 0 and f"smollm2_restore: start {tag}" in p.stdout, p.stderr
+    assert out.read_bytes() == real and not list(tmp_path.glob("start.tar.tmp*"))
+
+    other = _packed(gathered, b"a second whole start" * 4)  # two whole starts: the one carried now
+    _packed(carried, b"a second whole start" * 4)
+    out.unlink()
+    p = _restore(gathered, carried, out)
+    assert p.returncode == 0 and f"start {other}" in p.stdout and out.read_bytes() == b"a second whole start" * 4
+    for f in carried.iterdir():  # neither carried: no guess
+        f.unlink()
+    p = _restore(gathered, carried, out)
+    assert p.returncode == 1 and "more than one whole start" in p.stderr and tag in p.stderr and other in p.stderr
+
+
+def test_start_parts_refuses_a_start_with_a_part_missing(tmp_path):
+    gathered = tmp_path / "gathered"
+    tag = _packed(gathered, b"0123456789abcdefghij")
+    sorted(gathered.iterdir())[1].unlink()
+    p = _restore(gathered, tmp_path / "carried", tmp_path / "start.tar")
+    assert p.returncode == 1 and f"(tags: {tag})" in p.stderr and "missing or damaged" in p.stderr
+    assert not (tmp_path / "start.tar").exists()
+    p = _restore(tmp_path / "nothing", tmp_path / "carried", tmp_path / "start.tar")
+    assert p.returncode == 1 and "no parts of a start" in p.stderr
