@@ -323,3 +323,9 @@ def user_set_keys(argv: list[str]) -> frozenset[str]:
         else:  # `--model SRPOModule` names the class, it sets none of its options
             out.add("model.class_path" if normalize_key(key) == "model" else normalize_key(key))
     return frozenset(out)
+
+
+def as_list(value) -> list:
+    """A setting Lightning takes as one item or a list (``trainer.callbacks``, ``trainer.logger``) as a
+    list (None: none)."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]

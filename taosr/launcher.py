@@ -29,7 +29,7 @@ import shutil
 import sys
 import warnings
 
-from taosr.configfiles import config_paths, expand_config_args, user_mark, user_set_keys
+from taosr.configfiles import as_list, config_paths, expand_config_args, user_mark, user_set_keys
 from taosr.errors import ConfigError, TaosrError, find_cause
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -56,11 +56,6 @@ def _fill_run_paths(cfg) -> None:
         args = getattr(cb, "init_args", None)
         if args is not None and "dirpath" in args and args.get("dirpath") is None:
             args["dirpath"] = f"{root}/checkpoints"
-
-
-def as_list(value) -> list:
-    """``trainer.callbacks`` as a list: Lightning takes one callback or a list (None: none)."""
-    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def last_checkpoint(cfg, command: str = "fit") -> str | None:
@@ -104,8 +99,8 @@ def _csv_logger_instead_of_wandb(cfg, installed: bool | None = None, mode: str |
     no file and the run's history (``taosr compare``'s training signals, the notebooks) would be lost."""
     trainer = cfg.get("trainer")
     loggers = trainer.get("logger") if trainer is not None else None
-    items = loggers if isinstance(loggers, list) else [loggers]
-    if not any(getattr(lg, "class_path", None) in WANDB_LOGGERS for lg in items if lg is not None):
+    items = as_list(loggers)
+    if not any(getattr(lg, "class_path", None) in WANDB_LOGGERS for lg in items):
         return
     if installed is None:
         installed = _wandb_installed()
@@ -116,7 +111,7 @@ def _csv_logger_instead_of_wandb(cfg, installed: bool | None = None, mode: str |
         return
     from jsonargparse import Namespace
 
-    if any(getattr(lg, "class_path", None) in CSV_LOGGERS for lg in items if lg is not None):
+    if any(getattr(lg, "class_path", None) in CSV_LOGGERS for lg in items):
         # a CSVLogger is listed beside W&B: it keeps the history already; a second one would log each row twice
         trainer["logger"] = [lg for lg in items if getattr(lg, "class_path", None) not in WANDB_LOGGERS]
         why = "warning: wandb is not installed" if not installed else \

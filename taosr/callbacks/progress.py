@@ -18,6 +18,7 @@ import time
 
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 
+from taosr.configfiles import as_list
 from taosr.errors import ConfigError
 
 # shown after the timing when logged (the methods' own names: W&B and the CSV logs use them too)
@@ -201,9 +202,7 @@ def wants_lines(trainer_config: dict, stream=None) -> bool:
     is configured, and ``stream`` (stdout) is not a terminal."""
     if trainer_config.get("enable_progress_bar") is False:
         return False
-    cbs = trainer_config.get("callbacks")
-    cbs = [] if cbs is None else cbs if isinstance(cbs, (list, tuple)) else [cbs]
-    if any(isinstance(cb, ProgressBar) for cb in cbs):
+    if any(isinstance(cb, ProgressBar) for cb in as_list(trainer_config.get("callbacks"))):
         return False
     stream = stream or sys.stdout
     try:
