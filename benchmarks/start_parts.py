@@ -17,7 +17,7 @@ import os
 import re
 import sys
 
-PART = re.compile(r"^smollm2-start-([0-9a-f]+)\.tar\.part-[a-z]+$")
+PART = re.compile(r"^smollm2-start-([0-9a-f]{12})\.tar\.part-[a-z]+$")
 
 
 def tags(folder: str) -> dict[str, list[str]]:
@@ -44,8 +44,8 @@ def choose(gathered: str, carried: str) -> tuple[str, list[str]]:
     """The tag of the start to restore and its parts; ValueError (one line) when there is none to choose."""
     found = tags(gathered)
     if not found:
-        raise ValueError("no parts of a start (smollm2-start-<md5>.tar.part-*) were carried in .gpu/start/")
-    whole = [t for t, parts in sorted(found.items()) if joined_md5(parts)[:len(t)] == t]
+        raise ValueError(f"no parts of a start (smollm2-start-<md5>.tar.part-*) were carried in {carried}")
+    whole = [t for t, parts in sorted(found.items()) if joined_md5(parts)[:12] == t]
     if not whole:
         raise ValueError(f"the parts in {gathered} (tags: {' '.join(sorted(found))}) do not make a packed start "
                          "(checksum): one is missing or damaged")

@@ -678,7 +678,7 @@ def reason_main(argv: list[str]) -> int:
 
         settings = {"teacher": teacher, "teacher_fingerprint": model_fingerprint(teacher), "prompt_style": style, **sampling}
         mine = [r for r in ledger if r["round"] == rnd]
-        good = {r["index"]: r for r in mine if r.get("settings") == settings and r["index"] < len(examples)
+        good = {r["index"]: r for r in mine if _same_settings(r.get("settings"), settings) and r["index"] < len(examples)
                 and r.get("key") == keys[r["index"]]}
         if len(good) != len(mine) or any(i not in left for i in good):
             print(f"taosr: {part}: round {rnd} was sampled with other settings or data; sampling it again")
@@ -740,9 +740,22 @@ def reason_main(argv: list[str]) -> int:
 
 
 def _fingerprints_match(rep: dict) -> bool:
-    from taosr.sampling import model_fingerprint
+    from taosr.sampling import same_model
 
-    return all(model_fingerprint(t) == fp for t, fp in (rep.get("teacher_fingerprints") or {}).values())
+    return all(same_model(fp, t) for t, fp in (rep.get("teacher_fingerprints") or {}).values())
+
+
+def _same_settings(recorded, settings: dict) -> bool:
+    """A ledger row's round settings are this round's: equal, the teacher's fingerprint compared by
+    :func:`taosr.sampling.same_model` (a ledger of before 2026-12-04 recorded file times)."""
+    from taosr.sampling import same_model
+
+    if not isinstance(recorded, dict):
+        return False
+    if recorded == settings:
+        return True
+    return {**recorded, "teacher_fingerprint": None} == {**settings, "teacher_fingerprint": None} and \
+        same_model(recorded.get("teacher_fingerprint"), settings["teacher"])
 
 
 def _finish(out: str, examples: list[Example], results: dict[int, dict[int, dict]], rounds: list[dict], rep: dict) -> None:

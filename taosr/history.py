@@ -95,23 +95,28 @@ def csv_history(path: str) -> list[dict[str, float]]:
 
 
 def run_history(run_root: str) -> list[dict[str, float]] | None:
-    """Every logged row of the run in ``run_root``: its CSV versions' rows, then its offline W&B runs'
-    rows (each file's rows in order; a resumed fit adds a version or a run); None when there is no
-    history or it cannot be read. Where both kinds exist, a W&B row counts only for a step no CSV row
-    logged: a CSVLogger beside W&B logs the same rows twice, while a fit resumed after switching
-    between offline W&B and ``WANDB_MODE=disabled`` (a CSV leg) keeps each leg's own steps (a step
-    both legs logged, redone after the resume, is read from the CSV)."""
-    csvs = sorted(glob.glob(os.path.join(run_root, "*", "version_*", "metrics.csv")))
-    runs = sorted(glob.glob(os.path.join(run_root, "wandb", "*run-*", "run-*.wandb")))
-    rows: list[dict[str, float]] = []
+    """Every logged row of the run in ``run_root``: its CSV versions' and offline W&B runs' rows (a
+    fit resumed adds a version or a run: a leg), oldest leg first (by when each file was last
+    written); None when there is no history or it cannot be read. A step logged by more than one leg
+    is read from the latest of them: a resume redoes the steps after its checkpoint (a hard kill
+    leaves the earlier leg's rows of them), a CSVLogger beside W&B logs the same rows in both, and a
+    fit resumed after switching between offline W&B and ``WANDB_MODE=disabled`` (a CSV leg) has one
+    leg of each kind. A W&B row without a step, where there are CSVs, cannot be told from a CSV
+    row's twin and is left out."""
+    csvs = glob.glob(os.path.join(run_root, "*", "version_*", "metrics.csv"))
+    runs = glob.glob(os.path.join(run_root, "wandb", "*run-*", "run-*.wandb"))
     try:
-        for p in csvs:
-            rows += csv_history(p)
-        logged = {r["step"] for r in rows if "step" in r}
-        for p in runs:  # a W&B row without a step, where CSVs exist, cannot be told from a CSV row's twin
-            rows += [r for r in wandb_history(p) if not csvs or (WANDB_STEP in r and r[WANDB_STEP] not in logged)]
+        legs = [(os.path.getmtime(p), p, csv_history(p), "step") for p in csvs]
+        legs += [(os.path.getmtime(p), p, [r for r in wandb_history(p) if not csvs or WANDB_STEP in r], WANDB_STEP)
+                 for p in runs]
     except Exception:  # noqa: BLE001 - an unreadable or foreign-format log: no history, not a failure
         return None
+    later: set[float] = set()  # the steps logged by the legs after this one
+    kept = []
+    for _, _, rows, key in sorted(legs, reverse=True):
+        kept.append([r for r in rows if r.get(key) is None or r[key] not in later])
+        later |= {r[key] for r in rows if r.get(key) is not None}
+    rows = [r for leg in reversed(kept) for r in leg]
     return rows or None
 
 

@@ -48,7 +48,7 @@ def _fill_run_paths(cfg) -> None:
     if not root:
         return
     loggers = trainer.get("logger")
-    for lg in loggers if isinstance(loggers, list) else [loggers]:
+    for lg in as_list(loggers):
         args = getattr(lg, "init_args", None) if lg is not None and not isinstance(lg, bool) else None
         if args is not None and "save_dir" in args and args.get("save_dir") is None:  # unset; a given one is kept
             args["save_dir"] = root
@@ -111,8 +111,15 @@ def _csv_logger_instead_of_wandb(cfg, installed: bool | None = None, mode: str |
         return
     from jsonargparse import Namespace
 
-    if any(getattr(lg, "class_path", None) in CSV_LOGGERS for lg in items):
-        # a CSVLogger is listed beside W&B: it keeps the history already; a second one would log each row twice
+    def save_dir(lg) -> str:
+        args = lg.get("init_args") or {}
+        return os.path.realpath(args.get("save_dir") or trainer.get("default_root_dir") or "runs")
+
+    wandb_dirs = {save_dir(lg) for lg in items if getattr(lg, "class_path", None) in WANDB_LOGGERS}
+    if any(getattr(lg, "class_path", None) in CSV_LOGGERS and save_dir(lg) in wandb_dirs
+           and (lg.get("init_args") or {}).get("name", "lightning_logs") for lg in items):
+        # a CSVLogger listed beside W&B writes where the fallback would (the history is read there):
+        # a second one would log each row twice
         trainer["logger"] = [lg for lg in items if getattr(lg, "class_path", None) not in WANDB_LOGGERS]
         why = "warning: wandb is not installed" if not installed else \
             "W&B is disabled (WANDB_MODE=disabled or WANDB_DISABLED)"
@@ -121,15 +128,15 @@ def _csv_logger_instead_of_wandb(cfg, installed: bool | None = None, mode: str |
     for lg in items:
         if getattr(lg, "class_path", None) in WANDB_LOGGERS:
             args = lg.get("init_args") or {}
-            save_dir = args.get("save_dir") or trainer.get("default_root_dir") or "runs"
+            folder = args.get("save_dir") or trainer.get("default_root_dir") or "runs"
             lg.class_path = "lightning.pytorch.loggers.CSVLogger"
-            lg.init_args = Namespace(save_dir=save_dir, name=args.get("name") or "csv")
+            lg.init_args = Namespace(save_dir=folder, name=args.get("name") or "csv")
             if not installed:
-                print(f"taosr: warning: wandb is not installed: logging to CSV under {save_dir} "
+                print(f"taosr: warning: wandb is not installed: logging to CSV under {folder} "
                       f"(pip install wandb for W&B)", file=sys.stderr)
             else:
                 print(f"taosr: W&B is disabled (WANDB_MODE=disabled or WANDB_DISABLED): logging to CSV under "
-                      f"{save_dir} (W&B keeps nothing when disabled; WANDB_MODE=offline keeps a local run to sync "
+                      f"{folder} (W&B keeps nothing when disabled; WANDB_MODE=offline keeps a local run to sync "
                       f"later)", file=sys.stderr)
 
 
@@ -149,7 +156,7 @@ def _continue_wandb_run(cfg) -> None:
     if run_id is None:
         return
     loggers = trainer.get("logger")
-    for lg in loggers if isinstance(loggers, list) else [loggers]:
+    for lg in as_list(loggers):
         if getattr(lg, "class_path", None) in WANDB_LOGGERS:
             args = lg.get("init_args")
             if args is None or args.get("id") or args.get("version"):

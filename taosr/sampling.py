@@ -103,45 +103,78 @@ def read_sample_lines(path: str) -> dict[int, dict]:
     return rows
 
 
+CONTENT = "sha256:"  # a model_fingerprint of a folder's contents (before 2026-12-04: of its file times)
+_DIGESTS: dict[tuple, str] = {}
+
+
 def content_fingerprint(path: str) -> str:
     """What a file or folder holds: a digest of its files' names and bytes, so a copy or a move of the
     tree (new modification times) keeps it and a re-export changes it (hashing a 135M-parameter
-    export takes about half a second, a small share of loading it)."""
-    h = hashlib.sha256()
+    export takes about half a second, a small share of loading it; a process hashes a folder once
+    while its files' sizes and times stay as they were)."""
     if os.path.isfile(path):
-        walk = [(os.path.dirname(path), [os.path.basename(path)])]
-        top = os.path.dirname(path)
+        top, files = os.path.dirname(path), [path]
     else:
-        walk = [(root, sorted(files)) for root, _, files in sorted(os.walk(path))]
         top = path
-    for root, files in walk:
-        for f in files:
-            full = os.path.join(root, f)
-            h.update(f"{os.path.relpath(full, top)}\0{os.path.getsize(full)}\0".encode())
-            with open(full, "rb") as fh:
+        files = [os.path.join(root, f) for root, _, names in sorted(os.walk(path)) for f in sorted(names)]
+    stats = tuple((os.path.relpath(f, top), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
+    key = (os.path.realpath(path), stats)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for f, (rel, size, _) in zip(files, stats):
+            h.update(f"{rel}\0{size}\0".encode())
+            with open(f, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 22), b""):
                     h.update(chunk)
-    return h.hexdigest()[:16]
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
 
 
 def model_fingerprint(name_or_path: str) -> str:
-    """What identifies the policy: for a folder, the digest of its files (:func:`content_fingerprint`);
-    otherwise the hub id or preset name."""
-    return content_fingerprint(name_or_path) if os.path.isdir(name_or_path) else name_or_path
+    """What identifies the policy: for a folder, ``sha256:`` and the digest of its files
+    (:func:`content_fingerprint`); otherwise the hub id or preset name."""
+    return CONTENT + content_fingerprint(name_or_path) if os.path.isdir(name_or_path) else name_or_path
+
+
+def file_times_fingerprint(folder: str) -> str:
+    """The fingerprint taosr recorded for a folder before 2026-12-04: its files' names, sizes and
+    modification times (read only to keep files of that time resumable)."""
+    h = hashlib.sha1()
+    for root, _, files in sorted(os.walk(folder)):
+        for f in sorted(files):
+            st = os.stat(os.path.join(root, f))
+            h.update(f"{os.path.relpath(os.path.join(root, f), folder)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def same_model(recorded, name_or_path: str) -> bool:
+    """Whether a recorded :func:`model_fingerprint` names the model at ``name_or_path`` now (one
+    recorded before 2026-12-04, of file times, is compared by that rule: such files stay resumable
+    where they were)."""
+    if not os.path.isdir(name_or_path) or (isinstance(recorded, str) and recorded.startswith(CONTENT)):
+        return recorded == model_fingerprint(name_or_path)
+    return recorded == file_times_fingerprint(name_or_path)
 
 
 def resume_mismatch(done: dict[int, dict], rows: list, split: str, sampler: dict) -> str | None:
     """Why rows already in the file cannot be kept for this run (None: they can): another model or
     sampling settings, another split, or another prompt at an index (other data). A policy folder is
-    known by its content (``model_fingerprint``), not by the path it was given as (a moved tree)."""
-    def identity(s: dict) -> dict:
-        return {k: v for k, v in s.items() if k != "model"} if s.get("model_fingerprint") else s
+    known by its content (``model_fingerprint``, :func:`same_model`), not by the path it was given as
+    (a moved tree)."""
+    def rest(s: dict) -> dict:
+        return {k: v for k, v in s.items() if k not in ("model", "model_fingerprint")}
 
+    model: dict = {}  # recorded fingerprint -> whether it names this run's model (each checked once)
     for i, row in sorted(done.items()):
-        if not isinstance(row.get("sampler"), dict) or identity(row["sampler"]) != identity(sampler):
-            theirs = row.get("sampler") or {}
-            diff = [k for k in dict.fromkeys([*sampler, *theirs]) if theirs.get(k) != sampler.get(k)]
-            return f"prompt {i} was sampled with other settings ({', '.join(diff) or 'unrecorded'})"
+        theirs = row.get("sampler") if isinstance(row.get("sampler"), dict) else {}
+        fp = theirs.get("model_fingerprint")
+        if fp is not None and fp not in model:
+            model[fp] = same_model(fp, sampler["model"])
+        diff = [k for k in dict.fromkeys([*rest(sampler), *rest(theirs)]) if theirs.get(k) != sampler.get(k)]
+        if fp is None or not model[fp]:
+            diff.insert(0, "model_fingerprint")
+        if diff:
+            return f"prompt {i} was sampled with other settings ({', '.join(diff)})"
         if row.get("split") != split:
             return f"prompt {i} is from split {row.get('split')!r}, not {split!r}"
         if i >= len(rows) or row.get("example") != rows[i].to_dict():

@@ -129,17 +129,34 @@ def score_rows(model, tok, dm, examples: list, direct: bool, batch_size: int, ma
 
 
 # ----------------------------------------------------------------------------- resumable output
+FILE_OPTIONS = ("items", "queries", "attributes")  # reader options naming a file joined to the pairs
+
+
 def _settings(a, target: str) -> dict:
-    """What the rows depend on: a partial file made with other settings is not continued."""
+    """What the rows depend on: a partial file made with other settings is not continued. Files (the
+    pairs and the joined tables) and the model are known by their contents, not their paths, so a
+    copied or moved tree continues."""
     from taosr.sampling import content_fingerprint, model_fingerprint
 
     keep = {k: v for k, v in vars(a).items() if k not in ("out", "limit", "model", "file", "target")}
+    keep.update({k: content_fingerprint(keep[k]) for k in FILE_OPTIONS if keep.get(k) and os.path.exists(keep[k])})
     return {**keep, "file": content_fingerprint(a.file), "model": model_fingerprint(a.model), "target": target}
 
 
-def resume_rows(part: str, settings: dict, examples: list, size: int) -> list[dict]:
-    """The whole chunks of ``OUT.partial`` that a run with these ``settings`` scored on these examples
-    (a torn last line and a chunk cut short are dropped; other settings or other rows: none)."""
+def _settings_before_2026_12_04(a, target: str) -> dict:
+    """The settings as taosr recorded them before 2026-12-04 (the pairs file by its absolute path, the
+    model by its file times): a partial file of that time is continued where it was written."""
+    from taosr.sampling import file_times_fingerprint
+
+    keep = {k: v for k, v in vars(a).items() if k not in ("out", "limit", "model", "file", "target")}
+    model = file_times_fingerprint(a.model) if os.path.isdir(a.model) else a.model
+    return {**keep, "file": os.path.abspath(a.file), "model": model, "target": target}
+
+
+def resume_rows(part: str, settings: dict, examples: list, size: int, also: dict | None = None) -> list[dict]:
+    """The whole chunks of ``OUT.partial`` that a run with these ``settings`` (or ``also``: the same
+    settings as recorded by an older taosr) scored on these examples (a torn last line and a chunk
+    cut short are dropped; other settings or other rows: none)."""
     import json
 
     meta = part + ".json"
@@ -147,7 +164,8 @@ def resume_rows(part: str, settings: dict, examples: list, size: int) -> list[di
         return []
     try:
         with open(meta, encoding="utf-8") as fh:
-            same = json.load(fh) == json.loads(json.dumps(settings, default=str))
+            recorded = json.load(fh)
+        same = any(recorded == json.loads(json.dumps(x, default=str)) for x in (settings, also) if x is not None)
     except ValueError:
         same = False
     if not same:
@@ -240,7 +258,7 @@ def score_main(argv: list[str]) -> int:
     # with the same settings continues after the last whole chunk
     os.makedirs(parent, exist_ok=True)
     part, size, settings = a.out + ".partial", chunk_size(a.direct, a.batch_size), _settings(a, target)
-    done = resume_rows(part, settings, examples, size)
+    done = resume_rows(part, settings, examples, size, also=_settings_before_2026_12_04(a, target))
     if done:
         print(f"taosr: {part}: continuing after {len(done)} of {len(examples)} pairs scored")
     with open(part, "w", encoding="utf-8") as fh:

@@ -338,6 +338,27 @@ def test_wandb_disabled_beside_a_listed_csv_logger_logs_each_row_once(tmp_path, 
     assert steps and len(steps) == len(set(steps))
 
 
+def test_wandb_disabled_beside_a_csv_logger_elsewhere_still_keeps_the_run_folders_history():
+    """Only a listed CSVLogger that writes where the history is read (the W&B logger's folder, with a
+    name) stands in for the fallback; one writing elsewhere or without a name leaves the swap as it was."""
+    from jsonargparse import Namespace
+
+    from taosr.launcher import _csv_logger_instead_of_wandb
+
+    def cfg(csv_args):
+        return Namespace(trainer=Namespace(default_root_dir="r", logger=[
+            Namespace(class_path="taosr.loggers.AutoWandbLogger", init_args=Namespace(save_dir="r", name="x")),
+            Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(**csv_args))]))
+    for csv_args, kept in (({"save_dir": "r", "name": "mine"}, ["r/mine"]),
+                           ({"save_dir": "./r/", "name": "mine"}, ["./r//mine"]),
+                           ({"save_dir": "elsewhere", "name": "mine"}, ["r/x", "elsewhere/mine"]),
+                           ({"save_dir": "r", "name": ""}, ["r/x", "r/"])):
+        c = cfg(csv_args)
+        _csv_logger_instead_of_wandb(c, installed=True, mode="disabled")
+        assert all(lg.class_path.endswith("CSVLogger") for lg in c.trainer.logger), csv_args
+        assert [f"{lg.init_args.save_dir}/{lg.init_args.name}" for lg in c.trainer.logger] == kept, csv_args
+
+
 def test_csv_fallback_leaves_other_loggers_and_installed_wandb_alone():
     from jsonargparse import Namespace
 

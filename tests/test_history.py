@@ -57,30 +57,58 @@ def test_a_fit_resumed_across_wandb_and_csv_keeps_both_legs(tmp_path):
     for step in range(25):  # as Lightning's WandbLogger logs: the step rides in the row
         run.log({"train/reward": 1.0, "trainer/global_step": step})
     run.finish()
+    _flushed(tmp_path)
     d = tmp_path / "grpo" / "version_0"
     d.mkdir(parents=True)
     d.joinpath("metrics.csv").write_text("step,train/reward\n" + "".join(f"{s},3.0\n" for s in range(20, 40)))
-    size, t0 = -1, time.time()
-    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    while os.path.getsize(files[0]) != size and time.time() - t0 < 10:  # wandb's writer may still flush
-        size = os.path.getsize(files[0])
-        time.sleep(0.5)
+    _later(d / "metrics.csv")
     rows = run_history(str(tmp_path))
     steps = sorted(r.get("step", r.get("trainer/global_step")) for r in rows if "train/reward" in r)
     assert steps == list(range(40))
     assert mean_of(rows, "train/reward") == (20 * 1.0 + 20 * 3.0) / 40
 
 
+def _flushed(root):
+    """Wait until wandb's writer has finished the offline run's file under ``root``."""
+    files = list((root / "wandb").glob("offline-run-*/run-*.wandb"))
+    size, t0 = -1, time.time()
+    while os.path.getsize(files[0]) != size and time.time() - t0 < 10:
+        size = os.path.getsize(files[0])
+        time.sleep(0.5)
+
+
+def _later(path, seconds: int = 5):
+    """Date ``path`` after every other file of the run (the legs are ordered by when they were written)."""
+    t = time.time_ns() + seconds * 10**9
+    os.utime(path, ns=(t, t))
+
+
 def test_a_csv_logger_beside_wandb_is_not_counted_twice(tmp_path):
     import wandb
 
     run = wandb.init(project="t", dir=str(tmp_path), mode="offline", reinit="finish_previous")
-    for step in range(5):
+    for step in range(6):
         run.log({"train/reward": float(step), "trainer/global_step": step})
     run.log({"other": 1.0})  # a row without a step: not told apart from a CSV twin, so left out
     run.finish()
+    _flushed(tmp_path)
     d = tmp_path / "grpo" / "version_0"
     d.mkdir(parents=True)
+    # the same rows, but for the last step, which only W&B got (the CSV's last write was lost)
     d.joinpath("metrics.csv").write_text("step,train/reward\n" + "".join(f"{s},{s}.0\n" for s in range(5)))
+    _later(d / "metrics.csv")
     rows = run_history(str(tmp_path))
-    assert len(rows) == 5 and mean_of(rows, "train/reward") == 2.0
+    assert len(rows) == 6 and mean_of(rows, "train/reward") == 2.5 and all("other" not in r for r in rows)
+
+
+def test_steps_a_resumed_leg_logged_again_count_once_from_the_later_leg(tmp_path):
+    """A hard kill at step 25 and a resume from the step-20 checkpoint: steps 20-25 are in both CSV
+    versions; the redone ones (the later version's) are the run's."""
+    for v, (steps, value) in enumerate(((range(26), 1.0), (range(20, 40), 3.0))):
+        d = tmp_path / "grpo" / f"version_{v}"
+        d.mkdir(parents=True)
+        d.joinpath("metrics.csv").write_text("step,train/reward\n" + "".join(f"{s},{value}\n" for s in steps))
+        _later(d / "metrics.csv", seconds=5 * (v + 1))
+    rows = run_history(str(tmp_path))
+    assert [r["step"] for r in rows] == list(range(40))
+    assert mean_of(rows, "train/reward") == 2.0

@@ -119,6 +119,8 @@ def test_an_interrupted_score_continues_in_a_moved_tree(tmp_path, sft_run, csv_f
     with pytest.raises(KeyboardInterrupt):
         main(args)
     monkeypatch.setattr(scoring, "score_rows", real)
+    c = tmp_path / "c"
+    shutil.copytree(a, c)
     shutil.copytree(a, b, copy_function=shutil.copy)
     for f in (b / "export").iterdir():
         os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
@@ -127,6 +129,16 @@ def test_an_interrupted_score_continues_in_a_moved_tree(tmp_path, sft_run, csv_f
     assert main(args) == 0
     assert "continuing after 4 of 12 pairs scored" in capsys.readouterr().out
     _check_rows(b / "scores.jsonl", csv_file[1])
+    # a partial file written before 2026-12-04 (the pairs file by absolute path, the model by file
+    # times) is continued where it was written
+    from taosr.sampling import file_times_fingerprint
+
+    monkeypatch.chdir(c)
+    meta = json.loads((c / "scores.jsonl.partial.json").read_text())
+    meta.update(file=str(c / "pairs.csv"), model=file_times_fingerprint("export"))
+    (c / "scores.jsonl.partial.json").write_text(json.dumps(meta))
+    assert main(args) == 0
+    assert "continuing after 4 of 12 pairs scored" in capsys.readouterr().out
 
 
 def test_score_reasoning_writes_the_generated_reasoning(tmp_path, sft_run, csv_file, capsys):
