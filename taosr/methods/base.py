@@ -69,6 +69,7 @@ class RelevanceModule(pl.LightningModule):
         self.model = None
         self.tokenizer = None
         self._records: list[dict] = []
+        self._partial = None  # a `taosr test`'s kept completions (taosr.eval.partial)
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
@@ -118,17 +119,52 @@ class RelevanceModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, Any], split: str) -> list[dict]:
+        rows = self.trainer.datamodule.splits[split]
+        target = self.trainer.datamodule.target
+        partial = self._partial if split == "test" else None
+        if partial is not None:  # an interrupted `taosr test` run again: this batch's completions if it kept them
+            from taosr.eval.partial import prompt_digest
+            from taosr.eval.scores import record_fields
+
+            digests = [prompt_digest(ids, mask) for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+            kept = [partial.get(int(i), d) for i, d in zip(batch["index"].tolist(), digests)]
+            if all(k is not None for k in kept):
+                recs = [make_record(rows[k["index"]], k["text"], k["index"], target=target) for k in kept]
+                if self.hparams.eval_scores:
+                    for r, k in zip(recs, kept):
+                        r.update(record_fields(k["scores"], getattr(rows[r["index"]], "grade", None)))
+                self._records.extend(recs)
+                return recs
         capture = self._label_capture()
         ids = generate_ids(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.eval_generation,
                            logits_processor=[capture] if capture is not None else None)
         texts = decode_completions(self.tokenizer, ids)
-        rows = self.trainer.datamodule.splits[split]
-        target = self.trainer.datamodule.target
         recs = [make_record(rows[i], t, int(i), target=target) for i, t in zip(batch["index"].tolist(), texts)]
         if self.hparams.eval_scores:
             self._add_scores(recs, batch, rows, ids, capture)
+        if partial is not None:
+            partial.add([{"index": r["index"], "prompt": d, "text": t,
+                          "scores": {"p_tier": r["p_tier"], "score": r["score"]} if r.get("p_tier") is not None else None}
+                         for r, d, t in zip(recs, digests, texts)])
         self._records.extend(recs)
         return recs
+
+    def _open_partial(self):
+        """The completions an interrupted ``taosr test`` of this model kept (:mod:`taosr.eval.partial`):
+        greedy evaluations in one process only (a DDP run's ranks would each need their own file)."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        from taosr.eval.partial import PARTIAL, PartialEval, partial_key
+
+        if self.trainer.state.fn != TrainerFn.TESTING or self.trainer.world_size != 1 or self.eval_generation.sampling:
+            return None
+        settings = {"generation": vars(self.eval_generation), "eval_scores": bool(self.hparams.eval_scores),
+                    "target": self.trainer.datamodule.target}
+        partial = PartialEval(os.path.join(self.run_dir, "eval", PARTIAL),
+                              partial_key(self.spec.name_or_path, self.trainer.ckpt_path, settings))
+        if partial.kept:
+            print(f"taosr: test: continuing: {len(partial.kept)} completions kept from {partial.path}", flush=True)
+        return partial
 
     def _label_capture(self):
         """With ``eval_scores``, a greedy generation keeps the tier tokens' scores at every step, so
@@ -163,7 +199,9 @@ class RelevanceModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._records = []
 
-    on_test_epoch_start = on_validation_epoch_start
+    def on_test_epoch_start(self) -> None:
+        self._records = []
+        self._partial = self._open_partial()
 
     def _gather_records(self) -> list[dict]:
         recs = self._records
@@ -259,6 +297,9 @@ class RelevanceModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")
+        if self._partial is not None:  # the evaluation is written: its completions are no longer needed
+            self._partial.done()
+            self._partial = None
 
     def _log_table(self, split: str, recs: list[dict]) -> None:
         from lightning.pytorch.loggers import WandbLogger
