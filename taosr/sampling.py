@@ -19,7 +19,6 @@ The output is written as it goes and a re-run continues where it stopped (:data:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ from taosr.cliargs import (ArgumentParser, add_reader_options, add_share_options
                            reader_spec, refuse_greedy_settings, share_settings)
 from taosr.data.synth import FIELD_SHARES
 from taosr.errors import DataError, TaosrError
+from taosr.fingerprints import content_fingerprint, file_times_fingerprint
 from taosr.eval.generation import GenerationSpec, decode_completions, make_record
 from taosr.reasoning.targets import TARGETS
 from taosr.rl.engines.hf import HFEngine
@@ -104,47 +104,12 @@ def read_sample_lines(path: str) -> dict[int, dict]:
 
 
 CONTENT = "sha256:"  # a model_fingerprint of a folder's contents (before 2026-12-04: of its file times)
-_DIGESTS: dict[tuple, str] = {}
-
-
-def content_fingerprint(path: str) -> str:
-    """What a file or folder holds: a digest of its files' names and bytes, so a copy or a move of the
-    tree (new modification times) keeps it and a re-export changes it (hashing a 135M-parameter
-    export takes about half a second, a small share of loading it; a process hashes a folder once
-    while its files' sizes and times stay as they were)."""
-    if os.path.isfile(path):
-        top, files = os.path.dirname(path), [path]
-    else:
-        top = path
-        files = [os.path.join(root, f) for root, _, names in sorted(os.walk(path)) for f in sorted(names)]
-    stats = tuple((os.path.relpath(f, top), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
-    key = (os.path.realpath(path), stats)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        for f, (rel, size, _) in zip(files, stats):
-            h.update(f"{rel}\0{size}\0".encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-        _DIGESTS[key] = h.hexdigest()[:16]
-    return _DIGESTS[key]
 
 
 def model_fingerprint(name_or_path: str) -> str:
     """What identifies the policy: for a folder, ``sha256:`` and the digest of its files
     (:func:`content_fingerprint`); otherwise the hub id or preset name."""
     return CONTENT + content_fingerprint(name_or_path) if os.path.isdir(name_or_path) else name_or_path
-
-
-def file_times_fingerprint(folder: str) -> str:
-    """The fingerprint taosr recorded for a folder before 2026-12-04: its files' names, sizes and
-    modification times (read only to keep files of that time resumable)."""
-    h = hashlib.sha1()
-    for root, _, files in sorted(os.walk(folder)):
-        for f in sorted(files):
-            st = os.stat(os.path.join(root, f))
-            h.update(f"{os.path.relpath(os.path.join(root, f), folder)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def same_model(recorded, name_or_path: str) -> bool:

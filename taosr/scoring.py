@@ -136,21 +136,22 @@ def _settings(a, target: str) -> dict:
     """What the rows depend on: a partial file made with other settings is not continued. Files (the
     pairs and the joined tables) and the model are known by their contents, not their paths, so a
     copied or moved tree continues."""
-    from taosr.sampling import content_fingerprint, model_fingerprint
+    from taosr.fingerprints import content_fingerprint
+    from taosr.sampling import model_fingerprint
 
     keep = {k: v for k, v in vars(a).items() if k not in ("out", "limit", "model", "file", "target")}
     keep.update({k: content_fingerprint(keep[k]) for k in FILE_OPTIONS if keep.get(k) and os.path.exists(keep[k])})
     return {**keep, "file": content_fingerprint(a.file), "model": model_fingerprint(a.model), "target": target}
 
 
-def _settings_before_2026_12_04(a, target: str) -> dict:
-    """The settings as taosr recorded them before 2026-12-04 (the pairs file by its absolute path, the
-    model by its file times): a partial file of that time is continued where it was written."""
-    from taosr.sampling import file_times_fingerprint
+def _settings_before_2026_12_04(a, settings: dict) -> dict:
+    """``settings`` as taosr recorded them before 2026-12-04 (the files by path, the pairs file
+    absolute, the model by its file times): a partial file of that time is continued where it was
+    written."""
+    from taosr.fingerprints import file_times_fingerprint
 
-    keep = {k: v for k, v in vars(a).items() if k not in ("out", "limit", "model", "file", "target")}
     model = file_times_fingerprint(a.model) if os.path.isdir(a.model) else a.model
-    return {**keep, "file": os.path.abspath(a.file), "model": model, "target": target}
+    return {**settings, **{k: getattr(a, k) for k in FILE_OPTIONS}, "file": os.path.abspath(a.file), "model": model}
 
 
 def resume_rows(part: str, settings: dict, examples: list, size: int, also: dict | None = None) -> list[dict]:
@@ -258,7 +259,7 @@ def score_main(argv: list[str]) -> int:
     # with the same settings continues after the last whole chunk
     os.makedirs(parent, exist_ok=True)
     part, size, settings = a.out + ".partial", chunk_size(a.direct, a.batch_size), _settings(a, target)
-    done = resume_rows(part, settings, examples, size, also=_settings_before_2026_12_04(a, target))
+    done = resume_rows(part, settings, examples, size, also=_settings_before_2026_12_04(a, settings))
     if done:
         print(f"taosr: {part}: continuing after {len(done)} of {len(examples)} pairs scored")
     with open(part, "w", encoding="utf-8") as fh:

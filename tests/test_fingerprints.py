@@ -4,8 +4,8 @@ used before 2026-12-04 still match where nothing changed."""
 import os
 import shutil
 
-from taosr.sampling import CONTENT, content_fingerprint, file_times_fingerprint, model_fingerprint, \
-    resume_mismatch, same_model
+from taosr.fingerprints import content_fingerprint, file_times_fingerprint
+from taosr.sampling import CONTENT, model_fingerprint, resume_mismatch, same_model
 
 
 def _folder(path, files=None):

@@ -131,7 +131,7 @@ def test_an_interrupted_score_continues_in_a_moved_tree(tmp_path, sft_run, csv_f
     _check_rows(b / "scores.jsonl", csv_file[1])
     # a partial file written before 2026-12-04 (the pairs file by absolute path, the model by file
     # times) is continued where it was written
-    from taosr.sampling import file_times_fingerprint
+    from taosr.fingerprints import file_times_fingerprint
 
     monkeypatch.chdir(c)
     meta = json.loads((c / "scores.jsonl.partial.json").read_text())

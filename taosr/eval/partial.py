@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from taosr.fingerprints import file_stats
+
 PARTIAL = "test-partial.jsonl"
 
 
@@ -31,12 +33,7 @@ def prompt_digest(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> str:
 
 def _stat_key(path: str | None) -> list:
     """Names, sizes and modification times of a file or a folder's files ([] for a hub id or None)."""
-    if not path or not os.path.exists(path):
-        return []
-    files = [path] if os.path.isfile(path) else \
-        [os.path.join(r, f) for r, _, fs in sorted(os.walk(path)) for f in sorted(fs)]
-    return [[os.path.relpath(f, path) if f != path else os.path.basename(f), os.stat(f).st_size,
-             os.stat(f).st_mtime_ns] for f in files]
+    return [list(s[:3]) for s in file_stats(path)] if path and os.path.exists(path) else []
 
 
 def partial_key(model: str, ckpt: str | None, settings: dict) -> str:
