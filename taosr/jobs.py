@@ -21,9 +21,14 @@ scored, which are what its paired differences need, rather than many seeds of th
 
 A failed command ends its task; running tasks finish, no new task starts, and the failures are
 returned (the caller names them and their logs). Ctrl-C, or SIGTERM to this process, is passed on
-to every worker (each saves its checkpoint, see :mod:`taosr.launcher`; they run in their own
-sessions, so a signal to this process's group would not reach them) and ends :func:`run_parallel`
-with :class:`taosr.errors.Interrupted` once they have exited.
+to every worker as a Ctrl-C (they run in their own sessions, so a signal to this process's group
+would not reach them) and ends :func:`run_parallel` with :class:`taosr.errors.Interrupted` once
+they have exited. A Ctrl-C, not the SIGTERM received: a fit stops at once on Ctrl-C and saves the
+start of the step it was in, which its resume redoes exactly (:mod:`taosr.callbacks.checkpoint`),
+while Lightning acts on SIGTERM only at the next batch boundary, and one RL step of a real model on
+a CPU takes minutes (SmolLM2 GRPO on one core: 90-125 s), longer than the wait before a worker is
+killed without saving. Workers take Ctrl-C even where this process ignores it (started with ``&``
+from a script, whose shell sets SIGINT to ignored, which children inherit).
 """
 from __future__ import annotations
 
@@ -143,6 +148,7 @@ def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subproc
     cpus = slot.cpus
 
     def pin() -> None:  # in the child, before exec
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python then turns it into KeyboardInterrupt again
         if cpus and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, cpus)
 
@@ -151,6 +157,9 @@ def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subproc
                             start_new_session=True)  # a terminal's Ctrl-C reaches the parent only, which passes one on
     fh.close()  # the child holds its own descriptor
     return proc
+
+
+STOP_WAIT_S = 120  # after the Ctrl-C passed on, how long a worker may take to save before it is killed
 
 
 class Terminated(KeyboardInterrupt):
@@ -228,14 +237,17 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
                 pass
         running = [proc for _, _, proc, _, _ in active.values() if proc.poll() is None]
         for proc in running:
-            proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)  # each saves its checkpoint
+            proc.send_signal(signal.SIGINT)  # each stops in its step and saves (see the module's note)
+        killed = 0
         for proc in running:
             try:
-                proc.wait(timeout=120)
+                proc.wait(timeout=STOP_WAIT_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                killed += 1
+        lost = (f"; {killed} did not stop within {STOP_WAIT_S} s and were killed, without saving" if killed else "")
         raise Interrupted(f"interrupted ({how}): stopped {len(running)} running commands (a fit saves its "
-                          "checkpoint); finished work is kept: re-run the same command to continue",
+                          f"checkpoint){lost}; finished work is kept: re-run the same command to continue",
                           143 if how == "SIGTERM" else 130) from None
     finally:
         if previous is not None:

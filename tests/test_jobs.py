@@ -167,3 +167,34 @@ def test_sigterm_to_the_parent_stops_the_workers(tmp_path):
     assert err.value.code == 143
     assert _running_with(out) == []
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is this process's own again
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to find the worker")
+def test_a_stop_reaches_the_workers_as_ctrl_c_even_where_this_process_ignores_it(tmp_path):
+    """A worker is stopped with Ctrl-C, whatever this process received: a fit saves at once on
+    Ctrl-C, but on SIGTERM only after the step it is in, minutes for a real model on a CPU, past
+    the wait before a worker is killed unsaved. A compare started with `&` from a script ignores
+    SIGINT and its workers inherited that: the SmolLM2 study's workers outlived a stop that way."""
+    import signal
+    import threading
+
+    from taosr.errors import Interrupted
+
+    out = str(tmp_path / "synth-marker-c3e1")
+    log = str(tmp_path / "log")
+    slow = Task("slow", [["data", "synth", "--n", "20000000", "--out", out]], log)
+
+    def say(line):
+        if "started" in line:
+            threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    before_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job's shell leaves it
+    try:
+        with pytest.raises(Interrupted, match=r"interrupted \(SIGTERM\)") as err:
+            run_parallel([slow], [Slot(0, [])], say=say, poll_s=0.05)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # this process's own disposition is back
+    finally:
+        signal.signal(signal.SIGINT, before_int)
+    assert "killed" not in str(err.value)
+    assert _running_with(out) == []
+    assert "KeyboardInterrupt" in open(log).read()  # the worker took it as a Ctrl-C, not a kill
