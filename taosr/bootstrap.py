@@ -479,14 +479,18 @@ def sft_round(out: str, rnd: int, rows: list[dict], base: str, sft_config: str, 
     marker = os.path.join(rdir, "reason-sft.json")
     stamp = {"train_sha1": hashlib.sha1(text.encode()).hexdigest(), "argv": argv}
     export = os.path.join(rdir, "export")
+    by_content_stamp = (_argv_by_content(argv, rdir), _rows_by_content(rows))
     if os.path.exists(marker) and is_taosr_export(export):
         with open(marker, encoding="utf-8") as fh:
             try:
-                if json.load(fh) == stamp:
-                    print(f"taosr: round {rnd}: reusing the fine-tuned teacher {export}")
-                    return export
+                old = json.load(fh)
             except ValueError:
-                pass
+                old = None
+        if isinstance(old, dict) and ((old.get("argv_by_content"), old.get("train_by_content")) == by_content_stamp
+                                      if "argv_by_content" in old
+                                      else old == stamp):  # a marker of before 2026-12-05: by path
+            print(f"taosr: round {rnd}: reusing the fine-tuned teacher {export}")
+            return export
     shutil.rmtree(rdir, ignore_errors=True)
     os.makedirs(rdir)
     _write_text(train, text)
@@ -497,8 +501,38 @@ def sft_round(out: str, rnd: int, rows: list[dict], base: str, sft_config: str, 
     if not is_taosr_export(export):
         raise ConfigError(f"round {rnd}: the fine-tuning run wrote no export to {export} (model.init_args.export_dir "
                           "must stay 'auto')")
-    _write_text(marker, json.dumps(stamp))
+    _write_text(marker, json.dumps({**stamp, "argv_by_content": by_content_stamp[0], "train_by_content": by_content_stamp[1]}))
     return export
+
+
+def by_content(value):
+    """An argument as part of a run's identity: an existing file or folder by what it holds
+    (:func:`taosr.fingerprints.content_fingerprint`: a copied or moved tree, given by its new path,
+    keeps it), anything else (a hub id, a number, an option) as given."""
+    from taosr.fingerprints import content_fingerprint
+    from taosr.sampling import CONTENT
+
+    if isinstance(value, str) and value and os.path.exists(value):
+        return CONTENT + content_fingerprint(value)
+    return value
+
+
+def _rows_by_content(rows: list[dict]) -> str:
+    """The training rows' digest without the path each names its teacher by (``provenance.teacher``;
+    its ``teacher_fingerprint`` stays): the rows of a moved tree are the same rows."""
+    def portable(row: dict) -> dict:
+        prov = row.get("provenance")
+        return {**row, "provenance": {k: v for k, v in prov.items() if k != "teacher"}} if isinstance(prov, dict) else row
+
+    return hashlib.sha1(_jsonl(portable(r) for r in rows).encode()).hexdigest()
+
+
+def _argv_by_content(argv: list[str], rdir: str) -> list:
+    """A round's fine-tuning arguments by content; its own folder's paths (outputs, and the training
+    rows the stamp knows by their digest) relative to the folder."""
+    top = os.path.normpath(rdir)
+    return ["<round>" + os.path.normpath(x)[len(top):] if os.path.normpath(x) == top or
+            os.path.normpath(x).startswith(top + os.sep) else by_content(x) for x in argv]
 
 
 # ----------------------------------------------------------------------------- command
@@ -512,7 +546,9 @@ interrupted run ends with the same files as an uninterrupted one. Lines are kept
 teacher (same export files), prompt, --n, --temperature, --top-p, --max-new-tokens and --seed and the
 same pairs; a round whose lines differ is sampled again (with every later round). A finished
 fine-tuning round (OUT.rounds/roundR) is reused when its training rows and arguments are the same.
-When OUT.report.json already records this run, nothing is recomputed."""
+When OUT.report.json already records this run, nothing is recomputed. Files and folders (the
+teacher, the configs, the data) are known by their contents, not their paths: a tree copied or moved
+and given by its new paths continues the same way."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -639,13 +675,18 @@ def reason_main(argv: list[str]) -> int:
 
     run_key = {"data": data_key, "sampling": sampling, "rounds": a.rounds, "model": a.model,
                "prompt_style": a.prompt_style, "fit": [a.sft_config, *a.config, *fit_args]}
+    # the files and folders it names by content: a moved tree, given by its new paths, is the same run
+    run_by_content = {**run_key, "model": by_content(a.model), "fit": [by_content(x) for x in run_key["fit"]]}
     if all(os.path.exists(p) for p in (a.out, unexp_path, report_path)) and not os.path.exists(part):
         try:
             with open(report_path, encoding="utf-8") as fh:
                 old = json.load(fh)
         except ValueError:
             old = {}
-        if old.get("run") == run_key and _fingerprints_match(old):
+        old = old if isinstance(old, dict) else {}
+        same = (old.get("run_by_content") == run_by_content if "run_by_content" in old
+                else old.get("run") == run_key)  # a report of before 2026-12-05 knew its files by path
+        if same and _fingerprints_match(old, a.model, a.out):
             print(f"{a.out}: already holds this run ({old['kept']} of {old['pairs']} pairs explained); nothing to do")
             print(format_report(old, a.out))
             return 0
@@ -728,7 +769,7 @@ def reason_main(argv: list[str]) -> int:
               f"{meta['pairs_sampled_now']} sampled in {meta['seconds']:.1f}s")
 
     rep = build_report(examples, results, rounds, res.skipped)
-    rep["run"] = run_key
+    rep["run"], rep["run_by_content"] = run_key, run_by_content
     rep["teacher_fingerprints"] = {str(m["round"]): [m["settings"]["teacher"], m["settings"]["teacher_fingerprint"]] for m in rounds}
     rep["seconds"] = round(time.perf_counter() - t_start, 2)
     _finish(a.out, examples, results, rounds, rep)
@@ -739,23 +780,37 @@ def reason_main(argv: list[str]) -> int:
     return 0
 
 
-def _fingerprints_match(rep: dict) -> bool:
+def teacher_of_round(model: str, out: str, rnd: int) -> str:
+    """Round 1 samples from ``--model``, round R > 1 from the export fine-tuned after round R - 1."""
+    return model if rnd == 1 else os.path.join(round_dir(out, rnd - 1), "export")
+
+
+def _fingerprints_match(rep: dict, model: str, out: str) -> bool:
+    """Every round's teacher, where this run finds it now (not the path the report recorded: a moved
+    tree), holds what the report's teacher held."""
     from taosr.sampling import same_model
 
-    return all(same_model(fp, t) for t, fp in (rep.get("teacher_fingerprints") or {}).values())
+    try:
+        return all(same_model(fp, teacher_of_round(model, out, int(r)))
+                   for r, (_, fp) in (rep.get("teacher_fingerprints") or {}).items())
+    except (TypeError, ValueError):  # not a report this command wrote
+        return False
 
 
 def _same_settings(recorded, settings: dict) -> bool:
-    """A ledger row's round settings are this round's: equal, the teacher's fingerprint compared by
-    :func:`taosr.sampling.same_model` (a ledger of before 2026-12-04 recorded file times)."""
+    """A ledger row's round settings are this round's: equal but for the teacher, which is compared
+    by its fingerprint (:func:`taosr.sampling.same_model`; a ledger of before 2026-12-04 recorded file
+    times), not by the path it was given as (a moved tree)."""
     from taosr.sampling import same_model
 
     if not isinstance(recorded, dict):
         return False
     if recorded == settings:
         return True
-    return {**recorded, "teacher_fingerprint": None} == {**settings, "teacher_fingerprint": None} and \
-        same_model(recorded.get("teacher_fingerprint"), settings["teacher"])
+    def rest(s: dict) -> dict:
+        return {**s, "teacher": None, "teacher_fingerprint": None}
+
+    return rest(recorded) == rest(settings) and same_model(recorded.get("teacher_fingerprint"), settings["teacher"])
 
 
 def _finish(out: str, examples: list[Example], results: dict[int, dict[int, dict]], rounds: list[dict], rep: dict) -> None:

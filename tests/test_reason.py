@@ -154,6 +154,11 @@ def test_reason_explains_pairs_and_accounts_for_every_one(memorizer, tmp_path, c
     # a complete output is not recomputed
     assert reason(model, pairs, out) == 0
     assert "nothing to do" in capsys.readouterr().out
+    rep.pop("run_by_content")  # nor one whose report, of before 2026-12-05, knew its files by path only
+    with open(out + ".report.json", "w") as fh:
+        json.dump(rep, fh)
+    assert reason(model, pairs, out) == 0
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_interrupted_run_resumes_to_the_same_files(memorizer, tmp_path, monkeypatch, capsys):
@@ -248,6 +253,58 @@ def test_rounds_fine_tune_on_the_kept_rationales_and_retry_the_rest(memorizer, t
         assert [(t["round"], t["samples"]) for t in row["provenance"]["tries"]] == [(1, 4), (2, 4)]
     assert all(r["provenance"]["hint"] == "fallback" for r in kept)
     assert r1["samples"] == 2 * r1["pairs"] + 2 * (r1["pairs"] - r1["kept"] + r1["kept_with_hint"])
+
+
+def test_a_moved_tree_given_by_its_new_paths_continues_and_is_not_redone(memorizer, tmp_path, monkeypatch, capsys):
+    """A run is known by what its files hold, not by their paths: a second round interrupted, its tree
+    copied elsewhere (new modification times), the old one removed and the command given the new
+    absolute paths, keeps the ledger of both rounds and the fine-tuned teacher (it used to sample and
+    fine-tune everything again), and the finished run is then not recomputed."""
+    import shutil
+
+    import taosr.bootstrap as bootstrap
+
+    model, pairs = memorizer
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    shutil.copytree(model, old / "model")
+    shutil.copy(pairs, old / "pairs.jsonl")
+    shutil.copy(os.path.join(ROOT, "configs", "sft.yaml"), old / "sft.yaml")
+
+    def run(top):
+        return reason(str(top / "model"), str(top / "pairs.jsonl"), str(top / "out.jsonl"), "--hint", "fallback",
+                      "--rounds", "2", "--sft-config", str(top / "sft.yaml"), "--config", SMOKE,
+                      "--fit-args", "--trainer.max_steps 2 --trainer.logger false --data.batch_size 4")
+
+    real_append = bootstrap.append_jsonl
+
+    def stop_in_round_two(fh, rows):
+        real_append(fh, rows)
+        if rows[0]["round"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(bootstrap, "append_jsonl", stop_in_round_two)
+    assert run(old) == 130
+    monkeypatch.setattr(bootstrap, "append_jsonl", real_append)
+    ledger = read(str(old / "out.jsonl.partial"))
+    sampled = {r: sum(x["round"] == r for x in ledger) for r in (1, 2)}
+    assert sampled[1] == 14 and 0 < sampled[2] < 14 - sum(x["result"]["sample"] is not None for x in ledger)
+    shutil.copytree(old, new, copy_function=shutil.copy)  # new modification times
+    shutil.rmtree(old)
+    capsys.readouterr()
+    assert run(new) == 0
+    printed = capsys.readouterr().out
+    assert "sampling it again" not in printed and "fine-tuning" not in printed, printed
+    assert "round 1: reusing the fine-tuned teacher" in printed
+    assert f"round 2: {sampled[2]} of " in printed and "pairs already sampled" in printed
+    export = str(new / "out.jsonl.rounds" / "round1" / "export")
+    rep = json.load(open(new / "out.jsonl.report.json"))
+    assert [r["teacher"] for r in rep["rounds"]] == [str(new / "model"), export]  # the paths given now
+    assert {r["provenance"]["teacher"] for r in read(str(new / "out.jsonl"))} <= {str(new / "model"), export}
+    shutil.copytree(new, old, copy_function=shutil.copy)  # finished, and moved once more
+    shutil.rmtree(new)
+    assert run(old) == 0
+    assert "nothing to do" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- scaffolded sampling
