@@ -28,7 +28,9 @@ start of the step it was in, which its resume redoes exactly (:mod:`taosr.callba
 while Lightning acts on SIGTERM only at the next batch boundary, and one RL step of a real model on
 a CPU takes minutes (SmolLM2 GRPO on one core: 90-125 s), longer than the wait before a worker is
 killed without saving. Workers take Ctrl-C even where this process ignores it (started with ``&``
-from a script, whose shell sets SIGINT to ignored, which children inherit).
+from a script, whose shell sets SIGINT to ignored, which children inherit). A command stopped by a
+signal sent to its worker alone (``kill`` of its pid: exit 130 or 143) stops everything the same
+way, rather than counting as a failure while the freed worker starts the next command.
 """
 from __future__ import annotations
 
@@ -162,8 +164,22 @@ def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subproc
 STOP_WAIT_S = 120  # after the Ctrl-C passed on, how long a worker may take to save before it is killed
 
 
+# a worker's exit when it was stopped by a signal sent to it (not to this process): the launcher's
+# 130 / 143 after its save, or the signal itself where it had no handler yet (loading a model)
+STOPPED_EXITS = {130: "Ctrl-C", 143: "SIGTERM", -signal.SIGINT: "Ctrl-C", -signal.SIGTERM: "SIGTERM"}
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM reached the parent: handled like Ctrl-C (the workers are stopped and save their checkpoints)."""
+
+
+class WorkerStopped(KeyboardInterrupt):
+    """A worker was stopped by a signal sent to it: the whole run stops, as if this process had been
+    (``kill`` of one worker's pid stopped that run, and the freed worker started the next one)."""
+
+    def __init__(self, task: Task, verb: str, rc: int):
+        super().__init__()
+        self.task, self.verb, self.rc = task, verb, rc
 
 
 def _raise_terminated(signum, frame):
@@ -219,6 +235,8 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
                 verb = task.commands[k][0]
                 took = time.perf_counter() - t0
                 busy += took
+                if rc in STOPPED_EXITS:
+                    raise WorkerStopped(task, verb, rc)
                 if rc:
                     task.failed = (k, rc)
                     failed.append(task)
@@ -228,8 +246,9 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
                 say(f"{task.name}: {verb} took {took:.0f}s")
                 if k + 1 < len(task.commands):
                     ready.append((task, k + 1))
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated): the workers are in their own sessions
-        how = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM (Terminated), a stopped worker: the workers are in their own sessions
+        how = ("SIGTERM" if isinstance(err, Terminated) else STOPPED_EXITS[err.rc] if isinstance(err, WorkerStopped)
+               else "Ctrl-C")
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not abandon the workers mid-save
             try:
                 signal.signal(sig, signal.SIG_IGN)
@@ -246,9 +265,11 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
                 proc.kill()
                 killed += 1
         lost = (f"; {killed} did not stop within {STOP_WAIT_S} s and were killed, without saving" if killed else "")
-        raise Interrupted(f"interrupted ({how}): stopped {len(running)} running commands (a fit saves its "
-                          f"checkpoint){lost}; finished work is kept: re-run the same command to continue",
-                          143 if how == "SIGTERM" else 130) from None
+        what = (f"{err.task.name}: taosr {err.verb} was stopped ({how}, exit {err.rc}; log {err.task.log}); stopped "
+                f"the {len(running)} other running commands" if isinstance(err, WorkerStopped)
+                else f"interrupted ({how}): stopped {len(running)} running commands")
+        raise Interrupted(f"{what} (a fit saves its checkpoint){lost}; finished work is kept: re-run the same "
+                          "command to continue", 143 if how == "SIGTERM" else 130) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

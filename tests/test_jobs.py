@@ -198,3 +198,34 @@ def test_a_stop_reaches_the_workers_as_ctrl_c_even_where_this_process_ignores_it
     assert "killed" not in str(err.value)
     assert _running_with(out) == []
     assert "KeyboardInterrupt" in open(log).read()  # the worker took it as a Ctrl-C, not a kill
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to find the worker")
+def test_a_worker_stopped_alone_stops_the_run_and_starts_nothing_new(tmp_path):
+    """`kill` of one worker's pid is a stop, not a failure: the SmolLM2 study's worker TERM'd by hand
+    counted as failed while its freed worker started the next seed's fit."""
+    import signal
+    import threading
+
+    from taosr.errors import Interrupted
+
+    markers = [str(tmp_path / f"synth-marker-{i}-5d0b") for i in range(3)]
+    tasks = [Task(f"t{i}", [["data", "synth", "--n", "20000000", "--out", m]], str(tmp_path / f"log{i}"), rank=i)
+             for i, m in enumerate(markers)]
+    started = []
+
+    def say(line):
+        started.append(line)
+        if line.startswith("t0:") and "started" in line:  # stop the first worker alone, as `kill <pid>` would
+            def stop():
+                for pid in _running_with(markers[0]):
+                    os.kill(int(pid), signal.SIGTERM)
+            threading.Timer(1.5, stop).start()
+
+    with pytest.raises(Interrupted, match=r"t0: taosr data was stopped \(SIGTERM, exit -15; log .*log0\); "
+                                          r"stopped the 1 other running commands") as err:
+        run_parallel(tasks, [Slot(0, []), Slot(1, [])], say=say, poll_s=0.05)
+    assert err.value.code == 143
+    assert not any(line.startswith("t2:") for line in started), started  # nothing new started
+    assert all(_running_with(m) == [] for m in markers)
+    assert "KeyboardInterrupt" in open(tasks[1].log).read()  # the other worker got a Ctrl-C
