@@ -11,6 +11,11 @@ line is one example: its index, a digest of its prompt's token ids, the completi
 example at that index still has the same prompt digest, so other data, another prompt format or
 another tokenizer generates again; the record itself is rebuilt from the current example (its gold
 label, query type). Greedy evaluations only: sampled completions would need the random state too.
+
+A multi-process (DDP) evaluation gives each rank a file of its own (``test-partial.rank<R>.jsonl``,
+rank R of more than one), and every rank reads every file of the folder: the completions are known
+by example index and prompt, not by rank, so a run continues with another number of processes (one
+stopped on 2 GPUs and run again on 1, or the other way). Rank 0 removes them all at the end.
 """
 from __future__ import annotations
 
@@ -23,6 +28,15 @@ import torch
 from taosr.fingerprints import file_stats
 
 PARTIAL = "test-partial.jsonl"
+
+
+def partial_name(rank: int = 0, world_size: int = 1) -> str:
+    """The file rank ``rank`` of ``world_size`` processes appends to."""
+    return PARTIAL if world_size == 1 else f"test-partial.rank{rank}.jsonl"
+
+
+def _is_partial(name: str) -> bool:
+    return name == PARTIAL or (name.startswith("test-partial.rank") and name.endswith(".jsonl"))
 
 
 def prompt_digest(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> str:
@@ -44,23 +58,33 @@ def partial_key(model: str, ckpt: str | None, settings: dict) -> str:
 
 
 class PartialEval:
-    """The completions a run with ``key`` already wrote to ``path`` (:meth:`get`), and the file they
-    are appended to (:meth:`add`); :meth:`done` removes it."""
+    """The completions a run with ``key`` already wrote to the partial files of ``folder`` (:meth:`get`),
+    and this process's file they are appended to (:meth:`add`); :meth:`done` removes the files.
+    With ``world_size`` > 1, ``barrier`` (every rank's) is passed once all files are read, before
+    any rank starts its own file over."""
 
-    def __init__(self, path: str, key: str):
-        self.path, self.key = path, key
+    def __init__(self, folder: str, key: str, rank: int = 0, world_size: int = 1, barrier=None):
+        self.folder, self.key, self.rank = folder, key, rank
+        self.path = os.path.join(folder, partial_name(rank, world_size))
         self.kept: dict[int, dict] = {}
-        if os.path.isfile(path):
-            self.kept = self._read()
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:  # a clean base: the header, the kept lines, no torn line
+        mine: dict[int, dict] = {}
+        names = sorted(n for n in os.listdir(folder) if _is_partial(n)) if os.path.isdir(folder) else []
+        for name in names:
+            rows = self._read(os.path.join(folder, name))
+            self.kept.update(rows)
+            if name == os.path.basename(self.path):
+                mine = rows
+        if barrier is not None:
+            barrier()
+        os.makedirs(folder, exist_ok=True)
+        with open(self.path, "w", encoding="utf-8") as fh:  # a clean base: the header, its kept lines, no torn line
             fh.write(json.dumps({"key": key}) + "\n")
-            for row in self.kept.values():
+            for row in mine.values():
                 fh.write(json.dumps(row) + "\n")
 
-    def _read(self) -> dict[int, dict]:
+    def _read(self, path: str) -> dict[int, dict]:
         rows: dict[int, dict] = {}
-        with open(self.path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             lines = fh.read().split("\n")
         try:
             if json.loads(lines[0]).get("key") != self.key:
@@ -86,5 +110,9 @@ class PartialEval:
             fh.flush()
 
     def done(self) -> None:
-        if os.path.exists(self.path):
-            os.remove(self.path)
+        """Every partial file of the folder removed (by rank 0: call it once all ranks have finished)."""
+        if self.rank != 0 or not os.path.isdir(self.folder):
+            return
+        for name in os.listdir(self.folder):
+            if _is_partial(name):
+                os.remove(os.path.join(self.folder, name))

@@ -151,19 +151,22 @@ class RelevanceModule(pl.LightningModule):
 
     def _open_partial(self):
         """The completions an interrupted ``taosr test`` of this model kept (:mod:`taosr.eval.partial`):
-        greedy evaluations in one process only (a DDP run's ranks would each need their own file)."""
+        greedy evaluations, in one process or several (a file per rank, each reading them all)."""
         from lightning.pytorch.trainer.states import TrainerFn
 
-        from taosr.eval.partial import PARTIAL, PartialEval, partial_key
+        from taosr.eval.partial import PartialEval, partial_key
 
-        if self.trainer.state.fn != TrainerFn.TESTING or self.trainer.world_size != 1 or self.eval_generation.sampling:
+        if self.trainer.state.fn != TrainerFn.TESTING or self.eval_generation.sampling:
             return None
         settings = {"generation": vars(self.eval_generation), "eval_scores": bool(self.hparams.eval_scores),
                     "target": self.trainer.datamodule.target}
-        partial = PartialEval(os.path.join(self.run_dir, "eval", PARTIAL),
-                              partial_key(self.spec.name_or_path, self.trainer.ckpt_path, settings))
-        if partial.kept:
-            print(f"taosr: test: continuing: {len(partial.kept)} completions kept from {partial.path}", flush=True)
+        world = self.trainer.world_size
+        partial = PartialEval(os.path.join(self.run_dir, "eval"),
+                              partial_key(self.spec.name_or_path, self.trainer.ckpt_path, settings),
+                              rank=self.trainer.global_rank, world_size=world,
+                              barrier=(lambda: self.trainer.strategy.barrier("taosr.partial")) if world > 1 else None)
+        if partial.kept and self.trainer.is_global_zero:
+            print(f"taosr: test: continuing: {len(partial.kept)} completions kept from {partial.folder}", flush=True)
         return partial
 
     def _label_capture(self):
