@@ -57,25 +57,23 @@ def test_prompt_digest_ignores_padding():
     assert prompt_digest(ids, torch.tensor([0, 0, 1, 1, 1])) != prompt_digest(torch.tensor([5, 6, 8]), torch.ones(3))
 
 
-@pytest.mark.parametrize("scores", [False, True])
-def test_an_interrupted_test_continues_with_the_completions_it_kept(tmp_path, sft_run, cache_dir, capsys, monkeypatch,
-                                                                  scores):
+def _test_args(root, sft_run, cache_dir, scores: bool = False) -> list[str]:
+    """`taosr test` of the micro SFT export on the 6 test examples, 3 batches of 2."""
+    return ["test", "--config", os.path.join(ROOT, "configs/sft.yaml"), *small_overrides(str(root), cache_dir),
+            "--model.init_args.model.name_or_path", os.path.join(sft_run, "export"), "--trainer.logger", "false",
+            "--data.eval_batch_size", "2", "--model.init_args.eval_scores", str(scores).lower()]
+
+
+def _whole_then_stopped(tmp_path, args, monkeypatch):
+    """The uninterrupted run's folder, and a run Ctrl-C'd in its third batch of three; returns the
+    two folders, the real ``generate_ids`` and the list its calls are counted in."""
     import taosr.methods.base as base
 
-    def args(root):
-        return ["test", "--config", os.path.join(ROOT, "configs/sft.yaml"), *small_overrides(str(root), cache_dir),
-                "--model.init_args.model.name_or_path", os.path.join(sft_run, "export"), "--trainer.logger", "false",
-                "--data.eval_batch_size", "2", "--model.init_args.eval_scores", str(scores).lower()]
-    if scores:  # the micro model writes no label line (no P(tier)): give every record a score of its own
-        def add_scores(self, recs, batch, rows, ids=None, capture=None):
-            for r in recs:
-                r.update(p_tier=[0.1, 0.2, 0.3, 0.4], score=1.0 + r["index"] / 10, grade=None)
-        monkeypatch.setattr(base.RelevanceModule, "_add_scores", add_scores)
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert main(args(whole)) == 0
     real, calls = base.generate_ids, []
 
-    def generate_then_stop(*a, **k):  # Ctrl-C in the third batch of three
+    def generate_then_stop(*a, **k):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
@@ -83,6 +81,23 @@ def test_an_interrupted_test_continues_with_the_completions_it_kept(tmp_path, sf
 
     monkeypatch.setattr(base, "generate_ids", generate_then_stop)
     assert main(args(part)) == 130  # Ctrl-C
+    return whole, part, real, calls
+
+
+@pytest.mark.parametrize("scores", [False, True])
+def test_an_interrupted_test_continues_with_the_completions_it_kept(tmp_path, sft_run, cache_dir, capsys, monkeypatch,
+                                                                  scores):
+    import taosr.methods.base as base
+
+    if scores:  # the micro model writes no label line (no P(tier)): give every record a score of its own
+        def add_scores(self, recs, batch, rows, ids=None, capture=None):
+            for r in recs:
+                r.update(p_tier=[0.1, 0.2, 0.3, 0.4], score=1.0 + r["index"] / 10, grade=None)
+        monkeypatch.setattr(base.RelevanceModule, "_add_scores", add_scores)
+
+    def args(root):
+        return _test_args(root, sft_run, cache_dir, scores)
+    whole, part, real, calls = _whole_then_stopped(tmp_path, args, monkeypatch)
     kept = [json.loads(line) for line in open(part / "eval" / PARTIAL)][1:]
     assert [r["index"] for r in kept] == [0, 1, 2, 3] and not (part / "eval" / "test-metrics.json").exists()
 
@@ -107,24 +122,9 @@ def test_a_test_stopped_on_one_process_continues_on_two(tmp_path, sft_run, cache
     import subprocess
     import sys
 
-    import taosr.methods.base as base
-
     def args(root):
-        return ["test", "--config", os.path.join(ROOT, "configs/sft.yaml"), *small_overrides(str(root), cache_dir),
-                "--model.init_args.model.name_or_path", os.path.join(sft_run, "export"), "--trainer.logger", "false",
-                "--data.eval_batch_size", "2"]
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    assert main(args(whole)) == 0
-    real, calls = base.generate_ids, []
-
-    def generate_then_stop(*a, **k):  # Ctrl-C in the third batch of three
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(base, "generate_ids", generate_then_stop)
-    assert main(args(part)) == 130
+        return _test_args(root, sft_run, cache_dir)
+    whole, part, _, _ = _whole_then_stopped(tmp_path, args, monkeypatch)
     lines = open(part / "eval" / PARTIAL).read().splitlines()
     kept = [json.loads(line) for line in lines[1:]]
     assert [k["index"] for k in kept] == [0, 1, 2, 3]
