@@ -37,6 +37,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -746,6 +747,52 @@ def same_seeds_note(results: dict) -> str:
             "seed_keys: [data.seed] in the spec.")
 
 
+_PROGRESS = re.compile(r"taosr: ((?:fit step|test batch) \d+/\d+[^;\r\n]*)")
+
+
+def _last_progress(log: str) -> str | None:
+    """The last progress line (:mod:`taosr.callbacks.progress`) in the tail of a run's log, without
+    its metrics."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(log) - (1 << 16)))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = _PROGRESS.findall(tail)
+    return found[-1].strip() if found else None
+
+
+def where_runs_stand(runs: list[Run], name: str, now: float | None = None) -> list[str]:
+    """For ``--report-only`` on a comparison still running or stopped part-way: how many runs are
+    finished and, for each started one that is not, the last progress its log shows and how long
+    ago the log was written (a stale one: stopped, not running)."""
+    from taosr.callbacks.progress import duration
+
+    now = time.time() if now is None else now
+    left = [r for r in runs if not r.done]
+    if not left:
+        return [f"[{name}] all {len(runs)} runs finished"]
+    lines, fresh = [], 0
+    for r in left:
+        log = os.path.join(r.root, "compare.log")
+        ckpt = os.path.join(r.root, "checkpoints", "last.ckpt")
+        last = _last_progress(log)
+        if r.fitted:
+            state = "fitted; " + (last if last and last.startswith("test") else "evaluation not started")
+        elif os.path.isfile(log) or os.path.isfile(ckpt):
+            state = last or ("checkpoint saved" if os.path.isfile(ckpt) else "started")
+        else:
+            fresh += 1
+            continue
+        if os.path.isfile(log):
+            state += f" (log written {duration(max(0.0, now - os.path.getmtime(log)))} ago)"
+        lines.append(f"  {r.arm}" + ("" if r.seed is None else f" seed {r.seed}") + f": {state}")
+    head = (f"[{name}] {len(runs) - len(left)} of {len(runs)} runs finished (the report covers them); "
+            f"{len(lines)} started, {fresh} not started" + (":" if lines else ""))
+    return [head, *lines]
+
+
 def write_report(out: str, results: dict, pairs: list[tuple[str, str]], title: str) -> str:
     arms, prs, sig = arm_rows(results), pair_rows(results, pairs), signal_rows(results)
     os.makedirs(out, exist_ok=True)
@@ -849,7 +896,9 @@ def compare_main(argv: list[str]) -> int:
     spec.wandb_group = wandb_group(spec.name, out)
     t0 = time.perf_counter()
     if a.report_only:
-        results = collect(plan_runs(spec, out), spec.also)
+        runs = plan_runs(spec, out)
+        print("\n".join(where_runs_stand(runs, spec.name)), flush=True)
+        results = collect(runs, spec.also)
         if not results:
             raise ConfigError(f"--report-only: no finished runs under {out}")
         write_report(out, results, spec.pairs, spec.name)

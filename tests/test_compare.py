@@ -680,3 +680,39 @@ def test_a_comparison_moved_with_its_checkout_keeps_its_runs(tmp_path, monkeypat
     record.write_text(json.dumps(stored))
     with pytest.raises(ConfigError, match=r"a/seed0 was fitted with other settings"):
         cmp.run_compare(cmp.load_spec("spec.yaml"), "out")
+
+
+def test_report_only_says_where_each_unfinished_run_stands(tmp_path):
+    """An overnight comparison read part-way: the finished runs counted, each started one with the
+    last progress line of its log (metrics dropped) and the log's age, the rest counted."""
+    from taosr.compare import Run, where_runs_stand
+
+    def run(name, seed):
+        return Run(name, seed, str(tmp_path / name / f"seed{seed}"))
+
+    done, fitting, scoring, fitted, stopped, fresh = (run("a", 0), run("a", 1), run("b", 1), run("b", 2),
+                                                     run("a", 2), run("a", 3))
+    os.makedirs(os.path.dirname(done.metrics_path))
+    open(done.metrics_path, "w").write("{}")
+    for r in (fitting, scoring, fitted, stopped):
+        os.makedirs(os.path.join(r.root, "checkpoints"))
+    for r in (scoring, fitted):
+        os.makedirs(r.export)
+        open(os.path.join(r.export, "config.json"), "w").write("{}")
+    open(os.path.join(fitting.root, "compare.log"), "w").write(
+        "$ taosr fit ...\ntaosr: fit step 3/60 (5%), 90 s/step, 1h27m left; train/loss 0.1\n"
+        "taosr: fit step 4/60 (7%), 91 s/step, 1h26m left; train/loss 0.2, train/reward 0.8\n")
+    open(os.path.join(scoring.root, "compare.log"), "w").write(
+        "taosr: fit step 60/60 (100%), 90 s/step, 0s left\n$ taosr test ...\ntaosr: test batch 2/32 (6%), 52 s/batch, 26m left\n")
+    open(os.path.join(fitted.root, "compare.log"), "w").write("taosr: fit step 60/60 (100%), 90 s/step, 0s left\n")
+    open(os.path.join(stopped.root, "checkpoints", "last.ckpt"), "w").write("")
+    for r in (fitting, scoring, fitted):
+        os.utime(os.path.join(r.root, "compare.log"), (1.0e9, 1.0e9))
+    now = 1.0e9 + 125
+    lines = where_runs_stand([done, fitting, scoring, fitted, stopped, fresh], "study", now=now)
+    assert lines == ["[study] 1 of 6 runs finished (the report covers them); 4 started, 1 not started:",
+                     "  a seed 1: fit step 4/60 (7%), 91 s/step, 1h26m left (log written 2m05s ago)",
+                     "  b seed 1: fitted; test batch 2/32 (6%), 52 s/batch, 26m left (log written 2m05s ago)",
+                     "  b seed 2: fitted; evaluation not started (log written 2m05s ago)",
+                     "  a seed 2: checkpoint saved"]
+    assert where_runs_stand([done], "study") == ["[study] all 1 runs finished"]
