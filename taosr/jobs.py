@@ -23,11 +23,13 @@ A failed command ends its task; running tasks finish, no new task starts, and th
 returned (the caller names them and their logs). Ctrl-C, or SIGTERM to this process, is passed on
 to every worker as a Ctrl-C (they run in their own sessions, so a signal to this process's group
 would not reach them) and ends :func:`run_parallel` with :class:`taosr.errors.Interrupted` once
-they have exited. A Ctrl-C, not the SIGTERM received: a fit stops at once on Ctrl-C and saves the
-start of the step it was in, which its resume redoes exactly (:mod:`taosr.callbacks.checkpoint`),
-while Lightning acts on SIGTERM only at the next batch boundary, and one RL step of a real model on
-a CPU takes minutes (SmolLM2 GRPO on one core: 90-125 s), longer than the wait before a worker is
-killed without saving. Workers take Ctrl-C even where this process ignores it (started with ``&``
+they have exited. A Ctrl-C, not the SIGTERM received, sent to the worker's process group as a
+terminal would: a single-process fit stops at once on Ctrl-C and saves the start of the step it was
+in, which its resume redoes exactly (:mod:`taosr.callbacks.checkpoint`), while Lightning acts on
+SIGTERM only at the next batch boundary, and one RL step of a real model on a CPU takes minutes
+(SmolLM2 GRPO on one core: 90-125 s). A multi-process (DDP) fit stops every rank at the end of its
+step either way (:mod:`taosr.callbacks.ranks`). Workers still running :data:`STOP_WAIT_S` seconds
+later are killed, their ranks with them, without saving. Workers take Ctrl-C even where this process ignores it (started with ``&``
 from a script, whose shell sets SIGINT to ignored, which children inherit). A command stopped by a
 signal sent to its worker alone (``kill`` of its pid: exit 130 or 143) stops everything the same
 way, rather than counting as a failure while the freed worker starts the next command.
@@ -142,6 +144,12 @@ def make_slots(jobs: int, cpus: list[int] | None = None, gpus: list[str] | None 
     return slots
 
 
+def take_ctrl_c() -> None:
+    """In a child before exec: SIGINT back to its default, which Python turns into KeyboardInterrupt
+    again (a parent started with ``&`` from a script ignores SIGINT, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subprocess.Popen:
     os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
     fh = open(log, "a")
@@ -150,7 +158,7 @@ def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subproc
     cpus = slot.cpus
 
     def pin() -> None:  # in the child, before exec
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python then turns it into KeyboardInterrupt again
+        take_ctrl_c()
         if cpus and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, cpus)
 
@@ -161,7 +169,15 @@ def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subproc
     return proc
 
 
-STOP_WAIT_S = 120  # after the Ctrl-C passed on, how long a worker may take to save before it is killed
+STOP_WAIT_S = 300  # after the Ctrl-C passed on, how long the workers may take to save before they are killed
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """``sig`` to the worker's process group (it leads one: its own session), its ranks included."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 # a worker's exit when it was stopped by a signal sent to it (not to this process): the launcher's
@@ -247,29 +263,35 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
                 if k + 1 < len(task.commands):
                     ready.append((task, k + 1))
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM (Terminated), a stopped worker: the workers are in their own sessions
-        how = ("SIGTERM" if isinstance(err, Terminated) else STOPPED_EXITS[err.rc] if isinstance(err, WorkerStopped)
-               else "Ctrl-C")
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not abandon the workers mid-save
             try:
                 signal.signal(sig, signal.SIG_IGN)
             except ValueError:
                 pass
+        how = ("SIGTERM" if isinstance(err, Terminated) else STOPPED_EXITS[err.rc] if isinstance(err, WorkerStopped)
+               else "Ctrl-C")
         running = [proc for _, _, proc, _, _ in active.values() if proc.poll() is None]
-        for proc in running:
-            proc.send_signal(signal.SIGINT)  # each stops in its step and saves (see the module's note)
-        killed = 0
+        if running:
+            say(f"stopping {len(running)} running commands: each saves its checkpoint (a multi-process fit at the "
+                f"end of its step); one still running after {STOP_WAIT_S} s is killed")
+        for proc in running:  # to its process group, as a terminal's Ctrl-C: every rank of a DDP fit
+            _signal_group(proc, signal.SIGINT)
+        killed, deadline = 0, time.monotonic() + STOP_WAIT_S
         for proc in running:
             try:
-                proc.wait(timeout=STOP_WAIT_S)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_group(proc, signal.SIGKILL)  # its ranks too, not just the launcher
+                proc.wait()
                 killed += 1
         lost = (f"; {killed} did not stop within {STOP_WAIT_S} s and were killed, without saving" if killed else "")
         what = (f"{err.task.name}: taosr {err.verb} was stopped ({how}, exit {err.rc}; log {err.task.log}); stopped "
                 f"the {len(running)} other running commands" if isinstance(err, WorkerStopped)
                 else f"interrupted ({how}): stopped {len(running)} running commands")
-        raise Interrupted(f"{what} (a fit saves its checkpoint){lost}; finished work is kept: re-run the same "
-                          "command to continue", 143 if how == "SIGTERM" else 130) from None
+        before = "".join(f"; failed before: {t.name} (`taosr {t.commands[t.failed[0]][0]}` exit {t.failed[1]}, "
+                         f"log {t.log})" for t in failed)
+        raise Interrupted(f"{what} (a fit saves its checkpoint){lost}{before}; finished work is kept: re-run the "
+                          "same command to continue", 143 if how == "SIGTERM" else 130) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

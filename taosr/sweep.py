@@ -283,19 +283,20 @@ def row_name(i: int) -> str:
 
 
 def _run_child(cmd: list[str], env: dict[str, str]) -> int:
-    """Run one trial; a SIGTERM to this process is passed on to it (it saves its checkpoint and exits
-    143) instead of leaving it training into a folder a re-run resumes. Ctrl-C reaches it from the
-    terminal (same process group)."""
+    """Run one trial; a SIGTERM to this process is passed on to it as a Ctrl-C (it stops inside its
+    step at once and saves; on SIGTERM Lightning would wait for the step to end, see
+    :mod:`taosr.jobs`) instead of leaving it training into a folder a re-run resumes. Ctrl-C reaches
+    it from the terminal (same process group); it takes one even where this process ignores SIGINT."""
     import signal
 
-    from taosr.jobs import Terminated, raise_on_sigterm
+    from taosr.jobs import Terminated, raise_on_sigterm, take_ctrl_c
 
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=take_ctrl_c)
     previous = raise_on_sigterm()
     try:
         return proc.wait()
     except Terminated:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
         proc.wait()
         raise KeyboardInterrupt from None
     except KeyboardInterrupt:  # the terminal's Ctrl-C reached it too; a `kill -INT` of this process did not

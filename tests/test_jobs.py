@@ -170,7 +170,7 @@ def test_sigterm_to_the_parent_stops_the_workers(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to find the worker")
-def test_a_stop_reaches_the_workers_as_ctrl_c_even_where_this_process_ignores_it(tmp_path):
+def test_a_stop_reaches_the_workers_as_ctrl_c_even_where_this_process_ignores_it(tmp_path, monkeypatch):
     """A worker is stopped with Ctrl-C, whatever this process received: a fit saves at once on
     Ctrl-C, but on SIGTERM only after the step it is in, minutes for a real model on a CPU, past
     the wait before a worker is killed unsaved. A compare started with `&` from a script ignores
@@ -188,6 +188,9 @@ def test_a_stop_reaches_the_workers_as_ctrl_c_even_where_this_process_ignores_it
         if "started" in line:
             threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
 
+    import taosr.jobs
+
+    monkeypatch.setattr(taosr.jobs, "STOP_WAIT_S", 20)  # a worker that ignored the Ctrl-C is killed sooner
     before_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job's shell leaves it
     try:
         with pytest.raises(Interrupted, match=r"interrupted \(SIGTERM\)") as err:
@@ -212,6 +215,7 @@ def test_a_worker_stopped_alone_stops_the_run_and_starts_nothing_new(tmp_path):
     markers = [str(tmp_path / f"synth-marker-{i}-5d0b") for i in range(3)]
     tasks = [Task(f"t{i}", [["data", "synth", "--n", "20000000", "--out", m]], str(tmp_path / f"log{i}"), rank=i)
              for i, m in enumerate(markers)]
+    bad = Task("bad", [["no-such-command"]], str(tmp_path / "bad.log"), rank=0)  # fails first: named, not lost
     started = []
 
     def say(line):
@@ -223,9 +227,32 @@ def test_a_worker_stopped_alone_stops_the_run_and_starts_nothing_new(tmp_path):
             threading.Timer(1.5, stop).start()
 
     with pytest.raises(Interrupted, match=r"t0: taosr data was stopped \(SIGTERM, exit -15; log .*log0\); "
-                                          r"stopped the 1 other running commands") as err:
-        run_parallel(tasks, [Slot(0, []), Slot(1, [])], say=say, poll_s=0.05)
+                                          r"stopped the 1 other running commands .*; failed before: bad "
+                                          r"\(`taosr no-such-command` exit 2, log .*bad.log\)") as err:
+        run_parallel([bad, *tasks], [Slot(0, []), Slot(1, [])], say=say, poll_s=0.05, keep_going=True)
     assert err.value.code == 143
     assert not any(line.startswith("t2:") for line in started), started  # nothing new started
     assert all(_running_with(m) == [] for m in markers)
     assert "KeyboardInterrupt" in open(tasks[1].log).read()  # the other worker got a Ctrl-C
+
+
+def test_a_sweep_passes_sigterm_on_to_its_trial_as_ctrl_c(tmp_path):
+    """`taosr sweep`'s trial, like a compare worker, is stopped with a Ctrl-C (at once, inside its step)
+    even where the sweep ignores SIGINT (started with `&`)."""
+    import signal
+    import sys
+    import threading
+
+    from taosr.sweep import _run_child
+
+    out = tmp_path / "out"
+    child = (f"import sys, time\nsay = lambda w: open({str(out)!r}, 'a').write(w + '\\n')\ntry:\n"
+             "    say('ready')\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    say('ctrl-c')\n    sys.exit(130)\n")
+    before_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job's shell leaves it
+    try:
+        threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        with pytest.raises(KeyboardInterrupt):
+            _run_child([sys.executable, "-c", child], dict(os.environ))
+    finally:
+        signal.signal(signal.SIGINT, before_int)
+    assert open(out).read().split() == ["ready", "ctrl-c"]

@@ -658,3 +658,31 @@ def test_only_a_resume_from_its_own_folder_continues_a_wandb_run(tmp_path):
     assert cfg(str(tmp_path / "other" / "checkpoints" / "last.ckpt")) is None  # another run's checkpoint
     assert cfg(os.path.join(root, "checkpoints", "last.ckpt"), id="mine") == "mine"  # the config's id wins
     assert cfg(os.path.join(root, "checkpoints", "last.ckpt"), version="v1") is None
+
+
+class CtrlCInTheSave(pl.Callback):
+    """A Ctrl-C that arrives while the SIGTERM'd fit writes its checkpoint (`taosr compare` sends
+    one to every worker once one of them stopped)."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.received_sigterm:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_ctrl_c_during_the_sigterm_save_does_not_cut_it_short(tmp_path, cache_dir, capsys):
+    import signal
+
+    from taosr.cli import main
+    from tests.conftest import ROOT, small_overrides
+
+    root = str(tmp_path / "run")
+    args = ["fit", "--config", os.path.join(ROOT, "configs/sft.yaml"), *small_overrides(root, cache_dir),
+            "--trainer.max_steps", "6", "--trainer.logger", "false", "--trainer.callbacks+=tests.test_resume.SigtermAt",
+            "--trainer.callbacks.step", "2", "--trainer.callbacks+=tests.test_resume.CtrlCInTheSave"]
+    before = signal.getsignal(signal.SIGINT)
+    assert main(args) == 143
+    assert signal.getsignal(signal.SIGINT) == before
+    step = torch.load(os.path.join(root, "checkpoints", "last.ckpt"), weights_only=False)["global_step"]
+    assert step >= 2 and "terminated (SIGTERM)" in capsys.readouterr().err

@@ -36,7 +36,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import sys
+import threading
 import warnings
 from typing import Any
 from weakref import proxy
@@ -49,6 +51,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from taosr.callbacks.ranks import raised_alone
 from taosr.errors import TaosrError, find_cause
+
+
+def _ignore_sigint():
+    """SIGINT ignored; the handler it had (None off the main thread, where it cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return signal.SIG_DFL if previous is None else previous  # None: a handler not set from Python
 
 
 class DiskFull(TaosrError):
@@ -335,10 +345,15 @@ class Checkpoint(ModelCheckpoint):
                   f"SIGTERM or a first Ctrl-C stops every rank); the last checkpoint saved: {saved}", file=sys.stderr)
             return
         self._saving_on_exception = True
+        # a Ctrl-C during the save (one process) must not cut it short: Lightning ignores one after its own
+        # Ctrl-C, not after SIGTERM, and `taosr compare` sends one to every worker when one of them stopped
+        previous = _ignore_sigint() if trainer.world_size == 1 else None
         try:
             self._save_checkpoint(trainer, self.last_path)
         finally:
             self._saving_on_exception = False
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         rank_zero_info(f"taosr: {type(exception).__name__} at step {trainer.global_step}: saved {self.last_path}")
 
     def on_train_end(self, trainer, pl_module) -> None:
