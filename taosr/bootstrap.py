@@ -505,14 +505,27 @@ def sft_round(out: str, rnd: int, rows: list[dict], base: str, sft_config: str, 
     return export
 
 
-def by_content(value):
-    """An argument as part of a run's identity: an existing file or folder by what it holds
-    (:func:`taosr.fingerprints.content_fingerprint`: a copied or moved tree, given by its new path,
-    keeps it), anything else (a hub id, a number, an option) as given."""
+def by_content(value, folders: bool = True):
+    """An argument as part of a run's identity: an existing file by what it holds (a config file by
+    its content with its ``base`` files merged in; :func:`taosr.fingerprints.content_fingerprint`
+    otherwise), with ``folders`` an existing folder too (a model), anything else (a hub id, a number,
+    an option) as given. A copied or moved tree, given by its new paths, keeps it."""
     from taosr.fingerprints import content_fingerprint
     from taosr.sampling import CONTENT
 
-    if isinstance(value, str) and value and os.path.exists(value):
+    if not isinstance(value, str) or not value:
+        return value
+    if os.path.isfile(value):
+        if value.endswith((".yaml", ".yml")):
+            from taosr.configfiles import resolved_config
+
+            try:
+                merged = json.dumps(resolved_config(value), sort_keys=True, default=str)
+                return "config:" + hashlib.sha256(merged.encode()).hexdigest()[:16]
+            except (TaosrError, ValueError):  # not a config file: its bytes
+                pass
+        return CONTENT + content_fingerprint(value)
+    if folders and os.path.isdir(value):
         return CONTENT + content_fingerprint(value)
     return value
 
@@ -532,7 +545,8 @@ def _argv_by_content(argv: list[str], rdir: str) -> list:
     rows the stamp knows by their digest) relative to the folder."""
     top = os.path.normpath(rdir)
     return ["<round>" + os.path.normpath(x)[len(top):] if os.path.normpath(x) == top or
-            os.path.normpath(x).startswith(top + os.sep) else by_content(x) for x in argv]
+            os.path.normpath(x).startswith(top + os.sep)
+            else by_content(x, folders=i > 0 and argv[i - 1].endswith("name_or_path")) for i, x in enumerate(argv)]
 
 
 # ----------------------------------------------------------------------------- command
@@ -676,7 +690,8 @@ def reason_main(argv: list[str]) -> int:
     run_key = {"data": data_key, "sampling": sampling, "rounds": a.rounds, "model": a.model,
                "prompt_style": a.prompt_style, "fit": [a.sft_config, *a.config, *fit_args]}
     # the files and folders it names by content: a moved tree, given by its new paths, is the same run
-    run_by_content = {**run_key, "model": by_content(a.model), "fit": [by_content(x) for x in run_key["fit"]]}
+    run_by_content = {**run_key, "model": by_content(a.model),
+                      "fit": [by_content(x, folders=False) for x in run_key["fit"]]}
     if all(os.path.exists(p) for p in (a.out, unexp_path, report_path)) and not os.path.exists(part):
         try:
             with open(report_path, encoding="utf-8") as fh:

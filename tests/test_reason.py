@@ -305,6 +305,25 @@ def test_a_moved_tree_given_by_its_new_paths_continues_and_is_not_redone(memoriz
     shutil.rmtree(new)
     assert run(old) == 0
     assert "nothing to do" in capsys.readouterr().out
+    with open(old / "sft.yaml", "a") as fh:
+        fh.write("# a comment: the same settings\n")
+    assert run(old) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+    # what the files hold, though: another base config beside the copied one, or another model, is
+    # another run (it starts sampling again: stopped at its first batch here)
+    def stop_at_once(fh, rows):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bootstrap, "append_jsonl", stop_at_once)
+    (old / "_base").mkdir()
+    base = open(os.path.join(ROOT, "configs", "_base", "trainer.yaml")).read()
+    assert "seed_everything: 0\n" in base
+    (old / "_base" / "trainer.yaml").write_text(base.replace("seed_everything: 0\n", "seed_everything: 7\n"))
+    assert run(old) == 130
+    shutil.rmtree(old / "_base")
+    (old / "model" / "notes.txt").write_text("another file")
+    assert run(old) == 130
 
 
 # ----------------------------------------------------------------------------- scaffolded sampling
