@@ -78,3 +78,5 @@ class AutoWandbLogger(WandbLogger):
         name = os.environ.get(RUN_NAME_ENV) or name
         super().__init__(project=project, name=name, save_dir=save_dir, offline=offline, group=group,
                          tags=tags, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # Lightning passes None on; wandb warns at every run
+            self._wandb_init.pop("anonymous", None)    # that the setting has no effect

@@ -481,6 +481,7 @@ def test_compare_names_each_wandb_run_and_sets_its_job_type_in_one_process(tmp_p
         seen.append((init["group"], init["job_type"], init["name"]))
     assert seen == [("srpo_vs_grpo", "start", "start-test"), ("srpo_vs_grpo", "grpo", "grpo-seed0"),
                     ("srpo_vs_grpo", "srpo", "srpo-seed1-test")]
+    assert "anonymous" not in init  # wandb warned at every run that the (unset) setting has no effect
 
 
 FAKE_FIT = """

@@ -91,8 +91,14 @@ def test_reference_of_a_run_from_an_adapter_only_export_is_that_export(tmp_path,
     from taosr.methods.grpo import GRPOModule
     from taosr.models.factory import starts_at_base
 
+    import warnings
+
     spec = ModelSpec(name_or_path="micro", cache_dir=str(tmp_path / "c"), vocab_size=300, lora=LoraSpec(r=4, alpha=8))
-    model, tok = load_model_and_tokenizer(spec, corpus)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model, tok = load_model_and_tokenizer(spec, corpus)
+    # peft's read of a property transformers 5 deprecated: a warning at every LoRA run, nothing to act on
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
     assert starts_at_base(model)
     with torch.no_grad():
         for n, p in model.named_parameters():

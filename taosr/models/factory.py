@@ -228,7 +228,8 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
 
             # an adapter-only export of a hub model: its base is fetched from the same cache
             base_hub = {"cache_dir": hub_cache_dir(spec)} if base and not os.path.isdir(base) and hub_cache_dir(spec) else {}
-            model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kw, **base_hub)
+            with peft_quiet():
+                model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kw, **base_hub)
             model._taosr_loaded_adapter = path  # its adapter is the previous stage's: see starts_at_base()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kw, **hub)
@@ -253,8 +254,20 @@ def load_model_and_tokenizer(spec: ModelSpec, corpus: Callable[[], Iterable[str]
 
         lc = LoraConfig(task_type="CAUSAL_LM", r=spec.lora.r, lora_alpha=spec.lora.alpha,
                         lora_dropout=spec.lora.dropout, target_modules=spec.lora.target_modules)
-        model = get_peft_model(model, lc)
+        with peft_quiet():
+            model = get_peft_model(model, lc)
     return model, tok
+
+
+@contextlib.contextmanager
+def peft_quiet():
+    """peft wraps a model reading its ``is_gradient_checkpointing``, which transformers 5 deprecated:
+    a FutureWarning at every LoRA run that the user can do nothing about."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def _check_loaded_adapter(lora: LoraSpec, model, path: str) -> None:
