@@ -82,10 +82,18 @@ def test_reason_reports_and_ledgers_of_either_rule_match(tmp_path):
     from taosr.bootstrap import _fingerprints_match, _same_settings
 
     a = _folder(tmp_path / "a")
+    out = str(tmp_path / "out.jsonl")
     for fp in (model_fingerprint(str(a)), file_times_fingerprint(str(a))):
-        assert _fingerprints_match({"teacher_fingerprints": {"0": [str(a), fp]}})
+        assert _fingerprints_match({"teacher_fingerprints": {"1": [str(a), fp]}}, str(a), out)
         settings = {"teacher": str(a), "teacher_fingerprint": model_fingerprint(str(a)), "prompt_style": "policy", "n": 4}
         assert _same_settings({**settings, "teacher_fingerprint": fp}, settings)
         assert not _same_settings({**settings, "teacher_fingerprint": fp, "n": 8}, settings)
-    assert not _fingerprints_match({"teacher_fingerprints": {"0": [str(a), "sha256:0000"]}})
+    assert not _fingerprints_match({"teacher_fingerprints": {"1": [str(a), "sha256:0000"]}}, str(a), out)
     assert not _same_settings(None, settings)
+    # round 2's teacher is the export fine-tuned after round 1, looked for where this run puts it
+    export = _folder(tmp_path / "out.jsonl.rounds" / "round1" / "export", {"config.json": '{"round": 1}'})
+    rep = {"teacher_fingerprints": {"1": ["/gone/model", model_fingerprint(str(a))],
+                                    "2": ["/gone/out.jsonl.rounds/round1/export", model_fingerprint(str(export))]}}
+    assert _fingerprints_match(rep, str(a), out)
+    assert not _fingerprints_match(rep, str(export), out)  # another model
+    assert not _fingerprints_match({"teacher_fingerprints": {"x": ["m", "f"]}}, str(a), out)  # not this command's
