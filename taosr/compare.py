@@ -747,6 +747,8 @@ def same_seeds_note(results: dict) -> str:
             "seed_keys: [data.seed] in the spec.")
 
 
+STALE_S = 600  # a running command writes a progress line at least every few minutes (taosr.callbacks.progress)
+_RATE = re.compile(r"([0-9.]+) s/(?:step|batch)")
 _PROGRESS = re.compile(r"taosr: ((?:fit step|test batch) \d+/\d+[^;\r\n]*)")
 
 
@@ -766,8 +768,8 @@ def _last_progress(log: str) -> str | None:
 def where_runs_stand(runs: list[Run], name: str, now: float | None = None) -> list[str]:
     """For ``--report-only`` on a comparison still running or stopped part-way: how many runs are
     finished and, for each started one that is not, the last progress its log shows and how long
-    ago the log was written (a stale one: stopped, not running)."""
-    from taosr.callbacks.progress import duration
+    ago the log was written; a log silent for longer than its rate explains is of a stopped run."""
+    from taosr.callbacks.progress import duration, env_interval
 
     now = time.time() if now is None else now
     left = [r for r in runs if not r.done]
@@ -786,7 +788,12 @@ def where_runs_stand(runs: list[Run], name: str, now: float | None = None) -> li
             fresh += 1
             continue
         if os.path.isfile(log):
-            state += f" (log written {duration(max(0.0, now - os.path.getmtime(log)))} ago)"
+            age = max(0.0, now - os.path.getmtime(log))
+            rate = _RATE.search(state)
+            if last and last in state and age > max(STALE_S, 3 * float(rate.group(1) if rate else 0), 3 * env_interval()):
+                # no progress line for longer than its rate explains: stopped, so no rate or time left
+                state = state.replace(last, "stopped at " + last.split(",")[0])
+            state += f" (log written {duration(age)} ago)"
         lines.append(f"  {r.arm}" + ("" if r.seed is None else f" seed {r.seed}") + f": {state}")
     head = (f"[{name}] {len(runs) - len(left)} of {len(runs)} runs finished (the report covers them); "
             f"{len(lines)} started, {fresh} not started" + (":" if lines else ""))

@@ -690,8 +690,8 @@ def test_report_only_says_where_each_unfinished_run_stands(tmp_path):
     def run(name, seed):
         return Run(name, seed, str(tmp_path / name / f"seed{seed}"))
 
-    done, fitting, scoring, fitted, stopped, fresh = (run("a", 0), run("a", 1), run("b", 1), run("b", 2),
-                                                     run("a", 2), run("a", 3))
+    done, fitting, scoring, fitted, stopped, fresh, stale = (run("a", 0), run("a", 1), run("b", 1), run("b", 2),
+                                                            run("a", 2), run("a", 3), run("b", 3))
     os.makedirs(os.path.dirname(done.metrics_path))
     open(done.metrics_path, "w").write("{}")
     for r in (fitting, scoring, fitted, stopped):
@@ -706,13 +706,17 @@ def test_report_only_says_where_each_unfinished_run_stands(tmp_path):
         "taosr: fit step 60/60 (100%), 90 s/step, 0s left\n$ taosr test ...\ntaosr: test batch 2/32 (6%), 52 s/batch, 26m left\n")
     open(os.path.join(fitted.root, "compare.log"), "w").write("taosr: fit step 60/60 (100%), 90 s/step, 0s left\n")
     open(os.path.join(stopped.root, "checkpoints", "last.ckpt"), "w").write("")
+    os.makedirs(stale.root)
+    open(os.path.join(stale.root, "compare.log"), "w").write("taosr: fit step 4/60 (7%), 79.7 s/step, 1h14m left\n")
+    os.utime(os.path.join(stale.root, "compare.log"), (1.0e9 - 3600, 1.0e9 - 3600))
     for r in (fitting, scoring, fitted):
         os.utime(os.path.join(r.root, "compare.log"), (1.0e9, 1.0e9))
     now = 1.0e9 + 125
-    lines = where_runs_stand([done, fitting, scoring, fitted, stopped, fresh], "study", now=now)
-    assert lines == ["[study] 1 of 6 runs finished (the report covers them); 4 started, 1 not started:",
+    lines = where_runs_stand([done, fitting, scoring, fitted, stopped, fresh, stale], "study", now=now)
+    assert lines == ["[study] 1 of 7 runs finished (the report covers them); 5 started, 1 not started:",
                      "  a seed 1: fit step 4/60 (7%), 91 s/step, 1h26m left (log written 2m05s ago)",
                      "  b seed 1: fitted; test batch 2/32 (6%), 52 s/batch, 26m left (log written 2m05s ago)",
                      "  b seed 2: fitted; evaluation not started (log written 2m05s ago)",
-                     "  a seed 2: checkpoint saved"]
+                     "  a seed 2: checkpoint saved",
+                     "  b seed 3: stopped at fit step 4/60 (7%) (log written 1h02m ago)"]  # silent past its rate
     assert where_runs_stand([done], "study") == ["[study] all 1 runs finished"]
