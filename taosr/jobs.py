@@ -185,6 +185,39 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 STOPPED_EXITS = {130: "Ctrl-C", 143: "SIGTERM", -signal.SIGINT: "Ctrl-C", -signal.SIGTERM: "SIGTERM"}
 
 
+def stop_workers(procs: list[subprocess.Popen], say: Callable[[str], None] = print) -> int:
+    """Stop running workers, each the leader of its own process group, as a terminal's Ctrl-C would
+    (every rank of a DDP fit gets it); a group still running :data:`STOP_WAIT_S` seconds later is
+    killed. Returns how many were killed. The caller ignores SIGINT and SIGTERM meanwhile: a second
+    signal must not abandon the workers mid-save."""
+    if procs:
+        say(f"stopping {len(procs)} running commands: each saves its checkpoint (a multi-process fit at the "
+            f"end of its step); one still running after {STOP_WAIT_S} s is killed")
+    for proc in procs:
+        _signal_group(proc, signal.SIGINT)
+    killed, deadline = 0, time.monotonic() + STOP_WAIT_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)  # its ranks too, not just the launcher
+            proc.wait()
+            killed += 1
+    return killed
+
+
+def ignore_stops() -> tuple:
+    """SIGINT and SIGTERM ignored (while workers save); their previous handlers (None where they
+    cannot be set: not the main thread)."""
+    previous = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous.append(signal.signal(sig, signal.SIG_IGN))
+        except ValueError:
+            previous.append(None)
+    return tuple(previous)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM reached the parent: handled like Ctrl-C (the workers are stopped and save their checkpoints)."""
 
@@ -263,27 +296,11 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
                 if k + 1 < len(task.commands):
                     ready.append((task, k + 1))
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM (Terminated), a stopped worker: the workers are in their own sessions
-        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not abandon the workers mid-save
-            try:
-                signal.signal(sig, signal.SIG_IGN)
-            except ValueError:
-                pass
+        ignore_stops()  # a second signal must not abandon the workers mid-save (the handlers are restored below)
         how = ("SIGTERM" if isinstance(err, Terminated) else STOPPED_EXITS[err.rc] if isinstance(err, WorkerStopped)
                else "Ctrl-C")
         running = [proc for _, _, proc, _, _ in active.values() if proc.poll() is None]
-        if running:
-            say(f"stopping {len(running)} running commands: each saves its checkpoint (a multi-process fit at the "
-                f"end of its step); one still running after {STOP_WAIT_S} s is killed")
-        for proc in running:  # to its process group, as a terminal's Ctrl-C: every rank of a DDP fit
-            _signal_group(proc, signal.SIGINT)
-        killed, deadline = 0, time.monotonic() + STOP_WAIT_S
-        for proc in running:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)  # its ranks too, not just the launcher
-                proc.wait()
-                killed += 1
+        killed = stop_workers(running, say)
         lost = (f"; {killed} did not stop within {STOP_WAIT_S} s and were killed, without saving" if killed else "")
         what = (f"{err.task.name}: taosr {err.verb} was stopped ({how}, exit {err.rc}; log {err.task.log}); stopped "
                 f"the {len(running)} other running commands" if isinstance(err, WorkerStopped)

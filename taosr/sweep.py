@@ -283,30 +283,31 @@ def row_name(i: int) -> str:
 
 
 def _run_child(cmd: list[str], env: dict[str, str]) -> int:
-    """Run one trial; a SIGTERM to this process is passed on to it as a Ctrl-C (it stops inside its
-    step at once and saves; on SIGTERM Lightning would wait for the step to end, see
-    :mod:`taosr.jobs`) instead of leaving it training into a folder a re-run resumes. Ctrl-C reaches
-    it from the terminal (same process group); it takes one even where this process ignores SIGINT."""
+    """Run one trial in a session of its own. Ctrl-C (a terminal's reaches this process only) or
+    SIGTERM to this process stops it with exactly one Ctrl-C to its process group, as compare stops
+    its workers (:func:`taosr.jobs.stop_workers`: a fit stops inside its step and saves; on SIGTERM
+    Lightning would wait for the step's end), instead of leaving it training into a folder a re-run
+    resumes. Before, the trial shared the terminal's process group and got the terminal's Ctrl-C and
+    this process's too: a second Ctrl-C stops a DDP fit without saving."""
     import signal
 
-    from taosr.jobs import Terminated, raise_on_sigterm, take_ctrl_c
+    from taosr.jobs import ignore_stops, raise_on_sigterm, stop_workers, take_ctrl_c
 
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=take_ctrl_c)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=take_ctrl_c, start_new_session=True)
     previous = raise_on_sigterm()
+    previous_int = signal.getsignal(signal.SIGINT) if previous is not None else None  # None: not the main thread
     try:
         return proc.wait()
-    except Terminated:
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
-        raise KeyboardInterrupt from None
-    except KeyboardInterrupt:  # the terminal's Ctrl-C reached it too; a `kill -INT` of this process did not
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (taosr.jobs.Terminated)
+        ignore_stops()
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # a second Ctrl-C is ignored by a fit already shutting down
-        proc.wait()
-        raise
+            stop_workers([proc], say=lambda line: print(f"taosr sweep: {line}", flush=True))
+        raise KeyboardInterrupt from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 RECORD = "sweep-run.json"  # in each run folder: its parameters, the extra arguments, its state and row

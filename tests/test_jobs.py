@@ -256,3 +256,33 @@ def test_a_sweep_passes_sigterm_on_to_its_trial_as_ctrl_c(tmp_path):
     finally:
         signal.signal(signal.SIGINT, before_int)
     assert open(out).read().split() == ["ready", "ctrl-c"]
+
+
+def test_a_terminals_ctrl_c_reaches_a_sweep_trial_once(tmp_path):
+    """A terminal's Ctrl-C goes to its whole process group. The trial used to share the sweep's, so
+    it got that Ctrl-C and the one the sweep passed on: two, and a second Ctrl-C stops a DDP fit
+    without saving. Now the trial has a session of its own and gets exactly the sweep's."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    trial = (f"import signal, sys, time\nsay = lambda w: open({str(out)!r}, 'a').write(w + '\\n')\nn = []\n"
+             "signal.signal(signal.SIGINT, lambda *a: n.append(1))\nsay('ready')\nt = time.time()\n"
+             "while time.time() - t < 3:\n    time.sleep(0.05)\nsay(f'ctrl-c {len(n)}')\nsys.exit(130)\n")
+    sweep = (f"import sys\nsys.path.insert(0, {ROOT!r})\nfrom taosr.sweep import _run_child\ntry:\n"
+             f"    _run_child([sys.executable, '-c', {trial!r}], {{}})\nexcept KeyboardInterrupt:\n"
+             f"    open({str(out)!r}, 'a').write('sweep stopped\\n')\n")
+    proc = subprocess.Popen([sys.executable, "-c", sweep], start_new_session=True)  # its own "terminal" group
+    try:
+        for _ in range(200):
+            if out.exists() and "ready" in out.read_text():
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert out.read_text().split("\n")[:3] == ["ready", "ctrl-c 1", "sweep stopped"]
