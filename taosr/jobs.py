@@ -29,10 +29,11 @@ in, which its resume redoes exactly (:mod:`taosr.callbacks.checkpoint`), while L
 SIGTERM only at the next batch boundary, and one RL step of a real model on a CPU takes minutes
 (SmolLM2 GRPO on one core: 90-125 s). A multi-process (DDP) fit stops every rank at the end of its
 step either way (:mod:`taosr.callbacks.ranks`). Workers still running :data:`STOP_WAIT_S` seconds
-later are killed, their ranks with them, without saving. Workers take Ctrl-C even where this process ignores it (started with ``&``
-from a script, whose shell sets SIGINT to ignored, which children inherit). A command stopped by a
-signal sent to its worker alone (``kill`` of its pid: exit 130 or 143) stops everything the same
-way, rather than counting as a failure while the freed worker starts the next command.
+later are killed, their ranks with them, without saving. Workers take Ctrl-C even where this
+process ignores it (started with ``&`` from a script, whose shell sets SIGINT to ignored, which
+children inherit). A command stopped by a signal sent to its worker alone (``kill`` of its pid:
+exit 130 or 143) stops everything the same way, rather than counting as a failure while the freed
+worker starts the next command.
 """
 from __future__ import annotations
 
@@ -206,16 +207,14 @@ def stop_workers(procs: list[subprocess.Popen], say: Callable[[str], None] = pri
     return killed
 
 
-def ignore_stops() -> tuple:
-    """SIGINT and SIGTERM ignored (while workers save); their previous handlers (None where they
-    cannot be set: not the main thread)."""
-    previous = []
+def ignore_stops() -> None:
+    """SIGINT and SIGTERM ignored while workers save (nothing off the main thread, where they cannot
+    be set); :func:`restore_handlers` gives back what :func:`raise_on_sigterm` saved."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            previous.append(signal.signal(sig, signal.SIG_IGN))
+            signal.signal(sig, signal.SIG_IGN)
         except ValueError:
-            previous.append(None)
-    return tuple(previous)
+            pass
 
 
 class Terminated(KeyboardInterrupt):
@@ -235,13 +234,20 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def raise_on_sigterm():
-    """Turn SIGTERM into :class:`Terminated` while workers run; the previous handler (None when
-    it cannot be set: not the main thread)."""
+def raise_on_sigterm() -> tuple | None:
+    """Turn SIGTERM into :class:`Terminated` while workers run; this process's SIGTERM and SIGINT
+    handlers, for :func:`restore_handlers` (None when they cannot be set: not the main thread)."""
     try:
-        return signal.signal(signal.SIGTERM, _raise_terminated)
+        return signal.signal(signal.SIGTERM, _raise_terminated), signal.getsignal(signal.SIGINT)
     except ValueError:
         return None
+
+
+def restore_handlers(saved: tuple | None) -> None:
+    """The handlers :func:`raise_on_sigterm` saved, back in place (after :func:`ignore_stops` too)."""
+    for sig, handler in zip((signal.SIGTERM, signal.SIGINT), saved or ()):
+        if handler is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(sig, handler)
 
 
 def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int], dict[str, str]] | None = None,
@@ -263,8 +269,7 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
         active[proc.pid] = (task, k, proc, time.perf_counter(), slot)
         say(f"{task.name}: taosr {task.commands[k][0]} started ({slot.describe()}; log {task.log})")
 
-    previous = raise_on_sigterm()
-    previous_int = signal.getsignal(signal.SIGINT) if previous is not None else None
+    saved = raise_on_sigterm()
     try:
         while ready or active:
             if failed and not keep_going:  # no new task starts after a failure; running tasks finish theirs
@@ -310,10 +315,7 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
         raise Interrupted(f"{what} (a fit saves its checkpoint){lost}{before}; finished work is kept: re-run the "
                           "same command to continue", 143 if how == "SIGTERM" else 130) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if previous_int is not None:
-            signal.signal(signal.SIGINT, previous_int)
+        restore_handlers(saved)
     wall = time.perf_counter() - t_start
     if slots:
         say(f"{len(slots)} workers: {wall:.0f}s wall, {busy:.0f}s of commands "

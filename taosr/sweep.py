@@ -289,13 +289,10 @@ def _run_child(cmd: list[str], env: dict[str, str]) -> int:
     Lightning would wait for the step's end), instead of leaving it training into a folder a re-run
     resumes. Before, the trial shared the terminal's process group and got the terminal's Ctrl-C and
     this process's too: a second Ctrl-C stops a DDP fit without saving."""
-    import signal
-
-    from taosr.jobs import ignore_stops, raise_on_sigterm, stop_workers, take_ctrl_c
+    from taosr.jobs import ignore_stops, raise_on_sigterm, restore_handlers, stop_workers, take_ctrl_c
 
     proc = subprocess.Popen(cmd, env=env, preexec_fn=take_ctrl_c, start_new_session=True)
-    previous = raise_on_sigterm()
-    previous_int = signal.getsignal(signal.SIGINT) if previous is not None else None  # None: not the main thread
+    saved = raise_on_sigterm()
     try:
         return proc.wait()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (taosr.jobs.Terminated)
@@ -304,10 +301,7 @@ def _run_child(cmd: list[str], env: dict[str, str]) -> int:
             stop_workers([proc], say=lambda line: print(f"taosr sweep: {line}", flush=True))
         raise KeyboardInterrupt from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if previous_int is not None:
-            signal.signal(signal.SIGINT, previous_int)
+        restore_handlers(saved)
 
 
 RECORD = "sweep-run.json"  # in each run folder: its parameters, the extra arguments, its state and row
