@@ -33,15 +33,18 @@ later are killed, their ranks with them, without saving. Workers take Ctrl-C eve
 process ignores it (started with ``&`` from a script, whose shell sets SIGINT to ignored, which
 children inherit). A command stopped by a signal sent to its worker alone (``kill`` of its pid:
 exit 130 or 143) stops everything the same way, rather than counting as a failure while the freed
-worker starts the next command.
+worker starts the next command. A stop that arrives while a worker is being started waits (blocked)
+until the worker is registered, so it is stopped too.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -145,10 +148,29 @@ def make_slots(jobs: int, cpus: list[int] | None = None, gpus: list[str] | None 
     return slots
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def take_ctrl_c() -> None:
     """In a child before exec: SIGINT back to its default, which Python turns into KeyboardInterrupt
-    again (a parent started with ``&`` from a script ignores SIGINT, and children inherit that)."""
+    again (a parent started with ``&`` from a script ignores SIGINT, and children inherit that), and
+    the stop signals unblocked (the child inherits the mask :func:`stops_held` set around its start)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stops_held():
+    """Ctrl-C and SIGTERM held back (blocked, then delivered on leaving) while a worker starts and is
+    registered: one arriving between its start and its registration would leave it running, unstopped."""
+    held = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if held else None
+    try:
+        yield
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subprocess.Popen:
@@ -265,8 +287,9 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
     t_start, busy = time.perf_counter(), 0.0
 
     def launch(task: Task, k: int, slot: Slot) -> None:
-        proc = _start(task.commands[k], slot, task.log, env(task, k) if env else {})
-        active[proc.pid] = (task, k, proc, time.perf_counter(), slot)
+        with stops_held():  # a stop that arrives now is taken once the worker is known, so it is stopped too
+            proc = _start(task.commands[k], slot, task.log, env(task, k) if env else {})
+            active[proc.pid] = (task, k, proc, time.perf_counter(), slot)
         say(f"{task.name}: taosr {task.commands[k][0]} started ({slot.describe()}; log {task.log})")
 
     saved = raise_on_sigterm()

@@ -289,15 +289,16 @@ def _run_child(cmd: list[str], env: dict[str, str]) -> int:
     Lightning would wait for the step's end), instead of leaving it training into a folder a re-run
     resumes. Before, the trial shared the terminal's process group and got the terminal's Ctrl-C and
     this process's too: a second Ctrl-C stops a DDP fit without saving."""
-    from taosr.jobs import ignore_stops, raise_on_sigterm, restore_handlers, stop_workers, take_ctrl_c
+    from taosr.jobs import ignore_stops, raise_on_sigterm, restore_handlers, stop_workers, stops_held, take_ctrl_c
 
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=take_ctrl_c, start_new_session=True)
-    saved = raise_on_sigterm()
+    saved, proc = raise_on_sigterm(), None
     try:
+        with stops_held():  # a stop arriving as the trial starts is taken once `proc` is known
+            proc = subprocess.Popen(cmd, env=env, preexec_fn=take_ctrl_c, start_new_session=True)
         return proc.wait()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (taosr.jobs.Terminated)
         ignore_stops()
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             stop_workers([proc], say=lambda line: print(f"taosr sweep: {line}", flush=True))
         raise KeyboardInterrupt from None
     finally:
