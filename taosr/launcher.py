@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -474,6 +475,24 @@ def _program() -> str:
     return shutil.which("taosr") or "taosr"
 
 
+LIGHTNING_NOISE = "💡 Tip: For seamless cloud logging"  # an advertisement Lightning logs at every fit and test
+
+
+class _DropLightningNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_NOISE)
+
+
+def quiet_lightning() -> None:
+    """Keep two lines out of every run's log that say nothing about the run: Lightning's tip to
+    install its cloud logger, and torch 2.13's FutureWarning about the ``LeafSpec`` that Lightning's
+    own data loader code builds (Lightning's to change; harmless). Idempotent."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningNoise) for f in log.filters):
+        log.addFilter(_DropLightningNoise())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+
+
 def lightning_main(argv: list[str], build_only: bool = False) -> None:
     """Run one LightningCLI command (``argv`` starts with the subcommand). ``build_only``: parse it,
     run taosr's setting checks and build the data module, the module (its constructor's checks; the
@@ -494,6 +513,7 @@ def lightning_main(argv: list[str], build_only: bool = False) -> None:
     from taosr.data.datamodule import RelevanceDataModule
     from taosr.methods.base import RelevanceModule
 
+    quiet_lightning()
     # LightningCLI reads sys.argv (passing args= too triggers a warning). Lightning's DDP launcher
     # restarts `python <argv[0]> ...` for the other ranks, so the console script's path is kept.
     sys.argv = [_program(), *argv]

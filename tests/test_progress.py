@@ -53,15 +53,27 @@ def test_lines_replace_the_bar_only_off_a_terminal_and_when_no_bar_is_set():
     assert wants_lines({"enable_progress_bar": None, "callbacks": []}, _Stream(tty=False))
 
 
-def test_a_fit_logged_to_a_file_prints_its_steps_validation_and_end(tmp_path, cache_dir, monkeypatch, capfd):
+def test_a_fit_logged_to_a_file_prints_its_steps_validation_and_end(tmp_path, cache_dir, monkeypatch, capfd, recwarn):
     """The CLI off a terminal (pytest captures stdout): one line per step at interval 0, the step of
-    the budget, the loss; the validation's macro F1; the end. Lightning's bar is not drawn."""
+    the budget, the loss; the validation's macro F1; the end. Lightning's bar is not drawn, nor its
+    tip to install a cloud logger, nor torch's FutureWarning about Lightning's use of ``LeafSpec``."""
     from taosr.cli import main
+
+    import logging
 
     monkeypatch.setenv("TAOSR_PROGRESS_SECONDS", "0")
     root = str(tmp_path / "run")
-    assert main(["fit", "--config", os.path.join(ROOT, "configs", "sft.yaml"),
-                 *small_overrides(root, str(cache_dir)), "--trainer.logger", "false"]) == 0
+    lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning's info lines start
+    said = logging.Handler()
+    said.emit = lambda record: seen.append(record.getMessage())
+    seen: list[str] = []
+    lightning_info.addHandler(said)
+    try:
+        assert main(["fit", "--config", os.path.join(ROOT, "configs", "sft.yaml"),
+                     *small_overrides(root, str(cache_dir)), "--trainer.logger", "false"]) == 0
+    finally:
+        lightning_info.removeHandler(said)
+    assert seen and not [m for m in seen if "litlogger" in m], seen
     out = capfd.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("taosr: fit ") or ln.startswith("taosr: validation")]
     assert lines[0].startswith("taosr: fit step 1/2 (50%), ") and "train/loss " in lines[0]
@@ -69,6 +81,7 @@ def test_a_fit_logged_to_a_file_prints_its_steps_validation_and_end(tmp_path, ca
     assert any(ln.startswith("taosr: validation at step 2: val/macro_f1 ") for ln in lines)
     assert lines[-1].startswith("taosr: fit ended at step 2: 2 steps in ")
     assert "Epoch 0" not in out and "━" not in out  # no bar drawn at the end
+    assert not [w for w in recwarn if "LeafSpec" in str(w.message)]
     assert main(["test", "--config", os.path.join(ROOT, "configs", "sft.yaml"), *small_overrides(root, str(cache_dir)),
                  "--model.init_args.model.name_or_path", os.path.join(root, "export"), "--trainer.logger", "false"]) == 0
     out = capfd.readouterr().out
