@@ -17,11 +17,14 @@ pairs to report::
     eval: {heldout: 2000}                        # or {test: data/my-test.jsonl}
     # eval.also: {unpriced: data/unpriced.jsonl}   # optional: more sets every run is scored on too
     pairs: [[srpo, grpo], [grpo, start]]         # "start" = the start export, scored once
+    # baselines: {sft: runs/quickstart/sft/export} # optional: more exports scored once, for pairs like [grpo, sft]
 
 Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <seed>`` (and
 ``--<key> <seed>`` for each of ``seed_keys``: a deterministic SFT draws nothing from
 ``seed_everything``, so its seeds vary only with ``data.seed``) from the start (so all arms have
-the same rollout budget), then ``taosr test`` on the evaluation set (and on each set of
+the same rollout budget), then ``taosr test`` on the evaluation set (the start, where a pair names
+it, and each of ``baselines`` are scored once: an arm's paired difference against one is taken seed
+by seed against that one score) (and on each set of
 ``eval.also``: its figures are the report's ``set:<name>`` rows, paired like the rest). Runs live
 under ``--out/<arm>/seed<S>``; a run scored on every set is skipped and a fit whose export exists is
 only evaluated (on the sets it lacks), so an interrupted comparison continues where it stopped. Each
@@ -63,7 +66,7 @@ SIGNALS = ("train/reward", "train/rewards/correct/mean", "train/frac_reward_zero
            "train/steps/critical_count", "train/steps/grm_share", "train/steps/verifier_coverage",
            "train/steps/disagreement", "train/steps/verifier_accuracy")
 START = "start"
-SPEC_KEYS = {"name", "start", "seeds", "seed_keys", "set", "arms", "eval", "pairs"}
+SPEC_KEYS = {"name", "start", "baselines", "seeds", "seed_keys", "set", "arms", "eval", "pairs"}
 ARM_KEYS = {"config", "set"}
 EVAL_KEYS = {"heldout", "heldout_seed", "test", "config", "set", "also"}
 ALSO_PREFIX = "set:"  # the report's slice of an eval.also set: set:<name> (its metrics: sets/<name>/<metric>)
@@ -93,10 +96,15 @@ class CompareSpec:
     test: str | None = None
     also: dict[str, str] = field(default_factory=dict)  # eval.also: more evaluation sets, by name
     wandb_group: str | None = None  # the W&B group of its runs (wandb_group(): the name, and --out when not the default)
+    baselines: dict[str, str] = field(default_factory=dict)  # more exports scored once (an earlier stage: SFT)
 
     @property
     def needs_start_eval(self) -> bool:
         return any(START in p for p in self.pairs)
+
+    def scored_once(self, name: str) -> str:
+        """The model a run scored once (no seed) evaluates: the start's or a baseline's."""
+        return self.start["model"] if name == START else self.baselines[name]
 
 
 def _flag_value(v) -> str:
@@ -178,14 +186,26 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
     seeds = list(given)
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds must be distinct integers, got {seeds}")
-    names = {a.name for a in arms} | {START}
+    baselines = raw.get("baselines") or {}
+    if not isinstance(baselines, dict) or not all(
+            isinstance(k, str) and k.replace("_", "").replace("-", "").isalnum() and isinstance(v, str) and v
+            for k, v in baselines.items()):
+        raise ConfigError(f"{path}: baselines must map names (letters, digits, - and _) to exports scored once, "
+                          f"e.g. {{sft: runs/quickstart/sft/export}}; got {baselines!r}")
+    for name in baselines:
+        if name == START or name in raw["arms"]:
+            raise ConfigError(f"{path}: baselines.{name}: the name is taken by "
+                              + ("the shared start" if name == START else f"arms.{name}"))
+    once = {START, *baselines}  # scored once: the second of a pair only
+    names = {a.name for a in arms} | once
     pairs = []
-    declared = set(raw["arms"]) | {START}
+    declared = set(raw["arms"]) | once
     for p in raw.get("pairs") or []:
         if only_arms and isinstance(p, (list, tuple)) and set(p) <= declared and not set(p) <= names:
             continue  # a pair with an arm left out by --arms
-        if not isinstance(p, (list, tuple)) or len(p) != 2 or not set(p) <= names or p[0] == p[1] or p[0] == START:
-            raise ConfigError(f"{path}: pairs: {p!r} is not [arm, other arm or {START!r}] with arms {sorted(names - {START})}")
+        if not isinstance(p, (list, tuple)) or len(p) != 2 or not set(p) <= names or p[0] == p[1] or p[0] in once:
+            raise ConfigError(f"{path}: pairs: {p!r} is not [arm, other arm, {START!r} or a baseline] with arms "
+                              f"{sorted(names - once)}" + (f" and baselines {sorted(baselines)}" if baselines else ""))
         pairs.append((str(p[0]), str(p[1])))
     ev = raw.get("eval") or {}
     _check_keys(ev, EVAL_KEYS, f"{path}: eval")
@@ -208,7 +228,8 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
         name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]), start=dict(start), seeds=seeds,
         arms=arms, pairs=pairs, overrides=_overrides(raw.get("set"), f"{path}: set"), seed_keys=list(seed_keys),
         eval_config=locate(str(ev.get("config", "configs/sft.yaml"))), eval_overrides=_overrides(ev.get("set"), f"{path}: eval.set"),
-        heldout=heldout, heldout_seed=int(ev.get("heldout_seed", 1)), test=ev.get("test"), also=dict(also))
+        heldout=heldout, heldout_seed=int(ev.get("heldout_seed", 1)), test=ev.get("test"), also=dict(also),
+        baselines=dict(baselines))
 
 
 # ---------------------------------------------------------------------------------------- runs
@@ -253,6 +274,7 @@ class Run:
 
 def plan_runs(spec: CompareSpec, out: str) -> list[Run]:
     runs = [Run(START, None, os.path.join(out, START))] if spec.needs_start_eval else []
+    runs += [Run(name, None, os.path.join(out, name)) for name in spec.baselines]
     runs += [Run(a.name, s, os.path.join(out, a.name, f"seed{s}")) for s in spec.seeds for a in spec.arms]
     return runs
 
@@ -479,6 +501,7 @@ def _run_compare(spec: CompareSpec, out: str, extra: list[str], dry_run: bool, j
                  keep_checkpoints: bool) -> dict:
     missing = [f"start.{k}: {v}" for k, v in spec.start.items() if v and not os.path.exists(v)
                and not (k == "model" and named_model(v))]
+    missing += [f"baselines.{k}: {v}" for k, v in spec.baselines.items() if not os.path.exists(v) and not named_model(v)]
     if missing and not dry_run:
         raise ConfigError(f"{missing[0]} not found (run `taosr quickstart` first, or point the spec at your exports)")
     test_file = evaluation_file(spec, out) if not dry_run else evaluation_path(spec, out)
@@ -490,7 +513,7 @@ def _run_compare(spec: CompareSpec, out: str, extra: list[str], dry_run: bool, j
     for i, run in enumerate(runs, 1):
         tag = _tag(spec, i, len(runs), run)
         fit = fit_args(spec, arms[run.arm], run, extra) if run.seed is not None else None
-        model = spec.start["model"] if run.seed is None else run.export
+        model = spec.scored_once(run.arm) if run.seed is None else run.export
         evaluation = eval_args(spec, run, test_file, model)
         also = {name: eval_args(spec, run, path, model, also=name) for name, path in more.items()}
         check_settings(spec, run, fit, evaluation, also)
@@ -666,7 +689,7 @@ def pair_rows(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
             for metric in PAIR_METRICS:
                 k = _key(sl, metric)
                 va = {s: _value(m, k) for s, m in results[a].items()}
-                vb = _value(results[b][None], k) if b == START else {s: _value(m, k) for s, m in results[b].items()}
+                vb = _value(results[b][None], k) if None in results[b] else {s: _value(m, k) for s, m in results[b].items()}
                 p = paired_difference(va, vb)
                 if p.diff.n == 0:
                     continue

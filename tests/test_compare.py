@@ -100,7 +100,12 @@ def test_seed_keys_give_each_run_its_seed(tmp_path):
 @pytest.mark.parametrize("edit, message", [
     (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds must be distinct integers"),
     (("pairs: [[srpo, grpo], [grpo, start]]", "pairs: [[srpo, dpo]]"), "pairs: ['srpo', 'dpo'] is not"),
-    (("pairs: [[srpo, grpo], [grpo, start]]", "pairs: [[start, grpo]]"), "is not [arm, other arm or 'start']"),
+    (("pairs: [[srpo, grpo], [grpo, start]]", "pairs: [[start, grpo]]"), "is not [arm, other arm, 'start' or a baseline]"),
+    (("pairs: [[srpo, grpo], [grpo, start]]", "baselines: {sft: s/export}\npairs: [[sft, grpo]]"),
+     "pairs: ['sft', 'grpo'] is not [arm, other arm, 'start' or a baseline] with arms ['grpo', 'srpo'] and baselines ['sft']"),
+    (("pairs:", "baselines: {grpo: s/export}\npairs:"), "baselines.grpo: the name is taken by arms.grpo"),
+    (("pairs:", "baselines: {start: s/export}\npairs:"), "baselines.start: the name is taken by the shared start"),
+    (("pairs:", "baselines: [s/export]\npairs:"), "baselines must map names"),
     (("eval: {heldout: 10}", "eval: {heldout: 10, tset: x}"), "eval.tset: unknown key"),
     (("arms:", "armz: {}\narms:"), "armz: unknown key"),
     (("  grpo: {config: configs/grpo.yaml}", "  grpo: {confg: configs/grpo.yaml}"), "arms.grpo.config is missing"),
@@ -571,6 +576,55 @@ def test_eval_also_scores_every_run_on_more_sets_and_a_set_added_later_fits_noth
     (tmp_path / "bad.jsonl").write_text(row + '{"query": "x", "item": {"title": "X"}}\n')
     with pytest.raises(ConfigError, match=r"^eval.also.late: .*bad.jsonl:2: field 'label'"):
         compare(late="bad.jsonl")
+    assert ran == []
+
+
+def test_baselines_are_scored_once_paired_against_and_added_later_without_fitting(tmp_path, monkeypatch):
+    """baselines: an earlier stage's export (the SFT before the DPO start) scored once, so the report
+    pairs every arm against it seed by seed (GRPO > SFT is the paper's claim as much as SRPO > GRPO);
+    one added to a finished comparison is only scored; a missing folder is refused before any run."""
+    import json
+
+    import yaml
+
+    import taosr.compare as cmp
+    import taosr.launcher as launcher
+
+    ran = _fake_runs(tmp_path, monkeypatch)
+    fake, models = launcher.run_lightning, {}
+
+    def seeing_models(args, **kw):
+        if args[0] == "test":
+            root = os.path.relpath(args[args.index("--trainer.default_root_dir") + 1], tmp_path / "out")
+            models[root] = args[args.index("--model.init_args.model.name_or_path") + 1]
+        return fake(args, **kw)
+
+    monkeypatch.setattr(launcher, "run_lightning", seeing_models)
+    (tmp_path / "main.jsonl").write_text(json.dumps({"query": "red shoes", "item": {"title": "Red Shoes"}, "label": 4}) + "\n")
+    sft = tmp_path / "sft-export"
+    sft.mkdir()
+    spec = {"name": "base", "start": {"model": "tiny"}, "seeds": [0, 1],
+            "arms": {"a": {"config": "configs/sft.yaml"}, "b": {"config": "configs/sft.yaml"}},
+            "eval": {"heldout": 8}, "pairs": [["b", "a"]]}
+    spec_file, out = tmp_path / "spec.yaml", str(tmp_path / "out")
+    spec_file.write_text(yaml.safe_dump(spec))
+    cmp.run_compare(cmp.load_spec(str(spec_file)), out)
+    assert len(ran) == 8 and not any(r[1].startswith(("start", "sft")) for r in ran)
+    ran.clear()
+    spec["baselines"], spec["pairs"] = {"sft": str(sft)}, [["b", "a"], ["b", "sft"]]
+    spec_file.write_text(yaml.safe_dump(spec))
+    results = cmp.run_compare(cmp.load_spec(str(spec_file)), out)
+    assert ran == [("test", os.path.join("sft", "heldout"), "sft-test")]  # scored once; nothing fitted again
+    assert models[os.path.join("sft", "heldout")] == str(sft)
+    assert set(results["sft"]) == {None}
+    rows = cmp.pair_rows(results, [("b", "sft")])
+    r = next(p for p in rows if p["slice"] == "overall" and p["metric"] == "macro_f1")
+    assert r["seeds"] == 2 and r["wins"] == 2 and r["mean"] == pytest.approx(0.105)  # 0.6 and 0.61 against 0.5
+    spec["baselines"] = {"sft": str(tmp_path / "gone")}
+    spec_file.write_text(yaml.safe_dump(spec))
+    ran.clear()
+    with pytest.raises(ConfigError, match=r"^baselines.sft: .*gone not found"):
+        cmp.run_compare(cmp.load_spec(str(spec_file)), str(tmp_path / "out2"))
     assert ran == []
 
 
