@@ -401,7 +401,7 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("file")
     p.add_argument("--count", type=int, default=None, help="the sweep's run budget, runs finished before into --out included (default: run_cap, "
                         "else a grid's every point, else 10)")
-    p.add_argument("--out", default=None, help="default runs/sweeps/<sweep name>")
+    p.add_argument("--out", default=None, help="default runs/sweeps/<the YAML file's name>")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     a, extra = p.parse_known_args(argv)
     extra = passed_on(extra)
