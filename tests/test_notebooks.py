@@ -76,3 +76,38 @@ def glob_predictions(run):
     import glob
 
     return glob.glob(os.path.join(run, "eval", "*-predictions.jsonl"))
+
+
+def test_compare_study_notebook(tmp_path):
+    """On a comparison folder of two arms over two seeds (prediction records and the report written by
+    taosr compare's own functions): the paired differences, the flips per query type, the steps and
+    the examples one arm wins on every seed."""
+    import json
+
+    from taosr.compare import write_report
+    from taosr.eval.flips import predictions_path
+    from taosr.eval.metrics import compute_metrics
+
+    def rec(i, gold, pred, qt):
+        return {"index": i, "id": f"h-{i}", "query": f"query {i}", "title": f"item {i}", "query_type": qt, "gold": gold,
+                "pred": pred, "reasoning": f"Judgment: ... {pred}", "step_verdicts": {"item": float(pred == gold)}}
+
+    golds = [(4, "brand"), (2, "alternative"), (3, "negation"), (1, "qa"), (2, "alternative"), (4, "brand")]
+    preds = {("a", 0): [4, 4, 3, 1, 2, 4], ("a", 1): [4, 4, 3, 2, 2, 4],  # a misses h-1 on both seeds
+             ("b", 0): [4, 2, 3, 1, 4, 4], ("b", 1): [4, 2, 2, 1, 2, 4]}
+    out = str(tmp_path / "cmp")
+    results = {}
+    for (arm, seed), ps in preds.items():
+        records = [rec(i, g, p, qt) for i, ((g, qt), p) in enumerate(zip(golds, ps))]
+        path = predictions_path(out, arm, seed)
+        os.makedirs(os.path.dirname(path))
+        with open(path, "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in records)
+        results.setdefault(arm, {})[seed] = compute_metrics(records)
+    write_report(out, results, [("a", "b")], "demo")
+    nb = execute("compare_study.ipynb", {"TAOSR_COMPARE": out, "TAOSR_EXAMPLES": "3"})
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "a = a, b = b; seeds [0, 1]" in text
+    assert "== h-1 (alternative), gold 2: a right on 0/2 seeds, b on 2/2; seed 0" in text
+    assert "2 examples more often right in b, 2 more often in a" in text
