@@ -31,7 +31,8 @@ only evaluated (on the sets it lacks), so an interrupted comparison continues wh
 fit logs to W&B in the group ``name`` (job type = arm); the report reads each fit's training
 signals (rewards, critical steps, GRM/verifier disagreement) back from its log. ``--jobs N`` runs N runs at once in worker
 processes with their own cores (and GPU), see :mod:`taosr.jobs`. The report (``summary.md``, ``.csv``,
-``pairs.csv``, ``signals.csv``, ``summary.png``) covers overall, long-tail and per-query-type figures.
+``pairs.csv``, ``flips.csv``: the examples behind each pair's difference, ``signals.csv``, ``summary.png``)
+covers overall, long-tail and per-query-type figures.
 """
 from __future__ import annotations
 
@@ -699,6 +700,49 @@ def pair_rows(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     return rows
 
 
+def flip_rows(runs: list[Run], pairs: list[tuple[str, str]]) -> list[dict]:
+    """One row per (pair, slice) of overall and long tail: how many examples, per seed, arm a got
+    right and b wrong and the reverse (their difference is what a paired macro F1 difference rests
+    on), mean ± s.e. over the seeds both have prediction records for (:mod:`taosr.eval.flips`)."""
+    from taosr.eval.flips import flip_counts, read_predictions
+
+    paths: dict[str, dict] = {}
+    for run in runs:
+        path = os.path.join(run.eval_root, "eval", "test-predictions.jsonl")
+        if run.done and os.path.isfile(path):
+            paths.setdefault(run.arm, {})[run.seed] = path
+    rows = []
+    for a, b in pairs:
+        once = None in paths.get(b, {})
+        seeds = sorted((s for s in paths.get(a, {}) if once or s in paths.get(b, {})), key=seed_order)
+        if not seeds:
+            continue
+        counts = [flip_counts(read_predictions(paths[a][s]), read_predictions(paths[b][None if once else s]))
+                  for s in seeds]
+        for sl in ("overall", "long_tail"):
+            per = [c.get(sl) for c in counts]
+            if any(c is None for c in per):
+                continue
+            row = {"pair": f"{a} - {b}", "slice": sl, "seeds": len(seeds), "n": sum(per[0].values())}
+            for key, f in (("a_only", lambda c: c["a only"]), ("b_only", lambda c: c["b only"]),
+                           ("net", lambda c: c["a only"] - c["b only"]), ("both_wrong", lambda c: c["both wrong"])):
+                m = mean_se(f(c) for c in per)
+                row[key], row[f"{key}_se"] = m.mean, m.se
+            rows.append(row)
+    return rows
+
+
+def flips_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["## Examples behind each difference (per seed: a right and b wrong, the reverse; mean ± s.e. over seeds)",
+             "", "| pair | slice | seeds | n | a right, b wrong | b right, a wrong | net | both wrong |", "|---" * 8 + "|"]
+    for r in rows:
+        lines.append(f"| {r['pair']} | {r['slice']} | {r['seeds']} | {r['n']} | "
+                     + " | ".join(pm(r[k], r[f"{k}_se"], 1) for k in ("a_only", "b_only", "net", "both_wrong")) + " |")
+    return "\n".join(lines)
+
+
 def signals_markdown(rows: list[dict]) -> str:
     if not rows:
         return ""
@@ -823,25 +867,31 @@ def where_runs_stand(runs: list[Run], name: str, now: float | None = None) -> li
     return [head, *lines]
 
 
-def write_report(out: str, results: dict, pairs: list[tuple[str, str]], title: str) -> str:
+def write_report(out: str, results: dict, pairs: list[tuple[str, str]], title: str,
+                 flips: list[dict] | None = None) -> str:
+    """summary.md, summary.csv, pairs.csv, signals.csv, flips.csv (``flips``: :func:`flip_rows`) and
+    summary.png under ``out``; prints the overall and long-tail tables."""
     arms, prs, sig = arm_rows(results), pair_rows(results, pairs), signal_rows(results)
+    flips = flips or []
     os.makedirs(out, exist_ok=True)
     notes = [n for n in (seed_gap_note(results), same_seeds_note(results)) if n]
     gap = "\n\n".join(notes)
-    md = markdown(arms, prs, title) + ("\n\n" + signals_markdown(sig) if sig else "") + (f"\n\n{gap}" if gap else "")
+    md = (markdown(arms, prs, title) + ("\n\n" + flips_markdown(flips) if flips else "")
+          + ("\n\n" + signals_markdown(sig) if sig else "") + (f"\n\n{gap}" if gap else ""))
     for n in notes:
         print(f"taosr: warning: {n}", file=sys.stderr)
     with open(os.path.join(out, "summary.md"), "w") as fh:
         fh.write(md + "\n")
-    for name, rows in (("summary.csv", arms), ("pairs.csv", prs), ("signals.csv", sig)):
+    for name, rows in (("summary.csv", arms), ("pairs.csv", prs), ("signals.csv", sig), ("flips.csv", flips)):
         with open(os.path.join(out, name), "w", newline="") as fh:
             if rows:
                 w = csv.DictWriter(fh, fieldnames=list(rows[0]))
                 w.writeheader()
                 w.writerows(rows)
     plot(arms, prs, os.path.join(out, "summary.png"), title)
-    print("\n" + markdown(arms, prs, title, all_slices=False) + ("\n\n" + signals_markdown(sig) if sig else "")
-          + f"\n\nfull tables: {out}/summary.md (.csv, pairs.csv, signals.csv, .png)")
+    print("\n" + markdown(arms, prs, title, all_slices=False) + ("\n\n" + flips_markdown(flips) if flips else "")
+          + ("\n\n" + signals_markdown(sig) if sig else "")
+          + f"\n\nfull tables: {out}/summary.md (.csv, pairs.csv, flips.csv, signals.csv, .png)")
     return md
 
 
@@ -888,9 +938,9 @@ def log_to_wandb(out: str, spec: CompareSpec) -> None:
     group = spec.wandb_group or spec.name
     run = wandb.init(project="taosr", group=group, job_type="summary", name=f"{group}-summary",
                      dir=out, mode=mode, reinit="finish_previous")
-    for name in ("summary", "pairs", "signals"):
+    for name in ("summary", "pairs", "flips", "signals"):
         path = os.path.join(out, f"{name}.csv")
-        if os.path.getsize(path):
+        if os.path.isfile(path) and os.path.getsize(path):
             with open(path) as fh:
                 rows = list(csv.reader(fh))
             run.log({f"compare/{name}": wandb.Table(columns=rows[0], data=rows[1:])})
@@ -931,7 +981,7 @@ def compare_main(argv: list[str]) -> int:
         results = collect(runs, spec.also)
         if not results:
             raise ConfigError(f"--report-only: no finished runs under {out}")
-        write_report(out, results, spec.pairs, spec.name)
+        write_report(out, results, spec.pairs, spec.name, flip_rows(runs, spec.pairs))
         return 0
     failures: list[str] | None = None if a.fail_fast else []
     results = run_compare(spec, out, extra, a.dry_run, a.jobs, failures, a.keep_checkpoints)
@@ -940,7 +990,7 @@ def compare_main(argv: list[str]) -> int:
     if not results:  # every run failed
         more = f" ({len(failures) - 1} more failed)" if failures and len(failures) > 1 else ""
         raise ConfigError(f"{failures[0]}{more}" if failures else f"compare: no finished runs under {out}")
-    write_report(out, results, spec.pairs, spec.name)
+    write_report(out, results, spec.pairs, spec.name, flip_rows(plan_runs(spec, out), spec.pairs))
     if not a.no_wandb:
         import importlib.util
 

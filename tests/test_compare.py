@@ -774,3 +774,40 @@ def test_report_only_says_where_each_unfinished_run_stands(tmp_path):
                      "  a seed 2: checkpoint saved",
                      "  b seed 3: stopped at fit step 4/60 (7%) (log written 1h02m ago)"]  # silent past its rate
     assert where_runs_stand([done], "study") == ["[study] all 1 runs finished"]
+
+
+def test_the_report_counts_the_examples_behind_each_difference(tmp_path, capsys):
+    """A paired macro F1 difference rests on the examples one arm got right and the other wrong:
+    flips.csv and the report count them per seed (a against b, and against the start scored once);
+    a seed without prediction records (a run carried back as scores alone) is left out and counted."""
+    import csv
+    import json
+
+    import taosr.compare as cmp
+
+    golds = [(4, "brand"), (2, "alternative"), (3, "negation"), (1, "qa")]
+    preds = {("start", None): [4, 4, 3, 1], ("a", 0): [4, 2, 3, 2], ("a", 1): [4, 2, 2, 1], ("a", 2): [4, 2, 3, 1],
+             ("b", 0): [4, 4, 3, 1], ("b", 1): [4, 4, 3, 1], ("b", 2): [4, 4, 3, 1]}
+    out = str(tmp_path)
+    runs = []
+    for (arm, seed), ps in preds.items():
+        run = cmp.Run(arm, seed, os.path.join(out, arm) if seed is None else os.path.join(out, arm, f"seed{seed}"))
+        os.makedirs(os.path.dirname(run.metrics_path))
+        json.dump({"n": 4, "macro_f1": 0.5}, open(run.metrics_path, "w"))
+        if (arm, seed) != ("b", 2):
+            with open(os.path.join(run.eval_root, "eval", "test-predictions.jsonl"), "w") as fh:
+                for i, ((g, qt), p) in enumerate(zip(golds, ps)):
+                    fh.write(json.dumps({"index": i, "id": f"h-{i}", "query_type": qt, "gold": g, "pred": p}) + "\n")
+        runs.append(run)
+    rows = cmp.flip_rows(runs, [("a", "b"), ("a", "start")])
+    got = {(r["pair"], r["slice"]): r for r in rows}
+    ab = got[("a - b", "overall")]
+    assert ab["seeds"] == 2 and ab["n"] == 4  # seed 2 of b has no records
+    assert (ab["a_only"], ab["b_only"], ab["net"]) == (1.0, 1.0, 0.0) and ab["both_wrong"] == 0.0
+    a_start = got[("a - start", "long_tail")]  # alternative, negation, qa
+    assert a_start["seeds"] == 3 and a_start["n"] == 3
+    assert a_start["a_only"] == 1.0 and a_start["b_only"] == pytest.approx(2 / 3) and a_start["net"] == pytest.approx(1 / 3)
+    cmp.write_report(out, cmp.collect(runs), [("a", "b"), ("a", "start")], "demo", rows)
+    assert "| a - b | overall | 2 | 4 | 1.0 ± 0.0 | 1.0 ± 0.0 | 0.0 ± 0.0 | 0.0 ± 0.0 |" in (tmp_path / "summary.md").read_text()
+    assert "Examples behind each difference" in capsys.readouterr().out
+    assert len(list(csv.DictReader(open(tmp_path / "flips.csv")))) == 4
