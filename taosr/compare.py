@@ -819,17 +819,27 @@ _RATE = re.compile(r"([0-9.]+) s/(?:step|batch)")
 _PROGRESS = re.compile(r"taosr: ((?:fit step|test batch) \d+/\d+[^;\r\n]*)")
 
 
-def _last_progress(log: str) -> str | None:
+_ENDED = re.compile(r"^taosr: (interrupted|error: )", re.M)  # what a command prints when it stops early
+
+
+def _last_progress(log: str) -> tuple[str | None, str | None]:
     """The last progress line (:mod:`taosr.callbacks.progress`) in the tail of a run's log, without
-    its metrics."""
+    its metrics, and how the command ended after it: ``"stopped"`` (interrupted: its checkpoint
+    saved), ``"failed"`` (an error) or None (still running, or it went on to the next command)."""
     try:
         with open(log, "rb") as fh:
             fh.seek(max(0, os.path.getsize(log) - (1 << 16)))
             tail = fh.read().decode("utf-8", "replace")
     except OSError:
-        return None
-    found = _PROGRESS.findall(tail)
-    return found[-1].strip() if found else None
+        return None, None
+    found = list(_PROGRESS.finditer(tail))
+    if not found:
+        return None, None
+    after = tail[found[-1].end():]
+    end = _ENDED.search(after)
+    if end is not None and "$ taosr " not in after[:end.start()]:  # not a later command's end
+        return found[-1].group(1).strip(), "stopped" if end.group(1) == "interrupted" else "failed"
+    return found[-1].group(1).strip(), None
 
 
 def where_runs_stand(runs: list[Run], name: str, now: float | None = None) -> list[str]:
@@ -846,7 +856,7 @@ def where_runs_stand(runs: list[Run], name: str, now: float | None = None) -> li
     for r in left:
         log = os.path.join(r.root, "compare.log")
         ckpt = os.path.join(r.root, "checkpoints", "last.ckpt")
-        last = _last_progress(log)
+        last, ended = _last_progress(log)
         if r.fitted:
             state = "fitted; " + (last if last and last.startswith("test") else "evaluation not started")
         elif os.path.isfile(log) or os.path.isfile(ckpt):
@@ -857,9 +867,10 @@ def where_runs_stand(runs: list[Run], name: str, now: float | None = None) -> li
         if os.path.isfile(log):
             age = max(0.0, now - os.path.getmtime(log))
             rate = _RATE.search(state)
-            if last and last in state and age > max(STALE_S, 3 * float(rate.group(1) if rate else 0), 3 * env_interval()):
-                # no progress line for longer than its rate explains: stopped, so no rate or time left
-                state = state.replace(last, "stopped at " + last.split(",")[0])
+            if last and last in state and (ended or age > max(STALE_S, 3 * float(rate.group(1) if rate else 0),
+                                                               3 * env_interval())):
+                # it said it stopped, or no progress line for longer than its rate explains: no rate or time left
+                state = state.replace(last, f"{'failed' if ended == 'failed' else 'stopped'} at " + last.split(",")[0])
             state += f" (log written {duration(age)} ago)"
         lines.append(f"  {r.arm}" + ("" if r.seed is None else f" seed {r.seed}") + f": {state}")
     head = (f"[{name}] {len(runs) - len(left)} of {len(runs)} runs finished (the report covers them); "

@@ -774,6 +774,19 @@ def test_report_only_says_where_each_unfinished_run_stands(tmp_path):
                      "  a seed 2: checkpoint saved",
                      "  b seed 3: stopped at fit step 4/60 (7%) (log written 1h02m ago)"]  # silent past its rate
     assert where_runs_stand([done], "study") == ["[study] all 1 runs finished"]
+    # a run that said it stopped (its worker was stopped with the comparison) or failed reads so at once
+    said, failed = run("c", 0), run("c", 1)
+    for r, end in ((said, "\nDetected KeyboardInterrupt, attempting graceful shutdown ...\n"
+                          "taosr: KeyboardInterrupt at step 37: saved last.ckpt\n"
+                          "taosr: interrupted (checkpoint: last.ckpt, step 37); re-run the taosr compare command\n"),
+                   (failed, "\nTraceback ...\ntaosr: error: CUDA out of memory\n")):
+        os.makedirs(r.root)
+        open(os.path.join(r.root, "compare.log"), "w").write(
+            "taosr: fit step 37/60 (62%), 96.4 s/step, 36m57s left; train/loss 0.1" + end)
+        os.utime(os.path.join(r.root, "compare.log"), (1.0e9, 1.0e9))
+    assert where_runs_stand([said, failed], "study", now=now)[1:] == [
+        "  c seed 0: stopped at fit step 37/60 (62%) (log written 2m05s ago)",
+        "  c seed 1: failed at fit step 37/60 (62%) (log written 2m05s ago)"]
 
 
 def test_the_report_counts_the_examples_behind_each_difference(tmp_path, capsys):
