@@ -22,10 +22,10 @@ pairs to report::
 Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <seed>`` (and
 ``--<key> <seed>`` for each of ``seed_keys``: a deterministic SFT draws nothing from
 ``seed_everything``, so its seeds vary only with ``data.seed``) from the start (so all arms have
-the same rollout budget), then ``taosr test`` on the evaluation set (the start, where a pair names
-it, and each of ``baselines`` are scored once: an arm's paired difference against one is taken seed
-by seed against that one score) (and on each set of
-``eval.also``: its figures are the report's ``set:<name>`` rows, paired like the rest). Runs live
+the same rollout budget), then ``taosr test`` on the evaluation set and on each set of
+``eval.also`` (its figures are the report's ``set:<name>`` rows, paired like the rest). The start
+and each of ``baselines`` that a pair names are scored once; an arm's paired difference against
+one is taken seed by seed against that one score. Runs live
 under ``--out/<arm>/seed<S>``; a run scored on every set is skipped and a fit whose export exists is
 only evaluated (on the sets it lacks), so an interrupted comparison continues where it stopped. Each
 fit logs to W&B in the group ``name`` (job type = arm); the report reads each fit's training
@@ -275,7 +275,7 @@ class Run:
 
 def plan_runs(spec: CompareSpec, out: str) -> list[Run]:
     runs = [Run(START, None, os.path.join(out, START))] if spec.needs_start_eval else []
-    runs += [Run(name, None, os.path.join(out, name)) for name in spec.baselines]
+    runs += [Run(name, None, os.path.join(out, name)) for name in spec.baselines if any(name in p for p in spec.pairs)]
     runs += [Run(a.name, s, os.path.join(out, a.name, f"seed{s}")) for s in spec.seeds for a in spec.arms]
     return runs
 
@@ -717,13 +717,18 @@ def flip_rows(runs: list[Run], pairs: list[tuple[str, str]]) -> list[dict]:
         seeds = sorted((s for s in paths.get(a, {}) if once or s in paths.get(b, {})), key=seed_order)
         if not seeds:
             continue
-        counts = [flip_counts(read_predictions(paths[a][s]), read_predictions(paths[b][None if once else s]))
-                  for s in seeds]
+        counts = []
+        for s in seeds:
+            try:
+                counts.append(flip_counts(read_predictions(paths[a][s]), read_predictions(paths[b][None if once else s])))
+            except ConfigError as err:  # a bad record file: that seed is left out of this pair, said, not fatal
+                print(f"taosr: warning: flips of {a} seed {s} against {b}: {err}", file=sys.stderr)
+        seeds_read = len(counts)
         for sl in ("overall", "long_tail"):
             per = [c.get(sl) for c in counts]
-            if any(c is None for c in per):
+            if not per or any(c is None for c in per):
                 continue
-            row = {"pair": f"{a} - {b}", "slice": sl, "seeds": len(seeds), "n": sum(per[0].values())}
+            row = {"pair": f"{a} - {b}", "slice": sl, "seeds": seeds_read, "n": sum(per[0].values())}
             for key, f in (("a_only", lambda c: c["a only"]), ("b_only", lambda c: c["b only"]),
                            ("net", lambda c: c["a only"] - c["b only"]), ("both_wrong", lambda c: c["both wrong"])):
                 m = mean_se(f(c) for c in per)
@@ -819,13 +824,13 @@ _RATE = re.compile(r"([0-9.]+) s/(?:step|batch)")
 _PROGRESS = re.compile(r"taosr: ((?:fit step|test batch) \d+/\d+[^;\r\n]*)")
 
 
-_ENDED = re.compile(r"^taosr: (interrupted|error: )", re.M)  # what a command prints when it stops early
-
-
 def _last_progress(log: str) -> tuple[str | None, str | None]:
     """The last progress line (:mod:`taosr.callbacks.progress`) in the tail of a run's log, without
-    its metrics, and how the command ended after it: ``"stopped"`` (interrupted: its checkpoint
-    saved), ``"failed"`` (an error) or None (still running, or it went on to the next command)."""
+    its metrics, and how the command ended after it (:data:`taosr.jobs.ENDED`): ``"stopped"``
+    (interrupted, terminated: a fit saved its checkpoint), ``"failed"`` or None (still running, or a
+    later command started after it: a resume loading its model)."""
+    from taosr.jobs import ENDED
+
     try:
         with open(log, "rb") as fh:
             fh.seek(max(0, os.path.getsize(log) - (1 << 16)))
@@ -836,10 +841,10 @@ def _last_progress(log: str) -> tuple[str | None, str | None]:
     if not found:
         return None, None
     after = tail[found[-1].end():]
-    end = _ENDED.search(after)
-    if end is not None and "$ taosr " not in after[:end.start()]:  # not a later command's end
-        return found[-1].group(1).strip(), "stopped" if end.group(1) == "interrupted" else "failed"
-    return found[-1].group(1).strip(), None
+    end = ENDED.search(after)
+    if end is None or "\n$ taosr " in after:  # running, or another command (a resume) started since
+        return found[-1].group(1).strip(), None
+    return found[-1].group(1).strip(), "stopped" if end.group(1) or end.group(2) == "stopped" else "failed"
 
 
 def where_runs_stand(runs: list[Run], name: str, now: float | None = None) -> list[str]:

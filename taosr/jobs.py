@@ -33,14 +33,15 @@ later are killed, their ranks with them, without saving. Workers take Ctrl-C eve
 process ignores it (started with ``&`` from a script, whose shell sets SIGINT to ignored, which
 children inherit). A command stopped by a signal sent to its worker alone (``kill`` of its pid:
 exit 130 or 143) stops everything the same way, rather than counting as a failure while the freed
-worker starts the next command. A stop that arrives while a worker is being started waits (blocked)
-until the worker is registered, so it is stopped too.
+worker starts the next command. A stop that arrives while a worker is being started is held until
+the worker is registered (:func:`stops_held`), so it is stopped too.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,29 +149,45 @@ def make_slots(jobs: int, cpus: list[int] | None = None, gpus: list[str] | None 
     return slots
 
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def take_ctrl_c() -> None:
     """In a child before exec: SIGINT back to its default, which Python turns into KeyboardInterrupt
-    again (a parent started with ``&`` from a script ignores SIGINT, and children inherit that), and
-    the stop signals unblocked (the child inherits the mask :func:`stops_held` set around its start)."""
+    again (a parent started with ``&`` from a script ignores SIGINT, and children inherit that)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 @contextlib.contextmanager
 def stops_held():
-    """Ctrl-C and SIGTERM held back (blocked, then delivered on leaving) while a worker starts and is
-    registered: one arriving between its start and its registration would leave it running, unstopped."""
-    held = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if held else None
+    """Ctrl-C and SIGTERM held back while a worker starts and is registered (one arriving between
+    its start and its registration would leave it running, unknown to the stop): a handler that only
+    notes them stands in, and on leaving the first one noted is acted on as the handler before would
+    have. Python handlers, not a signal mask: a mask holds one thread, and the kernel hands a process's
+    signal to any thread that has not blocked it (torch starts threads). A signal ignored before
+    stays ignored; on a thread other than the main one (where handlers cannot be set) nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    saved: dict[int, object] = {}
     try:
+        for sig in STOP_SIGNALS:
+            old = signal.getsignal(sig)
+            if old is None or old == signal.SIG_IGN:  # not set from Python (cannot be put back), or ignored
+                continue
+            saved[sig] = old
+            signal.signal(sig, lambda signum, frame: noted.append(signum))
         yield
     finally:
-        if held:
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+    if noted:
+        old = saved[noted[0]]
+        if callable(old):
+            old(noted[0], None)  # KeyboardInterrupt, or Terminated from raise_on_sigterm's handler
+        else:  # SIG_DFL: what it does (SIGTERM ends the process)
+            signal.raise_signal(noted[0])
 
 
 def _start(cmd: list[str], slot: Slot, log: str, env: dict[str, str]) -> subprocess.Popen:
@@ -272,6 +289,24 @@ def restore_handlers(saved: tuple | None) -> None:
             signal.signal(sig, handler)
 
 
+def exit_line(verb: str, rc: int) -> str:
+    """What a worker's log gets when its command ends early (a crash prints only a traceback): read
+    back by ``taosr compare --report-only`` (:data:`ENDED`)."""
+    return f"taosr compare: taosr {verb} {'stopped' if rc in STOPPED_EXITS else 'failed'} (exit {rc})\n"
+
+
+# how a command's end reads in its log: the launcher's own lines, and exit_line's
+ENDED = re.compile(r"^taosr: (?:(interrupted|terminated)|error: )|^taosr compare: taosr \S+ (stopped|failed) \(exit", re.M)
+
+
+def _say_exit(log: str, verb: str, rc: int) -> None:
+    try:
+        with open(log, "a") as fh:
+            fh.write(exit_line(verb, rc))
+    except OSError:
+        pass
+
+
 def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int], dict[str, str]] | None = None,
                  say: Callable[[str], None] = print, poll_s: float = 0.5,
                  durations: Durations | None = None, keep_going: bool = False) -> list[Task]:
@@ -312,6 +347,8 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
                 verb = task.commands[k][0]
                 took = time.perf_counter() - t0
                 busy += took
+                if rc:
+                    _say_exit(task.log, verb, rc)
                 if rc in STOPPED_EXITS:
                     raise WorkerStopped(task, verb, rc)
                 if rc:

@@ -579,6 +579,13 @@ def test_eval_also_scores_every_run_on_more_sets_and_a_set_added_later_fits_noth
     assert ran == []
 
 
+def _spec_file(path, spec) -> str:
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
 def test_baselines_are_scored_once_paired_against_and_added_later_without_fitting(tmp_path, monkeypatch):
     """baselines: an earlier stage's export (the SFT before the DPO start) scored once, so the report
     pairs every arm against it seed by seed (GRPO > SFT is the paper's claim as much as SRPO > GRPO);
@@ -620,6 +627,9 @@ def test_baselines_are_scored_once_paired_against_and_added_later_without_fittin
     rows = cmp.pair_rows(results, [("b", "sft")])
     r = next(p for p in rows if p["slice"] == "overall" and p["metric"] == "macro_f1")
     assert r["seeds"] == 2 and r["wins"] == 2 and r["mean"] == pytest.approx(0.105)  # 0.6 and 0.61 against 0.5
+    spec["pairs"] = [["b", "a"]]  # a baseline no pair names is not scored (as the start)
+    assert [r.arm for r in cmp.plan_runs(cmp.load_spec(_spec_file(spec_file, spec)), out) if r.seed is None] == []
+    spec["pairs"] = [["b", "a"], ["b", "sft"]]
     spec["baselines"] = {"sft": str(tmp_path / "gone")}
     spec_file.write_text(yaml.safe_dump(spec))
     ran.clear()
@@ -774,19 +784,38 @@ def test_report_only_says_where_each_unfinished_run_stands(tmp_path):
                      "  a seed 2: checkpoint saved",
                      "  b seed 3: stopped at fit step 4/60 (7%) (log written 1h02m ago)"]  # silent past its rate
     assert where_runs_stand([done], "study") == ["[study] all 1 runs finished"]
-    # a run that said it stopped (its worker was stopped with the comparison) or failed reads so at once
-    said, failed = run("c", 0), run("c", 1)
-    for r, end in ((said, "\nDetected KeyboardInterrupt, attempting graceful shutdown ...\n"
-                          "taosr: KeyboardInterrupt at step 37: saved last.ckpt\n"
-                          "taosr: interrupted (checkpoint: last.ckpt, step 37); re-run the taosr compare command\n"),
-                   (failed, "\nTraceback ...\ntaosr: error: CUDA out of memory\n")):
+    # a run that said it stopped (its worker was stopped with the comparison: the lines of the study's
+    # own logs) or whose command failed (a crash prints a traceback; the worker adds its exit) reads so
+    # at once; one resumed since (a new command's header, its model still loading) does not
+    from taosr.jobs import exit_line
+
+    progress = "taosr: fit step 37/60 (62%), 96.4 s/step, 36m57s left; train/loss 0.1\n"
+    ends = {"int": "\nDetected KeyboardInterrupt, attempting graceful shutdown ...\n"
+                   "taosr: KeyboardInterrupt at step 37: saved last.ckpt\n"
+                   "taosr: interrupted (checkpoint: last.ckpt, step 37); re-run the taosr compare command\n",
+            "term": "taosr: terminated (SIGTERM); interrupted (checkpoint: last.ckpt, step 37); re-run ...\n",
+            "crash": "Traceback (most recent call last):\nRuntimeError: out of memory\n" + exit_line("fit", 1),
+            "resumed": "taosr: interrupted (checkpoint: last.ckpt, step 37); re-run\n\n$ taosr fit --ckpt_path last.ckpt\n"}
+    runs = []
+    for seed, end in enumerate(ends.values()):
+        r = run("c", seed)
         os.makedirs(r.root)
-        open(os.path.join(r.root, "compare.log"), "w").write(
-            "taosr: fit step 37/60 (62%), 96.4 s/step, 36m57s left; train/loss 0.1" + end)
+        open(os.path.join(r.root, "compare.log"), "w").write(progress + end)
         os.utime(os.path.join(r.root, "compare.log"), (1.0e9, 1.0e9))
-    assert where_runs_stand([said, failed], "study", now=now)[1:] == [
+        runs.append(r)
+    assert where_runs_stand(runs, "study", now=now)[1:] == [
         "  c seed 0: stopped at fit step 37/60 (62%) (log written 2m05s ago)",
-        "  c seed 1: failed at fit step 37/60 (62%) (log written 2m05s ago)"]
+        "  c seed 1: stopped at fit step 37/60 (62%) (log written 2m05s ago)",
+        "  c seed 2: failed at fit step 37/60 (62%) (log written 2m05s ago)",
+        "  c seed 3: fit step 37/60 (62%), 96.4 s/step, 36m57s left (log written 2m05s ago)"]
+
+
+def test_a_worker_whose_command_fails_says_so_in_its_log(tmp_path):
+    from taosr.jobs import Slot, Task, exit_line, run_parallel
+
+    bad = Task("bad", [["no-such-command"]], str(tmp_path / "bad.log"))
+    assert run_parallel([bad], [Slot(0, [])], poll_s=0.05) == [bad]
+    assert open(bad.log).read().endswith(exit_line("no-such-command", 2)) and "failed (exit 2)" in exit_line("x", 2)
 
 
 def test_the_report_counts_the_examples_behind_each_difference(tmp_path, capsys):
@@ -824,3 +853,8 @@ def test_the_report_counts_the_examples_behind_each_difference(tmp_path, capsys)
     assert "| a - b | overall | 2 | 4 | 1.0 ± 0.0 | 1.0 ± 0.0 | 0.0 ± 0.0 | 0.0 ± 0.0 |" in (tmp_path / "summary.md").read_text()
     assert "Examples behind each difference" in capsys.readouterr().out
     assert len(list(csv.DictReader(open(tmp_path / "flips.csv")))) == 4
+    # a bad record file leaves that seed out of its pair, with a warning naming it; the report is still written
+    with open(os.path.join(runs[1].eval_root, "eval", "test-predictions.jsonl"), "a") as fh:  # a seed 0
+        fh.write("{not json\n")
+    rows = cmp.flip_rows(runs, [("a", "b")])
+    assert rows[0]["seeds"] == 1 and "warning: flips of a seed 0 against b: " in capsys.readouterr().err

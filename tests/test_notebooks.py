@@ -111,3 +111,16 @@ def test_compare_study_notebook(tmp_path):
     assert "a = a, b = b; seeds [0, 1]" in text
     assert "== h-1 (alternative), gold 2: a right on 0/2 seeds, b on 2/2; seed 0" in text
     assert "2 examples more often right in b, 2 more often in a" in text
+    headers = [ln for ln in text.splitlines() if ln.startswith("== h-")]
+    assert len(headers) == 4 and len(set(headers)) == 4, headers  # each example once
+    # against the start, scored once; a report with no pair scored yet (an empty pairs.csv)
+    start = [rec(i, g, p, qt) for i, ((g, qt), p) in enumerate(zip(golds, [4, 2, 2, 2, 2, 4]))]
+    os.makedirs(os.path.dirname(predictions_path(out, "start", None)))
+    with open(predictions_path(out, "start", None), "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in start)
+    write_report(out, results, [], "demo")
+    assert os.path.getsize(os.path.join(out, "pairs.csv")) == 0
+    nb = execute("compare_study.ipynb", {"TAOSR_COMPARE": out, "TAOSR_PAIR": "a start"})
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "a = a, b = start; seeds [0, 1]" in text and "more often right in start" in text

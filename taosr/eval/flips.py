@@ -5,8 +5,8 @@ and the other wrong say *where*. Every run of a comparison is scored on the same
 its prediction records (``<run>/heldout/eval/test-predictions.jsonl``, one per example, written by
 ``taosr test``) pair up by example id. For two arms and a seed, :func:`flip_counts` counts the
 examples both got right, only one got right, or neither, overall and per query type;
-:func:`step_means` sets the step verdicts of the examples one arm alone got right against the
-other's (which reasoning step went wrong); :func:`stable_flips` ranks the examples by how many seeds
+:func:`flipped_steps` sets the mean step verdicts (:func:`step_means`) of the examples one arm
+alone got right against the other's (which reasoning step went wrong); :func:`stable_flips` ranks the examples by how many seeds
 one arm got right that the other did not (a systematic difference rather than sampling noise).
 ``notebooks/compare_study.ipynb`` shows them.
 """
