@@ -34,7 +34,8 @@ process ignores it (started with ``&`` from a script, whose shell sets SIGINT to
 children inherit). A command stopped by a signal sent to its worker alone (``kill`` of its pid:
 exit 130 or 143) stops everything the same way, rather than counting as a failure while the freed
 worker starts the next command. A stop that arrives while a worker is being started is held until
-the worker is registered (:func:`stops_held`), so it is stopped too.
+the worker is registered (:func:`stops_held`), so it is stopped too. An error in this process
+itself (a worker's log it cannot open) stops the running workers the same way before it is raised.
 """
 from __future__ import annotations
 
@@ -374,6 +375,10 @@ def run_parallel(tasks: list[Task], slots: list[Slot], env: Callable[[Task, int]
                          f"log {t.log})" for t in failed)
         raise Interrupted(f"{what} (a fit saves its checkpoint){lost}{before}; finished work is kept: re-run the "
                           "same command to continue", 143 if how == "SIGTERM" else 130) from None
+    except Exception:  # this process failed (a log it cannot open, a worker that cannot start): no worker outlives it
+        ignore_stops()
+        stop_workers([proc for _, _, proc, _, _ in active.values() if proc.poll() is None], say)
+        raise
     finally:
         restore_handlers(saved)
     wall = time.perf_counter() - t_start

@@ -380,3 +380,26 @@ def test_a_held_stop_is_acted_on_as_the_handler_before_would_and_an_ignored_one_
     finally:
         signal.signal(signal.SIGTERM, old)
         signal.signal(signal.SIGINT, old_int)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to find the worker")
+def test_a_worker_that_cannot_start_stops_the_ones_running(tmp_path, monkeypatch):
+    """An error in this process (the second worker's log cannot be opened) used to leave the first
+    worker running, in its own session, writing into a run folder a re-run then uses."""
+    import taosr.jobs
+
+    out = str(tmp_path / "synth-marker-e4b2")
+    slow = Task("slow", [["data", "synth", "--n", "20000000", "--out", out]], str(tmp_path / "log"), rank=0)
+    second = Task("second", [["data", "synth", "--n", "10", "--out", str(tmp_path / "x")]],
+                  str(tmp_path / "no-such-dir" / "log"), rank=1)
+    real_start = taosr.jobs._start
+
+    def start(cmd, slot, log, env):
+        if "no-such-dir" in log:
+            raise PermissionError(f"{log}: permission denied")
+        return real_start(cmd, slot, log, env)
+
+    monkeypatch.setattr(taosr.jobs, "_start", start)
+    with pytest.raises(PermissionError, match="permission denied"):
+        run_parallel([slow, second], [Slot(0, []), Slot(1, [])], poll_s=0.05)
+    assert _running_with(out) == []
