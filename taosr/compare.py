@@ -135,6 +135,12 @@ def _check_keys(d: dict, allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}.{bad[0]}: unknown key; expected one of {', '.join(sorted(allowed))}")
 
 
+def _names_to_paths(d) -> bool:
+    """``d`` maps names (letters, digits, - and _: folder names of the report) to non-empty paths."""
+    return isinstance(d, dict) and all(isinstance(k, str) and k.replace("_", "").replace("-", "").isalnum()
+                                       and isinstance(v, str) and v for k, v in d.items())
+
+
 def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | None = None) -> CompareSpec:
     """Read and validate a comparison spec (OmegaConf: ``${start.grm}`` interpolation works);
     ``only_arms`` keeps those arms (and the pairs between them and the start)."""
@@ -188,9 +194,7 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds must be distinct integers, got {seeds}")
     baselines = raw.get("baselines") or {}
-    if not isinstance(baselines, dict) or not all(
-            isinstance(k, str) and k.replace("_", "").replace("-", "").isalnum() and isinstance(v, str) and v
-            for k, v in baselines.items()):
+    if not _names_to_paths(baselines):
         raise ConfigError(f"{path}: baselines must map names (letters, digits, - and _) to exports scored once, "
                           f"e.g. {{sft: runs/quickstart/sft/export}}; got {baselines!r}")
     for name in baselines:
@@ -218,8 +222,7 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
         raise ConfigError(f"{path}: seed_keys must be a list of config keys that take each run's seed too "
                           f"(e.g. seed_keys: [data.seed]), got {seed_keys!r}")
     also = ev.get("also") or {}
-    if not isinstance(also, dict) or not all(isinstance(k, str) and k.replace("_", "").replace("-", "").isalnum()
-                                             and isinstance(v, str) and v for k, v in also.items()):
+    if not _names_to_paths(also):
         raise ConfigError(f"{path}: eval.also must map set names (letters, digits, - and _) to data files, "
                           f"e.g. {{unpriced: data/unpriced.jsonl}}; got {also!r}")
     heldout = int(ev.get("heldout", 2000))
@@ -251,6 +254,10 @@ class Run:
     @property
     def metrics_path(self) -> str:
         return os.path.join(self.eval_root, "eval", "test-metrics.json")
+
+    @property
+    def predictions_path(self) -> str:
+        return os.path.join(self.eval_root, "eval", "test-predictions.jsonl")
 
     @property
     def fitted(self) -> bool:
@@ -708,9 +715,15 @@ def flip_rows(runs: list[Run], pairs: list[tuple[str, str]]) -> list[dict]:
 
     paths: dict[str, dict] = {}
     for run in runs:
-        path = os.path.join(run.eval_root, "eval", "test-predictions.jsonl")
-        if run.done and os.path.isfile(path):
-            paths.setdefault(run.arm, {})[run.seed] = path
+        if run.done and os.path.isfile(run.predictions_path):
+            paths.setdefault(run.arm, {})[run.seed] = run.predictions_path
+    read: dict[str, dict] = {}  # each file parsed once: the start's and an arm's records serve several pairs
+
+    def records(path: str) -> dict:
+        if path not in read:
+            read[path] = read_predictions(path)
+        return read[path]
+
     rows = []
     for a, b in pairs:
         once = None in paths.get(b, {})
@@ -720,7 +733,7 @@ def flip_rows(runs: list[Run], pairs: list[tuple[str, str]]) -> list[dict]:
         counts = []
         for s in seeds:
             try:
-                counts.append(flip_counts(read_predictions(paths[a][s]), read_predictions(paths[b][None if once else s])))
+                counts.append(flip_counts(records(paths[a][s]), records(paths[b][None if once else s])))
             except ConfigError as err:  # a bad record file: that seed is left out of this pair, said, not fatal
                 print(f"taosr: warning: flips of {a} seed {s} against {b}: {err}", file=sys.stderr)
         seeds_read = len(counts)
