@@ -66,6 +66,10 @@ PAIR_METRICS = ("macro_f1", "step_accuracy")
 SIGNALS = ("train/reward", "train/rewards/correct/mean", "train/frac_reward_zero_std", "train/entropy",
            "train/steps/critical_count", "train/steps/grm_share", "train/steps/verifier_coverage",
            "train/steps/disagreement", "train/steps/verifier_accuracy")
+# and whether the fit moved its policy on its own prompts: the rollouts' accuracy over the last third
+# of the logged steps minus over the first third (taosr.history.change_over)
+TRENDS = {"train/rewards/correct/rise": "train/rewards/correct/mean"}
+ALL_SIGNALS = SIGNALS + tuple(TRENDS)
 START = "start"
 SPEC_KEYS = {"name", "start", "baselines", "seeds", "seed_keys", "set", "arms", "eval", "pairs"}
 ARM_KEYS = {"config", "set"}
@@ -619,7 +623,7 @@ def collect(runs: list[Run], also: dict[str, str] | None = None) -> dict:
     """{arm: {seed: the evaluation's metrics + the fit's mean training signals (SIGNALS)}}, with the
     metrics of the ``also`` sets (the spec's eval.also; a set dropped from it is not reported) as
     ``sets/<name>/<metric>``."""
-    from taosr.history import mean_of, run_history
+    from taosr.history import change_over, mean_of, run_history
 
     results: dict[str, dict] = {}
     for run in runs:
@@ -633,6 +637,7 @@ def collect(runs: list[Run], also: dict[str, str] | None = None) -> dict:
             hist = run_history(run.root) if run.seed is not None else None
             if hist:
                 m.update({k: mean_of(hist, k) for k in SIGNALS})
+                m.update({k: change_over(hist, of) for k, of in TRENDS.items()})
             results.setdefault(run.arm, {})[run.seed] = m
     return results
 
@@ -677,10 +682,10 @@ def signal_rows(results: dict) -> list[dict]:
     """One row per arm with a training history: mean and standard error over seeds of each signal."""
     rows = []
     for arm, per in results.items():
-        if not any(k in m for m in per.values() for k in SIGNALS):
+        if not any(k in m for m in per.values() for k in ALL_SIGNALS):
             continue
-        row = {"arm": arm, "seeds": sum(1 for m in per.values() if any(k in m for k in SIGNALS))}
-        for k in SIGNALS:
+        row = {"arm": arm, "seeds": sum(1 for m in per.values() if any(k in m for k in ALL_SIGNALS))}
+        for k in ALL_SIGNALS:
             s = mean_se(_value(m, k) for m in per.values())
             row[k], row[f"{k}_se"] = s.mean, s.se
         rows.append(row)
@@ -764,11 +769,12 @@ def flips_markdown(rows: list[dict]) -> str:
 def signals_markdown(rows: list[dict]) -> str:
     if not rows:
         return ""
-    names = [k.removeprefix("train/") for k in SIGNALS]
-    lines = ["## Training signals (each fit's mean over its logged steps; mean ± s.e. over seeds)", "",
-             "| arm | seeds | " + " | ".join(names) + " |", "|---" * (len(SIGNALS) + 2) + "|"]
+    names = [k.removeprefix("train/") for k in ALL_SIGNALS]
+    lines = ["## Training signals (each fit's mean over its logged steps; `rewards/correct/rise`: its rollouts' "
+             "accuracy over the last third of those steps minus the first third; mean ± s.e. over seeds)", "",
+             "| arm | seeds | " + " | ".join(names) + " |", "|---" * (len(ALL_SIGNALS) + 2) + "|"]
     for r in rows:
-        lines.append(f"| {r['arm']} | {r['seeds']} | " + " | ".join(pm(r[k], r[f"{k}_se"]) for k in SIGNALS) + " |")
+        lines.append(f"| {r['arm']} | {r['seeds']} | " + " | ".join(pm(r[k], r[f"{k}_se"]) for k in ALL_SIGNALS) + " |")
     return "\n".join(lines)
 
 

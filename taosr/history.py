@@ -124,3 +124,18 @@ def mean_of(rows: list[dict[str, float]], key: str) -> float:
     """Mean of ``key`` over the rows that logged it (NaN when none did)."""
     vals = [r[key] for r in rows if key in r and not math.isnan(r[key])]
     return sum(vals) / len(vals) if vals else float("nan")
+
+
+def change_over(rows: list[dict[str, float]], key: str, share: float = 1 / 3) -> float:
+    """How much ``key`` moved over a fit: its mean over the last ``share`` of the rows that logged it
+    minus its mean over the first ``share`` (at least one row each), in step order; NaN with fewer
+    than two such rows. ``run_history``'s rows are in step order already (a resume's redone steps
+    are read once); rows are sorted by their step where every one has it."""
+    got = [r for r in rows if key in r and not math.isnan(r[key])]
+    steps = [r.get("step", r.get(WANDB_STEP)) for r in got]
+    if all(s is not None for s in steps):
+        got = [r for _, r in sorted(zip(steps, got), key=lambda pair: pair[0])]
+    if len(got) < 2:
+        return float("nan")
+    k = max(1, int(len(got) * share))
+    return mean_of(got[-k:], key) - mean_of(got[:k], key)

@@ -244,6 +244,9 @@ def test_report_rows_and_table():
     sig = signal_rows(results)
     assert [r["arm"] for r in sig] == ["srpo"] and sig[0]["train/steps/critical_count"] == 12.0
     assert sig[0]["train/steps/critical_count_se"] == 2.0 and "| srpo | 2 | — |" in signals_markdown(sig)
+    results["srpo"][0]["train/rewards/correct/rise"], results["srpo"][1]["train/rewards/correct/rise"] = -0.02, 0.04
+    sig = signal_rows(results)  # the fit's change over its steps is a signal like the means
+    assert sig[0]["train/rewards/correct/rise"] == pytest.approx(0.01) and "rewards/correct/rise" in signals_markdown(sig)
     md = markdown(arms, pairs, "t")
     assert "| grpo | overall | 2 | 100 | 0.730 ± 0.010 |" in md and "| srpo - grpo | long_tail | macro_f1 | 0.025 ± 0.005 |" in md
     # a metric some seeds lack (NaN step accuracy: no annotations) says over how many seeds it is
@@ -313,7 +316,7 @@ def test_compare_end_to_end_lam0_equals_grpo_and_resumes(tmp_path, capsys, cache
     assert math.isfinite(float(lam0["train/steps/verifier_coverage"])) != flat, lam0
     acc = float(lam0["train/steps/verifier_accuracy"])  # NaN only where no kept step was covered
     assert math.isnan(acc) or 0.0 <= acc <= 1.0, lam0
-    assert "train/steps/verifier_accuracy" in open(out / "signals.csv").readline()
+    assert {"train/steps/verifier_accuracy", "train/rewards/correct/rise"} <= set(open(out / "signals.csv").readline().strip().split(","))
     assert signals["grpo"]["train/steps/critical_count"] == "nan"          # GRPO has no step signal
     assert "## Training signals" in (out / "summary.md").read_text()
 

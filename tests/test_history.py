@@ -3,7 +3,9 @@ import math
 import os
 import time
 
-from taosr.history import csv_history, mean_of, run_history, wandb_history
+import pytest
+
+from taosr.history import WANDB_STEP, change_over, csv_history, mean_of, run_history, wandb_history
 
 
 def test_csv_history_and_means(tmp_path):
@@ -14,6 +16,20 @@ def test_csv_history_and_means(tmp_path):
     assert rows == csv_history(str(d / "metrics.csv")) and len(rows) == 3
     assert mean_of(rows, "train/reward") == 0.6 and mean_of(rows, "val/macro_f1") == 0.8
     assert math.isnan(mean_of(rows, "train/steps/critical_count"))
+
+
+
+def test_change_over_a_fit_compares_its_last_third_with_its_first():
+    """Last third's mean minus first third's, in step order, over the rows that logged the key."""
+    rows = [{"step": float(i), "acc": v} for i, v in enumerate([0.1, 0.2, 0.3, 0.5, 0.5, 0.5, 0.7, 0.8, 0.9])]
+    assert change_over(rows, "acc") == pytest.approx(0.8 - 0.2)
+    # rows out of order (as two legs might be) are put in step order; rows without the key or NaN don't count
+    mixed = [rows[8], {"step": 9.0, "other": 1.0}, *rows[:8], {"step": 10.0, "acc": float("nan")}]
+    assert change_over(mixed, "acc") == pytest.approx(0.6)
+    # W&B rows carry their step as trainer/global_step; a share leaves at least one row each end
+    wb = [{WANDB_STEP: 9.0, "acc": 0.4}, {WANDB_STEP: 4.0, "acc": 0.7}]
+    assert change_over(wb, "acc") == pytest.approx(-0.3) and change_over(rows, "acc", share=0.1) == pytest.approx(0.8)
+    assert math.isnan(change_over(rows[:1], "acc")) and math.isnan(change_over(rows, "missing"))
 
 
 def test_offline_wandb_run_is_read_back(tmp_path):
