@@ -28,6 +28,9 @@
 #                                                                             STUDY_ARGS="--seeds 0 1" for fewer; its finished
 #                                                                             runs' scores come back as $OUT/smollm2-results.tar,
 #                                                                             which smollm2_restore reads from .gpu/start/)
+#   smollm2_budget 540 taosr compare comparisons/smollm2_rl_budget.yaml --jobs 4 (named only, the same way:
+#                                                                             GRPO's rate and steps dose-response from
+#                                                                             that start; $OUT/smollm2-budget-results.tar)
 # GPU_SESSION_DEADLINE=S: each step's limit is cut to what is left of S seconds from the start, and a
 # step with under 30 s left is skipped (fill one device call with steps in order of value).
 # Quick-start folders stay out of $OUT (the device tool brings back at most 8 files): each step's
@@ -86,9 +89,10 @@ python3 benchmarks/start_parts.py /tmp/start .gpu/start /tmp/smollm2-start.tar
 tar -xf /tmp/smollm2-start.tar -C runs; q=runs/quickstart-smollm2; p=runs/smollm2-start
 for s in dpo grm; do "$TAOSR" delta unpack "$p/$s" --base smollm2-135m --out "$q/$s/export"; done
 mkdir -p "$q/sft"; cp "$p/samples-train.jsonl" "$q/sft/"; cat "$p/comparison.md" 2>/dev/null || true
-if [ -f /tmp/start/smollm2-results.tar ]; then tar -xf /tmp/start/smollm2-results.tar; echo "earlier study runs:"
-  find runs/compare/smollm2 -path "*heldout/eval/test-metrics.json"; fi'
-mkdir -p /tmp/start; cp .gpu/start/smollm2-start-*.tar.part-* .gpu/start/smollm2-results.tar /tmp/start/ 2>/dev/null
+for r in smollm2-results smollm2-budget-results; do if [ -f "/tmp/start/$r.tar" ]; then tar -xf "/tmp/start/$r.tar"
+  echo "earlier runs ($r):"; find runs/compare -path "*heldout/eval/test-metrics.json"; fi; done'
+mkdir -p /tmp/start; cp .gpu/start/smollm2-start-*.tar.part-* .gpu/start/smollm2-results.tar \
+  .gpu/start/smollm2-budget-results.tar /tmp/start/ 2>/dev/null
 
 run_step() {
   case $1 in
@@ -114,8 +118,13 @@ run_step() {
                 # compare restored with them skips those runs and reports every seed
                 find runs/compare/smollm2 \( -name test-metrics.json -o -name compare-run.json -o -name metrics.csv \) \
                   -print0 2>/dev/null | tar -cf "$OUT/smollm2-results.tar" --null -T - 2>/dev/null ;;
+    smollm2_budget) step smollm2_budget 540 "$TAOSR" compare comparisons/smollm2_rl_budget.yaml --jobs 4 --no-wandb \
+                     ${STUDY_ARGS:-} -- --trainer.precision bf16-mixed
+                cp runs/compare/smollm2_rl_budget/summary.md "$OUT/smollm2-budget-summary.md" 2>/dev/null
+                find runs/compare/smollm2_rl_budget \( -name test-metrics.json -o -name compare-run.json -o -name metrics.csv \) \
+                  -print0 2>/dev/null | tar -cf "$OUT/smollm2-budget-results.tar" --null -T - 2>/dev/null ;;
     *) echo "gpu_session.sh: unknown step '$1' (tier, rollout, grpo_step, qs_small, quickstart, static, smollm2_small," \
-            "smollm2, smollm2_start, smollm2_pack, smollm2_restore, smollm2_study)" >&2; return 2 ;;
+            "smollm2, smollm2_start, smollm2_pack, smollm2_restore, smollm2_study, smollm2_budget)" >&2; return 2 ;;
   esac
 }
 
