@@ -2,7 +2,7 @@
 
 - ``taosr fit|validate|test|predict --config FILE [--config OVERLAY ...] [--section.key value ...]``:
   LightningCLI (OmegaConf interpolation) over any method module and the shared DataModule;
-- ``taosr data synth|check|esci``: data commands;
+- ``taosr data synth|heldout|check|split|convert|esci``: data commands;
 - ``taosr sample``: offline pass@N sampling from a policy export (see :mod:`taosr.sampling`);
 - ``taosr score``: P(tier) and ranking scores per pair from a model export (see :mod:`taosr.scoring`);
 - ``taosr reason``: a teacher writes the reasoning steps for labelled pairs (see :mod:`taosr.bootstrap`);
@@ -33,7 +33,7 @@ training (LightningCLI; `taosr fit --help` for every option):
   predict    generate reasoning for the test split
 
 data and pipeline:
-  data       synthetic data and file checks: taosr data synth --out DIR | taosr data heldout --out FILE | taosr data check FILE | taosr data convert FILE --out F.jsonl | taosr data esci ...
+  data       synthetic data and file checks: taosr data synth --out DIR | taosr data heldout --out FILE | taosr data check FILE | taosr data split FILE --out DIR | taosr data convert FILE --out F.jsonl | taosr data esci ...
   sample     offline pass@N sampling from a policy export (DPO pairs, rejection sampling)
   score      P(tier), expected tier and cumulative scores per pair: taosr score FILE --model EXPORT --out OUT.jsonl
   reason     a teacher writes the five steps for labelled pairs (STaR): taosr reason --model M --data FILE --out FILE.jsonl
@@ -72,6 +72,13 @@ def data_main(argv: list[str]) -> int:
     c.add_argument("--against", metavar="FILE", help="a validation or test file (same reader options): count its "
                                                       "queries and pairs that also occur in FILE (leakage)")
     add_reader_options(c)
+    sp = sub.add_parser("split", help="split a labelled file (with its joins) by query into train/val/test JSONL")
+    sp.add_argument("file")
+    sp.add_argument("--out", required=True, help="output directory: train.jsonl, val.jsonl, test.jsonl")
+    sp.add_argument("--val", type=float, default=0.1, help="share of the distinct queries for val.jsonl (default 0.1)")
+    sp.add_argument("--test", type=float, default=0.1, help="share of the distinct queries for test.jsonl (default 0.1)")
+    sp.add_argument("--seed", type=int, default=0, help="the shuffle of the queries (default 0)")
+    add_reader_options(sp)
     v = sub.add_parser("convert", help="read a data file (with its joins) and write it as taosr JSONL")
     v.add_argument("file")
     v.add_argument("--out", required=True, help="output JSONL file")
@@ -132,6 +139,11 @@ def data_main(argv: list[str]) -> int:
 
         spec = reader_spec(a, a.file)
         print(check_file(spec, against=a.against))
+        return 0
+    if a.cmd == "split":
+        from taosr.data.split import split_file
+
+        print(split_file(reader_spec(a, a.file), a.out, a.val, a.test, a.seed))
         return 0
     if a.cmd == "convert":
         from taosr.data.check import convert_file

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `-m integration` (modules, engines, models, resume), `-m e2e` (configs, CLI, DDP, notebooks).
 # A file not listed here is an integration test until it is placed; `gpu` tests mark themselves.
 TIERS = {
-    "unit": ("test_advantages", "test_format", "test_layers", "test_losses", "test_metrics", "test_readers",
+    "unit": ("test_split", "test_advantages", "test_format", "test_layers", "test_losses", "test_metrics", "test_readers",
              "test_registry", "test_synth", "test_trl_parity", "test_join", "test_ranking", "test_targets", "test_quickstart_plan", "test_flips"),
     "integration": ("test_datamodule", "test_scores", "test_reason", "test_engines", "test_examiner", "test_grpo_module", "test_models",
                     "test_resume", "test_kvcache", "test_jobs", "test_history", "test_delta"),

@@ -77,7 +77,7 @@ def format_overlap(o: dict, other: str, train: str) -> str:
     return text
 
 
-def _read(spec: ReaderSpec):
+def read_valid(spec: ReaderSpec):
     res = read_examples(spec)
     if not res.examples:
         if res.skipped:
@@ -92,10 +92,10 @@ def check_file(spec: ReaderSpec, against: str | None = None) -> str:
     options) whose queries and pairs are looked up in this one."""
     import dataclasses
 
-    res = _read(spec)
+    res = read_valid(spec)
     text = format_summary(summarize(res.examples), res.skipped, spec.path, res.notes)
     if against:
-        other = _read(dataclasses.replace(spec, path=against, limit=None))
+        other = read_valid(dataclasses.replace(spec, path=against, limit=None))
         text += "\n" + format_overlap(overlap(res.examples, other.examples), against, spec.path)
     return text
 
@@ -103,7 +103,7 @@ def check_file(spec: ReaderSpec, against: str | None = None) -> str:
 def convert_file(spec: ReaderSpec, out: str) -> str:
     """Read ``spec`` and write its examples to ``out`` (taosr JSONL, written atomically); rows skipped
     with ``on_error: skip`` are listed with their reasons in ``out.skipped.txt``. Returns the summary."""
-    res = _read(spec)
+    res = read_valid(spec)
     n = write_jsonl(out, res.examples)
     lines = [format_summary(summarize(res.examples), res.skipped, spec.path, res.notes), f"wrote {n} examples to {out}"]
     listing = write_skipped(out, res.skipped)
