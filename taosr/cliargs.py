@@ -72,7 +72,8 @@ def add_reader_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--item-key", metavar="COLUMN", help="the pairs file's column holding the product key")
     p.add_argument("--items-column-map", nargs="*", metavar="FIELD=COLUMN",
                    help="the products file's columns, e.g. key=product_id item.title=product_name "
-                        "item.attributes=product_features")
+                        "item.attributes=product_features; FIELD= (no column) leaves an optional field out, "
+                        "e.g. item.description=")
     p.add_argument("--queries", metavar="FILE", help="a queries file joined to the pairs on --query-key")
     p.add_argument("--query-key", metavar="COLUMN", help="the pairs file's column holding the query key")
     p.add_argument("--queries-column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. key=query_id query=query")

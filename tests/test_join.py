@@ -355,6 +355,14 @@ def test_named_attribute_wins_over_packed(tmp_path):
      "data.reader.items_column_map: 'item.titel' is not a field"),
     ({"items": "p.csv", "item_key": "pid", "items_column_map": {"query": "q"}}, "data.reader.items_column_map: 'query'"),
     ({"items": "p.csv", "item_key": "pid", "items_column_map": {"item.title": " "}}, "'item.title' maps to no column"),
+    ({"items": "p.csv", "item_key": "pid", "items_column_map": {"key": ""}},
+     "'key' maps to no column (only item.brand, item.category, item.description, item.price, item.attributes may be "
+     "left out, with FIELD= and no column)"),
+    ({"column_map": {"label": ""}}, "'label' maps to no column (only item.brand"),
+    ({"items": "p.csv", "item_key": "pid", "items_column_map": {"item.attributes.color": ""}},
+     "'item.attributes.color' maps to no column"),
+    ({"attributes": "a.csv", "attributes_key": "pid", "attributes_column_map": {"value": ""}},
+     "data.reader.attributes_column_map: 'value' maps to no column"),
     ({"items": "", "item_key": "pid"}, "data.reader.items: must be a file path"),
     ({"queries": "q.csv"}, "data.reader.query_key: required with data.reader.queries"),
     ({"queries": "q.csv", "query_key": "qid", "queries_column_map": {"item.title": "t"}},
@@ -463,3 +471,50 @@ def test_prices_with_a_currency_sign_or_thousands_commas_are_read():
     assert item_fields({"title": "T", "price": "$1,050"}, {}, "f:2", default=lambda t: t[5:])["price"] == 1050.0
     with pytest.raises(DataError, match=r"price 'N/A' is not a number \(an empty cell is no price"):
         item_fields({"title": "T", "price": "N/A"}, {}, "f:2", default=lambda t: t[5:])
+
+
+def test_an_empty_column_leaves_a_field_out_of_every_file(tmp_path):
+    """`FIELD=` (no column) leaves an optional field out, not even read from the column of its default
+    name: a products file's `description` column (the tiny model reads descriptions badly) could only be
+    renamed or dropped before. The other columns are read as before, and the left-out column is named
+    among those not read, without suggesting the field it was left out of."""
+    products = tmp_path / "products.csv"
+    products.write_text("pid,title,brand,description,price,attributes\n"
+                        "P1,Shoes,Acme,long text,9.5,color=red\nP2,Laces,Acme,more text,1,\n")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("query,pid,query_type,label\nshoes,P1,brand,4\nlaces,P2,brand,3\n")
+    spec = dict(path=str(pairs), items=str(products), item_key="pid")
+    full = read_examples(ReaderSpec(**spec).validate())
+    assert [ex.item.description for ex in full.examples] == ["long text", "more text"]
+    left = read_examples(ReaderSpec(**spec, column_map={"query_type": ""},
+                                    items_column_map={"item.description": "", "item.attributes": " "}).validate())
+    assert [ex.item.description for ex in left.examples] == [None, None]
+    assert [ex.item.attributes for ex in left.examples] == [{}, {}]
+    assert [ex.query_type for ex in left.examples] == ["other", "other"]  # the pairs file's query_type column left out
+    assert [(ex.item.title, ex.item.brand, ex.item.price) for ex in left.examples] == \
+        [(ex.item.title, ex.item.brand, ex.item.price) for ex in full.examples]
+    assert (f"2 columns of {products} are not read: description, attributes (map one with --items-column-map "
+            "FIELD=COLUMN, e.g. item.attributes.NAME=COLUMN)") in left.notes
+    assert f"1 column of {pairs} is not read: query_type (map one with --column-map FIELD=COLUMN, " \
+           "e.g. item.attributes.NAME=COLUMN)" in left.notes
+    queries = tmp_path / "queries.csv"
+    queries.write_text("qid,query,query_type\nq1,shoes,brand\n")
+    qpairs = tmp_path / "qpairs.csv"
+    qpairs.write_text("qid,title,label\nq1,Shoes,4\n")
+    (ex,) = read_examples(ReaderSpec(path=str(qpairs), queries=str(queries), query_key="qid",
+                                     queries_column_map={"query_type": ""}).validate()).examples
+    assert (ex.query, ex.query_type) == ("shoes", "other")
+
+
+def test_an_empty_column_from_the_flags(tmp_path):
+    """`--items-column-map item.description=` on the command line: the same leave-out as in a config."""
+    from taosr.cli import main
+    products = tmp_path / "products.csv"
+    products.write_text("pid,title,description\nP1,Shoes,long text\n")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("query,pid,label\nshoes,P1,4\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["data", "convert", str(pairs), "--out", str(out), "--items", str(products), "--item-key", "pid",
+                 "--items-column-map", "item.description="]) in (0, None)
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["item"]["title"] == "Shoes" and "description" not in row["item"]

@@ -46,11 +46,21 @@ QUERY_FIELDS = ("query", "query_type")
 # the column a products / queries file's field is read from when its column map does not name one
 ITEM_DEFAULT_COLUMNS = {**{t: t[5:] for t in ITEM_FIELDS}, PACKED_ATTRIBUTES: "attributes"}  # item.title -> title
 QUERY_DEFAULT_COLUMNS = {t: t for t in QUERY_FIELDS}
+# fields a column map may leave out with an empty column (FIELD=): not read at all, not even from
+# the column of their default name; the title, the query, the label and the keys are always read
+OPTIONAL_FIELDS = ITEM_FIELDS[1:] + (PACKED_ATTRIBUTES, "query_type")
 _INTEGRAL = re.compile(r"-?\d+\.0+")
 
 
 def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def mapped_column(cmap: dict[str, str], target: str, default: str) -> str | None:
+    """The column ``target`` is read from: the map's, else ``default``; None where the map leaves
+    the field out (``FIELD=``, an empty column)."""
+    col = cmap.get(target, default)
+    return None if isinstance(col, str) and not col.strip() else col
 
 
 def norm_key(v: Any) -> str | None:
@@ -137,7 +147,9 @@ def item_fields(rec: dict, cmap: dict[str, str], where: str,
     is read from the column ``default(field)``. Named attributes win over packed ones."""
     item: dict[str, Any] = {}
     for target in ITEM_FIELDS:
-        col = cmap.get(target, default(target))
+        col = mapped_column(cmap, target, default(target))
+        if col is None:
+            continue
         v = rec.get(col)
         if is_missing(v):
             continue
@@ -149,8 +161,8 @@ def item_fields(rec: dict, cmap: dict[str, str], where: str,
             v = price
         item[target[5:]] = v
     attrs: dict[str, Any] = {}
-    packed = cmap.get(PACKED_ATTRIBUTES, default(PACKED_ATTRIBUTES))  # unmapped: its default column, as a field's
-    v = rec.get(packed)
+    packed = mapped_column(cmap, PACKED_ATTRIBUTES, default(PACKED_ATTRIBUTES))  # unmapped: its default column
+    v = rec.get(packed) if packed is not None else None
     if not is_missing(v):
         attrs.update(parse_packed(v, where, packed))
     for target, col in cmap.items():
@@ -338,7 +350,8 @@ class Joiner:
                                     "and the pairs file gives no query")
             else:
                 for target in QUERY_FIELDS:
-                    v = query_hit[1].get(self.queries_map.get(target, QUERY_DEFAULT_COLUMNS[target]))
+                    col = mapped_column(self.queries_map, target, QUERY_DEFAULT_COLUMNS[target])
+                    v = query_hit[1].get(col) if col is not None else None
                     if is_missing(row.get(target)) and not is_missing(v):
                         row[target] = v.strip() if isinstance(v, str) else v
         return row
@@ -355,7 +368,7 @@ class Joiner:
             if unread:
                 # a column named like a field (product_description): suggest that field
                 like = next((f"{f}={c}" for c in unread for f in defaults
-                             if f.startswith("item.") and f.split(".")[-1] in c.lower()), example)
+                             if f.startswith("item.") and f not in cmap and f.split(".")[-1] in c.lower()), example)
                 out.append(f"{len(unread)} column{'s' if len(unread) > 1 else ''} of {side.table.path} "
                            f"{'are' if len(unread) > 1 else 'is'} not read: {', '.join(unread)} "
                            f"(map one with {flag} FIELD=COLUMN, e.g. {like})")

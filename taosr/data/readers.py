@@ -35,8 +35,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from taosr.data.join import (ATTRIBUTE_PREFIX, ITEM_DEFAULT_COLUMNS, ITEM_FIELDS, PACKED_ATTRIBUTES, QUERY_DEFAULT_COLUMNS,
-                             Joiner, build_attribute_table, build_table, is_missing, item_fields)
+from taosr.data.join import (ATTRIBUTE_PREFIX, ITEM_DEFAULT_COLUMNS, ITEM_FIELDS, OPTIONAL_FIELDS, PACKED_ATTRIBUTES,
+                             QUERY_DEFAULT_COLUMNS, Joiner, build_attribute_table, build_table, is_missing, item_fields,
+                             mapped_column)
 from taosr.errors import ConfigError, DataError
 from taosr.labels import TIERS
 from taosr.schema import (ALLOWED_QUERY_TYPES, AUTO_ENCODING, Example, check_data_file, check_encoding, check_unique_id,
@@ -132,7 +133,8 @@ class ReaderSpec:
 
 
 def _check_map(cmap: Any, targets: tuple[str, ...], attributes: bool, name: str) -> None:
-    """A column map's fields are known and each maps to a column name."""
+    """A column map's fields are known and each maps to a column name, or to none (``FIELD=``: left
+    out) where the field is optional (:data:`taosr.data.join.OPTIONAL_FIELDS`)."""
     if cmap is None:
         return
     if not isinstance(cmap, dict):
@@ -144,8 +146,10 @@ def _check_map(cmap: Any, targets: tuple[str, ...], attributes: bool, name: str)
             extra = f" or {ATTRIBUTE_PREFIX}NAME" if attributes else ""
             raise ConfigError(f"{name}: {target!r} is not a field; expected one of {', '.join(targets)}{extra} "
                               "(FIELD=COLUMN)")
-        if not isinstance(col, str) or not col.strip():
-            raise ConfigError(f"{name}: {target!r} maps to no column")
+        if not isinstance(col, str) or (not col.strip() and target not in OPTIONAL_FIELDS):
+            optional = ", ".join(t for t in OPTIONAL_FIELDS if t in targets)
+            leave = f" (only {optional} may be left out, with FIELD= and no column)" if optional else ""
+            raise ConfigError(f"{name}: {target!r} maps to no column{leave}")
 
 
 def _tier(value: Any, what: str) -> int:
@@ -220,7 +224,8 @@ def flat_to_row(flat: dict[str, Any], spec: ReaderSpec, where: str, joiner: Join
     cmap = spec.column_map or {}
     row: dict[str, Any] = {}
     for target in ("id", "query", "query_type"):
-        v = flat.get(cmap.get(target, target))
+        col = mapped_column(cmap, target, target)
+        v = flat.get(col) if col is not None else None
         if not _missing(v):
             row[target] = v
     # the title not mapped: its dotted column (item.title), else `title`; other fields only by their dotted name
@@ -405,7 +410,7 @@ def _pairs_required(spec: ReaderSpec, header: bool = True) -> tuple[dict[str, st
     a column of their default name: the label always, the query unless a queries file gives it,
     the title unless a products file may (checked against that file by :func:`_check_title_source`)."""
     cmap = spec.column_map or {}
-    req = dict(cmap)
+    req = {t: c for t, c in cmap.items() if mapped_column(cmap, t, t) is not None}  # FIELD= is no column
     for name in ("item_key", "query_key", "attributes_key"):
         if getattr(spec, name) is not None:
             req[name] = getattr(spec, name)
@@ -452,7 +457,8 @@ def read_table(path: str, key_column: str, cmap: dict[str, str] | None, encoding
     check_data_file(path)
     cmap = cmap or {}
     key_col = cmap.get("key", key_column)
-    required = tuple(sorted({"key": key_col, **{t: c for t, c in cmap.items() if t != "key"}}.items()))
+    required = tuple(sorted({"key": key_col, **{t: c for t, c in cmap.items()
+                                                if t != "key" and mapped_column(cmap, t, t) is not None}}.items()))
     keep = None if defaults is None else frozenset(
         {c for _, c in required} | {c for t, c in defaults.items() if t not in cmap})
     st = os.stat(path)
@@ -563,8 +569,10 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
 
 def _unread_columns(columns: list, spec: ReaderSpec, required: dict[str, str]) -> list:
     """The pairs file's columns that neither the column map, the join keys nor a default field name reads."""
-    read = {"id", "query", "query_type", "label", "title", PACKED_ATTRIBUTES, *ITEM_FIELDS, *required.values()}
-    return [c for c in columns if c not in read and not str(c).startswith(ATTRIBUTE_PREFIX)]
+    cmap = spec.column_map or {}
+    left_out = {t for t in cmap if mapped_column(cmap, t, t) is None}  # FIELD=: its default column is not read
+    read = {"id", "query", "query_type", "label", "title", PACKED_ATTRIBUTES, *ITEM_FIELDS} - left_out
+    return [c for c in columns if c not in read | set(required.values()) and not str(c).startswith(ATTRIBUTE_PREFIX)]
 
 
 def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bool = False,
