@@ -2,8 +2,8 @@
 reported as mean ± standard error per method and as differences paired by seed.
 
 A spec names the shared start (a policy export, and the samples file and GRM export the RL
-configs read), the arms (a config plus overrides each), the seeds, the evaluation set and the
-pairs to report::
+configs read), the arms (a config, or a list of configs stacked in order, plus overrides each), the
+seeds, the evaluation set and the pairs to report::
 
     name: srpo_vs_grpo
     start: {model: runs/quickstart/dpo/export, samples: runs/quickstart/sft/samples-train.jsonl,
@@ -23,7 +23,8 @@ Every arm of every seed is ``taosr fit --config <arm config> --seed_everything <
 ``--<key> <seed>`` for each of ``seed_keys``: a deterministic SFT draws nothing from
 ``seed_everything``, so its seeds vary only with ``data.seed``) from the start (so all arms have
 the same rollout budget), then ``taosr test`` on the evaluation set and on each set of
-``eval.also`` (its figures are the report's ``set:<name>`` rows, paired like the rest). The start
+``eval.also`` (its figures are the report's ``set:<name>`` rows, paired like the rest), each run
+prompted in the ``data.target`` it was trained with (:func:`run_target`). The start
 and each of ``baselines`` that a pair names are scored once; an arm's paired difference against
 one is taken seed by seed against that one score. Runs live
 under ``--out/<arm>/seed<S>``; a run scored on every set is skipped and a fit whose export exists is
@@ -81,7 +82,7 @@ START_KEYS = {"model", "samples", "grm"}
 @dataclass
 class Arm:
     name: str
-    config: str
+    configs: list[str]  # `config:`, one file or a list stacked in order (--config each; later files win)
     overrides: list[str]
 
 
@@ -185,7 +186,11 @@ def load_spec(path: str, seeds: list[int] | None = None, only_arms: list[str] | 
         if not isinstance(a, dict) or "config" not in a:
             raise ConfigError(f"{path}: arms.{name}.config is missing")
         _check_keys(a, ARM_KEYS, f"{path}: arms.{name}")
-        arms.append(Arm(str(name), locate(str(a["config"])), _overrides(a.get("set"), f"{path}: arms.{name}.set")))
+        configs = a["config"] if isinstance(a["config"], list) else [a["config"]]
+        if not configs or not all(isinstance(c, str) and c.strip() for c in configs):
+            raise ConfigError(f"{path}: arms.{name}.config must be a config file or a list of them (stacked in order, "
+                              f"later files win), got {a['config']!r}")
+        arms.append(Arm(str(name), [locate(c) for c in configs], _overrides(a.get("set"), f"{path}: arms.{name}.set")))
     if only_arms:
         unknown = sorted(set(only_arms) - {a.name for a in arms})
         if unknown:
@@ -292,7 +297,8 @@ def plan_runs(spec: CompareSpec, out: str) -> list[Run]:
 
 
 def fit_args(spec: CompareSpec, arm: Arm, run: Run, extra: list[str]) -> list[str]:
-    args = ["fit", "--config", arm.config, "--trainer.default_root_dir", run.root, "--seed_everything", str(run.seed),
+    args = ["fit", *(a for c in arm.configs for a in ("--config", c)), "--trainer.default_root_dir", run.root,
+            "--seed_everything", str(run.seed),
             *(a for key in spec.seed_keys for a in (f"--{key}", str(run.seed))),
             "--model.init_args.model.name_or_path", spec.start["model"]]
     if spec.start.get("samples"):
@@ -303,11 +309,47 @@ def fit_args(spec: CompareSpec, arm: Arm, run: Run, extra: list[str]) -> list[st
     return args + spec.overrides + arm.overrides + list(extra)
 
 
-def eval_args(spec: CompareSpec, run: Run, test_file: str, model: str, also: str | None = None) -> list[str]:
-    """``taosr test`` of ``model`` on ``test_file`` (with ``also``: on that ``eval.also`` set)."""
+def eval_args(spec: CompareSpec, run: Run, test_file: str, model: str, also: str | None = None,
+              target: str | None = None) -> list[str]:
+    """``taosr test`` of ``model`` on ``test_file`` (with ``also``: on that ``eval.also`` set); with
+    ``target`` (the ``data.target`` the model was trained with) prompted so where the evaluation
+    config prompts otherwise."""
     root = run.eval_root if also is None else run.also_root(also)
-    return ["test", "--config", spec.eval_config, "--trainer.default_root_dir", root,
+    args = ["test", "--config", spec.eval_config, "--trainer.default_root_dir", root,
             "--model.init_args.model.name_or_path", model, "--data.test", test_file, *spec.eval_overrides]
+    if target is not None and target != (configured_target([spec.eval_config], spec.eval_overrides) or DEFAULT_TARGET):
+        args += ["--data.target", target]
+    return args
+
+
+DEFAULT_TARGET = "reasoning"  # data.target where no config sets it
+
+
+def configured_target(configs: list[str], args: list[str]) -> str | None:
+    """The ``data.target`` that ``--config`` of each of ``configs`` (later files win) and then
+    ``args`` (``--data.target X`` or ``--data.target=X``) set; None where none sets it."""
+    from taosr.configfiles import resolved_config
+
+    target = None
+    for c in configs:
+        t = (resolved_config(c).get("data") or {}).get("target")
+        target = t if t is not None else target
+    for i, a in enumerate(args):
+        if a == "--data.target" and i + 1 < len(args):
+            target = args[i + 1]
+        elif a.startswith("--data.target="):
+            target = a.split("=", 1)[1]
+    return target
+
+
+def run_target(spec: CompareSpec, arm: Arm | None, model: str, extra: list[str]) -> str | None:
+    """The ``data.target`` a run's model answers in: an arm's as its fit sets it, a model scored
+    once (the start, a baseline) as its export recorded it."""
+    if arm is not None:
+        return configured_target(arm.configs, [*spec.overrides, *arm.overrides, *extra])
+    from taosr.models.factory import export_meta
+
+    return export_meta(model).get("target")
 
 
 def also_files(spec: CompareSpec) -> dict[str, str]:
@@ -526,8 +568,9 @@ def _run_compare(spec: CompareSpec, out: str, extra: list[str], dry_run: bool, j
         tag = _tag(spec, i, len(runs), run)
         fit = fit_args(spec, arms[run.arm], run, extra) if run.seed is not None else None
         model = spec.scored_once(run.arm) if run.seed is None else run.export
-        evaluation = eval_args(spec, run, test_file, model)
-        also = {name: eval_args(spec, run, path, model, also=name) for name, path in more.items()}
+        target = run_target(spec, arms[run.arm] if run.seed is not None else None, model, extra)
+        evaluation = eval_args(spec, run, test_file, model, target=target)
+        also = {name: eval_args(spec, run, path, model, also=name, target=target) for name, path in more.items()}
         check_settings(spec, run, fit, evaluation, also)
         pending = run.also_pending(spec)
         if run.done and not pending:

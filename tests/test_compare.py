@@ -97,6 +97,39 @@ def test_seed_keys_give_each_run_its_seed(tmp_path):
         load_spec(_spec(tmp_path, GOOD.replace("seeds: [0, 1]", "seeds: [0, 1]\nseed_keys: data.seed")))
 
 
+def test_an_arm_stacks_configs_and_is_scored_in_the_target_it_was_trained_with(tmp_path):
+    """`config:` as a list is `--config` of each in order (a method on your data: the method's config and
+    the overlay), and an arm trained label-only (label_only.yaml stacked) is evaluated with its label
+    prompt: with the reasoning eval config alone it was prompted for five steps it never learned. A
+    start or baseline export is scored in the target its export recorded."""
+    from taosr.compare import eval_args, fit_args, run_target
+    from taosr.models.factory import EXPORT_META
+
+    text = GOOD.replace("  grpo: {config: configs/grpo.yaml}",
+                        "  grpo: {config: configs/grpo.yaml}\n"
+                        "  label: {config: [configs/sft.yaml, configs/experiment/label_only.yaml]}")
+    spec = load_spec(_spec(tmp_path, text))
+    label = spec.arms[1]
+    assert [os.path.relpath(c, ROOT_DIR) for c in label.configs] == ["configs/sft.yaml", "configs/experiment/label_only.yaml"]
+    run = plan_runs(spec, "out")[2]
+    args = fit_args(spec, label, run, [])
+    assert args[:5] == ["fit", "--config", label.configs[0], "--config", label.configs[1]]
+    assert fit_args(spec, spec.arms[0], run, [])[:3] == ["fit", "--config", spec.arms[0].configs[0]]  # one file as before
+    assert run_target(spec, label, run.export, []) == "label"
+    assert run_target(spec, label, run.export, ["--data.target=reasoning"]) == "reasoning"  # the extra arguments win
+    assert run_target(spec, spec.arms[0], run.export, []) is None
+    assert eval_args(spec, run, "t.jsonl", run.export, target="label")[-2:] == ["--data.target", "label"]
+    assert "--data.target" not in eval_args(spec, run, "t.jsonl", run.export, target="reasoning")
+    assert "--data.target" not in eval_args(spec, run, "t.jsonl", run.export, target=None)
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / EXPORT_META).write_text('{"target": "label"}')
+    assert run_target(spec, None, str(export), []) == "label"
+    for bad in ("[]", "[configs/sft.yaml, 3]"):
+        with pytest.raises(ConfigError, match="arms.label.config must be a config file or a list of them"):
+            load_spec(_spec(tmp_path, text.replace("[configs/sft.yaml, configs/experiment/label_only.yaml]", bad)))
+
+
 @pytest.mark.parametrize("edit, message", [
     (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds must be distinct integers"),
     (("pairs: [[srpo, grpo], [grpo, start]]", "pairs: [[srpo, dpo]]"), "pairs: ['srpo', 'dpo'] is not"),
@@ -131,7 +164,7 @@ def test_every_shipped_spec_loads_and_dry_runs(name, capsys):
 
     path = os.path.join("comparisons", name)
     spec = load_spec(os.path.join(ROOT_DIR, path))
-    assert spec.arms and all(os.path.isfile(os.path.join(ROOT_DIR, a.config)) for a in spec.arms)
+    assert spec.arms and all(os.path.isfile(os.path.join(ROOT_DIR, c)) for a in spec.arms for c in a.configs)
     cwd = os.getcwd()
     os.chdir(ROOT_DIR)
     try:

@@ -89,7 +89,7 @@ def test_own_files_are_found_from_any_folder(tmp_path, monkeypatch, capsys):
     argv = expand_config_args(["fit", "--config", "configs/grpo.yaml"])
     assert "taosr's own" in capsys.readouterr().err and "max_steps" in argv[2]  # the merged YAML text
     spec = load_spec("comparisons/srpo_vs_grpo.yaml")
-    assert os.path.isabs(spec.arms[0].config) and os.path.isfile(spec.arms[0].config)
+    assert all(os.path.isabs(c) and os.path.isfile(c) for c in spec.arms[0].configs)
     assert load_sweep("sweeps/srpo_ablation.yaml")["method"]
     assert os.path.isfile(os.path.join(locate("configs"), "quickstart", "tiny.yaml"))  # quickstart's --configs
     (tmp_path / "configs").mkdir()
