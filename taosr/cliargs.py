@@ -63,7 +63,8 @@ def add_reader_options(p: argparse.ArgumentParser) -> None:
     ``taosr sample`` (one :class:`~taosr.data.readers.ReaderSpec` each)."""
     p.add_argument("--format", choices=("jsonl", "csv", "parquet"))
     p.add_argument("--encoding", default="auto", help="auto (BOM, else UTF-8, else latin-1), utf-8, utf-8-sig, latin-1, utf-16")
-    p.add_argument("--column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. query=q item.title=name label=esci")
+    p.add_argument("--column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. query=q item.title=name label=esci; FIELD= (no column) leaves an optional field "
+                        "out, e.g. query_type=")
     p.add_argument("--label-map", nargs="*", metavar="RAW=TIER", help="e.g. E=4 S=3 C=2 I=1")
     p.add_argument("--label-thresholds", nargs=3, type=float, metavar=("T1", "T2", "T3"))
     p.add_argument("--query-type", default=None)
@@ -76,7 +77,8 @@ def add_reader_options(p: argparse.ArgumentParser) -> None:
                         "e.g. item.description=")
     p.add_argument("--queries", metavar="FILE", help="a queries file joined to the pairs on --query-key")
     p.add_argument("--query-key", metavar="COLUMN", help="the pairs file's column holding the query key")
-    p.add_argument("--queries-column-map", nargs="*", metavar="FIELD=COLUMN", help="e.g. key=query_id query=query")
+    p.add_argument("--queries-column-map", nargs="*", metavar="FIELD=COLUMN",
+                   help="e.g. key=query_id query=query; query_type= (no column) leaves it out")
     p.add_argument("--attributes", metavar="FILE",
                    help="a long-format attributes file (one row per product, name, value) joined on --attributes-key")
     p.add_argument("--attributes-key", metavar="COLUMN",

@@ -313,11 +313,12 @@ def eval_args(spec: CompareSpec, run: Run, test_file: str, model: str, also: str
               target: str | None = None) -> list[str]:
     """``taosr test`` of ``model`` on ``test_file`` (with ``also``: on that ``eval.also`` set); with
     ``target`` (the ``data.target`` the model was trained with) prompted so where the evaluation
-    config prompts otherwise."""
+    config prompts otherwise, unless ``eval.set`` names a target itself (then every run gets that)."""
     root = run.eval_root if also is None else run.also_root(also)
     args = ["test", "--config", spec.eval_config, "--trainer.default_root_dir", root,
             "--model.init_args.model.name_or_path", model, "--data.test", test_file, *spec.eval_overrides]
-    if target is not None and target != (configured_target([spec.eval_config], spec.eval_overrides) or DEFAULT_TARGET):
+    explicit = configured_target([], spec.eval_overrides) is not None
+    if target is not None and not explicit and target != (configured_target([spec.eval_config], []) or DEFAULT_TARGET):
         args += ["--data.target", target]
     return args
 
@@ -327,16 +328,20 @@ DEFAULT_TARGET = "reasoning"  # data.target where no config sets it
 
 def configured_target(configs: list[str], args: list[str]) -> str | None:
     """The ``data.target`` that ``--config`` of each of ``configs`` (later files win) and then
-    ``args`` (``--data.target X`` or ``--data.target=X``) set; None where none sets it."""
+    ``args`` (``--data.target X``, ``--data.target=X`` or another ``--config FILE``, in order) set;
+    None where none sets it."""
     from taosr.configfiles import resolved_config
+
+    def of_file(path: str, target: str | None) -> str | None:
+        t = ((resolved_config(path) or {}).get("data") or {}).get("target")
+        return t if t is not None else target
 
     target = None
     for c in configs:
-        t = (resolved_config(c).get("data") or {}).get("target")
-        target = t if t is not None else target
+        target = of_file(c, target)
     for i, a in enumerate(args):
-        if a == "--data.target" and i + 1 < len(args):
-            target = args[i + 1]
+        if a in ("--data.target", "--config") and i + 1 < len(args):
+            target = args[i + 1] if a == "--data.target" else of_file(locate(args[i + 1]), target)
         elif a.startswith("--data.target="):
             target = a.split("=", 1)[1]
     return target
@@ -346,10 +351,10 @@ def run_target(spec: CompareSpec, arm: Arm | None, model: str, extra: list[str])
     """The ``data.target`` a run's model answers in: an arm's as its fit sets it, a model scored
     once (the start, a baseline) as its export recorded it."""
     if arm is not None:
-        return configured_target(arm.configs, [*spec.overrides, *arm.overrides, *extra])
+        return configured_target(arm.configs, [*spec.overrides, *arm.overrides, *extra]) or DEFAULT_TARGET
     from taosr.models.factory import export_meta
 
-    return export_meta(model).get("target")
+    return export_meta(model).get("target") or DEFAULT_TARGET
 
 
 def also_files(spec: CompareSpec) -> dict[str, str]:

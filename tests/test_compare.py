@@ -117,14 +117,19 @@ def test_an_arm_stacks_configs_and_is_scored_in_the_target_it_was_trained_with(t
     assert fit_args(spec, spec.arms[0], run, [])[:3] == ["fit", "--config", spec.arms[0].configs[0]]  # one file as before
     assert run_target(spec, label, run.export, []) == "label"
     assert run_target(spec, label, run.export, ["--data.target=reasoning"]) == "reasoning"  # the extra arguments win
-    assert run_target(spec, spec.arms[0], run.export, []) is None
+    assert run_target(spec, spec.arms[0], run.export, []) == "reasoning"
+    label_file = os.path.join(ROOT_DIR, "configs", "experiment", "label_only.yaml")
+    assert run_target(spec, spec.arms[0], run.export, ["--config", label_file]) == "label"  # extra --config files too
     assert eval_args(spec, run, "t.jsonl", run.export, target="label")[-2:] == ["--data.target", "label"]
     assert "--data.target" not in eval_args(spec, run, "t.jsonl", run.export, target="reasoning")
     assert "--data.target" not in eval_args(spec, run, "t.jsonl", run.export, target=None)
+    spec.eval_overrides = ["--data.target", "label"]  # eval.set names a target: every run gets that one
+    assert eval_args(spec, run, "t.jsonl", run.export, target="reasoning").count("--data.target") == 1
     export = tmp_path / "export"
     export.mkdir()
     (export / EXPORT_META).write_text('{"target": "label"}')
     assert run_target(spec, None, str(export), []) == "label"
+    assert run_target(spec, None, str(tmp_path / "no-export"), []) == "reasoning"  # a preset or hub id
     for bad in ("[]", "[configs/sft.yaml, 3]"):
         with pytest.raises(ConfigError, match="arms.label.config must be a config file or a list of them"):
             load_spec(_spec(tmp_path, text.replace("[configs/sft.yaml, configs/experiment/label_only.yaml]", bad)))

@@ -363,7 +363,10 @@ class Joiner:
                 (self.queries, self.queries_map, QUERY_DEFAULT_COLUMNS, "--queries-column-map", "query_type=COLUMN")):
             if side is None or not side.table.columns:  # a JSONL file has no header
                 continue
-            read = {side.table.key_column, *cmap.values(), *(c for f, c in defaults.items() if f not in cmap)}
+            # a field's default column is read unless the map names another; one it leaves out (FIELD=) is
+            # accounted for, not a column to suggest mapping
+            read = {side.table.key_column, *cmap.values(),
+                    *(c for f, c in defaults.items() if f not in cmap or mapped_column(cmap, f, c) is None)}
             unread = [str(c) for c in side.table.columns if c not in read]
             if unread:
                 # a column named like a field (product_description): suggest that field

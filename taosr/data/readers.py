@@ -559,7 +559,8 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
         columns = list(flat_keys)
     unread = _unread_columns(columns, spec, required)
     if unread:
-        short = [c for c in unread if f"item.{c}" in ITEM_FIELDS]  # `brand` for item.brand: only the title has a short name
+        cmap = spec.column_map or {}  # `brand` for item.brand (only the title has a short name), where not mapped
+        short = [c for c in unread if f"item.{c}" in ITEM_FIELDS and f"item.{c}" not in cmap]
         example = f"item.{short[0]}={short[0]}" if short else "item.attributes.NAME=COLUMN"
         res.notes.append(f"{len(unread)} column{'s' if len(unread) > 1 else ''} of {spec.path} "
                          f"{'are' if len(unread) > 1 else 'is'} not read: {', '.join(map(str, unread))} "
@@ -569,10 +570,8 @@ def read_examples(spec: ReaderSpec) -> ReadResult:
 
 def _unread_columns(columns: list, spec: ReaderSpec, required: dict[str, str]) -> list:
     """The pairs file's columns that neither the column map, the join keys nor a default field name reads."""
-    cmap = spec.column_map or {}
-    left_out = {t for t in cmap if mapped_column(cmap, t, t) is None}  # FIELD=: its default column is not read
-    read = {"id", "query", "query_type", "label", "title", PACKED_ATTRIBUTES, *ITEM_FIELDS} - left_out
-    return [c for c in columns if c not in read | set(required.values()) and not str(c).startswith(ATTRIBUTE_PREFIX)]
+    read = {"id", "query", "query_type", "label", "title", PACKED_ATTRIBUTES, *ITEM_FIELDS, *required.values()}
+    return [c for c in columns if c not in read and not str(c).startswith(ATTRIBUTE_PREFIX)]
 
 
 def read_records(records: Iterator[tuple[str, Any]], spec: ReaderSpec, plain: bool = False,
