@@ -59,6 +59,15 @@ from taosr.run_record import named_model
 
 METRICS = ("macro_f1", "step_accuracy", "good_f1", "accuracy", "format_error_rate")
 PAIR_METRICS = ("macro_f1", "step_accuracy")
+# ranking metrics of runs scored with P(tier) (eval.set: {model.init_args.eval_scores: true}): reported
+# (and paired) only where a run has them, so other comparisons' reports keep their columns
+SCORE_METRICS = ("ndcg@10", "rmse_grade")
+
+
+def report_metrics(results: dict, base: tuple[str, ...]) -> tuple[str, ...]:
+    """``base`` and the :data:`SCORE_METRICS` any run of ``results`` has (in any slice)."""
+    keys = {k for per in results.values() for m in per.values() for k in m}
+    return base + tuple(s for s in SCORE_METRICS if any(k == s or k.endswith("/" + s) for k in keys))
 # training signals read back from each fit's log (taosr.history), mean over its logged steps:
 # outcome reward and accuracy, the share of groups with no reward spread (no gradient), entropy,
 # and SRPO's step signal: critical steps per batch, the share of steps only the GRM judged, the
@@ -718,7 +727,7 @@ def arm_rows(results: dict) -> list[dict]:
                 continue
             row = {"arm": arm, "slice": sl, "seeds": len(per),
                    "n": int(max(_value(m, _key(sl, "n")) for m in per.values() if _key(sl, "n") in m))}
-            for metric in METRICS:
+            for metric in report_metrics(results, METRICS):
                 s = mean_se(_value(m, _key(sl, metric)) for m in per.values())
                 # seeds with a value (NaN -- no step annotations, no tier -- is left out of the mean)
                 row[metric], row[f"{metric}_se"], row[f"{metric}_seeds"] = s.mean, s.se, s.n
@@ -747,7 +756,7 @@ def pair_rows(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
         if a not in results or b not in results:
             continue
         for sl in slices(results):
-            for metric in PAIR_METRICS:
+            for metric in report_metrics(results, PAIR_METRICS):
                 k = _key(sl, metric)
                 va = {s: _value(m, k) for s, m in results[a].items()}
                 vb = _value(results[b][None], k) if None in results[b] else {s: _value(m, k) for s, m in results[b].items()}
@@ -828,12 +837,13 @@ def signals_markdown(rows: list[dict]) -> str:
 
 def markdown(arms: list[dict], pairs: list[dict], title: str, all_slices: bool = True) -> str:
     keep = lambda sl: all_slices or sl in ("overall", "long_tail") or sl.startswith(ALSO_PREFIX)  # noqa: E731
+    metrics = METRICS + tuple(m for m in SCORE_METRICS if arms and m in arms[0])
     lines = [f"## {title}: mean ± standard error over seeds", "",
-             "| arm | slice | seeds | n | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 4) + "|"]
+             "| arm | slice | seeds | n | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 4) + "|"]
     for r in arms:
         if keep(r["slice"]):
             lines.append(f"| {r['arm']} | {r['slice']} | {r['seeds']} | {r['n']} | "
-                         + " | ".join(_cell(r, m) for m in METRICS) + " |")
+                         + " | ".join(_cell(r, m) for m in metrics) + " |")
     if pairs:
         lines += ["", "## Paired differences (a − b over the same seeds)", "",
                   "| pair | slice | metric | mean ± s.e. | mean / s.e. | a > b | per seed |", "|---" * 7 + "|"]

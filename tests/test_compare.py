@@ -292,6 +292,17 @@ def test_report_rows_and_table():
     g = next(r for r in arm_rows(results) if r["arm"] == "grpo" and r["slice"] == "overall")
     assert (g["seeds"], g["step_accuracy_seeds"], g["macro_f1_seeds"], g["step_accuracy"]) == (2, 1, 2, 0.81)
     assert "| grpo | overall | 2 | 100 | 0.730 ± 0.010 | 0.810 (1 of 2 seeds) |" in markdown(arm_rows(results), [], "t")
+    assert "ndcg@10" not in markdown(arm_rows(results), pairs, "t") and "ndcg@10" not in arms[0]
+    # runs scored with P(tier) (eval_scores) add the ranking metrics, reported and paired like the rest
+    for seed, (ndcg, rmse) in {0: (0.86, 0.90), 1: (0.88, 0.80)}.items():
+        results["srpo"][seed].update({"ndcg@10": ndcg, "rmse_grade": rmse})
+        results["grpo"][seed].update({"ndcg@10": ndcg - 0.02, "rmse_grade": rmse + 0.1})
+    s = next(r for r in arm_rows(results) if r["arm"] == "srpo" and r["slice"] == "overall")
+    assert s["ndcg@10"] == pytest.approx(0.87) and s["rmse_grade"] == pytest.approx(0.85)
+    sg = next(r for r in pair_rows(results, [("srpo", "grpo")]) if r["metric"] == "rmse_grade" and r["slice"] == "overall")
+    assert sg["mean"] == pytest.approx(-0.1) and sg["wins"] == 0  # lower is better: "a > b" counts the higher
+    assert "| srpo | overall | 2 | 100 | 0.745 ± 0.015 | 0.825 ± 0.005 | — | — | — | 0.870 ± 0.010 | 0.850 ± 0.050 |" \
+        in markdown(arm_rows(results), [], "t")
 
 
 def test_compare_end_to_end_lam0_equals_grpo_and_resumes(tmp_path, capsys, cache_dir, sft_run, samples):
