@@ -745,7 +745,8 @@ def signal_rows(results: dict) -> list[dict]:
         for k in ALL_SIGNALS:
             s = mean_se(_value(m, k) for m in per.values())
             row[k], row[f"{k}_se"] = s.mean, s.se
-        rows.append(row)
+        if not all(math.isnan(row[k]) for k in ALL_SIGNALS):  # an SFT arm's log: no RL signal, no row of dashes
+            rows.append(row)
     return rows
 
 

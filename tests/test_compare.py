@@ -279,6 +279,7 @@ def test_report_rows_and_table():
     from taosr.compare import signal_rows, signals_markdown
 
     results["srpo"][0]["train/steps/critical_count"], results["srpo"][1]["train/steps/critical_count"] = 10.0, 14.0
+    results["grpo"][0]["train/rewards/correct/rise"] = float("nan")  # a log without rollouts (SFT): no row of dashes
     sig = signal_rows(results)
     assert [r["arm"] for r in sig] == ["srpo"] and sig[0]["train/steps/critical_count"] == 12.0
     assert sig[0]["train/steps/critical_count_se"] == 2.0 and "| srpo | 2 | — |" in signals_markdown(sig)
