@@ -59,8 +59,9 @@ from taosr.run_record import named_model
 
 METRICS = ("macro_f1", "step_accuracy", "good_f1", "accuracy", "format_error_rate")
 PAIR_METRICS = ("macro_f1", "step_accuracy")
-# ranking metrics of runs scored with P(tier) (eval.set: {model.init_args.eval_scores: true}): reported
-# (and paired) only where a run has them, so other comparisons' reports keep their columns
+# ranking metrics of runs scored with P(tier) (model.init_args.eval_scores, on by default): NDCG@10 where
+# a test set's queries have items, the grade RMSE where its pairs carry grades; reported (and paired)
+# only where a run has them
 SCORE_METRICS = ("ndcg@10", "rmse_grade")
 
 
