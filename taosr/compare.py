@@ -721,14 +721,14 @@ def _value(m: dict, key: str) -> float:
 
 def arm_rows(results: dict) -> list[dict]:
     """One row per (arm, slice): mean and standard error over seeds of every metric."""
-    rows = []
+    rows, metrics = [], report_metrics(results, METRICS)
     for arm, per in results.items():
         for sl in slices(results):
             if not any(_key(sl, "n") in m for m in per.values()):
                 continue
             row = {"arm": arm, "slice": sl, "seeds": len(per),
                    "n": int(max(_value(m, _key(sl, "n")) for m in per.values() if _key(sl, "n") in m))}
-            for metric in report_metrics(results, METRICS):
+            for metric in metrics:
                 s = mean_se(_value(m, _key(sl, metric)) for m in per.values())
                 # seeds with a value (NaN -- no step annotations, no tier -- is left out of the mean)
                 row[metric], row[f"{metric}_se"], row[f"{metric}_seeds"] = s.mean, s.se, s.n
@@ -753,12 +753,12 @@ def signal_rows(results: dict) -> list[dict]:
 
 def pair_rows(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     """One row per (pair, slice, metric): the difference a - b paired by seed."""
-    rows = []
+    rows, metrics = [], report_metrics(results, PAIR_METRICS)
     for a, b in pairs:
         if a not in results or b not in results:
             continue
         for sl in slices(results):
-            for metric in report_metrics(results, PAIR_METRICS):
+            for metric in metrics:
                 k = _key(sl, metric)
                 va = {s: _value(m, k) for s, m in results[a].items()}
                 vb = _value(results[b][None], k) if None in results[b] else {s: _value(m, k) for s, m in results[b].items()}
