@@ -340,7 +340,7 @@ def configured_target(configs: list[str], args: list[str]) -> str | None:
     """The ``data.target`` that ``--config`` of each of ``configs`` (later files win) and then
     ``args`` (``--data.target X``, ``--data.target=X`` or another ``--config FILE``, in order) set;
     None where none sets it."""
-    from taosr.configfiles import resolved_config
+    from taosr.configfiles import option_pairs, resolved_config
 
     def of_file(path: str, target: str | None) -> str | None:
         t = ((resolved_config(path) or {}).get("data") or {}).get("target")
@@ -349,11 +349,9 @@ def configured_target(configs: list[str], args: list[str]) -> str | None:
     target = None
     for c in configs:
         target = of_file(c, target)
-    for i, a in enumerate(args):
-        if a in ("--data.target", "--config") and i + 1 < len(args):
-            target = args[i + 1] if a == "--data.target" else of_file(locate(args[i + 1]), target)
-        elif a.startswith("--data.target="):
-            target = a.split("=", 1)[1]
+    for name, value in option_pairs(args):
+        if value is not None and name in ("--data.target", "--config"):
+            target = value if name == "--data.target" else of_file(locate(value), target)
     return target
 
 
